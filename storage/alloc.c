@@ -1,0 +1,60 @@
+/*
+ * alloc.c - the one allocator of sluice.
+ *
+ * Everything allocates through sl_malloc() and friends so that a test can
+ * make the next allocation fail (sl_alloc_fail_after) and check that the
+ * caller returns -ENOMEM cleanly. Callers never abort on NULL.
+ */
+#include "storage/storage.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Allocations left before injected failure; negative = never fail. */
+static _Atomic long allocations_until_failure = -1;
+
+static int injected_failure(void)
+{
+    long left = atomic_load_explicit(&allocations_until_failure, memory_order_relaxed);
+    if (left < 0)
+        return 0;
+    if (left == 0)
+        return 1;
+    atomic_fetch_sub_explicit(&allocations_until_failure, 1, memory_order_relaxed);
+    return 0;
+}
+
+void sl_alloc_fail_after(long n)
+{
+    atomic_store(&allocations_until_failure, n);
+}
+
+void *sl_malloc(size_t size)
+{
+    return injected_failure() ? NULL : malloc(size ? size : 1);
+}
+
+void *sl_calloc(size_t count, size_t size)
+{
+    return injected_failure() ? NULL : calloc(count ? count : 1, size ? size : 1);
+}
+
+void *sl_realloc(void *ptr, size_t size)
+{
+    return injected_failure() ? NULL : realloc(ptr, size ? size : 1);
+}
+
+char *sl_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *copy = sl_malloc(n);
+    if (copy)
+        memcpy(copy, s, n);
+    return copy;
+}
+
+void sl_free(void *ptr)
+{
+    free(ptr);
+}

@@ -1,0 +1,313 @@
+/*
+ * storage.h - sluice's durable, partitioned, replayable log.
+ *
+ * This header is the manual of the storage module. The module knows nothing
+ * of Lua, operators or sockets; everything above it reaches topics through
+ * the partition interface below (append, read from an offset, end offset,
+ * wait for data, truncate).
+ *
+ * Layout on disk (DESIGN.md section 4):
+ *
+ *   DATA/topics/<topic>/meta                      topic configuration, text
+ *   DATA/topics/<topic>/<partition>/<base>.log    RecordBatch v2 batches
+ *   DATA/topics/<topic>/<partition>/<base>.index      offset -> file position
+ *   DATA/topics/<topic>/<partition>/<base>.timeindex  max timestamp -> offset
+ *
+ * <base> is the segment's first offset written as 20 decimal digits.
+ *
+ * Conventions, as in LMDB: every function that can fail returns an int, 0 on
+ * success, a negative errno (-ENOSPC, -EIO, ...) for a system failure, or a
+ * negative SL_E* code below. sl_strerror() names both. Failures caused by a
+ * user or by a file also leave a sentence naming topic/partition/offset in
+ * sl_error_detail(). Nothing here aborts on bad input.
+ *
+ * Threads: one sl_log_t may be used from any number of threads. Appends to
+ * one partition are serialised; readers never block the appender (they hold
+ * a partition lock only to look up an index entry, never during I/O).
+ */
+#ifndef SL_STORAGE_H
+#define SL_STORAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- errors --------------------------------------------------------- */
+
+#define SL_ERROR_BASE   (-30900)
+#define SL_ECORRUPT     (-30900) /* a file or batch fails its checks */
+#define SL_ENOTFOUND    (-30901) /* no such topic or partition */
+#define SL_EEXISTS      (-30902) /* the topic already exists */
+#define SL_EINVALID     (-30903) /* a bad argument from the caller or user */
+#define SL_ETOOBIG      (-30904) /* a record or batch over the configured limit */
+#define SL_EDELETED     (-30905) /* the topic was deleted while in use */
+#define SL_ETIMEDOUT    (-30906) /* a bounded wait ran out */
+#define SL_ECOMPRESSION (-30907) /* zstd failed to compress or decompress */
+#define SL_ERROR_LAST   (-30907)
+
+/* The name of an error code: an SL_E* code, a negative errno, or 0. The
+ * string is static. */
+const char *sl_strerror(int code);
+
+/* The sentence describing the last failure on this thread (empty when none).
+ * Valid until the next failing call on the same thread. */
+const char *sl_error_detail(void);
+
+/* Records the detail sentence for the current thread (printf-style). Returns
+ * code, so that callers can write `return sl_error_set(SL_EINVALID, ...)`. */
+int sl_error_set(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- allocation ------------------------------------------------------ */
+
+/*
+ * Every allocation in sluice goes through these wrappers. Out-of-memory
+ * policy: they return NULL, and every caller turns NULL into -ENOMEM for its
+ * own caller; nothing aborts. sl_alloc_fail_after(n) makes the (n+1)th
+ * allocation from now fail (n < 0 switches failure injection off), so tests
+ * can walk every out-of-memory path.
+ */
+void *sl_malloc(size_t size);
+void *sl_calloc(size_t count, size_t size);
+void *sl_realloc(void *ptr, size_t size);
+char *sl_strdup(const char *s);
+void sl_free(void *ptr);
+void sl_alloc_fail_after(long n);
+
+/* ---- diagnostics ------------------------------------------------------ */
+
+typedef enum { SL_DEBUG = 0, SL_INFO = 1, SL_WARN = 2, SL_ERROR = 3 } sl_level_t;
+
+/* One line on stderr: `2026-11-26T18:40:01.123Z level module: message`.
+ * Lines below the threshold set by sl_report_level() are dropped. */
+void sl_report(sl_level_t level, const char *module, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void sl_report_level(sl_level_t threshold);
+
+/* ---- records ---------------------------------------------------------- */
+
+/* A header of a record. value_len < 0 means a null value. */
+typedef struct sl_header {
+    const uint8_t *name;
+    int32_t name_len;
+    const uint8_t *value;
+    int32_t value_len;
+} sl_header_t;
+
+/*
+ * A record as appended and as read back. key_len/value_len < 0 mean null
+ * (a null value is a tombstone). On append, offset is ignored and a negative
+ * timestamp means "now". On read, every pointer points into the reader's
+ * buffers and is valid until the next call on that reader.
+ */
+typedef struct sl_record {
+    int64_t offset;
+    int64_t timestamp;
+    const uint8_t *key;
+    int32_t key_len;
+    const uint8_t *value;
+    int32_t value_len;
+    const sl_header_t *headers;
+    uint32_t header_count;
+} sl_record_t;
+
+/* ---- topics ----------------------------------------------------------- */
+
+typedef enum { SL_FSYNC_NEVER = 0, SL_FSYNC_INTERVAL = 1, SL_FSYNC_ALWAYS = 2 } sl_fsync_t;
+typedef enum { SL_CLEANUP_DELETE = 0, SL_CLEANUP_COMPACT = 1 } sl_cleanup_t;
+typedef enum { SL_COMPRESSION_NONE = 0, SL_COMPRESSION_ZSTD = 4 } sl_compression_t;
+typedef enum { SL_FORMAT_JSON = 0, SL_FORMAT_RAW = 1 } sl_value_format_t;
+
+#define SL_TOPIC_NAME_MAX 249
+#define SL_OWNER_MAX      128
+
+/* A topic's configuration, stored in its meta file. */
+typedef struct sl_topic_config {
+    int32_t partitions;
+    int64_t retention_ms;        /* closed segments older than this go; -1 forever */
+    int64_t retention_bytes;     /* per partition; -1 no limit */
+    sl_cleanup_t cleanup;        /* delete (retention) or compact */
+    int64_t delete_retention_ms; /* how long compaction keeps tombstones */
+    sl_compression_t compression;
+    int32_t compression_level;   /* zstd level */
+    sl_fsync_t fsync;
+    int64_t fsync_interval_ms;   /* for SL_FSYNC_INTERVAL */
+    sl_value_format_t format;
+    int64_t segment_bytes;       /* roll the active segment at this size */
+    int64_t segment_ms;          /* ... or at this age */
+    int32_t index_interval_bytes; /* one sparse index entry per this many bytes */
+    int32_t max_batch_bytes;     /* the largest encoded batch accepted */
+    char owner[SL_OWNER_MAX];    /* "" = external producers, else the pipeline */
+} sl_topic_config_t;
+
+/* Fills cfg with the defaults: 1 partition, retention forever, delete
+ * cleanup, tombstones kept 1 day, no compression (zstd level 1 if chosen),
+ * fsync interval 5 ms, JSON values, 1 GiB / 7 day segments, index every
+ * 4 KiB, batches up to 16 MiB. */
+void sl_topic_config_default(sl_topic_config_t *cfg);
+
+/* Checks a topic name: 1 to 249 characters of [A-Za-z0-9._-], not "." or
+ * "..". Returns 0 or SL_EINVALID with a detail. */
+int sl_topic_name_check(const char *name);
+
+/* Parses one `name=value` configuration setting (the meta file's and the
+ * TOPIC CREATE options' spelling: partitions, retention.ms, retention.bytes,
+ * cleanup.policy=delete|compact, delete.retention.ms, compression=none|zstd,
+ * compression.level, fsync=never|interval|always, fsync.interval.ms,
+ * format=json|raw, segment.bytes, segment.ms, index.interval.bytes,
+ * max.batch.bytes, owner). Returns 0 or SL_EINVALID naming the setting. */
+int sl_topic_config_set(sl_topic_config_t *cfg, const char *name, const char *value);
+
+/* ---- the log ---------------------------------------------------------- */
+
+typedef struct sl_log sl_log_t;
+typedef struct sl_topic sl_topic_t;
+typedef struct sl_partition sl_partition_t;
+
+/* Called, on a storage thread, whenever records become visible to readers
+ * of a partition (after they are durable under the topic's policy).
+ * end_offset is the new visible end. Must be quick and must not call back
+ * into the log; a node forwards it to its event loop. */
+typedef void (*sl_log_listener_fn)(void *arg, sl_partition_t *partition, int64_t end_offset);
+
+typedef struct sl_log_options {
+    /* The clock, in ms since the epoch; NULL for the wall clock. Tests set
+     * it to drive retention, compaction and segment ageing. */
+    int64_t (*clock_ms)(void *arg);
+    void *clock_arg;
+    sl_log_listener_fn listener;
+    void *listener_arg;
+} sl_log_options_t;
+
+/* Opens (creating if needed) the log under dir/topics and recovers every
+ * topic: torn tails are truncated, missing or inconsistent indexes rebuilt.
+ * opts may be NULL. A topic that cannot be recovered is reported and left
+ * closed (sl_log_topic() does not return it); the log still opens. On
+ * success *out is owned by the caller until sl_log_close(). */
+int sl_log_open(const char *dir, const sl_log_options_t *opts, sl_log_t **out);
+
+/* Makes everything durable, writes indexes, marks the shutdown clean and
+ * frees the log. Every reader must be closed first. */
+void sl_log_close(sl_log_t *log);
+
+/* Creates a topic. *out (if not NULL) is borrowed from the log and valid
+ * until the topic is deleted or the log closed. SL_EEXISTS if it exists. */
+int sl_log_create_topic(sl_log_t *log, const char *name, const sl_topic_config_t *cfg,
+                        sl_topic_t **out);
+
+/* The open topic of that name, or NULL. Borrowed, as above. */
+sl_topic_t *sl_log_topic(sl_log_t *log, const char *name);
+
+/* Deletes a topic and its files. Readers still open on it get SL_EDELETED
+ * from then on. */
+int sl_log_delete_topic(sl_log_t *log, const char *name);
+
+/* Calls fn for each topic, in name order, until fn returns non-zero (which
+ * is then returned). */
+int sl_log_foreach_topic(sl_log_t *log, int (*fn)(void *arg, sl_topic_t *topic), void *arg);
+
+/* Runs retention and compaction once over every topic (a node calls this
+ * from a timer). Returns 0 or the first error (the others still run). */
+int sl_log_maintain(sl_log_t *log);
+
+/* The log's clock, in ms since the epoch. */
+int64_t sl_log_now(const sl_log_t *log);
+
+const char *sl_topic_name(const sl_topic_t *topic);
+const sl_topic_config_t *sl_topic_config(const sl_topic_t *topic);
+
+/* Partition i of a topic, or NULL if i is out of range. Borrowed. */
+sl_partition_t *sl_topic_partition(sl_topic_t *topic, int32_t i);
+
+/* ---- partitions ------------------------------------------------------- */
+
+const char *sl_partition_topic_name(const sl_partition_t *p);
+int32_t sl_partition_id(const sl_partition_t *p);
+
+/*
+ * Appends count records as one batch (one write) and waits until it is
+ * durable under the topic's fsync policy: the acknowledged append. On
+ * success *first_offset (if not NULL) is the offset of records[0]; the
+ * others follow consecutively. Fails with SL_ETOOBIG if the encoded batch
+ * is over max_batch_bytes, SL_EINVALID for a null key on a compacted topic,
+ * -ENOSPC/-EIO when the disk refuses (nothing is appended then, and the
+ * partition accepts appends again once the cause is gone).
+ */
+int sl_partition_append(sl_partition_t *p, const sl_record_t *records, size_t count,
+                        int64_t *first_offset);
+
+/* As sl_partition_append() but returns once the batch is written, before it
+ * is durable; pair with sl_partition_await_durable() to pipeline appends. */
+int sl_partition_append_nowait(sl_partition_t *p, const sl_record_t *records, size_t count,
+                               int64_t *first_offset);
+
+/* Waits until every offset below end_offset is durable. timeout_ms < 0
+ * waits without bound. Returns 0, SL_ETIMEDOUT, or the write/fsync error
+ * that lost those records (they are then no longer in the partition). */
+int sl_partition_await_durable(sl_partition_t *p, int64_t end_offset, int timeout_ms);
+
+/* The first offset still stored (moves forward with retention). */
+int64_t sl_partition_start_offset(sl_partition_t *p);
+
+/* The visible end: one past the last offset readers can see (durable). */
+int64_t sl_partition_end_offset(sl_partition_t *p);
+
+/* Bytes of log data stored in the partition. */
+int64_t sl_partition_size_bytes(sl_partition_t *p);
+
+/* Number of segments (closed and active). */
+int32_t sl_partition_segment_count(sl_partition_t *p);
+
+/* The first offset whose record has timestamp >= ts (Kafka's ListOffsets
+ * rule). The visible end if no record qualifies. */
+int sl_partition_offset_for_time(sl_partition_t *p, int64_t ts, int64_t *offset);
+
+/* Waits until the visible end passes offset (data at offset is readable) or
+ * timeout_ms passes (< 0: no bound). Returns 1 if data is there, 0 on
+ * timeout, SL_EDELETED if the topic goes away meanwhile. */
+int sl_partition_wait(sl_partition_t *p, int64_t offset, int timeout_ms);
+
+/* Removes every record at or after offset (offset >= start). Used for
+ * rolling back pipeline-owned partitions to their committed end. */
+int sl_partition_truncate(sl_partition_t *p, int64_t offset);
+
+/* Deletes closed segments beyond retention.ms / retention.bytes as of now.
+ * *deleted (if not NULL) receives the number of segments removed. */
+int sl_partition_apply_retention(sl_partition_t *p, int64_t now_ms, int *deleted);
+
+/* Compacts the closed segments of a cleanup=compact partition: keeps the
+ * newest record per key (offsets preserved), drops tombstones in segments
+ * closed more than delete.retention.ms before now. Never touches the
+ * active segment. */
+int sl_partition_compact(sl_partition_t *p, int64_t now_ms);
+
+/* Closes the active segment and starts a new one at the end offset (no-op
+ * when the active segment is empty). Segments also roll on their own by
+ * size and age; this is for callers that need a boundary now. */
+int sl_partition_roll(sl_partition_t *p);
+
+/* ---- readers ---------------------------------------------------------- */
+
+typedef struct sl_reader sl_reader_t;
+
+/* Opens a reader at offset (clamped up to the start offset). The reader
+ * holds the partition: it stays valid even if the topic is deleted (reads
+ * then fail with SL_EDELETED). Free it with sl_reader_close(). */
+int sl_reader_open(sl_partition_t *p, int64_t offset, sl_reader_t **out);
+
+/* Reads the next record into *rec (pointers valid until the next call).
+ * Returns 1 for a record, 0 at the visible end (call again later, e.g.
+ * after sl_partition_wait()), or an error: SL_ECORRUPT names the topic,
+ * partition and offset of the bad batch in sl_error_detail(). */
+int sl_reader_next(sl_reader_t *r, sl_record_t *rec);
+
+/* Moves the reader to offset (clamped up to the start offset). */
+int sl_reader_seek(sl_reader_t *r, int64_t offset);
+
+/* The offset the next sl_reader_next() looks for. */
+int64_t sl_reader_position(const sl_reader_t *r);
+
+/* Stops reading beyond limit (exclusive); INT64_MAX for no limit. */
+void sl_reader_set_limit(sl_reader_t *r, int64_t limit);
+
+void sl_reader_close(sl_reader_t *r);
+
+#endif
