@@ -44,12 +44,12 @@
 
 #include <zstd.h>
 
-#define SL_BATCH_HEADER_SIZE   61
-#define SL_BATCH_LOG_OVERHEAD  12 /* baseOffset + batchLength */
-#define SL_BATCH_CRC_START     21
-#define SL_BATCH_CODEC_MASK    0x07
-#define SL_BATCH_CONTROL_FLAG  0x20
-#define SL_BATCH_MAX_PLAIN     (64 << 20) /* default cap on a decompressed payload */
+#define SL_BATCH_HEADER_SIZE  61
+#define SL_BATCH_LOG_OVERHEAD 12 /* baseOffset + batchLength */
+#define SL_BATCH_CRC_START    21
+#define SL_BATCH_CODEC_MASK   0x07
+#define SL_BATCH_CONTROL_FLAG 0x20
+#define SL_BATCH_MAX_PLAIN    (64 << 20) /* default cap on a decompressed payload */
 
 typedef struct sl_batch_header {
     int64_t base_offset;
@@ -111,12 +111,12 @@ typedef struct sl_batch_decoder {
     sl_batch_header_t header;
     const uint8_t *pos, *end; /* remaining record bytes */
     int32_t records_left;
-    int64_t last_delta;       /* offset delta of the previous record */
-    sl_buf_t plain;           /* decompressed payload */
+    int64_t last_delta; /* offset delta of the previous record */
+    sl_buf_t plain;     /* decompressed payload */
     ZSTD_DCtx *dctx;
     sl_header_t *headers;
     uint32_t headers_cap;
-    size_t max_plain;         /* cap on decompressed size; 0 = SL_BATCH_MAX_PLAIN */
+    size_t max_plain; /* cap on decompressed size; 0 = SL_BATCH_MAX_PLAIN */
 } sl_batch_decoder_t;
 
 /* Starts decoding the batch of size bytes at p: parses the header, checks

@@ -79,8 +79,7 @@ static inline size_t sl_put_varlong(uint8_t *p, int64_t v)
 /* Reads a zigzag varint of at most max_bytes (5 for varint, 10 for
  * varlong) from *p, not beyond end. Returns 0 and advances *p, or -1 if the
  * encoding is truncated or too long. */
-static inline int sl_get_varint(const uint8_t **p, const uint8_t *end, int max_bytes,
-                                int64_t *out)
+static inline int sl_get_varint(const uint8_t **p, const uint8_t *end, int max_bytes, int64_t *out)
 {
     uint64_t z = 0;
     const uint8_t *q = *p;

@@ -14,14 +14,8 @@
 static _Thread_local char detail[512];
 
 static const char *const sluice_messages[] = {
-    "corrupt data",
-    "not found",
-    "already exists",
-    "invalid argument",
-    "too big",
-    "deleted",
-    "timed out",
-    "compression failed",
+    "corrupt data", "not found", "already exists", "invalid argument",
+    "too big",      "deleted",   "timed out",      "compression failed",
 };
 
 const char *sl_strerror(int code)
@@ -42,9 +36,11 @@ const char *sl_error_detail(void)
 
 int sl_error_set(int code, const char *fmt, ...)
 {
+    char text[sizeof detail]; /* the arguments may include sl_error_detail() itself */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(detail, sizeof detail, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    memcpy(detail, text, sizeof detail);
     return code;
 }

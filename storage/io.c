@@ -17,6 +17,7 @@
 static _Atomic int write_failure;
 static _Atomic size_t write_failure_partial;
 static _Atomic int sync_failure;
+static atomic_ullong sync_count;
 
 void sl_io_fail_next_write(int err, size_t partial_bytes)
 {
@@ -79,8 +80,14 @@ ssize_t sl_io_pread(int fd, void *data, size_t n, off_t offset)
     return (ssize_t)done;
 }
 
+unsigned long long sl_io_sync_count(void)
+{
+    return atomic_load(&sync_count);
+}
+
 int sl_io_sync(int fd)
 {
+    atomic_fetch_add(&sync_count, 1);
     int err = atomic_exchange(&sync_failure, 0);
     if (err)
         return -err;

@@ -22,6 +22,9 @@ ssize_t sl_io_pread(int fd, void *data, size_t n, off_t offset);
 /* fdatasync; 0 or -errno. */
 int sl_io_sync(int fd);
 
+/* How many data syncs this process has issued (for metrics and tests). */
+unsigned long long sl_io_sync_count(void);
+
 /* fsync of a directory, so that created and renamed entries are durable. */
 int sl_io_sync_dir(const char *path);
 

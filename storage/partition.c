@@ -92,7 +92,8 @@ static int list_segments(const char *dir, int64_t **bases, size_t *count)
         b[n++] = base;
     }
     closedir(d);
-    qsort(b, n, sizeof *b, compare_offsets);
+    if (n)
+        qsort(b, n, sizeof *b, compare_offsets);
     *bases = b;
     *count = n;
     return 0;
@@ -128,7 +129,7 @@ static int open_one_segment(sl_partition_t *p, int64_t base, int clean, int last
 
 static int open_segments(sl_partition_t *p, int clean)
 {
-    int64_t *bases;
+    int64_t *bases = NULL;
     size_t n;
     int rc = list_segments(p->dir, &bases, &n);
     for (size_t i = 0; rc == 0 && i < n; i++)
@@ -371,7 +372,8 @@ int sl_partition_append(sl_partition_t *p, const sl_record_t *records, size_t co
  * scanning from the index; -1 if a batch straddles offset. */
 static int batch_boundary(sl_segment_t *seg, int64_t offset, int64_t *position)
 {
-    sl_segment_cursor_t c = {.pos = sl_segment_position_for_offset(seg, offset), .chunk = 65536};
+    sl_segment_cursor_t c = {.pos = sl_segment_position_for_offset(seg, offset, NULL),
+                             .chunk = 65536};
     const uint8_t *batch;
     sl_batch_header_t h;
     int rc;
@@ -399,7 +401,8 @@ static void drop_undurable(sl_partition_t *p, int err)
     sl_segment_owner_t owner = owner_of(p);
     pthread_mutex_lock(&p->append_lock);
     pthread_mutex_lock(&p->lock);
-    int64_t from = p->durable_end > p->active->base_offset ? p->durable_end : p->active->base_offset;
+    int64_t from =
+        p->durable_end > p->active->base_offset ? p->durable_end : p->active->base_offset;
     int64_t to = p->written_end, position;
     if (from < to && batch_boundary(p->active, from, &position) == 0 &&
         sl_segment_truncate(p->active, position, &owner) == 0) {
@@ -533,17 +536,17 @@ static int32_t segment_index_for(const sl_partition_t *p, int64_t offset)
     return lo;
 }
 
-sl_segment_t *sl_partition_locate(sl_partition_t *p, int64_t offset, int64_t *position,
-                                  int64_t *visible_end, int64_t *visible_size)
+sl_segment_t *sl_partition_locate(sl_partition_t *p, int64_t offset, sl_segment_view_t *view)
 {
     pthread_mutex_lock(&p->lock);
     int32_t i = segment_index_for(p, offset);
     while (i < p->segment_count - 1 && offset >= p->segments[i]->end_offset)
         i++;
     sl_segment_t *seg = p->segments[i];
-    *position = sl_segment_position_for_offset(seg, offset);
-    *visible_end = p->durable_end;
-    *visible_size = seg->size;
+    view->position = sl_segment_position_for_offset(seg, offset, &view->batch_offset);
+    view->visible_end = p->durable_end;
+    view->size = seg->size;
+    view->end_offset = seg->end_offset;
     sl_segment_ref(seg);
     pthread_mutex_unlock(&p->lock);
     return seg;

@@ -92,11 +92,18 @@ int sl_partition_sync(sl_partition_t *p);
 void sl_partition_ref(sl_partition_t *p);
 void sl_partition_unref(sl_partition_t *p);
 
+/* What a reader learns when it enters a segment. */
+typedef struct sl_segment_view {
+    int64_t position;     /* file position to scan from */
+    int64_t batch_offset; /* base offset of the batch at that position */
+    int64_t visible_end;  /* the partition's durable end */
+    int64_t size;         /* bytes written to the segment */
+    int64_t end_offset;   /* one past the segment's last offset written */
+} sl_segment_view_t;
+
 /* Segment lookup for readers: the segment holding offset (or the first one
- * after it), with a reference the caller drops, plus the position to scan
- * from and the visible end and file size as of now. NULL at the end. */
-sl_segment_t *sl_partition_locate(sl_partition_t *p, int64_t offset, int64_t *position,
-                                  int64_t *visible_end, int64_t *visible_size);
+ * after it), with a reference the caller drops, and *view as of now. */
+sl_segment_t *sl_partition_locate(sl_partition_t *p, int64_t offset, sl_segment_view_t *view);
 
 /* Flusher interface. */
 int sl_flusher_start(sl_flusher_t **out);

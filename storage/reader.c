@@ -21,6 +21,8 @@ struct sl_reader {
     int64_t visible_end; /* the partition's durable end, as last seen */
     sl_segment_t *segment;
     int64_t segment_size; /* bytes of segment readable, as last seen */
+    int64_t segment_end;  /* the segment's end offset, as last seen */
+    int64_t scan_end;     /* the next batch in the file starts at or after this */
     sl_segment_cursor_t cursor;
     sl_batch_decoder_t decoder;
     int in_batch;
@@ -87,18 +89,24 @@ static int refresh(sl_reader_t *r)
     pthread_mutex_lock(&p->lock);
     int deleted = p->deleted, active = p->active == r->segment;
     r->visible_end = p->durable_end;
-    if (r->segment)
+    if (r->segment) {
         r->segment_size = r->segment->size;
+        r->segment_end = r->segment->end_offset;
+    }
     pthread_mutex_unlock(&p->lock);
     return deleted ? SL_EDELETED : active;
 }
 
 static void enter_segment(sl_reader_t *r)
 {
-    sl_segment_t *seg = sl_partition_locate(r->partition, r->position, &r->cursor.pos,
-                                            &r->visible_end, &r->segment_size);
-    r->segment = seg;
+    sl_segment_view_t view;
+    r->segment = sl_partition_locate(r->partition, r->position, &view);
+    r->cursor.pos = view.position;
     r->cursor.buf.len = 0;
+    r->visible_end = view.visible_end;
+    r->segment_size = view.size;
+    r->segment_end = view.end_offset;
+    r->scan_end = view.batch_offset;
 }
 
 static int corrupt(sl_reader_t *r, int64_t file_position)
@@ -152,14 +160,25 @@ static int next_batch(sl_reader_t *r)
                 return active;
             continue;
         }
+        /* baseOffset is not covered by the CRC: check it against its
+         * neighbours so a damaged one is reported, never skipped silently */
+        if (h.base_offset < r->scan_end || h.base_offset >= r->segment_end) {
+            sl_error_set(SL_ECORRUPT, "batch offset %lld is out of order",
+                         (long long)h.base_offset);
+            r->cursor.pos = at;
+            return corrupt(r, at);
+        }
+        r->scan_end = sl_batch_end_offset(&h);
         if (sl_batch_end_offset(&h) <= r->position)
             continue;
         if (h.base_offset >= upper) {
             r->cursor.pos = at;
+            r->scan_end = h.base_offset;
             return 0;
         }
         if ((rc = sl_batch_decoder_start(&r->decoder, batch, sl_batch_size(&h)))) {
             r->cursor.pos = at;
+            r->scan_end = h.base_offset;
             return rc == -ENOMEM ? rc : corrupt(r, at);
         }
         r->in_batch = 1;

@@ -396,9 +396,14 @@ fail:
     return rc;
 }
 
-int64_t sl_segment_position_for_offset(const sl_segment_t *seg, int64_t offset)
+int64_t sl_segment_position_for_offset(const sl_segment_t *seg, int64_t offset,
+                                       int64_t *batch_offset)
 {
-    if (offset <= seg->base_offset || seg->index_len == 0)
+    int64_t at =
+        seg->index_len ? seg->base_offset + seg->index[0].relative_offset : seg->base_offset;
+    if (batch_offset)
+        *batch_offset = at;
+    if (offset <= at || seg->index_len == 0)
         return 0;
     uint64_t rel = (uint64_t)(offset - seg->base_offset);
     size_t lo = 0, hi = seg->index_len; /* find the last entry with rel <= target */
@@ -409,7 +414,9 @@ int64_t sl_segment_position_for_offset(const sl_segment_t *seg, int64_t offset)
         else
             hi = mid;
     }
-    return seg->index[lo].relative_offset <= rel ? seg->index[lo].position : 0;
+    if (batch_offset)
+        *batch_offset = seg->base_offset + seg->index[lo].relative_offset;
+    return seg->index[lo].position;
 }
 
 int64_t sl_segment_position_for_time(const sl_segment_t *seg, int64_t ts)
@@ -424,7 +431,8 @@ int64_t sl_segment_position_for_time(const sl_segment_t *seg, int64_t ts)
     }
     if (lo == 0)
         return 0;
-    return sl_segment_position_for_offset(seg, seg->base_offset + seg->times[lo - 1].relative_offset);
+    return sl_segment_position_for_offset(
+        seg, seg->base_offset + seg->times[lo - 1].relative_offset, NULL);
 }
 
 int sl_segment_truncate(sl_segment_t *seg, int64_t position, const sl_segment_owner_t *owner)

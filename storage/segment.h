@@ -49,7 +49,7 @@ typedef struct sl_segment {
     int64_t first_timestamp; /* of the first batch; for rolling by age */
     int64_t modified_ms;     /* time of the last append; the file's mtime */
     int64_t bytes_since_index;
-    int corrupt;             /* a bad batch was found mid-file; size = file size */
+    int corrupt; /* a bad batch was found mid-file; size = file size */
     int fd;
     atomic_int refs;
     sl_index_entry_t *index;
@@ -68,10 +68,10 @@ typedef struct sl_segment_owner {
 
 /* Sequential batch reading from a segment file through a buffer. */
 typedef struct sl_segment_cursor {
-    sl_buf_t buf;    /* file bytes [buf_pos, buf_pos + buf.len) */
+    sl_buf_t buf; /* file bytes [buf_pos, buf_pos + buf.len) */
     int64_t buf_pos;
-    int64_t pos;     /* file position of the next batch */
-    size_t chunk;    /* bytes per read; 0 = 1 MiB */
+    int64_t pos;  /* file position of the next batch */
+    size_t chunk; /* bytes per read; 0 = 1 MiB */
 } sl_segment_cursor_t;
 
 /* Reads the batch at c->pos if it starts before limit (a file size): 1 with
@@ -112,9 +112,14 @@ int sl_segment_write(sl_segment_t *seg, const uint8_t *batch, size_t size);
 int sl_segment_publish(sl_segment_t *seg, const sl_batch_header_t *h, int64_t now_ms,
                        int32_t index_interval_bytes);
 
-/* The file position to start scanning from for offset / for the first
- * record with timestamp >= ts. Caller holds the partition lock. */
-int64_t sl_segment_position_for_offset(const sl_segment_t *seg, int64_t offset);
+/* The file position to start scanning from for offset, and in *batch_offset
+ * (if not NULL) the base offset of the batch there. Caller holds the
+ * partition lock. */
+int64_t sl_segment_position_for_offset(const sl_segment_t *seg, int64_t offset,
+                                       int64_t *batch_offset);
+
+/* The file position to start scanning from for the first record with
+ * timestamp >= ts. Caller holds the partition lock. */
 int64_t sl_segment_position_for_time(const sl_segment_t *seg, int64_t ts);
 
 /* Cuts the segment at position (a batch boundary) and rescans it. */

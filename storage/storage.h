@@ -127,15 +127,15 @@ typedef struct sl_topic_config {
     sl_cleanup_t cleanup;        /* delete (retention) or compact */
     int64_t delete_retention_ms; /* how long compaction keeps tombstones */
     sl_compression_t compression;
-    int32_t compression_level;   /* zstd level */
+    int32_t compression_level; /* zstd level */
     sl_fsync_t fsync;
-    int64_t fsync_interval_ms;   /* for SL_FSYNC_INTERVAL */
+    int64_t fsync_interval_ms; /* for SL_FSYNC_INTERVAL */
     sl_value_format_t format;
-    int64_t segment_bytes;       /* roll the active segment at this size */
-    int64_t segment_ms;          /* ... or at this age */
+    int64_t segment_bytes;        /* roll the active segment at this size */
+    int64_t segment_ms;           /* ... or at this age */
     int32_t index_interval_bytes; /* one sparse index entry per this many bytes */
-    int32_t max_batch_bytes;     /* the largest encoded batch accepted */
-    char owner[SL_OWNER_MAX];    /* "" = external producers, else the pipeline */
+    int32_t max_batch_bytes;      /* the largest encoded batch accepted */
+    char owner[SL_OWNER_MAX];     /* "" = external producers, else the pipeline */
 } sl_topic_config_t;
 
 /* Fills cfg with the defaults: 1 partition, retention forever, delete

@@ -83,7 +83,9 @@ typedef struct int_setting {
 } int_setting_t;
 
 #define INT_SETTING(n, field, lo, hi)                                                              \
-    {n, offsetof(sl_topic_config_t, field), sizeof(((sl_topic_config_t *)0)->field), lo, hi}
+    {                                                                                              \
+        n, offsetof(sl_topic_config_t, field), sizeof(((sl_topic_config_t *)0)->field), lo, hi     \
+    }
 
 static const int_setting_t int_settings[] = {
     INT_SETTING("partitions", partitions, 1, 10000),
@@ -147,8 +149,7 @@ int sl_topic_config_set(sl_topic_config_t *c, const char *name, const char *valu
             return set_int(c, &int_settings[i], value);
     if (!strcmp(name, "owner")) {
         if (strlen(value) >= SL_OWNER_MAX || strchr(value, '\n'))
-            return sl_error_set(SL_EINVALID, "owner must be one line under %d bytes",
-                                SL_OWNER_MAX);
+            return sl_error_set(SL_EINVALID, "owner must be one line under %d bytes", SL_OWNER_MAX);
         snprintf(c->owner, sizeof c->owner, "%s", value);
         return 0;
     }
@@ -192,10 +193,9 @@ static int format_config(const sl_topic_config_t *c, char *out, size_t size)
                     c->partitions, (long long)c->retention_ms, (long long)c->retention_bytes,
                     cleanup_names[c->cleanup], (long long)c->delete_retention_ms,
                     c->compression == SL_COMPRESSION_ZSTD ? "zstd" : "none", c->compression_level,
-                    fsync_names[c->fsync], (long long)c->fsync_interval_ms,
-                    format_names[c->format], (long long)c->segment_bytes,
-                    (long long)c->segment_ms, c->index_interval_bytes, c->max_batch_bytes,
-                    c->owner);
+                    fsync_names[c->fsync], (long long)c->fsync_interval_ms, format_names[c->format],
+                    (long long)c->segment_bytes, (long long)c->segment_ms, c->index_interval_bytes,
+                    c->max_batch_bytes, c->owner);
 }
 
 static int parse_meta(char *text, const char *path, sl_topic_config_t *c)
@@ -210,8 +210,7 @@ static int parse_meta(char *text, const char *path, sl_topic_config_t *c)
             return sl_error_set(SL_ECORRUPT, "%s line %d has no '='", path, line_no);
         *eq = 0;
         if (sl_topic_config_set(c, line, eq + 1))
-            return sl_error_set(SL_ECORRUPT, "%s line %d: %s", path, line_no,
-                                sl_error_detail());
+            return sl_error_set(SL_ECORRUPT, "%s line %d: %s", path, line_no, sl_error_detail());
     }
     return 0;
 }
