@@ -1,4 +1,55 @@
-int main(void)
+/*
+ * main.c - the `sluice` program: dispatches to a subcommand.
+ */
+#include "runtime/cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SLUICE_VERSION "0.1.0"
+
+static const char usage[] =
+    "usage: sluice <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  log       inspect and edit a data directory offline (create, append, read,\n"
+    "            topics, maintain); see `sluice log --help`\n"
+    "  version   print the version\n"
+    "\n"
+    "`sluice <command> --help` describes each command.\n";
+
+int cli_fail(const char *what, int code)
 {
+    const char *detail = sl_error_detail();
+    fprintf(stderr, "sluice: %s: %s\n", what, detail[0] ? detail : sl_strerror(code));
+    return 1;
+}
+
+int cli_parse_int(const char *text, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end || v < 0)
+        return -1;
+    *out = v;
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "log"))
+        return cli_log(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
+        printf("sluice %s\n", SLUICE_VERSION);
+        return 0;
+    }
+    fprintf(stderr, "sluice: unknown command '%s'\n%s", argv[1], usage);
+    return 2;
 }

@@ -29,26 +29,31 @@ static int64_t monotonic_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Unlinks and returns the partitions that are due; sets *next_due to the
- * earliest due time of the rest (INT64_MAX if none). Lock held. */
-static sl_partition_t *take_due(sl_flusher_t *f, int64_t now, int64_t *next_due)
+#define TAKE_MAX 64
+
+/* Unlinks up to TAKE_MAX partitions that are due into due[] (they cannot
+ * stay linked through flush_next: an appender may queue them again while
+ * they are being synced); sets *next_due to the earliest due time left
+ * (INT64_MAX if none, now if more are due). Lock held. */
+static int take_due(sl_flusher_t *f, int64_t now, sl_partition_t **due, int64_t *next_due)
 {
-    sl_partition_t *due = NULL, **link = &f->queue;
+    sl_partition_t **link = &f->queue;
+    int n = 0;
     *next_due = INT64_MAX;
     while (*link) {
         sl_partition_t *p = *link;
-        if (p->flush_due_ms <= now) {
+        if (p->flush_due_ms <= now && n < TAKE_MAX) {
             *link = p->flush_next;
             p->flush_queued = 0;
-            p->flush_next = due;
-            due = p;
+            p->flush_next = NULL;
+            due[n++] = p;
         } else {
             if (p->flush_due_ms < *next_due)
                 *next_due = p->flush_due_ms;
             link = &p->flush_next;
         }
     }
-    return due;
+    return n;
 }
 
 static void wait_until(sl_flusher_t *f, int64_t due_ms)
@@ -64,20 +69,19 @@ static void wait_until(sl_flusher_t *f, int64_t due_ms)
 static void *flusher_main(void *arg)
 {
     sl_flusher_t *f = arg;
+    sl_partition_t *due[TAKE_MAX];
     pthread_mutex_lock(&f->lock);
     while (!f->stopping) {
         int64_t next_due;
-        sl_partition_t *due = take_due(f, monotonic_ms(), &next_due);
-        if (!due) {
+        int n = take_due(f, monotonic_ms(), due, &next_due);
+        if (n == 0) {
             wait_until(f, next_due);
             continue;
         }
         pthread_mutex_unlock(&f->lock);
-        while (due) {
-            sl_partition_t *p = due;
-            due = p->flush_next;
-            sl_partition_sync(p); /* failures are handled and reported inside */
-            sl_partition_unref(p);
+        for (int i = 0; i < n; i++) {
+            sl_partition_sync(due[i]); /* failures are handled and reported inside */
+            sl_partition_unref(due[i]);
         }
         pthread_mutex_lock(&f->lock);
     }
@@ -115,11 +119,12 @@ void sl_flusher_stop(sl_flusher_t *f)
     pthread_mutex_unlock(&f->lock);
     pthread_join(f->thread, NULL);
     int64_t ignored;
-    for (sl_partition_t *p = take_due(f, INT64_MAX, &ignored), *next; p; p = next) {
-        next = p->flush_next;
-        sl_partition_sync(p);
-        sl_partition_unref(p);
-    }
+    sl_partition_t *due[TAKE_MAX];
+    for (int n; (n = take_due(f, INT64_MAX, due, &ignored)) > 0;)
+        for (int i = 0; i < n; i++) {
+            sl_partition_sync(due[i]);
+            sl_partition_unref(due[i]);
+        }
     pthread_mutex_destroy(&f->lock);
     pthread_cond_destroy(&f->wake);
     sl_free(f);

@@ -217,6 +217,13 @@ const sl_topic_config_t *sl_topic_config(const sl_topic_t *topic);
 /* Partition i of a topic, or NULL if i is out of range. Borrowed. */
 sl_partition_t *sl_topic_partition(sl_topic_t *topic, int32_t i);
 
+/* Kafka's murmur2 hash of data (Utils.murmur2, seed 0x9747b28c). */
+int32_t sl_murmur2(const void *data, size_t len);
+
+/* The partition Kafka's default partitioner picks for a non-null key:
+ * (murmur2(key) & 0x7fffffff) % partitions. partitions must be >= 1. */
+int32_t sl_partition_for_key(const void *key, size_t len, int32_t partitions);
+
 /* ---- partitions ------------------------------------------------------- */
 
 const char *sl_partition_topic_name(const sl_partition_t *p);

@@ -351,6 +351,36 @@ static void test_pipelined_appends_await_durability(void **state)
     tu_rmdir(dir);
 }
 
+/* Many partitions queued on the flusher while it syncs others: each must
+ * be synced, none lost or freed from under the flusher (regression: a
+ * partition re-queued during its sync once corrupted the flusher's list). */
+static void test_flusher_serves_many_busy_partitions(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    sl_log_t *log = open_log(dir, NULL);
+    sl_topic_config_t cfg;
+    sl_topic_t *t;
+    sl_topic_config_default(&cfg);
+    cfg.partitions = 8;
+    cfg.fsync_interval_ms = 1;
+    assert_int_equal(sl_log_create_topic(log, "busy", &cfg, &t), 0);
+    sl_record_t r = tu_record("k", "v", -1);
+    int64_t ends[8] = {0};
+    for (int i = 0; i < 4000; i++) {
+        int64_t first;
+        assert_int_equal(sl_partition_append_nowait(sl_topic_partition(t, i % 8), &r, 1, &first),
+                         0);
+        ends[i % 8] = first + 1;
+    }
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(sl_partition_await_durable(sl_topic_partition(t, i), ends[i], 10000), 0);
+        assert_int_equal(ends[i], 500);
+    }
+    sl_log_close(log);
+    tu_rmdir(dir);
+}
+
 static void test_truncate_removes_the_tail(void **state)
 {
     (void)state;
@@ -517,6 +547,7 @@ int main(void)
         cmocka_unit_test(test_wait_times_out_then_wakes_on_append),
         cmocka_unit_test(test_fsync_policies_acknowledge_durable_appends),
         cmocka_unit_test(test_pipelined_appends_await_durability),
+        cmocka_unit_test(test_flusher_serves_many_busy_partitions),
         cmocka_unit_test(test_truncate_removes_the_tail),
         cmocka_unit_test(test_topic_lifecycle),
         cmocka_unit_test(test_bad_names_and_settings_are_refused),
