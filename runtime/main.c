@@ -14,6 +14,7 @@ static const char usage[] =
     "usage: sluice <command> [options]\n"
     "\n"
     "commands:\n"
+    "  serve     run the node: RESP server, HTTP metrics; see `sluice serve --help`\n"
     "  log       inspect and edit a data directory offline (create, append, read,\n"
     "            topics, maintain); see `sluice log --help`\n"
     "  version   print the version\n"
@@ -44,6 +45,8 @@ int main(int argc, char **argv)
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "serve"))
+        return cli_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "log"))
         return cli_log(argc - 1, argv + 1);
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {

@@ -232,6 +232,20 @@ void sl_partition_mark_deleted(sl_partition_t *p)
     pthread_mutex_unlock(&p->append_lock);
 }
 
+void sl_partition_get_stats(sl_partition_t *p, sl_partition_stats_t *out)
+{
+    out->records_in = atomic_load_explicit(&p->stats[0], memory_order_relaxed);
+    out->bytes_in = atomic_load_explicit(&p->stats[1], memory_order_relaxed);
+    out->records_out = atomic_load_explicit(&p->stats[2], memory_order_relaxed);
+    out->bytes_out = atomic_load_explicit(&p->stats[3], memory_order_relaxed);
+}
+
+void sl_partition_count_read(sl_partition_t *p, int64_t records, int64_t bytes)
+{
+    atomic_fetch_add_explicit(&p->stats[2], records, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->stats[3], bytes, memory_order_relaxed);
+}
+
 const char *sl_partition_topic_name(const sl_partition_t *p)
 {
     return p->topic_name;
@@ -315,6 +329,8 @@ static int write_batch(sl_partition_t *p, int64_t now)
     pthread_mutex_lock(&p->lock);
     sl_segment_publish(p->active, &h, now, p->config.index_interval_bytes);
     p->written_end = sl_batch_end_offset(&h);
+    atomic_fetch_add_explicit(&p->stats[0], h.record_count, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->stats[1], (long long)out->len, memory_order_relaxed);
     if (p->config.fsync == SL_FSYNC_NEVER) {
         p->durable_end = p->written_end;
         pthread_cond_broadcast(&p->changed);

@@ -63,6 +63,7 @@ struct sl_partition {
     int lost_count;
 
     sl_batch_encoder_t encoder; /* under append_lock */
+    atomic_llong stats[4];      /* sl_partition_stats_t, in its order */
 
     /* flusher bookkeeping, under the flusher's lock */
     int flush_queued;
@@ -88,9 +89,6 @@ void sl_partition_mark_deleted(sl_partition_t *p);
  * work). Returns 0 or the sync error (already applied: the lost records
  * are cut and their waiters woken). */
 int sl_partition_sync(sl_partition_t *p);
-
-void sl_partition_ref(sl_partition_t *p);
-void sl_partition_unref(sl_partition_t *p);
 
 /* What a reader learns when it enters a segment. */
 typedef struct sl_segment_view {

@@ -36,7 +36,7 @@ int sl_reader_open(sl_partition_t *p, int64_t offset, sl_reader_t **out)
     sl_partition_ref(p);
     r->partition = p;
     r->limit = INT64_MAX;
-    r->cursor.chunk = 256 * 1024;
+    r->cursor.chunk = 64 * 1024;
     sl_reader_seek(r, offset);
     *out = r;
     return 0;

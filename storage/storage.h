@@ -156,11 +156,16 @@ int sl_topic_name_check(const char *name);
  * max.batch.bytes, owner). Returns 0 or SL_EINVALID naming the setting. */
 int sl_topic_config_set(sl_topic_config_t *cfg, const char *name, const char *value);
 
+/* Writes every setting as `name=value` lines (the meta file's form) into
+ * out; returns the length, as snprintf does. */
+int sl_topic_config_format(const sl_topic_config_t *cfg, char *out, size_t size);
+
 /* ---- the log ---------------------------------------------------------- */
 
 typedef struct sl_log sl_log_t;
 typedef struct sl_topic sl_topic_t;
 typedef struct sl_partition sl_partition_t;
+typedef struct sl_state sl_state_t; /* the node's LMDB environment (DATA/state) */
 
 /* Called, on a storage thread, whenever records become visible to readers
  * of a partition (after they are durable under the topic's policy).
@@ -290,6 +295,23 @@ int sl_partition_compact(sl_partition_t *p, int64_t now_ms);
  * when the active segment is empty). Segments also roll on their own by
  * size and age; this is for callers that need a boundary now. */
 int sl_partition_roll(sl_partition_t *p);
+
+/* Traffic counters of a partition since the log was opened. */
+typedef struct sl_partition_stats {
+    int64_t records_in, bytes_in;   /* appended (bytes: encoded batches) */
+    int64_t records_out, bytes_out; /* served to consumers, as counted below */
+} sl_partition_stats_t;
+
+void sl_partition_get_stats(sl_partition_t *p, sl_partition_stats_t *out);
+
+/* Counts records served to a consumer (a node's FETCH), for the metrics. */
+void sl_partition_count_read(sl_partition_t *p, int64_t records, int64_t bytes);
+
+/* Reference counting, for callers that keep a partition across calls that
+ * might delete its topic: a referenced partition stays valid (operations on
+ * a deleted one fail with SL_EDELETED) until the last sl_partition_unref. */
+void sl_partition_ref(sl_partition_t *p);
+void sl_partition_unref(sl_partition_t *p);
 
 /* ---- readers ---------------------------------------------------------- */
 

@@ -181,8 +181,7 @@ int sl_topic_config_check(const sl_topic_config_t *c)
     return 0;
 }
 
-/* Writes the configuration in meta-file form into out; returns length. */
-static int format_config(const sl_topic_config_t *c, char *out, size_t size)
+int sl_topic_config_format(const sl_topic_config_t *c, char *out, size_t size)
 {
     return snprintf(out, size,
                     "partitions=%d\nretention.ms=%lld\nretention.bytes=%lld\n"
@@ -285,7 +284,8 @@ int sl_topic_create(const char *dir, const char *name, const sl_topic_config_t *
     snprintf(meta, sizeof meta, "%s/meta", dir);
     rc = open_partitions(t, env, 1);
     if (rc == 0)
-        rc = sl_io_write_file(meta, text, (size_t)format_config(config, text, sizeof text));
+        rc =
+            sl_io_write_file(meta, text, (size_t)sl_topic_config_format(config, text, sizeof text));
     if (rc) {
         close_partitions(t, env->flusher, 1);
         topic_free(t);

@@ -1,0 +1,65 @@
+/*
+ * queries.h - the node's TCP face: a RESP2/RESP3 server (so redis-cli,
+ * redis-benchmark and every Redis client library are clients) and an HTTP
+ * endpoint for /health and /metrics. See docs/commands.md for the commands.
+ *
+ * The server runs on the caller's libevent base, on one thread. Storage work
+ * that can wait (fsync) never blocks it: a PRODUCE's reply is held until the
+ * log reports the records durable, while the connection keeps reading, and
+ * replies always leave in request order.
+ */
+#ifndef SL_QUERIES_H
+#define SL_QUERIES_H
+
+#include "storage/storage.h"
+
+#include <event2/event.h>
+
+typedef struct sl_server sl_server_t;
+
+typedef struct sl_server_options {
+    const char *bind;        /* address to listen on; default 127.0.0.1 */
+    int port;                /* RESP port; 0 = any free port */
+    int http_port;           /* HTTP port; 0 = any free port, -1 = none */
+    const char *requirepass; /* NULL: no AUTH needed */
+    size_t max_value_bytes;  /* largest record value (and key) accepted */
+    size_t max_bulk_bytes;   /* largest RESP bulk string accepted */
+    size_t max_args;         /* most arguments in one command */
+    int max_clients;
+    int auto_create_topics; /* PRODUCE to a missing topic creates it */
+} sl_server_options_t;
+
+/* Fills o with the defaults: 127.0.0.1:6380, HTTP 8080, no password,
+ * values up to 1 MiB, bulk up to 512 MiB, 1M arguments, 10000 clients. */
+void sl_server_options_default(sl_server_options_t *o);
+
+/*
+ * Starts listening. The base must have two priorities
+ * (event_base_priority_init(base, 2)): socket events run at 0, and the
+ * flush that appends staged records at 1, after each round of I/O.
+ * The log and the state must outlive the server. Binding
+ * to anything but a loopback address without requirepass is refused
+ * (SL_EINVALID, protected mode). On success *out is the caller's until
+ * sl_server_free().
+ */
+int sl_server_start(struct event_base *base, sl_log_t *log, sl_state_t *state,
+                    const sl_server_options_t *o, sl_server_t **out);
+
+/* The ports actually bound (useful with port 0). */
+int sl_server_port(const sl_server_t *s);
+int sl_server_http_port(const sl_server_t *s);
+
+/* The log listener (sl_log_options_t.listener) with arg = the server: wakes
+ * the server's loop to release held replies and blocked reads. Safe from
+ * any thread. */
+void sl_server_notify(void *server, sl_partition_t *p, int64_t end_offset);
+
+/* Graceful stop: closes the listeners, answers blocked reads with their
+ * timeout reply, lets held replies finish, then breaks the event loop once
+ * no reply is outstanding (or after timeout_ms). */
+void sl_server_shutdown(sl_server_t *s, int timeout_ms);
+
+/* Closes every connection and frees the server. */
+void sl_server_free(sl_server_t *s);
+
+#endif

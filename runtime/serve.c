@@ -1,0 +1,265 @@
+/*
+ * serve.c - `sluice serve`: the long-lived node.
+ *
+ * Lifecycle: parse options, open the log (recovering it) and the LMDB state,
+ * start the RESP/HTTP server on a libevent loop, run retention and
+ * compaction on a maintenance thread, and on SIGTERM/SIGINT stop accepting,
+ * let held replies finish, close the log (fsync, indexes, clean marker) and
+ * exit 0.
+ */
+#include "queries/queries.h"
+#include "runtime/cli.h"
+#include "storage/state.h"
+
+#include <event2/thread.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static const char serve_usage[] =
+    "usage: sluice serve [options]\n"
+    "\n"
+    "  --data DIR              data directory (default ./data)\n"
+    "  --bind ADDR             listen address (default 127.0.0.1); anything but\n"
+    "                          loopback needs --requirepass\n"
+    "  --port N                RESP port (default 6380; 0 = any free port)\n"
+    "  --http-port N           HTTP port for /health and /metrics (default 8080;\n"
+    "                          0 = any free port, -1 = off)\n"
+    "  --requirepass PASS      clients must AUTH with PASS\n"
+    "  --workers N             worker threads for pipelines (default: cores)\n"
+    "  --auto-create-topics    PRODUCE to a missing topic creates it\n"
+    "  --max-value-bytes N     largest record key or value (default 1048576)\n"
+    "  --max-bulk-bytes N      largest RESP bulk string (default 536870912)\n"
+    "  --max-args N            most arguments in one command (default 1048576)\n"
+    "  --max-clients N         most connections (default 10000)\n"
+    "  --maintenance-ms N      retention/compaction period (default 30000)\n"
+    "  --log-level LEVEL       debug, info, warn or error (default info)\n"
+    "\n"
+    "The node logs `serve: ready resp=ADDR:PORT http=ADDR:PORT` once it accepts\n"
+    "clients. SIGTERM or SIGINT stops it cleanly (exit 0).\n";
+
+typedef struct node {
+    sl_server_options_t server_options;
+    const char *data;
+    int64_t maintenance_ms;
+    int workers;
+    sl_log_t *log;
+    sl_state_t *state;
+    struct event_base *base;
+    _Atomic(sl_server_t *) server;
+    pthread_t maintenance;
+    pthread_mutex_t lock;
+    pthread_cond_t stop;
+    int stopping;
+} node_t;
+
+static int parse_level(const char *text)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(text, names[i]))
+            return i;
+    return -1;
+}
+
+/* Sets a numeric option; returns 0 or -1 for a bad number. */
+static int set_number(node_t *n, int opt, const char *text)
+{
+    char *end;
+    long long v = strtoll(text, &end, 10);
+    if (*end || end == text || v < -1)
+        return -1;
+    switch (opt) {
+    case 'p':
+        n->server_options.port = (int)v;
+        break;
+    case 'H':
+        n->server_options.http_port = (int)v;
+        break;
+    case 'w':
+        n->workers = (int)v;
+        break;
+    case 'V':
+        n->server_options.max_value_bytes = (size_t)v;
+        break;
+    case 'B':
+        n->server_options.max_bulk_bytes = (size_t)v;
+        break;
+    case 'A':
+        n->server_options.max_args = (size_t)v;
+        break;
+    case 'C':
+        n->server_options.max_clients = (int)v;
+        break;
+    case 'M':
+        n->maintenance_ms = v;
+        break;
+    }
+    return v < 0 && opt != 'H' ? -1 : 0;
+}
+
+static int parse_serve(int argc, char **argv, node_t *n)
+{
+    static const struct option options[] = {
+        {"data", required_argument, NULL, 'd'},
+        {"bind", required_argument, NULL, 'b'},
+        {"port", required_argument, NULL, 'p'},
+        {"http-port", required_argument, NULL, 'H'},
+        {"requirepass", required_argument, NULL, 'P'},
+        {"workers", required_argument, NULL, 'w'},
+        {"auto-create-topics", no_argument, NULL, 'a'},
+        {"max-value-bytes", required_argument, NULL, 'V'},
+        {"max-bulk-bytes", required_argument, NULL, 'B'},
+        {"max-args", required_argument, NULL, 'A'},
+        {"max-clients", required_argument, NULL, 'C'},
+        {"maintenance-ms", required_argument, NULL, 'M'},
+        {"log-level", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (c == 'h')
+            return fputs(serve_usage, stdout), 1;
+        if (c == 'd')
+            n->data = optarg;
+        else if (c == 'b')
+            n->server_options.bind = optarg;
+        else if (c == 'P')
+            n->server_options.requirepass = optarg;
+        else if (c == 'a')
+            n->server_options.auto_create_topics = 1;
+        else if (c == 'L' && parse_level(optarg) >= 0)
+            sl_report_level((sl_level_t)parse_level(optarg));
+        else if (c == '?' || c == 'L' || set_number(n, c, optarg))
+            return fprintf(stderr, "sluice serve: bad option or value\n%s", serve_usage), 2;
+    }
+    if (optind < argc)
+        return fprintf(stderr, "sluice serve: unexpected '%s'\n%s", argv[optind], serve_usage), 2;
+    return 0;
+}
+
+/* The log's listener: forwards to the server once it exists. */
+static void on_durable(void *arg, sl_partition_t *p, int64_t end)
+{
+    node_t *n = arg;
+    sl_server_t *s = atomic_load(&n->server);
+    if (s)
+        sl_server_notify(s, p, end);
+}
+
+static void *maintenance_main(void *arg)
+{
+    node_t *n = arg;
+    pthread_mutex_lock(&n->lock);
+    while (!n->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += n->maintenance_ms / 1000;
+        ts.tv_nsec += (n->maintenance_ms % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&n->stop, &n->lock, &ts);
+        if (n->stopping)
+            break;
+        pthread_mutex_unlock(&n->lock);
+        sl_log_maintain(n->log);
+        pthread_mutex_lock(&n->lock);
+    }
+    pthread_mutex_unlock(&n->lock);
+    return NULL;
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    node_t *n = arg;
+    (void)what;
+    sl_report(SL_INFO, "serve", "signal %d: stopping (finishing in-flight requests)", (int)sig);
+    sl_server_shutdown(atomic_load(&n->server), 5000);
+}
+
+static void raise_file_limit(void)
+{
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &lim);
+    }
+}
+
+/* Opens the log and the state and starts the server on n->base. */
+static int start_node(node_t *n)
+{
+    sl_server_t *server;
+    sl_log_options_t lo = {.listener = on_durable, .listener_arg = n};
+    int rc = sl_log_open(n->data, &lo, &n->log);
+    if (rc)
+        return cli_fail("serve: cannot open the log", rc);
+    if ((rc = sl_state_open(n->data, NULL, &n->state)))
+        return cli_fail("serve: cannot open the state", rc);
+    if ((rc = sl_server_start(n->base, n->log, n->state, &n->server_options, &server)))
+        return cli_fail("serve", rc);
+    atomic_store(&n->server, server);
+    sl_report(SL_INFO, "serve", "ready resp=%s:%d http=%s:%d data=%s", n->server_options.bind,
+              sl_server_port(server), n->server_options.bind, sl_server_http_port(server), n->data);
+    return 0;
+}
+
+static void stop_node(node_t *n)
+{
+    pthread_mutex_lock(&n->lock);
+    n->stopping = 1;
+    pthread_cond_signal(&n->stop);
+    pthread_mutex_unlock(&n->lock);
+    sl_server_free(atomic_exchange(&n->server, NULL));
+    if (n->maintenance)
+        pthread_join(n->maintenance, NULL);
+    if (n->state)
+        sl_state_close(n->state);
+    sl_log_close(n->log);
+    if (n->base)
+        event_base_free(n->base);
+}
+
+int cli_serve(int argc, char **argv)
+{
+    node_t n = {.data = "data", .maintenance_ms = 30000};
+    sl_server_options_default(&n.server_options);
+    int rc = parse_serve(argc, argv, &n);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    signal(SIGPIPE, SIG_IGN);
+    raise_file_limit();
+    pthread_mutex_init(&n.lock, NULL);
+    pthread_cond_init(&n.stop, NULL);
+    evthread_use_pthreads();
+    n.base = event_base_new();
+    rc = n.base && event_base_priority_init(n.base, 2) == 0 ? start_node(&n)
+                                                            : cli_fail("serve: libevent", -1);
+    struct event *term = NULL, *intr = NULL;
+    if (rc == 0) {
+        term = evsignal_new(n.base, SIGTERM, on_signal, &n);
+        intr = evsignal_new(n.base, SIGINT, on_signal, &n);
+        evsignal_add(term, NULL);
+        evsignal_add(intr, NULL);
+        if (n.maintenance_ms > 0)
+            pthread_create(&n.maintenance, NULL, maintenance_main, &n);
+        event_base_dispatch(n.base);
+        sl_report(SL_INFO, "serve", "stopped");
+    }
+    if (term)
+        event_free(term);
+    if (intr)
+        event_free(intr);
+    stop_node(&n);
+    return rc;
+}
