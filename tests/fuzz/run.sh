@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 #
-# run.sh - builds the batch decoder fuzz target and runs it for a while.
+# run.sh - builds the fuzz targets (the batch decoder and the RESP request
+# parser) and runs each for a while.
 #
 # Usage: tests/fuzz/run.sh [BUILD_DIR] [SECONDS]
 #   BUILD_DIR  where binaries, the working corpus and any crash reproducer
 #              go (default: <repo>/build-fuzz)
-#   SECONDS    how long to fuzz (default: 30)
+#   SECONDS    how long to fuzz each target (default: 30)
 #
 # Needs clang with libFuzzer (Debian: clang, libclang-rt-14-dev) and
 # libzstd-dev. The fuzzer runs over a copy of tests/fuzz/corpus kept in
@@ -26,9 +27,10 @@ read -ra zstd_libs <<<"$(pkg-config --libs libzstd 2>/dev/null || echo -lzstd)"
 cflags=(-std=c11 -D_GNU_SOURCE -I "$root" "${zstd_cflags[@]}" -g -O1 -Wall -Wextra -Werror
         -fno-omit-frame-pointer -fno-sanitize-recover=all)
 libs=("${zstd_libs[@]}" -lpthread)
-storage=("$root"/storage/*.c)
+# Only what the targets use: the rest of storage needs LMDB and more.
+storage=("$root"/storage/{alloc,error,report,crc32c,buf,batch}.c)
 
-mkdir -p "$build/corpus"
+mkdir -p "$build/corpus" "$build/corpus_resp"
 build=$(cd "$build" && pwd)
 
 "$cc" "${cflags[@]}" -fsanitize=fuzzer,address,undefined \
@@ -36,7 +38,17 @@ build=$(cd "$build" && pwd)
 "$cc" "${cflags[@]}" -fsanitize=address,undefined \
     "${storage[@]}" "$here/make_corpus.c" "${libs[@]}" -o "$build/make_corpus"
 
+"$cc" "${cflags[@]}" -fsanitize=fuzzer,address,undefined \
+    "$root/queries/resp.c" "$root"/storage/{alloc,error}.c "$here/fuzz_resp.c" \
+    -o "$build/fuzz_resp"
+
 cp "$here"/corpus/* "$build/corpus/"
 "$build/fuzz_batch" "$build/corpus" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 \
+    -artifact_prefix="$build/" -print_final_stats=1
+
+# The RESP target reads its first 4 bytes as settings (limits, chunking).
+cp "$here"/corpus_resp/* "$build/corpus_resp/"
+"$build/fuzz_resp" "$build/corpus_resp" \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=4096 \
     -artifact_prefix="$build/" -print_final_stats=1
