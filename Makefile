@@ -1,23 +1,27 @@
 # sluice - the two commands of the README:
-#   make run    install what is missing, build, run the demo
-#   make test   install what is missing, build, run every test
-#               (normal build, sanitizer build, format check, fuzzing)
+#   make run    install what is missing, build, run the demo (a node on the
+#               embedded default, fed and read through the CLI)
+#   make test   install what is missing, build, run every test: unit tests
+#               and integration tests (a real node, redis-cli, python3-redis)
+#               on the normal and the ASan+UBSan build, format check, fuzzing
 
 DEBIAN_PACKAGES := build-essential cmake pkg-config clang clang-format libclang-rt-14-dev \
                    liblmdb-dev liblua5.4-dev libzstd-dev libevent-dev libcmocka-dev \
-                   libhiredis-dev
+                   libhiredis-dev redis-server redis-tools python3-redis curl
 BUILD      := build
 ASAN_BUILD := build-asan
 FUZZ_BUILD := build-fuzz
 FUZZ_SECONDS ?= 30
 JOBS       := $(shell nproc)
 
-.PHONY: run test deps build build-asan unit unit-asan format-check fuzz bench clean
+.PHONY: run test deps build build-asan unit unit-asan integration integration-asan \
+        format-check fuzz bench clean
 
 run: deps build
 	bash examples/log_demo.sh $(BUILD)/runtime/sluice
+	bash examples/node_demo.sh $(BUILD)/runtime/sluice
 
-test: deps format-check unit unit-asan fuzz
+test: deps format-check unit unit-asan integration integration-asan fuzz
 
 # Installs only the Debian packages that are missing (needs root and apt).
 deps:
@@ -43,6 +47,13 @@ unit: build
 unit-asan: build-asan
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j$(JOBS)
 
+integration: build
+	SLUICE_BIN=$(CURDIR)/$(BUILD)/runtime/sluice bash tests/integration/run.sh
+
+integration-asan: build-asan
+	SLUICE_BIN=$(CURDIR)/$(ASAN_BUILD)/runtime/sluice \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 bash tests/integration/run.sh
+
 format-check:
 	@files=$$(git ls-files '*.c' '*.h' 2>/dev/null || find . -name '*.[ch]' -not -path './build*'); \
 	clang-format --dry-run --Werror $$files && echo "format: ok"
@@ -52,6 +63,7 @@ fuzz:
 
 bench: build
 	bash bench/run_log_bench.sh
+	bash bench/resp_bench.sh $(BUILD)/runtime/sluice
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

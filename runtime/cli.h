@@ -39,9 +39,9 @@ int cli_parse_int(const char *text, int64_t *out);
 
 /*
  * The client commands speak RESP to a running node through hiredis. Every
- * argument goes out through the Argv calls with explicit lengths, so user
- * data is never a format string. Messages are one line on stderr in the
- * form "sluice: <what>: <detail>".
+ * argument goes out through its Argv calls, never through a format string;
+ * record keys and values carry explicit lengths, so they are binary-safe.
+ * Failures are one line on stderr: "sluice: <what>: <detail>".
  */
 struct redisContext;
 struct redisReply;
@@ -90,8 +90,8 @@ struct redisContext *cli_connect(const cli_server_t *s);
 /* Runs one command; lens may be NULL for NUL-terminated arguments. Returns
  * the reply, which the caller frees with freeReplyObject(), or NULL after
  * printing the server's error or the connection failure. */
-struct redisReply *cli_run(struct redisContext *c, const char *what, int argc, const char **argv,
-                           const size_t *lens);
+struct redisReply *cli_run(struct redisContext *c, const char *what, int argc,
+                           const char *const *argv, const size_t *lens);
 
 /* Reads the next reply of a pipeline. Returns it (possibly an error reply;
  * the caller frees it) or NULL after printing the connection failure. */

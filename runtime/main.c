@@ -15,11 +15,16 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  serve     run the node: RESP server, HTTP metrics; see `sluice serve --help`\n"
+    "  topics    create, list, describe and delete topics on a running node\n"
+    "  produce   send JSON lines from stdin to a topic as records\n"
+    "  consume   print a topic's records, alone or as a consumer group\n"
+    "  groups    show consumer groups' committed offsets and lag\n"
     "  log       inspect and edit a data directory offline (create, append, read,\n"
     "            topics, maintain); see `sluice log --help`\n"
     "  version   print the version\n"
     "\n"
-    "`sluice <command> --help` describes each command.\n";
+    "`sluice <command> --help` describes each command. The client commands\n"
+    "(topics, produce, consume, groups) take --host, --port and --password.\n";
 
 int cli_fail(const char *what, int code)
 {
@@ -49,6 +54,14 @@ int main(int argc, char **argv)
         return cli_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "log"))
         return cli_log(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "topics"))
+        return cli_topics(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "produce"))
+        return cli_produce(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "consume"))
+        return cli_consume(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "groups"))
+        return cli_groups(argc - 1, argv + 1);
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         printf("sluice %s\n", SLUICE_VERSION);
         return 0;
