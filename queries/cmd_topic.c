@@ -141,8 +141,11 @@ static int topic_describe(sl_request_t *req, sl_topic_t *t)
 static int topic_delete(sl_request_t *req, const char *name)
 {
     int rc = sl_log_delete_topic(req->server->log, name);
+    if (rc == SL_ENOTFOUND)
+        return sl_request_error(req, "NOTFOUND no such topic '%s'", name);
     if (rc)
         return sl_request_error(req, "%s", sl_error_detail());
+    event_active(req->server->wake, EV_READ, 0); /* held replies and blocked reads on it */
     if (sl_offsets_delete_topic(req->server->state, name))
         sl_report(SL_WARN, "queries", "topic %s deleted but its group offsets remain: %s", name,
                   sl_error_detail());

@@ -61,6 +61,8 @@ int sl_arg_name(const sl_resp_arg_t *a, char *out, size_t size)
 /* PING [message] */
 static int cmd_ping(sl_request_t *req)
 {
+    if (req->argc > 2)
+        return sl_request_error(req, "wrong number of arguments for 'ping' command");
     if (req->argc == 2)
         sl_reply_bulk(&req->reply, req->argv[1].data, req->argv[1].len);
     else

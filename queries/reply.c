@@ -1,14 +1,13 @@
 /*
  * reply.c - RESP reply encoding (see reply.h).
  *
- * An error text that starts with an upper-case word followed by a space
- * (NOAUTH, WRONGTYPE, NOTFOUND, BUSY, ERR) is sent as is; any other gets the
- * generic "ERR " prefix, as Redis does. Error texts never contain CR or LF:
+ * An error text that starts with one of the error codes clients match on
+ * (ERR, NOAUTH, WRONGPASS, NOTFOUND, BUSY, NOPROTO, WRONGTYPE) is sent as is;
+ * any other gets the generic "ERR " prefix, as Redis does. Error texts never contain CR or LF:
  * they are replaced so that a user's bytes cannot break the framing.
  */
 #include "queries/reply.h"
 
-#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -41,10 +40,12 @@ void sl_reply_simple(sl_reply_t *r, const char *text)
 
 static int has_code_prefix(const char *text)
 {
-    const char *p = text;
-    while (isupper((unsigned char)*p))
-        p++;
-    return p > text && *p == ' ';
+    static const char *const codes[] = {"ERR ",  "NOAUTH ",  "WRONGPASS ", "NOTFOUND ",
+                                        "BUSY ", "NOPROTO ", "WRONGTYPE "};
+    for (size_t i = 0; i < sizeof codes / sizeof *codes; i++)
+        if (!strncmp(text, codes[i], strlen(codes[i])))
+            return 1;
+    return 0;
 }
 
 void sl_reply_error(sl_reply_t *r, const char *fmt, ...)
