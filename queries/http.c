@@ -17,6 +17,29 @@
 #include <string.h>
 #include <sys/socket.h>
 
+/* Decodes standard base64 into out; returns the length or -1. */
+static int decode_base64(const char *in, char *out, int size)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    int bits = 0, n = 0;
+    uint32_t acc = 0;
+    for (; *in && *in != '='; in++) {
+        const char *at = strchr(alphabet, *in);
+        if (!at || !*in)
+            return -1;
+        acc = acc << 6 | (uint32_t)(at - alphabet);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n >= size)
+                return -1;
+            out[n++] = (char)(acc >> bits);
+        }
+    }
+    return n;
+}
+
 static void add_label(struct evbuffer *out, const char *name, const char *value)
 {
     evbuffer_add_printf(out, "%s=\"", name);
@@ -155,9 +178,37 @@ static void server_families(sl_server_t *s, struct evbuffer *out)
     evbuffer_add_printf(out, "sluice_fsyncs_total %llu\n", sl_io_sync_count());
 }
 
+/* With --requirepass, /metrics needs `Authorization: Bearer PASS` or Basic
+ * auth with password PASS (any user), as Prometheus scrapers can send. */
+static int authorized(sl_server_t *s, struct evhttp_request *req)
+{
+    const char *pass = s->options.requirepass;
+    if (!pass)
+        return 1;
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!auth)
+        return 0;
+    if (!strncmp(auth, "Bearer ", 7))
+        return !strcmp(auth + 7, pass);
+    if (strncmp(auth, "Basic ", 6))
+        return 0;
+    char decoded[512];
+    int n = decode_base64(auth + 6, decoded, sizeof decoded - 1);
+    if (n < 0)
+        return 0;
+    decoded[n] = 0;
+    const char *colon = strchr(decoded, ':');
+    return colon && !strcmp(colon + 1, pass);
+}
+
 static void on_metrics(struct evhttp_request *req, void *arg)
 {
     sl_server_t *s = arg;
+    if (!authorized(s, req)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+                          "Basic realm=\"sluice\"");
+        return evhttp_send_error(req, 401, "Unauthorized");
+    }
     struct evbuffer *out = evbuffer_new();
     if (!out)
         return evhttp_send_error(req, 500, "out of memory");

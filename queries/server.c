@@ -499,9 +499,14 @@ void sl_server_notify(void *server, sl_partition_t *p, int64_t end_offset)
         event_active(s->wake, EV_READ, 0);
 }
 
-static int is_loopback(const char *bind)
+/* 1 if the resolved address is a loopback one (127.0.0.0/8 or ::1). */
+static int is_loopback(const struct sockaddr *sa)
 {
-    return !strncmp(bind, "127.", 4) || !strcmp(bind, "::1") || !strcmp(bind, "localhost");
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    return 0;
 }
 
 static int bound_port(evutil_socket_t fd)
@@ -527,6 +532,13 @@ static int listen_resp(sl_server_t *s)
     if (rc)
         return sl_error_set(SL_EINVALID, "cannot resolve bind address %s: %s", s->bind,
                             gai_strerror(rc));
+    if (!is_loopback(ai->ai_addr) && !s->options.requirepass) {
+        freeaddrinfo(ai);
+        return sl_error_set(SL_EINVALID,
+                            "refusing to listen on %s without --requirepass (protected mode); "
+                            "bind 127.0.0.1 or set a password",
+                            s->bind);
+    }
     s->listener =
         evconnlistener_new_bind(s->base, on_accept, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
                                 511, ai->ai_addr, (int)ai->ai_addrlen);
@@ -541,11 +553,6 @@ static int listen_resp(sl_server_t *s)
 int sl_server_start(struct event_base *base, sl_log_t *log, sl_state_t *state,
                     const sl_server_options_t *o, sl_server_t **out)
 {
-    if (!is_loopback(o->bind) && !o->requirepass)
-        return sl_error_set(SL_EINVALID,
-                            "refusing to listen on %s without --requirepass (protected mode); "
-                            "bind 127.0.0.1 or set a password",
-                            o->bind);
     sl_server_t *s = sl_calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;

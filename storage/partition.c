@@ -505,7 +505,9 @@ int sl_partition_await_durable(sl_partition_t *p, int64_t end_offset, int timeou
             rc = SL_EDELETED;
             break;
         }
-        if (wait_changed(p, timeout_ms, &deadline) == ETIMEDOUT) {
+        /* timeout 0 is a check, not a wait: a timed wait that has already
+         * expired still sleeps for the timer slack (about 50 us) */
+        if (timeout_ms == 0 || wait_changed(p, timeout_ms, &deadline) == ETIMEDOUT) {
             rc = SL_ETIMEDOUT;
             break;
         }
@@ -529,7 +531,7 @@ int sl_partition_wait(sl_partition_t *p, int64_t offset, int timeout_ms)
             rc = SL_EDELETED;
             break;
         }
-        if (wait_changed(p, timeout_ms, &deadline) == ETIMEDOUT) {
+        if (timeout_ms == 0 || wait_changed(p, timeout_ms, &deadline) == ETIMEDOUT) {
             rc = 0;
             break;
         }
