@@ -36,6 +36,7 @@ done
 
 work=$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/resp-bench.XXXXXX")
 pids=()
+declare -A server_pid # port -> pid of the server listening there
 cleanup() {
     for pid in ${pids[@]+"${pids[@]}"}; do
         kill -TERM "$pid" 2>/dev/null || true
@@ -77,6 +78,7 @@ start_redis() { # NAME PORT ARGS...
     redis-server --port "$port" --bind 127.0.0.1 --dir "$work/$name" --daemonize no \
         --logfile "$work/$name/log" "$@" </dev/null >/dev/null 2>&1 &
     pids+=($!)
+    server_pid[$port]=$!
     wait_for "redis-server $name on port $port" 20 pong "$port"
 }
 
@@ -84,8 +86,10 @@ start_sluice() { # sets sluice_port (not run in a subshell: the node must stay o
     "$SLUICE_BIN" serve --data "$work/sluice" --port 0 --http-port -1 \
         </dev/null >/dev/null 2>"$work/sluice.log" &
     pids+=($!)
+    local pid=$!
     wait_for "sluice's ready line" 20 grep -q 'serve: ready' "$work/sluice.log"
     sluice_port=$(sed -n 's/.*serve: ready resp=[^ ]*:\([0-9]*\) .*/\1/p' "$work/sluice.log" | head -1)
+    server_pid[$sluice_port]=$pid
 }
 
 # check PORT CMD...: the command must not reply an error (redis-benchmark
@@ -111,7 +115,14 @@ csv_run() {
         awk -F, 'NR == 2 { gsub(/"/, ""); print $2, $5, $7 }'
 }
 
-# bench PORT PIPELINE ARGS... -> "rps p50 p99" of a run lasting ~SECONDS_PER_RUN
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+# bench PORT PIPELINE ARGS... -> "rps p50 p99 cpu_us" of a run lasting
+# ~SECONDS_PER_RUN; cpu_us is the server's CPU time per request (us), the
+# figure least disturbed by redis-benchmark sharing the cores.
 bench() {
     local port=$1 pipeline=$2
     shift 2
@@ -122,7 +133,12 @@ bench() {
     local n
     n=$(awk -v r="$rps" -v s="$SECONDS_PER_RUN" -v m="$probe" \
         'BEGIN { n = int(r * s / 1000 + 0.5) * 1000; if (n < m) n = m; print n }')
-    csv_run "$port" "$pipeline" "$n" "$@"
+    local before after result
+    before=$(cpu_ticks "${server_pid[$port]}")
+    result=$(csv_run "$port" "$pipeline" "$n" "$@")
+    after=$(cpu_ticks "${server_pid[$port]}")
+    echo "$result $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$n" \
+        'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
 }
 
 redis_never_port=$(free_port)
@@ -150,17 +166,18 @@ echo
 rows=()
 row() { # LABEL SLUICE_RESULT REDIS_RESULT
     local label=$1
-    read -r s_rps s_p50 s_p99 <<<"$2"
-    read -r r_rps r_p50 r_p99 <<<"$3"
+    read -r s_rps s_p50 s_p99 s_cpu <<<"$2"
+    read -r r_rps r_p50 r_p99 r_cpu <<<"$3"
     rows+=("$(awk -v l="$label" -v a="$s_rps" -v b="$r_rps" -v c="$s_p50" -v d="$s_p99" \
-        -v e="$r_p50" -v f="$r_p99" 'BEGIN {
+        -v e="$r_p50" -v f="$r_p99" -v g="$s_cpu" -v h="$r_cpu" 'BEGIN {
             ratio = (b > 0) ? sprintf("%.2f", a / b) : "n/a"
-            printf "%-30s %12.0f %12.0f %7s %8.3f %8.3f %8.3f %8.3f", l, a, b, ratio, c, d, e, f }')")
+            printf "%-30s %12.0f %12.0f %7s %8.3f %8.3f %8.3f %8.3f %8.2f %8.2f",
+                l, a, b, ratio, c, d, e, f, g, h }')")
     echo "${rows[-1]}"
 }
 
-header=$(printf '%-30s %12s %12s %7s %8s %8s %8s %8s' case sluice_rps redis_rps ratio \
-    s_p50ms s_p99ms r_p50ms r_p99ms)
+header=$(printf '%-30s %12s %12s %7s %8s %8s %8s %8s %8s %8s' case sluice_rps redis_rps ratio \
+    s_p50ms s_p99ms r_p50ms r_p99ms s_cpu_us r_cpu_us)
 echo "$header"
 for p in 1 16; do
     row "PING_MBULK -P $p" "$(bench "$sluice_port" "$p" -t ping_mbulk)" \
@@ -176,5 +193,6 @@ for pair in never interval; do
     done
 done
 echo
-echo "ratio = sluice rps / redis rps; latencies are redis-benchmark's p50/p99 in ms."
+echo "ratio = sluice rps / redis rps; latencies are redis-benchmark's p50/p99 in ms;"
+echo "cpu_us = the server process's CPU time (user + system) per request, in microseconds."
 echo "produce = sluice 'PRODUCE topic key value' vs redis 'XADD stream * field value'."
