@@ -1,0 +1,226 @@
+/*
+ * call.c - running an op's user function on a record.
+ *
+ * Each sl_vm_call_* runs one protected C function (sl_vm_protect) that
+ * pushes the function and the slot's record table, calls it with a fresh
+ * instruction budget and turns the result into the caller's output: a
+ * truth value, a branch index, or new slots. Errors of any kind unwind to
+ * sl_vm_protect, which leaves the VM as it was before the call, and come
+ * back as "<kind> (<where>): <message>".
+ */
+#include "lua/vm.h"
+
+#include <assert.h>
+
+typedef struct call {
+    const sl_op_t *op;
+    int slot;
+    int branch;   /* BRANCH: the predicate being tried, then the answer */
+    int keep;     /* FILTER */
+    int out_slot; /* MAP, KEY_BY; FLAT_MAP: the first */
+    int count;    /* FLAT_MAP */
+    int64_t ts;   /* SOURCE */
+} call_t;
+
+/* Calls fn(record of slot) with a fresh budget; leaves one result on top. */
+static void call_user(lua_State *L, sl_vm_t *vm, int fn, int slot)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
+    sl_slot_push(L, vm, slot);
+    sl_vm_budget_reset(vm);
+    lua_call(L, 1, 1);
+}
+
+static int run(sl_vm_t *vm, call_t *call, lua_CFunction body)
+{
+    const sl_op_t *op = call->op;
+    assert(call->slot >= 0 && call->slot < vm->slot_count);
+    int rc = sl_vm_protect(vm, body, call);
+    if (rc == 0)
+        return 0;
+    if (op->kind == SL_OP_BRANCH)
+        return sl_error_set(rc, "branch '%s' (%s): %s", op->branch_names[call->branch], op->where,
+                            vm->message);
+    return sl_error_set(rc, "%s (%s): %s",
+                        op->kind == SL_OP_SOURCE ? "timestamp" : sl_op_kind_name(op->kind),
+                        op->where, vm->message);
+}
+
+static int timestamp_body(lua_State *L)
+{
+    call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    call_user(L, vm, call->op->fn, call->slot);
+    sl_record_set_timestamp(L, vm, call->slot, lua_gettop(L));
+    call->ts = vm->slots[call->slot].record.timestamp;
+    return 0;
+}
+
+int sl_vm_call_timestamp(sl_vm_t *vm, const sl_op_t *op, int slot, int64_t *ts)
+{
+    assert(op->kind == SL_OP_SOURCE && op->fn != SL_NO_FUNCTION);
+    call_t call = {.op = op, .slot = slot};
+    int rc = run(vm, &call, timestamp_body);
+    if (rc == 0)
+        *ts = call.ts;
+    return rc;
+}
+
+static int filter_body(lua_State *L)
+{
+    call_t *call = lua_touserdata(L, 1);
+    call_user(L, sl_vm_of(L), call->op->fn, call->slot);
+    call->keep = lua_toboolean(L, -1);
+    return 0;
+}
+
+int sl_vm_call_filter(sl_vm_t *vm, const sl_op_t *op, int slot, int *keep)
+{
+    assert(op->kind == SL_OP_FILTER);
+    call_t call = {.op = op, .slot = slot};
+    int rc = run(vm, &call, filter_body);
+    if (rc == 0)
+        *keep = call.keep;
+    return rc;
+}
+
+static int map_body(lua_State *L)
+{
+    call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    sl_slot_push(L, vm, call->slot);
+    call_user(L, vm, call->op->fn, call->slot);
+    sl_record_push_result(L, vm, 2, 3, call->op, &call->out_slot);
+    return 0;
+}
+
+int sl_vm_call_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot)
+{
+    assert(op->kind == SL_OP_MAP);
+    call_t call = {.op = op, .slot = slot};
+    int rc = run(vm, &call, map_body);
+    if (rc == 0)
+        *out_slot = call.out_slot;
+    return rc;
+}
+
+/* The list at idx: its length; an error for anything but a list. */
+static int list_length(lua_State *L, int idx)
+{
+    char text[64];
+    if (!lua_istable(L, idx))
+        sl_vm_raise(L, "returned %s (return a list of values or records, {} for none)",
+                    sl_vm_describe(L, idx, text, sizeof text));
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+    lua_pushnil(L);
+    if (n == 0 && lua_next(L, idx))
+        sl_vm_raise(L, "returned a table that is not a list (return {} for none)");
+    lua_settop(L, idx);
+    if (n > INT32_MAX / 2)
+        sl_vm_raise(L, "returned a list of %lld items", (long long)n);
+    return (int)n;
+}
+
+static int flat_map_body(lua_State *L)
+{
+    call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    sl_slot_push(L, vm, call->slot);
+    call_user(L, vm, call->op->fn, call->slot);
+    int n = list_length(L, 3), slot;
+    call->out_slot = vm->slot_count;
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, 3, i);
+        sl_record_push_result(L, vm, 2, 4, call->op, &slot);
+        lua_settop(L, 3);
+    }
+    call->count = n;
+    return 0;
+}
+
+int sl_vm_call_flat_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *first_slot, int *count)
+{
+    assert(op->kind == SL_OP_FLAT_MAP);
+    call_t call = {.op = op, .slot = slot};
+    int rc = run(vm, &call, flat_map_body);
+    if (rc == 0) {
+        *first_slot = call.out_slot;
+        *count = call.count;
+    }
+    return rc;
+}
+
+/* Pushes r.value[field] of the record table at 2. */
+static void push_field(lua_State *L, const char *field)
+{
+    char text[64];
+    lua_pushliteral(L, "value");
+    if (lua_rawget(L, 2) != LUA_TTABLE)
+        sl_vm_raise(L, "the value is %s, not a JSON object with the field '%s'",
+                    sl_vm_describe(L, -1, text, sizeof text), field);
+    lua_pushstring(L, field);
+    int type = lua_rawget(L, -2);
+    if (type == LUA_TNIL || (type == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1)))
+        sl_vm_raise(L, "the value has no field '%s' (or it is null)", field);
+}
+
+static int key_body(lua_State *L)
+{
+    call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    sl_slot_push(L, vm, call->slot);
+    if (call->op->field)
+        push_field(L, call->op->field);
+    else
+        call_user(L, vm, call->op->fn, call->slot);
+    sl_record_push_keyed(L, vm, 2, call->slot, lua_gettop(L), call->op, &call->out_slot);
+    return 0;
+}
+
+int sl_vm_call_key(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot)
+{
+    assert(op->kind == SL_OP_KEY_BY);
+    call_t call = {.op = op, .slot = slot};
+    int rc = run(vm, &call, key_body);
+    if (rc == 0)
+        *out_slot = call.out_slot;
+    return rc;
+}
+
+static int branch_body(lua_State *L)
+{
+    call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    for (call->branch = 0; call->branch < call->op->branch_count; call->branch++) {
+        call_user(L, vm, call->op->branch_fns[call->branch], call->slot);
+        if (lua_toboolean(L, -1))
+            return 0;
+        lua_pop(L, 1);
+    }
+    call->branch = -1;
+    return 0;
+}
+
+int sl_vm_call_branch(sl_vm_t *vm, const sl_op_t *op, int slot, int *branch)
+{
+    assert(op->kind == SL_OP_BRANCH);
+    call_t call = {.op = op, .slot = slot};
+    int rc = run(vm, &call, branch_body);
+    if (rc == 0)
+        *branch = call.branch;
+    return rc;
+}
+
+static int peek_body(lua_State *L)
+{
+    call_t *call = lua_touserdata(L, 1);
+    call_user(L, sl_vm_of(L), call->op->fn, call->slot);
+    return 0;
+}
+
+int sl_vm_call_peek(sl_vm_t *vm, const sl_op_t *op, int slot)
+{
+    assert(op->kind == SL_OP_PEEK);
+    call_t call = {.op = op, .slot = slot};
+    return run(vm, &call, peek_body);
+}

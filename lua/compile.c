@@ -1,0 +1,207 @@
+/*
+ * compile.c - from a script to a DAG, and the DAG's lifecycle.
+ *
+ * sl_vm_compile() runs one protected call: build the script's sluice
+ * module, json module and globals, load the text (never bytecode), run it
+ * under the instruction budget, then check the whole DAG (a sink exists,
+ * every stream is used, no sink writes a topic the pipeline reads). The
+ * builder, and the DAG in it, belong to sl_vm_compile()'s frame, so an
+ * error anywhere just frees them; registry references taken for the user
+ * functions are released by the same code that frees a finished DAG.
+ */
+#include "lua/dsl.h"
+
+#include <lua5.4/lauxlib.h>
+
+#include <errno.h>
+#include <string.h>
+
+typedef struct compile {
+    sl_builder_t *builder;
+    const char *source;
+    size_t len;
+} compile_t;
+
+static const char *const kind_names[] = {
+    "stream", "filter", "map", "flat_map", "key_by", "branch", "merge", "peek", "to",
+};
+
+const char *sl_op_kind_name(sl_op_kind_t kind)
+{
+    return kind_names[kind];
+}
+
+static void check_has_sink(lua_State *L, const sl_builder_t *b)
+{
+    for (int i = 0; i < b->dag->op_count; i++)
+        if (b->dag->ops[i].kind == SL_OP_TO)
+            return;
+    sl_vm_raise(L, "%s: the pipeline has no sink: end a stream with :to(topic)", b->chunkname);
+}
+
+/* Every op but a sink or a branch (whose outputs may go unused on purpose)
+ * must feed another op. */
+static void check_all_used(lua_State *L, const sl_builder_t *b)
+{
+    const sl_dag_t *dag = b->dag;
+    unsigned char *used = lua_newuserdatauv(L, (size_t)dag->op_count + 1, 0);
+    memset(used, 0, (size_t)dag->op_count);
+    for (int i = 0; i < dag->op_count; i++)
+        for (int j = 0; j < dag->ops[i].input_count; j++)
+            used[dag->ops[i].inputs[j].op] = 1;
+    for (int i = 0; i < dag->op_count; i++) {
+        const sl_op_t *op = &dag->ops[i];
+        if (!used[i] && op->kind != SL_OP_TO && op->kind != SL_OP_BRANCH)
+            sl_vm_raise(L, "%s: the stream from %s is never used: end it with :to(topic)",
+                        op->where, sl_op_kind_name(op->kind));
+    }
+    lua_pop(L, 1);
+}
+
+/* A sink writing a topic the pipeline reads would feed its own output back
+ * in through the log. */
+static void check_no_cycle(lua_State *L, const sl_builder_t *b)
+{
+    const sl_dag_t *dag = b->dag;
+    for (int i = 0; i < dag->op_count; i++) {
+        const sl_op_t *sink = &dag->ops[i];
+        for (int j = 0; sink->kind == SL_OP_TO && j < dag->op_count; j++)
+            if (dag->ops[j].kind == SL_OP_SOURCE && strcmp(dag->ops[j].topic, sink->topic) == 0)
+                sl_vm_raise(L, "%s: to('%s') writes a topic this pipeline reads (a cycle)",
+                            sink->where, sink->topic);
+    }
+}
+
+static int compile_protected(lua_State *L)
+{
+    compile_t *c = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    sl_dsl_push_module(L, c->builder);
+    sl_json_push_script_module(L);
+    sl_sandbox_push_env(L, vm, 2, 3);
+    const char *chunkname = lua_pushfstring(L, "=%s", c->builder->chunkname);
+    if (luaL_loadbufferx(L, c->source, c->len, chunkname, "t") != LUA_OK)
+        return lua_error(L);
+    lua_pushvalue(L, 4);
+    lua_setupvalue(L, -2, 1);
+    sl_vm_budget_reset(vm);
+    lua_call(L, 0, 0);
+    if (c->builder->error[0] || c->builder->busy)
+        return 0;
+    check_has_sink(L, c->builder);
+    check_all_used(L, c->builder);
+    check_no_cycle(L, c->builder);
+    return 0;
+}
+
+/* The detail for a failed compile; every message starts with the chunk
+ * name. A DSL error the script caught still wins. */
+static int compile_failed(const sl_builder_t *b, int rc)
+{
+    const char *chunk = b->chunkname, *message = b->vm->message;
+    size_t n = strlen(chunk);
+    if (b->error[0])
+        return sl_error_set(SL_EINVALID, "%s", b->error);
+    if (rc == -ENOMEM)
+        return sl_error_set(rc, "%s: out of memory", chunk);
+    if (rc == 0)
+        return sl_error_set(SL_EINVALID,
+                            "%s: a sluice DSL call failed and the script caught "
+                            "the error",
+                            b->busy_where);
+    if (strncmp(message, chunk, n) == 0 && message[n] == ':')
+        return sl_error_set(SL_EINVALID, "%s", message);
+    return sl_error_set(SL_EINVALID, "%s: %s", chunk, message);
+}
+
+int sl_vm_compile(sl_vm_t *vm, const char *chunkname, const char *source, size_t len,
+                  sl_dag_t **out)
+{
+    sl_builder_t b = {.vm = vm, .chunkname = chunkname, .serial = ++vm->compile_serial};
+    b.dag = sl_calloc(1, sizeof *b.dag);
+    if (!b.dag)
+        return sl_error_set(-ENOMEM, "%s: out of memory", chunkname);
+    b.dag->vm = vm;
+    vm->dag_count++;
+    compile_t c = {&b, source, len};
+    vm->compiling = &b;
+    int rc = sl_vm_protect(vm, compile_protected, &c);
+    vm->compiling = NULL;
+    if (rc || b.error[0] || b.busy) {
+        rc = compile_failed(&b, rc);
+        sl_dag_free(b.dag);
+        return rc;
+    }
+    *out = b.dag;
+    return 0;
+}
+
+static void release(sl_vm_t *vm, int fn)
+{
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, fn);
+}
+
+static void op_release(sl_vm_t *vm, sl_op_t *op)
+{
+    release(vm, op->fn);
+    for (int i = 0; i < op->branch_count; i++) {
+        release(vm, op->branch_fns[i]);
+        sl_free(op->branch_names[i]);
+    }
+    sl_free(op->branch_names);
+    sl_free(op->branch_fns);
+    sl_free(op->inputs);
+    sl_free(op->topic);
+    sl_free(op->field);
+}
+
+void sl_dag_free(sl_dag_t *dag)
+{
+    if (!dag)
+        return;
+    for (int i = 0; i < dag->op_count; i++)
+        op_release(dag->vm, &dag->ops[i]);
+    dag->vm->dag_count--;
+    sl_free(dag->ops);
+    sl_free(dag->name);
+    sl_free(dag);
+}
+
+static int same_string(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static int same_branches(const sl_op_t *a, const sl_op_t *b)
+{
+    if (a->branch_count != b->branch_count)
+        return 0;
+    for (int i = 0; i < a->branch_count; i++)
+        if (strcmp(a->branch_names[i], b->branch_names[i]) != 0)
+            return 0;
+    return 1;
+}
+
+static int same_op(const sl_op_t *a, const sl_op_t *b)
+{
+    if (a->kind != b->kind || a->input_count != b->input_count ||
+        (a->fn == SL_NO_FUNCTION) != (b->fn == SL_NO_FUNCTION) || a->partitions != b->partitions ||
+        a->format != b->format || a->create != b->create || strcmp(a->where, b->where) != 0)
+        return 0;
+    for (int i = 0; i < a->input_count; i++)
+        if (a->inputs[i].op != b->inputs[i].op || a->inputs[i].port != b->inputs[i].port)
+            return 0;
+    return same_string(a->topic, b->topic) && same_string(a->field, b->field) &&
+           same_branches(a, b);
+}
+
+int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b)
+{
+    if (!same_string(a->name, b->name) || a->on_error != b->on_error ||
+        a->processing != b->processing || a->op_count != b->op_count)
+        return 0;
+    for (int i = 0; i < a->op_count; i++)
+        if (!same_op(&a->ops[i], &b->ops[i]))
+            return 0;
+    return 1;
+}

@@ -1,0 +1,321 @@
+/*
+ * lua.h - sluice's Lua module: the sandboxed VM, the pipeline DSL, and
+ * records in and out of user functions.
+ *
+ * This header is the manual of the lua module (DESIGN.md section 5). It
+ * depends on storage/ for errors, allocation and sl_record_t, and on nothing
+ * above it: no threads, sockets or log access here. The runtime creates one
+ * VM per worker thread, compiles each pipeline script in every VM, and
+ * drives the calls below batch by batch.
+ *
+ * Conventions, as in storage.h: functions return 0 on success, -ENOMEM when
+ * the process is out of memory, or SL_EINVALID for anything a script or a
+ * record did wrong, with a sentence in sl_error_detail(). A VM is used by
+ * one thread at a time; distinct VMs are independent.
+ *
+ * ---- The DSL -------------------------------------------------------------
+ *
+ * A pipeline script is evaluated once per VM. It builds the DAG through the
+ * module returned by require("sluice"):
+ *
+ *   local s = require("sluice")
+ *   s.pipeline{name = "alerts", on_error = "dead_letter"}
+ *   local pay = s.stream("payments", {partitions = 4, format = "json",
+ *                                     timestamp = function(r) return r.value.at end})
+ *   local big = pay:filter(function(r) return r.value.amount > 1000 end)
+ *   local by_region = big:branch{eu = function(r) return r.value.region == "eu" end,
+ *                                us = function(r) return r.value.region == "us" end}
+ *   s.merge(by_region.eu, by_region.us)
+ *     :map(function(r) return {user = r.value.user, amount = r.value.amount} end)
+ *     :key_by("user")
+ *     :to("alerts", {create = true, partitions = 2})
+ *
+ *   s.pipeline{name=, on_error=, processing=}   at most once, anywhere in the
+ *       script. name: 1-128 of [A-Za-z0-9_-] (it prefixes the pipeline's
+ *       internal topics); absent = the runtime names it. on_error: "stop"
+ *       (default), "skip" or "dead_letter". processing: "at_least_once"
+ *       (default). "exactly_once" is refused with a message until pipeline
+ *       state exists: a script must not believe it has a guarantee the node
+ *       cannot give.
+ *   s.stream(topic, {partitions=, format=, timestamp=})   a source, once per
+ *       topic. partitions: the count the script expects (absent: any);
+ *       format: "json" or "raw" (absent: the topic's own); timestamp: a
+ *       function r -> event time in ms (absent: the record timestamp).
+ *   :filter(fn) :map(fn) :flat_map(fn) :peek(fn)   return a new stream.
+ *   :key_by(fn | "field")   re-keys (the runtime repartitions by the key).
+ *   :branch{name = predicate, ...}   returns a table name -> stream. A record
+ *       goes to the first predicate that accepts it, trying names in byte
+ *       order (a Lua table has no declaration order); none: dropped.
+ *   s.merge(a, b, ...)   one stream with the records of all (at least one,
+ *       each at most once).
+ *   :to(topic, {create=, partitions=})   a sink; returns a sink object on
+ *       which every operator is an error. create = true lets the runtime
+ *       create a missing topic, with partitions (only with create).
+ *   s.null   the JSON null value (also require("json").null).
+ *
+ * Compile-time checks, each reported as "chunk:line: what was wrong": unknown
+ * options, wrong argument types, a bad topic or pipeline name, operators after
+ * a sink, a second s.pipeline{} or s.stream() of one topic, an empty merge, a
+ * script without a sink, a stream that is never used (every stream but a
+ * branch output must end in a sink), a sink writing a topic the pipeline
+ * reads (a cycle through the log; other cycles cannot be written, since an
+ * operator only takes earlier streams), and any Lua syntax or runtime error.
+ * The DSL works only while the script is being compiled: a user function
+ * calling it later gets an error.
+ *
+ * ---- The sandbox -----------------------------------------------------------
+ *
+ * Each compiled script gets its own global table with: assert error ipairs
+ * next pairs rawequal rawget rawlen rawset select getmetatable tonumber
+ * tostring type _VERSION _G, setmetatable (refusing __gc: a finalizer would
+ * run at the collector's whim, inside other pipelines' calls), pcall and
+ * xpcall (which cannot catch the instruction limit), print (one INFO line
+ * on stderr via sl_report), collectgarbage("count") only, load (text chunks
+ * only; the script's globals unless an env is given), require (only
+ * "sluice", and lua-cjson as "json" or "cjson"), and copies of string
+ * (without dump), table, math, utf8 and os.time, os.clock, os.date. Absent:
+ * io, os otherwise, package, debug, coroutine, dofile, loadfile,
+ * string.dump. getmetatable("") is false, so scripts cannot reach the
+ * string methods shared by the VM. The json module is the script's own
+ * lua-cjson instance reduced to encode, decode, null and the number and
+ * sparse-array settings (depth and buffer settings could crash or leak);
+ * json.decode takes at most memory_bytes / 32 bytes of text.
+ *
+ * Limits (sl_vm_limits_t): every byte the VM allocates is counted and
+ * growth past memory_bytes fails as a Lua memory error; each user-function
+ * call (and the script's evaluation) may run `instructions` VM instructions,
+ * counted in steps of 1000 by a hook, then fails with "chunk:line:
+ * instruction limit exceeded". Both fail only the call at hand; the VM stays
+ * usable. Library functions written in C run to completion, so a
+ * pathological string.find pattern is bounded only by its input size.
+ *
+ * ---- Determinism -----------------------------------------------------------
+ *
+ * The runtime compiles the same script in every worker VM and relies on the
+ * DAGs being identical: op ids are assigned in the order the DSL calls run,
+ * inputs name earlier ids, and the DSL itself never depends on the order of
+ * a Lua table (options are read by name, branch names are sorted). A script
+ * can still make its own shape vary (math.random, os.time, pairs() over
+ * string keys, whose order differs between VMs); sl_dag_equal() lets the
+ * runtime detect that and refuse the script. Function references are per
+ * VM: an sl_op_t is meaningful only with the VM that compiled it.
+ *
+ * ---- Records in Lua --------------------------------------------------------
+ *
+ * A record is the table {key=, value=, ts=, headers=, topic=, partition=,
+ * offset=}: key a string or nil; value decoded from JSON (format json) or
+ * the raw bytes as a string (format raw), nil for a tombstone; ts, partition,
+ * offset integers; headers a table name -> string (json.null for a null
+ * header value; a repeated name keeps its last value). JSON numbers with an
+ * integral value in int64 range become Lua integers, so "user:" .. r.value.id
+ * reads "user:42", not "user:42.0"; JSON null is json.null.
+ *
+ * A map function returns a new value or a record table. A returned table is
+ * a record table when it has a `key` or a `value` field and no fields other
+ * than key, value, ts, headers, topic, partition, offset (so `return r` works
+ * after changing r); to output a JSON object of that shape, wrap it:
+ * {value = obj}. From a value, the output keeps the input's key, ts and
+ * headers. From a record table, the output is that record: absent key = null
+ * key, absent value = tombstone, absent ts = the input's, absent headers =
+ * none. flat_map returns a list of such results ({} for none). nil is an
+ * error (a forgotten return), never a silent tombstone.
+ *
+ * Output bytes: a string value is written as is; any other value is encoded
+ * with lua-cjson (14 significant digits, the lua-cjson 2.1 maximum, so
+ * integers beyond 10^14 lose precision when re-encoded; values that no map
+ * changed keep their original bytes). Keys and header values may be strings
+ * or numbers: integers (and integral floats in int64 range) become decimal
+ * digits ("42"), other finite numbers the shortest "%.17g"-style text that
+ * reads back exactly. Headers are written in name order.
+ *
+ * Functions other than map and flat_map must not modify r, and map must not
+ * modify r when its stream feeds several operators: records are shared
+ * between the operators of a pipeline (that is what makes decoding once
+ * possible), and filter, branch, peek and key_by pass on the bytes that came
+ * in, not the Lua table.
+ */
+#ifndef SL_LUA_H
+#define SL_LUA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "storage/storage.h"
+
+/* ---- the VM ------------------------------------------------------------- */
+
+typedef struct sl_vm sl_vm_t;
+
+#define SL_VM_DEFAULT_MEMORY       ((size_t)64 << 20)
+#define SL_VM_DEFAULT_INSTRUCTIONS ((uint64_t)10000000)
+
+typedef struct sl_vm_limits {
+    size_t memory_bytes;   /* cap on the VM's Lua memory; 0: SL_VM_DEFAULT_MEMORY */
+    uint64_t instructions; /* per user-function call; 0: SL_VM_DEFAULT_INSTRUCTIONS */
+} sl_vm_limits_t;
+
+/* Creates a VM (one lua_State with the sandbox prepared). limits may be NULL
+ * for the defaults. Returns 0 and *out, owned by the caller until
+ * sl_vm_free(); -ENOMEM, also when memory_bytes is too small to start. */
+int sl_vm_new(const sl_vm_limits_t *limits, sl_vm_t **out);
+
+/* Frees the VM. Every DAG it compiled must be freed first. */
+void sl_vm_free(sl_vm_t *vm);
+
+/* Bytes of Lua memory the VM has in use (what the cap is checked against). */
+size_t sl_vm_memory(const sl_vm_t *vm);
+
+/* ---- the DAG ------------------------------------------------------------ */
+
+typedef enum {
+    SL_OP_SOURCE,   /* s.stream(): no inputs */
+    SL_OP_FILTER,   /* :filter(fn) */
+    SL_OP_MAP,      /* :map(fn) */
+    SL_OP_FLAT_MAP, /* :flat_map(fn) */
+    SL_OP_KEY_BY,   /* :key_by(fn | "field") */
+    SL_OP_BRANCH,   /* :branch{...}: one output port per branch */
+    SL_OP_MERGE,    /* s.merge(...): several inputs */
+    SL_OP_PEEK,     /* :peek(fn) */
+    SL_OP_TO        /* :to(topic): a sink, no output */
+} sl_op_kind_t;
+
+typedef enum { SL_ON_ERROR_STOP, SL_ON_ERROR_SKIP, SL_ON_ERROR_DEAD_LETTER } sl_on_error_t;
+
+/* Only at-least-once until pipeline state exists (see s.pipeline above). */
+typedef enum { SL_PROCESSING_AT_LEAST_ONCE } sl_processing_t;
+
+/* The value SL_OP_SOURCE's format takes when the script names none. */
+#define SL_FORMAT_TOPIC (-1)
+
+/* What a user function is when an op has none (equals LUA_NOREF). */
+#define SL_NO_FUNCTION (-2)
+
+#define SL_WHERE_MAX 128
+
+/* Where an op reads from: an earlier op, and for a BRANCH input the index
+ * of the branch (in branch_names order); 0 otherwise. */
+typedef struct sl_op_input {
+    int op;
+    int port;
+} sl_op_input_t;
+
+typedef struct sl_op {
+    int id; /* its index in dag->ops */
+    sl_op_kind_t kind;
+    sl_op_input_t *inputs; /* earlier ops only: the DAG is acyclic */
+    int input_count;
+    /* The user function: the timestamp extractor of a SOURCE; the function
+     * of FILTER, MAP, FLAT_MAP, PEEK and KEY_BY by function. A reference in
+     * the registry of the VM that compiled the DAG; SL_NO_FUNCTION if none. */
+    int fn;
+    char *topic;              /* SOURCE, TO */
+    char *field;              /* KEY_BY by field name; NULL otherwise */
+    char **branch_names;      /* BRANCH, in byte order */
+    int *branch_fns;          /* BRANCH, the predicate of each name */
+    int branch_count;         /* BRANCH */
+    int32_t partitions;       /* SOURCE: expected, TO: to create with; 0: unset */
+    int format;               /* SOURCE: SL_FORMAT_JSON, SL_FORMAT_RAW or SL_FORMAT_TOPIC */
+    int create;               /* TO: the runtime may create the topic */
+    char where[SL_WHERE_MAX]; /* "script.lua:12", the DSL call, for messages */
+} sl_op_t;
+
+typedef struct sl_dag {
+    char *name; /* from s.pipeline{name=}; NULL if the script set none */
+    sl_on_error_t on_error;
+    sl_processing_t processing;
+    sl_op_t *ops; /* in id order; every input precedes its op */
+    int op_count;
+    sl_vm_t *vm; /* the VM holding the ops' functions */
+} sl_dag_t;
+
+/* Evaluates source (len bytes, Lua text) in vm under chunkname (used as is
+ * in messages: "script.lua" gives "script.lua:12: ...") and builds its DAG.
+ * Returns 0 and *out, owned by the caller until sl_dag_free(); SL_EINVALID
+ * with the detail "chunk:line: what was wrong" for any error of the script
+ * (syntax, runtime, DSL misuse, limits); -ENOMEM. */
+int sl_vm_compile(sl_vm_t *vm, const char *chunkname, const char *source, size_t len,
+                  sl_dag_t **out);
+
+/* Frees a DAG and releases its functions in its VM, which must still exist.
+ * NULL is ignored. */
+void sl_dag_free(sl_dag_t *dag);
+
+/* 1 if a and b describe the same pipeline: options and every op (kind,
+ * inputs, topics, fields, branch names, options, where, and which functions
+ * exist, not their references). 0 otherwise. */
+int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b);
+
+/* The DSL name of an op kind ("stream", "filter", ..., "to"); static. */
+const char *sl_op_kind_name(sl_op_kind_t kind);
+
+/* ---- records and batches ------------------------------------------------- */
+
+/*
+ * A slot is a record held by the VM as a Lua table, named by a small
+ * integer, from sl_vm_record_load() or an operator call until
+ * sl_vm_batch_reset(). A loaded record is decoded once and then shared by
+ * every operator it flows through. Output bytes (sl_vm_record_get) live in
+ * the VM's batch arena, reused from batch to batch: no malloc per record
+ * once the VM is warm.
+ */
+
+/* Where a record was read from: shown to Lua as r.topic and r.partition.
+ * json: decode the value as JSON (else it is the raw bytes). */
+typedef struct sl_vm_origin {
+    const char *topic;
+    int32_t partition;
+    int json;
+} sl_vm_origin_t;
+
+/* Loads rec (its bytes are copied; rec may go away on return) into a new
+ * slot. Returns 0 and *slot; SL_EINVALID naming topic, partition and offset
+ * when the value is not valid JSON or the VM's memory cap is hit; -ENOMEM. */
+int sl_vm_record_load(sl_vm_t *vm, const sl_record_t *rec, const sl_vm_origin_t *origin, int *slot);
+
+/* The record in a slot as bytes: *out points into the batch arena, valid
+ * until sl_vm_batch_reset(). Records that no map changed come back as they
+ * were loaded (with key_by's key and the timestamp extractor's ts); others
+ * are encoded once. Returns 0; SL_EINVALID naming the op that produced the
+ * record when its value cannot be encoded (a function inside a table, an
+ * excessively sparse array, nesting deeper than 1000); -ENOMEM. */
+int sl_vm_record_get(sl_vm_t *vm, int slot, sl_record_t *out);
+
+/* Ends a batch: forgets every slot and every byte in the arena. */
+void sl_vm_batch_reset(sl_vm_t *vm);
+
+/* ---- user-function calls ----------------------------------------------------
+ *
+ * Each call runs the op's user function on a slot under lua_pcall with a
+ * fresh instruction budget. Errors (the function raised one, a limit was
+ * hit, a bad return type) return SL_EINVALID with the detail
+ * "<kind> (<where>): <message>", e.g. "map (script.lua:4): script.lua:5:
+ * attempt to index a nil value (field 'value')", and leave the VM usable for
+ * the next record. op must come from a DAG compiled in this VM and be of the
+ * kind the function names.
+ */
+
+/* SOURCE with a timestamp function: *ts = its result (an integer, ms), also
+ * stored as the slot's ts. */
+int sl_vm_call_timestamp(sl_vm_t *vm, const sl_op_t *op, int slot, int64_t *ts);
+
+/* FILTER: *keep = 1 if the function returned a true value (Lua truth). */
+int sl_vm_call_filter(sl_vm_t *vm, const sl_op_t *op, int slot, int *keep);
+
+/* MAP: *out_slot = the record the function made (see "Records in Lua"). */
+int sl_vm_call_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot);
+
+/* FLAT_MAP: the records made are slots *first_slot .. *first_slot + *count - 1. */
+int sl_vm_call_flat_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *first_slot, int *count);
+
+/* KEY_BY: *out_slot = the record with the key from the function or field
+ * (a string or number; nil or a missing field is an error). */
+int sl_vm_call_key(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot);
+
+/* BRANCH: *branch = index of the first predicate (in branch_names order)
+ * that accepts the record, -1 if none does. */
+int sl_vm_call_branch(sl_vm_t *vm, const sl_op_t *op, int slot, int *branch);
+
+/* PEEK: runs the function for its side effects. */
+int sl_vm_call_peek(sl_vm_t *vm, const sl_op_t *op, int slot);
+
+#endif

@@ -1,0 +1,507 @@
+/*
+ * record.c - records between bytes and Lua tables, held in slots.
+ *
+ * A slot pairs a Lua record table (in the batch table, at slot + 1) with
+ * its bytes (sl_slot_t, in the arena). Invariant: when has_bytes is set,
+ * the bytes are what the record is on output, whatever Lua code later does
+ * to the table; when it is clear, the table is the truth and
+ * sl_vm_record_get() encodes it once and sets has_bytes.
+ *
+ *   load        bytes -> table (value decoded once)       has_bytes = 1
+ *   key_by      input table copied with the new key       has_bytes if the input had them
+ *   map results a new canonical table                     has_bytes = 0
+ *
+ * A canonical table has key a string or absent, ts an integer, headers a
+ * table name -> string or json.null, topic/partition/offset from the input:
+ * map results are converted when made, so that a type error is reported by
+ * the map that made it, and later functions see the same shapes a loaded
+ * record has. Encoding still converts defensively, since any function may
+ * have changed a table since.
+ */
+#include "lua/vm.h"
+
+#include <lua5.4/lauxlib.h>
+
+#include <assert.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- slots ---------------------------------------------------------------- */
+
+int sl_slot_new(lua_State *L, sl_vm_t *vm, const sl_op_t *producer)
+{
+    if (vm->slot_count == vm->slot_capacity) {
+        int capacity = vm->slot_capacity ? 2 * vm->slot_capacity : 1024;
+        vm->slots = sl_vm_need(L, sl_realloc(vm->slots, (size_t)capacity * sizeof *vm->slots));
+        vm->slot_capacity = capacity;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->batch_ref);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, vm->slot_count + 1);
+    lua_pop(L, 1);
+    sl_slot_t *slot = &vm->slots[vm->slot_count];
+    memset(slot, 0, sizeof *slot);
+    slot->producer = producer;
+    return vm->slot_count++;
+}
+
+void sl_slot_push(lua_State *L, sl_vm_t *vm, int slot)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->batch_ref);
+    lua_rawgeti(L, -1, slot + 1);
+    lua_remove(L, -2);
+}
+
+void sl_vm_batch_reset(sl_vm_t *vm)
+{
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->batch_ref);
+    for (int i = vm->slot_count; i > 0; i--) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, i);
+    }
+    lua_pop(L, 1);
+    vm->slot_count = 0;
+    sl_arena_reset(&vm->arena);
+}
+
+/* ---- conversions ------------------------------------------------------------ */
+
+static const void *arena_copy(lua_State *L, sl_vm_t *vm, const void *data, int32_t len)
+{
+    return len < 0 ? NULL : sl_vm_need(L, sl_arena_copy(&vm->arena, data, (size_t)len));
+}
+
+/* Pushes the shortest decimal text that reads back as the number at idx;
+ * integral values print as integers. */
+static void push_number_text(lua_State *L, int idx)
+{
+    char text[40];
+    lua_Integer integer;
+    double v = lua_tonumber(L, idx);
+    if (lua_isinteger(L, idx))
+        snprintf(text, sizeof text, "%lld", (long long)lua_tointeger(L, idx));
+    else if (sl_json_integral(v, &integer))
+        snprintf(text, sizeof text, "%lld", (long long)integer);
+    else if (!isfinite(v))
+        sl_vm_raise(L, "%g is not a finite number", v);
+    else
+        for (int digits = 15; digits <= 17; digits++)
+            if (snprintf(text, sizeof text, "%.*g", digits, v) > 0 && strtod(text, NULL) == v)
+                break;
+    lua_pushstring(L, text);
+}
+
+/* Pushes the bytes a key or header value at idx stands for and returns 1,
+ * or returns 0 (nothing pushed) for nil and json.null. */
+static int push_text(lua_State *L, int idx, const char *what)
+{
+    char text[64];
+    int type = lua_type(L, idx);
+    if (type == LUA_TNIL || (type == LUA_TLIGHTUSERDATA && !lua_touserdata(L, idx)))
+        return 0;
+    if (type == LUA_TSTRING)
+        lua_pushvalue(L, idx);
+    else if (type == LUA_TNUMBER)
+        push_number_text(L, idx);
+    else
+        sl_vm_raise(L, "%s must be a string or a number, got %s", what,
+                    sl_vm_describe(L, idx, text, sizeof text));
+    return 1;
+}
+
+static int64_t to_timestamp(lua_State *L, int idx, const char *what)
+{
+    char text[64];
+    lua_Integer ms = 0;
+    if (lua_isinteger(L, idx))
+        return lua_tointeger(L, idx);
+    if (lua_type(L, idx) != LUA_TNUMBER || !sl_json_integral(lua_tonumber(L, idx), &ms))
+        sl_vm_raise(L, "%s must be an integer number of ms, got %s", what,
+                    sl_vm_describe(L, idx, text, sizeof text));
+    return ms;
+}
+
+/* Pushes t[name] without metamethods; returns its type. */
+static int raw_field(lua_State *L, int t, const char *name)
+{
+    lua_pushstring(L, name);
+    return lua_rawget(L, t);
+}
+
+/* t[name] = the value at the top (popped), without metamethods. */
+static void set_raw_field(lua_State *L, int t, const char *name)
+{
+    lua_pushstring(L, name);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
+/* ---- bytes -> Lua -------------------------------------------------------------- */
+
+static void push_bytes(lua_State *L, const uint8_t *data, int32_t len)
+{
+    if (len < 0)
+        lua_pushlightuserdata(L, NULL);
+    else
+        lua_pushlstring(L, (const char *)data, (size_t)len);
+}
+
+static void push_headers(lua_State *L, const sl_header_t *headers, uint32_t count)
+{
+    lua_createtable(L, 0, (int)count);
+    for (uint32_t i = 0; i < count; i++) {
+        const sl_header_t *h = &headers[i];
+        lua_pushlstring(L, (const char *)h->name, h->name_len > 0 ? (size_t)h->name_len : 0);
+        push_bytes(L, h->value, h->value_len);
+        lua_rawset(L, -3);
+    }
+}
+
+/* Fills the record table at the top from rec. */
+static void fill_loaded(lua_State *L, sl_vm_t *vm, const sl_record_t *rec,
+                        const sl_vm_origin_t *origin)
+{
+    int t = lua_gettop(L);
+    if (rec->key_len >= 0) {
+        push_bytes(L, rec->key, rec->key_len);
+        set_raw_field(L, t, "key");
+    }
+    if (rec->value_len >= 0) {
+        if (origin->json)
+            sl_json_decode(L, vm, (const char *)rec->value, (size_t)rec->value_len);
+        else
+            push_bytes(L, rec->value, rec->value_len);
+        set_raw_field(L, t, "value");
+    }
+    lua_pushinteger(L, rec->timestamp);
+    set_raw_field(L, t, "ts");
+    push_headers(L, rec->headers, rec->header_count);
+    set_raw_field(L, t, "headers");
+    lua_pushstring(L, origin->topic ? origin->topic : "");
+    set_raw_field(L, t, "topic");
+    lua_pushinteger(L, origin->partition);
+    set_raw_field(L, t, "partition");
+    lua_pushinteger(L, rec->offset);
+    set_raw_field(L, t, "offset");
+}
+
+static void copy_record(lua_State *L, sl_vm_t *vm, const sl_record_t *in, sl_record_t *out)
+{
+    *out = *in;
+    out->key = arena_copy(L, vm, in->key, in->key_len);
+    out->value = arena_copy(L, vm, in->value, in->value_len);
+    if (!in->header_count)
+        return;
+    sl_header_t *headers =
+        sl_vm_need(L, sl_arena_alloc(&vm->arena, in->header_count * sizeof *headers));
+    for (uint32_t i = 0; i < in->header_count; i++) {
+        headers[i] = in->headers[i];
+        headers[i].name = arena_copy(L, vm, in->headers[i].name, in->headers[i].name_len);
+        headers[i].value = arena_copy(L, vm, in->headers[i].value, in->headers[i].value_len);
+    }
+    out->headers = headers;
+}
+
+typedef struct load {
+    const sl_record_t *record;
+    const sl_vm_origin_t *origin;
+    int slot;
+} load_t;
+
+static int load_protected(lua_State *L)
+{
+    load_t *load = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    lua_createtable(L, 0, 7);
+    fill_loaded(L, vm, load->record, load->origin);
+    load->slot = sl_slot_new(L, vm, NULL);
+    copy_record(L, vm, load->record, &vm->slots[load->slot].record);
+    vm->slots[load->slot].has_bytes = 1;
+    return 0;
+}
+
+int sl_vm_record_load(sl_vm_t *vm, const sl_record_t *rec, const sl_vm_origin_t *origin, int *slot)
+{
+    load_t load = {rec, origin, -1};
+    int rc = sl_vm_protect(vm, load_protected, &load);
+    if (rc)
+        return sl_error_set(
+            rc, "topic %s partition %d offset %lld: %s%s", origin->topic ? origin->topic : "?",
+            (int)origin->partition, (long long)rec->offset,
+            vm->limit_hit || rc == -ENOMEM ? "" : "invalid JSON value: ", vm->message);
+    *slot = load.slot;
+    return 0;
+}
+
+/* ---- Lua -> bytes ---------------------------------------------------------------- */
+
+static int by_header_name(const void *a, const void *b)
+{
+    const sl_header_t *x = a, *y = b;
+    int n = x->name_len < y->name_len ? x->name_len : y->name_len;
+    int order = memcmp(x->name, y->name, (size_t)n);
+    return order ? order : x->name_len - y->name_len;
+}
+
+static void header_from_pair(lua_State *L, sl_vm_t *vm, sl_header_t *h)
+{
+    size_t len;
+    if (lua_type(L, -2) != LUA_TSTRING)
+        sl_vm_raise(L, "header names must be strings");
+    const char *name = lua_tolstring(L, -2, &len);
+    h->name = arena_copy(L, vm, name, (int32_t)len);
+    h->name_len = (int32_t)len;
+    h->value = NULL;
+    h->value_len = -1;
+    if (push_text(L, lua_gettop(L), "a header value")) {
+        const char *value = lua_tolstring(L, -1, &len);
+        h->value = arena_copy(L, vm, value, (int32_t)len);
+        h->value_len = (int32_t)len;
+        lua_pop(L, 1);
+    }
+}
+
+/* The headers table at idx as an array in the arena, sorted by name. */
+static void encode_headers(lua_State *L, sl_vm_t *vm, int idx, sl_record_t *out)
+{
+    uint32_t count = 0, i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        count++;
+    }
+    sl_header_t *headers = sl_vm_need(L, sl_arena_alloc(&vm->arena, count * sizeof *headers));
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        header_from_pair(L, vm, &headers[i++]);
+        lua_pop(L, 1);
+    }
+    qsort(headers, count, sizeof *headers, by_header_name);
+    out->headers = headers;
+    out->header_count = count;
+}
+
+/* Copies the string at the top (popped) into the arena as *data, *len. */
+static void take_string(lua_State *L, sl_vm_t *vm, const uint8_t **data, int32_t *len)
+{
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    *data = arena_copy(L, vm, s, (int32_t)n);
+    *len = (int32_t)n;
+    lua_pop(L, 1);
+}
+
+static void encode_value(lua_State *L, sl_vm_t *vm, int t, sl_record_t *out)
+{
+    out->value = NULL;
+    out->value_len = -1;
+    int type = raw_field(L, t, "value");
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (type != LUA_TSTRING)
+        sl_json_encode(L, vm);
+    take_string(L, vm, &out->value, &out->value_len);
+}
+
+static int encode_protected(lua_State *L)
+{
+    const int *slot = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    sl_record_t out = {.key_len = -1, .offset = -1};
+    sl_slot_push(L, vm, *slot);
+    int t = lua_gettop(L);
+    raw_field(L, t, "key");
+    if (push_text(L, t + 1, "the key"))
+        take_string(L, vm, &out.key, &out.key_len);
+    lua_settop(L, t);
+    encode_value(L, vm, t, &out);
+    raw_field(L, t, "ts");
+    out.timestamp = to_timestamp(L, -1, "ts");
+    if (raw_field(L, t, "offset") == LUA_TNUMBER && lua_isinteger(L, -1))
+        out.offset = lua_tointeger(L, -1);
+    if (raw_field(L, t, "headers") == LUA_TTABLE)
+        encode_headers(L, vm, lua_gettop(L), &out);
+    vm->slots[*slot].record = out;
+    vm->slots[*slot].has_bytes = 1;
+    return 0;
+}
+
+int sl_vm_record_get(sl_vm_t *vm, int slot, sl_record_t *out)
+{
+    assert(slot >= 0 && slot < vm->slot_count);
+    if (!vm->slots[slot].has_bytes) {
+        int rc = sl_vm_protect(vm, encode_protected, &slot);
+        const sl_op_t *producer = vm->slots[slot].producer;
+        if (rc)
+            return sl_error_set(rc, "%s (%s): cannot write the record: %s",
+                                producer ? sl_op_kind_name(producer->kind) : "record",
+                                producer ? producer->where : "?", vm->message);
+    }
+    *out = vm->slots[slot].record;
+    return 0;
+}
+
+/* ---- results of user functions -> new slots ----------------------------------- */
+
+static int is_record_field(const char *name)
+{
+    static const char *const fields[] = {"key",   "value",     "ts",     "headers",
+                                         "topic", "partition", "offset", NULL};
+    for (const char *const *f = fields; *f; f++)
+        if (strcmp(name, *f) == 0)
+            return 1;
+    return 0;
+}
+
+/* Is the value at idx a record table (see "Records in Lua" in lua.h)? */
+static int is_record_table(lua_State *L, int idx)
+{
+    int has_key_or_value = 0;
+    if (!lua_istable(L, idx))
+        return 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING || !is_record_field(lua_tostring(L, -1))) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        const char *name = lua_tostring(L, -1);
+        has_key_or_value |= strcmp(name, "key") == 0 || strcmp(name, "value") == 0;
+    }
+    return has_key_or_value;
+}
+
+static void check_value(lua_State *L, int idx, const char *what)
+{
+    int type = lua_type(L, idx);
+    if (type == LUA_TFUNCTION || type == LUA_TTHREAD || type == LUA_TUSERDATA)
+        sl_vm_raise(L, "%s a %s, which cannot be a record value", what, lua_typename(L, type));
+}
+
+static void copy_fields(lua_State *L, int from, int to, const char *const *names)
+{
+    for (; *names; names++) {
+        raw_field(L, from, *names);
+        set_raw_field(L, to, *names);
+    }
+}
+
+/* A canonical copy of the headers table at idx, pushed. */
+static void push_canonical_headers(lua_State *L, int idx)
+{
+    char text[64];
+    if (!lua_istable(L, idx))
+        sl_vm_raise(L, "record headers must be a table of name = string, got %s",
+                    sl_vm_describe(L, idx, text, sizeof text));
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            sl_vm_raise(L, "record header names must be strings, got %s",
+                        sl_vm_describe(L, -2, text, sizeof text));
+        if (!push_text(L, lua_gettop(L), "a record header value"))
+            lua_pushlightuserdata(L, NULL);
+        lua_pushvalue(L, -3);
+        lua_insert(L, -2);
+        lua_rawset(L, -5);
+        lua_pop(L, 1);
+    }
+}
+
+/* Fills out (a new table) from the record table at result. */
+static void fill_from_record_table(lua_State *L, int input, int result, int out)
+{
+    raw_field(L, result, "key");
+    if (push_text(L, lua_gettop(L), "the record key"))
+        set_raw_field(L, out, "key");
+    lua_pop(L, 1);
+    raw_field(L, result, "value");
+    check_value(L, -1, "returned a record whose value is");
+    set_raw_field(L, out, "value");
+    if (raw_field(L, result, "ts") == LUA_TNIL) {
+        lua_pop(L, 1);
+        raw_field(L, input, "ts");
+    }
+    lua_pushinteger(L, to_timestamp(L, -1, "the record ts"));
+    set_raw_field(L, out, "ts");
+    lua_pop(L, 1);
+    if (raw_field(L, result, "headers") == LUA_TNIL)
+        lua_newtable(L);
+    else
+        push_canonical_headers(L, lua_gettop(L));
+    set_raw_field(L, out, "headers");
+    lua_pop(L, 1);
+}
+
+void sl_record_push_result(lua_State *L, sl_vm_t *vm, int input, int result,
+                           const sl_op_t *producer, int *slot)
+{
+    static const char *const origin[] = {"topic", "partition", "offset", NULL};
+    static const char *const kept[] = {"key", "ts", "headers", NULL};
+    if (lua_isnil(L, result))
+        sl_vm_raise(L, "returned nil (return a value, or a record table {key = k, value = v})");
+    check_value(L, result, "returned");
+    lua_createtable(L, 0, 7);
+    int out = lua_gettop(L);
+    copy_fields(L, input, out, origin);
+    if (is_record_table(L, result)) {
+        fill_from_record_table(L, input, result, out);
+    } else {
+        copy_fields(L, input, out, kept);
+        lua_pushvalue(L, result);
+        set_raw_field(L, out, "value");
+    }
+    *slot = sl_slot_new(L, vm, producer);
+}
+
+/* Pushes a copy of the table at idx (raw fields, one level). */
+static void push_table_copy(lua_State *L, int idx)
+{
+    lua_createtable(L, 0, 7);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+}
+
+void sl_record_push_keyed(lua_State *L, sl_vm_t *vm, int input, int input_slot, int key,
+                          const sl_op_t *producer, int *slot)
+{
+    char text[64];
+    size_t len;
+    if (!push_text(L, key, "the key"))
+        sl_vm_raise(L, "no key: got %s", sl_vm_describe(L, key, text, sizeof text));
+    int text_at = lua_gettop(L);
+    push_table_copy(L, input);
+    lua_pushvalue(L, text_at);
+    set_raw_field(L, lua_gettop(L) - 1, "key");
+    *slot = sl_slot_new(L, vm, producer);
+    const sl_slot_t *in = &vm->slots[input_slot];
+    sl_slot_t *made = &vm->slots[*slot];
+    if (in->has_bytes) {
+        const char *bytes = lua_tolstring(L, text_at, &len);
+        made->record = in->record;
+        made->record.key = arena_copy(L, vm, bytes, (int32_t)len);
+        made->record.key_len = (int32_t)len;
+        made->has_bytes = 1;
+    }
+}
+
+void sl_record_set_timestamp(lua_State *L, sl_vm_t *vm, int slot, int result)
+{
+    int64_t ts = to_timestamp(L, result, "the timestamp");
+    sl_slot_push(L, vm, slot);
+    lua_pushinteger(L, ts);
+    set_raw_field(L, lua_gettop(L) - 1, "ts");
+    lua_pop(L, 1);
+    vm->slots[slot].record.timestamp = ts;
+}

@@ -1,0 +1,701 @@
+/*
+ * test_lua_calls.c - records in and out of Lua and the user-function
+ * calls: what a function sees, what each operator makes of its results,
+ * how errors are reported, and that the VM keeps working after any of them.
+ */
+#include "testutil.h"
+
+#include "lua/lua.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEADER "local s = require('sluice')\n"
+
+typedef struct fixture {
+    sl_vm_t *vm;
+    sl_dag_t *dag;
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    assert_int_equal(sl_vm_new(NULL, &f->vm), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    sl_dag_free(f->dag);
+    sl_vm_free(f->vm);
+    free(f);
+    return 0;
+}
+
+/* Compiles HEADER + script and returns its first op of kind. */
+static const sl_op_t *op_of(void **state, const char *script, sl_op_kind_t kind)
+{
+    fixture_t *f = *state;
+    char source[4096];
+    snprintf(source, sizeof source, HEADER "%s", script);
+    if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &f->dag) != 0)
+        fail_msg("%s", sl_error_detail());
+    for (int i = 0; i < f->dag->op_count; i++)
+        if (f->dag->ops[i].kind == kind)
+            return &f->dag->ops[i];
+    fail_msg("no %s op", sl_op_kind_name(kind));
+    return NULL;
+}
+
+static sl_vm_t *vm_of(void **state)
+{
+    return ((fixture_t *)*state)->vm;
+}
+
+static const sl_header_t test_headers[] = {
+    {(const uint8_t *)"trace", 5, (const uint8_t *)"t1", 2},
+    {(const uint8_t *)"empty", 5, NULL, -1},
+};
+
+/* Loads a record from clicks/2 at offset 17, ts 1000, with test_headers. */
+static int load(void **state, const char *key, const char *value, int json)
+{
+    sl_record_t rec = tu_record(key, value, 1000);
+    sl_vm_origin_t origin = {"clicks", 2, json};
+    int slot = -1;
+    rec.offset = 17;
+    rec.headers = test_headers;
+    rec.header_count = 2;
+    if (sl_vm_record_load(vm_of(state), &rec, &origin, &slot) != 0)
+        fail_msg("%s", sl_error_detail());
+    return slot;
+}
+
+static void expect_bytes(const uint8_t *data, int32_t len, const char *want)
+{
+    if (!want) {
+        assert_int_equal(len, -1);
+        return;
+    }
+    assert_int_equal(len, (int32_t)strlen(want));
+    assert_memory_equal(data, want, strlen(want));
+}
+
+static sl_record_t get(void **state, int slot)
+{
+    sl_record_t out;
+    if (sl_vm_record_get(vm_of(state), slot, &out) != 0)
+        fail_msg("%s", sl_error_detail());
+    return out;
+}
+
+static void expect_written_value(void **state, int slot, const char *value)
+{
+    sl_record_t out = get(state, slot);
+    expect_bytes(out.value, out.value_len, value);
+}
+
+static void expect_written_key(void **state, int slot, const char *key)
+{
+    sl_record_t out = get(state, slot);
+    expect_bytes(out.key, out.key_len, key);
+}
+
+static int filter(void **state, const sl_op_t *op, int slot)
+{
+    int keep = -1;
+    if (sl_vm_call_filter(vm_of(state), op, slot, &keep) != 0)
+        fail_msg("%s", sl_error_detail());
+    return keep;
+}
+
+static int map(void **state, const sl_op_t *op, int slot)
+{
+    int out = -1;
+    if (sl_vm_call_map(vm_of(state), op, slot, &out) != 0)
+        fail_msg("%s", sl_error_detail());
+    return out;
+}
+
+static int key(void **state, const sl_op_t *op, int slot)
+{
+    int out = -1;
+    if (sl_vm_call_key(vm_of(state), op, slot, &out) != 0)
+        fail_msg("%s", sl_error_detail());
+    return out;
+}
+
+static void expect_map_error(void **state, const sl_op_t *op, int slot, const char *message)
+{
+    int out = -1;
+    assert_int_equal(sl_vm_call_map(vm_of(state), op, slot, &out), SL_EINVALID);
+    assert_string_equal(sl_error_detail(), message);
+}
+
+#define SUBJECT "{\"user\": \"ann\",  \"n\": 3}"
+
+/* ---- records into Lua ----------------------------------------------------- */
+
+static void test_loaded_record_is_a_table_with_every_field(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "s.stream('in'):filter(function(r)\n"
+              "  return r.key == 'k1' and r.value.user == 'ann' and r.value.n == 3\n"
+              "    and r.ts == 1000 and r.headers.trace == 't1'\n"
+              "    and r.headers.empty == s.null and r.topic == 'clicks'\n"
+              "    and r.partition == 2 and r.offset == 17\n"
+              "end):to('out')\n",
+              SL_OP_FILTER);
+    assert_int_equal(filter(state, op, load(state, "k1", SUBJECT, 1)), 1);
+    assert_int_equal(filter(state, op, load(state, "k2", SUBJECT, 1)), 0);
+}
+
+static void test_json_integers_become_lua_integers(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "s.stream('in'):filter(function(r)\n"
+              "  local v = r.value\n"
+              "  return math.type(v.n) == 'integer' and math.type(v.f) == 'float'\n"
+              "    and math.type(v.big) == 'float' and math.type(v.list[1]) == 'integer'\n"
+              "    and math.type(v.list[2].m) == 'integer' and 'user:' .. v.n == 'user:3'\n"
+              "end):to('out')\n",
+              SL_OP_FILTER);
+    int slot =
+        load(state, "k", "{\"n\": 3, \"f\": 1.5, \"big\": 1e20, \"list\": [7, {\"m\": 2.0}]}", 1);
+    assert_int_equal(filter(state, op, slot), 1);
+}
+
+static void test_raw_value_is_a_string(void **state)
+{
+    const sl_op_t *op = op_of(
+        state, "s.stream('in'):filter(function(r) return r.value == '{not json' end):to('out')\n",
+        SL_OP_FILTER);
+    assert_int_equal(filter(state, op, load(state, "k", "{not json", 0)), 1);
+}
+
+static void test_null_key_and_tombstone_are_nil(void **state)
+{
+    const sl_op_t *op = op_of(
+        state,
+        "s.stream('in'):filter(function(r) return r.key == nil and r.value == nil end):to('out')\n",
+        SL_OP_FILTER);
+    int slot = load(state, NULL, NULL, 1);
+    assert_int_equal(filter(state, op, slot), 1);
+    sl_record_t out = get(state, slot);
+    expect_bytes(out.key, out.key_len, NULL);
+    expect_bytes(out.value, out.value_len, NULL);
+}
+
+static void test_loaded_record_round_trips_byte_for_byte(void **state)
+{
+    int slot = load(state, "k1", SUBJECT, 1);
+    sl_record_t out = get(state, slot);
+    expect_bytes(out.key, out.key_len, "k1");
+    expect_bytes(out.value, out.value_len, SUBJECT);
+    assert_int_equal(out.timestamp, 1000);
+    assert_int_equal(out.offset, 17);
+    assert_int_equal(out.header_count, 2);
+    expect_bytes(out.headers[0].name, out.headers[0].name_len, "trace");
+    expect_bytes(out.headers[0].value, out.headers[0].value_len, "t1");
+    expect_bytes(out.headers[1].value, out.headers[1].value_len, NULL);
+}
+
+static void test_invalid_json_is_an_error_for_that_record(void **state)
+{
+    sl_record_t rec = tu_record("k", "{\"a\":", 1000);
+    sl_vm_origin_t origin = {"clicks", 2, 1};
+    int slot = -1;
+    rec.offset = 5;
+    assert_int_equal(sl_vm_record_load(vm_of(state), &rec, &origin, &slot), SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "topic clicks partition 2 offset 5: invalid JSON value: "
+                                           "Expected value but found T_END at character 6");
+    assert_int_equal(slot, -1);
+    load(state, "k", "{\"a\": 1}", 1);
+}
+
+/* ---- map ---------------------------------------------------------------- */
+
+static void test_map_value_keeps_key_ts_and_headers(void **state)
+{
+    const sl_op_t *op =
+        op_of(state, "s.stream('in'):map(function(r) return {user = r.value.user} end):to('out')\n",
+              SL_OP_MAP);
+    sl_record_t out = get(state, map(state, op, load(state, "k1", SUBJECT, 1)));
+    expect_bytes(out.value, out.value_len, "{\"user\":\"ann\"}");
+    expect_bytes(out.key, out.key_len, "k1");
+    assert_int_equal(out.timestamp, 1000);
+    assert_int_equal(out.header_count, 2);
+    expect_bytes(out.headers[0].name, out.headers[0].name_len, "empty"); /* sorted by name */
+    expect_bytes(out.headers[0].value, out.headers[0].value_len, NULL);
+    expect_bytes(out.headers[1].value, out.headers[1].value_len, "t1");
+}
+
+static void test_map_string_passes_through_and_numbers_are_json(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):map(function(r)\n"
+                              "  if r.key == 'text' then return 'plain text' end\n"
+                              "  return r.value.n * 2\n"
+                              "end):to('out')\n",
+                              SL_OP_MAP);
+    expect_written_value(state, map(state, op, load(state, "text", SUBJECT, 1)), "plain text");
+    expect_written_value(state, map(state, op, load(state, "number", SUBJECT, 1)), "6");
+}
+
+static void test_map_record_table_sets_every_field(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "s.stream('in'):map(function(r)\n"
+              "  return {key = 7, value = {a = 1}, ts = 5, headers = {b = 'x', a = 2}}\n"
+              "end):to('out')\n",
+              SL_OP_MAP);
+    sl_record_t out = get(state, map(state, op, load(state, "k1", SUBJECT, 1)));
+    expect_bytes(out.key, out.key_len, "7");
+    expect_bytes(out.value, out.value_len, "{\"a\":1}");
+    assert_int_equal(out.timestamp, 5);
+    assert_int_equal(out.header_count, 2);
+    expect_bytes(out.headers[0].name, out.headers[0].name_len, "a");
+    expect_bytes(out.headers[0].value, out.headers[0].value_len, "2");
+    expect_bytes(out.headers[1].value, out.headers[1].value_len, "x");
+}
+
+static void test_map_record_table_fields_default(void **state)
+{
+    const sl_op_t *op = op_of(
+        state, "s.stream('in'):map(function(r) return {value = 'v'} end):to('out')\n", SL_OP_MAP);
+    sl_record_t out = get(state, map(state, op, load(state, "k1", SUBJECT, 1)));
+    expect_bytes(out.key, out.key_len, NULL);
+    expect_bytes(out.value, out.value_len, "v");
+    assert_int_equal(out.timestamp, 1000);
+    assert_int_equal(out.header_count, 0);
+}
+
+static void test_map_returning_changed_r_writes_the_change(void **state)
+{
+    const sl_op_t *op = op_of(
+        state, "s.stream('in'):map(function(r) r.value.n = 4 return r end):to('out')\n", SL_OP_MAP);
+    int slot = map(state, op, load(state, "k1", "{\"n\": 3}", 1));
+    expect_written_value(state, slot, "{\"n\":4}");
+    expect_written_key(state, slot, "k1");
+}
+
+static void test_map_keeps_a_tombstone_a_tombstone(void **state)
+{
+    const sl_op_t *op =
+        op_of(state, "s.stream('in'):map(function(r) return r end):to('out')\n", SL_OP_MAP);
+    sl_record_t out = get(state, map(state, op, load(state, "k1", NULL, 1)));
+    expect_bytes(out.key, out.key_len, "k1");
+    expect_bytes(out.value, out.value_len, NULL);
+}
+
+static void test_map_returning_nil_is_an_error(void **state)
+{
+    const sl_op_t *op = op_of(state, "s.stream('in'):map(function(r) end):to('out')\n", SL_OP_MAP);
+    expect_map_error(state, op, load(state, "k", SUBJECT, 1),
+                     "map (script.lua:2): returned nil (return a value, or a record table {key = "
+                     "k, value = v})");
+}
+
+static void test_map_returning_a_function_is_an_error(void **state)
+{
+    const sl_op_t *op =
+        op_of(state, "s.stream('in'):map(function(r) return print end):to('out')\n", SL_OP_MAP);
+    expect_map_error(state, op, load(state, "k", SUBJECT, 1),
+                     "map (script.lua:2): returned a function, which cannot be a record value");
+}
+
+static void test_bad_record_table_fields_are_errors(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):map(function(r)\n"
+                              "  if r.key == 'key' then return {key = true, value = 1} end\n"
+                              "  if r.key == 'ts' then return {value = 1, ts = 'x'} end\n"
+                              "  return {value = 1, headers = {h = {}}}\n"
+                              "end):to('out')\n",
+                              SL_OP_MAP);
+    expect_map_error(state, op, load(state, "key", SUBJECT, 1),
+                     "map (script.lua:2): the record key must be a string or a number, got true");
+    expect_map_error(state, op, load(state, "ts", SUBJECT, 1),
+                     "map (script.lua:2): the record ts must be an integer number of ms, got 'x'");
+    expect_map_error(state, op, load(state, "headers", SUBJECT, 1),
+                     "map (script.lua:2): a record header value must be a string or a number, "
+                     "got a table");
+}
+
+static void test_value_that_cannot_be_encoded_fails_on_get(void **state)
+{
+    const sl_op_t *op = op_of(
+        state, "s.stream('in'):map(function(r) return {f = print} end):to('out')\n", SL_OP_MAP);
+    int slot = map(state, op, load(state, "k", SUBJECT, 1));
+    sl_record_t out;
+    assert_int_equal(sl_vm_record_get(vm_of(state), slot, &out), SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "map (script.lua:2): cannot write the record: Cannot "
+                                           "serialise function: type not supported");
+}
+
+/* ---- flat_map --------------------------------------------------------------- */
+
+static void test_flat_map_makes_one_record_per_item(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):flat_map(function(r)\n"
+                              "  if r.key == 'none' then return {} end\n"
+                              "  return {r.value.n, {key = 'b', value = 'x'}, 'z'}\n"
+                              "end):to('out')\n",
+                              SL_OP_FLAT_MAP);
+    int first = -1, count = -1;
+    int slot = load(state, "k1", SUBJECT, 1);
+    assert_int_equal(sl_vm_call_flat_map(vm_of(state), op, slot, &first, &count), 0);
+    assert_int_equal(count, 3);
+    expect_written_value(state, first, "3");
+    expect_written_key(state, first, "k1");
+    expect_written_value(state, first + 1, "x");
+    expect_written_key(state, first + 1, "b");
+    expect_written_value(state, first + 2, "z");
+    assert_int_equal(
+        sl_vm_call_flat_map(vm_of(state), op, load(state, "none", SUBJECT, 1), &first, &count), 0);
+    assert_int_equal(count, 0);
+}
+
+static void test_flat_map_must_return_a_list(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):flat_map(function(r)\n"
+                              "  if r.key == 'map' then return {a = 1} end\n"
+                              "end):to('out')\n",
+                              SL_OP_FLAT_MAP);
+    int first, count;
+    assert_int_equal(
+        sl_vm_call_flat_map(vm_of(state), op, load(state, "map", SUBJECT, 1), &first, &count),
+        SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "flat_map (script.lua:2): returned a table that is not "
+                                           "a list (return {} for none)");
+    assert_int_equal(
+        sl_vm_call_flat_map(vm_of(state), op, load(state, "nil", SUBJECT, 1), &first, &count),
+        SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "flat_map (script.lua:2): returned nil (return a list "
+                                           "of values or records, {} for none)");
+}
+
+/* ---- key_by ------------------------------------------------------------------ */
+
+static void test_key_by_function_rekeys_and_keeps_the_value_bytes(void **state)
+{
+    const sl_op_t *op =
+        op_of(state, "s.stream('in'):key_by(function(r) return r.value.user end):to('out')\n",
+              SL_OP_KEY_BY);
+    sl_record_t out = get(state, key(state, op, load(state, "k1", SUBJECT, 1)));
+    expect_bytes(out.key, out.key_len, "ann");
+    expect_bytes(out.value, out.value_len, SUBJECT);
+    assert_int_equal(out.timestamp, 1000);
+    assert_int_equal(out.header_count, 2);
+}
+
+static void test_number_keys_become_decimal_text(void **state)
+{
+    const sl_op_t *op = op_of(
+        state, "s.stream('in'):key_by(function(r) return r.value.k end):to('out')\n", SL_OP_KEY_BY);
+    expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 3}", 1)), "3");
+    expect_written_key(state, key(state, op, load(state, "x", "{\"k\": -7.0}", 1)), "-7");
+    expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 1.5}", 1)), "1.5");
+    expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 0.1}", 1)), "0.1");
+    expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 9007199254740993}", 1)),
+                       "9007199254740992");
+    expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 1e20}", 1)), "1e+20");
+}
+
+static void test_key_by_field_reads_the_value(void **state)
+{
+    const sl_op_t *op = op_of(state, "s.stream('in'):key_by('user'):to('out')\n", SL_OP_KEY_BY);
+    int out = -1;
+    expect_written_key(state, key(state, op, load(state, "k1", SUBJECT, 1)), "ann");
+    assert_int_equal(sl_vm_call_key(vm_of(state), op, load(state, "k", "{\"n\": 1}", 1), &out),
+                     SL_EINVALID);
+    assert_string_equal(sl_error_detail(),
+                        "key_by (script.lua:2): the value has no field 'user' (or it is null)");
+    assert_int_equal(sl_vm_call_key(vm_of(state), op, load(state, "k", "\"text\"", 1), &out),
+                     SL_EINVALID);
+    assert_string_equal(sl_error_detail(),
+                        "key_by (script.lua:2): the value is 'text', not a JSON object with the "
+                        "field 'user'");
+}
+
+static void test_key_by_nil_is_an_error(void **state)
+{
+    const sl_op_t *op =
+        op_of(state, "s.stream('in'):key_by(function(r) return r.value.nope end):to('out')\n",
+              SL_OP_KEY_BY);
+    int out = -1;
+    assert_int_equal(sl_vm_call_key(vm_of(state), op, load(state, "k", SUBJECT, 1), &out),
+                     SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "key_by (script.lua:2): no key: got nil");
+}
+
+/* ---- branch, peek, timestamp ------------------------------------------------------ */
+
+static void test_branch_picks_the_first_match_in_name_order(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "local b = s.stream('in'):branch{\n"
+                              "  small = function(r) return r.value.n < 10 end,\n"
+                              "  big = function(r) return r.value.n > 100 end,\n"
+                              "  any = function(r) return r.value.n == 7 end}\n"
+                              "b.big:to('out')\n",
+                              SL_OP_BRANCH);
+    int branch = -2;
+    assert_int_equal(
+        sl_vm_call_branch(vm_of(state), op, load(state, "k", "{\"n\": 3}", 1), &branch), 0);
+    assert_int_equal(branch, 2); /* any, big, small */
+    assert_int_equal(
+        sl_vm_call_branch(vm_of(state), op, load(state, "k", "{\"n\": 7}", 1), &branch), 0);
+    assert_int_equal(branch, 0);
+    assert_int_equal(
+        sl_vm_call_branch(vm_of(state), op, load(state, "k", "{\"n\": 500}", 1), &branch), 0);
+    assert_int_equal(branch, 1);
+    assert_int_equal(
+        sl_vm_call_branch(vm_of(state), op, load(state, "k", "{\"n\": 50}", 1), &branch), 0);
+    assert_int_equal(branch, -1);
+}
+
+static void test_branch_error_names_the_branch(void **state)
+{
+    const sl_op_t *op =
+        op_of(state, "s.stream('in'):branch{big = function(r) error('bad') end}.big:to('out')\n",
+              SL_OP_BRANCH);
+    int branch;
+    assert_int_equal(sl_vm_call_branch(vm_of(state), op, load(state, "k", SUBJECT, 1), &branch),
+                     SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "branch 'big' (script.lua:2): script.lua:2: bad");
+}
+
+static void test_peek_runs_for_its_side_effects(void **state)
+{
+    const sl_op_t *peek = op_of(state,
+                                "s.stream('in')\n"
+                                "  :peek(function(r) seen = (seen or 0) + r.value.n end)\n"
+                                "  :filter(function(r) return seen == 6 end):to('out')\n",
+                                SL_OP_PEEK);
+    const sl_op_t *check = peek + 1;
+    int slot = load(state, "k", SUBJECT, 1);
+    assert_int_equal(sl_vm_call_peek(vm_of(state), peek, slot), 0);
+    assert_int_equal(filter(state, check, slot), 0);
+    assert_int_equal(sl_vm_call_peek(vm_of(state), peek, slot), 0);
+    assert_int_equal(filter(state, check, slot), 1);
+}
+
+static void test_timestamp_function_sets_the_event_time(void **state)
+{
+    const sl_op_t *source =
+        op_of(state,
+              "s.stream('in', {timestamp = function(r) return r.value.at end})\n"
+              "  :filter(function(r) return r.ts == 1234 end):to('out')\n",
+              SL_OP_SOURCE);
+    int64_t ts = 0;
+    int slot = load(state, "k", "{\"at\": 1234}", 1);
+    assert_int_equal(sl_vm_call_timestamp(vm_of(state), source, slot, &ts), 0);
+    assert_int_equal(ts, 1234);
+    assert_int_equal(get(state, slot).timestamp, 1234);
+    assert_int_equal(filter(state, source + 1, slot), 1);
+    slot = load(state, "k", "{\"at\": \"noon\"}", 1);
+    assert_int_equal(sl_vm_call_timestamp(vm_of(state), source, slot, &ts), SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "timestamp (script.lua:2): the timestamp must be an "
+                                           "integer number of ms, got 'noon'");
+}
+
+/* ---- errors and limits --------------------------------------------------------------- */
+
+static void test_user_error_names_the_op_and_the_message(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in')\n"
+                              "  :map(function(r)\n"
+                              "    return r.value.missing.field\n"
+                              "  end):to('out')\n",
+                              SL_OP_MAP);
+    expect_map_error(state, op, load(state, "k", SUBJECT, 1),
+                     "map (script.lua:3): script.lua:4: attempt to index a nil value (field "
+                     "'missing')");
+}
+
+static void test_runaway_function_hits_the_limit_and_the_vm_goes_on(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):filter(function(r)\n"
+                              "  if r.value.n == 0 then while true do end end\n"
+                              "  return true\n"
+                              "end):to('out')\n",
+                              SL_OP_FILTER);
+    int keep = -1;
+    assert_int_equal(sl_vm_call_filter(vm_of(state), op, load(state, "k", "{\"n\": 0}", 1), &keep),
+                     SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "filter (script.lua:2): script.lua:3: instruction limit "
+                                           "exceeded (10000000 instructions)");
+    assert_int_equal(filter(state, op, load(state, "k", "{\"n\": 1}", 1)), 1);
+}
+
+static void test_memory_hog_hits_the_cap_and_the_vm_goes_on(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):map(function(r)\n"
+                              "  if r.value.n == 0 then return string.rep('x', 1e9) end\n"
+                              "  return r\n"
+                              "end):to('out')\n",
+                              SL_OP_MAP);
+    expect_map_error(state, op, load(state, "k", "{\"n\": 0}", 1),
+                     "map (script.lua:2): script.lua:3: memory limit exceeded (67108864 bytes)");
+    expect_written_value(state, map(state, op, load(state, "k", "{\"n\": 1}", 1)), "{\"n\":1}");
+}
+
+static void test_dsl_is_refused_while_records_flow(void **state)
+{
+    const sl_op_t *op = op_of(
+        state, "s.stream('in'):map(function(r) return s.stream('x') end):to('out')\n", SL_OP_MAP);
+    expect_map_error(state, op, load(state, "k", SUBJECT, 1),
+                     "map (script.lua:2): script.lua:2: the sluice DSL works only while the script "
+                     "is compiled");
+}
+
+static void test_batch_reset_frees_every_slot(void **state)
+{
+    for (int i = 0; i < 3000; i++)
+        assert_int_equal(load(state, "k", SUBJECT, 1), i);
+    sl_vm_batch_reset(vm_of(state));
+    assert_int_equal(load(state, "k", SUBJECT, 1), 0);
+    expect_written_value(state, 0, SUBJECT);
+}
+
+static void test_warm_batches_keep_memory_flat(void **state)
+{
+    const sl_op_t *op = op_of(
+        state, "s.stream('in'):map(function(r) return {n = r.value.n} end):to('out')\n", SL_OP_MAP);
+    size_t after_first = 0;
+    for (int batch = 0; batch < 50; batch++) {
+        for (int i = 0; i < 1000; i++)
+            get(state, map(state, op, load(state, "k", SUBJECT, 1)));
+        sl_vm_batch_reset(vm_of(state));
+        if (batch == 0)
+            after_first = sl_vm_memory(vm_of(state));
+    }
+    assert_true(sl_vm_memory(vm_of(state)) < 2 * after_first + (1 << 20));
+}
+
+/* Fails every allocation from the nth on during load, map and get: each
+ * step fails with -ENOMEM or works, and the VM works afterwards. The value
+ * is raw: lua-cjson 2.1 leaks its buffer when the process runs out of
+ * memory inside decode (json.c), which the sanitizer build would report. */
+static void test_out_of_memory_during_calls_is_enomem(void **state)
+{
+    const sl_op_t *op = op_of(
+        state, "s.stream('in'):map(function(r) return {u = r.value} end):to('out')\n", SL_OP_MAP);
+    sl_vm_t *vm = vm_of(state);
+    for (long n = 0; n < 200; n++) {
+        sl_record_t rec = tu_record("k", "ann", 1), out;
+        sl_vm_origin_t origin = {"clicks", 0, 0};
+        int slot, made;
+        sl_alloc_fail_after(n);
+        int rc = sl_vm_record_load(vm, &rec, &origin, &slot);
+        if (rc == 0)
+            rc = sl_vm_call_map(vm, op, slot, &made);
+        if (rc == 0)
+            rc = sl_vm_record_get(vm, made, &out);
+        sl_alloc_fail_after(-1);
+        if (rc != 0 && rc != -ENOMEM)
+            fail_msg("allocation %ld: %s", n, sl_error_detail());
+        sl_vm_batch_reset(vm);
+    }
+    expect_written_value(state, map(state, op, load(state, "k", "ann", 0)), "{\"u\":\"ann\"}");
+}
+
+/* A small value that decodes into more than the cap allows: the cap is
+ * checked after cjson returns, so nothing leaks (the sanitizer build
+ * checks), and the VM goes on. */
+static void test_record_decoding_past_the_cap_is_an_error(void **state)
+{
+    (void)state;
+    sl_vm_t *vm;
+    sl_vm_limits_t limits = {.memory_bytes = 4 << 20};
+    static char value[300002];
+    sl_vm_origin_t origin = {"clicks", 2, 1};
+    int slot = -1;
+    assert_int_equal(sl_vm_new(&limits, &vm), 0);
+    value[0] = '[';
+    for (int i = 0; i < 99999; i++)
+        memcpy(value + 1 + 3 * i, "[],", 3);
+    memcpy(value + 1 + 3 * 99999, "[]]", 3);
+    sl_record_t rec = tu_record("k", value, 1);
+    rec.offset = 17;
+    assert_int_equal(sl_vm_record_load(vm, &rec, &origin, &slot), SL_EINVALID);
+    assert_string_equal(
+        sl_error_detail(),
+        "topic clicks partition 2 offset 17: memory limit exceeded (4194304 bytes)");
+    rec = tu_record("k", "[[], []]", 1);
+    assert_int_equal(sl_vm_record_load(vm, &rec, &origin, &slot), 0);
+    sl_vm_free(vm);
+}
+
+static void test_value_with_a_huge_encoding_is_refused(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):map(function(r)\n"
+                              "  local big, list = string.rep('x', 1e6), {}\n"
+                              "  for i = 1, 100 do list[i] = big end\n"
+                              "  return list\n"
+                              "end):to('out')\n",
+                              SL_OP_MAP);
+    sl_record_t out;
+    int slot = map(state, op, load(state, "k", SUBJECT, 1));
+    assert_int_equal(sl_vm_record_get(vm_of(state), slot, &out), SL_EINVALID);
+    assert_string_equal(sl_error_detail(), "map (script.lua:2): cannot write the record: the "
+                                           "value's JSON text could exceed 67108864 bytes");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+        T(test_loaded_record_is_a_table_with_every_field),
+        T(test_json_integers_become_lua_integers),
+        T(test_raw_value_is_a_string),
+        T(test_null_key_and_tombstone_are_nil),
+        T(test_loaded_record_round_trips_byte_for_byte),
+        T(test_invalid_json_is_an_error_for_that_record),
+        T(test_map_value_keeps_key_ts_and_headers),
+        T(test_map_string_passes_through_and_numbers_are_json),
+        T(test_map_record_table_sets_every_field),
+        T(test_map_record_table_fields_default),
+        T(test_map_returning_changed_r_writes_the_change),
+        T(test_map_keeps_a_tombstone_a_tombstone),
+        T(test_map_returning_nil_is_an_error),
+        T(test_map_returning_a_function_is_an_error),
+        T(test_bad_record_table_fields_are_errors),
+        T(test_value_that_cannot_be_encoded_fails_on_get),
+        T(test_flat_map_makes_one_record_per_item),
+        T(test_flat_map_must_return_a_list),
+        T(test_key_by_function_rekeys_and_keeps_the_value_bytes),
+        T(test_number_keys_become_decimal_text),
+        T(test_key_by_field_reads_the_value),
+        T(test_key_by_nil_is_an_error),
+        T(test_branch_picks_the_first_match_in_name_order),
+        T(test_branch_error_names_the_branch),
+        T(test_peek_runs_for_its_side_effects),
+        T(test_timestamp_function_sets_the_event_time),
+        T(test_user_error_names_the_op_and_the_message),
+        T(test_runaway_function_hits_the_limit_and_the_vm_goes_on),
+        T(test_memory_hog_hits_the_cap_and_the_vm_goes_on),
+        T(test_dsl_is_refused_while_records_flow),
+        T(test_batch_reset_frees_every_slot),
+        T(test_warm_batches_keep_memory_flat),
+        T(test_out_of_memory_during_calls_is_enomem),
+        T(test_record_decoding_past_the_cap_is_an_error),
+        T(test_value_with_a_huge_encoding_is_refused),
+#undef T
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
