@@ -1,0 +1,240 @@
+/*
+ * exec.c - pushing records through a stage of a pipeline (see ops.h).
+ *
+ * sl_exec_new turns the DAG's input lists around into successor lists: for
+ * each op and output port (a BRANCH has one port per branch, every other op
+ * one), the ops that read from it. A record then walks the stage depth
+ * first from its entry op: each op calls its user function on the record's
+ * VM slot and hands the resulting slot(s) to its successors, until an exit
+ * (TO, KEY_BY) emits the bytes. Depth first keeps one record's work
+ * together, so a failure stops only the path it happened on.
+ */
+#include "ops/ops.h"
+
+#include <errno.h>
+#include <string.h>
+
+typedef struct successors {
+    int *ops;
+    int count;
+} successors_t;
+
+struct sl_exec {
+    sl_dag_t *dag;
+    successors_t **next; /* next[op][port] */
+    sl_op_stats_t *stats;
+    const sl_exec_output_t *out; /* during a batch */
+    const sl_record_t *input;    /* the record that entered the stage */
+    int stop;                    /* a callback's non-zero value */
+};
+
+static int ports(const sl_op_t *op)
+{
+    return op->kind == SL_OP_BRANCH ? op->branch_count : 1;
+}
+
+static int add_successor(successors_t *s, int op)
+{
+    int *grown = sl_realloc(s->ops, (size_t)(s->count + 1) * sizeof *grown);
+    if (!grown)
+        return -ENOMEM;
+    s->ops = grown;
+    s->ops[s->count++] = op;
+    return 0;
+}
+
+static int link_ops(sl_exec_t *x)
+{
+    sl_dag_t *dag = x->dag;
+    for (int i = 0; i < dag->op_count; i++) {
+        int n = ports(&dag->ops[i]);
+        if (!(x->next[i] = sl_calloc((size_t)(n > 0 ? n : 1), sizeof(successors_t))))
+            return -ENOMEM;
+    }
+    for (int i = 0; i < dag->op_count; i++)
+        for (int k = 0; k < dag->ops[i].input_count; k++) {
+            const sl_op_input_t *in = &dag->ops[i].inputs[k];
+            if (add_successor(&x->next[in->op][in->port], i))
+                return -ENOMEM;
+        }
+    return 0;
+}
+
+int sl_exec_new(sl_dag_t *dag, sl_exec_t **out)
+{
+    sl_exec_t *x = sl_calloc(1, sizeof *x);
+    if (!x)
+        return -ENOMEM;
+    x->dag = dag;
+    x->next = sl_calloc((size_t)(dag->op_count ? dag->op_count : 1), sizeof *x->next);
+    x->stats = sl_calloc((size_t)(dag->op_count ? dag->op_count : 1), sizeof *x->stats);
+    int rc = x->next && x->stats ? link_ops(x) : -ENOMEM;
+    if (rc) {
+        sl_exec_free(x);
+        return rc;
+    }
+    *out = x;
+    return 0;
+}
+
+void sl_exec_free(sl_exec_t *x)
+{
+    if (!x)
+        return;
+    for (int i = 0; x->next && i < x->dag->op_count; i++) {
+        for (int p = 0; x->next[i] && p < ports(&x->dag->ops[i]); p++)
+            sl_free(x->next[i][p].ops);
+        sl_free(x->next[i]);
+    }
+    sl_free(x->next);
+    sl_free(x->stats);
+    sl_free(x);
+}
+
+int sl_exec_entries(const sl_exec_t *x, int *ids, int max)
+{
+    int n = 0;
+    for (int i = 0; i < x->dag->op_count; i++) {
+        sl_op_kind_t kind = x->dag->ops[i].kind;
+        if (kind != SL_OP_SOURCE && kind != SL_OP_KEY_BY)
+            continue;
+        if (n < max)
+            ids[n] = i;
+        n++;
+    }
+    return n;
+}
+
+const sl_op_stats_t *sl_exec_stats(const sl_exec_t *x, int op)
+{
+    return op >= 0 && op < x->dag->op_count ? &x->stats[op] : NULL;
+}
+
+void sl_exec_reset(sl_exec_t *x)
+{
+    sl_vm_batch_reset(x->dag->vm);
+}
+
+static void run(sl_exec_t *x, int op_id, int slot);
+
+/* A call failed: count it, and let the caller decide (-ENOMEM stops). */
+static void fail(sl_exec_t *x, const sl_op_t *op, int rc)
+{
+    x->stats[op->id].errors++;
+    if (rc == -ENOMEM) {
+        x->stop = rc;
+        return;
+    }
+    int decision = x->out->failed(x->out->arg, op, x->input, sl_error_detail());
+    if (decision)
+        x->stop = decision;
+}
+
+/* Hands slot to every op reading `port` of op_id. */
+static void pass_on(sl_exec_t *x, int op_id, int port, int slot)
+{
+    const successors_t *s = &x->next[op_id][port];
+    x->stats[op_id].records_out++;
+    for (int i = 0; i < s->count && !x->stop; i++)
+        run(x, s->ops[i], slot);
+}
+
+/* An exit: the slot's bytes go to the caller. */
+static void emit(sl_exec_t *x, const sl_op_t *op, int slot)
+{
+    sl_record_t rec;
+    int rc = sl_vm_record_get(x->dag->vm, slot, &rec);
+    if (rc) {
+        fail(x, op, rc);
+        return;
+    }
+    x->stats[op->id].records_out++;
+    rc = x->out->emit(x->out->arg, op, &rec);
+    if (rc)
+        x->stop = rc;
+}
+
+/* One op on one record: the operator table of the pipeline, deliberately
+ * in one place. */
+static void run(sl_exec_t *x, int op_id, int slot)
+{
+    const sl_op_t *op = &x->dag->ops[op_id];
+    sl_vm_t *vm = x->dag->vm;
+    int rc = 0, keep, out, first, count, branch;
+    x->stats[op_id].records_in++;
+    switch (op->kind) {
+    case SL_OP_FILTER:
+        if (!(rc = sl_vm_call_filter(vm, op, slot, &keep)) && keep)
+            pass_on(x, op_id, 0, slot);
+        break;
+    case SL_OP_MAP:
+        if (!(rc = sl_vm_call_map(vm, op, slot, &out)))
+            pass_on(x, op_id, 0, out);
+        break;
+    case SL_OP_FLAT_MAP:
+        if (!(rc = sl_vm_call_flat_map(vm, op, slot, &first, &count)))
+            for (int i = 0; i < count && !x->stop; i++)
+                pass_on(x, op_id, 0, first + i);
+        break;
+    case SL_OP_PEEK:
+        if (!(rc = sl_vm_call_peek(vm, op, slot)))
+            pass_on(x, op_id, 0, slot);
+        break;
+    case SL_OP_BRANCH:
+        if (!(rc = sl_vm_call_branch(vm, op, slot, &branch)) && branch >= 0)
+            pass_on(x, op_id, branch, slot);
+        break;
+    case SL_OP_MERGE:
+        pass_on(x, op_id, 0, slot);
+        break;
+    case SL_OP_KEY_BY:
+        if (!(rc = sl_vm_call_key(vm, op, slot, &out)))
+            emit(x, op, out);
+        break;
+    case SL_OP_TO:
+        emit(x, op, slot);
+        break;
+    case SL_OP_SOURCE: /* never a successor */
+        break;
+    }
+    if (rc)
+        fail(x, op, rc);
+}
+
+/* One record into the stage at entry. */
+static void enter(sl_exec_t *x, const sl_op_t *entry, const sl_vm_origin_t *origin)
+{
+    sl_vm_t *vm = x->dag->vm;
+    int slot, rc = sl_vm_record_load(vm, x->input, origin, &slot);
+    int64_t ts;
+    if (entry->kind == SL_OP_SOURCE)
+        x->stats[entry->id].records_in++;
+    if (rc == 0 && entry->kind == SL_OP_SOURCE && entry->fn != SL_NO_FUNCTION)
+        rc = sl_vm_call_timestamp(vm, entry, slot, &ts);
+    if (rc)
+        fail(x, entry, rc);
+    else
+        pass_on(x, entry->id, 0, slot);
+}
+
+int sl_exec_batch(sl_exec_t *x, int entry, const sl_vm_origin_t *origin, const sl_record_t *records,
+                  size_t n, const sl_exec_output_t *out, size_t *done)
+{
+    if (entry < 0 || entry >= x->dag->op_count ||
+        (x->dag->ops[entry].kind != SL_OP_SOURCE && x->dag->ops[entry].kind != SL_OP_KEY_BY))
+        return sl_error_set(SL_EINVALID, "op %d does not start a stage", entry);
+    size_t i;
+    x->out = out;
+    x->stop = 0;
+    for (i = 0; i < n && !x->stop; i++) {
+        x->input = &records[i];
+        enter(x, &x->dag->ops[entry], origin);
+        if (x->stop)
+            break;
+    }
+    if (done)
+        *done = i;
+    x->out = NULL;
+    x->input = NULL;
+    return x->stop;
+}

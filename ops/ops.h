@@ -1,0 +1,75 @@
+/*
+ * ops.h - running a pipeline's operators over batches of records.
+ *
+ * A compiled pipeline (lua/lua.h: sl_dag_t) runs in stages. A stage starts
+ * at an entry op, a SOURCE (records read from its topic) or a KEY_BY
+ * (records read back from the repartition topic the runtime wrote them to,
+ * so that every key lands in one task), and runs every op downstream of it
+ * until an exit: a TO (records for a sink topic) or a KEY_BY (records, now
+ * re-keyed, for its repartition topic). Exits hand their records to the
+ * caller's emit callback; the caller appends them wherever they go.
+ *
+ * Per record, an op's failure (the user function raised an error, hit a
+ * limit, returned a bad value, or the record is not valid JSON) goes to the
+ * caller's failed callback with the input record and a sentence naming the
+ * op and its script line. The callback decides: return 0 to drop that path
+ * of that record and go on (on_error = skip or dead_letter), non-zero to
+ * stop the batch there (on_error = stop). Other paths of the same record
+ * (a stream feeding two operators) are not affected by one path's failure.
+ *
+ * One sl_exec_t per (DAG, VM); not thread-safe, like the VM it drives.
+ */
+#ifndef SL_OPS_H
+#define SL_OPS_H
+
+#include "lua/lua.h"
+
+typedef struct sl_exec sl_exec_t;
+
+/* Counters of one op since sl_exec_new. */
+typedef struct sl_op_stats {
+    uint64_t records_in;  /* records the op was given */
+    uint64_t records_out; /* records it passed on (or emitted, for exits) */
+    uint64_t errors;      /* records it failed on */
+} sl_op_stats_t;
+
+/* Where a stage's records go, and what to do with failures. */
+typedef struct sl_exec_output {
+    /* An exit (TO or KEY_BY) produced rec; its bytes stay valid until
+     * sl_exec_reset(). Returns 0, or an error that stops the batch. */
+    int (*emit)(void *arg, const sl_op_t *exit, const sl_record_t *rec);
+    /* op failed on input (the record that entered the stage); why names
+     * the op and the script line. 0: go on; non-zero: stop the batch. */
+    int (*failed)(void *arg, const sl_op_t *op, const sl_record_t *input, const char *why);
+    void *arg;
+} sl_exec_output_t;
+
+/* Prepares to run dag (its successor lists and counters). Returns 0 and
+ * *out, owned by the caller until sl_exec_free(); -ENOMEM. The DAG and its
+ * VM must outlive it. */
+int sl_exec_new(sl_dag_t *dag, sl_exec_t **out);
+void sl_exec_free(sl_exec_t *x);
+
+/* The entry ops of the DAG's stages: SOURCE and KEY_BY ops, in id order.
+ * Returns how many and fills up to max ids into ids. */
+int sl_exec_entries(const sl_exec_t *x, int *ids, int max);
+
+/*
+ * Runs n records entering at op `entry` (a SOURCE: from its topic; a
+ * KEY_BY: from its repartition topic, so its function is not run again)
+ * through the stage. *done (if not NULL) receives how many records were
+ * fully handled: n, unless a callback stopped the batch, in which case the
+ * record it stopped at is not counted. Returns 0, the stopping callback's
+ * value, SL_EINVALID if entry is not an entry op, or -ENOMEM.
+ */
+int sl_exec_batch(sl_exec_t *x, int entry, const sl_vm_origin_t *origin, const sl_record_t *records,
+                  size_t n, const sl_exec_output_t *out, size_t *done);
+
+/* Forgets the batch: the VM's slots and the bytes emitted records point
+ * into. Call once the emitted records are written. */
+void sl_exec_reset(sl_exec_t *x);
+
+/* The counters of op id (NULL if out of range). */
+const sl_op_stats_t *sl_exec_stats(const sl_exec_t *x, int op);
+
+#endif

@@ -1,0 +1,269 @@
+/*
+ * test_ops.c - running pipeline stages over batches: operators in order,
+ * stage exits and entries (TO, KEY_BY), failures with skip and stop, fan-out,
+ * counters.
+ */
+#include "testutil.h"
+
+#include "ops/ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct collected {
+    int exit_op[64];
+    char key[64][32];
+    char value[64][96];
+    int64_t ts[64];
+    int count;
+    int failures;
+    char why[256];
+    int stop_on_failure;
+} collected_t;
+
+static int collect(void *arg, const sl_op_t *exit, const sl_record_t *rec)
+{
+    collected_t *c = arg;
+    assert_true(c->count < 64);
+    c->exit_op[c->count] = exit->id;
+    snprintf(c->key[c->count], 32, "%.*s", rec->key_len > 0 ? rec->key_len : 0,
+             rec->key_len > 0 ? (const char *)rec->key : "");
+    snprintf(c->value[c->count], 96, "%.*s", rec->value_len > 0 ? rec->value_len : 0,
+             rec->value_len > 0 ? (const char *)rec->value : "");
+    c->ts[c->count++] = rec->timestamp;
+    return 0;
+}
+
+static int on_failure(void *arg, const sl_op_t *op, const sl_record_t *input, const char *why)
+{
+    collected_t *c = arg;
+    (void)op;
+    (void)input;
+    c->failures++;
+    snprintf(c->why, sizeof c->why, "%s", why);
+    return c->stop_on_failure;
+}
+
+typedef struct fixture {
+    sl_vm_t *vm;
+    sl_dag_t *dag;
+    sl_exec_t *exec;
+} fixture_t;
+
+static fixture_t compile(const char *script)
+{
+    fixture_t f;
+    assert_int_equal(sl_vm_new(NULL, &f.vm), 0);
+    int rc = sl_vm_compile(f.vm, "p.lua", script, strlen(script), &f.dag);
+    if (rc)
+        fprintf(stderr, "compile: %s\n", sl_error_detail());
+    assert_int_equal(rc, 0);
+    assert_int_equal(sl_exec_new(f.dag, &f.exec), 0);
+    return f;
+}
+
+static void release(fixture_t *f)
+{
+    sl_exec_free(f->exec);
+    sl_dag_free(f->dag);
+    sl_vm_free(f->vm);
+}
+
+/* Runs JSON values (keys k0, k1, ...) into the stage at entry. */
+static int run_values(fixture_t *f, int entry, const char *const *values, size_t n, collected_t *c,
+                      size_t *done)
+{
+    sl_record_t recs[16];
+    char keys[16][8];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(keys[i], sizeof keys[i], "k%zu", i);
+        recs[i] = tu_record(keys[i], values[i], 1000 + (int64_t)i);
+        recs[i].offset = (int64_t)i;
+    }
+    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_exec_output_t out = {collect, on_failure, c};
+    return sl_exec_batch(f->exec, entry, &origin, recs, n, &out, done);
+}
+
+static void test_filter_and_map_reach_the_sink(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "s.stream('in')\n"
+                          "  :filter(function(r) return r.value.n % 2 == 0 end)\n"
+                          "  :map(function(r) return {n2 = r.value.n * 2} end)\n"
+                          "  :to('out')\n");
+    static const char *const values[] = {"{\"n\":1}", "{\"n\":2}", "{\"n\":3}", "{\"n\":4}"};
+    collected_t c = {0};
+    size_t done;
+    assert_int_equal(run_values(&f, 0, values, 4, &c, &done), 0);
+    assert_int_equal(done, 4);
+    assert_int_equal(c.count, 2);
+    assert_string_equal(c.value[0], "{\"n2\":4}");
+    assert_string_equal(c.value[1], "{\"n2\":8}");
+    assert_string_equal(c.key[1], "k3"); /* a map returning a value keeps the key */
+    assert_int_equal(f.dag->ops[c.exit_op[0]].kind, SL_OP_TO);
+    assert_int_equal(sl_exec_stats(f.exec, 1)->records_in, 4);
+    assert_int_equal(sl_exec_stats(f.exec, 1)->records_out, 2);
+    assert_int_equal(sl_exec_stats(f.exec, 3)->records_out, 2);
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+static void test_flat_map_branch_and_merge(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "local parts = s.stream('in')\n"
+                          "  :flat_map(function(r) return r.value.items end)\n"
+                          "  :branch{big = function(r) return r.value > 10 end,\n"
+                          "          small = function(r) return r.value <= 10 end}\n"
+                          "parts.big:map(function(r) return 'big ' .. r.value end):to('big')\n"
+                          "s.merge(parts.small):to('small')\n");
+    static const char *const values[] = {"{\"items\":[5,50]}", "{\"items\":[]}",
+                                         "{\"items\":[11]}"};
+    collected_t c = {0};
+    assert_int_equal(run_values(&f, 0, values, 3, &c, NULL), 0);
+    assert_int_equal(c.count, 3);
+    assert_string_equal(c.value[0], "5");
+    assert_string_equal(f.dag->ops[c.exit_op[0]].topic, "small");
+    assert_string_equal(c.value[1], "big 50");
+    assert_string_equal(f.dag->ops[c.exit_op[1]].topic, "big");
+    assert_string_equal(c.value[2], "big 11");
+    assert_int_equal(sl_exec_stats(f.exec, 1)->records_out, 3); /* flat_map outputs */
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+/* KEY_BY ends the first stage (its records go to a repartition topic) and
+ * starts the next one, without running its function again. */
+static void test_key_by_ends_a_stage_and_starts_the_next(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "s.stream('in')\n"
+                          "  :key_by('user')\n"
+                          "  :map(function(r) return {user = r.value.user, seen = true} end)\n"
+                          "  :to('out')\n");
+    int entries[4];
+    assert_int_equal(sl_exec_entries(f.exec, entries, 4), 2);
+    assert_int_equal(f.dag->ops[entries[1]].kind, SL_OP_KEY_BY);
+    static const char *const values[] = {"{\"user\":\"ann\"}", "{\"user\":7}"};
+    collected_t first = {0}, second = {0};
+    assert_int_equal(run_values(&f, entries[0], values, 2, &first, NULL), 0);
+    assert_int_equal(first.count, 2);
+    assert_int_equal(first.exit_op[0], entries[1]);
+    assert_string_equal(first.key[0], "ann");
+    assert_string_equal(first.key[1], "7");
+    sl_exec_reset(f.exec);
+    assert_int_equal(run_values(&f, entries[1], values, 2, &second, NULL), 0);
+    assert_int_equal(second.count, 2);
+    assert_string_equal(f.dag->ops[second.exit_op[0]].topic, "out");
+    assert_non_null(strstr(second.value[0], "\"seen\":true"));
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+static const char failing_script[] = "local s = require('sluice')\n"
+                                     "s.stream('in')\n"
+                                     "  :map(function(r)\n"
+                                     "     if r.value.bad then error('bad record') end\n"
+                                     "     return r.value end)\n"
+                                     "  :to('out')\n";
+
+static void test_failure_with_skip_goes_on(void **state)
+{
+    (void)state;
+    fixture_t f = compile(failing_script);
+    static const char *const values[] = {"{\"a\":1}", "{\"bad\":true}", "{\"a\":3}"};
+    collected_t c = {0};
+    size_t done;
+    assert_int_equal(run_values(&f, 0, values, 3, &c, &done), 0);
+    assert_int_equal(done, 3);
+    assert_int_equal(c.count, 2);
+    assert_int_equal(c.failures, 1);
+    assert_non_null(strstr(c.why, "map (p.lua:3)"));
+    assert_non_null(strstr(c.why, "bad record"));
+    assert_int_equal(sl_exec_stats(f.exec, 1)->errors, 1);
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+static void test_failure_with_stop_stops_at_that_record(void **state)
+{
+    (void)state;
+    fixture_t f = compile(failing_script);
+    static const char *const values[] = {"{\"a\":1}", "{\"bad\":true}", "{\"a\":3}"};
+    collected_t c = {.stop_on_failure = 7};
+    size_t done;
+    assert_int_equal(run_values(&f, 0, values, 3, &c, &done), 7);
+    assert_int_equal(done, 1); /* only the first record was handled */
+    assert_int_equal(c.count, 1);
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+static void test_invalid_json_fails_at_the_source(void **state)
+{
+    (void)state;
+    fixture_t f = compile(failing_script);
+    static const char *const values[] = {"{not json", "{\"a\":2}"};
+    collected_t c = {0};
+    assert_int_equal(run_values(&f, 0, values, 2, &c, NULL), 0);
+    assert_int_equal(c.failures, 1);
+    assert_int_equal(sl_exec_stats(f.exec, 0)->errors, 1);
+    assert_int_equal(c.count, 1);
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+/* One stream feeding two operators: a failure on one path leaves the
+ * other path's output in place. */
+static void test_fan_out_paths_fail_independently(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "local src = s.stream('in')\n"
+                          "src:map(function(r) error('always') end):to('a')\n"
+                          "src:map(function(r) return r.value end):to('b')\n");
+    static const char *const values[] = {"{\"x\":1}"};
+    collected_t c = {0};
+    assert_int_equal(run_values(&f, 0, values, 1, &c, NULL), 0);
+    assert_int_equal(c.failures, 1);
+    assert_int_equal(c.count, 1);
+    assert_string_equal(f.dag->ops[c.exit_op[0]].topic, "b");
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+static void test_timestamp_extractor_sets_the_time(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "s.stream('in', {timestamp = function(r) return r.value.at end})\n"
+                          "  :to('out')\n");
+    static const char *const values[] = {"{\"at\":123456}"};
+    collected_t c = {0};
+    assert_int_equal(run_values(&f, 0, values, 1, &c, NULL), 0);
+    assert_int_equal(c.count, 1);
+    assert_int_equal(c.ts[0], 123456);
+    assert_int_equal(sl_exec_batch(f.exec, 1, NULL, NULL, 0, NULL, NULL), SL_EINVALID);
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_filter_and_map_reach_the_sink),
+        cmocka_unit_test(test_flat_map_branch_and_merge),
+        cmocka_unit_test(test_key_by_ends_a_stage_and_starts_the_next),
+        cmocka_unit_test(test_failure_with_skip_goes_on),
+        cmocka_unit_test(test_failure_with_stop_stops_at_that_record),
+        cmocka_unit_test(test_invalid_json_fails_at_the_source),
+        cmocka_unit_test(test_fan_out_paths_fail_independently),
+        cmocka_unit_test(test_timestamp_extractor_sets_the_time),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
