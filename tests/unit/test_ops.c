@@ -75,7 +75,7 @@ static int run_values(fixture_t *f, int entry, const char *const *values, size_t
                       size_t *done)
 {
     sl_record_t recs[16];
-    char keys[16][8];
+    char keys[16][24];
     for (size_t i = 0; i < n; i++) {
         snprintf(keys[i], sizeof keys[i], "k%zu", i);
         recs[i] = tu_record(keys[i], values[i], 1000 + (int64_t)i);
