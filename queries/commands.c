@@ -274,6 +274,11 @@ static const sl_command_t commands[] = {
     {"SEEK", 5, sl_cmd_seek, 0, 14},
 };
 
+int sl_builtin_command_count(void)
+{
+    return (int)(sizeof commands / sizeof *commands);
+}
+
 const sl_command_t *sl_command_at(int i)
 {
     return i >= 0 && i < (int)(sizeof commands / sizeof *commands) ? &commands[i] : NULL;

@@ -143,10 +143,16 @@ static void command_families(sl_server_t *s, struct evbuffer *out)
     for (int i = 0; sl_command_at(i); i++)
         evbuffer_add_printf(out, "sluice_commands_total{command=\"%s\"} %llu\n",
                             sl_command_at(i)->name, (unsigned long long)s->metrics.calls[i]);
+    for (int i = 0, base = sl_builtin_command_count(); i < s->extra_count; i++)
+        evbuffer_add_printf(out, "sluice_commands_total{command=\"%s\"} %llu\n", s->extra[i].name,
+                            (unsigned long long)s->metrics.calls[base + i]);
     family(out, "sluice_command_errors_total", "counter", "Commands that replied an error.");
     for (int i = 0; sl_command_at(i); i++)
         evbuffer_add_printf(out, "sluice_command_errors_total{command=\"%s\"} %llu\n",
                             sl_command_at(i)->name, (unsigned long long)s->metrics.errors[i]);
+    for (int i = 0, base = sl_builtin_command_count(); i < s->extra_count; i++)
+        evbuffer_add_printf(out, "sluice_command_errors_total{command=\"%s\"} %llu\n",
+                            s->extra[i].name, (unsigned long long)s->metrics.errors[base + i]);
     const sl_latency_t *l = &s->metrics.latency;
     family(out, "sluice_request_latency_seconds", "summary", "Command execution time.");
     static const double quantiles[] = {0.5, 0.9, 0.99, 0.999};

@@ -11,6 +11,8 @@
 #ifndef SL_QUERIES_H
 #define SL_QUERIES_H
 
+#include "queries/reply.h"
+#include "queries/resp.h"
 #include "storage/storage.h"
 
 #include <event2/event.h>
@@ -58,6 +60,16 @@ void sl_server_notify(void *server, sl_partition_t *p, int64_t end_offset);
  * timeout reply, lets held replies finish, then breaks the event loop once
  * no reply is outstanding (or after timeout_ms). */
 void sl_server_shutdown(sl_server_t *s, int timeout_ms);
+
+/* A command family added from above (the runtime's PIPELINE ...): runs on
+ * the server's thread with the command's arguments (argv[0] is its name)
+ * and writes exactly one reply. Returns 1 if that reply is an error (for
+ * the metrics), 0 otherwise. */
+typedef int (*sl_command_fn)(void *arg, size_t argc, const sl_resp_arg_t *argv, sl_reply_t *reply);
+
+/* Adds a command: arity as in Redis (N exactly, -N at least N, counting
+ * the name). At most 8 such commands. Returns 0 or SL_EINVALID. */
+int sl_server_add_command(sl_server_t *s, const char *name, int arity, sl_command_fn fn, void *arg);
 
 /* Closes every connection and frees the server. */
 void sl_server_free(sl_server_t *s);

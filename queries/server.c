@@ -273,6 +273,42 @@ static int check_command(sl_request_t *req, const sl_command_t *cmd)
     return -1;
 }
 
+int sl_server_add_command(sl_server_t *s, const char *name, int arity, sl_command_fn fn, void *arg)
+{
+    if (s->extra_count == 8 || strlen(name) >= sizeof s->extra[0].name ||
+        sl_builtin_command_count() + s->extra_count >= SL_METRIC_COMMANDS)
+        return sl_error_set(SL_EINVALID, "cannot add command %s", name);
+    struct sl_extra_command *e = &s->extra[s->extra_count++];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->arity = arity;
+    e->fn = fn;
+    e->arg = arg;
+    return 0;
+}
+
+/* Runs an added command; -1 if argv[0] names none. */
+static int run_extra(sl_request_t *req)
+{
+    sl_server_t *s = req->server;
+    for (int i = 0; i < s->extra_count; i++) {
+        struct sl_extra_command *e = &s->extra[i];
+        if (!sl_arg_is(&req->argv[0], e->name))
+            continue;
+        int64_t started = sl_now_ns();
+        if (s->options.requirepass && !req->conn->authenticated)
+            sl_request_error(req, "NOAUTH Authentication required.");
+        else if ((e->arity > 0 && (int64_t)req->argc != e->arity) ||
+                 (int64_t)req->argc < (e->arity < 0 ? -e->arity : e->arity))
+            sl_request_error(req, "wrong number of arguments for '%s' command", e->name);
+        else
+            req->failed = e->fn(e->arg, req->argc, req->argv, &req->reply);
+        sl_metrics_observe(&s->metrics, sl_builtin_command_count() + i, sl_now_ns() - started,
+                           req->failed);
+        return SL_DONE;
+    }
+    return -1;
+}
+
 /* Runs the command now in c->parser. */
 static int execute(sl_conn_t *c, int retry)
 {
@@ -280,6 +316,8 @@ static int execute(sl_conn_t *c, int retry)
     sl_request_t req = {s,     c, {sl_conn_output(c), c->resp3}, c->parser.argc, c->parser.argv,
                         retry, 0};
     const sl_command_t *cmd = sl_command_find(&req.argv[0]);
+    if (!cmd && run_extra(&req) == SL_DONE)
+        return SL_DONE;
     int64_t started = sl_now_ns();
     int outcome = check_command(&req, cmd);
     if (outcome < 0)

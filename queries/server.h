@@ -82,6 +82,13 @@ typedef struct sl_server {
     struct sl_stage *stage;    /* PRODUCE records waiting for the flush (stage.c) */
     struct event *flush;       /* runs the stage flush after this round of I/O */
     struct sl_hold *hold_pool; /* free one-wait holds */
+    struct sl_extra_command {
+        char name[32];
+        int arity;
+        sl_command_fn fn;
+        void *arg;
+    } extra[8];
+    int extra_count;
     int hold_pooled;
 } sl_server_t;
 
@@ -112,8 +119,10 @@ typedef struct sl_command {
     int metric; /* index into the metrics' per-command counters */
 } sl_command_t;
 
-/* The command table (commands.c). */
+/* The command table (commands.c); commands added with
+ * sl_server_add_command come after the built-in ones. */
 const sl_command_t *sl_command_find(const sl_resp_arg_t *name);
+int sl_builtin_command_count(void);
 const sl_command_t *sl_command_at(int i); /* NULL past the end */
 
 /* Argument helpers (commands.c). */

@@ -14,6 +14,9 @@
 /* `sluice serve`: run the node. */
 int cli_serve(int argc, char **argv);
 
+/* `sluice run FILE.lua [serve options]`: a node running that pipeline. */
+int cli_run_pipeline(int argc, char **argv);
+
 /* `sluice log ...`: offline tools over a data directory. */
 int cli_log(int argc, char **argv);
 

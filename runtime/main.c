@@ -15,6 +15,9 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  serve     run the node: RESP server, HTTP metrics; see `sluice serve --help`\n"
+    "  run       run a pipeline: a node on ./data with FILE.lua submitted;\n"
+    "            see `sluice run --help`\n"
+
     "  topics    create, list, describe and delete topics on a running node\n"
     "  produce   send JSON lines from stdin to a topic as records\n"
     "  consume   print a topic's records, alone or as a consumer group\n"
@@ -50,6 +53,8 @@ int main(int argc, char **argv)
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "run"))
+        return cli_run_pipeline(argc - 1, argv + 1);
     if (!strcmp(argv[1], "serve"))
         return cli_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "log"))

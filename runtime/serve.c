@@ -9,6 +9,7 @@
  */
 #include "queries/queries.h"
 #include "runtime/cli.h"
+#include "runtime/pipeline.h"
 #include "storage/state.h"
 
 #include <event2/thread.h>
@@ -20,7 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <errno.h>
 #include <time.h>
+
+static int serve_main(int argc, char **argv, const char *run_file);
 
 static const char serve_usage[] =
     "usage: sluice serve [options]\n"
@@ -53,6 +57,8 @@ typedef struct node {
     sl_state_t *state;
     struct event_base *base;
     _Atomic(sl_server_t *) server;
+    _Atomic(sl_pipelines_t *) pipelines;
+    const char *run_file; /* `sluice run`: the script to submit at start */
     pthread_t maintenance;
     pthread_mutex_t lock;
     pthread_cond_t stop;
@@ -151,8 +157,11 @@ static void on_durable(void *arg, sl_partition_t *p, int64_t end)
 {
     node_t *n = arg;
     sl_server_t *s = atomic_load(&n->server);
+    sl_pipelines_t *m = atomic_load(&n->pipelines);
     if (s)
         sl_server_notify(s, p, end);
+    if (m)
+        sl_pipelines_notify(m);
 }
 
 static void *maintenance_main(void *arg)
@@ -196,6 +205,29 @@ static void raise_file_limit(void)
     }
 }
 
+/* `sluice run`: submits the script file, named after the file. */
+static int submit_file(node_t *n)
+{
+    char name[160];
+    const char *base = strrchr(n->run_file, '/') ? strrchr(n->run_file, '/') + 1 : n->run_file;
+    size_t len = strlen(base);
+    if (len > 4 && !strcmp(base + len - 4, ".lua"))
+        len -= 4;
+    snprintf(name, sizeof name, "%.*s", (int)len, base);
+    FILE *f = fopen(n->run_file, "rb");
+    if (!f)
+        return fprintf(stderr, "sluice run: cannot open %s\n", n->run_file), 1;
+    char *text = sl_malloc(1 << 20);
+    size_t got = text ? fread(text, 1, 1 << 20, f) : 0;
+    fclose(f);
+    int rc = text ? sl_pipelines_submit(atomic_load(&n->pipelines), name, text, got) : -ENOMEM;
+    sl_free(text);
+    if (rc)
+        return cli_fail("run", rc);
+    sl_report(SL_INFO, "run", "pipeline %s submitted from %s", name, n->run_file);
+    return 0;
+}
+
 /* Opens the log and the state and starts the server on n->base. */
 static int start_node(node_t *n)
 {
@@ -209,6 +241,14 @@ static int start_node(node_t *n)
     if ((rc = sl_server_start(n->base, n->log, n->state, &n->server_options, &server)))
         return cli_fail("serve", rc);
     atomic_store(&n->server, server);
+    sl_pipelines_t *m;
+    if ((rc = sl_pipelines_open(n->data, n->log, n->state, &m)))
+        return cli_fail("serve: pipelines", rc);
+    atomic_store(&n->pipelines, m);
+    if ((rc = sl_server_add_command(server, "PIPELINE", -2, sl_pipelines_command, m)))
+        return cli_fail("serve", rc);
+    if (n->run_file && (rc = submit_file(n)))
+        return rc;
     sl_report(SL_INFO, "serve", "ready resp=%s:%d http=%s:%d data=%s", n->server_options.bind,
               sl_server_port(server), n->server_options.bind, sl_server_http_port(server), n->data);
     return 0;
@@ -221,6 +261,7 @@ static void stop_node(node_t *n)
     pthread_cond_signal(&n->stop);
     pthread_mutex_unlock(&n->lock);
     sl_server_free(atomic_exchange(&n->server, NULL));
+    sl_pipelines_close(atomic_exchange(&n->pipelines, NULL));
     if (n->maintenance)
         pthread_join(n->maintenance, NULL);
     if (n->state)
@@ -230,9 +271,29 @@ static void stop_node(node_t *n)
         event_base_free(n->base);
 }
 
+int cli_run_pipeline(int argc, char **argv)
+{
+    if (argc < 2 || argv[1][0] == '-') {
+        fprintf(argc >= 2 && !strcmp(argv[1], "--help") ? stdout : stderr,
+                "usage: sluice run FILE.lua [serve options]\n\n"
+                "Starts a node (as `sluice serve`, data in ./data unless --data) and\n"
+                "submits FILE.lua as the pipeline named after the file. The node keeps\n"
+                "running the pipeline until SIGTERM or Ctrl-C; see `sluice serve --help`.\n");
+        return argc >= 2 && !strcmp(argv[1], "--help") ? 0 : 2;
+    }
+    const char *file = argv[1];
+    argv[1] = argv[0];
+    return serve_main(argc - 1, argv + 1, file);
+}
+
 int cli_serve(int argc, char **argv)
 {
-    node_t n = {.data = "data", .maintenance_ms = 30000};
+    return serve_main(argc, argv, NULL);
+}
+
+static int serve_main(int argc, char **argv, const char *run_file)
+{
+    node_t n = {.data = "data", .maintenance_ms = 30000, .run_file = run_file};
     sl_server_options_default(&n.server_options);
     int rc = parse_serve(argc, argv, &n);
     if (rc)

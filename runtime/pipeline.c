@@ -1,0 +1,546 @@
+/*
+ * pipeline.c - one running pipeline: its setup (topics, tasks, offsets) and
+ * its thread (read a batch, run it, append the outputs durably, commit).
+ *
+ * The batch loop, per task: copy up to BATCH records from the task's reader
+ * into the batch arena (the reader's pointers only live until its next
+ * call), run them through the task's stage, group what the exits emit by
+ * target partition (pointers into the VM's arena, valid until the stage is
+ * reset), append each group as one batch, wait until durable, and only then
+ * commit the input offset: at-least-once.
+ */
+#include "runtime/pipeline_internal.h"
+#include "storage/offsets.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define BATCH 1024
+
+/* ---- the batch arena ------------------------------------------------------ */
+
+static int reserve(void **array, size_t *cap, size_t need, size_t item)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 64;
+    while (n < need)
+        n *= 2;
+    void *grown = sl_realloc(*array, n * item);
+    if (!grown)
+        return -ENOMEM;
+    *array = grown;
+    *cap = n;
+    return 0;
+}
+
+/* Copies len bytes into the arena; returns the offset or -1. */
+static int64_t keep_bytes(batch_t *b, const uint8_t *data, int32_t len)
+{
+    size_t at = b->arena_len;
+    if (len <= 0)
+        return (int64_t)at;
+    if (reserve((void **)&b->arena, &b->arena_cap, at + (size_t)len, 1))
+        return -1;
+    memcpy(b->arena + at, data, (size_t)len);
+    b->arena_len += (size_t)len;
+    return (int64_t)at;
+}
+
+/* Copies a record's bytes, storing arena offsets in its pointer fields
+ * until batch_fix() turns them into pointers. */
+static int batch_add(batch_t *b, const sl_record_t *r)
+{
+    if (reserve((void **)&b->recs, &b->recs_cap, b->count + 1, sizeof *b->recs) ||
+        reserve((void **)&b->headers, &b->headers_cap, b->header_count + r->header_count,
+                sizeof *b->headers))
+        return -ENOMEM;
+    sl_record_t *c = &b->recs[b->count];
+    *c = *r;
+    int64_t key = keep_bytes(b, r->key, r->key_len), value = keep_bytes(b, r->value, r->value_len);
+    if (key < 0 || value < 0)
+        return -ENOMEM;
+    c->key = (const uint8_t *)(uintptr_t)key;
+    c->value = (const uint8_t *)(uintptr_t)value;
+    c->headers = (const sl_header_t *)(uintptr_t)b->header_count;
+    for (uint32_t i = 0; i < r->header_count; i++) {
+        const sl_header_t *h = &r->headers[i];
+        int64_t name = keep_bytes(b, h->name, h->name_len);
+        int64_t val = keep_bytes(b, h->value, h->value_len);
+        if (name < 0 || val < 0)
+            return -ENOMEM;
+        b->headers[b->header_count++] =
+            (sl_header_t){(const uint8_t *)(uintptr_t)name, h->name_len,
+                          (const uint8_t *)(uintptr_t)val, h->value_len};
+    }
+    b->count++;
+    return 0;
+}
+
+static void batch_fix(batch_t *b)
+{
+    for (size_t i = 0; i < b->header_count; i++) {
+        b->headers[i].name = (const uint8_t *)b->arena + (uintptr_t)b->headers[i].name;
+        b->headers[i].value = (const uint8_t *)b->arena + (uintptr_t)b->headers[i].value;
+    }
+    for (size_t i = 0; i < b->count; i++) {
+        sl_record_t *r = &b->recs[i];
+        r->key = (const uint8_t *)b->arena + (uintptr_t)r->key;
+        r->value = (const uint8_t *)b->arena + (uintptr_t)r->value;
+        r->headers = b->headers + (uintptr_t)r->headers;
+    }
+}
+
+void batch_free(batch_t *b)
+{
+    sl_free(b->arena);
+    sl_free(b->recs);
+    sl_free(b->headers);
+}
+
+/* Reads up to BATCH records of the task into the batch. */
+static int batch_read(pipeline_t *pl, task_t *t, batch_t *b)
+{
+    sl_record_t rec;
+    int rc = 0;
+    b->count = b->header_count = b->arena_len = 0;
+    if (reserve((void **)&b->arena, &b->arena_cap, 1, 1))
+        return -ENOMEM;
+    if (!t->reader && (rc = sl_reader_open(t->partition, t->position, &t->reader)))
+        return rc;
+    while (b->count < BATCH && (rc = sl_reader_next(t->reader, &rec)) == 1)
+        if ((rc = batch_add(b, &rec)))
+            return rc;
+    (void)pl;
+    batch_fix(b);
+    return rc < 0 ? rc : 0;
+}
+
+/* ---- outputs -------------------------------------------------------------- */
+
+/* The name of the topic an exit writes: its sink, or its repartition topic. */
+static void exit_topic(const pipeline_t *pl, const sl_op_t *op, char *out, size_t size)
+{
+    if (op->kind == SL_OP_TO)
+        snprintf(out, size, "%s", op->topic);
+    else
+        snprintf(out, size, "%s.repartition.%d", pl->name, op->id);
+}
+
+static out_group_t *group_for(pipeline_t *pl, sl_partition_t *p)
+{
+    for (int i = 0; i < pl->out_count; i++)
+        if (pl->outs[i].partition == p)
+            return &pl->outs[i];
+    size_t cap = (size_t)pl->out_cap;
+    if (reserve((void **)&pl->outs, &cap, (size_t)pl->out_count + 1, sizeof *pl->outs))
+        return NULL;
+    pl->out_cap = (int)cap;
+    out_group_t *g = &pl->outs[pl->out_count++];
+    *g = (out_group_t){.partition = p};
+    sl_partition_ref(p);
+    return g;
+}
+
+/* Queues rec for topic: keyed records to Kafka's partition for the key,
+ * null-key records to one partition per batch, in turn. */
+static int queue_record(pipeline_t *pl, const char *topic_name, const sl_record_t *rec)
+{
+    sl_topic_t *t = sl_log_topic(pl->log, topic_name);
+    if (!t)
+        return sl_error_set(SL_ENOTFOUND, "pipeline %s: topic %s is gone", pl->name, topic_name);
+    int32_t n = sl_topic_config(t)->partitions;
+    int32_t part = rec->key_len >= 0 ? sl_partition_for_key(rec->key, (size_t)rec->key_len, n)
+                                     : (int32_t)(pl->round_robin % (uint32_t)n);
+    out_group_t *g = group_for(pl, sl_topic_partition(t, part));
+    if (!g || reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
+        return -ENOMEM;
+    g->recs[g->count] = *rec;
+    g->recs[g->count++].timestamp = rec->timestamp;
+    return 0;
+}
+
+static int on_emit(void *arg, const sl_op_t *exit, const sl_record_t *rec)
+{
+    pipeline_t *pl = arg;
+    char topic[SL_TOPIC_NAME_MAX + 64];
+    exit_topic(pl, exit, topic, sizeof topic);
+    return queue_record(pl, topic, rec);
+}
+
+/* A dead letter: the input record with headers saying what went wrong. */
+static int dead_letter(pipeline_t *pl, const sl_record_t *input, const char *why)
+{
+    dead_letter_t *d = sl_calloc(1, sizeof *d);
+    char dlq[SL_TOPIC_NAME_MAX + 8];
+    if (!d)
+        return -ENOMEM;
+    d->next = pl->dead;
+    pl->dead = d;
+    snprintf(d->error, sizeof d->error, "%s", why);
+    snprintf(d->topic, sizeof d->topic, "%s", pl->current->topic);
+    snprintf(d->partition, sizeof d->partition, "%d", sl_partition_id(pl->current->partition));
+    snprintf(d->offset, sizeof d->offset, "%lld", (long long)input->offset);
+    static const char *const names[] = {"error", "source.topic", "source.partition",
+                                        "source.offset"};
+    const char *values[] = {d->error, d->topic, d->partition, d->offset};
+    for (int i = 0; i < 4; i++)
+        d->headers[i] = (sl_header_t){(const uint8_t *)names[i], (int32_t)strlen(names[i]),
+                                      (const uint8_t *)values[i], (int32_t)strlen(values[i])};
+    sl_record_t rec = *input;
+    rec.headers = d->headers;
+    rec.header_count = 4;
+    snprintf(dlq, sizeof dlq, "%s.dlq", pl->name);
+    return queue_record(pl, dlq, &rec);
+}
+
+static int on_failed(void *arg, const sl_op_t *op, const sl_record_t *input, const char *why)
+{
+    pipeline_t *pl = arg;
+    sl_report(SL_WARN, "pipeline", "%s: %s/%d offset %lld: %s", pl->name, pl->current->topic,
+              sl_partition_id(pl->current->partition), (long long)input->offset, why);
+    (void)op;
+    if (pl->dag->on_error == SL_ON_ERROR_SKIP)
+        return 0;
+    if (pl->dag->on_error == SL_ON_ERROR_DEAD_LETTER)
+        return dead_letter(pl, input, why);
+    pthread_mutex_lock(&pl->lock);
+    snprintf(pl->error, sizeof pl->error, "%s/%d offset %lld: %s", pl->current->topic,
+             sl_partition_id(pl->current->partition), (long long)input->offset, why);
+    pthread_mutex_unlock(&pl->lock);
+    return SL_EINVALID;
+}
+
+/* Appends every group and waits until all are durable. */
+static int flush_outputs(pipeline_t *pl)
+{
+    int rc = 0;
+    int64_t *ends = sl_malloc((size_t)(pl->out_count ? pl->out_count : 1) * sizeof *ends);
+    if (!ends)
+        rc = -ENOMEM;
+    for (int i = 0; rc == 0 && i < pl->out_count; i++) {
+        int64_t first;
+        out_group_t *g = &pl->outs[i];
+        rc = sl_partition_append_nowait(g->partition, g->recs, g->count, &first);
+        ends[i] = first + (int64_t)g->count;
+    }
+    for (int i = 0; rc == 0 && i < pl->out_count; i++)
+        rc = sl_partition_await_durable(pl->outs[i].partition, ends[i], -1);
+    for (int i = 0; i < pl->out_count; i++) {
+        sl_partition_unref(pl->outs[i].partition);
+        sl_free(pl->outs[i].recs);
+    }
+    pl->out_count = 0;
+    sl_free(ends);
+    while (pl->dead) {
+        dead_letter_t *d = pl->dead;
+        pl->dead = d->next;
+        sl_free(d);
+    }
+    return rc;
+}
+
+/* ---- the loop -------------------------------------------------------------- */
+
+static void set_failed(pipeline_t *pl, const char *why)
+{
+    pthread_mutex_lock(&pl->lock);
+    pl->failed = 1;
+    if (!pl->error[0])
+        snprintf(pl->error, sizeof pl->error, "%s", why);
+    pthread_mutex_unlock(&pl->lock);
+    sl_report(SL_ERROR, "pipeline", "%s stopped: %s", pl->name, pl->error);
+}
+
+int pipeline_failed(pipeline_t *pl, char *error, size_t size)
+{
+    pthread_mutex_lock(&pl->lock);
+    int failed = pl->failed;
+    snprintf(error, size, "%s", pl->error);
+    pthread_mutex_unlock(&pl->lock);
+    return failed;
+}
+
+static int commit(pipeline_t *pl, task_t *t, int64_t next)
+{
+    int32_t part = sl_partition_id(t->partition);
+    int rc = sl_offsets_commit(pl->state, pl->group, t->topic, &part, &next, 1);
+    if (rc == 0)
+        t->position = next;
+    return rc;
+}
+
+/* One batch of one task: 1 if records were processed, 0 if none were
+ * waiting, or an error that stops the pipeline. */
+static int step(pipeline_t *pl, task_t *t)
+{
+    batch_t *b = &pl->batch;
+    size_t done = 0;
+    int rc = batch_read(pl, t, b);
+    if (rc || b->count == 0)
+        return rc;
+    sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json};
+    sl_exec_output_t out = {on_emit, on_failed, pl};
+    pl->current = t;
+    pl->round_robin++;
+    int stopped = sl_exec_batch(pl->exec, t->entry, &origin, b->recs, b->count, &out, &done);
+    rc = flush_outputs(pl);
+    sl_exec_reset(pl->exec);
+    if (rc == 0 && done > 0)
+        rc = commit(pl, t, b->recs[done - 1].offset + 1);
+    if (rc == 0 && stopped)
+        rc = stopped;
+    return rc < 0 ? rc : 1;
+}
+
+/* Waits for a notify (data appended somewhere) or a second. */
+static void wait_for_input(pipeline_t *pl, uint64_t seen)
+{
+    sl_pipelines_t *m = pl->manager;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    pthread_mutex_lock(&m->wake_lock);
+    while (m->wake_seq == seen && !atomic_load(&pl->stop))
+        if (pthread_cond_timedwait(&m->wake, &m->wake_lock, &ts))
+            break;
+    pthread_mutex_unlock(&m->wake_lock);
+}
+
+static void *pipeline_main(void *arg)
+{
+    pipeline_t *pl = arg;
+    while (!atomic_load(&pl->stop)) {
+        pthread_mutex_lock(&pl->manager->wake_lock);
+        uint64_t seen = pl->manager->wake_seq;
+        pthread_mutex_unlock(&pl->manager->wake_lock);
+        int progress = 0, rc = 0;
+        for (int i = 0; i < pl->task_count && rc >= 0 && !atomic_load(&pl->stop); i++)
+            if ((rc = step(pl, &pl->tasks[i])) > 0)
+                progress = 1;
+        if (rc < 0 || rc == SL_EINVALID) {
+            set_failed(pl, sl_error_detail());
+            break;
+        }
+        if (!progress)
+            wait_for_input(pl, seen);
+    }
+    return NULL;
+}
+
+int pipeline_start(pipeline_t *pl)
+{
+    int rc = pthread_create(&pl->thread, NULL, pipeline_main, pl);
+    if (rc)
+        return sl_error_set(-rc, "cannot start pipeline %s: %s", pl->name, strerror(rc));
+    pl->running = 1;
+    return 0;
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+/* Creates topic name unless it exists; partitions for a new one. */
+static int ensure_topic(pipeline_t *pl, const char *name, int32_t partitions)
+{
+    sl_topic_config_t cfg;
+    if (sl_log_topic(pl->log, name))
+        return 0;
+    sl_topic_config_default(&cfg);
+    cfg.partitions = partitions > 0 ? partitions : 1;
+    snprintf(cfg.owner, sizeof cfg.owner, "%s", pl->name);
+    int rc = sl_log_create_topic(pl->log, name, &cfg, NULL);
+    return rc == SL_EEXISTS ? 0 : rc;
+}
+
+/* Checks the sources and the widest source partition count. */
+static int check_sources(pipeline_t *pl, int32_t *widest)
+{
+    *widest = 1;
+    for (int i = 0; i < pl->dag->op_count; i++) {
+        const sl_op_t *op = &pl->dag->ops[i];
+        sl_topic_t *t = op->kind == SL_OP_SOURCE ? sl_log_topic(pl->log, op->topic) : NULL;
+        if (op->kind != SL_OP_SOURCE)
+            continue;
+        if (!t)
+            return sl_error_set(SL_EINVALID, "%s: no topic '%s' to read (create it first)",
+                                op->where, op->topic);
+        int32_t n = sl_topic_config(t)->partitions;
+        if (op->partitions && op->partitions != n)
+            return sl_error_set(SL_EINVALID,
+                                "%s: topic '%s' has %d partitions, the script "
+                                "expects %d",
+                                op->where, op->topic, n, op->partitions);
+        if (n > *widest)
+            *widest = n;
+    }
+    return 0;
+}
+
+/* Sinks must exist (or be created when the script says so); repartition
+ * and dead-letter topics are the pipeline's own and made here. */
+static int prepare_topics(pipeline_t *pl, int32_t widest)
+{
+    char name[SL_TOPIC_NAME_MAX + 64];
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < pl->dag->op_count; i++) {
+        const sl_op_t *op = &pl->dag->ops[i];
+        if (op->kind == SL_OP_TO && !sl_log_topic(pl->log, op->topic) && !op->create)
+            rc = sl_error_set(SL_EINVALID,
+                              "%s: no topic '%s' to write (create it, or pass "
+                              "{create = true})",
+                              op->where, op->topic);
+        else if (op->kind == SL_OP_TO)
+            rc = ensure_topic(pl, op->topic, op->partitions);
+        else if (op->kind == SL_OP_KEY_BY) {
+            snprintf(name, sizeof name, "%s.repartition.%d", pl->name, op->id);
+            rc = ensure_topic(pl, name, widest);
+        }
+    }
+    snprintf(name, sizeof name, "%s.dlq", pl->name);
+    if (rc == 0 && pl->dag->on_error == SL_ON_ERROR_DEAD_LETTER)
+        rc = ensure_topic(pl, name, 1);
+    return rc;
+}
+
+static int add_task(pipeline_t *pl, int entry, sl_topic_t *t, int32_t i, int json)
+{
+    task_t *task = &pl->tasks[pl->task_count];
+    int64_t committed;
+    *task = (task_t){.entry = entry, .json = json};
+    task->topic = sl_strdup(sl_topic_name(t));
+    if (!task->topic)
+        return -ENOMEM;
+    task->partition = sl_topic_partition(t, i);
+    sl_partition_ref(task->partition);
+    pl->task_count++;
+    int rc = sl_offsets_get(pl->state, pl->group, task->topic, i, &committed);
+    if (rc == SL_ENOTFOUND)
+        committed = sl_partition_start_offset(task->partition);
+    else if (rc)
+        return rc;
+    task->position = committed;
+    return 0;
+}
+
+/* 1 if every source reads JSON: then repartitioned records are JSON too. */
+static int sources_json(const pipeline_t *pl)
+{
+    for (int i = 0; i < pl->dag->op_count; i++) {
+        const sl_op_t *op = &pl->dag->ops[i];
+        sl_topic_t *t = op->kind == SL_OP_SOURCE ? sl_log_topic(pl->log, op->topic) : NULL;
+        int format = !t                              ? SL_FORMAT_JSON
+                     : op->format == SL_FORMAT_TOPIC ? (int)sl_topic_config(t)->format
+                                                     : op->format;
+        if (format == SL_FORMAT_RAW)
+            return 0;
+    }
+    return 1;
+}
+
+static sl_topic_t *entry_topic(const pipeline_t *pl, const sl_op_t *op, int *json)
+{
+    char name[SL_TOPIC_NAME_MAX + 64];
+    exit_topic(pl, op, name, sizeof name);
+    sl_topic_t *t = sl_log_topic(pl->log, op->kind == SL_OP_SOURCE ? op->topic : name);
+    *json = sources_json(pl);
+    if (t && op->kind == SL_OP_SOURCE)
+        *json = (op->format == SL_FORMAT_TOPIC ? (int)sl_topic_config(t)->format : op->format) ==
+                SL_FORMAT_JSON;
+    return t;
+}
+
+static int build_tasks(pipeline_t *pl)
+{
+    int entries[64], n = sl_exec_entries(pl->exec, entries, 64), total = 0, json;
+    if (n > 64)
+        return sl_error_set(SL_EINVALID, "pipeline %s has more than 64 stages", pl->name);
+    for (int i = 0; i < n; i++) {
+        sl_topic_t *t = entry_topic(pl, &pl->dag->ops[entries[i]], &json);
+        total += t ? sl_topic_config(t)->partitions : 0;
+    }
+    pl->tasks = sl_calloc((size_t)(total ? total : 1), sizeof *pl->tasks);
+    if (!pl->tasks)
+        return -ENOMEM;
+    for (int i = 0; i < n; i++) {
+        sl_topic_t *t = entry_topic(pl, &pl->dag->ops[entries[i]], &json);
+        for (int32_t p = 0; t && p < sl_topic_config(t)->partitions; p++) {
+            int rc = add_task(pl, entries[i], t, p, json);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+static int compile(pipeline_t *pl)
+{
+    char chunk[160];
+    snprintf(chunk, sizeof chunk, "%s.lua", pl->name);
+    int rc = sl_vm_new(NULL, &pl->vm);
+    if (rc == 0)
+        rc = sl_vm_compile(pl->vm, chunk, pl->source, pl->len, &pl->dag);
+    if (rc == 0 && pl->dag->name && strcmp(pl->dag->name, pl->name))
+        rc = sl_error_set(SL_EINVALID, "%s: the script names itself '%s' but is submitted as '%s'",
+                          chunk, pl->dag->name, pl->name);
+    if (rc == 0)
+        rc = sl_exec_new(pl->dag, &pl->exec);
+    return rc;
+}
+
+int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, size_t len,
+                     pipeline_t **out)
+{
+    pipeline_t *pl = sl_calloc(1, sizeof *pl);
+    int32_t widest;
+    if (!pl)
+        return -ENOMEM;
+    pthread_mutex_init(&pl->lock, NULL);
+    pl->manager = m;
+    pl->log = m->log;
+    pl->state = m->state;
+    pl->name = sl_strdup(name);
+    pl->source = sl_malloc(len + 1);
+    int rc = pl->name && pl->source ? 0 : -ENOMEM;
+    if (rc == 0) {
+        memcpy(pl->source, source, len);
+        pl->source[len] = 0;
+        pl->len = len;
+        snprintf(pl->group, sizeof pl->group, "pipeline.%s", name);
+        rc = compile(pl);
+    }
+    if (rc == 0 && (rc = check_sources(pl, &widest)) == 0 && (rc = prepare_topics(pl, widest)) == 0)
+        rc = build_tasks(pl);
+    if (rc) {
+        pipeline_free(pl);
+        return rc;
+    }
+    *out = pl;
+    return 0;
+}
+
+void pipeline_free(pipeline_t *pl)
+{
+    if (pl->running) {
+        atomic_store(&pl->stop, 1);
+        sl_pipelines_notify(pl->manager);
+        pthread_join(pl->thread, NULL);
+    }
+    for (int i = 0; i < pl->task_count; i++) {
+        sl_reader_close(pl->tasks[i].reader);
+        sl_partition_unref(pl->tasks[i].partition);
+        sl_free(pl->tasks[i].topic);
+    }
+    sl_free(pl->tasks);
+    batch_free(&pl->batch);
+    sl_free(pl->outs);
+    sl_exec_free(pl->exec);
+    sl_dag_free(pl->dag);
+    if (pl->vm)
+        sl_vm_free(pl->vm);
+    pthread_mutex_destroy(&pl->lock);
+    sl_free(pl->name);
+    sl_free(pl->source);
+    sl_free(pl);
+}

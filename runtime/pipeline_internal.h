@@ -1,0 +1,94 @@
+/*
+ * pipeline_internal.h - the structures of running pipelines, shared by
+ * pipeline.c (one pipeline) and pipelines.c (the manager and commands).
+ */
+#ifndef SL_PIPELINE_INTERNAL_H
+#define SL_PIPELINE_INTERNAL_H
+
+#include "runtime/pipeline.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* A batch of input records copied out of a reader. */
+typedef struct batch {
+    char *arena;
+    size_t arena_len, arena_cap;
+    sl_record_t *recs;
+    size_t count, recs_cap;
+    sl_header_t *headers;
+    size_t header_count, headers_cap;
+} batch_t;
+
+/* One partition a stage reads. */
+typedef struct task {
+    int entry;                 /* the stage's entry op */
+    char *topic;               /* owned */
+    sl_partition_t *partition; /* referenced */
+    int64_t position;          /* next offset to read (committed or beyond) */
+    sl_reader_t *reader;
+    int json;
+} task_t;
+
+/* Records of one batch bound for one partition. */
+typedef struct out_group {
+    sl_partition_t *partition; /* referenced */
+    sl_record_t *recs;
+    size_t count, cap;
+} out_group_t;
+
+/* A dead letter's headers and their text, alive until the batch is out. */
+typedef struct dead_letter {
+    struct dead_letter *next;
+    sl_header_t headers[4];
+    char error[400], topic[SL_TOPIC_NAME_MAX + 1], partition[16], offset[24];
+} dead_letter_t;
+
+typedef struct pipeline {
+    char *name;
+    char *source;
+    size_t len;
+    sl_log_t *log;
+    sl_state_t *state;
+    struct sl_pipelines *manager;
+    sl_vm_t *vm;
+    sl_dag_t *dag;
+    sl_exec_t *exec;
+    task_t *tasks;
+    int task_count;
+    char group[160]; /* the consumer group holding its offsets */
+    pthread_t thread;
+    int running; /* the thread was started */
+    atomic_int stop;
+    pthread_mutex_t lock; /* failed, error */
+    int failed;
+    char error[512];
+    batch_t batch;
+    out_group_t *outs;
+    int out_count, out_cap;
+    dead_letter_t *dead;
+    task_t *current;
+    uint32_t round_robin;
+} pipeline_t;
+
+struct sl_pipelines {
+    char *dir; /* DATA/pipelines */
+    sl_log_t *log;
+    sl_state_t *state;
+    pthread_mutex_t lock; /* the list */
+    pipeline_t **list;
+    int count, cap;
+    pthread_mutex_t wake_lock;
+    pthread_cond_t wake;
+    uint64_t wake_seq;
+};
+
+/* pipeline.c */
+int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, size_t len,
+                     pipeline_t **out);
+int pipeline_start(pipeline_t *pl);
+void pipeline_free(pipeline_t *pl); /* stops the thread first */
+void batch_free(batch_t *b);
+int pipeline_failed(pipeline_t *pl, char *error, size_t size);
+
+#endif
