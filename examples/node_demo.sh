@@ -1,16 +1,17 @@
 #!/bin/sh
-# The `make run` demo of the node: start `sluice serve` on the embedded
-# default (a data directory), create a topic, produce a generated
-# clickstream through the CLI, consume it as a consumer group, replay it
-# from a timestamp, look at it with redis-cli and at /metrics, then stop the
-# node with SIGTERM. Usage: node_demo.sh SLUICE [DATA]
+# The `make run` main job: `sluice run examples/clickstream.lua` starts a node
+# on the embedded default (a data directory) running the example pipeline;
+# a generated clickstream goes in through the CLI, the pipeline's outputs are
+# read back (as a consumer group, by replay from a timestamp, with redis-cli),
+# then /metrics, and SIGTERM stops the node. Usage: node_demo.sh SLUICE [DATA]
 set -e
 SLUICE=${1:-build/runtime/sluice}
 DATA=${2:-demo-data/node}
 rm -rf "$DATA"
 mkdir -p "$DATA"
 
-"$SLUICE" serve --data "$DATA" --port 0 --http-port 0 2>"$DATA/node.log" &
+HERE=$(cd "$(dirname "$0")" && pwd)
+"$SLUICE" run "$HERE/clickstream.lua" --data "$DATA" --port 0 --http-port 0 2>"$DATA/node.log" &
 NODE=$!
 trap 'kill $NODE 2>/dev/null || true' EXIT
 i=0
@@ -22,33 +23,34 @@ until grep -q 'serve: ready' "$DATA/node.log"; do
 done
 PORT=$(sed -n 's/.*resp=[^:]*:\([0-9]*\).*/\1/p' "$DATA/node.log")
 HTTP=$(sed -n 's/.*http=[^:]*:\([0-9]*\).*/\1/p' "$DATA/node.log")
-echo "== node ready on port $PORT (HTTP $HTTP), data in $DATA"
+echo "== node ready on port $PORT (HTTP $HTTP), data in $DATA, running:"
+"$SLUICE" pipelines --port "$PORT"
 
-echo "== create topic clicks (4 partitions, fsync always)"
-"$SLUICE" topics create clicks --partitions 4 --fsync always --port "$PORT"
-
-echo "== produce 50000 click events, keyed by user"
+echo "== produce 50000 events (purchases, views, clicks; one bad line) keyed by user"
 START=$(date +%s%3N)
-awk 'BEGIN { srand(2); for (i = 0; i < 50000; i++) {
-        u = int(rand() * 500);
-        printf "{\"user\":\"user-%d\",\"kind\":\"click\",\"item\":%d,\"price\":%.1f}\n", u, int(rand() * 5000), int(rand() * 500) / 10 } }' |
+awk 'BEGIN { srand(2); split("purchase view click", kinds, " ");
+        for (i = 0; i < 50000; i++) {
+        u = int(rand() * 500); k = kinds[1 + int(rand() * 3)];
+        printf "{\"user\":\"user-%d\",\"kind\":\"%s\",\"item\":\"item-%d\",\"price\":%.2f}\n", u, k, int(rand() * 50), int(rand() * 5000) / 100 }
+        print "{\"user\":\"user-1\",\"kind\":\"purchase\",\"item\":\"item-1\"}" }' |
     "$SLUICE" produce clicks --key-field user --port "$PORT"
 
-echo "== describe the topic"
-"$SLUICE" topics describe clicks --port "$PORT"
+echo "== the pipeline's outputs: 3 purchases as group 'dashboard' (then commit)"
+"$SLUICE" consume purchases_by_item --group dashboard --follow -n 3 --verbose --port "$PORT"
+"$SLUICE" groups --group dashboard --port "$PORT"
 
-echo "== consume 3 records as group 'dashboard' (then commit)"
-"$SLUICE" consume clicks --group dashboard -n 3 --verbose --port "$PORT"
-"$SLUICE" groups --port "$PORT"
+echo "== the bad record is in the dead-letter topic, with the error in its headers"
+until [ "$(redis-cli -p "$PORT" FETCH clickstream.dlq 0 0 COUNT 1 | head -1)" = 0 ]; do sleep 0.1; done
+redis-cli -p "$PORT" FETCH clickstream.dlq 0 0 COUNT 1
 
-echo "== replay: rewind group 'backfill' to the start time and read 2"
-"$SLUICE" consume clicks --group backfill --time "$START" -n 2 --port "$PORT"
+echo "== replay: rewind group 'backfill' on views to the start time and read 2"
+"$SLUICE" consume views --group backfill --time "$START" -n 2 --port "$PORT"
 
-echo "== any Redis client works: redis-cli FETCH clicks 0 0 COUNT 1"
-redis-cli -p "$PORT" FETCH clicks 0 0 COUNT 1
+echo "== PIPELINE DESCRIBE: records in/out per operator"
+redis-cli -p "$PORT" PIPELINE DESCRIBE clickstream | head -40 | paste -sd' ' | cut -c1-400
 
 echo "== /metrics (excerpt)"
-curl -s "http://127.0.0.1:$HTTP/metrics" | grep -E '^sluice_(partition_records_in_total|group_lag)' | head -6
+curl -s "http://127.0.0.1:$HTTP/metrics" | grep -E '^sluice_(partition_records_in_total|group_lag)' | head -8
 
 echo "== stop the node (SIGTERM: finish in-flight requests, fsync, exit 0)"
 kill -TERM $NODE

@@ -131,12 +131,18 @@ static void fail(sl_exec_t *x, const sl_op_t *op, int rc)
 }
 
 /* Hands slot to every op reading `port` of op_id. */
-static void pass_on(sl_exec_t *x, int op_id, int port, int slot)
+static void deliver(sl_exec_t *x, int op_id, int port, int slot)
 {
     const successors_t *s = &x->next[op_id][port];
-    x->stats[op_id].records_out++;
     for (int i = 0; i < s->count && !x->stop; i++)
         run(x, s->ops[i], slot);
+}
+
+/* The op passes a record on: counted as its output. */
+static void pass_on(sl_exec_t *x, int op_id, int port, int slot)
+{
+    x->stats[op_id].records_out++;
+    deliver(x, op_id, port, slot);
 }
 
 /* An exit: the slot's bytes go to the caller. */
@@ -213,8 +219,10 @@ static void enter(sl_exec_t *x, const sl_op_t *entry, const sl_vm_origin_t *orig
         rc = sl_vm_call_timestamp(vm, entry, slot, &ts);
     if (rc)
         fail(x, entry, rc);
-    else
+    else if (entry->kind == SL_OP_SOURCE)
         pass_on(x, entry->id, 0, slot);
+    else
+        deliver(x, entry->id, 0, slot); /* a KEY_BY counted its output when it emitted */
 }
 
 int sl_exec_batch(sl_exec_t *x, int entry, const sl_vm_origin_t *origin, const sl_record_t *records,

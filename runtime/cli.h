@@ -17,6 +17,10 @@ int cli_serve(int argc, char **argv);
 /* `sluice run FILE.lua [serve options]`: a node running that pipeline. */
 int cli_run_pipeline(int argc, char **argv);
 
+/* `sluice submit FILE.lua` and `sluice pipelines`: pipelines on a node. */
+int cli_submit(int argc, char **argv);
+int cli_pipelines(int argc, char **argv);
+
 /* `sluice log ...`: offline tools over a data directory. */
 int cli_log(int argc, char **argv);
 

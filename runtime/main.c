@@ -17,6 +17,8 @@ static const char usage[] =
     "  serve     run the node: RESP server, HTTP metrics; see `sluice serve --help`\n"
     "  run       run a pipeline: a node on ./data with FILE.lua submitted;\n"
     "            see `sluice run --help`\n"
+    "  submit    send a pipeline script to a node; see `sluice submit --help`\n"
+    "  pipelines list a node's pipelines and their state\n"
 
     "  topics    create, list, describe and delete topics on a running node\n"
     "  produce   send JSON lines from stdin to a topic as records\n"
@@ -53,6 +55,10 @@ int main(int argc, char **argv)
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "submit"))
+        return cli_submit(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "pipelines"))
+        return cli_pipelines(argc - 1, argv + 1);
     if (!strcmp(argv[1], "run"))
         return cli_run_pipeline(argc - 1, argv + 1);
     if (!strcmp(argv[1], "serve"))

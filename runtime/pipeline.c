@@ -363,8 +363,16 @@ static int check_sources(pipeline_t *pl, int32_t *widest)
         sl_topic_t *t = op->kind == SL_OP_SOURCE ? sl_log_topic(pl->log, op->topic) : NULL;
         if (op->kind != SL_OP_SOURCE)
             continue;
+        if (!t && op->partitions > 0) { /* the script declares its shape: create it */
+            int rc = ensure_topic(pl, op->topic, op->partitions);
+            if (rc)
+                return rc;
+            t = sl_log_topic(pl->log, op->topic);
+        }
         if (!t)
-            return sl_error_set(SL_EINVALID, "%s: no topic '%s' to read (create it first)",
+            return sl_error_set(SL_EINVALID,
+                                "%s: no topic '%s' to read (create it first, or give "
+                                "{partitions = N} to have the pipeline create it)",
                                 op->where, op->topic);
         int32_t n = sl_topic_config(t)->partitions;
         if (op->partitions && op->partitions != n)

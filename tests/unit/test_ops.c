@@ -160,6 +160,8 @@ static void test_key_by_ends_a_stage_and_starts_the_next(void **state)
     assert_int_equal(run_values(&f, entries[1], values, 2, &second, NULL), 0);
     assert_int_equal(second.count, 2);
     assert_string_equal(f.dag->ops[second.exit_op[0]].topic, "out");
+    assert_int_equal(sl_exec_stats(f.exec, entries[1])->records_in, 2);
+    assert_int_equal(sl_exec_stats(f.exec, entries[1])->records_out, 2); /* not 4 */
     assert_non_null(strstr(second.value[0], "\"seen\":true"));
     sl_exec_reset(f.exec);
     release(&f);
