@@ -295,13 +295,15 @@ static int step(pipeline_t *pl, task_t *t)
     return rc < 0 ? rc : 1;
 }
 
-/* Waits for a notify (data appended somewhere) or a second. */
+/* Waits for a notify: data became visible somewhere, or a stop. The seq
+ * was read before the tasks were scanned, so no notify is missed; the
+ * minute's timeout is only a safety net (an idle pipeline uses no CPU). */
 static void wait_for_input(pipeline_t *pl, uint64_t seen)
 {
     sl_pipelines_t *m = pl->manager;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
+    ts.tv_sec += 60;
     pthread_mutex_lock(&m->wake_lock);
     while (m->wake_seq == seen && !atomic_load(&pl->stop))
         if (pthread_cond_timedwait(&m->wake, &m->wake_lock, &ts))
