@@ -318,14 +318,20 @@ static void *pipeline_main(void *arg)
         pthread_mutex_lock(&pl->manager->wake_lock);
         uint64_t seen = pl->manager->wake_seq;
         pthread_mutex_unlock(&pl->manager->wake_lock);
-        int progress = 0, rc = 0;
-        for (int i = 0; i < pl->task_count && rc >= 0 && !atomic_load(&pl->stop); i++)
-            if ((rc = step(pl, &pl->tasks[i])) > 0)
+        int progress = 0, rc = 0, draining = atomic_load(&pl->draining);
+        for (int i = 0; i < pl->task_count && rc >= 0 && !atomic_load(&pl->stop); i++) {
+            task_t *t = &pl->tasks[i];
+            if (draining && pl->dag->ops[t->entry].kind == SL_OP_SOURCE)
+                continue;
+            if ((rc = step(pl, t)) > 0)
                 progress = 1;
-        if (rc < 0 || rc == SL_EINVALID) {
+        }
+        if (rc < 0) {
             set_failed(pl, sl_error_detail());
             break;
         }
+        if (draining && !progress)
+            break; /* every repartition topic is drained */
         if (!progress)
             wait_for_input(pl, seen);
     }
@@ -528,6 +534,18 @@ int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, si
     }
     *out = pl;
     return 0;
+}
+
+void pipeline_drain_and_free(pipeline_t *pl)
+{
+    char error[8];
+    if (pl->running && !pipeline_failed(pl, error, sizeof error)) {
+        atomic_store(&pl->draining, 1);
+        sl_pipelines_notify(pl->manager);
+        pthread_join(pl->thread, NULL);
+        pl->running = 0;
+    }
+    pipeline_free(pl);
 }
 
 void pipeline_free(pipeline_t *pl)

@@ -60,6 +60,7 @@ typedef struct pipeline {
     pthread_t thread;
     int running; /* the thread was started */
     atomic_int stop;
+    atomic_int draining; /* replaced: finish the repartitioned records, then end */
     pthread_mutex_t lock; /* failed, error */
     int failed;
     char error[512];
@@ -88,6 +89,10 @@ int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, si
                      pipeline_t **out);
 int pipeline_start(pipeline_t *pl);
 void pipeline_free(pipeline_t *pl); /* stops the thread first */
+/* Ends a pipeline that is being replaced: its sources stop, its keyed
+ * stages run until their repartition topics are drained, then it is freed
+ * (so no record that entered it is left behind). */
+void pipeline_drain_and_free(pipeline_t *pl);
 void batch_free(batch_t *b);
 int pipeline_failed(pipeline_t *pl, char *error, size_t size);
 

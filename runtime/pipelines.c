@@ -86,7 +86,7 @@ static int install(sl_pipelines_t *m, pipeline_t *pl)
         m->cap = cap;
     }
     if (old)
-        pipeline_free(old); /* stops at a batch boundary, offsets committed */
+        pipeline_drain_and_free(old); /* its keyed stages finish first */
     m->list[at >= 0 ? at : m->count++] = pl;
     reload_positions(pl);
     int rc = pipeline_start(pl);

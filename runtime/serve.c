@@ -215,11 +215,17 @@ static int submit_file(node_t *n)
         len -= 4;
     snprintf(name, sizeof name, "%.*s", (int)len, base);
     FILE *f = fopen(n->run_file, "rb");
-    if (!f)
-        return fprintf(stderr, "sluice run: cannot open %s\n", n->run_file), 1;
-    char *text = sl_malloc(1 << 20);
-    size_t got = text ? fread(text, 1, 1 << 20, f) : 0;
-    fclose(f);
+    long size = -1;
+    char *text = NULL;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
+        text = sl_malloc((size_t)size + 1);
+    size_t got = text ? fread(text, 1, (size_t)size, f) : 0;
+    if (f)
+        fclose(f);
+    if (!text || got != (size_t)size) {
+        sl_free(text);
+        return fprintf(stderr, "sluice run: cannot read %s\n", n->run_file), 1;
+    }
     int rc = text ? sl_pipelines_submit(atomic_load(&n->pipelines), name, text, got) : -ENOMEM;
     sl_free(text);
     if (rc)

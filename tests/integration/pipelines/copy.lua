@@ -1,0 +1,2 @@
+local s = require("sluice")
+s.stream("$in"):to("$out")

@@ -1,0 +1,3 @@
+local s = require("sluice")
+s.stream("$in"):to("$out")
+local broken = = 1

@@ -1,0 +1,2 @@
+local s = require("sluice")
+s.stream("$in"):map(function(r) return {n = r.value.n} end):to("$out")
