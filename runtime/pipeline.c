@@ -538,7 +538,7 @@ int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, si
 
 void pipeline_drain_and_free(pipeline_t *pl)
 {
-    char error[8];
+    char error[512];
     if (pl->running && !pipeline_failed(pl, error, sizeof error)) {
         atomic_store(&pl->draining, 1);
         sl_pipelines_notify(pl->manager);
