@@ -224,6 +224,8 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     family(out, "sluice_group_lag", "gauge", "Records after the group's committed offset.");
     lag_walk_t w = {s, out};
     sl_offsets_foreach(s->state, NULL, NULL, lag_sample, &w);
+    if (s->extra_metrics)
+        s->extra_metrics(s->extra_metrics_arg, out);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, 200, "OK", out);
@@ -240,6 +242,12 @@ static void on_health(struct evhttp_request *req, void *arg)
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
     evhttp_send_reply(req, 200, "OK", out);
     evbuffer_free(out);
+}
+
+void sl_server_set_metrics(sl_server_t *s, sl_metrics_fn fn, void *arg)
+{
+    s->extra_metrics = fn;
+    s->extra_metrics_arg = arg;
 }
 
 int sl_http_start(sl_server_t *s)

@@ -71,6 +71,12 @@ typedef int (*sl_command_fn)(void *arg, size_t argc, const sl_resp_arg_t *argv, 
  * the name). At most 8 such commands. Returns 0 or SL_EINVALID. */
 int sl_server_add_command(sl_server_t *s, const char *name, int arity, sl_command_fn fn, void *arg);
 
+/* Metric families added from above: fn appends whole families (HELP,
+ * TYPE, samples) in Prometheus text format to out, on the server's thread,
+ * each time /metrics is read. One such writer. */
+typedef void (*sl_metrics_fn)(void *arg, struct evbuffer *out);
+void sl_server_set_metrics(sl_server_t *s, sl_metrics_fn fn, void *arg);
+
 /* Closes every connection and frees the server. */
 void sl_server_free(sl_server_t *s);
 

@@ -89,6 +89,8 @@ typedef struct sl_server {
         void *arg;
     } extra[8];
     int extra_count;
+    sl_metrics_fn extra_metrics;
+    void *extra_metrics_arg;
     int hold_pooled;
 } sl_server_t;
 

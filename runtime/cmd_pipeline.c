@@ -11,6 +11,8 @@
 #include "runtime/pipeline_internal.h"
 #include "storage/offsets.h"
 
+#include <event2/buffer.h>
+
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -140,4 +142,79 @@ int sl_pipelines_command(void *arg, size_t argc, const sl_resp_arg_t *argv, sl_r
         return 0;
     }
     return fail(r, "usage: PIPELINE SUBMIT name source | LIST | DESCRIBE name | STOP name");
+}
+
+/* ---- /metrics ---------------------------------------------------------- */
+
+typedef uint64_t (*op_value_fn)(const sl_op_stats_t *st);
+
+static uint64_t op_in(const sl_op_stats_t *st)
+{
+    return st->records_in;
+}
+
+static uint64_t op_out(const sl_op_stats_t *st)
+{
+    return st->records_out;
+}
+
+static uint64_t op_errors(const sl_op_stats_t *st)
+{
+    return st->errors;
+}
+
+/* Pipeline and topic names are [A-Za-z0-9._-] and op kinds are words, so
+ * no label value needs escaping here. */
+static void op_family(sl_pipelines_t *m, struct evbuffer *out, const char *name, const char *help,
+                      op_value_fn value)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (int i = 0; i < m->count; i++) {
+        pipeline_t *pl = m->list[i];
+        for (int k = 0; k < pl->dag->op_count; k++)
+            evbuffer_add_printf(out, "%s{pipeline=\"%s\",op=\"%d\",kind=\"%s\"} %llu\n", name,
+                                pl->name, k, sl_op_kind_name(pl->dag->ops[k].kind),
+                                (unsigned long long)value(sl_exec_stats(pl->exec, k)));
+    }
+}
+
+static void task_family(sl_pipelines_t *m, struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# HELP sluice_pipeline_lag Records of a task's partition not yet "
+                             "committed.\n# TYPE sluice_pipeline_lag gauge\n");
+    for (int i = 0; i < m->count; i++) {
+        pipeline_t *pl = m->list[i];
+        for (int k = 0; k < pl->task_count; k++) {
+            task_t *t = &pl->tasks[k];
+            int64_t end = sl_partition_end_offset(t->partition), committed;
+            int32_t part = sl_partition_id(t->partition);
+            if (sl_offsets_get(pl->state, pl->group, t->topic, part, &committed))
+                committed = sl_partition_start_offset(t->partition);
+            evbuffer_add_printf(
+                out,
+                "sluice_pipeline_lag{pipeline=\"%s\",topic=\"%s\",partition=\"%d\"} "
+                "%lld\n",
+                pl->name, t->topic, part, (long long)(end > committed ? end - committed : 0));
+        }
+    }
+}
+
+void sl_pipelines_metrics(void *arg, struct evbuffer *out)
+{
+    sl_pipelines_t *m = arg;
+    char error[8];
+    pthread_mutex_lock(&m->lock);
+    op_family(m, out, "sluice_pipeline_op_records_in_total", "Records an operator was given.",
+              op_in);
+    op_family(m, out, "sluice_pipeline_op_records_out_total", "Records an operator passed on.",
+              op_out);
+    op_family(m, out, "sluice_pipeline_op_errors_total",
+              "Records an operator failed on (handled by on_error).", op_errors);
+    task_family(m, out);
+    evbuffer_add_printf(out, "# HELP sluice_pipeline_failed 1 if the pipeline stopped on an "
+                             "error.\n# TYPE sluice_pipeline_failed gauge\n");
+    for (int i = 0; i < m->count; i++)
+        evbuffer_add_printf(out, "sluice_pipeline_failed{pipeline=\"%s\"} %d\n", m->list[i]->name,
+                            pipeline_failed(m->list[i], error, sizeof error));
+    pthread_mutex_unlock(&m->lock);
 }

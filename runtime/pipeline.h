@@ -44,6 +44,10 @@ int sl_pipelines_stop(sl_pipelines_t *m, const char *name);
 /* Wakes every pipeline waiting for input (the log listener's job). */
 void sl_pipelines_notify(sl_pipelines_t *m);
 
+/* Writes the pipelines' metric families (sl_server_set_metrics):
+ * per operator records in/out and errors, per task lag, and state. */
+void sl_pipelines_metrics(void *m, struct evbuffer *out);
+
 /* The PIPELINE command for the server (sl_server_add_command). */
 int sl_pipelines_command(void *m, size_t argc, const sl_resp_arg_t *argv, sl_reply_t *reply);
 

@@ -60,7 +60,7 @@ typedef struct pipeline {
     pthread_t thread;
     int running; /* the thread was started */
     atomic_int stop;
-    atomic_int draining; /* replaced: finish the repartitioned records, then end */
+    atomic_int draining;  /* replaced: finish the repartitioned records, then end */
     pthread_mutex_t lock; /* failed, error */
     int failed;
     char error[512];

@@ -253,6 +253,7 @@ static int start_node(node_t *n)
     atomic_store(&n->pipelines, m);
     if ((rc = sl_server_add_command(server, "PIPELINE", -2, sl_pipelines_command, m)))
         return cli_fail("serve", rc);
+    sl_server_set_metrics(server, sl_pipelines_metrics, m);
     if (n->run_file && (rc = submit_file(n)))
         return rc;
     sl_report(SL_INFO, "serve", "ready resp=%s:%d http=%s:%d data=%s", n->server_options.bind,

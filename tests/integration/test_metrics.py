@@ -319,6 +319,27 @@ class HttpTest(NodeTestCase):
         for f in fams.values():
             self.assertIsNotNone(f.help, "%s has no HELP" % f.name)
 
+    def test_pipeline_operators_lag_and_state_are_counted(self):
+        src, dst = self.new_topic(1), self.new_topic(1)
+        script = ("local s = require('sluice')\n"
+                  "s.pipeline{on_error = 'skip'}\n"
+                  "s.stream('%s'):filter(function(r) return r.value.ok end):to('%s')\n"
+                  % (src, dst))
+        self.assertEqual(self.r.execute_command("PIPELINE", "SUBMIT", "pm", script), b"OK")
+        self.r.execute_command("PRODUCEBATCH", src, "a", '{"ok":true}', "b", '{"ok":false}',
+                               "c", "not json")
+        wait_until(lambda: sample(self.metrics(), "sluice_pipeline_lag", pipeline="pm",
+                                  topic=src, partition="0") == 0,
+                   timeout=20, what="the pipeline to commit everything")
+        fams = self.metrics()
+        self.assertEqual(sample(fams, "sluice_pipeline_op_records_in_total",
+                                pipeline="pm", op="0", kind="stream"), 3)
+        self.assertEqual(sample(fams, "sluice_pipeline_op_errors_total",
+                                pipeline="pm", op="0", kind="stream"), 1)
+        self.assertEqual(sample(fams, "sluice_pipeline_op_records_out_total",
+                                pipeline="pm", op="1", kind="filter"), 1)
+        self.assertEqual(sample(fams, "sluice_pipeline_failed", pipeline="pm"), 0)
+
     def test_group_names_are_escaped_in_labels(self):
         t = self.new_topic(1)
         self.r.execute_command("PRODUCE", t, "k", "v")
