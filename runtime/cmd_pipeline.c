@@ -58,12 +58,25 @@ static int list(sl_pipelines_t *m, sl_reply_t *r)
     return 0;
 }
 
+/* An op's counters summed over the pipeline's workers. */
+static sl_op_stats_t op_stats(const pipeline_t *pl, int op)
+{
+    sl_op_stats_t sum = {0, 0, 0};
+    for (int w = 0; w < pl->worker_count; w++) {
+        const sl_op_stats_t *st = sl_exec_stats(pl->workers[w].exec, op);
+        sum.records_in += st->records_in;
+        sum.records_out += st->records_out;
+        sum.errors += st->errors;
+    }
+    return sum;
+}
+
 static void reply_ops(sl_reply_t *r, pipeline_t *pl)
 {
     sl_reply_array(r, (size_t)pl->dag->op_count);
     for (int i = 0; i < pl->dag->op_count; i++) {
         const sl_op_t *op = &pl->dag->ops[i];
-        const sl_op_stats_t *st = sl_exec_stats(pl->exec, i);
+        sl_op_stats_t sum = op_stats(pl, i), *st = &sum;
         sl_reply_array(r, 6);
         sl_reply_int(r, i);
         sl_reply_cstr(r, sl_op_kind_name(op->kind));
@@ -163,6 +176,12 @@ static uint64_t op_errors(const sl_op_stats_t *st)
     return st->errors;
 }
 
+static uint64_t op_value_sum(const pipeline_t *pl, int op, op_value_fn value)
+{
+    sl_op_stats_t sum = op_stats(pl, op);
+    return value(&sum);
+}
+
 /* Pipeline and topic names are [A-Za-z0-9._-] and op kinds are words, so
  * no label value needs escaping here. */
 static void op_family(sl_pipelines_t *m, struct evbuffer *out, const char *name, const char *help,
@@ -174,7 +193,7 @@ static void op_family(sl_pipelines_t *m, struct evbuffer *out, const char *name,
         for (int k = 0; k < pl->dag->op_count; k++)
             evbuffer_add_printf(out, "%s{pipeline=\"%s\",op=\"%d\",kind=\"%s\"} %llu\n", name,
                                 pl->name, k, sl_op_kind_name(pl->dag->ops[k].kind),
-                                (unsigned long long)value(sl_exec_stats(pl->exec, k)));
+                                (unsigned long long)op_value_sum(pl, k, value));
     }
 }
 

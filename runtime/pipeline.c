@@ -129,16 +129,16 @@ static void exit_topic(const pipeline_t *pl, const sl_op_t *op, char *out, size_
         snprintf(out, size, "%s.repartition.%d", pl->name, op->id);
 }
 
-static out_group_t *group_for(pipeline_t *pl, sl_partition_t *p)
+static out_group_t *group_for(worker_t *w, sl_partition_t *p)
 {
-    for (int i = 0; i < pl->out_count; i++)
-        if (pl->outs[i].partition == p)
-            return &pl->outs[i];
-    size_t cap = (size_t)pl->out_cap;
-    if (reserve((void **)&pl->outs, &cap, (size_t)pl->out_count + 1, sizeof *pl->outs))
+    for (int i = 0; i < w->out_count; i++)
+        if (w->outs[i].partition == p)
+            return &w->outs[i];
+    size_t cap = (size_t)w->out_cap;
+    if (reserve((void **)&w->outs, &cap, (size_t)w->out_count + 1, sizeof *w->outs))
         return NULL;
-    pl->out_cap = (int)cap;
-    out_group_t *g = &pl->outs[pl->out_count++];
+    w->out_cap = (int)cap;
+    out_group_t *g = &w->outs[w->out_count++];
     *g = (out_group_t){.partition = p};
     sl_partition_ref(p);
     return g;
@@ -146,15 +146,15 @@ static out_group_t *group_for(pipeline_t *pl, sl_partition_t *p)
 
 /* Queues rec for topic: keyed records to Kafka's partition for the key,
  * null-key records to one partition per batch, in turn. */
-static int queue_record(pipeline_t *pl, const char *topic_name, const sl_record_t *rec)
+static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *rec)
 {
-    sl_topic_t *t = sl_log_topic(pl->log, topic_name);
+    sl_topic_t *t = sl_log_topic(w->pl->log, topic_name);
     if (!t)
-        return sl_error_set(SL_ENOTFOUND, "pipeline %s: topic %s is gone", pl->name, topic_name);
+        return sl_error_set(SL_ENOTFOUND, "pipeline %s: topic %s is gone", w->pl->name, topic_name);
     int32_t n = sl_topic_config(t)->partitions;
     int32_t part = rec->key_len >= 0 ? sl_partition_for_key(rec->key, (size_t)rec->key_len, n)
-                                     : (int32_t)(pl->round_robin % (uint32_t)n);
-    out_group_t *g = group_for(pl, sl_topic_partition(t, part));
+                                     : (int32_t)(w->round_robin % (uint32_t)n);
+    out_group_t *g = group_for(w, sl_topic_partition(t, part));
     if (!g || reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
         return -ENOMEM;
     g->recs[g->count] = *rec;
@@ -164,24 +164,24 @@ static int queue_record(pipeline_t *pl, const char *topic_name, const sl_record_
 
 static int on_emit(void *arg, const sl_op_t *exit, const sl_record_t *rec)
 {
-    pipeline_t *pl = arg;
+    worker_t *w = arg;
     char topic[SL_TOPIC_NAME_MAX + 64];
-    exit_topic(pl, exit, topic, sizeof topic);
-    return queue_record(pl, topic, rec);
+    exit_topic(w->pl, exit, topic, sizeof topic);
+    return queue_record(w, topic, rec);
 }
 
 /* A dead letter: the input record with headers saying what went wrong. */
-static int dead_letter(pipeline_t *pl, const sl_record_t *input, const char *why)
+static int dead_letter(worker_t *w, const sl_record_t *input, const char *why)
 {
     dead_letter_t *d = sl_calloc(1, sizeof *d);
     char dlq[SL_TOPIC_NAME_MAX + 8];
     if (!d)
         return -ENOMEM;
-    d->next = pl->dead;
-    pl->dead = d;
+    d->next = w->dead;
+    w->dead = d;
     snprintf(d->error, sizeof d->error, "%s", why);
-    snprintf(d->topic, sizeof d->topic, "%s", pl->current->topic);
-    snprintf(d->partition, sizeof d->partition, "%d", sl_partition_id(pl->current->partition));
+    snprintf(d->topic, sizeof d->topic, "%s", w->current->topic);
+    snprintf(d->partition, sizeof d->partition, "%d", sl_partition_id(w->current->partition));
     snprintf(d->offset, sizeof d->offset, "%lld", (long long)input->offset);
     static const char *const names[] = {"error", "source.topic", "source.partition",
                                         "source.offset"};
@@ -192,51 +192,51 @@ static int dead_letter(pipeline_t *pl, const sl_record_t *input, const char *why
     sl_record_t rec = *input;
     rec.headers = d->headers;
     rec.header_count = 4;
-    snprintf(dlq, sizeof dlq, "%s.dlq", pl->name);
-    return queue_record(pl, dlq, &rec);
+    snprintf(dlq, sizeof dlq, "%s.dlq", w->pl->name);
+    return queue_record(w, dlq, &rec);
 }
 
 static int on_failed(void *arg, const sl_op_t *op, const sl_record_t *input, const char *why)
 {
-    pipeline_t *pl = arg;
-    sl_report(SL_WARN, "pipeline", "%s: %s/%d offset %lld: %s", pl->name, pl->current->topic,
-              sl_partition_id(pl->current->partition), (long long)input->offset, why);
+    worker_t *w = arg;
+    sl_report(SL_WARN, "pipeline", "%s: %s/%d offset %lld: %s", w->pl->name, w->current->topic,
+              sl_partition_id(w->current->partition), (long long)input->offset, why);
     (void)op;
-    if (pl->dag->on_error == SL_ON_ERROR_SKIP)
+    if (w->dag->on_error == SL_ON_ERROR_SKIP)
         return 0;
-    if (pl->dag->on_error == SL_ON_ERROR_DEAD_LETTER)
-        return dead_letter(pl, input, why);
-    pthread_mutex_lock(&pl->lock);
-    snprintf(pl->error, sizeof pl->error, "%s/%d offset %lld: %s", pl->current->topic,
-             sl_partition_id(pl->current->partition), (long long)input->offset, why);
-    pthread_mutex_unlock(&pl->lock);
+    if (w->dag->on_error == SL_ON_ERROR_DEAD_LETTER)
+        return dead_letter(w, input, why);
+    pthread_mutex_lock(&w->pl->lock);
+    snprintf(w->pl->error, sizeof w->pl->error, "%s/%d offset %lld: %s", w->current->topic,
+             sl_partition_id(w->current->partition), (long long)input->offset, why);
+    pthread_mutex_unlock(&w->pl->lock);
     return SL_EINVALID;
 }
 
 /* Appends every group and waits until all are durable. */
-static int flush_outputs(pipeline_t *pl)
+static int flush_outputs(worker_t *w)
 {
     int rc = 0;
-    int64_t *ends = sl_malloc((size_t)(pl->out_count ? pl->out_count : 1) * sizeof *ends);
+    int64_t *ends = sl_malloc((size_t)(w->out_count ? w->out_count : 1) * sizeof *ends);
     if (!ends)
         rc = -ENOMEM;
-    for (int i = 0; rc == 0 && i < pl->out_count; i++) {
+    for (int i = 0; rc == 0 && i < w->out_count; i++) {
         int64_t first;
-        out_group_t *g = &pl->outs[i];
+        out_group_t *g = &w->outs[i];
         rc = sl_partition_append_nowait(g->partition, g->recs, g->count, &first);
         ends[i] = first + (int64_t)g->count;
     }
-    for (int i = 0; rc == 0 && i < pl->out_count; i++)
-        rc = sl_partition_await_durable(pl->outs[i].partition, ends[i], -1);
-    for (int i = 0; i < pl->out_count; i++) {
-        sl_partition_unref(pl->outs[i].partition);
-        sl_free(pl->outs[i].recs);
+    for (int i = 0; rc == 0 && i < w->out_count; i++)
+        rc = sl_partition_await_durable(w->outs[i].partition, ends[i], -1);
+    for (int i = 0; i < w->out_count; i++) {
+        sl_partition_unref(w->outs[i].partition);
+        sl_free(w->outs[i].recs);
     }
-    pl->out_count = 0;
+    w->out_count = 0;
     sl_free(ends);
-    while (pl->dead) {
-        dead_letter_t *d = pl->dead;
-        pl->dead = d->next;
+    while (w->dead) {
+        dead_letter_t *d = w->dead;
+        w->dead = d->next;
         sl_free(d);
     }
     return rc;
@@ -248,6 +248,7 @@ static void set_failed(pipeline_t *pl, const char *why)
 {
     pthread_mutex_lock(&pl->lock);
     pl->failed = 1;
+    atomic_store(&pl->failed_flag, 1);
     if (!pl->error[0])
         snprintf(pl->error, sizeof pl->error, "%s", why);
     pthread_mutex_unlock(&pl->lock);
@@ -274,22 +275,22 @@ static int commit(pipeline_t *pl, task_t *t, int64_t next)
 
 /* One batch of one task: 1 if records were processed, 0 if none were
  * waiting, or an error that stops the pipeline. */
-static int step(pipeline_t *pl, task_t *t)
+static int step(worker_t *w, task_t *t)
 {
-    batch_t *b = &pl->batch;
+    batch_t *b = &w->batch;
     size_t done = 0;
-    int rc = batch_read(pl, t, b);
+    int rc = batch_read(w->pl, t, b);
     if (rc || b->count == 0)
         return rc;
     sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json};
-    sl_exec_output_t out = {on_emit, on_failed, pl};
-    pl->current = t;
-    pl->round_robin++;
-    int stopped = sl_exec_batch(pl->exec, t->entry, &origin, b->recs, b->count, &out, &done);
-    rc = flush_outputs(pl);
-    sl_exec_reset(pl->exec);
+    sl_exec_output_t out = {on_emit, on_failed, w};
+    w->current = t;
+    w->round_robin++;
+    int stopped = sl_exec_batch(w->exec, t->entry, &origin, b->recs, b->count, &out, &done);
+    rc = flush_outputs(w);
+    sl_exec_reset(w->exec);
     if (rc == 0 && done > 0)
-        rc = commit(pl, t, b->recs[done - 1].offset + 1);
+        rc = commit(w->pl, t, b->recs[done - 1].offset + 1);
     if (rc == 0 && stopped)
         rc = stopped;
     return rc < 0 ? rc : 1;
@@ -305,34 +306,46 @@ static void wait_for_input(pipeline_t *pl, uint64_t seen)
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += 60;
     pthread_mutex_lock(&m->wake_lock);
-    while (m->wake_seq == seen && !atomic_load(&pl->stop))
+    while (m->wake_seq == seen && !atomic_load(&pl->stop) && !atomic_load(&pl->failed_flag))
         if (pthread_cond_timedwait(&m->wake, &m->wake_lock, &ts))
             break;
     pthread_mutex_unlock(&m->wake_lock);
 }
 
-static void *pipeline_main(void *arg)
+/* Runs tasks first, first + stride, ... once on w (when draining, only
+ * the keyed stages' ones): 1 if any had records, 0 if none, or a stopping
+ * error. */
+static int pass(worker_t *w, int first, int stride, int keyed_only)
 {
-    pipeline_t *pl = arg;
-    while (!atomic_load(&pl->stop)) {
+    pipeline_t *pl = w->pl;
+    int progress = 0;
+    for (int i = first; i < pl->task_count && !atomic_load(&pl->stop); i += stride) {
+        task_t *t = &pl->tasks[i];
+        if (keyed_only && w->dag->ops[t->entry].kind == SL_OP_SOURCE)
+            continue;
+        int rc = step(w, t);
+        if (rc < 0)
+            return rc;
+        progress |= rc > 0;
+    }
+    return progress;
+}
+
+static void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    pipeline_t *pl = w->pl;
+    while (!atomic_load(&pl->stop) && !atomic_load(&pl->failed_flag)) {
         pthread_mutex_lock(&pl->manager->wake_lock);
         uint64_t seen = pl->manager->wake_seq;
         pthread_mutex_unlock(&pl->manager->wake_lock);
-        int progress = 0, rc = 0, draining = atomic_load(&pl->draining);
-        for (int i = 0; i < pl->task_count && rc >= 0 && !atomic_load(&pl->stop); i++) {
-            task_t *t = &pl->tasks[i];
-            if (draining && pl->dag->ops[t->entry].kind == SL_OP_SOURCE)
-                continue;
-            if ((rc = step(pl, t)) > 0)
-                progress = 1;
-        }
+        int rc = pass(w, w->index, pl->worker_count, 0);
         if (rc < 0) {
             set_failed(pl, sl_error_detail());
+            sl_pipelines_notify(pl->manager); /* the other workers stop too */
             break;
         }
-        if (draining && !progress)
-            break; /* every repartition topic is drained */
-        if (!progress)
+        if (rc == 0)
             wait_for_input(pl, seen);
     }
     return NULL;
@@ -340,11 +353,25 @@ static void *pipeline_main(void *arg)
 
 int pipeline_start(pipeline_t *pl)
 {
-    int rc = pthread_create(&pl->thread, NULL, pipeline_main, pl);
-    if (rc)
-        return sl_error_set(-rc, "cannot start pipeline %s: %s", pl->name, strerror(rc));
-    pl->running = 1;
+    for (int i = 0; i < pl->worker_count; i++) {
+        worker_t *w = &pl->workers[i];
+        int rc = pthread_create(&w->thread, NULL, worker_main, w);
+        if (rc)
+            return sl_error_set(-rc, "cannot start pipeline %s: %s", pl->name, strerror(rc));
+        w->running = 1;
+    }
     return 0;
+}
+
+static void stop_workers(pipeline_t *pl)
+{
+    atomic_store(&pl->stop, 1);
+    sl_pipelines_notify(pl->manager);
+    for (int i = 0; i < pl->worker_count; i++)
+        if (pl->workers[i].running) {
+            pthread_join(pl->workers[i].thread, NULL);
+            pl->workers[i].running = 0;
+        }
 }
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -490,19 +517,53 @@ static int build_tasks(pipeline_t *pl)
     return 0;
 }
 
-static int compile(pipeline_t *pl)
+static int compile_worker(pipeline_t *pl, worker_t *w)
 {
     char chunk[160];
     snprintf(chunk, sizeof chunk, "%s.lua", pl->name);
-    int rc = sl_vm_new(NULL, &pl->vm);
+    int rc = sl_vm_new(NULL, &w->vm);
     if (rc == 0)
-        rc = sl_vm_compile(pl->vm, chunk, pl->source, pl->len, &pl->dag);
-    if (rc == 0 && pl->dag->name && strcmp(pl->dag->name, pl->name))
+        rc = sl_vm_compile(w->vm, chunk, pl->source, pl->len, &w->dag);
+    if (rc == 0 && w->dag->name && strcmp(w->dag->name, pl->name))
         rc = sl_error_set(SL_EINVALID, "%s: the script names itself '%s' but is submitted as '%s'",
-                          chunk, pl->dag->name, pl->name);
+                          chunk, w->dag->name, pl->name);
+    if (rc == 0 && w->index > 0 && !sl_dag_equal(w->dag, pl->workers[0].dag))
+        rc = sl_error_set(SL_EINVALID,
+                          "%s: the script builds a different pipeline each time it "
+                          "runs (math.random, os.time or pairs() order?)",
+                          chunk);
     if (rc == 0)
-        rc = sl_exec_new(pl->dag, &pl->exec);
+        rc = sl_exec_new(w->dag, &w->exec);
     return rc;
+}
+
+/* Compiles the script in worker 0's VM (the shape for the setup). */
+static int compile(pipeline_t *pl, int max_workers)
+{
+    pl->workers = sl_calloc((size_t)max_workers, sizeof *pl->workers);
+    if (!pl->workers)
+        return -ENOMEM;
+    pl->workers[0].pl = pl;
+    pl->worker_count = 1;
+    int rc = compile_worker(pl, &pl->workers[0]);
+    pl->dag = pl->workers[0].dag;
+    pl->exec = pl->workers[0].exec;
+    return rc;
+}
+
+/* The other workers, one VM each: as many as tasks, up to max_workers. */
+static int compile_more(pipeline_t *pl, int max_workers)
+{
+    int want = pl->task_count < max_workers ? pl->task_count : max_workers;
+    while (pl->worker_count < want) {
+        worker_t *w = &pl->workers[pl->worker_count];
+        w->pl = pl;
+        w->index = pl->worker_count++;
+        int rc = compile_worker(pl, w);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, size_t len,
@@ -524,10 +585,11 @@ int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, si
         pl->source[len] = 0;
         pl->len = len;
         snprintf(pl->group, sizeof pl->group, "pipeline.%s", name);
-        rc = compile(pl);
+        rc = compile(pl, m->workers);
     }
-    if (rc == 0 && (rc = check_sources(pl, &widest)) == 0 && (rc = prepare_topics(pl, widest)) == 0)
-        rc = build_tasks(pl);
+    if (rc == 0 && (rc = check_sources(pl, &widest)) == 0 &&
+        (rc = prepare_topics(pl, widest)) == 0 && (rc = build_tasks(pl)) == 0)
+        rc = compile_more(pl, m->workers);
     if (rc) {
         pipeline_free(pl);
         return rc;
@@ -539,34 +601,43 @@ int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, si
 void pipeline_drain_and_free(pipeline_t *pl)
 {
     char error[512];
-    if (pl->running && !pipeline_failed(pl, error, sizeof error)) {
-        atomic_store(&pl->draining, 1);
-        sl_pipelines_notify(pl->manager);
-        pthread_join(pl->thread, NULL);
-        pl->running = 0;
+    int was_running = pl->worker_count > 0 && pl->workers[0].running;
+    stop_workers(pl);
+    /* the workers are gone: worker 0's VM drains on this thread */
+    atomic_store(&pl->stop, 0);
+    atomic_store(&pl->draining, 1);
+    while (was_running && !pipeline_failed(pl, error, sizeof error)) {
+        int rc = pass(&pl->workers[0], 0, 1, 1); /* every keyed task */
+        if (rc < 0)
+            set_failed(pl, sl_error_detail());
+        if (rc <= 0)
+            break;
     }
     pipeline_free(pl);
 }
 
+static void worker_free(worker_t *w)
+{
+    batch_free(&w->batch);
+    sl_free(w->outs);
+    sl_exec_free(w->exec);
+    sl_dag_free(w->dag);
+    if (w->vm)
+        sl_vm_free(w->vm);
+}
+
 void pipeline_free(pipeline_t *pl)
 {
-    if (pl->running) {
-        atomic_store(&pl->stop, 1);
-        sl_pipelines_notify(pl->manager);
-        pthread_join(pl->thread, NULL);
-    }
+    stop_workers(pl);
     for (int i = 0; i < pl->task_count; i++) {
         sl_reader_close(pl->tasks[i].reader);
         sl_partition_unref(pl->tasks[i].partition);
         sl_free(pl->tasks[i].topic);
     }
     sl_free(pl->tasks);
-    batch_free(&pl->batch);
-    sl_free(pl->outs);
-    sl_exec_free(pl->exec);
-    sl_dag_free(pl->dag);
-    if (pl->vm)
-        sl_vm_free(pl->vm);
+    for (int i = 0; pl->workers && i < pl->worker_count; i++)
+        worker_free(&pl->workers[i]);
+    sl_free(pl->workers);
     pthread_mutex_destroy(&pl->lock);
     sl_free(pl->name);
     sl_free(pl->source);

@@ -6,9 +6,11 @@
  * stages (ops/ops.h). Its tasks are the partitions its stages read: each
  * SOURCE's topic, and for each KEY_BY its repartition topic
  * `<pipeline>.repartition.<op id>` (as many partitions as the widest
- * source), so every key of a keyed stage lands in one task. Interim worker
- * model: each pipeline has one thread with its own VM that serves its
- * tasks in turn (DESIGN's shared pool of per-core workers comes with state).
+ * source), so every key of a keyed stage lands in one task. Workers: each
+ * pipeline runs on up to `workers` threads (default: cores), each with its
+ * own VM and compiled DAG; task i belongs to worker i % workers, so a task
+ * is only ever run by one thread. (A pool shared by all pipelines is for
+ * later: here each pipeline has its own workers.)
  *
  * Processing is at-least-once: a task reads a batch, runs it, appends the
  * outputs (sinks, repartition topics, dead letters) and waits until they are
@@ -26,8 +28,11 @@
 typedef struct sl_pipelines sl_pipelines_t;
 
 /* Starts the pipeline manager: loads DATA/pipelines/<name>.lua and starts
- * each (a script that no longer compiles is reported and left stopped). */
-int sl_pipelines_open(const char *data_dir, sl_log_t *log, sl_state_t *state, sl_pipelines_t **out);
+ * each (a script that no longer compiles is reported and left stopped).
+ * workers: threads (each with its own VM) per pipeline, at most one per
+ * task; 0 means the number of cores. */
+int sl_pipelines_open(const char *data_dir, sl_log_t *log, sl_state_t *state, int workers,
+                      sl_pipelines_t **out);
 
 /* Stops every pipeline (each at a batch boundary) and frees the manager. */
 void sl_pipelines_close(sl_pipelines_t *m);

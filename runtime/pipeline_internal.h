@@ -44,6 +44,26 @@ typedef struct dead_letter {
     char error[400], topic[SL_TOPIC_NAME_MAX + 1], partition[16], offset[24];
 } dead_letter_t;
 
+struct pipeline;
+
+/* A worker: one thread with its own VM, running its share of a
+ * pipeline's tasks (task i belongs to worker i % workers). */
+typedef struct worker {
+    struct pipeline *pl;
+    int index;
+    pthread_t thread;
+    int running; /* the thread was started */
+    sl_vm_t *vm;
+    sl_dag_t *dag; /* compiled in vm; equal to every other worker's */
+    sl_exec_t *exec;
+    batch_t batch;
+    out_group_t *outs;
+    int out_count, out_cap;
+    dead_letter_t *dead;
+    task_t *current;
+    uint32_t round_robin;
+} worker_t;
+
 typedef struct pipeline {
     char *name;
     char *source;
@@ -51,29 +71,24 @@ typedef struct pipeline {
     sl_log_t *log;
     sl_state_t *state;
     struct sl_pipelines *manager;
-    sl_vm_t *vm;
-    sl_dag_t *dag;
-    sl_exec_t *exec;
+    worker_t *workers;
+    int worker_count;
+    sl_dag_t *dag;   /* workers[0].dag: the shape, for setup and DESCRIBE */
+    sl_exec_t *exec; /* workers[0].exec */
     task_t *tasks;
     int task_count;
     char group[160]; /* the consumer group holding its offsets */
-    pthread_t thread;
-    int running; /* the thread was started */
     atomic_int stop;
-    atomic_int draining;  /* replaced: finish the repartitioned records, then end */
+    atomic_int draining; /* replaced: finish the repartitioned records, then end */
+    atomic_int failed_flag;
     pthread_mutex_t lock; /* failed, error */
     int failed;
     char error[512];
-    batch_t batch;
-    out_group_t *outs;
-    int out_count, out_cap;
-    dead_letter_t *dead;
-    task_t *current;
-    uint32_t round_robin;
 } pipeline_t;
 
 struct sl_pipelines {
-    char *dir; /* DATA/pipelines */
+    char *dir;   /* DATA/pipelines */
+    int workers; /* threads per pipeline, at most its task count */
     sl_log_t *log;
     sl_state_t *state;
     pthread_mutex_t lock; /* the list */

@@ -176,7 +176,8 @@ static int load_saved(sl_pipelines_t *m)
     return 0;
 }
 
-int sl_pipelines_open(const char *data_dir, sl_log_t *log, sl_state_t *state, sl_pipelines_t **out)
+int sl_pipelines_open(const char *data_dir, sl_log_t *log, sl_state_t *state, int workers,
+                      sl_pipelines_t **out)
 {
     char dir[PATH_MAX];
     sl_pipelines_t *m = sl_calloc(1, sizeof *m);
@@ -186,6 +187,9 @@ int sl_pipelines_open(const char *data_dir, sl_log_t *log, sl_state_t *state, sl
     m->dir = sl_strdup(dir);
     m->log = log;
     m->state = state;
+    m->workers = workers > 0 ? workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (m->workers < 1)
+        m->workers = 1;
     pthread_mutex_init(&m->lock, NULL);
     pthread_mutex_init(&m->wake_lock, NULL);
     pthread_cond_init(&m->wake, NULL);

@@ -36,7 +36,8 @@ static const char serve_usage[] =
     "  --http-port N           HTTP port for /health and /metrics (default 8080;\n"
     "                          0 = any free port, -1 = off)\n"
     "  --requirepass PASS      clients must AUTH with PASS\n"
-    "  --workers N             worker threads for pipelines (default: cores)\n"
+    "  --workers N             worker threads (each with its own Lua VM) per\n"
+    "                          pipeline, at most one per task (default: cores)\n"
     "  --auto-create-topics    PRODUCE to a missing topic creates it\n"
     "  --max-value-bytes N     largest record key or value (default 1048576)\n"
     "  --max-bulk-bytes N      largest RESP bulk string (default 536870912)\n"
@@ -248,7 +249,7 @@ static int start_node(node_t *n)
         return cli_fail("serve", rc);
     atomic_store(&n->server, server);
     sl_pipelines_t *m;
-    if ((rc = sl_pipelines_open(n->data, n->log, n->state, &m)))
+    if ((rc = sl_pipelines_open(n->data, n->log, n->state, n->workers, &m)))
         return cli_fail("serve: pipelines", rc);
     atomic_store(&n->pipelines, m);
     if ((rc = sl_server_add_command(server, "PIPELINE", -2, sl_pipelines_command, m)))
