@@ -46,29 +46,13 @@ struct sl_stage {
     size_t headers_cap;
 };
 
-/* Makes room for `need` items in *array; 0 or -ENOMEM. */
-static int reserve(void **array, size_t *cap, size_t need, size_t item)
-{
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 16;
-    while (n < need)
-        n *= 2;
-    void *grown = sl_realloc(*array, n * item);
-    if (!grown)
-        return -ENOMEM;
-    *array = grown;
-    *cap = n;
-    return 0;
-}
-
 /* Copies n bytes into the arena; returns their offset, or -1. */
 static int64_t arena_copy(partition_stage_t *ps, const void *data, int32_t n)
 {
     size_t at = ps->arena_len;
     if (n <= 0)
         return (int64_t)at;
-    if (reserve((void **)&ps->arena, &ps->arena_cap, at + (size_t)n, 1))
+    if (sl_array_reserve((void **)&ps->arena, &ps->arena_cap, at + (size_t)n, 1))
         return -1;
     memcpy(ps->arena + at, data, (size_t)n);
     ps->arena_len += (size_t)n;
@@ -83,7 +67,7 @@ static partition_stage_t *stage_for(sl_server_t *s, sl_partition_t *p)
     for (size_t i = 0; i < st->count; i++)
         if (st->stages[i].partition == p)
             return &st->stages[i];
-    if (reserve((void **)&st->stages, &st->cap, st->count + 1, sizeof *st->stages))
+    if (sl_array_reserve((void **)&st->stages, &st->cap, st->count + 1, sizeof *st->stages))
         return NULL;
     partition_stage_t *ps = &st->stages[st->count];
     if (st->count == st->ready) {
@@ -100,8 +84,8 @@ static int copy_headers(partition_stage_t *ps, const sl_record_t *r, staged_reco
 {
     sr->headers = ps->header_count;
     sr->header_count = r->header_count;
-    if (reserve((void **)&ps->headers, &ps->header_cap, ps->header_count + r->header_count,
-                sizeof *ps->headers))
+    if (sl_array_reserve((void **)&ps->headers, &ps->header_cap, ps->header_count + r->header_count,
+                         sizeof *ps->headers))
         return -ENOMEM;
     for (uint32_t i = 0; i < r->header_count; i++) {
         const sl_header_t *h = &r->headers[i];
@@ -118,7 +102,8 @@ static int copy_headers(partition_stage_t *ps, const sl_record_t *r, staged_reco
 int sl_stage_record(sl_request_t *req, sl_partition_t *p, const sl_record_t *r)
 {
     partition_stage_t *ps = stage_for(req->server, p);
-    if (!ps || reserve((void **)&ps->records, &ps->cap, ps->count + 1, sizeof *ps->records))
+    if (!ps ||
+        sl_array_reserve((void **)&ps->records, &ps->cap, ps->count + 1, sizeof *ps->records))
         return -ENOMEM;
     staged_record_t *sr = &ps->records[ps->count];
     int64_t key = arena_copy(ps, r->key, r->key_len);
@@ -143,8 +128,9 @@ int sl_stage_record(sl_request_t *req, sl_partition_t *p, const sl_record_t *r)
  * arena (stable now that nothing is added). */
 static int build_records(struct sl_stage *st, partition_stage_t *ps)
 {
-    if (reserve((void **)&st->records, &st->records_cap, ps->count, sizeof *st->records) ||
-        reserve((void **)&st->headers, &st->headers_cap, ps->header_count, sizeof *st->headers))
+    if (sl_array_reserve((void **)&st->records, &st->records_cap, ps->count, sizeof *st->records) ||
+        sl_array_reserve((void **)&st->headers, &st->headers_cap, ps->header_count,
+                         sizeof *st->headers))
         return -ENOMEM;
     for (size_t i = 0; i < ps->header_count; i++) {
         staged_header_t *h = &ps->headers[i];

@@ -21,28 +21,13 @@
 
 /* ---- the batch arena ------------------------------------------------------ */
 
-static int reserve(void **array, size_t *cap, size_t need, size_t item)
-{
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *grown = sl_realloc(*array, n * item);
-    if (!grown)
-        return -ENOMEM;
-    *array = grown;
-    *cap = n;
-    return 0;
-}
-
 /* Copies len bytes into the arena; returns the offset or -1. */
 static int64_t keep_bytes(batch_t *b, const uint8_t *data, int32_t len)
 {
     size_t at = b->arena_len;
     if (len <= 0)
         return (int64_t)at;
-    if (reserve((void **)&b->arena, &b->arena_cap, at + (size_t)len, 1))
+    if (sl_array_reserve((void **)&b->arena, &b->arena_cap, at + (size_t)len, 1))
         return -1;
     memcpy(b->arena + at, data, (size_t)len);
     b->arena_len += (size_t)len;
@@ -53,9 +38,9 @@ static int64_t keep_bytes(batch_t *b, const uint8_t *data, int32_t len)
  * until batch_fix() turns them into pointers. */
 static int batch_add(batch_t *b, const sl_record_t *r)
 {
-    if (reserve((void **)&b->recs, &b->recs_cap, b->count + 1, sizeof *b->recs) ||
-        reserve((void **)&b->headers, &b->headers_cap, b->header_count + r->header_count,
-                sizeof *b->headers))
+    if (sl_array_reserve((void **)&b->recs, &b->recs_cap, b->count + 1, sizeof *b->recs) ||
+        sl_array_reserve((void **)&b->headers, &b->headers_cap, b->header_count + r->header_count,
+                         sizeof *b->headers))
         return -ENOMEM;
     sl_record_t *c = &b->recs[b->count];
     *c = *r;
@@ -106,7 +91,7 @@ static int batch_read(pipeline_t *pl, task_t *t, batch_t *b)
     sl_record_t rec;
     int rc = 0;
     b->count = b->header_count = b->arena_len = 0;
-    if (reserve((void **)&b->arena, &b->arena_cap, 1, 1))
+    if (sl_array_reserve((void **)&b->arena, &b->arena_cap, 1, 1))
         return -ENOMEM;
     if (!t->reader && (rc = sl_reader_open(t->partition, t->position, &t->reader)))
         return rc;
@@ -135,7 +120,7 @@ static out_group_t *group_for(worker_t *w, sl_partition_t *p)
         if (w->outs[i].partition == p)
             return &w->outs[i];
     size_t cap = (size_t)w->out_cap;
-    if (reserve((void **)&w->outs, &cap, (size_t)w->out_count + 1, sizeof *w->outs))
+    if (sl_array_reserve((void **)&w->outs, &cap, (size_t)w->out_count + 1, sizeof *w->outs))
         return NULL;
     w->out_cap = (int)cap;
     out_group_t *g = &w->outs[w->out_count++];
@@ -155,7 +140,7 @@ static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *
     int32_t part = rec->key_len >= 0 ? sl_partition_for_key(rec->key, (size_t)rec->key_len, n)
                                      : (int32_t)(w->round_robin % (uint32_t)n);
     out_group_t *g = group_for(w, sl_topic_partition(t, part));
-    if (!g || reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
+    if (!g || sl_array_reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
         return -ENOMEM;
     g->recs[g->count] = *rec;
     g->recs[g->count++].timestamp = rec->timestamp;

@@ -7,6 +7,7 @@
  */
 #include "storage/storage.h"
 
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,21 @@ char *sl_strdup(const char *s)
     if (copy)
         memcpy(copy, s, n);
     return copy;
+}
+
+int sl_array_reserve(void **array, size_t *cap, size_t need, size_t item)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 16;
+    while (n < need)
+        n *= 2;
+    void *grown = sl_realloc(*array, n * item);
+    if (!grown)
+        return -ENOMEM;
+    *array = grown;
+    *cap = n;
+    return 0;
 }
 
 void sl_free(void *ptr)

@@ -64,28 +64,17 @@ int sl_segment_create(const char *dir, int64_t base_offset, int64_t now_ms,
     return 0;
 }
 
-static int grow(void **array, size_t *cap, size_t len, size_t item)
-{
-    if (len < *cap)
-        return 0;
-    size_t n = *cap ? *cap * 2 : 64;
-    void *p = sl_realloc(*array, n * item);
-    if (!p)
-        return -ENOMEM;
-    *array = p;
-    *cap = n;
-    return 0;
-}
-
 static int add_index_points(sl_segment_t *seg, uint32_t rel)
 {
-    if (grow((void **)&seg->index, &seg->index_cap, seg->index_len, sizeof *seg->index))
+    if (sl_array_reserve((void **)&seg->index, &seg->index_cap, seg->index_len + 1,
+                         sizeof *seg->index))
         return -ENOMEM;
     seg->index[seg->index_len++] = (sl_index_entry_t){rel, (uint32_t)seg->size};
     int64_t last = seg->times_len ? seg->times[seg->times_len - 1].timestamp : INT64_MIN;
     if (seg->max_timestamp <= last)
         return 0;
-    if (grow((void **)&seg->times, &seg->times_cap, seg->times_len, sizeof *seg->times))
+    if (sl_array_reserve((void **)&seg->times, &seg->times_cap, seg->times_len + 1,
+                         sizeof *seg->times))
         return -ENOMEM;
     seg->times[seg->times_len++] = (sl_time_entry_t){seg->max_timestamp, rel};
     return 0;
@@ -515,8 +504,10 @@ void sl_segment_unref(sl_segment_t *seg)
 
 int sl_segment_reserve(sl_segment_t *seg)
 {
-    if (grow((void **)&seg->index, &seg->index_cap, seg->index_len, sizeof *seg->index) ||
-        grow((void **)&seg->times, &seg->times_cap, seg->times_len, sizeof *seg->times))
+    if (sl_array_reserve((void **)&seg->index, &seg->index_cap, seg->index_len + 1,
+                         sizeof *seg->index) ||
+        sl_array_reserve((void **)&seg->times, &seg->times_cap, seg->times_len + 1,
+                         sizeof *seg->times))
         return -ENOMEM;
     return 0;
 }

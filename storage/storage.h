@@ -72,6 +72,11 @@ char *sl_strdup(const char *s);
 void sl_free(void *ptr);
 void sl_alloc_fail_after(long n);
 
+/* Makes room for `need` items of `item` bytes in the growable array
+ * *array of capacity *cap (doubling, from 16), moving it if needed.
+ * Returns 0 or -ENOMEM (the array is then unchanged). */
+int sl_array_reserve(void **array, size_t *cap, size_t need, size_t item);
+
 /* ---- diagnostics ------------------------------------------------------ */
 
 typedef enum { SL_DEBUG = 0, SL_INFO = 1, SL_WARN = 2, SL_ERROR = 3 } sl_level_t;
