@@ -116,12 +116,11 @@ enum mode {
     M_COUNT
 };
 
-static const char *const MODE_NAMES[M_COUNT] = {"read",   "loadraw", "load", "filter",
-                                                "map",    "encode",  "exec", "full",
-                                                "commit", "interval"};
+static const char *const MODE_NAMES[M_COUNT] = {"read",   "loadraw", "load", "filter", "map",
+                                                "encode", "exec",    "full", "commit", "interval"};
 static const char *const MODE_LABELS[M_COUNT] = {
-    "read+copy",     "+load raw (no JSON)", "+load json (decode)", "+filter",
-    "+map",          "+encode (record_get)", "exec (sl_exec_batch)", "+append",
+    "read+copy",      "+load raw (no JSON)",        "+load json (decode)",  "+filter",
+    "+map",           "+encode (record_get)",       "exec (sl_exec_batch)", "+append",
     "+commit (LMDB)", "+append, out fsync=interval"};
 
 static sl_log_t *g_log;
@@ -577,18 +576,17 @@ static result_t run(enum mode mode, int threads, result_t *per_worker)
         r.out_bytes += w[i].out_bytes;
         r.cpu_seconds += w[i].cpu_seconds;
         if (per_worker)
-            per_worker[i] = (result_t){w[i].in, w[i].kept, w[i].out, w[i].out_bytes,
-                                       w[i].seconds, w[i].cpu_seconds};
+            per_worker[i] = (result_t){w[i].in,        w[i].kept,    w[i].out,
+                                       w[i].out_bytes, w[i].seconds, w[i].cpu_seconds};
         worker_teardown(&w[i]);
     }
     uint64_t want_out = mode >= M_ENCODE || mode == M_INTERVAL ? g_clicks : 0;
     if (r.in != g_n || (mode >= M_FILTER && mode < M_EXEC && r.kept != g_clicks) ||
         r.out != want_out) {
-        fprintf(stderr,
-                "pipeline_bench: %s: read %llu (want %llu), kept %llu, out %llu (want %llu)\n",
-                MODE_NAMES[mode], (unsigned long long)r.in, (unsigned long long)g_n,
-                (unsigned long long)r.kept, (unsigned long long)r.out,
-                (unsigned long long)want_out);
+        fprintf(
+            stderr, "pipeline_bench: %s: read %llu (want %llu), kept %llu, out %llu (want %llu)\n",
+            MODE_NAMES[mode], (unsigned long long)r.in, (unsigned long long)g_n,
+            (unsigned long long)r.kept, (unsigned long long)r.out, (unsigned long long)want_out);
         exit(1);
     }
     if (mode >= M_FULL) { /* what was appended is what was emitted */
@@ -710,8 +708,8 @@ int main(int argc, char **argv)
                total_med = med[M_FULL].seconds * 1e6 / n;
         printf("\npipeline (filter -> map -> to, runtime loop, no commit): %.0f records/s in "
                "(median round %.0f), %.0f records/s out, %.3f us/record\n",
-               n / r[M_FULL].seconds, n / med[M_FULL].seconds,
-               (double)g_clicks / r[M_FULL].seconds, total);
+               n / r[M_FULL].seconds, n / med[M_FULL].seconds, (double)g_clicks / r[M_FULL].seconds,
+               total);
         printf("  with the runtime's per-batch offset commit: %.0f records/s; with out at "
                "fsync=interval: %.0f records/s\n",
                n / r[M_COMMIT].seconds, n / r[M_INTERVAL].seconds);
