@@ -198,27 +198,41 @@ static int on_failed(void *arg, const sl_op_t *op, const sl_record_t *input, con
     return SL_EINVALID;
 }
 
-/* Appends every group and waits until all are durable. */
+/* Remembers that p must be durable up to end before the next commit. */
+static int pend(worker_t *w, sl_partition_t *p, int64_t end)
+{
+    for (int i = 0; i < w->pending_count; i++)
+        if (w->pending[i].partition == p) {
+            w->pending[i].count = (size_t)end;
+            return 0;
+        }
+    size_t cap = (size_t)w->pending_cap;
+    if (sl_array_reserve((void **)&w->pending, &cap, (size_t)w->pending_count + 1,
+                         sizeof *w->pending))
+        return -ENOMEM;
+    w->pending_cap = (int)cap;
+    sl_partition_ref(p);
+    w->pending[w->pending_count++] = (out_group_t){.partition = p, .count = (size_t)end};
+    return 0;
+}
+
+/* Appends every group (one batch per partition) without waiting: the
+ * commit waits, so batches overlap with their fsyncs. */
 static int flush_outputs(worker_t *w)
 {
     int rc = 0;
-    int64_t *ends = sl_malloc((size_t)(w->out_count ? w->out_count : 1) * sizeof *ends);
-    if (!ends)
-        rc = -ENOMEM;
     for (int i = 0; rc == 0 && i < w->out_count; i++) {
         int64_t first;
         out_group_t *g = &w->outs[i];
         rc = sl_partition_append_nowait(g->partition, g->recs, g->count, &first);
-        ends[i] = first + (int64_t)g->count;
+        if (rc == 0)
+            rc = pend(w, g->partition, first + (int64_t)g->count);
     }
-    for (int i = 0; rc == 0 && i < w->out_count; i++)
-        rc = sl_partition_await_durable(w->outs[i].partition, ends[i], -1);
     for (int i = 0; i < w->out_count; i++) {
         sl_partition_unref(w->outs[i].partition);
         sl_free(w->outs[i].recs);
     }
     w->out_count = 0;
-    sl_free(ends);
     while (w->dead) {
         dead_letter_t *d = w->dead;
         w->dead = d->next;
@@ -249,12 +263,40 @@ int pipeline_failed(pipeline_t *pl, char *error, size_t size)
     return failed;
 }
 
-static int commit(pipeline_t *pl, task_t *t, int64_t next)
+#define COMMIT_MS 100 /* commit interval (DESIGN section 7) */
+
+static int64_t monotonic_ms(void)
 {
-    int32_t part = sl_partition_id(t->partition);
-    int rc = sl_offsets_commit(pl->state, pl->group, t->topic, &part, &next, 1);
-    if (rc == 0)
-        t->position = next;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Commits tasks first, first + stride, ...: waits until every output
+ * appended since the last commit is durable, then records their input
+ * offsets in LMDB. Nothing is committed if an output failed. */
+static int commit(worker_t *w, int first, int stride)
+{
+    pipeline_t *pl = w->pl;
+    int rc = 0;
+    for (int i = 0; i < w->pending_count; i++) {
+        int r =
+            sl_partition_await_durable(w->pending[i].partition, (int64_t)w->pending[i].count, -1);
+        if (r && !rc)
+            rc = r;
+        sl_partition_unref(w->pending[i].partition);
+    }
+    w->pending_count = 0;
+    for (int i = first; rc == 0 && i < pl->task_count; i += stride) {
+        task_t *t = &pl->tasks[i];
+        int32_t part = sl_partition_id(t->partition);
+        if (t->uncommitted < 0)
+            continue;
+        rc = sl_offsets_commit(pl->state, pl->group, t->topic, &part, &t->uncommitted, 1);
+        if (rc == 0)
+            t->uncommitted = -1;
+    }
+    w->committed_ms = monotonic_ms();
     return rc;
 }
 
@@ -274,8 +316,12 @@ static int step(worker_t *w, task_t *t)
     int stopped = sl_exec_batch(w->exec, t->entry, &origin, b->recs, b->count, &out, &done);
     rc = flush_outputs(w);
     sl_exec_reset(w->exec);
-    if (rc == 0 && done > 0)
-        rc = commit(w->pl, t, b->recs[done - 1].offset + 1);
+    if (rc == 0 && done > 0) {
+        t->position = b->recs[done - 1].offset + 1;
+        t->uncommitted = t->position;
+    }
+    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= COMMIT_MS))
+        rc = commit(w, w->index, w->pl->worker_count);
     if (rc == 0 && stopped)
         rc = stopped;
     return rc < 0 ? rc : 1;
@@ -325,6 +371,8 @@ static void *worker_main(void *arg)
         uint64_t seen = pl->manager->wake_seq;
         pthread_mutex_unlock(&pl->manager->wake_lock);
         int rc = pass(w, w->index, pl->worker_count, 0);
+        if (rc == 0)
+            rc = commit(w, w->index, pl->worker_count); /* idle: commit now */
         if (rc < 0) {
             set_failed(pl, sl_error_detail());
             sl_pipelines_notify(pl->manager); /* the other workers stop too */
@@ -333,6 +381,8 @@ static void *worker_main(void *arg)
         if (rc == 0)
             wait_for_input(pl, seen);
     }
+    if (commit(w, w->index, pl->worker_count)) /* stopping: what was done */
+        set_failed(pl, sl_error_detail());
     return NULL;
 }
 
@@ -436,7 +486,7 @@ static int add_task(pipeline_t *pl, int entry, sl_topic_t *t, int32_t i, int jso
 {
     task_t *task = &pl->tasks[pl->task_count];
     int64_t committed;
-    *task = (task_t){.entry = entry, .json = json};
+    *task = (task_t){.entry = entry, .json = json, .uncommitted = -1};
     task->topic = sl_strdup(sl_topic_name(t));
     if (!task->topic)
         return -ENOMEM;
@@ -598,11 +648,16 @@ void pipeline_drain_and_free(pipeline_t *pl)
         if (rc <= 0)
             break;
     }
+    if (was_running && commit(&pl->workers[0], 0, 1))
+        set_failed(pl, sl_error_detail());
     pipeline_free(pl);
 }
 
 static void worker_free(worker_t *w)
 {
+    for (int i = 0; i < w->pending_count; i++)
+        sl_partition_unref(w->pending[i].partition);
+    sl_free(w->pending);
     batch_free(&w->batch);
     sl_free(w->outs);
     sl_exec_free(w->exec);

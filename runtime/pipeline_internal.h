@@ -26,6 +26,7 @@ typedef struct task {
     char *topic;               /* owned */
     sl_partition_t *partition; /* referenced */
     int64_t position;          /* next offset to read (committed or beyond) */
+    int64_t uncommitted;       /* processed up to here, not yet committed; -1: none */
     sl_reader_t *reader;
     int json;
 } task_t;
@@ -62,6 +63,10 @@ typedef struct worker {
     dead_letter_t *dead;
     task_t *current;
     uint32_t round_robin;
+    out_group_t *pending; /* partitions appended since the last commit: the
+                           * highest end (in count) each must reach */
+    int pending_count, pending_cap;
+    int64_t committed_ms; /* when this worker last committed */
 } worker_t;
 
 typedef struct pipeline {
