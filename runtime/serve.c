@@ -62,6 +62,7 @@ typedef struct node {
     const char *run_file; /* `sluice run`: the script to submit at start */
     pthread_t maintenance;
     pthread_mutex_t lock;
+    pthread_mutex_t listener_lock; /* server and pipelines, for on_durable */
     pthread_cond_t stop;
     int stopping;
 } node_t;
@@ -154,15 +155,19 @@ static int parse_serve(int argc, char **argv, node_t *n)
 }
 
 /* The log's listener: forwards to the server once it exists. */
+/* The log's listener, on whichever thread made data durable. The lock
+ * keeps stop_node() from freeing the server or the pipelines under it. */
 static void on_durable(void *arg, sl_partition_t *p, int64_t end)
 {
     node_t *n = arg;
+    pthread_mutex_lock(&n->listener_lock);
     sl_server_t *s = atomic_load(&n->server);
     sl_pipelines_t *m = atomic_load(&n->pipelines);
     if (s)
         sl_server_notify(s, p, end);
     if (m)
         sl_pipelines_notify(m);
+    pthread_mutex_unlock(&n->listener_lock);
 }
 
 static void *maintenance_main(void *arg)
@@ -268,8 +273,12 @@ static void stop_node(node_t *n)
     n->stopping = 1;
     pthread_cond_signal(&n->stop);
     pthread_mutex_unlock(&n->lock);
-    sl_server_free(atomic_exchange(&n->server, NULL));
-    sl_pipelines_close(atomic_exchange(&n->pipelines, NULL));
+    pthread_mutex_lock(&n->listener_lock);
+    sl_server_t *server = atomic_exchange(&n->server, NULL);
+    sl_pipelines_t *pipelines = atomic_exchange(&n->pipelines, NULL);
+    pthread_mutex_unlock(&n->listener_lock);
+    sl_pipelines_close(pipelines); /* before the log: its workers append */
+    sl_server_free(server);
     if (n->maintenance)
         pthread_join(n->maintenance, NULL);
     if (n->state)
@@ -309,6 +318,7 @@ static int serve_main(int argc, char **argv, const char *run_file)
     signal(SIGPIPE, SIG_IGN);
     raise_file_limit();
     pthread_mutex_init(&n.lock, NULL);
+    pthread_mutex_init(&n.listener_lock, NULL);
     pthread_cond_init(&n.stop, NULL);
     evthread_use_pthreads();
     n.base = event_base_new();
