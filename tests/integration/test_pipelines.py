@@ -289,6 +289,42 @@ class OperatorsTest(PipelineTestCase):
         self.assertEqual(sorted(r[2] for r in got), [b"user-%d" % i for i in range(6)])
 
 
+class WorkersTest(PipelineTestCase):
+    """The same keyed pipeline with explicit worker counts, so the one- and
+    the many-worker paths both run whatever the machine's core count."""
+
+    def run_keyed(self):
+        t_in, out = self.new_topic(3), self.new_topic(4)
+        name = self.pipeline_name()
+        self.submit_ok(name, fixture("key_by", **{"in": t_in, "out": out, "name": name}))
+        users = ["ann", "bob", "cid", "dee", "eve", "fay", "gus"]
+        for i in range(70):
+            self.produce(t_in, {"user": users[i % len(users)], "n": i}, "in%d" % i)
+        self.wait_records(out, 70)
+        self.wait_caught_up(name)
+        got = self.records(out)
+        self.assertEqual(sorted(json.loads(r[3])["n"] for r in got), list(range(70)))
+        where = {}
+        for p, _, key, _, _ in got:
+            where.setdefault(key, set()).add(p)
+        for key, parts in where.items():
+            self.assertEqual(len(parts), 1, "key %r in several partitions %r" % (key, parts))
+
+
+class OneWorkerTest(WorkersTest):
+    node_args = ("--workers", "1")
+
+    def test_one_worker_runs_every_task(self):
+        self.run_keyed()
+
+
+class ThreeWorkersTest(WorkersTest):
+    node_args = ("--workers", "3")
+
+    def test_three_workers_share_the_tasks(self):
+        self.run_keyed()
+
+
 class RecordsTest(PipelineTestCase):
     def test_timestamp_headers_and_number_keys(self):
         t_in, out = self.new_topic(1), self.new_topic(1)
