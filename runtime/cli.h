@@ -39,6 +39,9 @@ int cli_groups(int argc, char **argv);
 /* Prints "sluice: <what>: <detail or error name>" and returns 1. */
 int cli_fail(const char *what, int code);
 
+/* The pipeline name a script file gives: its base name without ".lua". */
+void cli_script_name(const char *path, char *out, size_t size);
+
 /* Parses a non-negative decimal integer; 0 on success, -1 otherwise. */
 int cli_parse_int(const char *text, int64_t *out);
 

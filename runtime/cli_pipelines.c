@@ -48,24 +48,6 @@ static int parse(int argc, char **argv, const char *command, const char *usage,
     return 0;
 }
 
-/* Reads the whole file into a buffer from sl_malloc. */
-static char *read_script(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    long n = -1;
-    char *text = NULL;
-    if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
-        text = sl_malloc((size_t)n + 1);
-    if (text && fread(text, 1, (size_t)n, f) != (size_t)n) {
-        sl_free(text);
-        text = NULL;
-    }
-    if (f)
-        fclose(f);
-    *len = (size_t)n;
-    return text;
-}
-
 static int send_script(const cli_server_t *server, const char *name, const char *text, size_t len)
 {
     const char *argv[] = {"PIPELINE", "SUBMIT", name, text};
@@ -94,13 +76,13 @@ int cli_submit(int argc, char **argv)
         return rc == 1 ? 0 : rc;
     if (optind != argc - 1)
         return cli_usage_error("submit", "submit", "give exactly one script file");
-    const char *file = argv[optind], *base = strrchr(file, '/') ? strrchr(file, '/') + 1 : file;
-    size_t n = strlen(base), len;
-    snprintf(derived, sizeof derived, "%.*s",
-             (int)(n > 4 && !strcmp(base + n - 4, ".lua") ? n - 4 : n), base);
-    char *text = read_script(file, &len);
-    if (!text)
-        return fprintf(stderr, "sluice: submit: cannot read %s\n", file), 1;
+    char *text;
+    size_t len;
+    cli_script_name(argv[optind], derived, sizeof derived);
+    if ((rc = sl_io_read_file(argv[optind], &text, &len)))
+        return fprintf(stderr, "sluice: submit: cannot read %s: %s\n", argv[optind],
+                       sl_strerror(rc)),
+               1;
     rc = send_script(&server, name ? name : derived, text, len);
     sl_free(text);
     return rc;

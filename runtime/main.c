@@ -38,6 +38,15 @@ int cli_fail(const char *what, int code)
     return 1;
 }
 
+void cli_script_name(const char *path, char *out, size_t size)
+{
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    size_t len = strlen(base);
+    if (len > 4 && !strcmp(base + len - 4, ".lua"))
+        len -= 4;
+    snprintf(out, size, "%.*s", (int)len, base);
+}
+
 int cli_parse_int(const char *text, int64_t *out)
 {
     char *end;

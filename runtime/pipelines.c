@@ -146,18 +146,12 @@ static void load_one(sl_pipelines_t *m, const char *file)
     char path[PATH_MAX], name[160];
     snprintf(path, sizeof path, "%s/%s", m->dir, file);
     snprintf(name, sizeof name, "%.*s", (int)(strlen(file) - 4), file);
-    FILE *f = fopen(path, "rb");
     char *text = NULL;
-    long n = -1;
-    if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
-        text = sl_malloc((size_t)n + 1);
-    if (text && fread(text, 1, (size_t)n, f) != (size_t)n)
-        n = -1;
-    if (f)
-        fclose(f);
-    if (!text || n < 0 || sl_pipelines_submit(m, name, text, (size_t)n))
+    size_t n;
+    int rc = sl_io_read_file(path, &text, &n);
+    if (rc || sl_pipelines_submit(m, name, text, n))
         sl_report(SL_ERROR, "pipeline", "%s: not started: %s", path,
-                  text ? sl_error_detail() : "cannot read it");
+                  rc ? sl_strerror(rc) : sl_error_detail());
     sl_free(text);
 }
 

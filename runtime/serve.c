@@ -214,25 +214,13 @@ static void raise_file_limit(void)
 /* `sluice run`: submits the script file, named after the file. */
 static int submit_file(node_t *n)
 {
-    char name[160];
-    const char *base = strrchr(n->run_file, '/') ? strrchr(n->run_file, '/') + 1 : n->run_file;
-    size_t len = strlen(base);
-    if (len > 4 && !strcmp(base + len - 4, ".lua"))
-        len -= 4;
-    snprintf(name, sizeof name, "%.*s", (int)len, base);
-    FILE *f = fopen(n->run_file, "rb");
-    long size = -1;
-    char *text = NULL;
-    if (f && fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
-        text = sl_malloc((size_t)size + 1);
-    size_t got = text ? fread(text, 1, (size_t)size, f) : 0;
-    if (f)
-        fclose(f);
-    if (!text || got != (size_t)size) {
-        sl_free(text);
-        return fprintf(stderr, "sluice run: cannot read %s\n", n->run_file), 1;
-    }
-    int rc = text ? sl_pipelines_submit(atomic_load(&n->pipelines), name, text, got) : -ENOMEM;
+    char name[160], *text;
+    size_t len;
+    cli_script_name(n->run_file, name, sizeof name);
+    int rc = sl_io_read_file(n->run_file, &text, &len);
+    if (rc)
+        return fprintf(stderr, "sluice run: cannot read %s: %s\n", n->run_file, sl_strerror(rc)), 1;
+    rc = sl_pipelines_submit(atomic_load(&n->pipelines), name, text, len);
     sl_free(text);
     if (rc)
         return cli_fail("run", rc);

@@ -32,9 +32,7 @@ int sl_io_sync_dir(const char *path);
  * the directory. Returns 0 or -errno. */
 int sl_io_write_file(const char *path, const void *data, size_t n);
 
-/* Reads a whole small file into a buffer from sl_malloc (NUL-terminated,
- * the caller frees it). Returns 0, -ENOENT, or -errno. */
-int sl_io_read_file(const char *path, char **data, size_t *n);
+/* sl_io_read_file() is public: see storage.h. */
 
 /* Removes a directory tree. Returns 0 or -errno. */
 int sl_io_remove_tree(const char *path);

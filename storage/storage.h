@@ -77,6 +77,10 @@ void sl_alloc_fail_after(long n);
  * Returns 0 or -ENOMEM (the array is then unchanged). */
 int sl_array_reserve(void **array, size_t *cap, size_t need, size_t item);
 
+/* Reads a whole file into a buffer from sl_malloc (NUL-terminated, the
+ * caller frees it); *n is its length. Returns 0, -ENOENT, or -errno. */
+int sl_io_read_file(const char *path, char **data, size_t *n);
+
 /* ---- diagnostics ------------------------------------------------------ */
 
 typedef enum { SL_DEBUG = 0, SL_INFO = 1, SL_WARN = 2, SL_ERROR = 3 } sl_level_t;
