@@ -70,19 +70,25 @@ static int parse_fetch(sl_request_t *req, fetch_args_t *a)
     if (sl_arg_int(&req->argv[3], 0, INT64_MAX, &a->offset))
         return sl_request_error(req, "offset must be a non-negative integer");
     a->partition = sl_topic_partition(t, (int32_t)part);
-    a->count = 100;
-    a->block_ms = -1;
-    for (size_t i = 4; i < req->argc; i += 2) {
-        int64_t *into = sl_arg_is(&req->argv[i], "COUNT")   ? &a->count
-                        : sl_arg_is(&req->argv[i], "BLOCK") ? &a->block_ms
+    if (sl_read_options(req, 4, &a->count, &a->block_ms))
+        return sl_request_error(req, "syntax error: FETCH topic partition offset [COUNT n "
+                                     "(1-100000)] [BLOCK ms (0 = forever)]");
+    return -1;
+}
+
+int sl_read_options(const sl_request_t *req, size_t from, int64_t *count, int64_t *block_ms)
+{
+    *count = 100;
+    *block_ms = -1;
+    for (size_t i = from; i < req->argc; i += 2) {
+        int64_t *into = sl_arg_is(&req->argv[i], "COUNT")   ? count
+                        : sl_arg_is(&req->argv[i], "BLOCK") ? block_ms
                                                             : NULL;
         if (!into || i + 1 >= req->argc ||
-            sl_arg_int(&req->argv[i + 1], into == &a->count, into == &a->count ? 100000 : INT32_MAX,
-                       into))
-            return sl_request_error(req, "syntax error: FETCH topic partition offset [COUNT n "
-                                         "(1-100000)] [BLOCK ms (0 = forever)]");
+            sl_arg_int(&req->argv[i + 1], into == count, into == count ? 100000 : INT32_MAX, into))
+            return -1;
     }
-    return -1;
+    return 0;
 }
 
 /* Blocks the request (first run) or answers its timeout (deadline over). */

@@ -130,20 +130,12 @@ static int group_fetch(sl_request_t *req)
 {
     char group[256];
     sl_topic_t *t;
-    int64_t count = 100, block_ms = -1;
+    int64_t count, block_ms;
     if (req->argc < 4 || group_and_topic(req, 2, group, sizeof group, &t) == SL_DONE)
         return req->argc < 4 ? sl_request_error(req, "GROUP FETCH group topic [COUNT n] [BLOCK ms]")
                              : SL_DONE;
-    for (size_t i = 4; i < req->argc; i += 2) {
-        int64_t *into = sl_arg_is(&req->argv[i], "COUNT")   ? &count
-                        : sl_arg_is(&req->argv[i], "BLOCK") ? &block_ms
-                                                            : NULL;
-        if (!into || i + 1 >= req->argc ||
-            sl_arg_int(&req->argv[i + 1], into == &count, into == &count ? 100000 : INT32_MAX,
-                       into))
-            return sl_request_error(req,
-                                    "syntax error: GROUP FETCH group topic [COUNT n] [BLOCK ms]");
-    }
+    if (sl_read_options(req, 4, &count, &block_ms))
+        return sl_request_error(req, "syntax error: GROUP FETCH group topic [COUNT n] [BLOCK ms]");
     group_entry_t *e = group_entry(req->server, group, t);
     if (!e)
         return sl_request_error(req, "cannot load group %s: %s", group, sl_error_detail());

@@ -171,6 +171,10 @@ int sl_cmd_seek(sl_request_t *req);
 int sl_fetch_records(sl_request_t *req, sl_partition_t *p, int64_t *offset, int64_t max,
                      const char *group_topic);
 
+/* Parses the read options [COUNT n (1-100000, default 100)] [BLOCK ms (0 =
+ * forever; absent: -1)] from argv[from] on. 0, or -1 for a syntax error. */
+int sl_read_options(const sl_request_t *req, size_t from, int64_t *count, int64_t *block_ms);
+
 /* For a read that found nothing: blocks the connection until the BLOCK
  * deadline (block_ms >= 0; 0 = forever) or replies an empty array. */
 int sl_block_or_empty(sl_request_t *req, int64_t block_ms);
