@@ -256,6 +256,13 @@ static const char *command_name(const sl_resp_arg_t *a, char *buf, size_t size)
     return buf;
 }
 
+/* Redis's arity rule: N means exactly N arguments (the name included),
+ * -N at least N. */
+static int arity_ok(int arity, size_t argc)
+{
+    return arity > 0 ? (int64_t)argc == arity : (int64_t)argc >= -arity;
+}
+
 static int check_command(sl_request_t *req, const sl_command_t *cmd)
 {
     char name[64];
@@ -267,8 +274,7 @@ static int check_command(sl_request_t *req, const sl_command_t *cmd)
     }
     if (c->server->options.requirepass && !c->authenticated && !cmd->allowed_before_auth)
         return sl_request_error(req, "NOAUTH Authentication required.");
-    if ((cmd->arity > 0 && (int64_t)req->argc != cmd->arity) ||
-        (int64_t)req->argc < (cmd->arity < 0 ? -cmd->arity : cmd->arity))
+    if (!arity_ok(cmd->arity, req->argc))
         return sl_request_error(req, "wrong number of arguments for '%s' command", cmd->name);
     return -1;
 }
@@ -297,8 +303,7 @@ static int run_extra(sl_request_t *req)
         int64_t started = sl_now_ns();
         if (s->options.requirepass && !req->conn->authenticated)
             sl_request_error(req, "NOAUTH Authentication required.");
-        else if ((e->arity > 0 && (int64_t)req->argc != e->arity) ||
-                 (int64_t)req->argc < (e->arity < 0 ? -e->arity : e->arity))
+        else if (!arity_ok(e->arity, req->argc))
             sl_request_error(req, "wrong number of arguments for '%s' command", e->name);
         else
             req->failed = e->fn(e->arg, req->argc, req->argv, &req->reply);
