@@ -19,87 +19,17 @@
 
 #define BATCH 1024
 
-/* ---- the batch arena ------------------------------------------------------ */
-
-/* Copies len bytes into the arena; returns the offset or -1. */
-static int64_t keep_bytes(batch_t *b, const uint8_t *data, int32_t len)
-{
-    size_t at = b->arena_len;
-    if (len <= 0)
-        return (int64_t)at;
-    if (sl_array_reserve((void **)&b->arena, &b->arena_cap, at + (size_t)len, 1))
-        return -1;
-    memcpy(b->arena + at, data, (size_t)len);
-    b->arena_len += (size_t)len;
-    return (int64_t)at;
-}
-
-/* Copies a record's bytes, storing arena offsets in its pointer fields
- * until batch_fix() turns them into pointers. */
-static int batch_add(batch_t *b, const sl_record_t *r)
-{
-    if (sl_array_reserve((void **)&b->recs, &b->recs_cap, b->count + 1, sizeof *b->recs) ||
-        sl_array_reserve((void **)&b->headers, &b->headers_cap, b->header_count + r->header_count,
-                         sizeof *b->headers))
-        return -ENOMEM;
-    sl_record_t *c = &b->recs[b->count];
-    *c = *r;
-    int64_t key = keep_bytes(b, r->key, r->key_len), value = keep_bytes(b, r->value, r->value_len);
-    if (key < 0 || value < 0)
-        return -ENOMEM;
-    c->key = (const uint8_t *)(uintptr_t)key;
-    c->value = (const uint8_t *)(uintptr_t)value;
-    c->headers = (const sl_header_t *)(uintptr_t)b->header_count;
-    for (uint32_t i = 0; i < r->header_count; i++) {
-        const sl_header_t *h = &r->headers[i];
-        int64_t name = keep_bytes(b, h->name, h->name_len);
-        int64_t val = keep_bytes(b, h->value, h->value_len);
-        if (name < 0 || val < 0)
-            return -ENOMEM;
-        b->headers[b->header_count++] =
-            (sl_header_t){(const uint8_t *)(uintptr_t)name, h->name_len,
-                          (const uint8_t *)(uintptr_t)val, h->value_len};
-    }
-    b->count++;
-    return 0;
-}
-
-static void batch_fix(batch_t *b)
-{
-    for (size_t i = 0; i < b->header_count; i++) {
-        b->headers[i].name = (const uint8_t *)b->arena + (uintptr_t)b->headers[i].name;
-        b->headers[i].value = (const uint8_t *)b->arena + (uintptr_t)b->headers[i].value;
-    }
-    for (size_t i = 0; i < b->count; i++) {
-        sl_record_t *r = &b->recs[i];
-        r->key = (const uint8_t *)b->arena + (uintptr_t)r->key;
-        r->value = (const uint8_t *)b->arena + (uintptr_t)r->value;
-        r->headers = b->headers + (uintptr_t)r->headers;
-    }
-}
-
-void batch_free(batch_t *b)
-{
-    sl_free(b->arena);
-    sl_free(b->recs);
-    sl_free(b->headers);
-}
-
 /* Reads up to BATCH records of the task into the batch. */
-static int batch_read(pipeline_t *pl, task_t *t, batch_t *b)
+static int batch_read(task_t *t, sl_record_set_t *b)
 {
     sl_record_t rec;
     int rc = 0;
-    b->count = b->header_count = b->arena_len = 0;
-    if (sl_array_reserve((void **)&b->arena, &b->arena_cap, 1, 1))
-        return -ENOMEM;
+    sl_record_set_reset(b);
     if (!t->reader && (rc = sl_reader_open(t->partition, t->position, &t->reader)))
         return rc;
     while (b->count < BATCH && (rc = sl_reader_next(t->reader, &rec)) == 1)
-        if ((rc = batch_add(b, &rec)))
+        if ((rc = sl_record_set_add(b, &rec)))
             return rc;
-    (void)pl;
-    batch_fix(b);
     return rc < 0 ? rc : 0;
 }
 
@@ -304,20 +234,21 @@ static int commit(worker_t *w, int first, int stride)
  * waiting, or an error that stops the pipeline. */
 static int step(worker_t *w, task_t *t)
 {
-    batch_t *b = &w->batch;
+    sl_record_set_t *b = &w->batch;
     size_t done = 0;
-    int rc = batch_read(w->pl, t, b);
+    int rc = batch_read(t, b);
     if (rc || b->count == 0)
         return rc;
+    const sl_record_t *recs = sl_record_set_array(b);
     sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json};
     sl_exec_output_t out = {on_emit, on_failed, w};
     w->current = t;
     w->round_robin++;
-    int stopped = sl_exec_batch(w->exec, t->entry, &origin, b->recs, b->count, &out, &done);
+    int stopped = sl_exec_batch(w->exec, t->entry, &origin, recs, b->count, &out, &done);
     rc = flush_outputs(w);
     sl_exec_reset(w->exec);
     if (rc == 0 && done > 0) {
-        t->position = b->recs[done - 1].offset + 1;
+        t->position = recs[done - 1].offset + 1;
         t->uncommitted = t->position;
     }
     if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= COMMIT_MS))
@@ -658,7 +589,7 @@ static void worker_free(worker_t *w)
     for (int i = 0; i < w->pending_count; i++)
         sl_partition_unref(w->pending[i].partition);
     sl_free(w->pending);
-    batch_free(&w->batch);
+    sl_record_set_free(&w->batch);
     sl_free(w->outs);
     sl_exec_free(w->exec);
     sl_dag_free(w->dag);

@@ -10,16 +10,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-/* A batch of input records copied out of a reader. */
-typedef struct batch {
-    char *arena;
-    size_t arena_len, arena_cap;
-    sl_record_t *recs;
-    size_t count, recs_cap;
-    sl_header_t *headers;
-    size_t header_count, headers_cap;
-} batch_t;
-
 /* One partition a stage reads. */
 typedef struct task {
     int entry;                 /* the stage's entry op */
@@ -57,7 +47,7 @@ typedef struct worker {
     sl_vm_t *vm;
     sl_dag_t *dag; /* compiled in vm; equal to every other worker's */
     sl_exec_t *exec;
-    batch_t batch;
+    sl_record_set_t batch; /* input records copied out of a reader */
     out_group_t *outs;
     int out_count, out_cap;
     dead_letter_t *dead;
@@ -113,7 +103,6 @@ void pipeline_free(pipeline_t *pl); /* stops the thread first */
  * stages run until their repartition topics are drained, then it is freed
  * (so no record that entered it is left behind). */
 void pipeline_drain_and_free(pipeline_t *pl);
-void batch_free(batch_t *b);
 int pipeline_failed(pipeline_t *pl, char *error, size_t size);
 
 #endif

@@ -118,6 +118,34 @@ typedef struct sl_record {
     uint32_t header_count;
 } sl_record_t;
 
+/*
+ * A growable set of records that owns copies of their bytes: add records
+ * (their key, value and headers are copied), then take them as one array.
+ * The array's pointers are valid until the next reset or free; records
+ * must not be added after sl_record_set_array() until a reset. A
+ * zero-initialised set is empty.
+ */
+typedef struct sl_record_set {
+    sl_record_t *records;
+    size_t count, records_cap;
+    sl_header_t *headers;
+    size_t header_count, headers_cap;
+    char *bytes;
+    size_t bytes_len, bytes_cap;
+    int fixed; /* the array's pointers are real */
+} sl_record_set_t;
+
+/* Copies r into the set. Returns 0 or -ENOMEM (the set is unchanged). */
+int sl_record_set_add(sl_record_set_t *s, const sl_record_t *r);
+
+/* The records added, in order (s->count of them), pointing into the set. */
+sl_record_t *sl_record_set_array(sl_record_set_t *s);
+
+/* Empties the set, keeping its memory for reuse. */
+void sl_record_set_reset(sl_record_set_t *s);
+
+void sl_record_set_free(sl_record_set_t *s);
+
 /* ---- topics ----------------------------------------------------------- */
 
 typedef enum { SL_FSYNC_NEVER = 0, SL_FSYNC_INTERVAL = 1, SL_FSYNC_ALWAYS = 2 } sl_fsync_t;
