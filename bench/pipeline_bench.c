@@ -146,97 +146,17 @@ static double thread_cpu(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* ---- the batch arena (as runtime/pipeline.c) ------------------------------ */
+/* ---- reading a batch (as runtime/pipeline.c) ----------------------------- */
 
-typedef struct batch {
-    sl_record_t *recs;
-    size_t count, recs_cap;
-    sl_header_t *headers;
-    size_t header_count, headers_cap;
-    uint8_t *arena;
-    size_t arena_len, arena_cap;
-} batch_t;
-
-static int reserve(void **array, size_t *cap, size_t need, size_t item)
-{
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *grown = sl_realloc(*array, n * item);
-    if (!grown)
-        return -ENOMEM;
-    *array = grown;
-    *cap = n;
-    return 0;
-}
-
-static int64_t keep_bytes(batch_t *b, const uint8_t *data, int32_t len)
-{
-    size_t at = b->arena_len;
-    if (len <= 0)
-        return (int64_t)at;
-    if (reserve((void **)&b->arena, &b->arena_cap, at + (size_t)len, 1))
-        return -1;
-    memcpy(b->arena + at, data, (size_t)len);
-    b->arena_len += (size_t)len;
-    return (int64_t)at;
-}
-
-static int batch_add(batch_t *b, const sl_record_t *r)
-{
-    if (reserve((void **)&b->recs, &b->recs_cap, b->count + 1, sizeof *b->recs) ||
-        reserve((void **)&b->headers, &b->headers_cap, b->header_count + r->header_count,
-                sizeof *b->headers))
-        return -ENOMEM;
-    sl_record_t *c = &b->recs[b->count];
-    *c = *r;
-    int64_t key = keep_bytes(b, r->key, r->key_len), value = keep_bytes(b, r->value, r->value_len);
-    if (key < 0 || value < 0)
-        return -ENOMEM;
-    c->key = (const uint8_t *)(uintptr_t)key;
-    c->value = (const uint8_t *)(uintptr_t)value;
-    c->headers = (const sl_header_t *)(uintptr_t)b->header_count;
-    for (uint32_t i = 0; i < r->header_count; i++) {
-        const sl_header_t *h = &r->headers[i];
-        int64_t name = keep_bytes(b, h->name, h->name_len);
-        int64_t val = keep_bytes(b, h->value, h->value_len);
-        if (name < 0 || val < 0)
-            return -ENOMEM;
-        b->headers[b->header_count++] =
-            (sl_header_t){(const uint8_t *)(uintptr_t)name, h->name_len,
-                          (const uint8_t *)(uintptr_t)val, h->value_len};
-    }
-    b->count++;
-    return 0;
-}
-
-static void batch_fix(batch_t *b)
-{
-    for (size_t i = 0; i < b->header_count; i++) {
-        b->headers[i].name = (const uint8_t *)b->arena + (uintptr_t)b->headers[i].name;
-        b->headers[i].value = (const uint8_t *)b->arena + (uintptr_t)b->headers[i].value;
-    }
-    for (size_t i = 0; i < b->count; i++) {
-        sl_record_t *r = &b->recs[i];
-        r->key = (const uint8_t *)b->arena + (uintptr_t)r->key;
-        r->value = (const uint8_t *)b->arena + (uintptr_t)r->value;
-        r->headers = b->headers + (uintptr_t)r->headers;
-    }
-}
-
-static int batch_read(sl_reader_t *reader, batch_t *b)
+static int batch_read(sl_reader_t *reader, sl_record_set_t *b)
 {
     sl_record_t rec;
     int rc = 0;
-    b->count = b->header_count = b->arena_len = 0;
-    if (reserve((void **)&b->arena, &b->arena_cap, 1, 1))
-        return -ENOMEM;
+    sl_record_set_reset(b);
     while (b->count < BATCH && (rc = sl_reader_next(reader, &rec)) == 1)
-        if ((rc = batch_add(b, &rec)))
+        if ((rc = sl_record_set_add(b, &rec)))
             return rc;
-    batch_fix(b);
+    sl_record_set_array(b);
     return rc < 0 ? rc : 0;
 }
 
@@ -263,7 +183,7 @@ typedef struct worker {
     sl_dag_t *dag;
     sl_exec_t *exec;
     const sl_op_t *source, *filter, *map, *sink;
-    batch_t batch;
+    sl_record_set_t batch;
     task_t tasks[MAX_PARTS];
     out_group_t outs[OUT_PARTS + 1];
     int out_count;
@@ -307,9 +227,7 @@ static void worker_teardown(worker_t *w)
     sl_exec_free(w->exec);
     sl_dag_free(w->dag);
     sl_vm_free(w->vm);
-    sl_free(w->batch.recs);
-    sl_free(w->batch.headers);
-    sl_free(w->batch.arena);
+    sl_record_set_free(&w->batch);
 }
 
 /* -- outputs, as runtime/pipeline.c (queue_record, on_emit, flush_outputs) -- */
@@ -334,7 +252,7 @@ static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *
     int32_t part = rec->key_len >= 0 ? sl_partition_for_key(rec->key, (size_t)rec->key_len, n)
                                      : (int32_t)(w->round_robin % (uint32_t)n);
     out_group_t *g = group_for(w, sl_topic_partition(t, part));
-    if (reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
+    if (sl_array_reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
         return -ENOMEM;
     g->recs[g->count++] = *rec;
     return 0;
@@ -383,12 +301,12 @@ static int flush_outputs(worker_t *w, int append)
 /* The cumulative variants below sl_exec_batch: the VM calls by hand. */
 static int run_calls(worker_t *w, const sl_vm_origin_t *origin)
 {
-    const batch_t *b = &w->batch;
+    const sl_record_set_t *b = &w->batch;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < b->count; i++) {
         int slot, keep = 1, out;
         sl_record_t rec;
-        if ((rc = sl_vm_record_load(w->vm, &b->recs[i], origin, &slot)) || w->mode < M_FILTER)
+        if ((rc = sl_vm_record_load(w->vm, &b->records[i], origin, &slot)) || w->mode < M_FILTER)
             continue;
         if ((rc = sl_vm_call_filter(w->vm, w->filter, slot, &keep)) || !keep)
             continue;
@@ -406,7 +324,7 @@ static int run_calls(worker_t *w, const sl_vm_origin_t *origin)
 
 static int step(worker_t *w, task_t *t)
 {
-    batch_t *b = &w->batch;
+    sl_record_set_t *b = &w->batch;
     int rc = batch_read(t->reader, b);
     if (rc)
         return rc;
@@ -423,16 +341,16 @@ static int step(worker_t *w, task_t *t)
     sl_exec_output_t out = {on_emit, on_failed, w};
     size_t done = 0;
     w->round_robin++;
-    int stopped = sl_exec_batch(w->exec, w->source->id, &origin, b->recs, b->count, &out, &done);
+    int stopped = sl_exec_batch(w->exec, w->source->id, &origin, b->records, b->count, &out, &done);
     rc = flush_outputs(w, w->mode != M_EXEC);
     sl_exec_reset(w->exec);
     if (rc == 0 && w->mode == M_COMMIT && done > 0) {
         int32_t part = sl_partition_id(t->partition);
-        int64_t next = b->recs[done - 1].offset + 1;
+        int64_t next = b->records[done - 1].offset + 1;
         rc = sl_offsets_commit(g_state, "pipeline.bench", "in", &part, &next, 1);
     }
     if (rc == 0 && done > 0)
-        t->position = b->recs[done - 1].offset + 1;
+        t->position = b->records[done - 1].offset + 1;
     return rc ? rc : stopped;
 }
 
