@@ -61,37 +61,28 @@ static out_group_t *group_for(worker_t *w, sl_partition_t *p)
 
 /* Queues rec for topic: keyed records to Kafka's partition for the key,
  * null-key records to one partition per batch, in turn. */
-static int queue_record(worker_t *w, sl_topic_t *t, const sl_record_t *rec)
+static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *rec)
 {
+    sl_topic_t *t = sl_log_topic(w->pl->log, topic_name);
+    if (!t)
+        return sl_error_set(SL_ENOTFOUND, "pipeline %s: topic %s is gone", w->pl->name, topic_name);
     int32_t n = sl_topic_config(t)->partitions;
     int32_t part = rec->key_len >= 0 ? sl_partition_for_key(rec->key, (size_t)rec->key_len, n)
                                      : (int32_t)(w->round_robin % (uint32_t)n);
     out_group_t *g = group_for(w, sl_topic_partition(t, part));
     if (!g || sl_array_reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
         return -ENOMEM;
-    g->recs[g->count++] = *rec;
+    g->recs[g->count] = *rec;
+    g->recs[g->count++].timestamp = rec->timestamp;
     return 0;
-}
-
-static sl_topic_t *find_topic(worker_t *w, const char *name)
-{
-    sl_topic_t *t = sl_log_topic(w->pl->log, name);
-    if (!t)
-        sl_error_set(SL_ENOTFOUND, "pipeline %s: topic %s is gone", w->pl->name, name);
-    return t;
 }
 
 static int on_emit(void *arg, const sl_op_t *exit, const sl_record_t *rec)
 {
     worker_t *w = arg;
     char topic[SL_TOPIC_NAME_MAX + 64];
-    sl_topic_t **t = &w->exit_topics[exit->id]; /* looked up once per batch */
-    if (!*t) {
-        exit_topic(w->pl, exit, topic, sizeof topic);
-        if (!(*t = find_topic(w, topic)))
-            return SL_ENOTFOUND;
-    }
-    return queue_record(w, *t, rec);
+    exit_topic(w->pl, exit, topic, sizeof topic);
+    return queue_record(w, topic, rec);
 }
 
 /* A dead letter: the input record with headers saying what went wrong. */
@@ -117,8 +108,7 @@ static int dead_letter(worker_t *w, const sl_record_t *input, const char *why)
     rec.headers = d->headers;
     rec.header_count = 4;
     snprintf(dlq, sizeof dlq, "%s.dlq", w->pl->name);
-    sl_topic_t *t = find_topic(w, dlq);
-    return t ? queue_record(w, t, &rec) : SL_ENOTFOUND;
+    return queue_record(w, dlq, &rec);
 }
 
 static int on_failed(void *arg, const sl_op_t *op, const sl_record_t *input, const char *why)
@@ -250,7 +240,6 @@ static int step(worker_t *w, task_t *t)
     if (rc || b->count == 0)
         return rc;
     const sl_record_t *recs = sl_record_set_array(b);
-    memset(w->exit_topics, 0, (size_t)w->dag->op_count * sizeof *w->exit_topics);
     sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json};
     sl_exec_output_t out = {on_emit, on_failed, w};
     w->current = t;
@@ -511,8 +500,6 @@ static int compile_worker(pipeline_t *pl, worker_t *w)
                           chunk);
     if (rc == 0)
         rc = sl_exec_new(w->dag, &w->exec);
-    if (rc == 0 && !(w->exit_topics = sl_calloc((size_t)w->dag->op_count, sizeof *w->exit_topics)))
-        rc = -ENOMEM;
     return rc;
 }
 
@@ -603,7 +590,6 @@ static void worker_free(worker_t *w)
         sl_partition_unref(w->pending[i].partition);
     sl_free(w->pending);
     sl_record_set_free(&w->batch);
-    sl_free(w->exit_topics);
     sl_free(w->outs);
     sl_exec_free(w->exec);
     sl_dag_free(w->dag);

@@ -53,9 +53,8 @@ typedef struct worker {
     dead_letter_t *dead;
     task_t *current;
     uint32_t round_robin;
-    sl_topic_t **exit_topics; /* per op id: its exit's topic, found once per batch */
-    out_group_t *pending;     /* partitions appended since the last commit: the
-                               * highest end (in count) each must reach */
+    out_group_t *pending; /* partitions appended since the last commit: the
+                           * highest end (in count) each must reach */
     int pending_count, pending_cap;
     int64_t committed_ms; /* when this worker last committed */
 } worker_t;
