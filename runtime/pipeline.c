@@ -72,8 +72,7 @@ static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *
     out_group_t *g = group_for(w, sl_topic_partition(t, part));
     if (!g || sl_array_reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
         return -ENOMEM;
-    g->recs[g->count] = *rec;
-    g->recs[g->count++].timestamp = rec->timestamp;
+    g->recs[g->count++] = *rec;
     return 0;
 }
 
