@@ -469,6 +469,19 @@ class OnErrorTest(PipelineTestCase):
 # ---- submitting, replacing, stopping -------------------------------------------------
 
 
+class SinkGoneTest(PipelineTestCase):
+    def test_deleting_the_sink_topic_fails_the_pipeline(self):
+        t_in, out = self.new_topic(1), self.new_topic(1)
+        name = self.pipeline_name()
+        self.submit_ok(name, fixture("copy", **{"in": t_in, "out": out}))
+        self.produce(t_in, {"n": 1})
+        self.wait_records(out, 1)
+        self.assertEqual(self.r.execute_command("TOPIC", "DELETE", out), b"OK")
+        self.produce(t_in, {"n": 2})
+        state, error = self.wait_state(name, "failed")
+        self.assertIn("topic %s is gone" % out, error)
+
+
 class SubmitTest(PipelineTestCase):
     def test_compile_errors_name_the_line_and_keep_the_running_version(self):
         t_in, out = self.new_topic(1), self.new_topic(1)
