@@ -376,4 +376,65 @@ void sl_reader_set_limit(sl_reader_t *r, int64_t limit);
 
 void sl_reader_close(sl_reader_t *r);
 
+/* ---- work queues ---------------------------------------------------- */
+
+/*
+ * RabbitMQ's routing and delivery on top of the log (DESIGN.md section 9).
+ * Exchanges route a message by its routing key (and headers) through
+ * bindings to queues; a queue is a transactional log (one partition per
+ * priority level) plus delivery state in LMDB.
+ *
+ * Routing rules (exchange.c) are pure functions, RabbitMQ's exactly:
+ *
+ *   direct   the binding's pattern equals the routing key (bytes);
+ *   topic    pattern and key are words separated by '.' (an empty key is
+ *            no words; "a." is "a" and an empty word); in the pattern a
+ *            word "*" matches exactly one word (an empty one too) and "#"
+ *            zero or more words; any other word matches itself;
+ *   fanout   every binding matches;
+ *   headers  the binding's arguments other than x-* ones are compared
+ *            with the message headers: x-match all (the default) needs
+ *            every one present with an equal value, any needs one;
+ *            all-with-x / any-with-x compare x-* arguments too.
+ */
+typedef enum {
+    SL_EXCHANGE_DIRECT = 0,
+    SL_EXCHANGE_TOPIC = 1,
+    SL_EXCHANGE_FANOUT = 2,
+    SL_EXCHANGE_HEADERS = 3,
+} sl_exchange_type_t;
+
+/* Longest routing key and binding pattern, in bytes (AMQP's shortstr). */
+#define SL_ROUTING_KEY_MAX 255
+
+/* The type named text[0..len) ("direct", "topic", "fanout", "headers",
+ * any case). Returns 0 or SL_EINVALID with a detail. */
+int sl_exchange_type_parse(const char *text, size_t len, sl_exchange_type_t *out);
+
+/* The lower-case name of a type. */
+const char *sl_exchange_type_name(sl_exchange_type_t type);
+
+/* 1 if the topic pattern matches the routing key, else 0. Both are at most
+ * SL_ROUTING_KEY_MAX bytes (longer ones never match). */
+int sl_exchange_topic_match(const char *pattern, size_t pattern_len, const char *key,
+                            size_t key_len);
+
+/* 1 if a headers binding with arguments args[0..nargs) matches a message
+ * with headers headers[0..count), else 0. Values compare as bytes; a null
+ * value equals only a null value. */
+int sl_exchange_headers_match(const sl_header_t *args, size_t nargs, const sl_header_t *headers,
+                              size_t count);
+
+/* Checks a binding's pattern and arguments for an exchange of that type:
+ * the pattern's length, and for headers an x-match of all, any, all-with-x
+ * or any-with-x. Returns 0 or SL_EINVALID with a detail. */
+int sl_exchange_binding_check(sl_exchange_type_t type, size_t pattern_len, const sl_header_t *args,
+                              size_t nargs);
+
+/* 1 if a binding (pattern, args) of an exchange of that type routes a
+ * message with that key and headers, else 0. */
+int sl_exchange_binding_matches(sl_exchange_type_t type, const char *pattern, size_t pattern_len,
+                                const sl_header_t *args, size_t nargs, const char *key,
+                                size_t key_len, const sl_header_t *headers, size_t count);
+
 #endif
