@@ -264,11 +264,15 @@ static int swap_in(sl_partition_t *p, sl_segment_t *old, int64_t kept_bytes)
     return rc;
 }
 
-/* The closed segments, referenced, into *out (caller frees). */
+/* The closed segments, referenced, into *out (caller frees). Of a
+ * transactional partition, only those wholly below the committed end: the
+ * key map stops there, and a record it has not seen would look obsolete. */
 static int32_t closed_segments(sl_partition_t *p, sl_segment_t ***out)
 {
     pthread_mutex_lock(&p->lock);
     int32_t n = p->deleted ? 0 : p->segment_count - 1;
+    while (n > 0 && p->transactional && p->segments[n - 1]->end_offset > p->committed_end)
+        n--;
     *out = sl_malloc((size_t)(n > 0 ? n : 1) * sizeof **out);
     if (!*out)
         n = -ENOMEM;

@@ -8,9 +8,13 @@
  *                                allowed in topic names); removed on open
  *
  * The topic table is a sorted array under one mutex; topic operations are
- * rare next to appends and reads, which never touch it.
+ * rare next to appends and reads, which never touch it. LMDB writes (the
+ * lso entries of a deleted topic, recovery) are never made under that
+ * mutex: a committing task holds the write transaction and may look up a
+ * topic meanwhile.
  */
 #include "storage/io.h"
+#include "storage/lso.h"
 #include "storage/topic.h"
 
 #include <dirent.h>
@@ -32,6 +36,7 @@ struct sl_log {
     sl_topic_t **topics; /* sorted by name */
     size_t topic_count, topic_cap;
     unsigned long deletions;
+    sl_state_t *state; /* from sl_log_attach_state(), under lock */
 };
 
 static int64_t wall_clock_ms(void *arg)
@@ -259,11 +264,71 @@ int sl_log_delete_topic(sl_log_t *log, const char *name)
     snprintf(dir, sizeof dir, "%s/%s", log->topics_dir, name);
     snprintf(doomed, sizeof doomed, "%s/deleted~%s~%lu", log->topics_dir, name, log->deletions++);
     int rc = rename(dir, doomed) ? -errno : sl_io_sync_dir(log->topics_dir);
+    sl_state_t *state = t->config.transactional ? log->state : NULL;
     pthread_mutex_unlock(&log->lock);
     sl_topic_discard(t, log->env.flusher);
     if (rc == 0)
         sl_io_remove_tree(doomed);
+    if (rc == 0 && state && sl_lso_delete_topic(state, name))
+        sl_report(SL_WARN, "log", "topic %s deleted but its committed ends remain: %s", name,
+                  sl_error_detail()); /* the next sl_log_attach_state() sweeps them */
     return rc ? sl_error_set(rc, "deleting topic %s: %s", name, sl_strerror(rc)) : 0;
+}
+
+/* Keeps the lso entries of a transactional topic's partitions, and of a
+ * topic that stays offline (its directory is there, it failed to open). */
+static int keep_lso(void *arg, const char *name, int32_t partition)
+{
+    sl_log_t *log = arg;
+    char dir[PATH_MAX];
+    int found;
+    pthread_mutex_lock(&log->lock);
+    size_t at = find_topic(log, name, &found);
+    int keep = found && log->topics[at]->config.transactional &&
+               partition < log->topics[at]->config.partitions;
+    pthread_mutex_unlock(&log->lock);
+    snprintf(dir, sizeof dir, "%s/%s", log->topics_dir, name);
+    return keep || (!found && access(dir, F_OK) == 0);
+}
+
+/* The partitions of every transactional topic, referenced, into *out. */
+static int transactional_partitions(sl_log_t *log, sl_partition_t ***out, size_t *count)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < log->topic_count; i++)
+        if (log->topics[i]->config.transactional)
+            n += (size_t)log->topics[i]->config.partitions;
+    sl_partition_t **all = sl_malloc((n ? n : 1) * sizeof *all);
+    if (!all)
+        return sl_error_set(-ENOMEM, "out of memory attaching the state");
+    n = 0;
+    for (size_t i = 0; i < log->topic_count; i++)
+        for (int32_t j = 0;
+             log->topics[i]->config.transactional && j < log->topics[i]->config.partitions; j++) {
+            all[n] = log->topics[i]->partitions[j];
+            sl_partition_ref(all[n++]);
+        }
+    *out = all;
+    *count = n;
+    return 0;
+}
+
+int sl_log_attach_state(sl_log_t *log, sl_state_t *st)
+{
+    sl_partition_t **all = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&log->lock);
+    int rc = log->state ? sl_error_set(SL_EINVALID, "the log already has its state") : 0;
+    if (rc == 0 && (rc = transactional_partitions(log, &all, &n)) == 0)
+        log->state = st;
+    pthread_mutex_unlock(&log->lock);
+    if (rc)
+        return rc;
+    rc = sl_lso_recover(st, all, n, keep_lso, log);
+    for (size_t i = 0; i < n; i++)
+        sl_partition_unref(all[i]);
+    sl_free(all);
+    return rc;
 }
 
 int sl_log_foreach_topic(sl_log_t *log, int (*fn)(void *arg, sl_topic_t *topic), void *arg)

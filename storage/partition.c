@@ -144,8 +144,10 @@ static int open_segments(sl_partition_t *p, int clean)
         if (rc == 0 && p->config.fsync != SL_FSYNC_NEVER)
             rc = sl_io_sync_dir(p->dir);
     }
-    if (rc == 0)
+    if (rc == 0) {
         p->written_end = p->durable_end = p->active->end_offset;
+        p->committed_end = p->segments[0]->base_offset; /* until recovery says more */
+    }
     if (rc == 0 && p->active->corrupt)
         rc = sl_error_set(SL_ECORRUPT, "%s/%d: active segment is corrupt", p->topic_name, p->id);
     sl_free(bases);
@@ -163,6 +165,7 @@ int sl_partition_open(const char *topic, int32_t id, const char *dir,
     p->dir = sl_strdup(dir);
     p->id = id;
     p->config = *config;
+    p->transactional = config->transactional;
     p->env = *env;
     atomic_init(&p->refs, 1);
     pthread_mutex_init(&p->maintenance_lock, NULL);
@@ -364,7 +367,7 @@ int sl_partition_append_nowait(sl_partition_t *p, const sl_record_t *records, si
     if (first_offset)
         *first_offset = base;
     if (p->config.fsync == SL_FSYNC_NEVER) {
-        if (p->env.listener)
+        if (p->env.listener && !p->transactional)
             p->env.listener(p->env.listener_arg, p, end);
     } else {
         sl_flusher_schedule(p->env.flusher, p);
@@ -457,7 +460,7 @@ int sl_partition_sync(sl_partition_t *p)
         p->durable_end = target;
     pthread_cond_broadcast(&p->changed);
     pthread_mutex_unlock(&p->lock);
-    if (p->env.listener)
+    if (p->env.listener && !p->transactional) /* those become visible at commit */
         p->env.listener(p->env.listener_arg, p, target);
     return 0;
 }
@@ -523,7 +526,7 @@ int sl_partition_wait(sl_partition_t *p, int64_t offset, int timeout_ms)
     deadline_after(&deadline, timeout_ms < 0 ? 0 : timeout_ms);
     pthread_mutex_lock(&p->lock);
     for (;;) {
-        if (p->durable_end > offset) {
+        if (sl_partition_visible_locked(p) > offset) {
             rc = 1;
             break;
         }
@@ -562,7 +565,7 @@ sl_segment_t *sl_partition_locate(sl_partition_t *p, int64_t offset, sl_segment_
         i++;
     sl_segment_t *seg = p->segments[i];
     view->position = sl_segment_position_for_offset(seg, offset, &view->batch_offset);
-    view->visible_end = p->durable_end;
+    view->visible_end = sl_partition_visible_locked(p);
     view->size = seg->size;
     view->end_offset = seg->end_offset;
     sl_segment_ref(seg);
@@ -581,7 +584,7 @@ int64_t sl_partition_start_offset(sl_partition_t *p)
 int64_t sl_partition_end_offset(sl_partition_t *p)
 {
     pthread_mutex_lock(&p->lock);
-    int64_t end = p->durable_end;
+    int64_t end = sl_partition_visible_locked(p);
     pthread_mutex_unlock(&p->lock);
     return end;
 }
@@ -610,7 +613,7 @@ static sl_segment_t *segment_for_time(sl_partition_t *p, int64_t ts, int64_t *po
 {
     sl_segment_t *seg = NULL;
     pthread_mutex_lock(&p->lock);
-    *visible_end = p->durable_end;
+    *visible_end = sl_partition_visible_locked(p);
     for (int32_t i = 0; i < p->segment_count && !seg; i++)
         if (p->segments[i]->max_timestamp >= ts)
             seg = p->segments[i];
@@ -686,6 +689,8 @@ static int truncate_locked(sl_partition_t *p, int64_t offset)
     if (rc == 0 && p->config.fsync != SL_FSYNC_NEVER)
         rc = sl_io_sync(seg->fd);
     p->written_end = p->durable_end = offset;
+    if (p->committed_end > offset)
+        p->committed_end = offset;
     pthread_cond_broadcast(&p->changed);
     return rc;
 }
@@ -709,5 +714,64 @@ int sl_partition_roll(sl_partition_t *p)
     if (rc == 0 && p->active->size > 0)
         rc = roll(p);
     pthread_mutex_unlock(&p->append_lock);
+    return rc;
+}
+
+int sl_partition_is_transactional(const sl_partition_t *p)
+{
+    return p->transactional;
+}
+
+int64_t sl_partition_written_end(sl_partition_t *p)
+{
+    pthread_mutex_lock(&p->lock);
+    int64_t end = p->written_end;
+    pthread_mutex_unlock(&p->lock);
+    return end;
+}
+
+/* Checks a new visible end of a transactional partition (lock held). */
+static int check_visible_end(const sl_partition_t *p, int64_t end)
+{
+    if (!p->transactional)
+        return sl_error_set(SL_EINVALID, "%s/%d: not a transactional partition", p->topic_name,
+                            p->id);
+    if (p->deleted)
+        return sl_error_set(SL_EDELETED, "topic %s was deleted", p->topic_name);
+    if (end > p->durable_end)
+        return sl_error_set(SL_EINVALID,
+                            "%s/%d: cannot make offset %lld visible: only %lld are durable",
+                            p->topic_name, p->id, (long long)end, (long long)p->durable_end);
+    return 0;
+}
+
+int sl_partition_set_visible_end(sl_partition_t *p, int64_t end)
+{
+    pthread_mutex_lock(&p->lock);
+    int rc = check_visible_end(p, end);
+    int moved = rc == 0 && end > p->committed_end;
+    if (moved) {
+        p->committed_end = end;
+        pthread_cond_broadcast(&p->changed);
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (moved && p->env.listener)
+        p->env.listener(p->env.listener_arg, p, end);
+    return rc;
+}
+
+int sl_partition_recover_end(sl_partition_t *p, int64_t end)
+{
+    int rc = end < sl_partition_written_end(p) ? sl_partition_truncate(p, end) : 0;
+    pthread_mutex_lock(&p->lock);
+    if (rc == 0)
+        rc = p->deleted ? SL_EDELETED : end > p->durable_end ? SL_EINVALID : 0;
+    if (rc == 0) {
+        p->committed_end = end;
+        pthread_cond_broadcast(&p->changed);
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (rc == 0 && p->env.listener)
+        p->env.listener(p->env.listener_arg, p, end);
     return rc;
 }

@@ -14,6 +14,15 @@
  * If an fsync fails, the records that were not durable are cut from the
  * file and their offsets are never reused (the range goes into lost[], so
  * their waiters learn they failed).
+ *
+ * A transactional partition (topic setting transactional=true) has a third
+ * end, committed_end (<= durable_end): the `lso` the node's last commit
+ * recorded for it. Readers, waiters and the listener see only up to
+ * committed_end there; it moves only through sl_partition_set_visible_end()
+ * and recovery (sl_partition_recover_end()), and back only by truncation.
+ * Until the node attaches its state (sl_log_attach_state()) it stays at the
+ * start offset, so a log opened without the state shows such a partition
+ * empty rather than with records a crash may have left uncommitted.
  */
 #ifndef SL_PARTITION_H
 #define SL_PARTITION_H
@@ -58,6 +67,8 @@ struct sl_partition {
     int32_t segment_count, segment_cap;
     int64_t written_end;
     int64_t durable_end;
+    int64_t committed_end; /* transactional partitions only */
+    int transactional;
     int deleted;
     sl_lost_range_t lost[SL_LOST_RANGES];
     int lost_count;
@@ -77,6 +88,18 @@ int sl_partition_open(const char *topic, int32_t id, const char *dir,
                       const sl_topic_config_t *config, const sl_partition_env_t *env, int clean,
                       sl_partition_t **out);
 
+/* The end readers may see: committed_end for a transactional partition,
+ * else durable_end. Lock held. */
+static inline int64_t sl_partition_visible_locked(const sl_partition_t *p)
+{
+    return p->transactional ? p->committed_end : p->durable_end;
+}
+
+/* Recovery of a transactional partition: truncates it to end (if records
+ * lie beyond) and makes it visible up to exactly end, which may be lower
+ * than the current visible end. end must lie in [start, written end]. */
+int sl_partition_recover_end(sl_partition_t *p, int64_t end);
+
 /* Makes the partition durable, writes the active segment's indexes and
  * drops the caller's reference. */
 void sl_partition_close(sl_partition_t *p);
@@ -94,7 +117,7 @@ int sl_partition_sync(sl_partition_t *p);
 typedef struct sl_segment_view {
     int64_t position;     /* file position to scan from */
     int64_t batch_offset; /* base offset of the batch at that position */
-    int64_t visible_end;  /* the partition's durable end */
+    int64_t visible_end;  /* the partition's visible end */
     int64_t size;         /* bytes written to the segment */
     int64_t end_offset;   /* one past the segment's last offset written */
 } sl_segment_view_t;

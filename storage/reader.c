@@ -18,7 +18,7 @@ struct sl_reader {
     sl_partition_t *partition;
     int64_t position;    /* next offset wanted */
     int64_t limit;       /* read nothing at or after this offset */
-    int64_t visible_end; /* the partition's durable end, as last seen */
+    int64_t visible_end; /* the partition's visible end, as last seen */
     sl_segment_t *segment;
     int64_t segment_size; /* bytes of segment readable, as last seen */
     int64_t segment_end;  /* the segment's end offset, as last seen */
@@ -88,7 +88,7 @@ static int refresh(sl_reader_t *r)
     sl_partition_t *p = r->partition;
     pthread_mutex_lock(&p->lock);
     int deleted = p->deleted, active = p->active == r->segment;
-    r->visible_end = p->durable_end;
+    r->visible_end = sl_partition_visible_locked(p);
     if (r->segment) {
         r->segment_size = r->segment->size;
         r->segment_end = r->segment->end_offset;

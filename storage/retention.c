@@ -5,7 +5,9 @@
  * older than retention.ms; by size while removing it still leaves at least
  * retention.bytes. Only a prefix of the segment list goes (the oldest
  * segments first, stopping at the first one that stays), and the active
- * segment never goes, so the end offset never moves back.
+ * segment never goes, so the end offset never moves back. Nor does a
+ * segment of a transactional partition holding records beyond its
+ * committed end: those still await their commit or their truncation.
  */
 #include "storage/partition.h"
 
@@ -21,7 +23,7 @@ static int32_t expired_prefix(const sl_partition_t *p, int64_t now_ms)
         const sl_segment_t *seg = p->segments[n];
         int by_time = c->retention_ms >= 0 && seg->max_timestamp < now_ms - c->retention_ms;
         int by_size = c->retention_bytes >= 0 && total - seg->size >= c->retention_bytes;
-        if (!by_time && !by_size)
+        if ((!by_time && !by_size) || (p->transactional && seg->end_offset > p->committed_end))
             break;
         total -= seg->size;
         n++;

@@ -9,7 +9,9 @@
  * Named database handles are opened once and kept in a small table under a
  * mutex: LMDB requires that only one transaction at a time calls
  * mdb_dbi_open(), and that the transaction commits before other
- * transactions use the handle.
+ * transactions use the handle. The system databases are opened with the
+ * environment, so that code already holding the write transaction (a
+ * commit) finds their handles without opening a transaction of its own.
  */
 #include "storage/state.h"
 #include "storage/io.h"
@@ -34,6 +36,7 @@ struct sl_state {
     int lock_fd;
     char dir[PATH_MAX]; /* DATA/state */
     pthread_mutex_t databases_lock;
+    pthread_mutex_t commit_lock; /* see sl_state_lock_commits() */
     named_database_t *databases; /* in opening order */
     size_t database_count, database_capacity;
 };
@@ -122,6 +125,18 @@ static int open_environment(sl_state_t *st, const sl_state_options_t *opts)
     return sl_state_error(mdb_reader_check(st->env, &dead), "clearing stale readers");
 }
 
+/* offsets.h, lso.c and store.c own these. */
+static const char *const system_databases[] = {"offsets", "lso", "stores"};
+
+static int open_system_databases(sl_state_t *st)
+{
+    MDB_dbi dbi;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof system_databases / sizeof *system_databases; i++)
+        rc = sl_state_database(st, system_databases[i], &dbi);
+    return rc;
+}
+
 static int sync_dirs(const char *data_dir, sl_state_t *st)
 {
     int rc = sl_io_sync_dir(st->dir);
@@ -141,8 +156,14 @@ int sl_state_open(const char *data_dir, const sl_state_options_t *opts, sl_state
         sl_free(st);
         return sl_error_set(rc, "state: cannot create a mutex");
     }
+    if ((rc = -pthread_mutex_init(&st->commit_lock, NULL))) {
+        pthread_mutex_destroy(&st->databases_lock);
+        sl_free(st);
+        return sl_error_set(rc, "state: cannot create a mutex");
+    }
     if ((rc = make_dirs(data_dir, st)) || (rc = take_directory_lock(st)) ||
-        (rc = open_environment(st, opts)) || (rc = sync_dirs(data_dir, st)))
+        (rc = open_environment(st, opts)) || (rc = open_system_databases(st)) ||
+        (rc = sync_dirs(data_dir, st)))
         goto fail;
     *out = st;
     return 0;
@@ -163,7 +184,18 @@ void sl_state_close(sl_state_t *st)
         sl_free(st->databases[i].name);
     sl_free(st->databases);
     pthread_mutex_destroy(&st->databases_lock);
+    pthread_mutex_destroy(&st->commit_lock);
     sl_free(st);
+}
+
+void sl_state_lock_commits(sl_state_t *st)
+{
+    pthread_mutex_lock(&st->commit_lock);
+}
+
+void sl_state_unlock_commits(sl_state_t *st)
+{
+    pthread_mutex_unlock(&st->commit_lock);
 }
 
 MDB_env *sl_state_env(sl_state_t *st)

@@ -2,10 +2,13 @@
  * state.h - the node's LMDB environment (DESIGN.md section 7).
  *
  * Private header of the storage module, and its manual for everything that
- * keeps state in LMDB: consumer-group offsets (offsets.h) today, stores,
- * `commits`, `queues` and `lso` later. Those modules use the MDB_env and
+ * keeps state in LMDB: consumer-group offsets (offsets.h), committed ends
+ * of transactional partitions (lso.c), state stores and their changelog
+ * checkpoints (store.c), `queues` later. Those modules use the MDB_env and
  * LMDB's own API directly; this file owns opening and closing it, naming
- * its databases, and turning LMDB's codes into sluice's.
+ * its databases, and turning LMDB's codes into sluice's. The system
+ * databases `offsets`, `lso` and `stores` are opened with the environment;
+ * each store adds one or two more (store.c).
  *
  * Layout on disk:
  *
@@ -55,7 +58,7 @@
 #else
 #define SL_STATE_MAP_SIZE_DEFAULT ((size_t)1 << 30) /* 1 GiB */
 #endif
-#define SL_STATE_MAX_DATABASES_DEFAULT 64
+#define SL_STATE_MAX_DATABASES_DEFAULT 64 /* 3 of them are the system databases */
 
 typedef struct sl_state sl_state_t;
 
@@ -101,6 +104,17 @@ int sl_state_database(sl_state_t *st, const char *name, MDB_dbi *out);
  * mdb_txn_abort(); a write transaction whose operation failed must be
  * aborted. Returns 0 or a code as from sl_state_error(). */
 int sl_state_begin(sl_state_t *st, int write, MDB_txn **txn);
+
+/*
+ * The node's commit lock (storage.h, "state stores and commits"): held from
+ * before a commit takes the write transaction until the partitions it wrote
+ * are visible, so that the next commit never meets records that are
+ * committed in LMDB but not yet visible. Only commits that append to
+ * transactional partitions take it; other writers take the write
+ * transaction alone. Always taken before the write transaction.
+ */
+void sl_state_lock_commits(sl_state_t *st);
+void sl_state_unlock_commits(sl_state_t *st);
 
 /* Commits txn (which is freed whether or not this succeeds). Returns 0 once
  * the transaction is durable, or a code as from sl_state_error(), in which

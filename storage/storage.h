@@ -173,6 +173,7 @@ typedef struct sl_topic_config {
     int32_t index_interval_bytes; /* one sparse index entry per this many bytes */
     int32_t max_batch_bytes;      /* the largest encoded batch accepted */
     char owner[SL_OWNER_MAX];     /* "" = external producers, else the pipeline */
+    int32_t transactional;        /* 1: visible only up to the committed end (lso) */
 } sl_topic_config_t;
 
 /* Fills cfg with the defaults: 1 partition, retention forever, delete
@@ -190,7 +191,10 @@ int sl_topic_name_check(const char *name);
  * cleanup.policy=delete|compact, delete.retention.ms, compression=none|zstd,
  * compression.level, fsync=never|interval|always, fsync.interval.ms,
  * format=json|raw, segment.bytes, segment.ms, index.interval.bytes,
- * max.batch.bytes, owner). Returns 0 or SL_EINVALID naming the setting. */
+ * max.batch.bytes, owner, transactional=false|true). Returns 0 or
+ * SL_EINVALID naming the setting. A transactional topic's partitions are
+ * appended only under the node's commit and read only up to their `lso`
+ * (see "state stores and commits" below). */
 int sl_topic_config_set(sl_topic_config_t *cfg, const char *name, const char *value);
 
 /* Writes every setting as `name=value` lines (the meta file's form) into
@@ -436,5 +440,87 @@ int sl_exchange_binding_check(sl_exchange_type_t type, size_t pattern_len, const
 int sl_exchange_binding_matches(sl_exchange_type_t type, const char *pattern, size_t pattern_len,
                                 const sl_header_t *args, size_t nargs, const char *key,
                                 size_t key_len, const sl_header_t *headers, size_t count);
+
+/* ---- state stores and commits ---------------------------------------- */
+
+/*
+ * Exactly-once processing on one node (DESIGN.md section 7) rests on three
+ * things kept in the node's LMDB environment (state.h) and changed together
+ * in one write transaction per commit: a task's state stores, its input
+ * offsets, and the committed end (`lso`) of every transactional partition
+ * it wrote.
+ *
+ * Transactional partitions. A topic created with transactional=true (a
+ * pipeline's outputs, repartition topics, changelogs, queue logs) is
+ * appended to only by commits, under the node's commit lock and write
+ * transaction; readers (sl_reader_next, FETCH), waiters
+ * (sl_partition_wait), sl_partition_end_offset(),
+ * sl_partition_offset_for_time() and the log listener see it only up to its
+ * visible end, which a commit moves to the new lso once the LMDB
+ * transaction holding that lso is durable. Records appended beyond it are
+ * invisible and, after a crash, truncated when the node attaches its state
+ * to the log (sl_log_attach_state()). Retention and compaction leave
+ * segments holding records beyond the visible end alone. Partitions of
+ * other topics behave as before: visible once durable.
+ *
+ * Every function here that takes an MDB_txn works inside the caller's
+ * transaction (a write transaction where it writes) and takes no other.
+ */
+
+typedef struct MDB_txn MDB_txn; /* LMDB's, as in <lmdb.h> */
+
+#define SL_LSO_DATABASE "lso"
+
+/* 1 if p belongs to a topic with transactional=true, else 0. */
+int sl_partition_is_transactional(const sl_partition_t *p);
+
+/* The next offset an append to p would get: one past everything written,
+ * durable or not, committed or not. */
+int64_t sl_partition_written_end(sl_partition_t *p);
+
+/*
+ * Makes a transactional partition visible up to end (exclusive), after the
+ * transaction that recorded end as its lso committed: wakes waiters and
+ * calls the log listener with end. An end at or below the visible end is a
+ * no-op (commits can finish in any order). Returns 0; SL_EINVALID if p is
+ * not transactional or end is beyond its durable end; SL_EDELETED.
+ */
+int sl_partition_set_visible_end(sl_partition_t *p, int64_t end);
+
+/*
+ * Records end as the committed end (lso) of the transactional partition p,
+ * inside the caller's write transaction txn. Returns 0, SL_EINVALID (p not
+ * transactional, end negative or beyond what was written), or an LMDB
+ * failure as from sl_state_error() (the transaction must then be aborted).
+ */
+int sl_lso_put(sl_state_t *st, MDB_txn *txn, sl_partition_t *p, int64_t end);
+
+/* Reads the committed end of (topic, partition) in a read transaction of
+ * its own. Returns 0 and *end, SL_ENOTFOUND if none was committed, or an
+ * error. */
+int sl_lso_get(sl_state_t *st, const char *topic, int32_t partition, int64_t *end);
+
+/* Deletes the committed ends of every partition of topic in a write
+ * transaction of its own (so not by a thread holding one). 0 also when
+ * there were none. sl_log_delete_topic() does this itself once the log has
+ * its state. */
+int sl_lso_delete_topic(sl_state_t *st, const char *topic);
+
+/*
+ * Gives the log the node's state and recovers every transactional
+ * partition: each is truncated to its committed end (to its start offset if
+ * it never committed) and made visible up to there. A state that has never
+ * met a log (first start, or DATA/state deleted: nothing is known) instead
+ * adopts every durable record as committed, so that changelogs can restore
+ * stores in full. Also deletes the committed ends of topics that no longer
+ * exist. From then on, deleting a transactional topic deletes its committed
+ * ends too (so sl_log_delete_topic() must not then be called by a thread
+ * holding the write transaction). Call once, after opening both and before
+ * anything reads or appends; until then a transactional partition looks
+ * empty. Every partition is tried; returns 0 or the first error (a
+ * partition whose committed end cannot be read stays as it was, with a
+ * report). st must outlive the log.
+ */
+int sl_log_attach_state(sl_log_t *log, sl_state_t *st);
 
 #endif

@@ -104,6 +104,7 @@ static const char *const cleanup_names[] = {"delete", "compact"};
 static const char *const fsync_names[] = {"never", "interval", "always"};
 static const char *const format_names[] = {"json", "raw"};
 static const char *const compression_names[] = {"none", "zstd"};
+static const char *const boolean_names[] = {"false", "true"};
 
 static int set_int(sl_topic_config_t *c, const int_setting_t *s, const char *value)
 {
@@ -136,6 +137,9 @@ static int set_choice(sl_topic_config_t *c, const char *name, const char *value)
     } else if (!strcmp(name, "compression")) {
         if (!(rc = parse_choice(name, value, compression_names, 2, &v)))
             c->compression = v ? SL_COMPRESSION_ZSTD : SL_COMPRESSION_NONE;
+    } else if (!strcmp(name, "transactional")) {
+        if (!(rc = parse_choice(name, value, boolean_names, 2, &v)))
+            c->transactional = v;
     } else {
         rc = sl_error_set(SL_EINVALID, "unknown topic setting '%s'", name);
     }
@@ -176,6 +180,7 @@ int sl_topic_config_check(const sl_topic_config_t *c)
             return rc;
     }
     if ((unsigned)c->cleanup > 1 || (unsigned)c->fsync > 2 || (unsigned)c->format > 1 ||
+        (unsigned)c->transactional > 1 ||
         (c->compression != SL_COMPRESSION_NONE && c->compression != SL_COMPRESSION_ZSTD))
         return sl_error_set(SL_EINVALID, "topic configuration has an unknown enum value");
     return 0;
@@ -188,13 +193,13 @@ int sl_topic_config_format(const sl_topic_config_t *c, char *out, size_t size)
                     "cleanup.policy=%s\ndelete.retention.ms=%lld\ncompression=%s\n"
                     "compression.level=%d\nfsync=%s\nfsync.interval.ms=%lld\nformat=%s\n"
                     "segment.bytes=%lld\nsegment.ms=%lld\nindex.interval.bytes=%d\n"
-                    "max.batch.bytes=%d\nowner=%s\n",
+                    "max.batch.bytes=%d\nowner=%s\ntransactional=%s\n",
                     c->partitions, (long long)c->retention_ms, (long long)c->retention_bytes,
                     cleanup_names[c->cleanup], (long long)c->delete_retention_ms,
                     c->compression == SL_COMPRESSION_ZSTD ? "zstd" : "none", c->compression_level,
                     fsync_names[c->fsync], (long long)c->fsync_interval_ms, format_names[c->format],
                     (long long)c->segment_bytes, (long long)c->segment_ms, c->index_interval_bytes,
-                    c->max_batch_bytes, c->owner);
+                    c->max_batch_bytes, c->owner, boolean_names[c->transactional ? 1 : 0]);
 }
 
 static int parse_meta(char *text, const char *path, sl_topic_config_t *c)
