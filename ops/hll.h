@@ -5,11 +5,15 @@
  * A sketch has m = 2^14 = 16384 registers. A value's 64-bit hash picks a
  * register with its top 14 bits; the register keeps the largest "rank" seen
  * there, the position of the first 1 bit among the remaining 50 bits (1..51).
- * The estimate is the harmonic mean of 2^register, with the standard small
- * range correction: below 2.5 m, and while some register is still 0, linear
- * counting (m ln(m / zero registers)) replaces it. The relative standard
- * error is 1.04 / sqrt(m) = 0.81%; tests check < 2% at 100 K and 1 M values
- * and near-exact counts at 10 and 1000.
+ * The estimate is Ertl's improved estimator (2017), computed from the
+ * histogram of register values: for small cardinalities it equals linear
+ * counting (m ln(m / zero registers)), and it has no bias where the classic
+ * estimator switches from linear counting to the raw harmonic mean (at
+ * 2.5 m, where that switch measured +1.3% mean error here). The relative
+ * standard error is 1.04 / sqrt(m) = 0.81%: about 1.3% of sketches of a
+ * large set are off by more than 2% (2.5 standard errors). Tests check the
+ * mean error near the switch, < 2% at 100 K and 1 M values with fixed
+ * seeds, and near-exact counts at 10 and 1000.
  *
  * Adding the same value twice changes nothing, and merging (register-wise
  * maximum) is associative and commutative: a sketch depends only on the set
