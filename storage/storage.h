@@ -207,6 +207,7 @@ typedef struct sl_log sl_log_t;
 typedef struct sl_topic sl_topic_t;
 typedef struct sl_partition sl_partition_t;
 typedef struct sl_state sl_state_t; /* the node's LMDB environment (DATA/state) */
+typedef struct MDB_txn MDB_txn;     /* LMDB's (<lmdb.h>): a transaction on it */
 
 /* Called, on a storage thread, whenever records become visible to readers
  * of a partition (after they are durable under the topic's policy).
@@ -467,8 +468,6 @@ int sl_exchange_binding_matches(sl_exchange_type_t type, const char *pattern, si
  * transaction (a write transaction where it writes) and takes no other.
  */
 
-typedef struct MDB_txn MDB_txn; /* LMDB's, as in <lmdb.h> */
-
 #define SL_LSO_DATABASE "lso"
 
 /* 1 if p belongs to a topic with transactional=true, else 0. */
@@ -522,5 +521,227 @@ int sl_lso_delete_topic(sl_state_t *st, const char *topic);
  * report). st must outlive the log.
  */
 int sl_log_attach_state(sl_log_t *log, sl_state_t *st);
+
+/*
+ * State stores. A store is one named LMDB database of a pipeline's
+ * operator, shared by all the pipeline's tasks (their keys differ: a task
+ * owns the keys of its partition). Two kinds:
+ *
+ *   kv      store key = key (1 to SL_STORE_KEY_MAX bytes)
+ *   window  store key = key || be64(window_start with its sign bit
+ *           flipped), so a key's windows sort by start; keys of 1 to
+ *           SL_WINDOW_KEY_MAX bytes. A second database indexes the windows
+ *           by start, for expiry.
+ *
+ * Keys are bytes, compared as LMDB does (memcmp, then length). The store
+ * key is also the key of the store's changelog records. A key over the
+ * limit (LMDB's 511-byte key size) or empty is refused with SL_EINVALID.
+ *
+ * Reads run in any LMDB transaction the caller holds, read-only ones from
+ * any thread (sl_state_begin(st, 0, &txn)), and never block commits;
+ * returned value pointers point into LMDB's map and are valid until that
+ * transaction ends. Writes (sl_store_apply, checkpoints) run inside the
+ * caller's write transaction.
+ */
+
+#define SL_STORE_KEY_MAX  511
+#define SL_WINDOW_KEY_MAX (SL_STORE_KEY_MAX - 8)
+
+typedef enum { SL_STORE_KV = 1, SL_STORE_WINDOW = 2 } sl_store_kind_t;
+
+typedef struct sl_store sl_store_t;
+
+/*
+ * Opens (creating it empty the first time) the store `name` of pipeline
+ * `pipeline`: database "store:<pipeline>.<name>" (and "store-time:..." for
+ * a window store). Both names must be such that "<pipeline>.<name>.changelog"
+ * is a valid topic name. The kind is recorded at creation; opening with
+ * another kind is SL_EINVALID. Uses a write transaction of its own the
+ * first time (so not from a thread holding one), and one of
+ * max_databases (state.h) per database. *out is the caller's until
+ * sl_store_close(); it may be used from several threads for reads.
+ */
+int sl_store_open(sl_state_t *st, const char *pipeline, const char *name, sl_store_kind_t kind,
+                  sl_store_t **out);
+
+/* Frees the handle (the data stays in LMDB). NULL is a no-op. */
+void sl_store_close(sl_store_t *s);
+
+/* "<pipeline>.<name>"; borrowed, valid until sl_store_close(). */
+const char *sl_store_name(const sl_store_t *s);
+
+/* "<pipeline>.<name>.changelog", the store's changelog topic; borrowed. */
+const char *sl_store_changelog_topic(const sl_store_t *s);
+
+sl_store_kind_t sl_store_kind(const sl_store_t *s);
+sl_state_t *sl_store_state(const sl_store_t *s);
+
+/* 0 if key_len is a valid key length for the store, else SL_EINVALID with
+ * a sentence naming the store and the limit. */
+int sl_store_check_key(const sl_store_t *s, size_t key_len);
+
+/* Writes the window store key of (key, window_start) into out (room for
+ * key_len + 8 bytes); returns its length. */
+size_t sl_store_window_key(uint8_t *out, const void *key, size_t key_len, int64_t window_start);
+
+/* Splits a window store key: 0 with the key's length (the key is the first
+ * *key_len bytes) and *window_start, or SL_ECORRUPT if len is not 9 to
+ * SL_STORE_KEY_MAX. */
+int sl_store_window_split(const void *store_key, size_t len, size_t *key_len,
+                          int64_t *window_start);
+
+/* Reads a kv store's value of key in txn: 0 with *value (LMDB's, valid
+ * until txn ends) and *value_len; SL_ENOTFOUND; SL_EINVALID for a bad key
+ * or a window store; or an LMDB failure. */
+int sl_store_get(sl_store_t *s, MDB_txn *txn, const void *key, size_t key_len, const void **value,
+                 size_t *value_len);
+
+/* As sl_store_get() for one window of a window store. */
+int sl_store_get_window(sl_store_t *s, MDB_txn *txn, const void *key, size_t key_len,
+                        int64_t window_start, const void **value, size_t *value_len);
+
+/* As sl_store_get() by store key, for either kind. */
+int sl_store_get_key(sl_store_t *s, MDB_txn *txn, const void *store_key, size_t len,
+                     const void **value, size_t *value_len);
+
+/* Called per window; value valid during the call. A non-zero return stops
+ * the walk and is returned by it (so return a value that cannot be taken
+ * for an error, e.g. 1). */
+typedef int (*sl_window_fn)(void *arg, int64_t window_start, const void *value, size_t value_len);
+
+/* Calls fn for each window of key with from <= window_start <= to, in
+ * start order, as of txn. Returns 0, fn's non-zero return, SL_EINVALID
+ * (bad key, kv store) or an LMDB failure. */
+int sl_store_windows(sl_store_t *s, MDB_txn *txn, const void *key, size_t key_len, int64_t from,
+                     int64_t to, sl_window_fn fn, void *arg);
+
+/* Called per entry, with its store key; as sl_window_fn otherwise. */
+typedef int (*sl_entry_fn)(void *arg, const void *store_key, size_t key_len, const void *value,
+                           size_t value_len);
+
+/* Calls fn for every entry of the store, in store-key order, as of txn.
+ * Returns 0, fn's non-zero return, or an LMDB failure. */
+int sl_store_foreach(sl_store_t *s, MDB_txn *txn, sl_entry_fn fn, void *arg);
+
+/* Calls fn (value NULL) with the store key of up to max windows whose start
+ * is before cutoff, oldest first, as of txn: what expiry deletes. Window
+ * stores only. Returns as sl_store_foreach(). */
+int sl_store_expired(sl_store_t *s, MDB_txn *txn, int64_t cutoff, size_t max, sl_entry_fn fn,
+                     void *arg);
+
+/*
+ * Writes count changes into the caller's write transaction: record i's key
+ * is a store key, its value the new value or null (value_len < 0) to
+ * delete it (a delete of an absent key is no error); timestamps and
+ * headers are ignored. The changes should be sorted by key (LMDB writes
+ * them about 5 times faster so) and keys should be unique (the last one
+ * wins). Returns 0, SL_EINVALID for a bad key (nothing after it is
+ * written), or an LMDB failure (-ENOSPC when the map is full); after a
+ * failure the transaction must be aborted.
+ */
+int sl_store_apply(sl_store_t *s, MDB_txn *txn, const sl_record_t *changes, size_t count);
+
+/*
+ * Checkpoints. The checkpoint of (store, partition) is the offset of the
+ * store's changelog partition up to which (exclusive) the store's entries
+ * of that partition are in LMDB. A commit writes it in the same
+ * transaction as the entries (sl_commit_*), a restore as it goes, so it
+ * always describes LMDB exactly; a store is behind its changelog when the
+ * checkpoint is below the changelog's end (sl_store_restore_needed()).
+ */
+
+/* Reads the checkpoint in txn: 0 and *offset, SL_ENOTFOUND if none was
+ * written (the store has nothing of that partition), SL_ECORRUPT, or an
+ * LMDB failure. */
+int sl_store_checkpoint_get(sl_store_t *s, MDB_txn *txn, int32_t partition, int64_t *offset);
+
+/* Writes the checkpoint in the caller's write transaction. SL_EINVALID for
+ * a negative partition or offset. */
+int sl_store_checkpoint_put(sl_store_t *s, MDB_txn *txn, int32_t partition, int64_t offset);
+
+/*
+ * A per-task write cache over one store. Operators put and delete into it
+ * and read through it (the cache first, then LMDB as of the last commit);
+ * nothing reaches LMDB until a commit flushes it. Dirty entries stay until
+ * the commit that wrote them; then they stay as a read cache until the
+ * cache holds more than half its budget after a commit, when it is
+ * emptied. A cache belongs to one thread at a time.
+ *
+ * Pointers returned by reads are valid until the next call on the cache.
+ */
+typedef struct sl_cache sl_cache_t;
+
+/* A cache of at most max_bytes (0: 64 MiB) over store, which must outlive
+ * it. Returns 0 or -ENOMEM. */
+int sl_cache_new(sl_store_t *store, size_t max_bytes, sl_cache_t **out);
+void sl_cache_free(sl_cache_t *c);
+
+/* Sets key's value (a kv store). Returns 0, or 1 when the cache is now
+ * full: commit before putting more (the put itself was taken). Errors:
+ * SL_EINVALID (bad key, window store), SL_ETOOBIG, -ENOMEM. */
+int sl_cache_put(sl_cache_t *c, const void *key, size_t key_len, const void *value,
+                 size_t value_len);
+
+/* Deletes key (a kv store); returns as sl_cache_put(). */
+int sl_cache_delete(sl_cache_t *c, const void *key, size_t key_len);
+
+/* Reads key (a kv store): 1 with *value and *value_len, 0 if it has no
+ * value, or an error. */
+int sl_cache_get(sl_cache_t *c, const void *key, size_t key_len, const void **value,
+                 size_t *value_len);
+
+/* The same for one window of a window store. */
+int sl_cache_window_put(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
+                        const void *value, size_t value_len);
+int sl_cache_window_delete(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start);
+int sl_cache_window_get(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
+                        const void **value, size_t *value_len);
+
+/* Calls fn for each window of key with from <= start <= to, in start
+ * order, as the task sees them: the cache's over LMDB's. Returns as
+ * sl_store_windows(). */
+int sl_cache_windows(sl_cache_t *c, const void *key, size_t key_len, int64_t from, int64_t to,
+                     sl_window_fn fn, void *arg);
+
+/*
+ * Deletes, as ordinary cached deletes (so the next commit writes them and
+ * their changelog tombstones), every window starting before cutoff: those
+ * in the cache, and up to max (0: no limit) of those in LMDB, oldest
+ * first. *count (if not NULL) receives how many were deleted; with a
+ * limit, call again after the commit while it reaches max. Window stores
+ * only.
+ */
+int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count);
+
+/* 1 if the cache is at or over its budget. */
+int sl_cache_is_full(const sl_cache_t *c);
+
+/* Bytes the cache holds (entries, tables and key/value bytes). */
+size_t sl_cache_bytes(const sl_cache_t *c);
+
+/* How many entries the next commit writes. */
+size_t sl_cache_dirty_count(const sl_cache_t *c);
+
+/*
+ * The changes the next commit writes, sorted by store key: one record per
+ * dirty entry with key = store key and value = the value or null for a
+ * delete (timestamp -1: "now" when appended). This is both what
+ * sl_cache_flush() writes and what goes to the changelog. The array and
+ * its bytes belong to the cache, valid until it is next changed.
+ */
+int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count);
+
+/* Writes the changes into the caller's write transaction
+ * (sl_store_apply()). The entries stay dirty until sl_cache_committed(). */
+int sl_cache_flush(sl_cache_t *c, MDB_txn *txn);
+
+/* Tells the cache that the transaction its flush went into committed: the
+ * entries become clean. Not calling it after a failed commit keeps them
+ * dirty for the next attempt. */
+void sl_cache_committed(sl_cache_t *c);
+
+/* Empties the cache, dirty entries too (their changes are dropped): for a
+ * task that starts over from the committed state. */
+void sl_cache_clear(sl_cache_t *c);
 
 #endif

@@ -1,0 +1,647 @@
+/*
+ * cache.c - a task's write cache over one state store (manual in
+ * storage.h, "state stores and commits").
+ *
+ * An open-addressing hash table of entries keyed by store key (the key, or
+ * key || W for a window store, as in store.c). Key and value bytes live in
+ * one arena addressed by offsets, so that growing it never invalidates an
+ * entry; a value rewritten with the same size or smaller is overwritten in
+ * place (aggregates keep a fixed-size value), a larger one moves to the end
+ * of the arena. Entries are never removed one by one: a delete is an entry
+ * marked deleted, and eviction empties the whole cache. So the table needs
+ * no tombstones, and entry indexes are stable until the cache is emptied.
+ *
+ * An entry is dirty from a put or delete until the commit that wrote it
+ * (sl_cache_committed()); clean entries stay as a read cache (a clean
+ * deleted entry remembers that the key is absent) until the cache holds
+ * more than half its budget after a commit, when it is emptied.
+ *
+ * Window stores add a second table keyed by the key alone, giving the most
+ * recently added entry of each key; entries of one key are chained through
+ * next_window, so the windows of a key in the cache are found without a
+ * scan (session windows ask for them on every record).
+ *
+ * Reads that miss go to LMDB through one read transaction the cache keeps,
+ * renewed after each commit (a long-lived snapshot would keep LMDB from
+ * reusing pages).
+ */
+#include "storage/buf.h"
+#include "storage/state.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CACHE_DEFAULT_BYTES ((size_t)64 << 20)
+
+typedef struct entry {
+    uint64_t hash;
+    size_t key_at, value_at; /* in the arena */
+    uint32_t key_len, value_len, value_cap;
+    uint32_t next_window; /* index + 1 of the key's previous window entry; 0 none */
+    uint8_t dirty, deleted;
+} entry_t;
+
+/* One dirty entry while sorting: the key's first 8 bytes, big-endian and
+ * zero-padded, decide most comparisons without touching the arena. */
+typedef struct sort_item {
+    uint64_t prefix;
+    const uint8_t *key;
+    uint32_t len, entry;
+} sort_item_t;
+
+/* One window of a key, while merging with LMDB's. */
+typedef struct cached_window {
+    int64_t start;
+    uint32_t entry;
+} cached_window_t;
+
+struct sl_cache {
+    sl_store_t *store;
+    sl_state_t *state;
+    int window;
+    size_t max_bytes;
+    entry_t *entries;
+    size_t count, entries_cap, dirty;
+    uint32_t *slots; /* index + 1 into entries; 0 empty */
+    size_t slot_count;
+    uint32_t *key_slots; /* window stores: index + 1 of a key's newest entry */
+    size_t key_slot_count, key_count;
+    sl_buf_t arena;
+    sort_item_t *order;
+    size_t order_cap;
+    sl_record_t *changes;
+    size_t changes_cap, change_count;
+    int changes_valid;
+    cached_window_t *windows;
+    size_t windows_cap;
+    MDB_txn *read; /* NULL, or a read transaction (live or reset) */
+    int read_live;
+};
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n, w;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, p, n);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 29);
+}
+
+static const uint8_t *key_of(const sl_cache_t *c, const entry_t *e)
+{
+    return c->arena.data + e->key_at;
+}
+
+static int64_t window_of(const sl_cache_t *c, const entry_t *e)
+{
+    return (int64_t)(sl_get_be64(key_of(c, e) + e->key_len - 8) ^ 0x8000000000000000ull);
+}
+
+/* ---- lifetime ------------------------------------------------------------ */
+
+int sl_cache_new(sl_store_t *store, size_t max_bytes, sl_cache_t **out)
+{
+    sl_cache_t *c = sl_calloc(1, sizeof *c);
+    if (!c)
+        return sl_error_set(-ENOMEM, "store %s: out of memory for a cache", sl_store_name(store));
+    c->store = store;
+    c->state = sl_store_state(store);
+    c->window = sl_store_kind(store) == SL_STORE_WINDOW;
+    c->max_bytes = max_bytes ? max_bytes : CACHE_DEFAULT_BYTES;
+    *out = c;
+    return 0;
+}
+
+static void end_read(sl_cache_t *c)
+{
+    if (c->read && c->read_live)
+        mdb_txn_reset(c->read);
+    c->read_live = 0;
+}
+
+void sl_cache_clear(sl_cache_t *c)
+{
+    c->count = c->dirty = c->key_count = c->arena.len = 0;
+    if (c->slots)
+        memset(c->slots, 0, c->slot_count * sizeof *c->slots);
+    if (c->key_slots)
+        memset(c->key_slots, 0, c->key_slot_count * sizeof *c->key_slots);
+    c->changes_valid = 0;
+    end_read(c);
+}
+
+void sl_cache_free(sl_cache_t *c)
+{
+    if (!c)
+        return;
+    if (c->read)
+        mdb_txn_abort(c->read);
+    sl_free(c->entries);
+    sl_free(c->slots);
+    sl_free(c->key_slots);
+    sl_buf_free(&c->arena);
+    sl_free(c->order);
+    sl_free(c->changes);
+    sl_free(c->windows);
+    sl_free(c);
+}
+
+size_t sl_cache_bytes(const sl_cache_t *c)
+{
+    return c->arena.len + c->entries_cap * sizeof(entry_t) +
+           (c->slot_count + c->key_slot_count) * sizeof(uint32_t);
+}
+
+int sl_cache_is_full(const sl_cache_t *c)
+{
+    return sl_cache_bytes(c) >= c->max_bytes;
+}
+
+size_t sl_cache_dirty_count(const sl_cache_t *c)
+{
+    return c->dirty;
+}
+
+/* ---- the tables ---------------------------------------------------------- */
+
+/* The slot of store key k: holding its entry, or the empty one where it
+ * would go. */
+static uint32_t *find_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
+{
+    size_t mask = c->slot_count - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        uint32_t *slot = &c->slots[i];
+        const entry_t *e = *slot ? &c->entries[*slot - 1] : NULL;
+        if (!e || (e->hash == h && e->key_len == len && !memcmp(key_of(c, e), k, len)))
+            return slot;
+    }
+}
+
+/* The key-table slot of window key k (user key bytes, len of them). */
+static uint32_t *find_key_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
+{
+    size_t mask = c->key_slot_count - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        uint32_t *slot = &c->key_slots[i];
+        const entry_t *e = *slot ? &c->entries[*slot - 1] : NULL;
+        if (!e || (e->key_len - 8 == len && !memcmp(key_of(c, e), k, len)))
+            return slot;
+    }
+}
+
+static int rehash(sl_cache_t *c, uint32_t **slots, size_t *slot_count, int by_key)
+{
+    size_t n = *slot_count ? *slot_count * 2 : 1024;
+    uint32_t *fresh = sl_calloc(n, sizeof *fresh), *old = *slots;
+    if (!fresh)
+        return -ENOMEM;
+    *slots = fresh;
+    *slot_count = n;
+    for (size_t i = 0; old && i < c->count; i++) {
+        const entry_t *e = &c->entries[i];
+        if (!by_key)
+            *find_slot(c, key_of(c, e), e->key_len, e->hash) = (uint32_t)i + 1;
+    }
+    if (by_key) /* the newest entry of each key heads its chain: visit oldest first */
+        for (size_t i = 0; old && i < c->count; i++) {
+            const entry_t *e = &c->entries[i];
+            size_t len = e->key_len - 8;
+            *find_key_slot(c, key_of(c, e), len, hash_bytes(key_of(c, e), len)) = (uint32_t)i + 1;
+        }
+    sl_free(old);
+    return 0;
+}
+
+/* Makes room for one more entry (and one more key). */
+static int reserve_entry(sl_cache_t *c)
+{
+    if (c->count >= UINT32_MAX - 1)
+        return -ENOBUFS;
+    if (sl_array_reserve((void **)&c->entries, &c->entries_cap, c->count + 1, sizeof(entry_t)))
+        return -ENOMEM;
+    if ((c->count + 1) * 2 > c->slot_count && rehash(c, &c->slots, &c->slot_count, 0))
+        return -ENOMEM;
+    if (c->window && (c->key_count + 1) * 2 > c->key_slot_count &&
+        rehash(c, &c->key_slots, &c->key_slot_count, 1))
+        return -ENOMEM;
+    return 0;
+}
+
+/* Stores n bytes in the arena; *at receives their offset. */
+static int arena_add(sl_cache_t *c, const void *data, size_t n, size_t *at)
+{
+    if (sl_buf_reserve(&c->arena, n))
+        return -ENOMEM;
+    *at = c->arena.len;
+    if (n)
+        memcpy(c->arena.data + c->arena.len, data, n);
+    c->arena.len += n;
+    return 0;
+}
+
+/* Links window entry i into its key's chain. */
+static void link_window(sl_cache_t *c, uint32_t i)
+{
+    entry_t *e = &c->entries[i];
+    size_t len = e->key_len - 8;
+    uint32_t *slot = find_key_slot(c, key_of(c, e), len, hash_bytes(key_of(c, e), len));
+    if (!*slot)
+        c->key_count++;
+    e->next_window = *slot;
+    *slot = i + 1;
+}
+
+/* Adds the entry for store key k at slot (from find_slot, tables already
+ * grown); *out receives it. */
+static int add_entry(sl_cache_t *c, uint32_t *slot, const uint8_t *k, size_t len, uint64_t h,
+                     entry_t **out)
+{
+    entry_t e = {.hash = h, .key_len = (uint32_t)len};
+    if (arena_add(c, k, len, &e.key_at))
+        return -ENOMEM;
+    e.value_at = c->arena.len;
+    c->entries[c->count] = e;
+    *slot = (uint32_t)++c->count;
+    if (c->window)
+        link_window(c, (uint32_t)c->count - 1);
+    *out = &c->entries[c->count - 1];
+    return 0;
+}
+
+/* The entry of store key k, created (empty, clean, deleted) if missing. */
+static int entry_for(sl_cache_t *c, const uint8_t *k, size_t len, entry_t **out)
+{
+    uint64_t h = hash_bytes(k, len);
+    uint32_t *slot = c->slot_count ? find_slot(c, k, len, h) : NULL;
+    if (slot && *slot) {
+        *out = &c->entries[*slot - 1];
+        return 0;
+    }
+    int rc = reserve_entry(c);
+    if (rc)
+        return sl_error_set(rc, "store %s: the cache cannot grow: %s", sl_store_name(c->store),
+                            sl_strerror(rc));
+    slot = find_slot(c, k, len, h);
+    if ((rc = add_entry(c, slot, k, len, h, out)))
+        return sl_error_set(rc, "store %s: out of memory in the cache", sl_store_name(c->store));
+    (*out)->deleted = 1; /* nothing known yet: the caller sets it */
+    return 0;
+}
+
+static entry_t *lookup(const sl_cache_t *c, const uint8_t *k, size_t len)
+{
+    if (!c->slot_count)
+        return NULL;
+    uint32_t *slot = find_slot(c, k, len, hash_bytes(k, len));
+    return *slot ? &c->entries[*slot - 1] : NULL;
+}
+
+/* ---- writes -------------------------------------------------------------- */
+
+static void mark_dirty(sl_cache_t *c, entry_t *e)
+{
+    if (!e->dirty)
+        c->dirty++;
+    e->dirty = 1;
+    c->changes_valid = 0;
+}
+
+static int put_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void *value,
+                         size_t value_len)
+{
+    entry_t *e;
+    if (value_len > INT32_MAX)
+        return sl_error_set(SL_ETOOBIG, "store %s: a value of %zu bytes", sl_store_name(c->store),
+                            value_len);
+    int rc = entry_for(c, k, len, &e);
+    if (rc)
+        return rc;
+    if (value_len > e->value_cap) {
+        size_t at;
+        if (arena_add(c, value, value_len, &at))
+            return sl_error_set(-ENOMEM, "store %s: out of memory in the cache",
+                                sl_store_name(c->store));
+        e->value_at = at; /* entries hold offsets: the arena may move */
+        e->value_cap = (uint32_t)value_len;
+    } else if (value_len) {
+        memcpy(c->arena.data + e->value_at, value, value_len);
+    }
+    e->value_len = (uint32_t)value_len;
+    e->deleted = 0;
+    mark_dirty(c, e);
+    return sl_cache_is_full(c);
+}
+
+static int delete_store_key(sl_cache_t *c, const uint8_t *k, size_t len)
+{
+    entry_t *e;
+    int rc = entry_for(c, k, len, &e);
+    if (rc)
+        return rc;
+    e->deleted = 1;
+    e->value_len = 0;
+    mark_dirty(c, e);
+    return sl_cache_is_full(c);
+}
+
+int sl_cache_put(sl_cache_t *c, const void *key, size_t key_len, const void *value,
+                 size_t value_len)
+{
+    int rc = sl_store_check_key(c->store, key_len);
+    if (rc == 0 && c->window)
+        rc = sl_error_set(SL_EINVALID, "store %s is a window store: give the window",
+                          sl_store_name(c->store));
+    return rc ? rc : put_store_key(c, key, key_len, value, value_len);
+}
+
+int sl_cache_delete(sl_cache_t *c, const void *key, size_t key_len)
+{
+    int rc = sl_store_check_key(c->store, key_len);
+    if (rc == 0 && c->window)
+        rc = sl_error_set(SL_EINVALID, "store %s is a window store: give the window",
+                          sl_store_name(c->store));
+    return rc ? rc : delete_store_key(c, key, key_len);
+}
+
+/* Builds the store key of a window in k; checks the store and key. */
+static int window_key(sl_cache_t *c, const void *key, size_t key_len, int64_t start, uint8_t *k,
+                      size_t *len)
+{
+    int rc = sl_store_check_key(c->store, key_len);
+    if (rc == 0 && !c->window)
+        rc = sl_error_set(SL_EINVALID, "store %s is a kv store: it has no windows",
+                          sl_store_name(c->store));
+    if (rc == 0)
+        *len = sl_store_window_key(k, key, key_len, start);
+    return rc;
+}
+
+int sl_cache_window_put(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
+                        const void *value, size_t value_len)
+{
+    uint8_t k[SL_STORE_KEY_MAX];
+    size_t len;
+    int rc = window_key(c, key, key_len, window_start, k, &len);
+    return rc ? rc : put_store_key(c, k, len, value, value_len);
+}
+
+int sl_cache_window_delete(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start)
+{
+    uint8_t k[SL_STORE_KEY_MAX];
+    size_t len;
+    int rc = window_key(c, key, key_len, window_start, k, &len);
+    return rc ? rc : delete_store_key(c, k, len);
+}
+
+/* ---- reads --------------------------------------------------------------- */
+
+static int begin_read(sl_cache_t *c)
+{
+    int rc = 0;
+    if (!c->read)
+        rc = sl_state_begin(c->state, 0, &c->read);
+    else if (!c->read_live)
+        rc = sl_state_error(mdb_txn_renew(c->read), "renewing a cache's read");
+    c->read_live = rc == 0;
+    return rc;
+}
+
+static int get_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void **value,
+                         size_t *value_len)
+{
+    const entry_t *e = lookup(c, k, len);
+    if (e) {
+        *value = c->arena.data + e->value_at;
+        *value_len = e->value_len;
+        return !e->deleted;
+    }
+    int rc = begin_read(c);
+    if (rc == 0)
+        rc = sl_store_get_key(c->store, c->read, k, len, value, value_len);
+    return rc == 0 ? 1 : rc == SL_ENOTFOUND ? 0 : rc;
+}
+
+int sl_cache_get(sl_cache_t *c, const void *key, size_t key_len, const void **value,
+                 size_t *value_len)
+{
+    int rc = sl_store_check_key(c->store, key_len);
+    if (rc == 0 && c->window)
+        rc = sl_error_set(SL_EINVALID, "store %s is a window store: give the window",
+                          sl_store_name(c->store));
+    return rc ? rc : get_store_key(c, key, key_len, value, value_len);
+}
+
+int sl_cache_window_get(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
+                        const void **value, size_t *value_len)
+{
+    uint8_t k[SL_STORE_KEY_MAX];
+    size_t len;
+    int rc = window_key(c, key, key_len, window_start, k, &len);
+    return rc ? rc : get_store_key(c, k, len, value, value_len);
+}
+
+static int compare_windows(const void *a, const void *b)
+{
+    const cached_window_t *x = a, *y = b;
+    return (x->start > y->start) - (x->start < y->start);
+}
+
+/* The cache's windows of key in [from, to] into c->windows, by start. */
+static int collect_windows(sl_cache_t *c, const uint8_t *key, size_t key_len, int64_t from,
+                           int64_t to, size_t *n)
+{
+    *n = 0;
+    if (!c->key_slot_count)
+        return 0;
+    uint32_t at = *find_key_slot(c, key, key_len, hash_bytes(key, key_len));
+    for (; at; at = c->entries[at - 1].next_window) {
+        int64_t start = window_of(c, &c->entries[at - 1]);
+        if (start < from || start > to)
+            continue;
+        if (sl_array_reserve((void **)&c->windows, &c->windows_cap, *n + 1, sizeof *c->windows))
+            return sl_error_set(-ENOMEM, "store %s: out of memory reading windows",
+                                sl_store_name(c->store));
+        c->windows[(*n)++] = (cached_window_t){start, at - 1};
+    }
+    qsort(c->windows, *n, sizeof *c->windows, compare_windows);
+    return 0;
+}
+
+/* Merges LMDB's windows (in order) with the cache's: the cache's version of
+ * a window wins, deleted ones are left out. */
+typedef struct merge {
+    sl_cache_t *c;
+    size_t next, n;
+    sl_window_fn fn;
+    void *arg;
+} merge_t;
+
+/* Passes on the cache's windows that start before limit (or at it, if
+ * inclusive). */
+static int emit_cached(merge_t *m, int64_t limit, int inclusive)
+{
+    for (; m->next < m->n && (m->c->windows[m->next].start < limit ||
+                              (inclusive && m->c->windows[m->next].start == limit));
+         m->next++) {
+        const entry_t *e = &m->c->entries[m->c->windows[m->next].entry];
+        int rc = e->deleted ? 0
+                            : m->fn(m->arg, m->c->windows[m->next].start,
+                                    m->c->arena.data + e->value_at, e->value_len);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int merge_window(void *arg, int64_t start, const void *value, size_t value_len)
+{
+    merge_t *m = arg;
+    int rc = emit_cached(m, start, 0);
+    if (rc)
+        return rc;
+    if (m->next < m->n && m->c->windows[m->next].start == start)
+        return emit_cached(m, start, 1); /* the cache's version instead */
+    return m->fn(m->arg, start, value, value_len);
+}
+
+int sl_cache_windows(sl_cache_t *c, const void *key, size_t key_len, int64_t from, int64_t to,
+                     sl_window_fn fn, void *arg)
+{
+    merge_t m = {.c = c, .fn = fn, .arg = arg};
+    uint8_t k[SL_STORE_KEY_MAX];
+    size_t len;
+    int rc = window_key(c, key, key_len, from, k, &len);
+    if (rc || from > to || (rc = collect_windows(c, key, key_len, from, to, &m.n)) ||
+        (rc = begin_read(c)))
+        return rc;
+    rc = sl_store_windows(c->store, c->read, key, key_len, from, to, merge_window, &m);
+    return rc ? rc : emit_cached(&m, INT64_MAX, 1);
+}
+
+/* ---- expiry ------------------------------------------------------------ */
+
+typedef struct expiry {
+    sl_cache_t *c;
+    size_t count;
+    int error;
+} expiry_t;
+
+static int expire_stored(void *arg, const void *k, size_t len, const void *value, size_t n)
+{
+    expiry_t *x = arg;
+    const entry_t *e = lookup(x->c, k, len);
+    (void)value;
+    (void)n;
+    if (e && e->deleted)
+        return 0; /* already going */
+    x->count++;
+    int rc = delete_store_key(x->c, k, len);
+    if (rc < 0)
+        x->error = rc;
+    return rc < 0;
+}
+
+int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count)
+{
+    expiry_t x = {.c = c};
+    int rc = c->window ? 0
+                       : sl_error_set(SL_EINVALID, "store %s is a kv store: it has no windows",
+                                      sl_store_name(c->store));
+    for (size_t i = 0; rc == 0 && i < c->count; i++) {
+        entry_t *e = &c->entries[i];
+        if (!e->deleted && window_of(c, e) < cutoff) {
+            e->deleted = 1;
+            e->value_len = 0;
+            mark_dirty(c, e);
+            x.count++;
+        }
+    }
+    if (rc == 0 && (rc = begin_read(c)) == 0)
+        rc = sl_store_expired(c->store, c->read, cutoff, max ? max : SIZE_MAX, expire_stored, &x);
+    if (rc == 1)
+        rc = x.error;
+    if (count)
+        *count = x.count;
+    return rc;
+}
+
+/* ---- commits ------------------------------------------------------------- */
+
+static uint64_t prefix_of(const uint8_t *k, size_t len)
+{
+    uint8_t p[8] = {0};
+    memcpy(p, k, len < 8 ? len : 8);
+    return sl_get_be64(p);
+}
+
+static int compare_items(const void *a, const void *b)
+{
+    const sort_item_t *x = a, *y = b;
+    if (x->prefix != y->prefix)
+        return x->prefix < y->prefix ? -1 : 1;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->key, y->key, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+static int sort_dirty(sl_cache_t *c)
+{
+    size_t n = 0;
+    if (sl_array_reserve((void **)&c->order, &c->order_cap, c->dirty, sizeof *c->order) ||
+        sl_array_reserve((void **)&c->changes, &c->changes_cap, c->dirty, sizeof *c->changes))
+        return sl_error_set(-ENOMEM, "store %s: out of memory sorting changes",
+                            sl_store_name(c->store));
+    for (size_t i = 0; i < c->count; i++) {
+        const entry_t *e = &c->entries[i];
+        if (e->dirty)
+            c->order[n++] = (sort_item_t){prefix_of(key_of(c, e), e->key_len), key_of(c, e),
+                                          e->key_len, (uint32_t)i};
+    }
+    qsort(c->order, n, sizeof *c->order, compare_items);
+    return 0;
+}
+
+int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count)
+{
+    int rc = c->changes_valid ? 0 : sort_dirty(c);
+    if (rc)
+        return rc;
+    for (size_t i = 0; !c->changes_valid && i < c->dirty; i++) {
+        const entry_t *e = &c->entries[c->order[i].entry];
+        c->changes[i] = (sl_record_t){.timestamp = -1,
+                                      .key = key_of(c, e),
+                                      .key_len = (int32_t)e->key_len,
+                                      .value = e->deleted ? NULL : c->arena.data + e->value_at,
+                                      .value_len = e->deleted ? -1 : (int32_t)e->value_len};
+    }
+    c->change_count = c->dirty;
+    c->changes_valid = 1;
+    *records = c->changes;
+    *count = c->change_count;
+    return 0;
+}
+
+int sl_cache_flush(sl_cache_t *c, MDB_txn *txn)
+{
+    const sl_record_t *changes;
+    size_t n;
+    int rc = sl_cache_changes(c, &changes, &n);
+    return rc ? rc : sl_store_apply(c->store, txn, changes, n);
+}
+
+void sl_cache_committed(sl_cache_t *c)
+{
+    for (size_t i = 0; c->dirty && i < c->count; i++)
+        c->entries[i].dirty = 0;
+    c->dirty = 0;
+    c->changes_valid = 0;
+    end_read(c);
+    if (sl_cache_bytes(c) > c->max_bytes / 2)
+        sl_cache_clear(c);
+}

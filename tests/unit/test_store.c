@@ -1,0 +1,570 @@
+/*
+ * test_store.c - state stores and the write cache: names and kinds, key
+ * limits, reads through the cache and after a commit, deletes, changes in
+ * LMDB's key order, window ranges (also with keys that interleave), the
+ * cache's windows over LMDB's, expiry through the time index, the full
+ * signal and eviction, a failed commit keeping changes, reads from another
+ * thread during a commit, checkpoints, and allocation failure.
+ */
+#include "testutil.h"
+
+#include "storage/state.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct fixture {
+    char *dir;
+    sl_state_t *state;
+    sl_store_t *store;
+    sl_cache_t *cache;
+} fixture_t;
+
+static void open_fixture(fixture_t *f, sl_store_kind_t kind, size_t cache_bytes)
+{
+    f->dir = tu_mkdtemp();
+    assert_int_equal(sl_state_open(f->dir, NULL, &f->state), 0);
+    assert_int_equal(sl_store_open(f->state, "pipe", "counts", kind, &f->store), 0);
+    assert_int_equal(sl_cache_new(f->store, cache_bytes, &f->cache), 0);
+}
+
+static void close_fixture(fixture_t *f)
+{
+    sl_cache_free(f->cache);
+    sl_store_close(f->store);
+    sl_state_close(f->state);
+    tu_rmdir(f->dir);
+}
+
+/* Flushes the cache in a write transaction and commits it. */
+static void commit(fixture_t *f)
+{
+    MDB_txn *txn;
+    assert_int_equal(sl_state_begin(f->state, 1, &txn), 0);
+    assert_int_equal(sl_cache_flush(f->cache, txn), 0);
+    assert_int_equal(sl_state_commit(txn), 0);
+    sl_cache_committed(f->cache);
+}
+
+static void put(fixture_t *f, const char *key, const char *value)
+{
+    int rc = sl_cache_put(f->cache, key, strlen(key), value, strlen(value));
+    assert_true(rc == 0 || rc == 1);
+}
+
+static void window_put(fixture_t *f, const char *key, int64_t start, const char *value)
+{
+    int rc = sl_cache_window_put(f->cache, key, strlen(key), start, value, strlen(value));
+    assert_true(rc == 0 || rc == 1);
+}
+
+/* The cache's value of key as a string, or "-" when it has none. */
+static const char *cached(fixture_t *f, const char *key)
+{
+    static char text[256];
+    const void *value;
+    size_t n;
+    int rc = sl_cache_get(f->cache, key, strlen(key), &value, &n);
+    assert_true(rc == 0 || rc == 1);
+    snprintf(text, sizeof text, "%.*s", rc ? (int)n : 1, rc ? (const char *)value : "-");
+    return text;
+}
+
+/* LMDB's committed value of key, or "-". */
+static const char *stored(fixture_t *f, const char *key)
+{
+    static char text[256];
+    const void *value;
+    size_t n;
+    MDB_txn *txn;
+    assert_int_equal(sl_state_begin(f->state, 0, &txn), 0);
+    int rc = sl_store_get(f->store, txn, key, strlen(key), &value, &n);
+    assert_true(rc == 0 || rc == SL_ENOTFOUND);
+    snprintf(text, sizeof text, "%.*s", rc ? 1 : (int)n, rc ? "-" : (const char *)value);
+    mdb_txn_abort(txn);
+    return text;
+}
+
+/* "start=value " per window, into a text. */
+typedef struct listing {
+    char text[4096];
+    int count;
+} listing_t;
+
+static int list_window(void *arg, int64_t start, const void *value, size_t n)
+{
+    listing_t *l = arg;
+    size_t used = strlen(l->text);
+    snprintf(l->text + used, sizeof l->text - used, "%lld=%.*s ", (long long)start, (int)n,
+             (const char *)value);
+    l->count++;
+    return 0;
+}
+
+static const char *stored_windows(fixture_t *f, const char *key, int64_t from, int64_t to)
+{
+    static listing_t l;
+    MDB_txn *txn;
+    memset(&l, 0, sizeof l);
+    assert_int_equal(sl_state_begin(f->state, 0, &txn), 0);
+    assert_int_equal(sl_store_windows(f->store, txn, key, strlen(key), from, to, list_window, &l),
+                     0);
+    mdb_txn_abort(txn);
+    return l.text;
+}
+
+static const char *cached_windows(fixture_t *f, const char *key, int64_t from, int64_t to)
+{
+    static listing_t l;
+    memset(&l, 0, sizeof l);
+    assert_int_equal(sl_cache_windows(f->cache, key, strlen(key), from, to, list_window, &l), 0);
+    return l.text;
+}
+
+static void test_names_and_kinds(void **state)
+{
+    (void)state;
+    fixture_t f;
+    sl_store_t *s = NULL;
+    char long_name[300];
+    open_fixture(&f, SL_STORE_KV, 0);
+    assert_string_equal(sl_store_name(f.store), "pipe.counts");
+    assert_string_equal(sl_store_changelog_topic(f.store), "pipe.counts.changelog");
+    assert_int_equal(sl_store_kind(f.store), SL_STORE_KV);
+    assert_int_equal(sl_store_open(f.state, "", "x", SL_STORE_KV, &s), SL_EINVALID);
+    assert_int_equal(sl_store_open(f.state, "pipe", "a/b", SL_STORE_KV, &s), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "store pipe.a/b"));
+    memset(long_name, 'n', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = 0;
+    assert_int_equal(sl_store_open(f.state, "pipe", long_name, SL_STORE_KV, &s), SL_EINVALID);
+    assert_int_equal(sl_store_open(f.state, "pipe", "counts", SL_STORE_WINDOW, &s), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "is a kv store, not a window store"));
+    assert_int_equal(sl_store_open(f.state, "pipe", "x", (sl_store_kind_t)7, &s), SL_EINVALID);
+    assert_null(s);
+    assert_int_equal(sl_store_open(f.state, "pipe", "counts", SL_STORE_KV, &s), 0); /* again */
+    sl_store_close(s);
+    close_fixture(&f);
+}
+
+static void test_reads_see_the_cache_then_lmdb_after_commit(void **state)
+{
+    (void)state;
+    fixture_t f;
+    open_fixture(&f, SL_STORE_KV, 0);
+    put(&f, "alice", "1");
+    put(&f, "bob", "2");
+    assert_string_equal(cached(&f, "alice"), "1");
+    assert_string_equal(stored(&f, "alice"), "-"); /* nothing in LMDB before the commit */
+    assert_int_equal(sl_cache_dirty_count(f.cache), 2);
+    commit(&f);
+    assert_int_equal(sl_cache_dirty_count(f.cache), 0);
+    assert_string_equal(stored(&f, "alice"), "1");
+    assert_string_equal(stored(&f, "bob"), "2");
+    put(&f, "alice", "a much longer value than before");
+    assert_string_equal(cached(&f, "alice"), "a much longer value than before");
+    put(&f, "alice", "3");
+    assert_string_equal(cached(&f, "alice"), "3");
+    assert_int_equal(sl_cache_delete(f.cache, "bob", 3), 0);
+    assert_string_equal(cached(&f, "bob"), "-");
+    assert_string_equal(stored(&f, "bob"), "2");
+    assert_string_equal(cached(&f, "carol"), "-");
+    commit(&f);
+    assert_string_equal(stored(&f, "alice"), "3");
+    assert_string_equal(stored(&f, "bob"), "-");
+    sl_cache_clear(f.cache); /* reads now come from LMDB */
+    assert_string_equal(cached(&f, "alice"), "3");
+    assert_string_equal(cached(&f, "bob"), "-");
+    close_fixture(&f);
+}
+
+static void test_keys_over_lmdb_limit_are_refused(void **state)
+{
+    (void)state;
+    fixture_t f, w;
+    char key[600];
+    const void *v;
+    size_t n;
+    memset(key, 'k', sizeof key);
+    open_fixture(&f, SL_STORE_KV, 0);
+    assert_int_equal(sl_cache_put(f.cache, key, 511, "v", 1), 0);
+    assert_int_equal(sl_cache_put(f.cache, key, 512, "v", 1), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "a key of 512 bytes is over the limit of 511"));
+    assert_int_equal(sl_cache_put(f.cache, key, 0, "v", 1), SL_EINVALID);
+    assert_int_equal(sl_cache_get(f.cache, key, 512, &v, &n), SL_EINVALID);
+    assert_int_equal(sl_cache_delete(f.cache, key, 512), SL_EINVALID);
+    commit(&f);
+    assert_int_equal(sl_cache_window_put(f.cache, "k", 1, 0, "v", 1), SL_EINVALID);
+    open_fixture(&w, SL_STORE_WINDOW, 0);
+    assert_int_equal(sl_cache_window_put(w.cache, key, 503, 5, "v", 1), 0);
+    assert_int_equal(sl_cache_window_put(w.cache, key, 504, 5, "v", 1), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "less 8 for the window"));
+    assert_int_equal(sl_cache_put(w.cache, "k", 1, "v", 1), SL_EINVALID);
+    commit(&w);
+    close_fixture(&w);
+    close_fixture(&f);
+}
+
+/* Changes come out in LMDB's order (memcmp, then length), whatever order
+ * they went in, and LMDB holds them in the same order. */
+static const char *const sorted_keys[] = {
+    "a", "a\x01", "ab", "abcdefgh", "abcdefgh\x01", "abcdefghi", "b", "\xff\xff"};
+#define SORTED_COUNT (sizeof sorted_keys / sizeof *sorted_keys)
+
+static int check_order(void *arg, const void *key, size_t len, const void *value, size_t n)
+{
+    size_t *i = arg;
+    (void)value;
+    (void)n;
+    assert_true(*i < SORTED_COUNT);
+    assert_int_equal(len, strlen(sorted_keys[*i]));
+    assert_memory_equal(key, sorted_keys[*i], len);
+    (*i)++;
+    return 0;
+}
+
+static void test_changes_are_sorted_in_lmdb_key_order(void **state)
+{
+    (void)state;
+    fixture_t f;
+    const sl_record_t *changes;
+    size_t n, seen = 0;
+    MDB_txn *txn;
+    static const int insertion[] = {6, 2, 7, 0, 4, 1, 5, 3};
+    open_fixture(&f, SL_STORE_KV, 0);
+    for (size_t i = 0; i < SORTED_COUNT; i++)
+        put(&f, sorted_keys[insertion[i]], "v");
+    assert_int_equal(sl_cache_delete(f.cache, "a", 1), 0);
+    assert_int_equal(sl_cache_changes(f.cache, &changes, &n), 0);
+    assert_int_equal(n, SORTED_COUNT);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(changes[i].key_len, strlen(sorted_keys[i]));
+        assert_memory_equal(changes[i].key, sorted_keys[i], strlen(sorted_keys[i]));
+    }
+    assert_int_equal(changes[0].value_len, -1); /* "a" was deleted: a tombstone */
+    assert_null(changes[0].value);
+    assert_int_equal(changes[1].value_len, 1);
+    put(&f, "a", "back");
+    commit(&f);
+    assert_int_equal(sl_state_begin(f.state, 0, &txn), 0);
+    assert_int_equal(sl_store_foreach(f.store, txn, check_order, &seen), 0);
+    mdb_txn_abort(txn);
+    assert_int_equal(seen, SORTED_COUNT);
+    close_fixture(&f);
+}
+
+static void test_window_ranges(void **state)
+{
+    (void)state;
+    fixture_t f;
+    uint8_t twin[32];
+    const void *v;
+    size_t n;
+    MDB_txn *txn;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    window_put(&f, "k", 100, "a");
+    window_put(&f, "k", 200, "b");
+    window_put(&f, "k", -50, "neg");
+    window_put(&f, "k", 300, "c");
+    window_put(&f, "kk", 150, "other");
+    /* a key that is "k" followed by the bytes of window 150: its store
+     * keys sort between k's windows 100 and 200 */
+    size_t twin_len = sl_store_window_key(twin, "k", 1, 150);
+    twin[twin_len++] = 'z';
+    assert_int_equal(sl_cache_window_put(f.cache, twin, twin_len, 7, "twin", 4), 0);
+    commit(&f);
+    assert_string_equal(stored_windows(&f, "k", INT64_MIN, INT64_MAX),
+                        "-50=neg 100=a 200=b 300=c ");
+    assert_string_equal(stored_windows(&f, "k", 100, 200), "100=a 200=b ");
+    assert_string_equal(stored_windows(&f, "k", 101, 199), "");
+    assert_string_equal(stored_windows(&f, "k", 300, 100), "");
+    assert_string_equal(stored_windows(&f, "kk", 0, 1000), "150=other ");
+    assert_string_equal(stored_windows(&f, "nope", 0, 1000), "");
+    assert_int_equal(sl_state_begin(f.state, 0, &txn), 0);
+    assert_int_equal(sl_store_get_window(f.store, txn, "k", 1, 200, &v, &n), 0);
+    assert_memory_equal(v, "b", 1);
+    assert_int_equal(sl_store_get_window(f.store, txn, "k", 1, 201, &v, &n), SL_ENOTFOUND);
+    assert_int_equal(sl_store_get(f.store, txn, "k", 1, &v, &n), SL_EINVALID);
+    mdb_txn_abort(txn);
+    int64_t start;
+    size_t key_len;
+    assert_int_equal(sl_store_window_split(twin, twin_len - 1, &key_len, &start), 0);
+    assert_int_equal(key_len, 1);
+    assert_int_equal(start, 150);
+    assert_int_equal(sl_store_window_split(twin, 8, &key_len, &start), SL_ECORRUPT);
+    close_fixture(&f);
+}
+
+static void test_cache_windows_overlay_lmdb(void **state)
+{
+    (void)state;
+    fixture_t f;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    window_put(&f, "k", 100, "a");
+    window_put(&f, "k", 200, "b");
+    window_put(&f, "k", 300, "c");
+    commit(&f);
+    window_put(&f, "k", 200, "B");
+    assert_int_equal(sl_cache_window_delete(f.cache, "k", 1, 300), 0);
+    window_put(&f, "k", 250, "new");
+    window_put(&f, "k", 50, "early");
+    window_put(&f, "j", 200, "other key");
+    assert_string_equal(cached_windows(&f, "k", 0, 1000), "50=early 100=a 200=B 250=new ");
+    assert_string_equal(cached_windows(&f, "k", 150, 260), "200=B 250=new ");
+    assert_string_equal(cached_windows(&f, "j", 0, 1000), "200=other key ");
+    commit(&f);
+    assert_string_equal(stored_windows(&f, "k", 0, 1000), "50=early 100=a 200=B 250=new ");
+    close_fixture(&f);
+}
+
+static int count_entry(void *arg, const void *key, size_t len, const void *value, size_t n)
+{
+    (void)key;
+    (void)len;
+    (void)value;
+    (void)n;
+    (*(size_t *)arg)++;
+    return 0;
+}
+
+/* How many windows the time index lists before cutoff. */
+static size_t indexed_before(fixture_t *f, int64_t cutoff)
+{
+    size_t count = 0;
+    MDB_txn *txn;
+    assert_int_equal(sl_state_begin(f->state, 0, &txn), 0);
+    assert_int_equal(sl_store_expired(f->store, txn, cutoff, SIZE_MAX, count_entry, &count), 0);
+    mdb_txn_abort(txn);
+    return count;
+}
+
+static void test_expiry_deletes_old_windows_with_tombstones(void **state)
+{
+    (void)state;
+    fixture_t f;
+    const sl_record_t *changes;
+    size_t n, count;
+    char key[16];
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    for (int k = 0; k < 5; k++) {
+        snprintf(key, sizeof key, "key%d", k);
+        for (int64_t w = 0; w < 10; w++)
+            window_put(&f, key, w * 100, "v");
+    }
+    commit(&f);
+    for (int64_t w = 0; w < 10; w++)
+        window_put(&f, "key0", w * 100, "updated"); /* updates add no index entries */
+    commit(&f);
+    assert_int_equal(indexed_before(&f, INT64_MAX), 50);
+    assert_int_equal(sl_cache_expire(f.cache, 300, 0, &count), 0);
+    assert_int_equal(count, 15); /* all of them are still in the cache (clean) */
+    sl_cache_clear(f.cache);
+    window_put(&f, "fresh", 100, "cached only");
+    assert_int_equal(sl_cache_expire(f.cache, 300, 7, &count), 0);
+    assert_int_equal(count, 1 + 7); /* the cached one, then 7 from LMDB, oldest first */
+    assert_int_equal(sl_cache_expire(f.cache, 300, 0, &count), 0);
+    assert_int_equal(count, 15 - 7);
+    assert_int_equal(sl_cache_changes(f.cache, &changes, &n), 0);
+    assert_int_equal(n, 16);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(changes[i].value_len, -1);
+    commit(&f);
+    assert_int_equal(indexed_before(&f, 300), 0);
+    assert_int_equal(indexed_before(&f, INT64_MAX), 35);
+    assert_string_equal(stored_windows(&f, "key0", 0, 1000),
+                        "300=updated 400=updated 500=updated 600=updated 700=updated 800=updated "
+                        "900=updated ");
+    assert_string_equal(stored_windows(&f, "fresh", 0, 1000), "");
+    fixture_t kv;
+    open_fixture(&kv, SL_STORE_KV, 0);
+    assert_int_equal(sl_cache_expire(kv.cache, 300, 0, &count), SL_EINVALID);
+    close_fixture(&kv);
+    close_fixture(&f);
+}
+
+static void test_full_cache_signals_and_is_emptied_after_commit(void **state)
+{
+    (void)state;
+    fixture_t f;
+    char key[32], value[64];
+    int rc = 0, puts = 0;
+    open_fixture(&f, SL_STORE_KV, 256 << 10);
+    memset(value, 'v', sizeof value);
+    while (rc == 0) {
+        snprintf(key, sizeof key, "key-%06d", puts++);
+        rc = sl_cache_put(f.cache, key, strlen(key), value, sizeof value);
+        assert_true(rc == 0 || rc == 1);
+        assert_true(puts < 100000);
+    }
+    assert_true(sl_cache_is_full(f.cache));
+    assert_true(sl_cache_bytes(f.cache) >= 256 << 10);
+    commit(&f);
+    assert_false(sl_cache_is_full(f.cache));
+    assert_true(sl_cache_bytes(f.cache) < 256 << 10);
+    assert_string_equal(stored(&f, "key-000000"), cached(&f, "key-000000"));
+    snprintf(key, sizeof key, "key-%06d", puts - 1);
+    assert_int_equal(strlen(stored(&f, key)), sizeof value);
+    close_fixture(&f);
+}
+
+static void test_failed_commit_keeps_the_changes(void **state)
+{
+    (void)state;
+    fixture_t f;
+    MDB_txn *txn;
+    open_fixture(&f, SL_STORE_KV, 0);
+    put(&f, "a", "1");
+    assert_int_equal(sl_state_begin(f.state, 1, &txn), 0);
+    assert_int_equal(sl_cache_flush(f.cache, txn), 0);
+    mdb_txn_abort(txn); /* the commit failed */
+    assert_int_equal(sl_cache_dirty_count(f.cache), 1);
+    assert_string_equal(stored(&f, "a"), "-");
+    commit(&f);
+    assert_string_equal(stored(&f, "a"), "1");
+    close_fixture(&f);
+}
+
+typedef struct reader_call {
+    fixture_t *f;
+    int rc;
+} reader_call_t;
+
+static void *read_during_commit(void *arg)
+{
+    reader_call_t *call = arg;
+    const void *v;
+    size_t n;
+    MDB_txn *txn;
+    call->rc = sl_state_begin(call->f->state, 0, &txn);
+    if (call->rc == 0) {
+        call->rc = sl_store_get(call->f->store, txn, "a", 1, &v, &n);
+        mdb_txn_abort(txn);
+    }
+    return NULL;
+}
+
+/* A reader on another thread is not blocked by an open write transaction
+ * and sees the last committed state. */
+static void test_reads_from_another_thread_never_wait_for_a_commit(void **state)
+{
+    (void)state;
+    fixture_t f;
+    MDB_txn *txn;
+    pthread_t thread;
+    open_fixture(&f, SL_STORE_KV, 0);
+    put(&f, "a", "1");
+    assert_int_equal(sl_state_begin(f.state, 1, &txn), 0);
+    assert_int_equal(sl_cache_flush(f.cache, txn), 0);
+    reader_call_t call = {&f, -1};
+    assert_int_equal(pthread_create(&thread, NULL, read_during_commit, &call), 0);
+    pthread_join(thread, NULL);
+    assert_int_equal(call.rc, SL_ENOTFOUND);
+    assert_int_equal(sl_state_commit(txn), 0);
+    sl_cache_committed(f.cache);
+    assert_int_equal(pthread_create(&thread, NULL, read_during_commit, &call), 0);
+    pthread_join(thread, NULL);
+    assert_int_equal(call.rc, 0);
+    close_fixture(&f);
+}
+
+static void test_checkpoints(void **state)
+{
+    (void)state;
+    fixture_t f;
+    MDB_txn *txn;
+    int64_t offset = -1;
+    sl_store_t *other;
+    open_fixture(&f, SL_STORE_KV, 0);
+    assert_int_equal(sl_store_open(f.state, "pipe", "counts2", SL_STORE_KV, &other), 0);
+    assert_int_equal(sl_state_begin(f.state, 1, &txn), 0);
+    assert_int_equal(sl_store_checkpoint_get(f.store, txn, 3, &offset), SL_ENOTFOUND);
+    assert_int_equal(sl_store_checkpoint_put(f.store, txn, 3, 1234), 0);
+    assert_int_equal(sl_store_checkpoint_put(f.store, txn, -1, 1), SL_EINVALID);
+    assert_int_equal(sl_store_checkpoint_put(f.store, txn, 1, -1), SL_EINVALID);
+    assert_int_equal(sl_state_commit(txn), 0);
+    assert_int_equal(sl_state_begin(f.state, 0, &txn), 0);
+    assert_int_equal(sl_store_checkpoint_get(f.store, txn, 3, &offset), 0);
+    assert_int_equal(offset, 1234);
+    assert_int_equal(sl_store_checkpoint_get(f.store, txn, 2, &offset), SL_ENOTFOUND);
+    assert_int_equal(sl_store_checkpoint_get(other, txn, 3, &offset), SL_ENOTFOUND);
+    mdb_txn_abort(txn);
+    sl_store_close(other);
+    close_fixture(&f);
+}
+
+/* Survives a close and reopen of the whole state. */
+static void test_committed_entries_survive_reopen(void **state)
+{
+    (void)state;
+    fixture_t f;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    window_put(&f, "k", 60000, "x");
+    commit(&f);
+    sl_cache_free(f.cache);
+    sl_store_close(f.store);
+    sl_state_close(f.state);
+    assert_int_equal(sl_state_open(f.dir, NULL, &f.state), 0);
+    assert_int_equal(sl_store_open(f.state, "pipe", "counts", SL_STORE_WINDOW, &f.store), 0);
+    assert_int_equal(sl_cache_new(f.store, 0, &f.cache), 0);
+    assert_string_equal(stored_windows(&f, "k", 0, INT64_MAX), "60000=x ");
+    assert_string_equal(cached_windows(&f, "k", 0, INT64_MAX), "60000=x ");
+    close_fixture(&f);
+}
+
+/* Every allocation failing in turn: each attempt ends in -ENOMEM (the
+ * sanitizer build checks nothing leaks) until enough succeed. */
+static void test_out_of_memory_is_an_error(void **state)
+{
+    (void)state;
+    fixture_t f;
+    char key[16];
+    int rc = -ENOMEM;
+    long n;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    for (n = 0; n < 1000 && rc == -ENOMEM; n++) {
+        sl_cache_t *c = NULL;
+        sl_alloc_fail_after(n);
+        rc = sl_cache_new(f.store, 0, &c);
+        for (int i = 0; rc == 0 && i < 50; i++) {
+            snprintf(key, sizeof key, "k%d", i);
+            rc = sl_cache_window_put(c, key, strlen(key), i, "v", 1);
+        }
+        if (rc == 0)
+            rc = sl_cache_expire(c, 10, 0, NULL);
+        const sl_record_t *changes;
+        size_t count;
+        if (rc == 0)
+            rc = sl_cache_changes(c, &changes, &count);
+        sl_alloc_fail_after(-1);
+        if (rc == 0)
+            assert_int_equal(count, 50);
+        else
+            assert_int_equal(rc, -ENOMEM);
+        sl_cache_free(c);
+    }
+    assert_int_equal(rc, 0);
+    assert_true(n > 3);
+    close_fixture(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_names_and_kinds),
+        cmocka_unit_test(test_reads_see_the_cache_then_lmdb_after_commit),
+        cmocka_unit_test(test_keys_over_lmdb_limit_are_refused),
+        cmocka_unit_test(test_changes_are_sorted_in_lmdb_key_order),
+        cmocka_unit_test(test_window_ranges),
+        cmocka_unit_test(test_cache_windows_overlay_lmdb),
+        cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
+        cmocka_unit_test(test_full_cache_signals_and_is_emptied_after_commit),
+        cmocka_unit_test(test_failed_commit_keeps_the_changes),
+        cmocka_unit_test(test_reads_from_another_thread_never_wait_for_a_commit),
+        cmocka_unit_test(test_checkpoints),
+        cmocka_unit_test(test_committed_entries_survive_reopen),
+        cmocka_unit_test(test_out_of_memory_is_an_error),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
