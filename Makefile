@@ -7,7 +7,7 @@
 
 DEBIAN_PACKAGES := build-essential cmake pkg-config clang clang-format libclang-rt-14-dev \
                    liblmdb-dev liblua5.4-dev libzstd-dev libevent-dev libcmocka-dev \
-                   lua-cjson-dev libhiredis-dev redis-server redis-tools python3-redis curl
+                   lua-cjson-dev libjsmn-dev libhiredis-dev redis-server redis-tools python3-redis curl
 BUILD      := build
 ASAN_BUILD := build-asan
 FUZZ_BUILD := build-fuzz

@@ -11,6 +11,7 @@
 #include "lua/vm.h"
 
 #include <assert.h>
+#include <string.h>
 
 typedef struct call {
     const sl_op_t *op;
@@ -90,7 +91,7 @@ static int map_body(lua_State *L)
     sl_vm_t *vm = sl_vm_of(L);
     sl_slot_push(L, vm, call->slot);
     call_user(L, vm, call->op->fn, call->slot);
-    sl_record_push_result(L, vm, 2, 3, call->op, &call->out_slot);
+    sl_record_push_result(L, vm, 2, call->slot, 3, call->op, &call->out_slot);
     return 0;
 }
 
@@ -131,7 +132,7 @@ static int flat_map_body(lua_State *L)
     call->out_slot = vm->slot_count;
     for (int i = 1; i <= n; i++) {
         lua_rawgeti(L, 3, i);
-        sl_record_push_result(L, vm, 2, 4, call->op, &slot);
+        sl_record_push_result(L, vm, 2, call->slot, 4, call->op, &slot);
         lua_settop(L, 3);
     }
     call->count = n;
@@ -150,16 +151,27 @@ int sl_vm_call_flat_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *first_slo
     return rc;
 }
 
-/* Pushes r.value[field] of the record table at 2. */
-static void push_field(lua_State *L, const char *field)
+/* Pushes r.value[field] of the record in slot: straight from the tokens
+ * of a loaded JSON object, without building r. */
+static void push_field(lua_State *L, sl_vm_t *vm, int slot, const char *field)
 {
     char text[64];
-    lua_pushliteral(L, "value");
-    if (lua_rawget(L, 2) != LUA_TTABLE)
-        sl_vm_raise(L, "the value is %s, not a JSON object with the field '%s'",
-                    sl_vm_describe(L, -1, text, sizeof text), field);
-    lua_pushstring(L, field);
-    int type = lua_rawget(L, -2);
+    const sl_slot_t *s = &vm->slots[slot];
+    if (s->kind == SL_SLOT_LOADED && s->doc >= 0 && !s->has_table &&
+        vm->jtoks[vm->docs[s->doc].first].type == SL_JTOK_OBJECT) {
+        int token = sl_lazy_find(L, vm, s->doc, field, strlen(field));
+        if (token < 0)
+            lua_pushnil(L);
+        else
+            sl_lazy_push_found(L, vm, s->doc, token);
+    } else {
+        sl_slot_push(L, vm, slot);
+        if (lua_getfield(L, -1, "value") != LUA_TTABLE)
+            sl_vm_raise(L, "the value is %s, not a JSON object with the field '%s'",
+                        sl_vm_describe(L, -1, text, sizeof text), field);
+        lua_getfield(L, -1, field);
+    }
+    int type = lua_type(L, -1);
     if (type == LUA_TNIL || (type == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1)))
         sl_vm_raise(L, "the value has no field '%s' (or it is null)", field);
 }
@@ -168,12 +180,11 @@ static int key_body(lua_State *L)
 {
     call_t *call = lua_touserdata(L, 1);
     sl_vm_t *vm = sl_vm_of(L);
-    sl_slot_push(L, vm, call->slot);
     if (call->op->field)
-        push_field(L, call->op->field);
+        push_field(L, vm, call->slot, call->op->field);
     else
         call_user(L, vm, call->op->fn, call->slot);
-    sl_record_push_keyed(L, vm, 2, call->slot, lua_gettop(L), call->op, &call->out_slot);
+    sl_record_push_keyed(L, vm, call->slot, lua_gettop(L), call->op, &call->out_slot);
     return 0;
 }
 

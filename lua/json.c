@@ -1,11 +1,11 @@
 /*
- * json.c - JSON values through lua-cjson 2.1, made safe for the sandbox.
+ * json.c - the scripts' json module: lua-cjson 2.1, made safe for the
+ * sandbox.
  *
- * The runtime decodes and encodes records with its own cjson instance,
- * taken at VM creation (decode and encode held by registry reference), so
- * nothing a script does changes how records are read or written. Each
- * script gets its own module (sl_json_push_script_module) with the same
- * protections.
+ * Records do not go through cjson (jsontok.c and lazy.c read them, encode.c
+ * writes them). Each script gets its own cjson instance
+ * (sl_json_push_script_module), so nothing a script changes in its module
+ * reaches another script or the records.
  *
  * Three defects of lua-cjson 2.1 are worked around here:
  *
@@ -49,16 +49,6 @@ static void push_cjson(lua_State *L)
 {
     lua_pushcfunction(L, luaopen_cjson);
     lua_call(L, 0, 1);
-}
-
-void sl_json_init(lua_State *L, sl_vm_t *vm)
-{
-    push_cjson(L);
-    lua_getfield(L, -1, "decode");
-    vm->json_decode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_getfield(L, -1, "encode");
-    vm->json_encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1);
 }
 
 int sl_json_integral(double v, lua_Integer *out)
@@ -121,13 +111,6 @@ static void decode_top(lua_State *L, sl_vm_t *vm)
         integer_in_place(L, lua_gettop(L));
 }
 
-void sl_json_decode(lua_State *L, sl_vm_t *vm, const char *text, size_t len)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->json_decode_ref);
-    lua_pushlstring(L, text, len);
-    decode_top(L, vm);
-}
-
 /* Adds to *bound an upper bound of the JSON text of the value at idx,
  * stopping once it passes limit. Functions and the like add nothing (cjson
  * refuses them), as do levels past cjson's depth limit. */
@@ -139,6 +122,7 @@ static void measure(lua_State *L, int idx, int depth, size_t limit, size_t *boun
         *bound += 6 * lua_rawlen(L, idx) + 3; /* every byte as \u00XX, quotes, comma */
         break;
     case LUA_TTABLE:
+        sl_lazy_materialize(L, sl_vm_of(L), idx); /* cjson reads tables raw */
         *bound += 2;
         luaL_checkstack(L, 3, "JSON nested too deep");
         lua_pushnil(L);
@@ -166,13 +150,6 @@ static void encode_top(lua_State *L, sl_vm_t *vm, int where)
     if (bound > limit)
         sl_vm_raise(L, "the value's JSON text could exceed %zu bytes", limit);
     lua_call(L, 1, 1);
-}
-
-void sl_json_encode(lua_State *L, sl_vm_t *vm)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->json_encode_ref);
-    lua_insert(L, -2);
-    encode_top(L, vm, 0);
 }
 
 /* json.decode(text) for scripts: upvalue 1 is cjson's decode. */

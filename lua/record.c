@@ -1,15 +1,20 @@
 /*
- * record.c - records between bytes and Lua tables, held in slots.
+ * record.c - records between bytes and Lua, held in slots.
  *
- * A slot pairs a Lua record table (in the batch table, at slot + 1) with
- * its bytes (sl_slot_t, in the arena). Invariant: when has_bytes is set,
- * the bytes are what the record is on output, whatever Lua code later does
- * to the table; when it is clear, the table is the truth and
- * sl_vm_record_get() encodes it once and sets has_bytes.
+ * A slot is one record of the batch (see vm.h for its three kinds). The
+ * rules that make one decode per record possible:
  *
- *   load        bytes -> table (value decoded once)       has_bytes = 1
- *   key_by      input table copied with the new key       has_bytes if the input had them
- *   map results a new canonical table                     has_bytes = 0
+ *   load        bytes copied to the arena, JSON tokenized and checked;
+ *               no Lua yet                                    LOADED
+ *   r           built on first use by a function (lazy.c), then shared by
+ *               every op the record reaches
+ *   key_by      the input with a new key: LOADED stays LOADED (bytes kept),
+ *               VALUE stays VALUE (value shared)
+ *   map         a value: VALUE, keeping the input's key, ts, headers;
+ *               a record table: TABLE, converted to a canonical table
+ *   get         LOADED: the bytes; VALUE: the value encoded (strings as
+ *               they are) with the kept key, ts and headers; TABLE: the
+ *               table encoded
  *
  * A canonical table has key a string or absent, ts an integer, headers a
  * table name -> string or json.null, topic/partition/offset from the input:
@@ -31,40 +36,95 @@
 
 /* ---- slots ---------------------------------------------------------------- */
 
-int sl_slot_new(lua_State *L, sl_vm_t *vm, const sl_op_t *producer)
+/* A new slot (zeroed but for doc = -1); -ENOMEM. Needs no Lua. */
+static int add_slot(sl_vm_t *vm, const sl_op_t *producer)
 {
     if (vm->slot_count == vm->slot_capacity) {
         int capacity = vm->slot_capacity ? 2 * vm->slot_capacity : 1024;
-        vm->slots = sl_vm_need(L, sl_realloc(vm->slots, (size_t)capacity * sizeof *vm->slots));
+        sl_slot_t *grown = sl_realloc(vm->slots, (size_t)capacity * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        vm->slots = grown;
         vm->slot_capacity = capacity;
     }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->batch_ref);
-    lua_insert(L, -2);
-    lua_rawseti(L, -2, vm->slot_count + 1);
-    lua_pop(L, 1);
     sl_slot_t *slot = &vm->slots[vm->slot_count];
     memset(slot, 0, sizeof *slot);
+    slot->doc = -1;
     slot->producer = producer;
     return vm->slot_count++;
 }
 
-void sl_slot_push(lua_State *L, sl_vm_t *vm, int slot)
+/* add_slot for protected code: raises on failure. */
+static int new_slot(lua_State *L, sl_vm_t *vm, const sl_op_t *producer)
+{
+    int slot = add_slot(vm, producer);
+    if (slot < 0)
+        sl_vm_need(L, NULL);
+    return slot;
+}
+
+/* batch[index] = the value at the top (popped). */
+static void batch_set(lua_State *L, sl_vm_t *vm, int index)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->batch_ref);
-    lua_rawgeti(L, -1, slot + 1);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, index);
+    lua_pop(L, 1);
+}
+
+static void batch_push(lua_State *L, sl_vm_t *vm, int index)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->batch_ref);
+    lua_rawgeti(L, -1, index);
     lua_remove(L, -2);
+}
+
+#define VALUE_AT(slot) (2 * (slot) + 1) /* VALUE: the value; TABLE: the table */
+#define TABLE_AT(slot) (2 * (slot) + 2) /* LOADED, VALUE: r once built */
+
+static void push_bytes(lua_State *L, const uint8_t *data, int32_t len);
+
+void sl_slot_push(lua_State *L, sl_vm_t *vm, int slot)
+{
+    sl_slot_t *s = &vm->slots[slot];
+    if (s->kind == SL_SLOT_TABLE) {
+        batch_push(L, vm, VALUE_AT(slot));
+        return;
+    }
+    if (s->has_table) {
+        batch_push(L, vm, TABLE_AT(slot));
+        return;
+    }
+    sl_lazy_push_record(L, vm, slot);
+    if (s->kind == SL_SLOT_VALUE)
+        batch_push(L, vm, VALUE_AT(slot));
+    else if (s->doc >= 0)
+        sl_lazy_push_value(L, vm, s->doc);
+    else if (s->record.value_len >= 0)
+        push_bytes(L, s->record.value, s->record.value_len);
+    else
+        lua_pushnil(L); /* a tombstone: r.value is nil */
+    lua_pushliteral(L, "value");
+    lua_insert(L, -2);
+    lua_rawset(L, -3); /* not through __newindex */
+    lua_pushvalue(L, -1);
+    batch_set(L, vm, TABLE_AT(slot));
+    s->has_table = 1;
 }
 
 void sl_vm_batch_reset(sl_vm_t *vm)
 {
     lua_State *L = vm->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->batch_ref);
-    for (int i = vm->slot_count; i > 0; i--) {
+    for (int i = 2 * vm->slot_count; i > 0; i--) {
         lua_pushnil(L);
         lua_rawseti(L, -2, i);
     }
     lua_pop(L, 1);
     vm->slot_count = 0;
+    vm->jtok_count = 0;
+    vm->doc_count = 0;
+    vm->generation++;
     sl_arena_reset(&vm->arena);
 }
 
@@ -140,7 +200,7 @@ static void set_raw_field(lua_State *L, int t, const char *name)
     lua_rawset(L, t);
 }
 
-/* ---- bytes -> Lua -------------------------------------------------------------- */
+/* ---- bytes in --------------------------------------------------------------- */
 
 static void push_bytes(lua_State *L, const uint8_t *data, int32_t len)
 {
@@ -150,90 +210,63 @@ static void push_bytes(lua_State *L, const uint8_t *data, int32_t len)
         lua_pushlstring(L, (const char *)data, (size_t)len);
 }
 
-static void push_headers(lua_State *L, const sl_header_t *headers, uint32_t count)
+static int copy_bytes(sl_vm_t *vm, const uint8_t **data, int32_t len)
 {
-    lua_createtable(L, 0, (int)count);
-    for (uint32_t i = 0; i < count; i++) {
-        const sl_header_t *h = &headers[i];
-        lua_pushlstring(L, (const char *)h->name, h->name_len > 0 ? (size_t)h->name_len : 0);
-        push_bytes(L, h->value, h->value_len);
-        lua_rawset(L, -3);
+    if (len < 0 || !*data) {
+        *data = NULL;
+        return 0;
     }
+    *data = sl_arena_copy(&vm->arena, *data, (size_t)len);
+    return *data ? 0 : -ENOMEM;
 }
 
-/* Fills the record table at the top from rec. */
-static void fill_loaded(lua_State *L, sl_vm_t *vm, const sl_record_t *rec,
-                        const sl_vm_origin_t *origin)
-{
-    int t = lua_gettop(L);
-    if (rec->key_len >= 0) {
-        push_bytes(L, rec->key, rec->key_len);
-        set_raw_field(L, t, "key");
-    }
-    if (rec->value_len >= 0) {
-        if (origin->json)
-            sl_json_decode(L, vm, (const char *)rec->value, (size_t)rec->value_len);
-        else
-            push_bytes(L, rec->value, rec->value_len);
-        set_raw_field(L, t, "value");
-    }
-    lua_pushinteger(L, rec->timestamp);
-    set_raw_field(L, t, "ts");
-    push_headers(L, rec->headers, rec->header_count);
-    set_raw_field(L, t, "headers");
-    lua_pushstring(L, origin->topic ? origin->topic : "");
-    set_raw_field(L, t, "topic");
-    lua_pushinteger(L, origin->partition);
-    set_raw_field(L, t, "partition");
-    lua_pushinteger(L, rec->offset);
-    set_raw_field(L, t, "offset");
-}
-
-static void copy_record(lua_State *L, sl_vm_t *vm, const sl_record_t *in, sl_record_t *out)
+/* Copies rec's bytes into the arena (no Lua involved). */
+static int copy_record(sl_vm_t *vm, const sl_record_t *in, sl_record_t *out)
 {
     *out = *in;
-    out->key = arena_copy(L, vm, in->key, in->key_len);
-    out->value = arena_copy(L, vm, in->value, in->value_len);
+    if (copy_bytes(vm, &out->key, in->key_len) || copy_bytes(vm, &out->value, in->value_len))
+        return -ENOMEM;
     if (!in->header_count)
-        return;
-    sl_header_t *headers =
-        sl_vm_need(L, sl_arena_alloc(&vm->arena, in->header_count * sizeof *headers));
+        return 0;
+    sl_header_t *headers = sl_arena_alloc(&vm->arena, in->header_count * sizeof *headers);
+    if (!headers)
+        return -ENOMEM;
     for (uint32_t i = 0; i < in->header_count; i++) {
         headers[i] = in->headers[i];
-        headers[i].name = arena_copy(L, vm, in->headers[i].name, in->headers[i].name_len);
-        headers[i].value = arena_copy(L, vm, in->headers[i].value, in->headers[i].value_len);
+        if (copy_bytes(vm, &headers[i].name, in->headers[i].name_len) ||
+            copy_bytes(vm, &headers[i].value, in->headers[i].value_len))
+            return -ENOMEM;
     }
     out->headers = headers;
-}
-
-typedef struct load {
-    const sl_record_t *record;
-    const sl_vm_origin_t *origin;
-    int slot;
-} load_t;
-
-static int load_protected(lua_State *L)
-{
-    load_t *load = lua_touserdata(L, 1);
-    sl_vm_t *vm = sl_vm_of(L);
-    lua_createtable(L, 0, 7);
-    fill_loaded(L, vm, load->record, load->origin);
-    load->slot = sl_slot_new(L, vm, NULL);
-    copy_record(L, vm, load->record, &vm->slots[load->slot].record);
-    vm->slots[load->slot].has_bytes = 1;
     return 0;
 }
 
 int sl_vm_record_load(sl_vm_t *vm, const sl_record_t *rec, const sl_vm_origin_t *origin, int *slot)
 {
-    load_t load = {rec, origin, -1};
-    int rc = sl_vm_protect(vm, load_protected, &load);
-    if (rc)
-        return sl_error_set(
-            rc, "topic %s partition %d offset %lld: %s%s", origin->topic ? origin->topic : "?",
-            (int)origin->partition, (long long)rec->offset,
-            vm->limit_hit || rc == -ENOMEM ? "" : "invalid JSON value: ", vm->message);
-    *slot = load.slot;
+    int index = add_slot(vm, NULL), rc;
+    if (index < 0)
+        return index;
+    sl_slot_t *s = &vm->slots[index];
+    s->kind = SL_SLOT_LOADED;
+    s->has_bytes = 1;
+    s->topic = origin->topic;
+    s->partition = origin->partition;
+    if ((rc = copy_record(vm, rec, &s->record))) {
+        vm->slot_count--;
+        return rc;
+    }
+    if (origin->json && rec->value_len >= 0) {
+        rc = sl_json_tokenize(vm, (const char *)s->record.value, s->record.value_len, &s->doc);
+        if (rc) {
+            vm->slot_count--;
+            if (rc == -ENOMEM)
+                return rc;
+            return sl_error_set(rc, "topic %s partition %d offset %lld: invalid JSON value: %s",
+                                origin->topic ? origin->topic : "?", (int)origin->partition,
+                                (long long)rec->offset, sl_error_detail());
+        }
+    }
+    *slot = index;
     return 0;
 }
 
@@ -304,9 +337,49 @@ static void encode_value(lua_State *L, sl_vm_t *vm, int t, sl_record_t *out)
         lua_pop(L, 1);
         return;
     }
-    if (type != LUA_TSTRING)
-        sl_json_encode(L, vm);
+    if (type != LUA_TSTRING) {
+        sl_json_write(L, vm, -1, &out->value, &out->value_len);
+        lua_pop(L, 1);
+        return;
+    }
     take_string(L, vm, &out->value, &out->value_len);
+}
+
+/* The headers a VALUE slot keeps from its input, as a Lua table would
+ * write them: sorted by name, a repeated name keeping its last value. */
+static void sort_headers(lua_State *L, sl_vm_t *vm, sl_record_t *rec)
+{
+    uint32_t n = rec->header_count, kept = 0;
+    if (n < 2)
+        return;
+    sl_header_t *h = sl_vm_need(L, sl_arena_alloc(&vm->arena, n * sizeof *h));
+    memcpy(h, rec->headers, n * sizeof *h);
+    for (uint32_t i = 1; i < n; i++) /* insertion sort: stable, and n is small */
+        for (uint32_t j = i; j > 0 && by_header_name(&h[j - 1], &h[j]) > 0; j--) {
+            sl_header_t swap = h[j];
+            h[j] = h[j - 1];
+            h[j - 1] = swap;
+        }
+    for (uint32_t i = 0; i < n; i++) {
+        if (i + 1 < n && by_header_name(&h[i], &h[i + 1]) == 0)
+            continue;
+        h[kept++] = h[i];
+    }
+    rec->headers = h;
+    rec->header_count = kept;
+}
+
+static void encode_value_slot(lua_State *L, sl_vm_t *vm, int slot)
+{
+    sl_record_t out = vm->slots[slot].record;
+    sort_headers(L, vm, &out);
+    batch_push(L, vm, VALUE_AT(slot));
+    if (lua_type(L, -1) == LUA_TSTRING)
+        take_string(L, vm, &out.value, &out.value_len);
+    else
+        sl_json_write(L, vm, -1, &out.value, &out.value_len);
+    vm->slots[slot].record = out;
+    vm->slots[slot].has_bytes = 1;
 }
 
 static int encode_protected(lua_State *L)
@@ -314,6 +387,10 @@ static int encode_protected(lua_State *L)
     const int *slot = lua_touserdata(L, 1);
     sl_vm_t *vm = sl_vm_of(L);
     sl_record_t out = {.key_len = -1, .offset = -1};
+    if (vm->slots[*slot].kind == SL_SLOT_VALUE) {
+        encode_value_slot(L, vm, *slot);
+        return 0;
+    }
     sl_slot_push(L, vm, *slot);
     int t = lua_gettop(L);
     raw_field(L, t, "key");
@@ -385,10 +462,11 @@ static void check_value(lua_State *L, int idx, const char *what)
         sl_vm_raise(L, "%s a %s, which cannot be a record value", what, lua_typename(L, type));
 }
 
+/* to[name] = from[name] for each name; from may be a lazy record. */
 static void copy_fields(lua_State *L, int from, int to, const char *const *names)
 {
     for (; *names; names++) {
-        raw_field(L, from, *names);
+        lua_getfield(L, from, *names);
         set_raw_field(L, to, *names);
     }
 }
@@ -427,7 +505,7 @@ static void fill_from_record_table(lua_State *L, int input, int result, int out)
     set_raw_field(L, out, "value");
     if (raw_field(L, result, "ts") == LUA_TNIL) {
         lua_pop(L, 1);
-        raw_field(L, input, "ts");
+        lua_getfield(L, input, "ts");
     }
     lua_pushinteger(L, to_timestamp(L, -1, "the record ts"));
     set_raw_field(L, out, "ts");
@@ -440,7 +518,21 @@ static void fill_from_record_table(lua_State *L, int input, int result, int out)
     lua_pop(L, 1);
 }
 
-void sl_record_push_result(lua_State *L, sl_vm_t *vm, int input, int result,
+/* A new slot of kind made by producer from input_slot, for the caller to
+ * finish; the input's C side (key, ts, headers, origin) is kept. */
+static int derived_slot(lua_State *L, sl_vm_t *vm, int input_slot, sl_slot_kind_t kind,
+                        const sl_op_t *producer)
+{
+    int made = new_slot(L, vm, producer);
+    sl_slot_t *m = &vm->slots[made];
+    *m = vm->slots[input_slot];
+    m->kind = kind;
+    m->has_table = 0;
+    m->producer = producer;
+    return made;
+}
+
+void sl_record_push_result(lua_State *L, sl_vm_t *vm, int input, int input_slot, int result,
                            const sl_op_t *producer, int *slot)
 {
     static const char *const origin[] = {"topic", "partition", "offset", NULL};
@@ -448,17 +540,36 @@ void sl_record_push_result(lua_State *L, sl_vm_t *vm, int input, int result,
     if (lua_isnil(L, result))
         sl_vm_raise(L, "returned nil (return a value, or a record table {key = k, value = v})");
     check_value(L, result, "returned");
+    int lazy_record = sl_lazy_is_record(L, vm, result);
+    if (lazy_record)
+        sl_lazy_materialize(L, vm, result); /* `return r`: all its fields, as changed */
+    int record = lazy_record || is_record_table(L, result);
+    if (!record && vm->slots[input_slot].kind != SL_SLOT_TABLE) {
+        int made = derived_slot(L, vm, input_slot, SL_SLOT_VALUE, producer);
+        vm->slots[made].has_bytes = 0;
+        vm->slots[made].doc = -1;
+        vm->slots[made].record.value = NULL;
+        vm->slots[made].record.value_len = -1;
+        lua_pushvalue(L, result);
+        batch_set(L, vm, VALUE_AT(made));
+        *slot = made;
+        return;
+    }
     lua_createtable(L, 0, 7);
     int out = lua_gettop(L);
     copy_fields(L, input, out, origin);
-    if (is_record_table(L, result)) {
+    if (record) {
         fill_from_record_table(L, input, result, out);
     } else {
         copy_fields(L, input, out, kept);
         lua_pushvalue(L, result);
         set_raw_field(L, out, "value");
     }
-    *slot = sl_slot_new(L, vm, producer);
+    int made = derived_slot(L, vm, input_slot, SL_SLOT_TABLE, producer);
+    vm->slots[made].has_bytes = 0;
+    vm->slots[made].doc = -1;
+    batch_set(L, vm, VALUE_AT(made));
+    *slot = made;
 }
 
 /* Pushes a copy of the table at idx (raw fields, one level). */
@@ -473,7 +584,7 @@ static void push_table_copy(lua_State *L, int idx)
     }
 }
 
-void sl_record_push_keyed(lua_State *L, sl_vm_t *vm, int input, int input_slot, int key,
+void sl_record_push_keyed(lua_State *L, sl_vm_t *vm, int input_slot, int key,
                           const sl_op_t *producer, int *slot)
 {
     char text[64];
@@ -481,27 +592,33 @@ void sl_record_push_keyed(lua_State *L, sl_vm_t *vm, int input, int input_slot, 
     if (!push_text(L, key, "the key"))
         sl_vm_raise(L, "no key: got %s", sl_vm_describe(L, key, text, sizeof text));
     int text_at = lua_gettop(L);
-    push_table_copy(L, input);
-    lua_pushvalue(L, text_at);
-    set_raw_field(L, lua_gettop(L) - 1, "key");
-    *slot = sl_slot_new(L, vm, producer);
-    const sl_slot_t *in = &vm->slots[input_slot];
-    sl_slot_t *made = &vm->slots[*slot];
-    if (in->has_bytes) {
-        const char *bytes = lua_tolstring(L, text_at, &len);
-        made->record = in->record;
-        made->record.key = arena_copy(L, vm, bytes, (int32_t)len);
-        made->record.key_len = (int32_t)len;
-        made->has_bytes = 1;
+    const char *bytes = lua_tolstring(L, text_at, &len);
+    sl_slot_kind_t kind = vm->slots[input_slot].kind;
+    int made = derived_slot(L, vm, input_slot, kind, producer);
+    vm->slots[made].record.key = arena_copy(L, vm, bytes, (int32_t)len);
+    vm->slots[made].record.key_len = (int32_t)len;
+    if (kind == SL_SLOT_VALUE) {
+        batch_push(L, vm, VALUE_AT(input_slot));
+        batch_set(L, vm, VALUE_AT(made));
+    } else if (kind == SL_SLOT_TABLE) {
+        sl_slot_push(L, vm, input_slot);
+        push_table_copy(L, lua_gettop(L));
+        lua_pushvalue(L, text_at);
+        set_raw_field(L, lua_gettop(L) - 1, "key");
+        batch_set(L, vm, VALUE_AT(made));
     }
+    *slot = made;
 }
 
 void sl_record_set_timestamp(lua_State *L, sl_vm_t *vm, int slot, int result)
 {
+    sl_slot_t *s = &vm->slots[slot];
     int64_t ts = to_timestamp(L, result, "the timestamp");
+    s->record.timestamp = ts;
+    if (s->kind != SL_SLOT_TABLE && !s->has_table)
+        return;
     sl_slot_push(L, vm, slot);
     lua_pushinteger(L, ts);
     set_raw_field(L, lua_gettop(L) - 1, "ts");
     lua_pop(L, 1);
-    vm->slots[slot].record.timestamp = ts;
 }

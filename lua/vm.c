@@ -205,7 +205,7 @@ static int open_protected(lua_State *L)
 {
     sl_vm_t *vm = lua_touserdata(L, 1);
     sl_sandbox_init(L, vm);
-    sl_json_init(L, vm);
+    sl_lazy_init(L, vm);
     lua_newtable(L);
     vm->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
@@ -250,6 +250,10 @@ void sl_vm_free(sl_vm_t *vm)
     assert(vm->dag_count == 0);
     lua_close(vm->L);
     sl_free(vm->slots);
+    sl_free(vm->jsmn);
+    sl_free(vm->jtoks);
+    sl_free(vm->docs);
+    sl_free(vm->out);
     sl_arena_free(&vm->arena);
     sl_free(vm);
 }

@@ -4,10 +4,11 @@
  * Lua state layout. The VM pointer sits in the lua_State's extra space, so
  * hooks and C functions find it from L alone. The registry holds, by
  * reference: the sandbox template (what every script's globals are copied
- * from), the base library's load, the runtime's own lua-cjson decode and
- * encode (scripts get separate instances), and the batch table, slot + 1 ->
- * record table. Every other Lua value the runtime keeps is reachable from
- * one of those, or from the references of a compiled DAG.
+ * from), the base library's load, the metatables of lazy records and
+ * JSON objects, and the batch table (per slot: its value or table at
+ * 2 * slot + 1, its record table r at 2 * slot + 2). Every other Lua value
+ * the runtime keeps is reachable from one of those, or from the references
+ * of a compiled DAG.
  *
  * Rule for every file here: any Lua API call that can allocate or raise runs
  * inside sl_vm_protect(), so a Lua error never unwinds a C frame that owns
@@ -22,13 +23,62 @@
 #include "lua/arena.h"
 #include "lua/lua.h"
 
-/* A record in the batch: bytes valid when has_bytes, else encoded from the
- * Lua table on demand; producer names the op that made it, for messages. */
+/*
+ * A record in the batch (record.c). Three kinds, by where its truth is:
+ *
+ *   LOADED  read from the log (or re-keyed from such a record): the bytes
+ *           in record are the truth; doc is its checked JSON value (-1 for
+ *           raw values and tombstones)
+ *   VALUE   a map's value: record has the key, ts and headers it keeps, the
+ *           Lua value (batch table, 2 * slot + 1) is the value
+ *   TABLE   a map's record table (batch table, 2 * slot + 1) is the truth
+ *
+ * record always holds the key, ts, headers and offset a function reading
+ * r sees for LOADED and VALUE; has_bytes says its value (and all of it) is
+ * what goes out. The record table r handed to functions is built on first
+ * use (lazy.c) and kept at 2 * slot + 2.
+ */
+typedef enum { SL_SLOT_LOADED, SL_SLOT_VALUE, SL_SLOT_TABLE } sl_slot_kind_t;
+
 typedef struct sl_slot {
     sl_record_t record;
     int has_bytes;
+    sl_slot_kind_t kind;
+    int doc;
+    int has_table; /* r is built */
+    const char *topic;
+    int32_t partition;
     const sl_op_t *producer;
 } sl_slot_t;
+
+/*
+ * Tokens (jsontok.c): a loaded JSON value, tokenized and checked. Token
+ * indices are relative to the document's first; next is the index just
+ * past a token's subtree (for a key: its value); strings span their text
+ * without quotes. Documents and tokens live until the batch ends.
+ */
+enum {
+    SL_JTOK_OBJECT = 1,
+    SL_JTOK_ARRAY,
+    SL_JTOK_STRING,
+    SL_JTOK_NUMBER,
+    SL_JTOK_TRUE,
+    SL_JTOK_FALSE,
+    SL_JTOK_NULL
+};
+
+typedef struct sl_jtok {
+    int32_t start, end;
+    int32_t size; /* objects: keys; arrays: items */
+    int32_t next;
+    uint8_t type;
+    uint8_t escaped; /* a string with a backslash */
+} sl_jtok_t;
+
+typedef struct sl_jdoc {
+    const char *text;
+    int32_t first; /* in vm->jtoks */
+} sl_jdoc_t;
 
 struct sl_vm {
     lua_State *L;
@@ -46,13 +96,22 @@ struct sl_vm {
     char message[512];                     /* the text of the last Lua error */
     int template_ref;
     int load_ref;
-    int json_decode_ref;
-    int json_encode_ref;
     int batch_ref;
     sl_slot_t *slots;
     int slot_count;
     int slot_capacity;
     sl_arena_t arena;
+    uint32_t generation; /* of the batch: counts sl_vm_batch_reset() calls */
+    void *jsmn;          /* jsmn's tokens, scratch for one value */
+    size_t jsmn_capacity;
+    sl_jtok_t *jtoks; /* checked tokens of the batch's documents */
+    size_t jtok_count, jtok_capacity;
+    sl_jdoc_t *docs;
+    size_t doc_count, doc_capacity;
+    char *out; /* encode.c's buffer for the JSON text being written */
+    size_t out_capacity;
+    int doc_mt_ref;               /* metatable of lazy JSON objects */
+    int record_mt_ref;            /* metatable of lazy records */
     int dag_count;                /* DAGs compiled here and not yet freed */
     struct sl_builder *compiling; /* the compile in progress, or NULL */
     uint64_t compile_serial;      /* numbers each compile, for the DSL's tokens */
@@ -90,28 +149,44 @@ void *sl_vm_need(lua_State *L, void *p);
 void sl_sandbox_init(lua_State *L, sl_vm_t *vm);
 void sl_sandbox_push_env(lua_State *L, sl_vm_t *vm, int module, int json);
 
-/* json.c: the runtime's lua-cjson instance; decode pushes the value of
- * text (raising on invalid JSON), encode replaces the value at the top by
- * its JSON text (raising when it cannot be encoded); push_script_module
- * pushes the json module of one script; integral gives the int64 equal to
- * v, if any. */
-void sl_json_init(lua_State *L, sl_vm_t *vm);
+/* json.c: push_script_module pushes the json module of one script (its own
+ * lua-cjson instance); integral gives the int64 equal to v, if any. */
 void sl_json_push_script_module(lua_State *L);
 int sl_json_integral(double v, lua_Integer *out);
-void sl_json_decode(lua_State *L, sl_vm_t *vm, const char *text, size_t len);
-void sl_json_encode(lua_State *L, sl_vm_t *vm);
 
-/* record.c, for call.c. sl_slot_new pops the record table at the top into
- * a new slot made by producer; sl_slot_push pushes a slot's table. The
- * push_ functions make a new slot from the result of a user function:
- * push_result from a map result (a value or a record table) at result for
- * the input table at input, push_keyed from a key at key. set_timestamp
- * stores the timestamp at result as the slot's ts. All raise on bad types. */
-int sl_slot_new(lua_State *L, sl_vm_t *vm, const sl_op_t *producer);
+/* encode.c: writes the value at idx as JSON text into the arena (*out,
+ * *len); raises with a sentence when it cannot be written. */
+void sl_json_write(lua_State *L, sl_vm_t *vm, int idx, const uint8_t **out, int32_t *len);
+
+/* jsontok.c: tokenizes and checks len bytes of JSON at text (which must
+ * stay valid until the batch ends) into a new document *doc. Returns 0;
+ * SL_EINVALID with "what at byte N" in sl_error_detail(); -ENOMEM. */
+int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc);
+
+/* lazy.c: init makes the metatables; push_value pushes a document's value
+ * (a lazy table for an object); push_record pushes a new lazy record table
+ * for slot (the caller sets its value); find returns the token of the
+ * value of name in an object document (the last, if repeated), -1 if
+ * none, and push_found pushes it; materialize fills in a lazy table at idx
+ * (anything else is left alone); is_record tells a lazy record table. */
+void sl_lazy_init(lua_State *L, sl_vm_t *vm);
+void sl_lazy_push_value(lua_State *L, sl_vm_t *vm, int doc);
+void sl_lazy_push_record(lua_State *L, sl_vm_t *vm, int slot);
+int sl_lazy_find(lua_State *L, sl_vm_t *vm, int doc, const char *name, size_t len);
+void sl_lazy_push_found(lua_State *L, sl_vm_t *vm, int doc, int token);
+void sl_lazy_materialize(lua_State *L, sl_vm_t *vm, int idx);
+int sl_lazy_is_record(lua_State *L, sl_vm_t *vm, int idx);
+
+/* record.c, for call.c. sl_slot_push pushes the record table r of a slot
+ * (building it on first use). The push_ functions make a new slot from the
+ * result of a user function on input_slot: push_result from a map result
+ * (a value or a record table) at result, given r at input; push_keyed from
+ * a key at key. set_timestamp stores the timestamp at result as the slot's
+ * ts. All raise on bad types. */
 void sl_slot_push(lua_State *L, sl_vm_t *vm, int slot);
-void sl_record_push_result(lua_State *L, sl_vm_t *vm, int input, int result,
+void sl_record_push_result(lua_State *L, sl_vm_t *vm, int input, int input_slot, int result,
                            const sl_op_t *producer, int *slot);
-void sl_record_push_keyed(lua_State *L, sl_vm_t *vm, int input, int input_slot, int key,
+void sl_record_push_keyed(lua_State *L, sl_vm_t *vm, int input_slot, int key,
                           const sl_op_t *producer, int *slot);
 void sl_record_set_timestamp(lua_State *L, sl_vm_t *vm, int slot, int result);
 

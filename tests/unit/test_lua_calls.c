@@ -214,9 +214,173 @@ static void test_invalid_json_is_an_error_for_that_record(void **state)
     rec.offset = 5;
     assert_int_equal(sl_vm_record_load(vm_of(state), &rec, &origin, &slot), SL_EINVALID);
     assert_string_equal(sl_error_detail(), "topic clicks partition 2 offset 5: invalid JSON value: "
-                                           "Expected value but found T_END at character 6");
+                                           "the text ends inside a value");
     assert_int_equal(slot, -1);
     load(state, "k", "{\"a\": 1}", 1);
+}
+
+/* jsmn only tokenizes: everything RFC 8259 refuses must still be refused. */
+static void test_every_kind_of_invalid_json_is_refused(void **state)
+{
+    static const char *const bad[] = {
+        "",
+        "   ",
+        "{\"a\" 1}",
+        "{\"a\":1,}",
+        "[1,]",
+        "[1 2]",
+        "{\"a\":01}",
+        "{\"a\":1.}",
+        "{\"a\":-}",
+        "{\"a\":tru}",
+        "{\"a\":nul}",
+        "{\"a\":nulls}",
+        "\"\\u12\"",
+        "\"a\x01\"",
+        "{\"a\":\"\\ud800\"}",
+        "{\"a\":\"\\udc00x\"}",
+        "\"\\ud800\\u0041\"",
+        "1 2",
+        "{} {}",
+        "{\"a\":1}x",
+        "{a:1}",
+        "[1]]",
+        "{\"a\":[1}",
+        "{\"a\":1e}",
+        "{\"a\":+1}",
+        "[,1]",
+        "{,\"a\":1}",
+        "{\"a\"::1}",
+        "{\"a\":1 \"b\":2}",
+        "[\"a\":1]",
+        "{\"a\"}",
+        "\"\\x\"",
+        "[1,,2]",
+        "{\"a\":.5}",
+        "-",
+        "--1",
+        "1e5.5",
+        "[true false]",
+        "{\"a\":1}}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        sl_record_t rec = tu_record("k", bad[i], 1000);
+        sl_vm_origin_t origin = {"clicks", 2, 1};
+        int slot = -1;
+        if (sl_vm_record_load(vm_of(state), &rec, &origin, &slot) != SL_EINVALID)
+            fail_msg("accepted invalid JSON <%s>", bad[i]);
+        assert_non_null(strstr(sl_error_detail(), "invalid JSON value: "));
+        assert_int_equal(slot, -1);
+    }
+    /* deeper than 1000 levels */
+    static char deep[2 * 1001 + 1];
+    memset(deep, '[', 1001);
+    memset(deep + 1001, ']', 1001);
+    sl_record_t rec = tu_record("k", deep, 1);
+    sl_vm_origin_t origin = {"clicks", 2, 1};
+    int slot = -1;
+    assert_int_equal(sl_vm_record_load(vm_of(state), &rec, &origin, &slot), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "nested deeper than 1000 levels"));
+}
+
+static void test_valid_json_of_every_shape_reads_back(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "s.stream('in'):map(function(r) return json.encode({v = r.value}) end):to('out')\n"
+              "json = require('json')\n",
+              SL_OP_MAP);
+    static const char *const cases[][2] = {
+        {"  {\"a\" : 1 }  ", "{\"v\":{\"a\":1}}"},
+        {"[]", "{\"v\":{}}"},
+        {"{}", "{\"v\":{}}"},
+        {"42", "{\"v\":42}"},
+        {"-0.5e+3", "{\"v\":-500}"},
+        {"2.5E-1", "{\"v\":0.25}"},
+        {"\"str\"", "{\"v\":\"str\"}"},
+        {"true", "{\"v\":true}"},
+        {"null", "{\"v\":null}"},
+        {"[1, [2, {\"x\": null}], \"y\"]", "{\"v\":[1,[2,{\"x\":null}],\"y\"]}"},
+        {"{\"s\":\"\\ud83d\\ude00\\u00e9\\n\\\"\\\\\\/\\t\"}",
+         "{\"v\":{\"s\":\"\xf0\x9f\x98\x80\xc3\xa9\\n\\\"\\\\\\/\\t\"}}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int slot = map(state, op, load(state, "k", cases[i][0], 1));
+        sl_record_t out = get(state, slot);
+        if ((size_t)out.value_len != strlen(cases[i][1]) ||
+            memcmp(out.value, cases[i][1], strlen(cases[i][1])) != 0)
+            fail_msg("<%s> read back as <%.*s>, want <%s>", cases[i][0], (int)out.value_len,
+                     (const char *)out.value, cases[i][1]);
+    }
+}
+
+/* r and r.value fill in on demand; every way of looking at them sees all. */
+static void test_lazy_records_behave_like_tables(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "local json = require('json')\n"
+              "s.stream('in'):filter(function(r)\n"
+              "  local v = r.value\n"
+              "  assert(getmetatable(r) == false and getmetatable(v) == false, 'metatable')\n"
+              "  assert(v.dup == 2, 'last duplicate wins')\n"
+              "  assert(v['k\\\"q'] == 'escaped key', 'escaped key')\n"
+              "  assert(v.missing == nil and v[1] == nil, 'absent')\n"
+              "  local n = 0\n"
+              "  for k in pairs(v) do n = n + 1 end\n"
+              "  assert(n == 4, 'pairs sees every field: ' .. n)\n"
+              "  local fields = 0\n"
+              "  for k in pairs(r) do fields = fields + 1 end\n"
+              "  assert(fields == 7, 'pairs over r: ' .. fields)\n"
+              "  return true\n"
+              "end):to('out')\n",
+              SL_OP_FILTER);
+    assert_int_equal(filter(state, op,
+                            load(state, "k",
+                                 "{\"dup\":1,\"a\":{\"b\":[1,2]},\"k\\\"q\":\"escaped key\","
+                                 "\"dup\":2,\"z\":null}",
+                                 1)),
+                     1);
+}
+
+static void test_setting_an_unread_field_to_nil_sticks(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):map(function(r)\n"
+                              "  local v = r.value\n"
+                              "  v.a = nil\n"
+                              "  v.c = 3\n"
+                              "  assert(v.a == nil and #v == 0)\n"
+                              "  local names = {}\n"
+                              "  for k in pairs(v) do names[#names + 1] = k end\n"
+                              "  table.sort(names)\n"
+                              "  return table.concat(names, ',')\n"
+                              "end):to('out')\n",
+                              SL_OP_MAP);
+    expect_written_value(state, map(state, op, load(state, "k", "{\"a\":1,\"b\":2}", 1)), "b,c");
+}
+
+/* A record kept in a global past its batch: what was read stays, what was
+ * not is an error that says why, not a read of freed memory. */
+static void test_records_kept_past_their_batch_fail_clearly(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "kept = nil\n"
+                              "s.stream('in'):filter(function(r)\n"
+                              "  if kept then\n"
+                              "    assert(kept.value.seen == 1 and kept.key == 'k1')\n"
+                              "    return kept.value.unseen == 2\n"
+                              "  end\n"
+                              "  kept = r\n"
+                              "  return r.value.seen == 1 and r.key == 'k1'\n"
+                              "end):to('out')\n",
+                              SL_OP_FILTER);
+    assert_int_equal(filter(state, op, load(state, "k1", "{\"seen\":1,\"unseen\":2}", 1)), 1);
+    sl_vm_batch_reset(vm_of(state));
+    int keep = -1;
+    int slot = load(state, "k2", "{\"seen\":5}", 1);
+    assert_int_equal(sl_vm_call_filter(vm_of(state), op, slot, &keep), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "was kept after its batch ended"));
 }
 
 /* ---- map ---------------------------------------------------------------- */
@@ -336,8 +500,79 @@ static void test_value_that_cannot_be_encoded_fails_on_get(void **state)
     int slot = map(state, op, load(state, "k", SUBJECT, 1));
     sl_record_t out;
     assert_int_equal(sl_vm_record_get(vm_of(state), slot, &out), SL_EINVALID);
-    assert_string_equal(sl_error_detail(), "map (script.lua:2): cannot write the record: Cannot "
-                                           "serialise function: type not supported");
+    assert_string_equal(sl_error_detail(), "map (script.lua:2): cannot write the record: a "
+                                           "function cannot be written as JSON");
+}
+
+/* What a sink writes for each kind of Lua value (encode.c). */
+static void test_values_are_written_as_json_exactly(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "local cases = {\n"
+              "  ['12.5'] = 12.5, ['0.1'] = 0.1, ['-0.05'] = -0.05,\n"
+              "  ['third'] = 1 / 3, ['1e20'] = 1e20, ['1e-7'] = 1e-7,\n"
+              "  ['3.0'] = 3.0, ['big'] = 2^53 + 2, ['neg'] = -42,\n"
+              "  ['str'] = {s = 'a\"b\\\\c\\n\\1/\\127'}, ['list'] = {1, 's', true},\n"
+              "  ['holes'] = {1, nil, 3}, ['empty'] = {}, ['null'] = {s.null},\n"
+              "  ['numkey'] = {[1.5] = 'x'}, ['nested'] = {a = {b = {false}}},\n"
+              "}\n"
+              "s.stream('in'):map(function(r) return {v = cases[r.key]} end)"
+              ":to('out')\n",
+              SL_OP_MAP);
+    static const char *const cases[][2] = {
+        {"12.5", "{\"v\":12.5}"},
+        {"0.1", "{\"v\":0.1}"},
+        {"-0.05", "{\"v\":-0.05}"},
+        {"third", "{\"v\":0.3333333333333333}"},
+        {"1e20", "{\"v\":1e+20}"},
+        {"1e-7", "{\"v\":1e-07}"},
+        {"3.0", "{\"v\":3}"},
+        {"big", "{\"v\":9007199254740994}"},
+        {"neg", "{\"v\":-42}"},
+        {"str", "{\"v\":{\"s\":\"a\\\"b\\\\c\\n\\u0001/\\u007f\"}}"},
+        {"list", "{\"v\":[1,\"s\",true]}"},
+        {"holes", "{\"v\":[1,null,3]}"},
+        {"empty", "{\"v\":{}}"},
+        {"null", "{\"v\":[null]}"},
+        {"numkey", "{\"v\":{\"1.5\":\"x\"}}"},
+        {"nested", "{\"v\":{\"a\":{\"b\":[false]}}}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        sl_record_t out = get(state, map(state, op, load(state, cases[i][0], SUBJECT, 1)));
+        if ((size_t)out.value_len != strlen(cases[i][1]) ||
+            memcmp(out.value, cases[i][1], strlen(cases[i][1])) != 0)
+            fail_msg("%s written as <%.*s>, want <%s>", cases[i][0], (int)out.value_len,
+                     (const char *)out.value, cases[i][1]);
+    }
+}
+
+static void test_values_json_cannot_hold_are_refused(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "local deep = {}\n"
+                              "local t = deep\n"
+                              "for i = 1, 1100 do t[1] = {} t = t[1] end\n"
+                              "local cases = {nan = {0/0}, inf = {math.huge},\n"
+                              "  sparse = {[1] = 1, [100] = 2}, deep = deep,\n"
+                              "  badkey = {[true] = 1}}\n"
+                              "s.stream('in'):map(function(r) return cases[r.key] end)"
+                              ":to('out')\n",
+                              SL_OP_MAP);
+    static const char *const cases[][2] = {
+        {"nan", "have no JSON text"},
+        {"inf", "have no JSON text"},
+        {"sparse", "excessively sparse array"},
+        {"deep", "nested deeper than 1000 levels"},
+        {"badkey", "a table key must be a string or a number"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        sl_record_t out;
+        int slot = map(state, op, load(state, cases[i][0], SUBJECT, 1));
+        assert_int_equal(sl_vm_record_get(vm_of(state), slot, &out), SL_EINVALID);
+        if (!strstr(sl_error_detail(), cases[i][1]))
+            fail_msg("%s: %s", cases[i][0], sl_error_detail());
+    }
 }
 
 /* ---- flat_map --------------------------------------------------------------- */
@@ -407,7 +642,9 @@ static void test_number_keys_become_decimal_text(void **state)
     expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 1.5}", 1)), "1.5");
     expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 0.1}", 1)), "0.1");
     expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 9007199254740993}", 1)),
-                       "9007199254740992");
+                       "9007199254740993"); /* integers are read exactly, not through a double */
+    expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 12345678901234567890}", 1)),
+                       "1.2345678901234567e+19");
     expect_written_key(state, key(state, op, load(state, "x", "{\"k\": 1e20}", 1)), "1e+20");
 }
 
@@ -613,30 +850,38 @@ static void test_out_of_memory_during_calls_is_enomem(void **state)
     expect_written_value(state, map(state, op, load(state, "k", "ann", 0)), "{\"u\":\"ann\"}");
 }
 
-/* A small value that decodes into more than the cap allows: the cap is
- * checked after cjson returns, so nothing leaks (the sanitizer build
- * checks), and the VM goes on. */
+/* A small value that decodes into more than the cap allows: loading only
+ * checks the text; the function that reads the value fails on the cap,
+ * nothing leaks (the sanitizer build checks), and the VM goes on. */
 static void test_record_decoding_past_the_cap_is_an_error(void **state)
 {
     (void)state;
     sl_vm_t *vm;
+    sl_dag_t *dag;
     sl_vm_limits_t limits = {.memory_bytes = 4 << 20};
     static char value[300002];
+    static const char script[] = HEADER "s.stream('in'):filter(function(r) return #r.value > 0 end)"
+                                        ":to('out')\n";
     sl_vm_origin_t origin = {"clicks", 2, 1};
-    int slot = -1;
+    int slot = -1, keep = -1;
     assert_int_equal(sl_vm_new(&limits, &vm), 0);
+    assert_int_equal(sl_vm_compile(vm, "script.lua", script, strlen(script), &dag), 0);
+    const sl_op_t *filter_op = &dag->ops[1];
     value[0] = '[';
     for (int i = 0; i < 99999; i++)
         memcpy(value + 1 + 3 * i, "[],", 3);
     memcpy(value + 1 + 3 * 99999, "[]]", 3);
     sl_record_t rec = tu_record("k", value, 1);
     rec.offset = 17;
-    assert_int_equal(sl_vm_record_load(vm, &rec, &origin, &slot), SL_EINVALID);
-    assert_string_equal(
-        sl_error_detail(),
-        "topic clicks partition 2 offset 17: memory limit exceeded (4194304 bytes)");
+    assert_int_equal(sl_vm_record_load(vm, &rec, &origin, &slot), 0);
+    assert_int_equal(sl_vm_call_filter(vm, filter_op, slot, &keep), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "memory limit exceeded (4194304 bytes)"));
+    sl_vm_batch_reset(vm);
     rec = tu_record("k", "[[], []]", 1);
     assert_int_equal(sl_vm_record_load(vm, &rec, &origin, &slot), 0);
+    assert_int_equal(sl_vm_call_filter(vm, filter_op, slot, &keep), 0);
+    assert_int_equal(keep, 1);
+    sl_dag_free(dag);
     sl_vm_free(vm);
 }
 
@@ -653,7 +898,7 @@ static void test_value_with_a_huge_encoding_is_refused(void **state)
     int slot = map(state, op, load(state, "k", SUBJECT, 1));
     assert_int_equal(sl_vm_record_get(vm_of(state), slot, &out), SL_EINVALID);
     assert_string_equal(sl_error_detail(), "map (script.lua:2): cannot write the record: the "
-                                           "value's JSON text could exceed 67108864 bytes");
+                                           "value's JSON text is over 67108864 bytes");
 }
 
 int main(void)
@@ -666,6 +911,13 @@ int main(void)
         T(test_null_key_and_tombstone_are_nil),
         T(test_loaded_record_round_trips_byte_for_byte),
         T(test_invalid_json_is_an_error_for_that_record),
+        T(test_every_kind_of_invalid_json_is_refused),
+        T(test_values_are_written_as_json_exactly),
+        T(test_values_json_cannot_hold_are_refused),
+        T(test_valid_json_of_every_shape_reads_back),
+        T(test_lazy_records_behave_like_tables),
+        T(test_setting_an_unread_field_to_nil_sticks),
+        T(test_records_kept_past_their_batch_fail_clearly),
         T(test_map_value_keeps_key_ts_and_headers),
         T(test_map_string_passes_through_and_numbers_are_json),
         T(test_map_record_table_sets_every_field),

@@ -1,0 +1,328 @@
+/*
+ * encode.c - Lua values as JSON text, for records on their way out.
+ *
+ * Output values are written here rather than by lua-cjson because cjson
+ * costs more than the rest of a small map together (its numbers go through
+ * snprintf with 14 digits, losing precision, and its value must be measured
+ * first because it aborts the process when its buffer cannot grow). This
+ * writer grows a buffer owned by the VM up to the VM's memory cap and raises
+ * a Lua error past it, so nothing leaks and nothing aborts.
+ *
+ * The mapping is cjson's, so that scripts see no difference between
+ * json.encode() and what a sink writes:
+ *
+ *   nil, json.null    null
+ *   booleans          true, false
+ *   integers          decimal digits; floats with an integral value in int64
+ *                     range too ("3", not "3.0")
+ *   other floats      the shortest text that reads back as the same double
+ *                     (a short decimal such as 12.5 without any printf);
+ *                     NaN and infinities are refused
+ *   strings           as they are, with ", \ and control characters escaped
+ *   tables            an array when every key is an integer >= 1 (missing
+ *                     items are null; a table more than half holes with a
+ *                     largest index over 10 is refused as cjson does), an
+ *                     object otherwise (number keys become their text); an
+ *                     empty table is {}; lazy tables are filled in first
+ *
+ * Nesting deeper than 1000 levels, functions, threads and userdata are
+ * refused with a sentence naming what was wrong.
+ */
+#include "lua/vm.h"
+
+#include <lua5.4/lauxlib.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_DEPTH 1000
+
+typedef struct writer {
+    lua_State *L;
+    sl_vm_t *vm;
+    size_t len;
+} writer_t;
+
+static char *reserve(writer_t *w, size_t more)
+{
+    sl_vm_t *vm = w->vm;
+    size_t want = w->len + more;
+    if (want > vm->out_capacity) {
+        if (want > vm->limits.memory_bytes)
+            sl_vm_raise(w->L, "the value's JSON text is over %zu bytes", vm->limits.memory_bytes);
+        size_t capacity = vm->out_capacity ? vm->out_capacity : 4096;
+        while (capacity < want)
+            capacity *= 2;
+        vm->out = sl_vm_need(w->L, sl_realloc(vm->out, capacity));
+        vm->out_capacity = capacity;
+    }
+    return vm->out + w->len;
+}
+
+static void put(writer_t *w, const char *s, size_t n)
+{
+    memcpy(reserve(w, n), s, n);
+    w->len += n;
+}
+
+static void put_char(writer_t *w, char ch)
+{
+    *reserve(w, 1) = ch;
+    w->len++;
+}
+
+/* Decimal digits of v into the end of buf; returns where they start. */
+static char *digits(char *end, uint64_t v)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return end;
+}
+
+static void put_integer(writer_t *w, int64_t v)
+{
+    char buf[24], *end = buf + sizeof buf;
+    char *s = digits(end, v < 0 ? 0 - (uint64_t)v : (uint64_t)v);
+    if (v < 0)
+        *--s = '-';
+    put(w, s, (size_t)(end - s));
+}
+
+/* d = m / 10^k with m an integer below 2^53 and 1 <= k <= 6 (the smallest
+ * such k): m's digits with the point put in are the shortest text that
+ * reads back as d, since m / 10^k and strtod() both round the same exact
+ * quotient. Returns 0 when d is not such a number. */
+static int put_short_decimal(writer_t *w, double d)
+{
+    static const double scale[] = {1e1, 1e2, 1e3, 1e4, 1e5, 1e6};
+    for (int k = 1; k <= 6; k++) {
+        double m = d * scale[k - 1];
+        if (fabs(m) >= 9007199254740992.0 || m != floor(m) || m / scale[k - 1] != d)
+            continue;
+        char buf[24], *end = buf + sizeof buf, text[40];
+        char *s = digits(end, (uint64_t)fabs(m));
+        int nd = (int)(end - s), n = 0;
+        if (d < 0)
+            text[n++] = '-';
+        if (nd <= k) {
+            text[n++] = '0';
+            text[n++] = '.';
+            for (int z = nd; z < k; z++)
+                text[n++] = '0';
+            memcpy(text + n, s, (size_t)nd);
+            n += nd;
+        } else {
+            memcpy(text + n, s, (size_t)(nd - k));
+            n += nd - k;
+            text[n++] = '.';
+            memcpy(text + n, s + nd - k, (size_t)k);
+            n += k;
+        }
+        put(w, text, (size_t)n);
+        return 1;
+    }
+    return 0;
+}
+
+static void put_number(writer_t *w, int idx)
+{
+    lua_State *L = w->L;
+    lua_Integer integer;
+    if (lua_isinteger(L, idx)) {
+        put_integer(w, lua_tointeger(L, idx));
+        return;
+    }
+    double d = lua_tonumber(L, idx);
+    if (!isfinite(d))
+        sl_vm_raise(L, "%g cannot be written as JSON (NaN and infinities have no JSON text)", d);
+    if (sl_json_integral(d, &integer)) {
+        put_integer(w, integer);
+        return;
+    }
+    if (put_short_decimal(w, d))
+        return;
+    char text[40];
+    int n = 0;
+    for (int precision = 15; precision <= 17; precision++) {
+        n = snprintf(text, sizeof text, "%.*g", precision, d);
+        if (strtod(text, NULL) == d)
+            break;
+    }
+    put(w, text, (size_t)n);
+}
+
+static void put_string(writer_t *w, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    put_char(w, '"');
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f)
+            continue;
+        put(w, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+        switch (ch) {
+        case '"':
+            put(w, "\\\"", 2);
+            break;
+        case '\\':
+            put(w, "\\\\", 2);
+            break;
+        case '\n':
+            put(w, "\\n", 2);
+            break;
+        case '\r':
+            put(w, "\\r", 2);
+            break;
+        case '\t':
+            put(w, "\\t", 2);
+            break;
+        case '\b':
+            put(w, "\\b", 2);
+            break;
+        case '\f':
+            put(w, "\\f", 2);
+            break;
+        default:
+            put(w, esc, 6);
+            break;
+        }
+    }
+    put(w, s + run, n - run);
+    put_char(w, '"');
+}
+
+static void put_value(writer_t *w, int idx, int depth);
+
+/* The largest index if every key of the table at idx is an integer >= 1,
+ * else -1; *count = the number of keys. */
+static lua_Integer array_extent(lua_State *L, int idx, lua_Integer *count)
+{
+    lua_Integer max = 0, n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        n++;
+        if (max >= 0 && lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) {
+            if (lua_tointeger(L, -1) > max)
+                max = lua_tointeger(L, -1);
+        } else {
+            max = -1;
+        }
+    }
+    *count = n;
+    return max;
+}
+
+static void put_key(writer_t *w, int idx)
+{
+    lua_State *L = w->L;
+    char text[64];
+    size_t n;
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        const char *s = lua_tolstring(L, idx, &n);
+        put_string(w, s, n);
+    } else if (lua_type(L, idx) == LUA_TNUMBER) {
+        put_char(w, '"');
+        put_number(w, idx);
+        put_char(w, '"');
+    } else {
+        sl_vm_raise(L, "a table key must be a string or a number to be written as JSON, got %s",
+                    sl_vm_describe(L, idx, text, sizeof text));
+    }
+}
+
+static void put_table(writer_t *w, int idx, int depth)
+{
+    lua_State *L = w->L;
+    lua_Integer count, max;
+    if (depth >= MAX_DEPTH)
+        sl_vm_raise(L, "the value is nested deeper than %d levels", MAX_DEPTH);
+    luaL_checkstack(L, 4, "JSON nested too deep");
+    sl_lazy_materialize(L, w->vm, idx);
+    max = array_extent(L, idx, &count);
+    if (count == 0) {
+        put(w, "{}", 2);
+    } else if (max > 0) {
+        if (max > 2 * count && max > 10)
+            sl_vm_raise(L,
+                        "an excessively sparse array (largest index %lld, %lld items) cannot "
+                        "be written as JSON",
+                        (long long)max, (long long)count);
+        put_char(w, '[');
+        for (lua_Integer i = 1; i <= max; i++) {
+            if (i > 1)
+                put_char(w, ',');
+            lua_rawgeti(L, idx, i);
+            put_value(w, lua_gettop(L), depth + 1);
+            lua_pop(L, 1);
+        }
+        put_char(w, ']');
+    } else {
+        int first = 1;
+        put_char(w, '{');
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (!first)
+                put_char(w, ',');
+            first = 0;
+            put_key(w, lua_gettop(L) - 1);
+            put_char(w, ':');
+            put_value(w, lua_gettop(L), depth + 1);
+            lua_pop(L, 1);
+        }
+        put_char(w, '}');
+    }
+}
+
+static void put_value(writer_t *w, int idx, int depth)
+{
+    lua_State *L = w->L;
+    size_t n;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        put(w, "null", 4);
+        break;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx))
+            put(w, "true", 4);
+        else
+            put(w, "false", 5);
+        break;
+    case LUA_TNUMBER:
+        put_number(w, idx);
+        break;
+    case LUA_TSTRING: {
+        const char *s = lua_tolstring(L, idx, &n);
+        put_string(w, s, n);
+        break;
+    }
+    case LUA_TTABLE:
+        put_table(w, idx, depth);
+        break;
+    case LUA_TLIGHTUSERDATA:
+        if (!lua_touserdata(L, idx)) {
+            put(w, "null", 4);
+            break;
+        }
+        /* fall through */
+    default:
+        sl_vm_raise(L, "a %s cannot be written as JSON", luaL_typename(L, idx));
+    }
+}
+
+void sl_json_write(lua_State *L, sl_vm_t *vm, int idx, const uint8_t **out, int32_t *len)
+{
+    writer_t w = {L, vm, 0};
+    put_value(&w, lua_absindex(L, idx), 0);
+    if (w.len > INT32_MAX)
+        sl_vm_raise(L, "the value's JSON text is over 2 GiB");
+    *out = sl_vm_need(L, sl_arena_copy(&vm->arena, vm->out, w.len ? w.len : 1));
+    *len = (int32_t)w.len;
+}

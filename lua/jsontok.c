@@ -1,0 +1,367 @@
+/*
+ * jsontok.c - JSON record values as checked tokens (see vm.h, "Tokens").
+ *
+ * A loaded JSON value is tokenized once with Debian's jsmn (strict mode) and
+ * then checked here, because jsmn is a tokenizer, not a validator: it
+ * accepts missing commas and colons, bad numbers, misspelled literals,
+ * control characters in strings and lone surrogates. The check walks the
+ * tokens in document order and looks at the bytes between them, so that
+ * exactly the texts RFC 8259 allows get through; anything else is refused
+ * with the byte where it went wrong, and the record goes to the pipeline's
+ * on_error policy as before.
+ *
+ * The checked tokens keep, per token, the index just past its subtree, so a
+ * field lookup skips nested values without walking them. Nothing here
+ * touches Lua: turning tokens into Lua values is lazy.c's business.
+ */
+#include "lua/vm.h"
+
+#define JSMN_STATIC
+#define JSMN_STRICT
+#include <jsmn.h>
+
+#include <errno.h>
+#include <string.h>
+
+#define MAX_DEPTH    1000 /* lua-cjson's limit, kept for the same inputs */
+#define FIRST_TOKENS 64
+
+typedef struct check {
+    const char *text;
+    int32_t len;
+    const jsmntok_t *in;
+    int count;      /* tokens jsmn made */
+    sl_jtok_t *out; /* the checked tokens, out[0] the root */
+    int32_t bad;    /* the byte where the text went wrong */
+    const char *why;
+} check_t;
+
+static int refuse(check_t *c, int32_t at, const char *why)
+{
+    c->bad = at;
+    c->why = why;
+    return -1;
+}
+
+static int is_space(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
+}
+
+static int32_t skip_space(const check_t *c, int32_t at)
+{
+    while (at < c->len && is_space(c->text[at]))
+        at++;
+    return at;
+}
+
+/* The first byte of token i as it appears in the text (a string's quote). */
+static int32_t outer_start(const jsmntok_t *t)
+{
+    return t->type == JSMN_STRING ? t->start - 1 : t->start;
+}
+
+static int32_t outer_end(const jsmntok_t *t)
+{
+    return t->type == JSMN_STRING ? t->end + 1 : t->end;
+}
+
+static int is_digit(char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
+
+/* RFC 8259 number: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)? */
+static int check_number(check_t *c, int32_t at, int32_t end)
+{
+    const char *s = c->text;
+    int32_t start = at;
+    if (at < end && s[at] == '-')
+        at++;
+    if (at < end && s[at] == '0')
+        at++;
+    else if (at < end && is_digit(s[at]))
+        while (at < end && is_digit(s[at]))
+            at++;
+    else
+        return refuse(c, at, "not a value");
+    if (at < end && s[at] == '.') {
+        if (++at >= end || !is_digit(s[at]))
+            return refuse(c, at, "a digit must follow the decimal point");
+        while (at < end && is_digit(s[at]))
+            at++;
+    }
+    if (at < end && (s[at] == 'e' || s[at] == 'E')) {
+        at++;
+        if (at < end && (s[at] == '+' || s[at] == '-'))
+            at++;
+        if (at >= end || !is_digit(s[at]))
+            return refuse(c, at, "a digit must follow the exponent");
+        while (at < end && is_digit(s[at]))
+            at++;
+    }
+    return at == end ? 0 : refuse(c, at > start ? at : start, "not a number");
+}
+
+static int check_primitive(check_t *c, int32_t at, int32_t end, sl_jtok_t *out)
+{
+    static const char *const literals[] = {"true", "false", "null"};
+    static const uint8_t types[] = {SL_JTOK_TRUE, SL_JTOK_FALSE, SL_JTOK_NULL};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(literals[i]);
+        if (c->text[at] == literals[i][0]) {
+            if ((size_t)(end - at) != n || memcmp(c->text + at, literals[i], n) != 0)
+                return refuse(c, at, "not a value");
+            out->type = types[i];
+            return 0;
+        }
+    }
+    out->type = SL_JTOK_NUMBER;
+    return check_number(c, at, end);
+}
+
+static int hex4(const char *s, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char ch = s[i];
+        v <<= 4;
+        if (ch >= '0' && ch <= '9')
+            v |= (unsigned)(ch - '0');
+        else if (ch >= 'a' && ch <= 'f')
+            v |= (unsigned)(ch - 'a' + 10);
+        else if (ch >= 'A' && ch <= 'F')
+            v |= (unsigned)(ch - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Control characters and lone surrogates are not allowed in strings (jsmn
+ * has checked the escape letters and the \u hex digits). */
+static int check_string(check_t *c, int32_t at, int32_t end, sl_jtok_t *out)
+{
+    const char *s = c->text;
+    out->type = SL_JTOK_STRING;
+    out->escaped = 0;
+    for (; at < end; at++) {
+        unsigned char ch = (unsigned char)s[at];
+        if (ch < 0x20)
+            return refuse(c, at, "control character in a string");
+        if (ch != '\\')
+            continue;
+        out->escaped = 1;
+        if (s[++at] != 'u')
+            continue;
+        unsigned unit, low;
+        if (hex4(s + at + 1, &unit))
+            return refuse(c, at, "bad \\u escape");
+        at += 4;
+        if (unit >= 0xdc00 && unit <= 0xdfff)
+            return refuse(c, at - 5, "lone low surrogate in a string");
+        if (unit < 0xd800 || unit > 0xdbff)
+            continue;
+        if (end - at < 7 || s[at + 1] != '\\' || s[at + 2] != 'u' || hex4(s + at + 3, &low) ||
+            low < 0xdc00 || low > 0xdfff)
+            return refuse(c, at - 5, "high surrogate without its low half in a string");
+        at += 6;
+    }
+    return 0;
+}
+
+static int check_value(check_t *c, int i, int depth, int *next);
+
+/* Checks the object or array at token i, whose children start at i + 1. */
+static int check_container(check_t *c, int i, int depth, int *next)
+{
+    const jsmntok_t *t = &c->in[i];
+    int object = t->type == JSMN_OBJECT, child = i + 1;
+    int32_t at = skip_space(c, t->start + 1);
+    c->out[i].type = object ? SL_JTOK_OBJECT : SL_JTOK_ARRAY;
+    if (depth >= MAX_DEPTH)
+        return refuse(c, t->start, "nested deeper than 1000 levels");
+    for (int k = 0; k < t->size; k++) {
+        if (k > 0) {
+            if (at >= c->len || c->text[at] != ',')
+                return refuse(c, at, object ? "expected ',' or '}'" : "expected ',' or ']'");
+            at = skip_space(c, at + 1);
+        }
+        if (child >= c->count || outer_start(&c->in[child]) != at)
+            return refuse(c, at, object ? "expected a string key" : "expected a value");
+        if (object) {
+            const jsmntok_t *key = &c->in[child];
+            if (key->type != JSMN_STRING || key->size != 1)
+                return refuse(c, at, "expected a string key followed by ':'");
+            if (check_string(c, key->start, key->end, &c->out[child]))
+                return -1;
+            c->out[child].start = key->start;
+            c->out[child].end = key->end;
+            c->out[child].size = 1;
+            c->out[child].next = child + 1;
+            at = skip_space(c, key->end + 1);
+            if (at >= c->len || c->text[at] != ':')
+                return refuse(c, at, "expected ':'");
+            at = skip_space(c, at + 1);
+            child++;
+            if (child >= c->count || outer_start(&c->in[child]) != at)
+                return refuse(c, at, "expected a value");
+        }
+        int value = child;
+        if (check_value(c, value, depth + 1, &child))
+            return -1;
+        at = skip_space(c, outer_end(&c->in[value]));
+    }
+    if (at != t->end - 1)
+        return refuse(c, at, object ? "expected ',' or '}'" : "expected ',' or ']'");
+    *next = child;
+    return 0;
+}
+
+/* Checks the value at token i and its subtree; *next = the token after. */
+static int check_value(check_t *c, int i, int depth, int *next)
+{
+    const jsmntok_t *t = &c->in[i];
+    sl_jtok_t *out = &c->out[i];
+    int after = i + 1;
+    out->start = t->start;
+    out->end = t->end;
+    out->size = t->size;
+    out->escaped = 0;
+    switch (t->type) {
+    case JSMN_OBJECT:
+    case JSMN_ARRAY:
+        if (check_container(c, i, depth, &after))
+            return -1;
+        break;
+    case JSMN_STRING:
+        if (t->size != 0)
+            return refuse(c, t->end + 1, "a string here cannot be followed by ':'");
+        if (check_string(c, t->start, t->end, out))
+            return -1;
+        break;
+    default:
+        if (check_primitive(c, t->start, t->end, out))
+            return -1;
+        break;
+    }
+    out->next = after;
+    *next = after;
+    return 0;
+}
+
+static int grow_tokens(sl_vm_t *vm, size_t want)
+{
+    if (want <= vm->jtok_capacity)
+        return 0;
+    size_t capacity = vm->jtok_capacity ? vm->jtok_capacity : FIRST_TOKENS * 16;
+    while (capacity < want)
+        capacity *= 2;
+    sl_jtok_t *grown = sl_realloc(vm->jtoks, capacity * sizeof *grown);
+    if (!grown)
+        return -ENOMEM;
+    vm->jtoks = grown;
+    vm->jtok_capacity = capacity;
+    return 0;
+}
+
+/* Runs jsmn over the text into vm's scratch tokens, growing them as jsmn
+ * asks; returns the token count or a jsmn error. */
+static int tokenize(sl_vm_t *vm, const char *text, int32_t len, unsigned *stopped)
+{
+    jsmn_parser parser;
+    jsmn_init(&parser);
+    if (!vm->jsmn) {
+        if (!(vm->jsmn = sl_malloc(FIRST_TOKENS * sizeof(jsmntok_t))))
+            return -ENOMEM;
+        vm->jsmn_capacity = FIRST_TOKENS;
+    }
+    for (;;) {
+        int n = jsmn_parse(&parser, text, (size_t)len, vm->jsmn, (unsigned)vm->jsmn_capacity);
+        *stopped = parser.pos;
+        if (n != JSMN_ERROR_NOMEM)
+            return n;
+        size_t capacity = 2 * vm->jsmn_capacity;
+        jsmntok_t *grown =
+            capacity > INT32_MAX / 2 ? NULL : sl_realloc(vm->jsmn, capacity * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        vm->jsmn = grown;
+        vm->jsmn_capacity = capacity;
+    }
+}
+
+static int add_doc(sl_vm_t *vm, const char *text, int32_t first, int *doc)
+{
+    if (vm->doc_count == vm->doc_capacity) {
+        size_t capacity = vm->doc_capacity ? 2 * vm->doc_capacity : 1024;
+        sl_jdoc_t *grown = sl_realloc(vm->docs, capacity * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        vm->docs = grown;
+        vm->doc_capacity = capacity;
+    }
+    vm->docs[vm->doc_count] = (sl_jdoc_t){text, first};
+    *doc = (int)vm->doc_count++;
+    return 0;
+}
+
+static int invalid(check_t *c)
+{
+    return sl_error_set(SL_EINVALID, "%s at byte %ld", c->why, (long)c->bad + 1);
+}
+
+/* A value that is a bare number or literal: jsmn wants one inside a
+ * container, so it is checked here directly. */
+static int scalar_doc(sl_vm_t *vm, check_t *c, int32_t at, int *doc)
+{
+    int32_t end = c->len;
+    while (end > at && is_space(c->text[end - 1]))
+        end--;
+    if (grow_tokens(vm, vm->jtok_count + 1))
+        return -ENOMEM;
+    sl_jtok_t *t = &vm->jtoks[vm->jtok_count];
+    *t = (sl_jtok_t){.start = at, .end = end, .next = 1};
+    if (check_primitive(c, at, end, t))
+        return invalid(c);
+    if (add_doc(vm, c->text, (int32_t)vm->jtok_count, doc))
+        return -ENOMEM;
+    vm->jtok_count++;
+    return 0;
+}
+
+int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc)
+{
+    check_t c = {.text = text, .len = len};
+    int32_t at = skip_space(&c, 0);
+    if (at == len)
+        return sl_error_set(SL_EINVALID, "empty value");
+    if (text[at] != '{' && text[at] != '[' && text[at] != '"')
+        return scalar_doc(vm, &c, at, doc);
+    unsigned stopped = 0;
+    int n = tokenize(vm, text, len, &stopped);
+    if (n == -ENOMEM)
+        return -ENOMEM;
+    if (n == JSMN_ERROR_PART)
+        return sl_error_set(SL_EINVALID, "the text ends inside a value");
+    if (n < 0)
+        return sl_error_set(SL_EINVALID, "unexpected character at byte %u", stopped + 1);
+    if (grow_tokens(vm, vm->jtok_count + (size_t)n))
+        return -ENOMEM;
+    c.in = vm->jsmn;
+    c.count = n;
+    c.out = vm->jtoks + vm->jtok_count;
+    int next;
+    if (outer_start(&c.in[0]) != at)
+        return refuse(&c, at, "not a value"), invalid(&c);
+    if (check_value(&c, 0, 0, &next))
+        return invalid(&c);
+    int32_t rest = skip_space(&c, outer_end(&c.in[0]));
+    if (next != n || rest != len)
+        return refuse(&c, rest, "more than one value"), invalid(&c);
+    if (add_doc(vm, text, (int32_t)vm->jtok_count, doc))
+        return -ENOMEM;
+    vm->jtok_count += (size_t)n;
+    return 0;
+}

@@ -1,0 +1,513 @@
+/*
+ * lazy.c - records and JSON objects that turn into Lua values on demand.
+ *
+ * Decoding a whole JSON value and building a full record table costs more
+ * than most user functions do with it: a filter reads one field. So the
+ * record table a function gets holds only what has been asked for, and a
+ * metatable fills the rest in on first use:
+ *
+ *   r          a table with `value` set; key, ts, headers, topic, partition
+ *              and offset come from the slot's C record when first read
+ *   r.value    for a JSON object, a table whose fields are converted from
+ *              the checked tokens (jsontok.c) when first read; any other
+ *              JSON value is converted at once; raw values are strings
+ *
+ * Each read field is stored in the table (rawset), so it is converted once
+ * and later reads are plain table reads; writes go to the table and win.
+ * The table's hidden entry [0] is its handle: the batch generation and the
+ * slot or document it reads from. pairs(), # and json.encode() see whole
+ * tables: they first fill in every field (materialize), which also drops
+ * the metatable, after which the table is an ordinary one. Setting a field
+ * that was never read to nil materializes first, so the nil sticks.
+ *
+ * A record's bytes and tokens live until the end of its batch. A table kept
+ * longer (in a global) still has what was read or materialized; reading a
+ * field that never was raises an error saying so, instead of reading freed
+ * memory: handles carry the batch generation and are checked on each use.
+ *
+ * The metatables say __metatable = false, so scripts cannot see or change
+ * them (they are shared by every pipeline on the VM).
+ */
+#include "lua/vm.h"
+
+#include <lua5.4/lauxlib.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#define HANDLE_KEY 0 /* t[0]: the handle of a lazy table */
+
+static lua_Integer make_handle(const sl_vm_t *vm, int index)
+{
+    return (lua_Integer)(((uint64_t)vm->generation << 32) | (uint32_t)index);
+}
+
+/* The index a lazy table at idx reads from; raises if its batch is over.
+ * Returns -1 for a table that is no longer lazy. */
+static int handle_of(lua_State *L, sl_vm_t *vm, int idx)
+{
+    if (lua_rawgeti(L, idx, HANDLE_KEY) != LUA_TNUMBER) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    uint64_t handle = (uint64_t)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if ((uint32_t)(handle >> 32) != vm->generation)
+        luaL_error(L, "a record (or its value) was kept after its batch ended and a field "
+                      "it never read is gone: copy what you need while the record is processed");
+    return (int)(uint32_t)handle;
+}
+
+static void drop_lazy(lua_State *L, int idx)
+{
+    lua_pushnil(L);
+    lua_rawseti(L, idx, HANDLE_KEY);
+    lua_pushnil(L);
+    lua_setmetatable(L, idx);
+}
+
+/* ---- tokens -> Lua -------------------------------------------------------- */
+
+static int hex_value(char ch)
+{
+    return ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10;
+}
+
+static unsigned hex4(const char *s)
+{
+    return (unsigned)(hex_value(s[0]) << 12 | hex_value(s[1]) << 8 | hex_value(s[2]) << 4 |
+                      hex_value(s[3]));
+}
+
+static void add_utf8(luaL_Buffer *b, unsigned cp)
+{
+    char out[4];
+    int n;
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        out[0] = (char)(0xc0 | cp >> 6);
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        n = 2;
+    } else if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | cp >> 12);
+        out[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        n = 3;
+    } else {
+        out[0] = (char)(0xf0 | cp >> 18);
+        out[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+        out[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+        out[3] = (char)(0x80 | (cp & 0x3f));
+        n = 4;
+    }
+    luaL_addlstring(b, out, (size_t)n);
+}
+
+/* Pushes the string of a checked token (escapes were validated). */
+static void push_string(lua_State *L, const char *text, const sl_jtok_t *t)
+{
+    const char *s = text + t->start, *end = text + t->end;
+    if (!t->escaped) {
+        lua_pushlstring(L, s, (size_t)(end - s));
+        return;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    while (s < end) {
+        const char *slash = memchr(s, '\\', (size_t)(end - s));
+        if (!slash) {
+            luaL_addlstring(&b, s, (size_t)(end - s));
+            break;
+        }
+        luaL_addlstring(&b, s, (size_t)(slash - s));
+        char ch = slash[1];
+        s = slash + 2;
+        switch (ch) {
+        case 'b':
+            luaL_addchar(&b, '\b');
+            break;
+        case 'f':
+            luaL_addchar(&b, '\f');
+            break;
+        case 'n':
+            luaL_addchar(&b, '\n');
+            break;
+        case 'r':
+            luaL_addchar(&b, '\r');
+            break;
+        case 't':
+            luaL_addchar(&b, '\t');
+            break;
+        case 'u': {
+            unsigned cp = hex4(s);
+            s += 4;
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (hex4(s + 2) - 0xdc00);
+                s += 6;
+            }
+            add_utf8(&b, cp);
+            break;
+        }
+        default:
+            luaL_addchar(&b, ch);
+            break; /* " \ / */
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+/* Numbers: integers when integral and in int64 range (as lua.h promises). */
+static void push_number(lua_State *L, const char *text, const sl_jtok_t *t)
+{
+    const char *s = text + t->start;
+    int32_t len = t->end - t->start, i = 0;
+    int negative = s[0] == '-';
+    if (len - negative <= 18) {
+        int64_t v = 0;
+        for (i = negative; i < len && s[i] >= '0' && s[i] <= '9'; i++)
+            v = v * 10 + (s[i] - '0');
+        if (i == len) {
+            lua_pushinteger(L, negative ? -v : v);
+            return;
+        }
+    }
+    char small[64];
+    char *copy = (size_t)len < sizeof small ? small : sl_vm_need(L, malloc((size_t)len + 1));
+    memcpy(copy, s, (size_t)len);
+    copy[len] = '\0';
+    double d = strtod(copy, NULL);
+    if (copy != small)
+        free(copy);
+    lua_Integer integer;
+    if (sl_json_integral(d, &integer))
+        lua_pushinteger(L, integer);
+    else
+        lua_pushnumber(L, d);
+}
+
+/* Pushes token i (of tokens base) and everything under it as Lua values;
+ * returns the index after its subtree. */
+static int push_token(lua_State *L, const char *text, const sl_jtok_t *base, int i)
+{
+    const sl_jtok_t *t = &base[i];
+    switch (t->type) {
+    case SL_JTOK_STRING:
+        push_string(L, text, t);
+        break;
+    case SL_JTOK_NUMBER:
+        push_number(L, text, t);
+        break;
+    case SL_JTOK_TRUE:
+    case SL_JTOK_FALSE:
+        lua_pushboolean(L, t->type == SL_JTOK_TRUE);
+        break;
+    case SL_JTOK_NULL:
+        lua_pushlightuserdata(L, NULL);
+        break;
+    case SL_JTOK_ARRAY: {
+        int child = i + 1;
+        luaL_checkstack(L, 4, "JSON nested too deep");
+        lua_createtable(L, t->size, 0);
+        for (int k = 1; k <= t->size; k++) {
+            child = push_token(L, text, base, child);
+            lua_rawseti(L, -2, k);
+        }
+        break;
+    }
+    case SL_JTOK_OBJECT: {
+        int child = i + 1;
+        luaL_checkstack(L, 4, "JSON nested too deep");
+        lua_createtable(L, 0, t->size);
+        for (int k = 0; k < t->size; k++) {
+            push_string(L, text, &base[child]);
+            child = push_token(L, text, base, child + 1);
+            lua_rawset(L, -3);
+        }
+        break;
+    }
+    }
+    return t->next;
+}
+
+/* ---- lazy JSON objects ------------------------------------------------------ */
+
+static const sl_jtok_t *doc_tokens(const sl_vm_t *vm, int doc)
+{
+    return vm->jtoks + vm->docs[doc].first;
+}
+
+/* Is key token t (of text) equal to name? */
+static int key_equals(lua_State *L, const char *text, const sl_jtok_t *t, const char *name,
+                      size_t len)
+{
+    if (!t->escaped)
+        return (size_t)(t->end - t->start) == len && memcmp(text + t->start, name, len) == 0;
+    push_string(L, text, t);
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    int equal = n == len && memcmp(s, name, len) == 0;
+    lua_pop(L, 1);
+    return equal;
+}
+
+int sl_lazy_find(lua_State *L, sl_vm_t *vm, int doc, const char *name, size_t len)
+{
+    const sl_jtok_t *base = doc_tokens(vm, doc);
+    const char *text = vm->docs[doc].text;
+    int found = -1, child = 1;
+    for (int k = 0; k < base[0].size; k++) {
+        if (key_equals(L, text, &base[child], name, len))
+            found = child + 1; /* the last one wins, as in a decoder */
+        child = base[child + 1].next;
+    }
+    return found;
+}
+
+void sl_lazy_push_found(lua_State *L, sl_vm_t *vm, int doc, int token)
+{
+    push_token(L, vm->docs[doc].text, doc_tokens(vm, doc), token);
+}
+
+/* Fills every field of the lazy object at idx not set yet; drops lazy. */
+static void materialize_doc(lua_State *L, sl_vm_t *vm, int idx)
+{
+    int doc = handle_of(L, vm, idx);
+    if (doc < 0)
+        return;
+    const sl_jtok_t *base = doc_tokens(vm, doc);
+    const char *text = vm->docs[doc].text;
+    int child = 1;
+    luaL_checkstack(L, 4, "JSON nested too deep");
+    for (int k = 0; k < base[0].size; k++) {
+        push_string(L, text, &base[child]);
+        if (lua_rawget(L, idx) == LUA_TNIL) {
+            lua_pop(L, 1);
+            push_string(L, text, &base[child]);
+            push_token(L, text, base, child + 1);
+            lua_rawset(L, idx);
+        } else {
+            lua_pop(L, 1);
+        }
+        child = base[child + 1].next;
+    }
+    drop_lazy(L, idx);
+}
+
+static int doc_index(lua_State *L)
+{
+    sl_vm_t *vm = sl_vm_of(L);
+    size_t len;
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    int doc = handle_of(L, vm, 1);
+    if (doc < 0)
+        return 0;
+    const char *name = lua_tolstring(L, 2, &len);
+    int token = sl_lazy_find(L, vm, doc, name, len);
+    if (token < 0)
+        return 0;
+    sl_lazy_push_found(L, vm, doc, token);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+/* ---- lazy records ----------------------------------------------------------- */
+
+static void push_bytes(lua_State *L, const uint8_t *data, int32_t len)
+{
+    if (len < 0)
+        lua_pushlightuserdata(L, NULL);
+    else
+        lua_pushlstring(L, (const char *)data, (size_t)len);
+}
+
+static void push_headers(lua_State *L, const sl_record_t *rec)
+{
+    lua_createtable(L, 0, (int)rec->header_count);
+    for (uint32_t i = 0; i < rec->header_count; i++) {
+        const sl_header_t *h = &rec->headers[i];
+        lua_pushlstring(L, (const char *)h->name, h->name_len > 0 ? (size_t)h->name_len : 0);
+        push_bytes(L, h->value, h->value_len);
+        lua_rawset(L, -3);
+    }
+}
+
+/* Pushes field name of the record in slot (nothing for an absent one);
+ * returns 1 if it pushed. */
+static int push_record_field(lua_State *L, sl_vm_t *vm, int slot, const char *name)
+{
+    const sl_slot_t *s = &vm->slots[slot];
+    const sl_record_t *rec = &s->record;
+    switch (name[0]) {
+    case 'k':
+        if (strcmp(name, "key") || rec->key_len < 0)
+            return 0;
+        lua_pushlstring(L, (const char *)rec->key, (size_t)rec->key_len);
+        return 1;
+    case 't':
+        if (strcmp(name, "ts") == 0)
+            lua_pushinteger(L, rec->timestamp);
+        else if (strcmp(name, "topic") == 0)
+            lua_pushstring(L, s->topic ? s->topic : "");
+        else
+            return 0;
+        return 1;
+    case 'h':
+        if (strcmp(name, "headers"))
+            return 0;
+        push_headers(L, rec);
+        return 1;
+    case 'p':
+        if (strcmp(name, "partition"))
+            return 0;
+        lua_pushinteger(L, s->partition);
+        return 1;
+    case 'o':
+        if (strcmp(name, "offset"))
+            return 0;
+        lua_pushinteger(L, rec->offset);
+        return 1;
+    }
+    return 0;
+}
+
+static const char *const record_fields[] = {"key",       "ts",     "headers", "topic",
+                                            "partition", "offset", NULL};
+
+static void materialize_record(lua_State *L, sl_vm_t *vm, int idx)
+{
+    int slot = handle_of(L, vm, idx);
+    if (slot < 0)
+        return;
+    for (const char *const *name = record_fields; *name; name++) {
+        lua_getfield(L, idx, *name); /* an absent field is filled in by record_index */
+        lua_pop(L, 1);
+    }
+    drop_lazy(L, idx);
+}
+
+static int record_index(lua_State *L)
+{
+    sl_vm_t *vm = sl_vm_of(L);
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    int slot = handle_of(L, vm, 1);
+    if (slot < 0 || !push_record_field(L, vm, slot, lua_tostring(L, 2)))
+        return 0;
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+/* ---- both kinds ------------------------------------------------------------- */
+
+void sl_lazy_materialize(lua_State *L, sl_vm_t *vm, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->doc_mt_ref);
+    int doc = lua_rawequal(L, -1, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->record_mt_ref);
+    int record = lua_rawequal(L, -1, -3);
+    lua_pop(L, 3);
+    if (doc)
+        materialize_doc(L, vm, idx);
+    else if (record)
+        materialize_record(L, vm, idx);
+}
+
+int sl_lazy_is_record(lua_State *L, sl_vm_t *vm, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->record_mt_ref);
+    int record = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return record;
+}
+
+/* t[k] = v for a k not in t: a nil must stick, so fill t in first. */
+static int lazy_newindex(lua_State *L)
+{
+    if (lua_isnil(L, 3))
+        sl_lazy_materialize(L, sl_vm_of(L), 1);
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
+}
+
+static int plain_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int lazy_pairs(lua_State *L)
+{
+    sl_lazy_materialize(L, sl_vm_of(L), 1);
+    lua_pushcfunction(L, plain_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+static int lazy_len(lua_State *L)
+{
+    sl_lazy_materialize(L, sl_vm_of(L), 1);
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, 1));
+    return 1;
+}
+
+static int new_metatable(lua_State *L, lua_CFunction index)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushcfunction(L, index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lazy_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, lazy_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushcfunction(L, lazy_len);
+    lua_setfield(L, -2, "__len");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void sl_lazy_init(lua_State *L, sl_vm_t *vm)
+{
+    vm->doc_mt_ref = new_metatable(L, doc_index);
+    vm->record_mt_ref = new_metatable(L, record_index);
+}
+
+void sl_lazy_push_value(lua_State *L, sl_vm_t *vm, int doc)
+{
+    const sl_jtok_t *base = doc_tokens(vm, doc);
+    if (base[0].type != SL_JTOK_OBJECT) {
+        push_token(L, vm->docs[doc].text, base, 0);
+        return;
+    }
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, make_handle(vm, doc));
+    lua_rawseti(L, -2, HANDLE_KEY);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->doc_mt_ref);
+    lua_setmetatable(L, -2);
+}
+
+void sl_lazy_push_record(lua_State *L, sl_vm_t *vm, int slot)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, make_handle(vm, slot));
+    lua_rawseti(L, -2, HANDLE_KEY);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->record_mt_ref);
+    lua_setmetatable(L, -2);
+}
