@@ -120,13 +120,19 @@
  * none. flat_map returns a list of such results ({} for none). nil is an
  * error (a forgotten return), never a silent tombstone.
  *
- * Output bytes: a string value is written as is; any other value is encoded
- * with lua-cjson (14 significant digits, the lua-cjson 2.1 maximum, so
- * integers beyond 10^14 lose precision when re-encoded; values that no map
+ * Output bytes: a string value is written as is; any other value is
+ * written as JSON by encode.c (integers exactly, other numbers in the
+ * shortest text that reads back as the same double; values that no map
  * changed keep their original bytes). Keys and header values may be strings
  * or numbers: integers (and integral floats in int64 range) become decimal
  * digits ("42"), other finite numbers the shortest "%.17g"-style text that
  * reads back exactly. Headers are written in name order.
+ *
+ * Laziness: loading a record only checks its JSON (jsmn tokens, RFC 8259
+ * rules). r and r.value are tables whose fields are converted when first
+ * read and then kept; pairs, #, json.encode and sinks see every field. A
+ * record kept past its batch keeps what was read; reading a field that
+ * never was is an error naming the cause.
  *
  * Functions other than map and flat_map must not modify r, and map must not
  * modify r when its stream feeds several operators: records are shared
