@@ -744,4 +744,73 @@ void sl_cache_committed(sl_cache_t *c);
  * task that starts over from the committed state. */
 void sl_cache_clear(sl_cache_t *c);
 
+/*
+ * Changelogs. Every change a commit writes to a store is also appended,
+ * under the same commit, to partition p of the store's changelog topic
+ * "<pipeline>.<store>.changelog" (p = the task's partition): key = the
+ * store key (for a window store key || be64(window start), so the window
+ * round-trips), value = the new value, null = the entry was deleted. The
+ * records sl_cache_changes() returns are exactly these. The topic is
+ * compacted and transactional, so it holds the newest committed change of
+ * every key, and a store whose LMDB data is missing (DATA/state deleted, a
+ * new node) or behind is rebuilt from it.
+ */
+
+/* Fills cfg for a changelog topic: the defaults, then `partitions`,
+ * cleanup.policy=compact, transactional=true, format=raw, owner (NULL for
+ * none). */
+void sl_changelog_topic_config(sl_topic_config_t *cfg, int32_t partitions, const char *owner);
+
+/* Checks a changelog record read back for store s: 0, or SL_ECORRUPT
+ * naming its offset when its key is null or not a store key of s. */
+int sl_changelog_check(const sl_store_t *s, const sl_record_t *r);
+
+/*
+ * Whether store s must be restored from changelog, a partition of its
+ * changelog topic: 1 if its checkpoint for that partition is below the
+ * changelog's visible end (or missing while the changelog has records),
+ * with *from = where restoring starts; 0 if it is up to date; or an error.
+ * A checkpoint beyond the changelog's end (the changelog lost records) is
+ * reported and counts as up to date.
+ */
+int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t *from);
+
+/* What a restore has done so far. */
+typedef struct sl_restore_progress {
+    const char *store; /* sl_store_name() */
+    int32_t partition; /* of the changelog */
+    int64_t from, to;  /* the offsets restored: [from, to) */
+    int64_t position;  /* restored and committed up to here (exclusive) */
+    int64_t records;   /* changelog records read */
+    int64_t bytes;     /* their key and value bytes */
+    int64_t entries;   /* entries written (the last change of a key per batch) */
+    double seconds;    /* since the restore started */
+} sl_restore_progress_t;
+
+/* Called after each committed batch of a restore (and never after a
+ * failure). */
+typedef void (*sl_restore_fn)(void *arg, const sl_restore_progress_t *progress);
+
+typedef struct sl_restore_options {
+    size_t batch_records; /* records per LMDB transaction; 0: 262144 */
+    sl_restore_fn progress;
+    void *progress_arg;
+} sl_restore_options_t;
+
+/*
+ * Restores store s's entries of one partition from changelog (that
+ * partition of its changelog topic), from the checkpoint to the visible end
+ * as of the call: batches of records, each reduced to the last change per
+ * key, written in key order with the checkpoint in one write transaction
+ * apiece (so a crash resumes at the last batch). Logs its start and end,
+ * calls opts->progress per batch; opts may be NULL. *result (if not NULL)
+ * receives the final progress. Returns 0 (also when nothing was to do), or
+ * the first error: SL_ECORRUPT for a record that is no store change, a
+ * read or LMDB failure. Run it before the partition's task starts (its
+ * cache would not see the restored entries) and not from a thread holding
+ * the write transaction.
+ */
+int sl_store_restore(sl_store_t *s, sl_partition_t *changelog, const sl_restore_options_t *opts,
+                     sl_restore_progress_t *result);
+
 #endif

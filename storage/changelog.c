@@ -1,0 +1,254 @@
+/*
+ * changelog.c - stores' changelogs and restoring a store from one (manual
+ * in storage.h, "state stores and commits").
+ *
+ * A changelog record is a store change as it is: key = the store key (for
+ * a window store key || W, so the window round-trips), value = the new
+ * value, null = deleted. Timestamps and headers carry nothing. The topic is
+ * compacted (the newest record per key is the entry) and transactional
+ * (only committed changes are ever read back).
+ *
+ * Restore reads the changelog partition from the store's checkpoint to the
+ * partition's visible end in batches. Each batch is copied, sorted by key
+ * (offset breaking ties), reduced to the last change of each key, written
+ * in key order in one write transaction together with the checkpoint of
+ * where the batch ended, and committed. A crash mid-restore therefore
+ * resumes from the last batch committed; replaying changes that are
+ * already in LMDB is harmless, as every change is a plain overwrite.
+ */
+#include "storage/state.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define RESTORE_BATCH_DEFAULT 262144
+
+void sl_changelog_topic_config(sl_topic_config_t *cfg, int32_t partitions, const char *owner)
+{
+    sl_topic_config_default(cfg);
+    cfg->partitions = partitions > 0 ? partitions : 1;
+    cfg->cleanup = SL_CLEANUP_COMPACT;
+    cfg->transactional = 1;
+    cfg->format = SL_FORMAT_RAW;
+    snprintf(cfg->owner, sizeof cfg->owner, "%s", owner ? owner : "");
+}
+
+int sl_changelog_check(const sl_store_t *s, const sl_record_t *r)
+{
+    int window = sl_store_kind(s) == SL_STORE_WINDOW;
+    int32_t min = window ? 9 : 1;
+    if (r->key_len < min || r->key_len > SL_STORE_KEY_MAX)
+        return sl_error_set(SL_ECORRUPT,
+                            "changelog of store %s: record at offset %lld has a %s key of %d "
+                            "bytes (%d to %d expected)",
+                            sl_store_name(s), (long long)r->offset, r->key_len < 0 ? "null" : "bad",
+                            r->key_len < 0 ? 0 : r->key_len, min, SL_STORE_KEY_MAX);
+    return 0;
+}
+
+/* ---- restore ----------------------------------------------------------- */
+
+typedef struct sort_item {
+    uint64_t prefix;
+    const uint8_t *key;
+    uint32_t len, index;
+} sort_item_t;
+
+typedef struct restore {
+    sl_store_t *store;
+    sl_partition_t *changelog;
+    const sl_restore_options_t *options;
+    sl_restore_progress_t progress;
+    sl_reader_t *reader;
+    sl_record_set_t batch;
+    sort_item_t *order;
+    size_t order_cap;
+    sl_record_t *changes;
+    size_t changes_cap;
+    struct timespec started;
+} restore_t;
+
+static double seconds_since(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+static uint64_t prefix_of(const uint8_t *k, size_t len)
+{
+    uint8_t p[8] = {0};
+    memcpy(p, k, len < 8 ? len : 8);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* By key as LMDB orders keys, then by position in the changelog. */
+static int compare_items(const void *a, const void *b)
+{
+    const sort_item_t *x = a, *y = b;
+    if (x->prefix != y->prefix)
+        return x->prefix < y->prefix ? -1 : 1;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->key, y->key, n);
+    if (c)
+        return c;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+/* Reads up to the batch size of records into r->batch. Returns how many
+ * (0 at the end) or an error. */
+static int read_batch(restore_t *r)
+{
+    size_t limit =
+        r->options && r->options->batch_records ? r->options->batch_records : RESTORE_BATCH_DEFAULT;
+    sl_record_t rec;
+    int rc = 0;
+    sl_record_set_reset(&r->batch);
+    while (r->batch.count < limit && (rc = sl_reader_next(r->reader, &rec)) == 1) {
+        if ((rc = sl_changelog_check(r->store, &rec)))
+            return sl_error_set(rc, "%s/%d: %s", sl_partition_topic_name(r->changelog),
+                                sl_partition_id(r->changelog), sl_error_detail());
+        rec.header_count = 0;
+        if ((rc = sl_record_set_add(&r->batch, &rec)))
+            return sl_error_set(rc, "restoring %s: out of memory", sl_store_name(r->store));
+        r->progress.records++;
+        r->progress.bytes += rec.key_len + (rec.value_len > 0 ? rec.value_len : 0);
+    }
+    return rc < 0 ? rc : (int)(r->batch.count > 0);
+}
+
+/* Sorts the batch and keeps the last change of each key, into r->changes;
+ * returns how many. */
+static int reduce_batch(restore_t *r, size_t *count)
+{
+    sl_record_t *recs = sl_record_set_array(&r->batch);
+    size_t n = r->batch.count, kept = 0;
+    if (sl_array_reserve((void **)&r->order, &r->order_cap, n, sizeof *r->order) ||
+        sl_array_reserve((void **)&r->changes, &r->changes_cap, n, sizeof *r->changes))
+        return sl_error_set(-ENOMEM, "restoring %s: out of memory", sl_store_name(r->store));
+    for (size_t i = 0; i < n; i++)
+        r->order[i] = (sort_item_t){prefix_of(recs[i].key, (size_t)recs[i].key_len), recs[i].key,
+                                    (uint32_t)recs[i].key_len, (uint32_t)i};
+    qsort(r->order, n, sizeof *r->order, compare_items);
+    for (size_t i = 0; i < n; i++) {
+        const sort_item_t *it = &r->order[i], *next = i + 1 < n ? &r->order[i + 1] : NULL;
+        if (next && next->len == it->len && !memcmp(next->key, it->key, it->len))
+            continue; /* a later change of the same key follows */
+        r->changes[kept++] = recs[it->index];
+    }
+    *count = kept;
+    return 0;
+}
+
+/* Writes the batch and the checkpoint `upto` in one transaction. */
+static int write_batch(restore_t *r, int64_t upto)
+{
+    size_t count = 0;
+    MDB_txn *txn;
+    int rc = reduce_batch(r, &count);
+    if (rc || (rc = sl_state_begin(sl_store_state(r->store), 1, &txn)))
+        return rc;
+    if ((rc = sl_store_apply(r->store, txn, r->changes, count)) ||
+        (rc = sl_store_checkpoint_put(r->store, txn, sl_partition_id(r->changelog), upto))) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    if ((rc = sl_state_commit(txn)) == 0)
+        r->progress.entries += (int64_t)count;
+    return rc;
+}
+
+static void report_progress(restore_t *r, int64_t position)
+{
+    r->progress.position = position;
+    r->progress.seconds = seconds_since(&r->started);
+    if (r->options && r->options->progress)
+        r->options->progress(r->options->progress_arg, &r->progress);
+}
+
+static int run_restore(restore_t *r)
+{
+    int rc;
+    while ((rc = read_batch(r)) == 1) {
+        int64_t position = sl_reader_position(r->reader);
+        if (position > r->progress.to)
+            position = r->progress.to;
+        if ((rc = write_batch(r, position)))
+            return rc;
+        report_progress(r, position);
+    }
+    if (rc == 0 && r->progress.position < r->progress.to) { /* a compacted-away tail */
+        if ((rc = write_batch(r, r->progress.to)) == 0)
+            report_progress(r, r->progress.to);
+    }
+    return rc;
+}
+
+int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t *from)
+{
+    MDB_txn *txn;
+    int64_t checkpoint = 0, start = sl_partition_start_offset(changelog);
+    int64_t end = sl_partition_end_offset(changelog);
+    int rc = sl_state_begin(sl_store_state(s), 0, &txn);
+    if (rc)
+        return rc;
+    rc = sl_store_checkpoint_get(s, txn, sl_partition_id(changelog), &checkpoint);
+    mdb_txn_abort(txn);
+    if (rc == SL_ENOTFOUND)
+        checkpoint = start, rc = 0;
+    if (rc)
+        return rc;
+    if (checkpoint > end)
+        sl_report(SL_WARN, "state",
+                  "store %s partition %d is at changelog offset %lld, beyond the changelog's end "
+                  "%lld (the changelog lost records?): keeping the store as it is",
+                  sl_store_name(s), sl_partition_id(changelog), (long long)checkpoint,
+                  (long long)end);
+    *from = checkpoint < start ? start : checkpoint;
+    return *from < end;
+}
+
+static void restore_free(restore_t *r)
+{
+    sl_reader_close(r->reader);
+    sl_record_set_free(&r->batch);
+    sl_free(r->order);
+    sl_free(r->changes);
+}
+
+int sl_store_restore(sl_store_t *s, sl_partition_t *changelog, const sl_restore_options_t *opts,
+                     sl_restore_progress_t *result)
+{
+    restore_t r = {.store = s, .changelog = changelog, .options = opts};
+    int64_t from;
+    int rc = sl_store_restore_needed(s, changelog, &from);
+    r.progress.store = sl_store_name(s);
+    r.progress.partition = sl_partition_id(changelog);
+    r.progress.from = r.progress.position = from;
+    r.progress.to = sl_partition_end_offset(changelog);
+    clock_gettime(CLOCK_MONOTONIC, &r.started);
+    if (rc == 1 && (rc = sl_reader_open(changelog, from, &r.reader)) == 0) {
+        sl_report(SL_INFO, "state", "restoring store %s partition %d from %s offsets %lld to %lld",
+                  r.progress.store, r.progress.partition, sl_partition_topic_name(changelog),
+                  (long long)from, (long long)r.progress.to);
+        sl_reader_set_limit(r.reader, r.progress.to);
+        if ((rc = run_restore(&r)) == 0)
+            sl_report(SL_INFO, "state",
+                      "restored store %s partition %d: %lld records, %lld entries in %.3f s",
+                      r.progress.store, r.progress.partition, (long long)r.progress.records,
+                      (long long)r.progress.entries, seconds_since(&r.started));
+    }
+    r.progress.seconds = seconds_since(&r.started);
+    if (result)
+        *result = r.progress;
+    restore_free(&r);
+    return rc < 0 ? rc : 0;
+}
