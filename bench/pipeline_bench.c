@@ -19,7 +19,7 @@
  *            copy up to 1024 records from the task's reader into a batch
  *            arena, sl_exec_batch() them, group what the sink emits by
  *            target partition (null keys: one partition per batch, round
- *            robin, with the runtime's per-record sl_log_topic() lookup),
+ *            robin, with the sink's partitions looked up once per batch),
  *            sl_partition_append_nowait() each group and await it durable,
  *            sl_exec_reset(). "out" has 2 partitions and is recreated
  *            (fsync=never) before every run.
@@ -187,6 +187,8 @@ typedef struct worker {
     task_t tasks[MAX_PARTS];
     out_group_t outs[OUT_PARTS + 1];
     int out_count;
+    sl_partition_t *route[OUT_PARTS]; /* the sink's partitions, referenced per batch */
+    int32_t route_count;
     uint64_t round_robin;
     /* results */
     uint64_t in, kept, out, out_bytes;
@@ -243,15 +245,33 @@ static out_group_t *group_for(worker_t *w, sl_partition_t *p)
     return g;
 }
 
-static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *rec)
+/* The sink's partitions, looked up and referenced once per batch. */
+static int resolve_route(worker_t *w, const char *topic_name)
 {
+    if (w->route_count)
+        return 0;
     sl_topic_t *t = sl_log_topic(g_log, topic_name);
     if (!t)
         return sl_error_set(SL_ENOTFOUND, "topic %s is gone", topic_name);
-    int32_t n = sl_topic_config(t)->partitions;
+    w->route_count = sl_topic_config(t)->partitions;
+    if (w->route_count > OUT_PARTS)
+        return sl_error_set(SL_EINVALID, "topic %s has too many partitions", topic_name);
+    for (int32_t i = 0; i < w->route_count; i++) {
+        w->route[i] = sl_topic_partition(t, i);
+        sl_partition_ref(w->route[i]);
+    }
+    return 0;
+}
+
+static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *rec)
+{
+    int rc = resolve_route(w, topic_name);
+    if (rc)
+        return rc;
+    int32_t n = w->route_count;
     int32_t part = rec->key_len >= 0 ? sl_partition_for_key(rec->key, (size_t)rec->key_len, n)
                                      : (int32_t)(w->round_robin % (uint32_t)n);
-    out_group_t *g = group_for(w, sl_topic_partition(t, part));
+    out_group_t *g = group_for(w, w->route[part]);
     if (sl_array_reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
         return -ENOMEM;
     g->recs[g->count++] = *rec;
@@ -261,11 +281,9 @@ static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *
 static int on_emit(void *arg, const sl_op_t *exit, const sl_record_t *rec)
 {
     worker_t *w = arg;
-    char topic[SL_TOPIC_NAME_MAX + 64];
-    snprintf(topic, sizeof topic, "%s", exit->topic);
     w->out++;
     w->out_bytes += rec->value_len > 0 ? (uint64_t)rec->value_len : 0;
-    return queue_record(w, topic, rec);
+    return queue_record(w, exit->topic, rec);
 }
 
 static int on_failed(void *arg, const sl_op_t *op, const sl_record_t *input, const char *why)
@@ -292,6 +310,9 @@ static int flush_outputs(worker_t *w, int append)
         sl_partition_unref(w->outs[i].partition);
         sl_free(w->outs[i].recs);
     }
+    for (int32_t i = 0; i < w->route_count; i++)
+        sl_partition_unref(w->route[i]);
+    w->route_count = 0;
     w->out_count = 0;
     return rc;
 }

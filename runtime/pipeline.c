@@ -59,17 +59,65 @@ static out_group_t *group_for(worker_t *w, sl_partition_t *p)
     return g;
 }
 
-/* Queues rec for topic: keyed records to Kafka's partition for the key,
- * null-key records to one partition per batch, in turn. */
-static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *rec)
+/* The partitions of exit's topic (exit NULL: the dead-letter topic), looked
+ * up once per batch and referenced, so a TOPIC DELETE meanwhile makes the
+ * appends fail instead of freeing them under the worker. */
+static int route_for(worker_t *w, const sl_op_t *exit, route_t **out)
 {
-    sl_topic_t *t = sl_log_topic(w->pl->log, topic_name);
+    char name[SL_TOPIC_NAME_MAX + 64];
+    for (int i = 0; i < w->route_count; i++)
+        if (w->routes[i].exit == exit) {
+            *out = &w->routes[i];
+            return 0;
+        }
+    if (exit)
+        exit_topic(w->pl, exit, name, sizeof name);
+    else
+        snprintf(name, sizeof name, "%s.dlq", w->pl->name);
+    sl_topic_t *t = sl_log_topic(w->pl->log, name);
     if (!t)
-        return sl_error_set(SL_ENOTFOUND, "pipeline %s: topic %s is gone", w->pl->name, topic_name);
+        return sl_error_set(SL_ENOTFOUND, "pipeline %s: topic %s is gone", w->pl->name, name);
+    size_t cap = (size_t)w->route_cap;
     int32_t n = sl_topic_config(t)->partitions;
-    int32_t part = rec->key_len >= 0 ? sl_partition_for_key(rec->key, (size_t)rec->key_len, n)
-                                     : (int32_t)(w->round_robin % (uint32_t)n);
-    out_group_t *g = group_for(w, sl_topic_partition(t, part));
+    sl_partition_t **parts = sl_calloc((size_t)n, sizeof *parts);
+    if (!parts || sl_array_reserve((void **)&w->routes, &cap, (size_t)w->route_count + 1,
+                                   sizeof *w->routes)) {
+        sl_free(parts);
+        return -ENOMEM;
+    }
+    w->route_cap = (int)cap;
+    for (int32_t i = 0; i < n; i++) {
+        parts[i] = sl_topic_partition(t, i);
+        sl_partition_ref(parts[i]);
+    }
+    route_t *r = &w->routes[w->route_count++];
+    *r = (route_t){exit, parts, n};
+    *out = r;
+    return 0;
+}
+
+static void drop_routes(worker_t *w)
+{
+    for (int i = 0; i < w->route_count; i++) {
+        for (int32_t k = 0; k < w->routes[i].count; k++)
+            sl_partition_unref(w->routes[i].partitions[k]);
+        sl_free(w->routes[i].partitions);
+    }
+    w->route_count = 0;
+}
+
+/* Queues rec for exit's topic: keyed records to Kafka's partition for the
+ * key, null-key records to one partition per batch, in turn. */
+static int queue_record(worker_t *w, const sl_op_t *exit, const sl_record_t *rec)
+{
+    route_t *r;
+    int rc = route_for(w, exit, &r);
+    if (rc)
+        return rc;
+    int32_t part = rec->key_len >= 0
+                       ? sl_partition_for_key(rec->key, (size_t)rec->key_len, r->count)
+                       : (int32_t)(w->round_robin % (uint32_t)r->count);
+    out_group_t *g = group_for(w, r->partitions[part]);
     if (!g || sl_array_reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
         return -ENOMEM;
     g->recs[g->count++] = *rec;
@@ -78,17 +126,13 @@ static int queue_record(worker_t *w, const char *topic_name, const sl_record_t *
 
 static int on_emit(void *arg, const sl_op_t *exit, const sl_record_t *rec)
 {
-    worker_t *w = arg;
-    char topic[SL_TOPIC_NAME_MAX + 64];
-    exit_topic(w->pl, exit, topic, sizeof topic);
-    return queue_record(w, topic, rec);
+    return queue_record(arg, exit, rec);
 }
 
 /* A dead letter: the input record with headers saying what went wrong. */
 static int dead_letter(worker_t *w, const sl_record_t *input, const char *why)
 {
     dead_letter_t *d = sl_calloc(1, sizeof *d);
-    char dlq[SL_TOPIC_NAME_MAX + 8];
     if (!d)
         return -ENOMEM;
     d->next = w->dead;
@@ -106,8 +150,7 @@ static int dead_letter(worker_t *w, const sl_record_t *input, const char *why)
     sl_record_t rec = *input;
     rec.headers = d->headers;
     rec.header_count = 4;
-    snprintf(dlq, sizeof dlq, "%s.dlq", w->pl->name);
-    return queue_record(w, dlq, &rec);
+    return queue_record(w, NULL, &rec);
 }
 
 static int on_failed(void *arg, const sl_op_t *op, const sl_record_t *input, const char *why)
@@ -154,9 +197,13 @@ static int flush_outputs(worker_t *w)
         int64_t first;
         out_group_t *g = &w->outs[i];
         rc = sl_partition_append_nowait(g->partition, g->recs, g->count, &first);
+        if (rc == SL_EDELETED)
+            rc = sl_error_set(rc, "pipeline %s: topic %s is gone", w->pl->name,
+                              sl_partition_topic_name(g->partition));
         if (rc == 0)
             rc = pend(w, g->partition, first + (int64_t)g->count);
     }
+    drop_routes(w);
     for (int i = 0; i < w->out_count; i++) {
         sl_partition_unref(w->outs[i].partition);
         sl_free(w->outs[i].recs);
@@ -590,6 +637,8 @@ static void worker_free(worker_t *w)
     sl_free(w->pending);
     sl_record_set_free(&w->batch);
     sl_free(w->outs);
+    drop_routes(w);
+    sl_free(w->routes);
     sl_exec_free(w->exec);
     sl_dag_free(w->dag);
     if (w->vm)

@@ -28,6 +28,13 @@ typedef struct out_group {
     size_t count, cap;
 } out_group_t;
 
+/* The referenced partitions of one output topic, for one batch. */
+typedef struct route {
+    const sl_op_t *exit; /* NULL: the dead-letter topic */
+    sl_partition_t **partitions;
+    int32_t count;
+} route_t;
+
 /* A dead letter's headers and their text, alive until the batch is out. */
 typedef struct dead_letter {
     struct dead_letter *next;
@@ -50,6 +57,8 @@ typedef struct worker {
     sl_record_set_t batch; /* input records copied out of a reader */
     out_group_t *outs;
     int out_count, out_cap;
+    route_t *routes; /* the output topics of the batch */
+    int route_count, route_cap;
     dead_letter_t *dead;
     task_t *current;
     uint32_t round_robin;
