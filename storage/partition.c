@@ -458,10 +458,14 @@ int sl_partition_sync(sl_partition_t *p)
     pthread_mutex_lock(&p->lock);
     if (target > p->durable_end)
         p->durable_end = target;
+    pthread_mutex_unlock(&p->lock);
+    /* announce before waking the appenders, so that an acknowledged append
+     * has always been announced (transactional ones are, at commit) */
+    if (p->env.listener && !p->transactional)
+        p->env.listener(p->env.listener_arg, p, target);
+    pthread_mutex_lock(&p->lock);
     pthread_cond_broadcast(&p->changed);
     pthread_mutex_unlock(&p->lock);
-    if (p->env.listener && !p->transactional) /* those become visible at commit */
-        p->env.listener(p->env.listener_arg, p, target);
     return 0;
 }
 
