@@ -442,6 +442,258 @@ int sl_exchange_binding_matches(sl_exchange_type_t type, const char *pattern, si
                                 const sl_header_t *args, size_t nargs, const char *key,
                                 size_t key_len, const sl_header_t *headers, size_t count);
 
+/*
+ * The registry of exchanges, queues and bindings, and every queue's
+ * messages and delivery state (queues.c, queue.c, queue_batch.c).
+ *
+ * A queue q with MAXPRIORITY n is the transactional topic "__queue.q" with
+ * n + 1 partitions, partition i holding the messages of priority i. Its
+ * declaration, bindings, ack floors and acknowledgements live in the
+ * `queues` LMDB database; the committed end of each partition is its
+ * `lso`. Messages are delivered highest priority first, FIFO (by offset)
+ * within a priority; a message is ready, in flight (leased to a consumer),
+ * or done (acknowledged, dead-lettered or dropped), and only done messages
+ * leave the queue. Every offset below a level's ack floor is done, and
+ * closed segments wholly below it are deleted.
+ *
+ * Changes that must be durable before they are answered (publishes, acks,
+ * nacks, dead-lettering) are staged in an sl_queue_batch_t and committed
+ * together: one LMDB transaction and one fsync per partition for any number
+ * of them (group commit). Deliveries (pops) are not written at once: a
+ * level's delivery high-water mark and the delivery count of a message that
+ * goes back to ready are written with the next commit, so after a crash a
+ * delivery count may be one too low, never too high.
+ *
+ * Threads: every function may be called from any thread; the registry has
+ * one mutex. Lock order: the commit lock (sl_state_lock_commits), then the
+ * LMDB write transaction, then the registry. sl_queue_batch_write() keeps
+ * the registry locked until sl_queue_batch_finish().
+ */
+typedef struct sl_queues sl_queues_t;
+typedef struct sl_queue_batch sl_queue_batch_t;
+typedef struct sl_queue_consumer sl_queue_consumer_t;
+
+/* Longest queue or exchange name: [A-Za-z0-9._-], 1 to 200 bytes. */
+#define SL_QUEUE_NAME_MAX     200
+#define SL_QUEUE_PRIORITY_MAX 9
+
+typedef enum { SL_OVERFLOW_DROP_HEAD = 0, SL_OVERFLOW_REJECT_PUBLISH = 1 } sl_overflow_t;
+
+/* A queue's options, fixed at declaration. */
+typedef struct sl_queue_options {
+    int32_t max_priority;   /* 0-9: priorities 0..max_priority, higher first */
+    int64_t ttl_ms;         /* a message expires this long after it arrives; -1 never */
+    int64_t max_length;     /* most ready messages; -1 no limit */
+    sl_overflow_t overflow; /* what a publish to a full queue does */
+    int32_t max_deliveries; /* dead-letter instead of the next delivery; 0 no limit */
+    char dead_letter[SL_QUEUE_NAME_MAX + 1]; /* queue for dead letters; "" none */
+    int64_t lease_ms;                        /* default lease of a delivery */
+    int64_t segment_bytes;                   /* the queue log's segment size */
+} sl_queue_options_t;
+
+/* Fills o with the defaults: priority 0 only, no TTL, no length limit
+ * (drop-head if one is set), no delivery limit, no dead-letter queue,
+ * leases of 30 s, 64 MiB segments. */
+void sl_queue_options_default(sl_queue_options_t *o);
+
+/* Checks a queue or exchange name; SL_EINVALID with a detail. */
+int sl_queue_name_check(const char *kind, const char *name);
+
+/*
+ * Opens the registry over the node's log and state (sl_log_attach_state()
+ * done): loads the declarations and rebuilds every queue's ready and done
+ * messages from its log and LMDB state (messages in flight when the node
+ * stopped are ready again, their delivery counted). A queue that cannot be
+ * recovered is reported and left out. *out is the caller's until
+ * sl_queues_close(); log and state must outlive it.
+ */
+int sl_queues_open(sl_log_t *log, sl_state_t *state, sl_queues_t **out);
+
+/* Frees the registry. Consumers and batches must be closed first. */
+void sl_queues_close(sl_queues_t *qs);
+
+/* Declares an exchange. 0 if it exists with that type already; SL_EEXISTS
+ * naming the existing type otherwise; SL_EINVALID for a bad name. */
+int sl_queues_declare_exchange(sl_queues_t *qs, const char *name, sl_exchange_type_t type);
+
+/* Deletes an exchange and its bindings. SL_ENOTFOUND if there is none. */
+int sl_queues_delete_exchange(sl_queues_t *qs, const char *name);
+
+/* Declares a queue (creating its log). 0 if it exists with exactly these
+ * options; SL_EEXISTS with a detail naming the first option that differs
+ * otherwise; SL_EINVALID for a bad name or option. */
+int sl_queues_declare_queue(sl_queues_t *qs, const char *name, const sl_queue_options_t *o);
+
+/* Deletes a queue, its log, its bindings and its messages (also those in
+ * flight: their acks then find nothing). SL_ENOTFOUND if there is none. */
+int sl_queues_delete_queue(sl_queues_t *qs, const char *name);
+
+/* Binds queue to exchange with a pattern (the routing key for direct, the
+ * pattern for topic, ignored for fanout and headers) and arguments (x-match
+ * and the headers to compare, for headers exchanges). Binding twice is a
+ * no-op. SL_ENOTFOUND if either is missing, SL_EINVALID for a bad pattern
+ * or x-match. */
+int sl_queues_bind(sl_queues_t *qs, const char *exchange, const char *queue, const char *pattern,
+                   size_t pattern_len, const sl_header_t *args, size_t nargs);
+
+/* Removes the binding with exactly that pattern and arguments.
+ * SL_ENOTFOUND if there is none. */
+int sl_queues_unbind(sl_queues_t *qs, const char *exchange, const char *queue, const char *pattern,
+                     size_t pattern_len, const sl_header_t *args, size_t nargs);
+
+/* A message to publish; pointers are borrowed for the call. */
+typedef struct sl_queue_message {
+    const char *routing_key;
+    size_t routing_key_len; /* at most SL_ROUTING_KEY_MAX */
+    const uint8_t *payload;
+    int32_t payload_len;
+    const sl_header_t *headers;
+    uint32_t header_count;
+    int32_t priority; /* clamped to each queue's 0..max_priority */
+    int64_t ttl_ms;   /* -1: only the queue's TTL applies */
+} sl_queue_message_t;
+
+/* A batch of staged changes, for one thread at a time. */
+int sl_queue_batch_new(sl_queues_t *qs, sl_queue_batch_t **out);
+
+/* Frees a batch; what is staged and not committed is abandoned (acks and
+ * nacks staged in it make their messages ready again). */
+void sl_queue_batch_free(sl_queue_batch_t *b);
+
+/* 1 if nothing is staged. */
+int sl_queue_batch_empty(const sl_queue_batch_t *b);
+
+/*
+ * Routes m through exchange ("" is the default exchange: it routes to the
+ * queue named by the routing key) and stages one copy per queue it
+ * reaches. Returns that number (0: unroutable, counted on the exchange),
+ * SL_ENOTFOUND for no such exchange, SL_EINVALID for a bad message, or
+ * -ENOBUFS if a queue it reaches is full with overflow reject-publish
+ * (then nothing is staged anywhere; the detail names the queue).
+ */
+int sl_queue_batch_publish(sl_queue_batch_t *b, const char *exchange, const sl_queue_message_t *m);
+
+/* Stages the acknowledgement of the delivery with that tag. Returns 1, 0 if
+ * the tag is not in flight (acknowledged already, lease expired,
+ * redelivered, or no such message), SL_ENOTFOUND for no such queue. */
+int sl_queue_batch_ack(sl_queue_batch_t *b, const char *queue, uint64_t tag);
+
+/* Rejects a delivery: with requeue it is ready again (or dead-lettered,
+ * reason maxdeliveries, if it has had its deliveries), without it is
+ * dead-lettered with reason rejected (dropped if the queue has no
+ * dead-letter queue). Returns as sl_queue_batch_ack(). */
+int sl_queue_batch_nack(sl_queue_batch_t *b, const char *queue, uint64_t tag, int requeue);
+
+/*
+ * The first half of a commit, for a caller that holds the node's commit
+ * lock and the LMDB write transaction txn: appends the staged messages
+ * (dead letters included), waits until they are durable, and writes their
+ * committed ends (lso) and the delivery state into txn. Always follow with
+ * sl_queue_batch_finish() once txn is committed (committed = 1) or aborted
+ * (committed = 0, also after this failed); until then the registry stays
+ * locked. Returns 0 or the error (the transaction must then be aborted).
+ */
+int sl_queue_batch_write(sl_queue_batch_t *b, struct MDB_txn *txn);
+
+/* The second half: makes committed messages visible and ready and acked
+ * ones done, or undoes the batch (its appends truncated, its acks and
+ * nacks ready again). Empties the batch. */
+void sl_queue_batch_finish(sl_queue_batch_t *b, int committed);
+
+/* A whole commit on its own: the commit lock, a write transaction, write,
+ * commit, finish. Returns 0 once every staged change is durable, or the
+ * error (nothing of the batch then happened). */
+int sl_queue_batch_commit(sl_queue_batch_t *b);
+
+/* A consumer: holds deliveries, up to its prefetch limit. */
+int sl_queues_consumer_open(sl_queues_t *qs, sl_queue_consumer_t **out);
+
+/* Closes a consumer: its deliveries go back to ready (staged in b, which
+ * the caller commits, are their delivery counts and the dead letters of
+ * those out of deliveries). */
+void sl_queues_consumer_close(sl_queues_t *qs, sl_queue_consumer_t *c, sl_queue_batch_t *b);
+
+/* Most deliveries the consumer may hold at once; 0 no limit. */
+void sl_queues_consumer_set_prefetch(sl_queues_t *qs, sl_queue_consumer_t *c, int64_t prefetch);
+
+/* How many more deliveries the consumer may take now. */
+int64_t sl_queues_consumer_room(sl_queues_t *qs, const sl_queue_consumer_t *c);
+
+/* One delivery, as handed to an sl_queue_deliver_fn. Pointers are valid
+ * during the call only. */
+typedef struct sl_queue_delivery {
+    uint64_t tag;       /* for ACK and NACK; names this delivery only */
+    int32_t priority;   /* its level */
+    int32_t deliveries; /* 1 on the first delivery; > 1: redelivered */
+    int64_t timestamp;  /* when it arrived in the queue, ms */
+    const char *routing_key;
+    size_t routing_key_len;
+    const uint8_t *payload;
+    int32_t payload_len;
+    const sl_header_t *headers;
+    uint32_t header_count;
+} sl_queue_delivery_t;
+
+typedef void (*sl_queue_deliver_fn)(void *arg, const sl_queue_delivery_t *d);
+
+/*
+ * Delivers up to max ready messages of queue to c (fewer if its prefetch
+ * limit is near), each leased for lease_ms (<= 0: the queue's default),
+ * calling fn for each in delivery order. Expired messages met on the way
+ * are dead-lettered into b instead. Returns the number delivered,
+ * SL_ENOTFOUND for no such queue, or a read error.
+ */
+int sl_queue_pop(sl_queues_t *qs, sl_queue_batch_t *b, const char *queue, sl_queue_consumer_t *c,
+                 int64_t max, int64_t lease_ms, sl_queue_deliver_fn fn, void *arg);
+
+/* Ready messages of a queue, or -1 if there is no such queue. */
+int64_t sl_queue_ready(sl_queues_t *qs, const char *queue);
+
+/*
+ * Time-driven work, as of the log's clock: deliveries whose lease ran out
+ * go back to ready (or to dead letters), expired messages at the head of a
+ * queue and the oldest messages of a queue over its length (dead letters
+ * can push one over) are dead-lettered, all staged in b. Returns the next
+ * time (log clock, ms) worth calling again; INT64_MAX if none.
+ */
+int64_t sl_queues_expire(sl_queues_t *qs, sl_queue_batch_t *b);
+
+/* The earliest lease deadline (log clock, ms), INT64_MAX if none. It may
+ * belong to a delivery that ended since: a time to call
+ * sl_queues_expire() that is at worst early. */
+int64_t sl_queues_next_lease(sl_queues_t *qs);
+
+/* Updates the rates in the stats; call about once a second. */
+void sl_queues_tick(sl_queues_t *qs);
+
+/* A queue's numbers: counters since the node started, rates per second
+ * (smoothed over about 10 s). */
+typedef struct sl_queue_stats {
+    int64_t ready, in_flight;
+    int64_t published, delivered, redelivered, acked, dead_lettered;
+    int64_t expired, dropped, rejected; /* dead_lettered by TTL, by max length; refused */
+    double publish_rate, deliver_rate, redeliver_rate, ack_rate, dead_letter_rate;
+    int64_t oldest_ready_age_ms; /* age of the oldest ready message; 0 if none */
+    int64_t bytes;               /* stored in its log */
+    int32_t priorities;
+} sl_queue_stats_t;
+
+/* Fills *out for queue. SL_ENOTFOUND if there is none. */
+int sl_queue_stats(sl_queues_t *qs, const char *queue, sl_queue_stats_t *out);
+
+/* Calls fn for each queue in name order (the registry locked: fn must not
+ * call back into it) until fn returns non-zero, which is returned. */
+int sl_queues_foreach_queue(sl_queues_t *qs,
+                            int (*fn)(void *arg, const char *name, const sl_queue_stats_t *st),
+                            void *arg);
+
+/* Calls fn for each exchange in name order with its type and the messages
+ * it routed to no queue, as above; first for the default exchange "". */
+int sl_queues_foreach_exchange(sl_queues_t *qs,
+                               int (*fn)(void *arg, const char *name, sl_exchange_type_t type,
+                                         int64_t unroutable),
+                               void *arg);
+
 /* ---- state stores and commits ---------------------------------------- */
 
 /*
