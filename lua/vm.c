@@ -51,12 +51,81 @@ static void running_where(lua_State *L, char *out, size_t size)
         }
 }
 
+/* Small blocks (tables, short strings, closures: most of what records
+ * make) come from per-VM free lists by size class, carved from chunks that
+ * live as long as the VM; larger ones from sl_realloc. Which is which
+ * follows from the size alone, which Lua always passes back. */
+static int small_class(size_t n)
+{
+    return (int)((n - 1) / SL_VM_SMALL_STEP);
+}
+
+static void *small_alloc(sl_vm_t *vm, size_t n)
+{
+    int c = small_class(n);
+    sl_small_block_t *b = vm->small_free[c];
+    if (b) {
+        vm->small_free[c] = b->next;
+        return b;
+    }
+    size_t size = (size_t)(c + 1) * SL_VM_SMALL_STEP;
+    if ((size_t)(vm->chunk_end - vm->chunk_at) < size) {
+        char *chunk = sl_malloc(SL_VM_CHUNK_BYTES);
+        if (!chunk)
+            return NULL;
+        *(char **)chunk = vm->chunks;
+        vm->chunks = chunk;
+        vm->chunk_at = chunk + SL_VM_SMALL_STEP;
+        vm->chunk_end = chunk + SL_VM_CHUNK_BYTES;
+    }
+    void *p = vm->chunk_at;
+    vm->chunk_at += size;
+    return p;
+}
+
+static void release(sl_vm_t *vm, void *p, size_t n)
+{
+    if (n > SL_VM_SMALL_MAX) {
+        sl_free(p);
+        return;
+    }
+    sl_small_block_t *b = p;
+    int c = small_class(n);
+    b->next = vm->small_free[c];
+    vm->small_free[c] = b;
+}
+
+static void *resize(sl_vm_t *vm, void *ptr, size_t old, size_t nsize)
+{
+    if (ptr && old > SL_VM_SMALL_MAX && nsize > SL_VM_SMALL_MAX)
+        return sl_realloc(ptr, nsize);
+    if (ptr && old <= SL_VM_SMALL_MAX && nsize <= SL_VM_SMALL_MAX &&
+        small_class(old) == small_class(nsize))
+        return ptr;
+    void *block = nsize <= SL_VM_SMALL_MAX ? small_alloc(vm, nsize) : sl_malloc(nsize);
+    if (block && ptr) {
+        memcpy(block, ptr, old < nsize ? old : nsize);
+        release(vm, ptr, old);
+    }
+    return block;
+}
+
+static void free_chunks(sl_vm_t *vm)
+{
+    while (vm->chunks) {
+        char *next = *(char **)vm->chunks;
+        sl_free(vm->chunks);
+        vm->chunks = next;
+    }
+}
+
 static void *allocate(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     sl_vm_t *vm = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
-        sl_free(ptr);
+        if (ptr)
+            release(vm, ptr, old);
         vm->memory_in_use -= old;
         return NULL;
     }
@@ -67,9 +136,9 @@ static void *allocate(void *ud, void *ptr, size_t osize, size_t nsize)
         vm->memory_refused = 1;
         return NULL;
     }
-    void *block = sl_realloc(ptr, nsize);
+    void *block = resize(vm, ptr, old, nsize);
     if (!block)
-        return nsize <= old ? ptr : NULL;
+        return NULL; /* Lua 5.4 copes with any failure, shrinking included */
     vm->memory_in_use = vm->memory_in_use - old + nsize;
     return block;
 }
@@ -229,10 +298,14 @@ int sl_vm_new(const sl_vm_limits_t *limits, sl_vm_t **out)
     set_limits(vm, limits);
     vm->L = lua_newstate(allocate, vm);
     if (!vm->L) {
+        free_chunks(vm);
         sl_free(vm);
         return sl_error_set(-ENOMEM, "cannot create a Lua state (memory limit or out of memory)");
     }
     *(sl_vm_t **)lua_getextraspace(vm->L) = vm;
+    /* Records make many short-lived tables: the generational collector
+     * frees them young, without traversing everything that lives long. */
+    lua_gc(vm->L, LUA_GCGEN, 0, 0);
     lua_sethook(vm->L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
     if (sl_vm_protect(vm, open_protected, vm) != 0) {
         sl_error_set(-ENOMEM, "cannot prepare a Lua VM: %s", vm->message);
@@ -249,6 +322,7 @@ void sl_vm_free(sl_vm_t *vm)
         return;
     assert(vm->dag_count == 0);
     lua_close(vm->L);
+    free_chunks(vm);
     sl_free(vm->slots);
     sl_free(vm->jsmn);
     sl_free(vm->jtoks);

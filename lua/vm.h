@@ -80,10 +80,21 @@ typedef struct sl_jdoc {
     int32_t first; /* in vm->jtoks */
 } sl_jdoc_t;
 
+/* The small-block allocator of a VM (vm.c). */
+#define SL_VM_SMALL_STEP  16
+#define SL_VM_SMALL_MAX   256
+#define SL_VM_CHUNK_BYTES (64 << 10)
+typedef struct sl_small_block {
+    struct sl_small_block *next;
+} sl_small_block_t;
+
 struct sl_vm {
     lua_State *L;
     sl_vm_limits_t limits;
     size_t memory_in_use;
+    sl_small_block_t *small_free[SL_VM_SMALL_MAX / SL_VM_SMALL_STEP];
+    char *chunks; /* each begins with the next one's address */
+    char *chunk_at, *chunk_end;
     int memory_refused;    /* the cap refused an allocation since the budget reset */
     uint64_t instructions; /* run since the budget reset */
     int exhausted;         /* the instruction limit was hit since the budget reset */
