@@ -152,6 +152,11 @@ void sl_cache_free(sl_cache_t *c)
     sl_free(c);
 }
 
+sl_store_t *sl_cache_store(const sl_cache_t *c)
+{
+    return c->store;
+}
+
 size_t sl_cache_bytes(const sl_cache_t *c)
 {
     return c->arena.len + c->entries_cap * sizeof(entry_t) +
@@ -469,7 +474,8 @@ static int collect_windows(sl_cache_t *c, const uint8_t *key, size_t key_len, in
                                 sl_store_name(c->store));
         c->windows[(*n)++] = (cached_window_t){start, at - 1};
     }
-    qsort(c->windows, *n, sizeof *c->windows, compare_windows);
+    if (*n > 1)
+        qsort(c->windows, *n, sizeof *c->windows, compare_windows);
     return 0;
 }
 
@@ -603,7 +609,8 @@ static int sort_dirty(sl_cache_t *c)
             c->order[n++] = (sort_item_t){prefix_of(key_of(c, e), e->key_len), key_of(c, e),
                                           e->key_len, (uint32_t)i};
     }
-    qsort(c->order, n, sizeof *c->order, compare_items);
+    if (n > 1)
+        qsort(c->order, n, sizeof *c->order, compare_items);
     return 0;
 }
 

@@ -137,7 +137,8 @@ static int reduce_batch(restore_t *r, size_t *count)
     for (size_t i = 0; i < n; i++)
         r->order[i] = (sort_item_t){prefix_of(recs[i].key, (size_t)recs[i].key_len), recs[i].key,
                                     (uint32_t)recs[i].key_len, (uint32_t)i};
-    qsort(r->order, n, sizeof *r->order, compare_items);
+    if (n > 1)
+        qsort(r->order, n, sizeof *r->order, compare_items);
     for (size_t i = 0; i < n; i++) {
         const sort_item_t *it = &r->order[i], *next = i + 1 < n ? &r->order[i + 1] : NULL;
         if (next && next->len == it->len && !memcmp(next->key, it->key, it->len))

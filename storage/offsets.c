@@ -163,6 +163,16 @@ fail:
     return rc;
 }
 
+int sl_offsets_put(sl_state_t *st, MDB_txn *txn, const char *group, const char *topic,
+                   int32_t partition, int64_t offset)
+{
+    MDB_dbi dbi;
+    int rc = check_commit(group, topic, &partition, &offset, 1);
+    if (rc || (rc = offsets_database(st, &dbi)))
+        return rc;
+    return put_offset(txn, dbi, group, topic, partition, offset);
+}
+
 int sl_offsets_get(sl_state_t *st, const char *group, const char *topic, int32_t partition,
                    int64_t *offset)
 {

@@ -30,7 +30,8 @@
  * a bad one. Other failures are those of state.h: -ENOSPC when the map is
  * full, SL_ECORRUPT for an entry that does not follow the layout, -errno.
  * A write that fails leaves nothing of itself behind. None of these
- * functions may be called by a thread that holds a write transaction.
+ * functions but sl_offsets_put() may be called by a thread that holds a
+ * write transaction.
  */
 #ifndef SL_OFFSETS_H
 #define SL_OFFSETS_H
@@ -51,6 +52,13 @@
  */
 int sl_offsets_commit(sl_state_t *st, const char *group, const char *topic,
                       const int32_t *partitions, const int64_t *offsets, size_t count);
+
+/* Writes the offset of one partition inside the caller's write transaction
+ * txn (a task's commit: with its state and outputs). Returns 0, SL_EINVALID
+ * (nothing written) for a bad name, a negative partition or offset, or an
+ * LMDB failure, after which txn must be aborted. */
+int sl_offsets_put(sl_state_t *st, MDB_txn *txn, const char *group, const char *topic,
+                   int32_t partition, int64_t offset);
 
 /* Reads the committed offset of one partition into *offset (untouched on
  * failure). Returns 0, SL_ENOTFOUND if the group never committed one,

@@ -695,6 +695,9 @@ static int truncate_locked(sl_partition_t *p, int64_t offset)
     p->written_end = p->durable_end = offset;
     if (p->committed_end > offset)
         p->committed_end = offset;
+    for (int i = 0; i < SL_LOST_RANGES; i++) /* offsets from here on are new again */
+        if (p->lost[i].to > offset)
+            p->lost[i].to = offset > p->lost[i].from ? offset : p->lost[i].from;
     pthread_cond_broadcast(&p->changed);
     return rc;
 }

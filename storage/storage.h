@@ -965,6 +965,9 @@ int sl_cache_windows(sl_cache_t *c, const void *key, size_t key_len, int64_t fro
  */
 int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count);
 
+/* The store the cache is over. */
+sl_store_t *sl_cache_store(const sl_cache_t *c);
+
 /* 1 if the cache is at or over its budget. */
 int sl_cache_is_full(const sl_cache_t *c);
 
@@ -1064,5 +1067,105 @@ typedef struct sl_restore_options {
  */
 int sl_store_restore(sl_store_t *s, sl_partition_t *changelog, const sl_restore_options_t *opts,
                      sl_restore_progress_t *result);
+
+/*
+ * Commits. The protocol of DESIGN.md section 7, which a task follows every
+ * commit interval (sl_commit_* below do steps 1 to 4 in this order):
+ *
+ *   1. Take the node's commit lock and its LMDB write transaction
+ *      (sl_commit_begin). LMDB has one writer: this orders all commits.
+ *   2. Append the task's buffered outputs to their transactional partitions
+ *      (sl_commit_append) and each store cache's changes to partition p of
+ *      the store's changelog (sl_commit_store); then fsync every partition
+ *      appended to and wait until all is durable (inside sl_commit_end).
+ *      Nothing of it is visible to readers yet.
+ *   3. In the same transaction write the caches' entries, each store's
+ *      checkpoint (the changelog end just reached), the task's input
+ *      offsets (sl_commit_offset) and each appended partition's new end
+ *      into `lso` (sl_commit_end).
+ *   4. Commit the transaction (LMDB fsyncs it); then make each partition
+ *      visible up to its new lso, mark the caches clean and release the
+ *      lock (sl_commit_end).
+ *
+ * What a crash at each point leaves, once the node restarts, attaches the
+ * state to the log (which cuts every transactional partition to its lso)
+ * and resumes each task from its committed input offsets:
+ *
+ *   during 1-3    LMDB still holds the previous commit: state, offsets and
+ *                 lso. The records appended in step 2 lie beyond lso and
+ *                 are cut; the task reprocesses its inputs from the old
+ *                 offsets and appends its outputs again. No reader ever saw
+ *                 the cut records. No loss, no duplicate.
+ *   during 4      LMDB's commit is atomic: either as above, or as below.
+ *   after 4's     LMDB holds the new state, offsets and lso, which cover
+ *   LMDB commit   exactly the records appended (they were durable before
+ *                 the commit): recovery makes them visible (if step 4 had
+ *                 not yet) and the task continues from the new offsets.
+ *
+ * A failure that is no crash (a full disk, an fsync or LMDB error) aborts
+ * the commit: the transaction is aborted and every partition is cut back to
+ * where the commit found it (sl_commit_abort, also done by a failing
+ * sl_commit_end). The caches keep their changes dirty and the task keeps
+ * its buffered outputs, so it may retry the whole commit, or give up and
+ * restart from the committed state (sl_cache_clear).
+ *
+ * Transactional partitions must be appended to only through commits, and
+ * a store's cache changed by its task only, never during its commit. A
+ * store whose LMDB data is missing or behind its changelog (the state was
+ * lost: the log was then adopted, see sl_log_attach_state) is restored
+ * with sl_store_restore() before its task starts. Input offsets live only
+ * in LMDB: a task whose offsets were lost with DATA/state starts from
+ * wherever its runtime starts tasks without committed offsets.
+ */
+typedef struct sl_commit sl_commit_t;
+
+/* A commit helper for one task (reusable, one commit at a time). Returns 0
+ * or -ENOMEM. Freeing one in progress aborts it. */
+int sl_commit_new(sl_state_t *st, sl_commit_t **out);
+void sl_commit_free(sl_commit_t *c);
+
+/* Step 1: takes the commit lock and the write transaction (waiting for the
+ * commit in progress). The calling thread must not hold the write
+ * transaction already. Returns 0 or an LMDB failure (nothing is then
+ * held); SL_EINVALID if this helper's commit is already in progress. */
+int sl_commit_begin(sl_commit_t *c);
+
+/* The commit's write transaction, for writes of the caller's own that must
+ * commit with it (e.g. queue delivery state). Valid until the commit ends. */
+MDB_txn *sl_commit_txn(sl_commit_t *c);
+
+/*
+ * Step 2: appends records to the transactional partition p as one batch
+ * (not yet durable, not visible); *first_offset (if not NULL) receives the
+ * first one's offset. p's new lso will be the end of its last append in
+ * this commit. SL_EINVALID for a partition that is not transactional;
+ * otherwise as sl_partition_append_nowait(). After a failure, abort.
+ */
+int sl_commit_append(sl_commit_t *c, sl_partition_t *p, const sl_record_t *records, size_t count,
+                     int64_t *first_offset);
+
+/* Step 2 for a store: appends the cache's changes (sl_cache_changes) to
+ * changelog, its changelog's partition of the task, and has step 3 write
+ * them and the checkpoint. A cache without changes costs nothing. Each
+ * cache at most once per commit (SL_EINVALID). */
+int sl_commit_store(sl_commit_t *c, sl_cache_t *cache, sl_partition_t *changelog);
+
+/* Step 3: records the task's input offset (the next offset to read) of
+ * (topic, partition) for group, as sl_offsets_put(). */
+int sl_commit_offset(sl_commit_t *c, const char *group, const char *topic, int32_t partition,
+                     int64_t offset);
+
+/*
+ * Steps 2 (the fsync) to 4. Returns 0 once committed and visible; or the
+ * failure, after which the commit is aborted as sl_commit_abort() does. In
+ * both cases the lock is released and the helper is ready for the next
+ * begin.
+ */
+int sl_commit_end(sl_commit_t *c);
+
+/* Aborts the commit in progress (a no-op if none): aborts the transaction,
+ * cuts every partition appended to back to where the commit found it,
+ * releases the lock. The caches stay dirty. */
+void sl_commit_abort(sl_commit_t *c);
 
 #endif

@@ -1,0 +1,486 @@
+/*
+ * test_commit.c - the exactly-once commit: outputs, changelog, state,
+ * offsets and lso land together and become visible only after the LMDB
+ * commit; an abort and a failing fsync cut everything back and keep the
+ * cache's changes for a retry; misuse is refused; leftovers of a failed cut
+ * are cut by the next commit; concurrent commits to one partition; a crash
+ * between the LMDB commit and visibility; and a crash harness that kills a
+ * committing child with SIGKILL twenty times and checks after every restart
+ * that outputs, store and offsets agree exactly (no loss, no duplicate).
+ */
+#include "testutil.h"
+
+#include "storage/io.h"
+#include "storage/offsets.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define GROUP "pipe"
+#define INPUT "in"
+#define KEYS  10
+
+typedef struct node {
+    char *dir;
+    sl_log_t *log;
+    sl_state_t *state;
+    sl_store_t *store;
+    sl_cache_t *cache;
+    sl_partition_t *out, *changelog;
+    sl_commit_t *commit;
+} node_t;
+
+static sl_partition_t *ensure_topic(node_t *n, const char *name, int changelog)
+{
+    sl_topic_t *t = sl_log_topic(n->log, name);
+    sl_topic_config_t cfg;
+    if (!t) {
+        if (changelog) {
+            sl_changelog_topic_config(&cfg, 1, GROUP);
+        } else {
+            sl_topic_config_default(&cfg);
+            cfg.transactional = 1;
+        }
+        assert_int_equal(sl_log_create_topic(n->log, name, &cfg, &t), 0);
+    }
+    return sl_topic_partition(t, 0);
+}
+
+static void node_open(node_t *n)
+{
+    assert_int_equal(sl_log_open(n->dir, NULL, &n->log), 0);
+    assert_int_equal(sl_state_open(n->dir, NULL, &n->state), 0);
+    assert_int_equal(sl_log_attach_state(n->log, n->state), 0);
+    assert_int_equal(sl_store_open(n->state, GROUP, "counts", SL_STORE_KV, &n->store), 0);
+    assert_int_equal(sl_cache_new(n->store, 0, &n->cache), 0);
+    n->out = ensure_topic(n, "out", 0);
+    n->changelog = ensure_topic(n, sl_store_changelog_topic(n->store), 1);
+    assert_int_equal(sl_commit_new(n->state, &n->commit), 0);
+}
+
+static void node_close(node_t *n)
+{
+    sl_commit_free(n->commit);
+    sl_cache_free(n->cache);
+    sl_store_close(n->store);
+    sl_log_close(n->log);
+    sl_state_close(n->state);
+}
+
+static int64_t committed_offset(node_t *n)
+{
+    int64_t offset = 0;
+    int rc = sl_offsets_get(n->state, GROUP, INPUT, 0, &offset);
+    assert_true(rc == 0 || rc == SL_ENOTFOUND);
+    return rc ? 0 : offset;
+}
+
+static int64_t cached_count(node_t *n, int key)
+{
+    char k[8], text[32];
+    const void *v;
+    size_t len;
+    snprintf(k, sizeof k, "k%d", key);
+    int rc = sl_cache_get(n->cache, k, strlen(k), &v, &len);
+    assert_true(rc == 0 || rc == 1);
+    if (!rc)
+        return 0;
+    snprintf(text, sizeof text, "%.*s", (int)len, (const char *)v);
+    return atoll(text);
+}
+
+static int64_t stored_count(node_t *n, int key)
+{
+    char k[8], text[32];
+    const void *v;
+    size_t len;
+    MDB_txn *txn;
+    snprintf(k, sizeof k, "k%d", key);
+    assert_int_equal(sl_state_begin(n->state, 0, &txn), 0);
+    int rc = sl_store_get(n->store, txn, k, strlen(k), &v, &len);
+    assert_true(rc == 0 || rc == SL_ENOTFOUND);
+    snprintf(text, sizeof text, "%.*s", rc ? 1 : (int)len, rc ? "0" : (const char *)v);
+    mdb_txn_abort(txn);
+    return atoll(text);
+}
+
+/* The task: input i counts key i % KEYS and emits "i". Processes inputs
+ * [from, to) into the cache and into recs/values (the buffered outputs). */
+static void process(node_t *n, int64_t from, int64_t to, sl_record_t *recs, char (*values)[24])
+{
+    for (int64_t i = from; i < to; i++) {
+        char k[8], v[24];
+        int key = (int)(i % KEYS);
+        snprintf(k, sizeof k, "k%d", key);
+        snprintf(v, sizeof v, "%lld", (long long)(cached_count(n, key) + 1));
+        int rc = sl_cache_put(n->cache, k, strlen(k), v, strlen(v));
+        assert_true(rc == 0 || rc == 1);
+        snprintf(values[i - from], sizeof values[i - from], "%lld", (long long)i);
+        recs[i - from] = tu_record(NULL, values[i - from], i);
+    }
+}
+
+/* Steps 1 and 2 of a commit of inputs [from, to). */
+static void commit_start(node_t *n, int64_t from, int64_t to)
+{
+    sl_record_t recs[64];
+    char values[64][24];
+    assert_true(to - from <= 64);
+    process(n, from, to, recs, values);
+    assert_int_equal(sl_commit_begin(n->commit), 0);
+    assert_int_equal(sl_commit_append(n->commit, n->out, recs, (size_t)(to - from), NULL), 0);
+    assert_int_equal(sl_commit_store(n->commit, n->cache, n->changelog), 0);
+    assert_int_equal(sl_commit_offset(n->commit, GROUP, INPUT, 0, to), 0);
+}
+
+static void commit_inputs(node_t *n, int64_t from, int64_t to)
+{
+    commit_start(n, from, to);
+    assert_int_equal(sl_commit_end(n->commit), 0);
+}
+
+/* Everything agrees with inputs [0, o) processed exactly once, where o is
+ * the committed offset: outputs "0".."o-1" in order, each key's count, the
+ * changelog's last values, lso = visible ends. */
+static void check_consistent(node_t *n)
+{
+    int64_t o = committed_offset(n), lso, expected = 0;
+    sl_reader_t *r;
+    sl_record_t rec;
+    int rc;
+    assert_int_equal(sl_partition_end_offset(n->out), o);
+    assert_int_equal(sl_partition_written_end(n->out), o);
+    assert_int_equal(sl_reader_open(n->out, 0, &r), 0);
+    while ((rc = sl_reader_next(r, &rec)) == 1) {
+        char text[24];
+        snprintf(text, sizeof text, "%.*s", rec.value_len, (const char *)rec.value);
+        assert_int_equal(atoll(text), expected++);
+    }
+    assert_int_equal(rc, 0);
+    sl_reader_close(r);
+    assert_int_equal(expected, o);
+    for (int key = 0; key < KEYS; key++)
+        assert_int_equal(stored_count(n, key), o / KEYS + (key < o % KEYS));
+    if (o > 0) {
+        assert_int_equal(sl_lso_get(n->state, "out", 0, &lso), 0);
+        assert_int_equal(lso, o);
+    }
+    int64_t from;
+    assert_int_equal(sl_store_restore_needed(n->store, n->changelog, &from), 0);
+}
+
+static void test_commit_lands_everything_together(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    int64_t checkpoint;
+    MDB_txn *txn;
+    sl_reader_t *r;
+    sl_record_t rec;
+    node_open(&n);
+    commit_start(&n, 0, 25);
+    /* between steps 2 and 4: nothing is visible, nothing in LMDB */
+    assert_int_equal(sl_partition_end_offset(n.out), 0);
+    assert_int_equal(sl_partition_written_end(n.out), 25);
+    assert_int_equal(sl_partition_end_offset(n.changelog), 0);
+    assert_int_equal(sl_reader_open(n.out, 0, &r), 0);
+    assert_int_equal(sl_reader_next(r, &rec), 0);
+    assert_int_equal(stored_count(&n, 3), 0);
+    assert_int_equal(sl_commit_end(n.commit), 0);
+    assert_int_equal(sl_reader_next(r, &rec), 1);
+    sl_reader_close(r);
+    assert_int_equal(sl_cache_dirty_count(n.cache), 0);
+    assert_int_equal(committed_offset(&n), 25);
+    assert_int_equal(sl_partition_end_offset(n.changelog), KEYS);
+    assert_int_equal(sl_state_begin(n.state, 0, &txn), 0);
+    assert_int_equal(sl_store_checkpoint_get(n.store, txn, 0, &checkpoint), 0);
+    mdb_txn_abort(txn);
+    assert_int_equal(checkpoint, KEYS);
+    check_consistent(&n);
+    commit_inputs(&n, 25, 40);
+    check_consistent(&n);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+static void test_abort_cuts_back_and_keeps_the_changes(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    node_open(&n);
+    commit_inputs(&n, 0, 10);
+    commit_start(&n, 10, 20);
+    sl_commit_abort(n.commit);
+    assert_int_equal(sl_partition_written_end(n.out), 10);
+    assert_int_equal(sl_partition_written_end(n.changelog), KEYS);
+    assert_int_equal(committed_offset(&n), 10);
+    assert_int_equal(sl_cache_dirty_count(n.cache), KEYS); /* still to be written */
+    check_consistent(&n);
+    /* the retry re-appends the same buffered outputs and changes */
+    sl_record_t recs[10];
+    char values[10][24];
+    for (int i = 0; i < 10; i++) {
+        snprintf(values[i], sizeof values[i], "%d", 10 + i);
+        recs[i] = tu_record(NULL, values[i], 10 + i);
+    }
+    assert_int_equal(sl_commit_begin(n.commit), 0);
+    assert_int_equal(sl_commit_append(n.commit, n.out, recs, 10, NULL), 0);
+    assert_int_equal(sl_commit_store(n.commit, n.cache, n.changelog), 0);
+    assert_int_equal(sl_commit_offset(n.commit, GROUP, INPUT, 0, 20), 0);
+    assert_int_equal(sl_commit_end(n.commit), 0);
+    check_consistent(&n);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+static void test_failed_fsync_aborts_the_commit(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    node_open(&n);
+    commit_inputs(&n, 0, 10);
+    commit_start(&n, 10, 20);
+    sl_io_fail_next_sync(EIO);
+    assert_int_equal(sl_commit_end(n.commit), -EIO);
+    sl_io_fail_next_sync(0);
+    assert_int_equal(committed_offset(&n), 10);
+    assert_int_equal(sl_cache_dirty_count(n.cache), KEYS);
+    sl_cache_clear(n.cache); /* give up: start over from the committed state */
+    check_consistent(&n);
+    commit_inputs(&n, 10, 20);
+    check_consistent(&n);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+static void test_misuse_is_refused(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    sl_record_t rec = tu_record(NULL, "x", 0);
+    node_open(&n);
+    sl_partition_t *plain = tu_topic(n.log, "plain", NULL);
+    assert_int_equal(sl_commit_append(n.commit, n.out, &rec, 1, NULL), SL_EINVALID);
+    assert_int_equal(sl_commit_end(n.commit), SL_EINVALID);
+    assert_int_equal(sl_commit_begin(n.commit), 0);
+    assert_int_equal(sl_commit_begin(n.commit), SL_EINVALID);
+    assert_int_equal(sl_commit_append(n.commit, plain, &rec, 1, NULL), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "plain/0 is not a transactional partition"));
+    assert_int_equal(sl_commit_store(n.commit, n.cache, n.changelog), 0);
+    assert_int_equal(sl_commit_store(n.commit, n.cache, n.changelog), SL_EINVALID);
+    assert_int_equal(sl_commit_offset(n.commit, "", INPUT, 0, 1), SL_EINVALID);
+    sl_commit_abort(n.commit);
+    sl_commit_abort(n.commit);                      /* a no-op */
+    assert_int_equal(sl_commit_begin(n.commit), 0); /* the lock was released */
+    assert_int_equal(sl_commit_end(n.commit), 0);   /* an empty commit */
+    assert_int_equal(sl_partition_end_offset(plain), 0);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+static void test_leftovers_are_cut_by_the_next_commit(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    sl_record_t junk = tu_record(NULL, "junk", 0);
+    node_open(&n);
+    commit_inputs(&n, 0, 10);
+    assert_int_equal(sl_partition_append(n.out, &junk, 1, NULL), 0); /* outside any commit */
+    assert_int_equal(sl_partition_written_end(n.out), 11);
+    commit_inputs(&n, 10, 20);
+    check_consistent(&n);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+typedef struct committer {
+    node_t *n;
+    int id;
+} committer_t;
+
+static void *commit_many(void *arg)
+{
+    committer_t *c = arg;
+    sl_commit_t *commit;
+    char values[5][16];
+    sl_record_t recs[5];
+    assert_int_equal(sl_commit_new(c->n->state, &commit), 0);
+    for (int i = 0; i < 50; i++) {
+        for (int j = 0; j < 5; j++) {
+            snprintf(values[j], sizeof values[j], "%d-%d-%d", c->id, i, j);
+            recs[j] = tu_record(NULL, values[j], 0);
+        }
+        assert_int_equal(sl_commit_begin(commit), 0);
+        assert_int_equal(sl_commit_append(commit, c->n->out, recs, 5, NULL), 0);
+        assert_int_equal(sl_commit_end(commit), 0);
+    }
+    sl_commit_free(commit);
+    return NULL;
+}
+
+/* Three tasks committing to one output partition: every record committed
+ * and visible, in whole batches, the lso at the end. */
+static void test_concurrent_commits_to_one_partition(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    pthread_t threads[3];
+    committer_t cs[3];
+    int64_t lso;
+    node_open(&n);
+    for (int i = 0; i < 3; i++) {
+        cs[i] = (committer_t){&n, i};
+        assert_int_equal(pthread_create(&threads[i], NULL, commit_many, &cs[i]), 0);
+    }
+    for (int i = 0; i < 3; i++)
+        pthread_join(threads[i], NULL);
+    assert_int_equal(sl_partition_end_offset(n.out), 3 * 50 * 5);
+    assert_int_equal(sl_partition_written_end(n.out), 3 * 50 * 5);
+    assert_int_equal(sl_lso_get(n.state, "out", 0, &lso), 0);
+    assert_int_equal(lso, 3 * 50 * 5);
+    assert_int_equal(tu_count(n.out, 0), 3 * 50 * 5);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+/* A child commits in LMDB by hand and dies before making the records
+ * visible: after recovery they are visible, with the new state. */
+static void test_crash_after_the_lmdb_commit_keeps_the_commit(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        node_open(&n);
+        commit_inputs(&n, 0, 10);
+        sl_record_t recs[10];
+        char values[10][24];
+        const sl_record_t *changes;
+        size_t count;
+        int64_t first;
+        MDB_txn *txn;
+        process(&n, 10, 20, recs, values);
+        assert_int_equal(sl_cache_changes(n.cache, &changes, &count), 0);
+        assert_int_equal(sl_partition_append(n.out, recs, 10, NULL), 0);
+        assert_int_equal(sl_partition_append(n.changelog, changes, count, &first), 0);
+        assert_int_equal(sl_state_begin(n.state, 1, &txn), 0);
+        assert_int_equal(sl_cache_flush(n.cache, txn), 0);
+        assert_int_equal(sl_store_checkpoint_put(n.store, txn, 0, first + (int64_t)count), 0);
+        assert_int_equal(sl_offsets_put(n.state, txn, GROUP, INPUT, 0, 20), 0);
+        assert_int_equal(sl_lso_put(n.state, txn, n.out, 20), 0);
+        assert_int_equal(sl_lso_put(n.state, txn, n.changelog, first + (int64_t)count), 0);
+        assert_int_equal(sl_state_commit(txn), 0);
+        kill(getpid(), SIGKILL);
+    }
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFSIGNALED(status));
+    node_open(&n);
+    assert_int_equal(committed_offset(&n), 20);
+    check_consistent(&n);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+#define HARNESS_INPUTS 3000
+#define HARNESS_KILLS  20
+
+/* The child: resumes from the committed offset and commits batches of
+ * 1 to 37 inputs until HARNESS_INPUTS, writing a byte to fd after each. */
+static void run_task(const char *dir, int fd)
+{
+    node_t n = {.dir = (char *)dir};
+    node_open(&n);
+    int64_t at = committed_offset(&n);
+    while (at < HARNESS_INPUTS) {
+        int64_t to = at + 1 + (at * 7919) % 37;
+        if (to > HARNESS_INPUTS)
+            to = HARNESS_INPUTS;
+        commit_inputs(&n, at, to);
+        at = to;
+        if (write(fd, "c", 1) != 1)
+            _exit(3);
+    }
+    node_close(&n);
+    _exit(0);
+}
+
+/* Starts the task; returns its pid, and the pipe it reports on in *fd. */
+static pid_t start_task(const char *dir, int *fd)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        close(p[0]);
+        run_task(dir, p[1]);
+    }
+    close(p[1]);
+    *fd = p[0];
+    return child;
+}
+
+static void check_after_restart(const char *dir)
+{
+    node_t n = {.dir = (char *)dir};
+    node_open(&n);
+    check_consistent(&n);
+    node_close(&n);
+}
+
+static void test_kill_9_at_random_moments_loses_and_duplicates_nothing(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    unsigned seed = 12345;
+    int kills = 0, status, fd;
+    while (kills < HARNESS_KILLS) {
+        pid_t child = start_task(dir, &fd);
+        int wait_for = 1 + (int)(rand_r(&seed) % 12), got = 0;
+        char byte;
+        while (got < wait_for && read(fd, &byte, 1) == 1)
+            got++;
+        kill(child, SIGKILL); /* somewhere in a commit, or after the last */
+        close(fd);
+        assert_int_equal(waitpid(child, &status, 0), child);
+        if (WIFSIGNALED(status))
+            kills++;
+        check_after_restart(dir);
+    }
+    pid_t child = start_task(dir, &fd);
+    char byte;
+    while (read(fd, &byte, 1) == 1)
+        ;
+    close(fd);
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    node_t n = {.dir = dir};
+    node_open(&n);
+    assert_int_equal(committed_offset(&n), HARNESS_INPUTS);
+    check_consistent(&n);
+    node_close(&n);
+    tu_rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_commit_lands_everything_together),
+        cmocka_unit_test(test_abort_cuts_back_and_keeps_the_changes),
+        cmocka_unit_test(test_failed_fsync_aborts_the_commit),
+        cmocka_unit_test(test_misuse_is_refused),
+        cmocka_unit_test(test_leftovers_are_cut_by_the_next_commit),
+        cmocka_unit_test(test_concurrent_commits_to_one_partition),
+        cmocka_unit_test(test_crash_after_the_lmdb_commit_keeps_the_commit),
+        cmocka_unit_test(test_kill_9_at_random_moments_loses_and_duplicates_nothing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
