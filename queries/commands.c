@@ -272,6 +272,14 @@ static const sl_command_t commands[] = {
     {"FETCH", -4, sl_cmd_fetch, 0, 12},
     {"GROUP", -2, sl_cmd_group, 0, 13},
     {"SEEK", 5, sl_cmd_seek, 0, 14},
+    {"EXCHANGE", -2, sl_cmd_exchange, 0, 15},
+    {"QUEUE", -2, sl_cmd_queue, 0, 16},
+    {"BIND", -4, sl_cmd_bind, 0, 17},
+    {"UNBIND", -4, sl_cmd_bind, 0, 18},
+    {"QPUBLISH", -4, sl_cmd_qpublish, 0, 19},
+    {"QPOP", -2, sl_cmd_qpop, 0, 20},
+    {"ACK", -3, sl_cmd_ack, 0, 21},
+    {"NACK", -3, sl_cmd_ack, 0, 22},
 };
 
 int sl_builtin_command_count(void)

@@ -224,6 +224,7 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     family(out, "sluice_group_lag", "gauge", "Records after the group's committed offset.");
     lag_walk_t w = {s, out};
     sl_offsets_foreach(s->state, NULL, NULL, lag_sample, &w);
+    sl_qstage_metrics(s, out);
     if (s->extra_metrics)
         s->extra_metrics(s->extra_metrics_arg, out);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define SL_METRIC_COMMANDS 32
+#define SL_METRIC_COMMANDS 64
 #define SL_LATENCY_BUCKETS 40
 
 typedef struct sl_latency {

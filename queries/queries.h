@@ -77,6 +77,11 @@ int sl_server_add_command(sl_server_t *s, const char *name, int arity, sl_comman
 typedef void (*sl_metrics_fn)(void *arg, struct evbuffer *out);
 void sl_server_set_metrics(sl_server_t *s, sl_metrics_fn fn, void *arg);
 
+/* Enables the work-queue commands (EXCHANGE, QUEUE, BIND, UNBIND,
+ * QPUBLISH, QPOP, ACK, NACK) over queues, which must outlive the server.
+ * Call once, before the loop runs. Returns 0 or -ENOMEM. */
+int sl_server_set_queues(sl_server_t *s, sl_queues_t *queues);
+
 /* Closes every connection and frees the server. */
 void sl_server_free(sl_server_t *s);
 

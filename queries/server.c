@@ -165,6 +165,8 @@ static void release_holds(sl_conn_t *c)
 
 static void conn_free_unlinked(sl_conn_t *c)
 {
+    if (c->queue_client)
+        sl_qstage_conn_closed(c); /* its deliveries go back to ready */
     while (c->holds) {
         sl_hold_t *h = c->holds;
         c->holds = h->next;
@@ -382,6 +384,13 @@ static void retry_blocked(sl_conn_t *c)
     evbuffer_drain(in, consumed);
     c->closing |= outcome == SL_CLOSE;
     process_input(c);
+}
+
+void sl_conn_wake(sl_conn_t *c)
+{
+    if (c->blocked)
+        retry_blocked(c);
+    flush_output(c);
 }
 
 static void on_block_timeout(evutil_socket_t fd, short what, void *arg)
@@ -688,6 +697,7 @@ void sl_server_free(sl_server_t *s)
         event_free(s->flush);
     }
     sl_stage_free(s->stage);
+    sl_qstage_free(s);
     s->shutting_down = 1; /* no more pooling */
     while (s->hold_pool) {
         sl_hold_t *h = s->hold_pool;

@@ -56,6 +56,7 @@ typedef struct sl_conn {
     int blocked; /* a blocked command sits at the head of the input */
     int64_t block_deadline_ms;
     struct event *block_timer;
+    struct sl_queue_client *queue_client; /* its consumer, if it used queues (qstage.c) */
     uint64_t id;
     char name[64];
 } sl_conn_t;
@@ -82,6 +83,7 @@ typedef struct sl_server {
     struct sl_stage *stage;    /* PRODUCE records waiting for the flush (stage.c) */
     struct event *flush;       /* runs the stage flush after this round of I/O */
     struct sl_hold *hold_pool; /* free one-wait holds */
+    struct sl_qstage *qstage;  /* work queues, if enabled (qstage.c) */
     struct sl_extra_command {
         char name[32];
         int arity;
@@ -190,6 +192,64 @@ void sl_stage_free(struct sl_stage *st);
 
 /* Releases what is ready and writes out every connection with holds. */
 void sl_server_release_all(sl_server_t *s);
+
+/* Runs a blocked command again now (as a wake does); the connection may
+ * be freed by this. */
+void sl_conn_wake(sl_conn_t *c);
+
+/* Work queues: commands (cmd_exchange.c, cmd_queue.c) and their side of
+ * the server (qstage.c): the round's batch and its group commit, staged
+ * replies, waiters of blocked QPOPs, the lease and TTL timer, metrics. */
+typedef struct sl_qstage sl_qstage_t;
+int sl_cmd_exchange(sl_request_t *req);
+int sl_cmd_bind(sl_request_t *req); /* BIND and UNBIND */
+int sl_cmd_queue(sl_request_t *req);
+int sl_cmd_qpublish(sl_request_t *req);
+int sl_cmd_qpop(sl_request_t *req);
+int sl_cmd_ack(sl_request_t *req); /* ACK and NACK */
+
+/* The error reply for a registry failure rc: NOTFOUND, BUSY or ERR with
+ * the detail. Returns SL_DONE. */
+int sl_queue_error(sl_request_t *req, int rc);
+
+/* Copies a queue or exchange name argument into out (SL_QUEUE_NAME_MAX +
+ * 1 bytes); -1 after an error reply if it is too long. */
+int sl_queue_name_arg(sl_request_t *req, const sl_resp_arg_t *a, const char *kind, char *out);
+
+/* The registry, or NULL after an error reply (queues not enabled). */
+sl_queues_t *sl_qstage_queues(sl_request_t *req);
+
+/* The batch this round stages into. */
+sl_queue_batch_t *sl_qstage_batch(sl_server_t *s);
+
+/* The request's reply becomes `value` once the round's commit succeeds
+ * (the commit's error otherwise). 0 or -ENOMEM. */
+int sl_qstage_reply(sl_request_t *req, int64_t value);
+
+/* Schedules the round's commit if something is staged. */
+void sl_qstage_schedule(sl_server_t *s);
+
+/* The connection's consumer (created on first use), or NULL. */
+sl_queue_consumer_t *sl_qstage_consumer(sl_request_t *req);
+
+/* A blocked QPOP joins the waiters for queue; unwait leaves them. */
+void sl_qstage_wait(sl_request_t *req, const char *queue);
+void sl_qstage_unwait(sl_conn_t *c);
+
+/* How many blocked QPOPs wait for queue. */
+int64_t sl_qstage_waiting(sl_server_t *s, const char *queue);
+
+/* Whether c is the waiter being served (its blocked QPOP may pop). */
+int sl_qstage_serving(const sl_conn_t *c);
+
+/* A lease ends at deadline (log clock, ms): the timer fires by then. */
+void sl_qstage_lease(sl_server_t *s, int64_t deadline);
+
+/* The close hook: c's deliveries go back to ready. */
+void sl_qstage_conn_closed(sl_conn_t *c);
+
+void sl_qstage_free(sl_server_t *s);
+void sl_qstage_metrics(sl_server_t *s, struct evbuffer *out);
 
 /* HTTP endpoint (http.c). */
 int sl_http_start(sl_server_t *s);

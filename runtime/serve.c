@@ -56,6 +56,7 @@ typedef struct node {
     int workers;
     sl_log_t *log;
     sl_state_t *state;
+    sl_queues_t *queues; /* work queues: exchanges, queues, deliveries */
     struct event_base *base;
     _Atomic(sl_server_t *) server;
     _Atomic(sl_pipelines_t *) pipelines;
@@ -238,9 +239,14 @@ static int start_node(node_t *n)
         return cli_fail("serve: cannot open the log", rc);
     if ((rc = sl_state_open(n->data, NULL, &n->state)))
         return cli_fail("serve: cannot open the state", rc);
+    if ((rc = sl_log_attach_state(n->log, n->state))) /* transactional partitions to their lso */
+        return cli_fail("serve: cannot recover committed ends", rc);
     if ((rc = sl_server_start(n->base, n->log, n->state, &n->server_options, &server)))
         return cli_fail("serve", rc);
     atomic_store(&n->server, server);
+    if ((rc = sl_queues_open(n->log, n->state, &n->queues)) ||
+        (rc = sl_server_set_queues(server, n->queues)))
+        return cli_fail("serve: work queues", rc);
     sl_pipelines_t *m;
     if ((rc = sl_pipelines_open(n->data, n->log, n->state, n->workers, &m)))
         return cli_fail("serve: pipelines", rc);
@@ -267,6 +273,7 @@ static void stop_node(node_t *n)
     pthread_mutex_unlock(&n->listener_lock);
     sl_pipelines_close(pipelines); /* before the log: its workers append */
     sl_server_free(server);
+    sl_queues_close(n->queues); /* after the server: its last round commits */
     if (n->maintenance)
         pthread_join(n->maintenance, NULL);
     if (n->state)

@@ -683,6 +683,15 @@ static int check_options(const char *name, const sl_queue_options_t *o)
     return 0;
 }
 
+/* An option's value as QUEUE DECLARE spells it: -1 is "none". */
+static const char *option_text(long long v, char *buf, size_t size)
+{
+    if (v < 0)
+        return "none";
+    snprintf(buf, size, "%lld", v);
+    return buf;
+}
+
 /* 0 if a and b are equal, else SL_EEXISTS naming the first difference. */
 static int compare_options(const char *name, const sl_queue_options_t *a,
                            const sl_queue_options_t *b)
@@ -690,6 +699,7 @@ static int compare_options(const char *name, const sl_queue_options_t *a,
     static const char *const overflow[] = {"drop-head", "reject-publish"};
     const char *what = NULL;
     long long was = 0, asked = 0;
+    char was_text[32], asked_text[32];
     if (a->max_priority != b->max_priority)
         what = "MAXPRIORITY", was = a->max_priority, asked = b->max_priority;
     else if (a->ttl_ms != b->ttl_ms)
@@ -697,16 +707,17 @@ static int compare_options(const char *name, const sl_queue_options_t *a,
     else if (a->max_length != b->max_length)
         what = "MAXLEN", was = a->max_length, asked = b->max_length;
     else if (a->max_deliveries != b->max_deliveries)
-        what = "MAXDELIVERIES", was = a->max_deliveries, asked = b->max_deliveries;
+        what = "MAXDELIVERIES", was = a->max_deliveries ? a->max_deliveries : -1,
+        asked = b->max_deliveries ? b->max_deliveries : -1;
     else if (a->lease_ms != b->lease_ms)
         what = "LEASE", was = a->lease_ms, asked = b->lease_ms;
     else if (a->segment_bytes != b->segment_bytes)
         what = "segment size", was = a->segment_bytes, asked = b->segment_bytes;
     if (what)
         return sl_error_set(SL_EEXISTS,
-                            "queue %s exists with %s %lld, not %lld (-1: none); delete it first "
-                            "to change it",
-                            name, what, was, asked);
+                            "queue %s exists with %s %s, not %s; delete it first to change it",
+                            name, what, option_text(was, was_text, sizeof was_text),
+                            option_text(asked, asked_text, sizeof asked_text));
     if (a->overflow != b->overflow)
         return sl_error_set(SL_EEXISTS, "queue %s exists with OVERFLOW %s, not %s", name,
                             overflow[a->overflow], overflow[b->overflow]);
