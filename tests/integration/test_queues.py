@@ -517,5 +517,169 @@ class RestartTest(unittest.TestCase):
             node.cleanup()
 
 
+class Publishers:
+    """Threads that QPUBLISH through a fanout exchange to two queues, one
+    in flight each, and record every confirmed message until the node goes
+    away."""
+
+    def __init__(self, node, exchange, threads=6):
+        self.node, self.exchange = node, exchange
+        self.lock = threading.Lock()
+        self.sent, self.confirmed, self.errors = set(), [], []
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True)
+                        for i in range(threads)]
+
+    def run(self, n):
+        r = self.node.client(socket_timeout=30)
+        for i in itertools.count():
+            payload = b"p%d-%d" % (n, i)
+            with self.lock:
+                self.sent.add(payload)
+            try:
+                stored = r.execute_command("QPUBLISH", self.exchange, "k", payload,
+                                           "PRIORITY", i % 3)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                return
+            except Exception as e:  # an error reply is a failure
+                with self.lock:
+                    self.errors.append(repr(e))
+                return
+            with self.lock:
+                if stored != 2:
+                    self.errors.append("%r stored in %r queues" % (payload, stored))
+                self.confirmed.append(payload)
+
+    def count(self):
+        with self.lock:
+            return len(self.confirmed)
+
+
+class Consumers:
+    """Threads that pop and ack, recording the acks the node confirmed and
+    the ones sent without an answer, until the node goes away."""
+
+    def __init__(self, node, queue, threads=4):
+        self.node, self.queue = node, queue
+        self.lock = threading.Lock()
+        self.acked, self.unanswered, self.errors = set(), set(), []
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+
+    def run(self):
+        r = self.node.client(socket_timeout=30)
+        while True:
+            try:
+                got = r.execute_command("QPOP", self.queue, "COUNT", 20, "BLOCK", 1000)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                return
+            if not got:
+                continue
+            payloads = {d[1] for d in got}
+            with self.lock:
+                self.unanswered |= payloads
+            try:
+                n = r.execute_command("ACK", self.queue, *[d[0] for d in got])
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                return
+            with self.lock:
+                if n != len(got):
+                    self.errors.append("ACK of %d acked %r" % (len(got), n))
+                self.acked |= payloads
+                self.unanswered -= payloads
+
+    def count(self):
+        with self.lock:
+            return len(self.acked)
+
+
+def start_all(workers):
+    for t in workers.threads:
+        t.start()
+
+
+def join_all(workers, timeout=30):
+    deadline = time.monotonic() + timeout
+    for t in workers.threads:
+        t.join(max(0.1, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in workers.threads), "threads still running after the kill"
+
+
+def drain_all(r, queue):
+    """Every message left in queue (popped and acked), as a list."""
+    out = []
+    while True:
+        got = r.execute_command("QPOP", queue, "COUNT", 1000)
+        if not got:
+            return out
+        r.execute_command("ACK", queue, *[d[0] for d in got])
+        out += [d[1] for d in got]
+
+
+class KillTest(unittest.TestCase):
+    """kill -9 during publishing and during consuming, then a restart."""
+
+    def setUp(self):
+        self.node = Node()
+        self.addCleanup(self.node.cleanup)
+        self.node.start()
+
+    def test_every_confirmed_publish_survives_sigkill(self):
+        r = self.node.client()
+        r.execute_command("EXCHANGE", "DECLARE", "all", "fanout")
+        for q in ("left", "right"):
+            r.execute_command("QUEUE", "DECLARE", q, "MAXPRIORITY", 2)
+            r.execute_command("BIND", "all", q, "")
+        r.close()
+        pubs = Publishers(self.node, "all")
+        start_all(pubs)
+        wait_until(lambda: pubs.count() >= 1500 or pubs.errors, timeout=60,
+                   what="1500 confirmed publishes")
+        self.node.kill()
+        join_all(pubs)
+        self.assertEqual(pubs.errors, [])
+        self.node.start()
+        r = self.node.client()
+        for q in ("left", "right"):
+            stored = drain_all(r, q)
+            self.assertEqual(len(stored), len(set(stored)), "a message is stored twice in " + q)
+            missing = set(pubs.confirmed) - set(stored)
+            self.assertEqual(sorted(missing)[:5], [], "%d confirmed messages lost from %s"
+                             % (len(missing), q))
+            self.assertEqual(set(stored) - pubs.sent, set(), "messages nobody sent")
+            self.assertLessEqual(len(stored) - len(pubs.confirmed), len(pubs.threads))
+        self.assertEqual(r.execute_command("QPUBLISH", "all", "k", "after"), 2)
+        r.close()
+        self.node.stop()
+
+    def test_no_acked_message_comes_back_and_none_is_lost_after_sigkill(self):
+        r = self.node.client()
+        r.execute_command("QUEUE", "DECLARE", "work", "LEASE", 60000)
+        total = 4000
+        pipe = r.pipeline(transaction=False)
+        for i in range(total):
+            pipe.execute_command("QPUBLISH", "", "work", b"m%d" % i)
+        self.assertEqual(pipe.execute(), [1] * total)
+        held = r.execute_command("QPOP", "work", "COUNT", 5)  # never acked: the floor stays at 0
+        cons = Consumers(self.node, "work")
+        start_all(cons)
+        wait_until(lambda: cons.count() >= 1000 or cons.errors, timeout=60,
+                   what="1000 acknowledged messages")
+        self.node.kill()
+        join_all(cons)
+        self.assertEqual(cons.errors, [])
+        self.assertLess(len(cons.acked), total, "everything was consumed before the kill")
+        r.close()
+        self.node.start()
+        r = self.node.client()
+        left = drain_all(r, "work")
+        everything = {b"m%d" % i for i in range(total)}
+        self.assertEqual(set(left) & cons.acked, set(), "acked messages came back")
+        lost = everything - cons.acked - cons.unanswered - set(left)
+        self.assertEqual(sorted(lost)[:5], [], "%d unacked messages lost" % len(lost))
+        self.assertEqual(len(left), len(set(left)))
+        self.assertLessEqual({d[1] for d in held}, set(left))
+        r.close()
+        self.node.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
