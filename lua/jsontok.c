@@ -18,6 +18,7 @@
 
 #define JSMN_STATIC
 #define JSMN_STRICT
+#define JSMN_PARENT_LINKS /* closing brackets and commas find their parent at once */
 #include <jsmn.h>
 
 #include <errno.h>
@@ -146,6 +147,18 @@ static int check_string(check_t *c, int32_t at, int32_t end, sl_jtok_t *out)
     const char *s = c->text;
     out->type = SL_JTOK_STRING;
     out->escaped = 0;
+    /* Eight bytes at a time while none is a control character or a
+     * backslash (the usual case): a byte below 0x20 or equal to 0x5c sets
+     * its top bit in `special`. */
+    for (; end - at >= 8; at += 8) {
+        uint64_t x;
+        memcpy(&x, s + at, 8);
+        const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+        uint64_t slash = x ^ (ones * '\\');
+        uint64_t special = ((x - ones * 0x20) & ~x) | ((slash - ones) & ~slash);
+        if (special & high)
+            break;
+    }
     for (; at < end; at++) {
         unsigned char ch = (unsigned char)s[at];
         if (ch < 0x20)
