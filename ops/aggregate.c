@@ -719,22 +719,24 @@ static int corrupt(const reader_t *r, const char *what)
                         r->set->members[r->member].name, what);
 }
 
-static int take(reader_t *r, size_t n, const uint8_t **out)
+/* The next n bytes, or NULL (with the detail set) if fewer are left. */
+static const uint8_t *take(reader_t *r, size_t n)
 {
-    if ((size_t)(r->end - r->p) < n)
-        return corrupt(r, "truncated");
-    *out = r->p;
+    if ((size_t)(r->end - r->p) < n) {
+        corrupt(r, "truncated");
+        return NULL;
+    }
+    const uint8_t *p = r->p;
     r->p += n;
-    return 0;
+    return p;
 }
 
 /* Reads a number (optional: may be empty); *present says which. */
 static int read_number(reader_t *r, bool optional, sl_number_t *n, bool *present)
 {
-    const uint8_t *p;
-    int rc = take(r, NUMBER_BYTES, &p);
-    if (rc)
-        return rc;
+    const uint8_t *p = take(r, NUMBER_BYTES);
+    if (!p)
+        return SL_ECORRUPT;
     int tag = p[0] - optional, bits_zero = get_le64(p + 1) == 0;
     *present = !(optional && p[0] == 0);
     if (!*present)
@@ -753,10 +755,9 @@ static int read_number(reader_t *r, bool optional, sl_number_t *n, bool *present
 
 static int read_count(reader_t *r, uint64_t *count)
 {
-    const uint8_t *p;
-    int rc = take(r, 8, &p);
-    if (rc)
-        return rc;
+    const uint8_t *p = take(r, 8);
+    if (!p)
+        return SL_ECORRUPT;
     *count = get_le64(p);
     return *count > COUNT_LIMIT ? corrupt(r, "count over 2^63 - 1") : 0;
 }
@@ -775,12 +776,12 @@ static int read_avg(reader_t *r, member_t *m)
 static int read_last(reader_t *r, member_t *m)
 {
     bool present;
-    const uint8_t *p;
     int rc = read_number(r, true, &m->value, &present);
-    if (rc == 0)
-        rc = take(r, 8, &p);
     if (rc)
         return rc;
+    const uint8_t *p = take(r, 8);
+    if (!p)
+        return SL_ECORRUPT;
     m->count = present;
     m->time = (int64_t)get_le64(p);
     return present || m->time == 0 ? 0 : corrupt(r, "an empty last has a time");
@@ -789,14 +790,14 @@ static int read_last(reader_t *r, member_t *m)
 /* Reads a uint32 length and that many bytes. */
 static int read_blob(reader_t *r, size_t max, const uint8_t **data, size_t *len)
 {
-    const uint8_t *p;
-    int rc = take(r, 4, &p);
-    if (rc)
-        return rc;
+    const uint8_t *p = take(r, 4);
+    if (!p)
+        return SL_ECORRUPT;
     *len = get_le32(p);
     if (*len > max)
         return corrupt(r, "length over the limit");
-    return take(r, *len, data);
+    *data = take(r, *len);
+    return *data ? 0 : SL_ECORRUPT;
 }
 
 /* Reads member r->member's payload into *m, a sketch or a reduce value. */
@@ -804,8 +805,8 @@ static int read_member(reader_t *r, sl_agg_kind_t kind, member_t *m, sl_hll_t *s
                        const uint8_t **reduced, size_t *reduced_len)
 {
     bool present;
-    const uint8_t *data;
-    size_t len;
+    const uint8_t *data = NULL;
+    size_t len = 0;
     int rc;
     *m = (member_t){0};
     switch (kind) {
@@ -859,9 +860,9 @@ static int read_members(reader_t *r, decoded_t *d)
 {
     for (r->member = 0; r->member < r->set->count; r->member++) {
         sl_agg_kind_t kind = r->set->members[r->member].kind;
-        const uint8_t *kind_byte, *reduced = NULL;
+        const uint8_t *kind_byte = take(r, 1), *reduced = NULL;
         size_t reduced_len = 0;
-        int rc = take(r, 1, &kind_byte);
+        int rc = kind_byte ? 0 : SL_ECORRUPT;
         if (rc == 0 && *kind_byte != kind)
             rc = corrupt(r, "kind differs from the set's");
         if (rc == 0)

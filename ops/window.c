@@ -154,6 +154,7 @@ int sl_window_overlap(const sl_window_spec_t *spec)
 int sl_window_assign(const sl_window_spec_t *spec, int64_t t, sl_window_t *out, int max)
 {
     assert(max >= sl_window_overlap(spec));
+    (void)max; /* only checked, in debug builds */
     int rc = check_time(t);
     if (rc)
         return rc;
