@@ -26,6 +26,7 @@
  * reusing pages).
  */
 #include "storage/buf.h"
+#include "storage/keysort.h"
 #include "storage/state.h"
 
 #include <errno.h>
@@ -41,14 +42,6 @@ typedef struct entry {
     uint32_t next_window; /* index + 1 of the key's previous window entry; 0 none */
     uint8_t dirty, deleted;
 } entry_t;
-
-/* One dirty entry while sorting: the key's first 8 bytes, big-endian and
- * zero-padded, decide most comparisons without touching the arena. */
-typedef struct sort_item {
-    uint64_t prefix;
-    const uint8_t *key;
-    uint32_t len, entry;
-} sort_item_t;
 
 /* One window of a key, while merging with LMDB's. */
 typedef struct cached_window {
@@ -68,8 +61,8 @@ struct sl_cache {
     uint32_t *key_slots; /* window stores: index + 1 of a key's newest entry */
     size_t key_slot_count, key_count;
     sl_buf_t arena;
-    sort_item_t *order;
-    size_t order_cap;
+    sl_key_item_t *order, *order_tmp; /* dirty entries, to sort */
+    size_t order_cap, order_tmp_cap;
     sl_record_t *changes;
     size_t changes_cap, change_count;
     int changes_valid;
@@ -147,6 +140,7 @@ void sl_cache_free(sl_cache_t *c)
     sl_free(c->key_slots);
     sl_buf_free(&c->arena);
     sl_free(c->order);
+    sl_free(c->order_tmp);
     sl_free(c->changes);
     sl_free(c->windows);
     sl_free(c);
@@ -579,38 +573,21 @@ int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count)
 
 /* ---- commits ------------------------------------------------------------- */
 
-static uint64_t prefix_of(const uint8_t *k, size_t len)
-{
-    uint8_t p[8] = {0};
-    memcpy(p, k, len < 8 ? len : 8);
-    return sl_get_be64(p);
-}
-
-static int compare_items(const void *a, const void *b)
-{
-    const sort_item_t *x = a, *y = b;
-    if (x->prefix != y->prefix)
-        return x->prefix < y->prefix ? -1 : 1;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->key, y->key, n);
-    return c ? c : (x->len > y->len) - (x->len < y->len);
-}
-
 static int sort_dirty(sl_cache_t *c)
 {
     size_t n = 0;
     if (sl_array_reserve((void **)&c->order, &c->order_cap, c->dirty, sizeof *c->order) ||
+        sl_array_reserve((void **)&c->order_tmp, &c->order_tmp_cap, c->dirty,
+                         sizeof *c->order_tmp) ||
         sl_array_reserve((void **)&c->changes, &c->changes_cap, c->dirty, sizeof *c->changes))
         return sl_error_set(-ENOMEM, "store %s: out of memory sorting changes",
                             sl_store_name(c->store));
     for (size_t i = 0; i < c->count; i++) {
         const entry_t *e = &c->entries[i];
         if (e->dirty)
-            c->order[n++] = (sort_item_t){prefix_of(key_of(c, e), e->key_len), key_of(c, e),
-                                          e->key_len, (uint32_t)i};
+            c->order[n++] = (sl_key_item_t){0, 0, key_of(c, e), e->key_len, (uint32_t)i};
     }
-    if (n > 1)
-        qsort(c->order, n, sizeof *c->order, compare_items);
+    sl_key_sort(c->order, c->order_tmp, n);
     return 0;
 }
 
@@ -620,7 +597,7 @@ int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count)
     if (rc)
         return rc;
     for (size_t i = 0; !c->changes_valid && i < c->dirty; i++) {
-        const entry_t *e = &c->entries[c->order[i].entry];
+        const entry_t *e = &c->entries[c->order[i].index];
         c->changes[i] = (sl_record_t){.timestamp = -1,
                                       .key = key_of(c, e),
                                       .key_len = (int32_t)e->key_len,

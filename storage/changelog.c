@@ -16,6 +16,7 @@
  * resumes from the last batch committed; replaying changes that are
  * already in LMDB is harmless, as every change is a plain overwrite.
  */
+#include "storage/keysort.h"
 #include "storage/state.h"
 
 #include <errno.h>
@@ -51,12 +52,6 @@ int sl_changelog_check(const sl_store_t *s, const sl_record_t *r)
 
 /* ---- restore ----------------------------------------------------------- */
 
-typedef struct sort_item {
-    uint64_t prefix;
-    const uint8_t *key;
-    uint32_t len, index;
-} sort_item_t;
-
 typedef struct restore {
     sl_store_t *store;
     sl_partition_t *changelog;
@@ -64,8 +59,8 @@ typedef struct restore {
     sl_restore_progress_t progress;
     sl_reader_t *reader;
     sl_record_set_t batch;
-    sort_item_t *order;
-    size_t order_cap;
+    sl_key_item_t *order, *order_tmp;
+    size_t order_cap, order_tmp_cap;
     sl_record_t *changes;
     size_t changes_cap;
     struct timespec started;
@@ -76,31 +71,6 @@ static double seconds_since(const struct timespec *t)
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
-}
-
-static uint64_t prefix_of(const uint8_t *k, size_t len)
-{
-    uint8_t p[8] = {0};
-    memcpy(p, k, len < 8 ? len : 8);
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-/* By key as LMDB orders keys, then by position in the changelog. */
-static int compare_items(const void *a, const void *b)
-{
-    const sort_item_t *x = a, *y = b;
-    if (x->prefix != y->prefix)
-        return x->prefix < y->prefix ? -1 : 1;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->key, y->key, n);
-    if (c)
-        return c;
-    if (x->len != y->len)
-        return x->len < y->len ? -1 : 1;
-    return (x->index > y->index) - (x->index < y->index);
 }
 
 /* Reads up to the batch size of records into r->batch. Returns how many
@@ -132,15 +102,14 @@ static int reduce_batch(restore_t *r, size_t *count)
     sl_record_t *recs = sl_record_set_array(&r->batch);
     size_t n = r->batch.count, kept = 0;
     if (sl_array_reserve((void **)&r->order, &r->order_cap, n, sizeof *r->order) ||
+        sl_array_reserve((void **)&r->order_tmp, &r->order_tmp_cap, n, sizeof *r->order_tmp) ||
         sl_array_reserve((void **)&r->changes, &r->changes_cap, n, sizeof *r->changes))
         return sl_error_set(-ENOMEM, "restoring %s: out of memory", sl_store_name(r->store));
     for (size_t i = 0; i < n; i++)
-        r->order[i] = (sort_item_t){prefix_of(recs[i].key, (size_t)recs[i].key_len), recs[i].key,
-                                    (uint32_t)recs[i].key_len, (uint32_t)i};
-    if (n > 1)
-        qsort(r->order, n, sizeof *r->order, compare_items);
+        r->order[i] = (sl_key_item_t){0, 0, recs[i].key, (uint32_t)recs[i].key_len, (uint32_t)i};
+    sl_key_sort(r->order, r->order_tmp, n); /* stable: a key's changes stay in order */
     for (size_t i = 0; i < n; i++) {
-        const sort_item_t *it = &r->order[i], *next = i + 1 < n ? &r->order[i + 1] : NULL;
+        const sl_key_item_t *it = &r->order[i], *next = i + 1 < n ? &r->order[i + 1] : NULL;
         if (next && next->len == it->len && !memcmp(next->key, it->key, it->len))
             continue; /* a later change of the same key follows */
         r->changes[kept++] = recs[it->index];
@@ -222,6 +191,7 @@ static void restore_free(restore_t *r)
     sl_reader_close(r->reader);
     sl_record_set_free(&r->batch);
     sl_free(r->order);
+    sl_free(r->order_tmp);
     sl_free(r->changes);
 }
 

@@ -159,7 +159,7 @@ static int written_for(sl_commit_t *c, sl_partition_t *p, written_t **out)
 int sl_commit_append(sl_commit_t *c, sl_partition_t *p, const sl_record_t *records, size_t count,
                      int64_t *first_offset)
 {
-    written_t *w;
+    written_t *w = NULL;
     int64_t first;
     int rc = check_open(c);
     if (rc || (rc = written_for(c, p, &w)) || count == 0)

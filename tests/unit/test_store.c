@@ -8,6 +8,7 @@
  */
 #include "testutil.h"
 
+#include "storage/keysort.h"
 #include "storage/state.h"
 
 #include <errno.h>
@@ -252,6 +253,81 @@ static void test_changes_are_sorted_in_lmdb_key_order(void **state)
     assert_int_equal(sl_store_foreach(f.store, txn, check_order, &seen), 0);
     mdb_txn_abort(txn);
     assert_int_equal(seen, SORTED_COUNT);
+    close_fixture(&f);
+}
+
+static int lmdb_order(const sl_key_item_t *a, const sl_key_item_t *b)
+{
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->key, b->key, n);
+    return c ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+/* Many keys over a small alphabet (zero bytes, shared prefixes, prefixes
+ * of each other, duplicates, 1 to 40 bytes): the radix sort agrees with
+ * LMDB's order and keeps equal keys in their order. */
+static void test_key_sort_matches_lmdb_order(void **state)
+{
+    (void)state;
+    static const uint8_t alphabet[] = {0x00, 0x01, 'a', 0xff};
+    enum { N = 20000 };
+    uint8_t *bytes = malloc(N * 40);
+    sl_key_item_t *items = malloc(N * sizeof *items), *tmp = malloc(N * sizeof *tmp);
+    unsigned seed = 7;
+    assert_non_null(bytes);
+    for (size_t i = 0; i < N; i++) {
+        uint32_t len = 1 + (uint32_t)(rand_r(&seed) % (i % 3 ? 12 : 40));
+        for (uint32_t j = 0; j < len; j++)
+            bytes[i * 40 + j] = j < 9 && i % 5 ? 'u' : alphabet[rand_r(&seed) % 4];
+        items[i] = (sl_key_item_t){0, 0, bytes + i * 40, len, (uint32_t)i};
+    }
+    sl_key_sort(items, tmp, N);
+    for (size_t i = 1; i < N; i++) {
+        int c = lmdb_order(&items[i - 1], &items[i]);
+        assert_true(c < 0 || (c == 0 && items[i - 1].index < items[i].index));
+    }
+    free(bytes);
+    free(items);
+    free(tmp);
+}
+
+static int in_order(void *arg, const void *key, size_t len, const void *value, size_t n)
+{
+    sl_key_item_t *last = arg, now = {0, 0, key, (uint32_t)len, 0};
+    (void)value;
+    (void)n;
+    if (last->key)
+        assert_true(lmdb_order(last, &now) < 0);
+    *last = now;
+    return 0;
+}
+
+/* The same through a cache: its changes come out as LMDB stores them. */
+static void test_many_changes_come_out_in_lmdb_order(void **state)
+{
+    (void)state;
+    fixture_t f;
+    const sl_record_t *changes;
+    size_t n;
+    char key[32];
+    unsigned seed = 11;
+    open_fixture(&f, SL_STORE_KV, 0);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "user-%0*u", 1 + rand_r(&seed) % 9, rand_r(&seed) % 100000);
+        put(&f, key, "v");
+    }
+    assert_int_equal(sl_cache_changes(f.cache, &changes, &n), 0);
+    for (size_t i = 1; i < n; i++) {
+        sl_key_item_t a = {0, 0, changes[i - 1].key, (uint32_t)changes[i - 1].key_len, 0};
+        sl_key_item_t b = {0, 0, changes[i].key, (uint32_t)changes[i].key_len, 0};
+        assert_true(lmdb_order(&a, &b) < 0);
+    }
+    commit(&f);
+    sl_key_item_t last = {0};
+    MDB_txn *txn;
+    assert_int_equal(sl_state_begin(f.state, 0, &txn), 0);
+    assert_int_equal(sl_store_foreach(f.store, txn, in_order, &last), 0);
+    mdb_txn_abort(txn);
     close_fixture(&f);
 }
 
@@ -556,6 +632,8 @@ int main(void)
         cmocka_unit_test(test_reads_see_the_cache_then_lmdb_after_commit),
         cmocka_unit_test(test_keys_over_lmdb_limit_are_refused),
         cmocka_unit_test(test_changes_are_sorted_in_lmdb_key_order),
+        cmocka_unit_test(test_key_sort_matches_lmdb_order),
+        cmocka_unit_test(test_many_changes_come_out_in_lmdb_order),
         cmocka_unit_test(test_window_ranges),
         cmocka_unit_test(test_cache_windows_overlay_lmdb),
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
