@@ -36,6 +36,11 @@ int cli_consume(int argc, char **argv);
 /* `sluice groups`: committed offsets, end offsets and lag of groups. */
 int cli_groups(int argc, char **argv);
 
+/* `sluice queue ...`: work queues on a node (declare, bind, publish, pop,
+ * stats); `sluice worker QUEUE -- COMMAND`: COMMAND per message. */
+int cli_queue(int argc, char **argv);
+int cli_worker(int argc, char **argv);
+
 /* Prints "sluice: <what>: <detail or error name>" and returns 1. */
 int cli_fail(const char *what, int code);
 

@@ -24,6 +24,8 @@ static const char usage[] =
     "  produce   send JSON lines from stdin to a topic as records\n"
     "  consume   print a topic's records, alone or as a consumer group\n"
     "  groups    show consumer groups' committed offsets and lag\n"
+    "  queue     work queues: declare, bind, publish, pop, stats\n"
+    "  worker    run a command per message of a queue: sluice worker QUEUE -- CMD\n"
     "  log       inspect and edit a data directory offline (create, append, read,\n"
     "            topics, maintain); see `sluice log --help`\n"
     "  version   print the version\n"
@@ -82,6 +84,10 @@ int main(int argc, char **argv)
         return cli_consume(argc - 1, argv + 1);
     if (!strcmp(argv[1], "groups"))
         return cli_groups(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "queue"))
+        return cli_queue(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "worker"))
+        return cli_worker(argc - 1, argv + 1);
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         printf("sluice %s\n", SLUICE_VERSION);
         return 0;

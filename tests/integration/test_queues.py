@@ -7,13 +7,18 @@ publish in the order they blocked, competing consumers, stats and metrics,
 bad input, and what survives a restart.
 """
 import itertools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 import unittest
 
 import redis
 
-from node import Error, Map, Node, NodeTestCase, wait_until
+from node import Error, Map, Node, NodeTestCase, sluice_bin, wait_until
 from test_metrics import parse_prometheus, sample
 
 _names = itertools.count()
@@ -679,6 +684,121 @@ class KillTest(unittest.TestCase):
         self.assertLessEqual({d[1] for d in held}, set(left))
         r.close()
         self.node.stop()
+
+
+class CliTest(QueueTestCase):
+    """`sluice queue ...` and `sluice worker` against the node."""
+
+    def cli(self, *args, stdin=None, check=True):
+        cmd = [sluice_bin(), *args[:2], "--port", str(self.node.port), *args[2:]]
+        if args[0] == "worker":
+            split = args.index("--")
+            cmd = [sluice_bin(), *args[:split], "--port", str(self.node.port), *args[split:]]
+        p = subprocess.run(cmd, input=stdin, capture_output=True, timeout=60)
+        if check:
+            self.assertEqual(p.returncode, 0, "%s: %s" % (cmd, p.stderr.decode()))
+        return p
+
+    def test_declare_bind_publish_pop_stats(self):
+        q, e = self.name(), self.name("e")
+        self.assertEqual(self.cli("queue", "declare", q, "--max-priority", "2", "--max-length",
+                                  "100").stdout, b"declared queue %s\n" % q.encode())
+        self.cli("queue", "bind", e, q, "orders.#", "--type", "topic")
+        self.assertEqual(self.cli("queue", "publish", e, "orders.eu", "first", "--priority", "2",
+                                  "--header", "trace=t1").stdout, b"stored in 1 queue\n")
+        self.cli("queue", "publish", e, "orders.us", stdin=b"second\nthird\n")
+        self.assertEqual(self.cli("queue", "publish", e, "nowhere", "x").stdout,
+                         b"stored in 0 queues\n")
+        self.assertEqual(stats(self.r, q)["ready"], 3)
+        out = self.cli("queue", "pop", q, "-n", "2", "--verbose").stdout.decode().splitlines()
+        self.assertEqual([line.split("\t")[1:] for line in out],
+                         [["1", "2", "first"], ["1", "0", "second"]])
+        self.assertEqual(self.cli("queue", "pop", q).stdout, b"third\n")
+        st = stats(self.r, q)
+        self.assertEqual((st["ready"], st["in_flight"], st["acked"]), (0, 0, 3))
+        self.assertIn(b"acked 3\n", self.cli("queue", "stats", q).stdout)
+        table = self.cli("queue", "stats").stdout.decode()
+        self.assertRegex(table, r"(?m)^%s +0 +0 +3 +3 " % q)
+        with self.assertRaises(redis.ResponseError):
+            self.r.execute_command("QUEUE", "DECLARE", q, "MAXLEN", 5)
+
+    def test_pop_no_ack_leaves_the_message_in_the_queue(self):
+        q = self.declare()
+        self.publish("", q, "keep me")
+        self.assertEqual(self.cli("queue", "pop", q, "--no-ack").stdout, b"keep me\n")
+        got = self.pop(q, "BLOCK", 5000)
+        self.assertEqual((got[0][1], got[0][2]), (b"keep me", 2))
+
+    def test_errors_and_usage(self):
+        p = self.cli("queue", "declare", "bad name", check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"may only hold", p.stderr)
+        self.assertEqual(self.cli("queue", "frob", "x", check=False).returncode, 2)
+        self.assertEqual(self.cli("queue", "bind", "e", check=False).returncode, 2)
+        self.assertEqual(self.cli("queue", "publish", "", "k", "v", "--header", "novalue",
+                                  check=False).returncode, 2)
+        for args in (["queue", "--help"], ["worker", "--help"]):
+            p = subprocess.run([sluice_bin(), *args], capture_output=True, timeout=10)
+            self.assertEqual(p.returncode, 0)
+            self.assertIn(b"usage: sluice " + args[0].encode(), p.stdout)
+        p = subprocess.run([sluice_bin(), "worker", "q"], capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"which command", p.stderr)
+
+    def test_worker_acks_on_success_and_retries_then_dead_letters_failures(self):
+        dlq = self.declare()
+        q = self.declare("MAXDELIVERIES", 2, "DEADLETTER", dlq)
+        out = tempfile.mkdtemp(prefix="sluice-worker-")
+        self.addCleanup(shutil.rmtree, out, True)
+        for payload in ("a", "b", "fail", "c"):
+            self.publish("", q, payload)
+        script = 'read x; echo "$x $SLUICE_DELIVERY_COUNT" >> "%s/log"; test "$x" != fail' % out
+        p = self.cli("worker", q, "--exit-when-empty", "--", "sh", "-c", script)
+        self.assertIn(b"3 acked, 2 rejected", p.stderr)
+        with open(os.path.join(out, "log")) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(sorted(lines), ["a 1", "b 1", "c 1", "fail 1", "fail 2"])
+        st = stats(self.r, q)
+        self.assertEqual((st["ready"], st["in_flight"], st["acked"], st["dead_lettered"]),
+                         (0, 0, 3, 1))
+        self.assertEqual(self.payloads(self.pop(dlq)), [b"fail"])
+
+    def test_worker_fleet_handles_each_message_once(self):
+        q = self.declare()
+        out = tempfile.mkdtemp(prefix="sluice-worker-")
+        self.addCleanup(shutil.rmtree, out, True)
+        pipe = self.r.pipeline(transaction=False)
+        for i in range(40):
+            pipe.execute_command("QPUBLISH", "", q, "m%d" % i)
+        pipe.execute()
+        script = 'cat >> "%s/$$"; echo >> "%s/$$"' % (out, out)
+        p = self.cli("worker", q, "--concurrency", "3", "--exit-when-empty", "--quiet", "--",
+                     "sh", "-c", script)
+        self.assertEqual(p.stderr, b"")
+        seen = []
+        for name in os.listdir(out):
+            with open(os.path.join(out, name)) as f:
+                seen += f.read().split()
+        self.assertEqual(sorted(seen), sorted("m%d" % i for i in range(40)))
+        self.assertEqual(stats(self.r, q)["acked"], 40)
+
+    def test_worker_without_requeue_dead_letters_at_once(self):
+        dlq = self.declare()
+        q = self.declare("DEADLETTER", dlq)
+        self.publish("", q, "bad")
+        p = self.cli("worker", q, "--exit-when-empty", "--no-requeue", "--", "false")
+        self.assertIn(b"dead-lettered", p.stderr)
+        dead = self.pop(dlq)
+        self.assertEqual(headers_of(dead[0])[b"x-death-reason"], b"rejected")
+
+    def test_worker_stops_on_sigterm(self):
+        q = self.declare()
+        proc = subprocess.Popen([sluice_bin(), "worker", q, "--port", str(self.node.port), "--",
+                                 "true"], stderr=subprocess.PIPE)
+        wait_until(lambda: stats(self.r, q)["waiting"] == 1, what="the worker to wait")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(10), 0)
+        proc.stderr.close()
 
 
 if __name__ == "__main__":
