@@ -24,6 +24,13 @@ static sl_topic_t *producer_topic(sl_request_t *req)
         return NULL;
     }
     sl_topic_t *t = sl_log_topic(s->log, name);
+    if (t && sl_topic_config(t)->transactional) {
+        sl_request_error(req,
+                         "topic '%s' is transactional: only its pipeline's commits write it "
+                         "(work queues take QPUBLISH)",
+                         name);
+        return NULL;
+    }
     if (t || !s->options.auto_create_topics) {
         if (!t)
             sl_request_error(req,

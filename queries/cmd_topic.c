@@ -35,17 +35,22 @@ static int parse_create_options(sl_request_t *req, sl_topic_config_t *cfg)
             cfg->cleanup = SL_CLEANUP_COMPACT;
             continue;
         }
+        if (sl_arg_is(&req->argv[i], "TRANSACTIONAL")) {
+            cfg->transactional = 1;
+            continue;
+        }
         if (sl_arg_is(&req->argv[i], "SET") && i + 2 < req->argc) {
             if (sl_arg_name(&req->argv[++i], name, sizeof name))
                 return sl_request_error(req, "setting name too long");
             setting = name;
         } else if (!setting || i + 1 >= req->argc) {
-            return sl_request_error(req,
-                                    "syntax error near argument %zu of TOPIC CREATE "
-                                    "(options: PARTITIONS n, RETENTION ms, RETENTIONBYTES n, "
-                                    "COMPACT, COMPRESSION zstd|none, FSYNC never|interval|always, "
-                                    "FORMAT json|raw, SEGMENTBYTES n, SET name value)",
-                                    i);
+            return sl_request_error(
+                req,
+                "syntax error near argument %zu of TOPIC CREATE "
+                "(options: PARTITIONS n, RETENTION ms, RETENTIONBYTES n, "
+                "COMPACT, TRANSACTIONAL, COMPRESSION zstd|none, FSYNC never|interval|always, "
+                "FORMAT json|raw, SEGMENTBYTES n, SET name value)",
+                i);
         }
         if (sl_arg_name(&req->argv[++i], value, sizeof value) ||
             sl_topic_config_set(cfg, setting, value))

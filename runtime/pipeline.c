@@ -188,12 +188,40 @@ static int pend(worker_t *w, sl_partition_t *p, int64_t end)
     return 0;
 }
 
+/* Exactly-once: copies a group's records until the commit appends them. */
+static int hold(worker_t *w, const out_group_t *g)
+{
+    held_t *h = NULL;
+    for (int i = 0; i < w->held_count && !h; i++)
+        if (w->held[i].partition == g->partition)
+            h = &w->held[i];
+    if (!h) {
+        size_t cap = (size_t)w->held_cap;
+        if (sl_array_reserve((void **)&w->held, &cap, (size_t)w->held_count + 1, sizeof *w->held))
+            return -ENOMEM;
+        w->held_cap = (int)cap;
+        h = &w->held[w->held_count++];
+        *h = (held_t){.partition = g->partition};
+        sl_partition_ref(g->partition);
+    }
+    for (size_t i = 0; i < g->count; i++) {
+        if (sl_record_set_add(&h->records, &g->recs[i]))
+            return -ENOMEM;
+        w->held_bytes += (size_t)(g->recs[i].key_len > 0 ? g->recs[i].key_len : 0) +
+                         (size_t)(g->recs[i].value_len > 0 ? g->recs[i].value_len : 0) + 64;
+    }
+    return 0;
+}
+
 /* Appends every group (one batch per partition) without waiting: the
- * commit waits, so batches overlap with their fsyncs. */
+ * commit waits, so batches overlap with their fsyncs. Exactly-once
+ * pipelines hold them for the commit instead. */
 static int flush_outputs(worker_t *w)
 {
     int rc = 0;
-    for (int i = 0; rc == 0 && i < w->out_count; i++) {
+    for (int i = 0; rc == 0 && w->pl->exactly_once && i < w->out_count; i++)
+        rc = hold(w, &w->outs[i]);
+    for (int i = 0; rc == 0 && !w->pl->exactly_once && i < w->out_count; i++) {
         int64_t first;
         out_group_t *g = &w->outs[i];
         rc = sl_partition_append_nowait(g->partition, g->recs, g->count, &first);
@@ -239,13 +267,81 @@ int pipeline_failed(pipeline_t *pl, char *error, size_t size)
     return failed;
 }
 
-#define COMMIT_MS 100 /* commit interval (DESIGN section 7) */
+#define COMMIT_MS      100        /* commit interval (DESIGN section 7) */
+#define HELD_BYTES_MAX (32 << 20) /* exactly-once: commit early past this much output */
 
 static int64_t monotonic_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The largest append a commit makes: below the default max.batch.bytes. */
+#define COMMIT_CHUNK_BYTES (512 << 10)
+
+/* Appends a held partition's records in batches the topic accepts. */
+static int append_held(sl_commit_t *c, held_t *h)
+{
+    sl_record_t *recs = sl_record_set_array(&h->records);
+    size_t n = h->records.count, from = 0;
+    while (from < n) {
+        size_t to = from, bytes = 0;
+        while (to < n && (to == from || bytes < COMMIT_CHUNK_BYTES)) {
+            bytes += (size_t)(recs[to].key_len > 0 ? recs[to].key_len : 0) +
+                     (size_t)(recs[to].value_len > 0 ? recs[to].value_len : 0) + 64;
+            to++;
+        }
+        int rc = sl_commit_append(c, h->partition, recs + from, to - from, NULL);
+        if (rc == SL_EDELETED)
+            rc = sl_error_set(rc, "topic %s is gone", sl_partition_topic_name(h->partition));
+        if (rc)
+            return rc;
+        from = to;
+    }
+    return 0;
+}
+
+static void drop_held(worker_t *w)
+{
+    for (int i = 0; i < w->held_count; i++) {
+        sl_partition_unref(w->held[i].partition);
+        sl_record_set_free(&w->held[i].records);
+    }
+    w->held_count = 0;
+    w->held_bytes = 0;
+}
+
+/* Exactly-once (DESIGN.md section 7): the held outputs and the input
+ * offsets of tasks first, first + stride, ... in one commit; readers see
+ * the outputs once it is durable. */
+static int commit_exactly_once(worker_t *w, int first, int stride)
+{
+    pipeline_t *pl = w->pl;
+    int any = w->held_count > 0;
+    for (int i = first; !any && i < pl->task_count; i += stride)
+        any = pl->tasks[i].uncommitted >= 0;
+    if (!any)
+        return 0;
+    int rc = sl_commit_begin(w->committer);
+    for (int i = 0; rc == 0 && i < w->held_count; i++)
+        rc = append_held(w->committer, &w->held[i]);
+    for (int i = first; rc == 0 && i < pl->task_count; i += stride) {
+        task_t *t = &pl->tasks[i];
+        if (t->uncommitted >= 0)
+            rc = sl_commit_offset(w->committer, pl->group, t->topic, sl_partition_id(t->partition),
+                                  t->uncommitted);
+    }
+    if (rc) {
+        sl_commit_abort(w->committer);
+        return sl_error_set(rc, "pipeline %s: commit failed: %s", pl->name, sl_error_detail());
+    }
+    if ((rc = sl_commit_end(w->committer)))
+        return sl_error_set(rc, "pipeline %s: commit failed: %s", pl->name, sl_error_detail());
+    drop_held(w);
+    for (int i = first; i < pl->task_count; i += stride)
+        pl->tasks[i].uncommitted = -1;
+    return 0;
 }
 
 /* Commits tasks first, first + stride, ...: waits until every output
@@ -255,6 +351,11 @@ static int commit(worker_t *w, int first, int stride)
 {
     pipeline_t *pl = w->pl;
     int rc = 0;
+    if (pl->exactly_once) {
+        rc = commit_exactly_once(w, first, stride);
+        w->committed_ms = monotonic_ms();
+        return rc;
+    }
     for (int i = 0; i < w->pending_count; i++) {
         int r =
             sl_partition_await_durable(w->pending[i].partition, (int64_t)w->pending[i].count, -1);
@@ -297,7 +398,8 @@ static int step(worker_t *w, task_t *t)
         t->position = recs[done - 1].offset + 1;
         t->uncommitted = t->position;
     }
-    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= COMMIT_MS))
+    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= COMMIT_MS ||
+                    w->held_bytes >= HELD_BYTES_MAX))
         rc = commit(w, w->index, w->pl->worker_count);
     if (rc == 0 && stopped)
         rc = stopped;
@@ -388,14 +490,16 @@ static void stop_workers(pipeline_t *pl)
 
 /* ---- setup ------------------------------------------------------------------ */
 
-/* Creates topic name unless it exists; partitions for a new one. */
-static int ensure_topic(pipeline_t *pl, const char *name, int32_t partitions)
+/* Creates topic name unless it exists; partitions for a new one, which is
+ * transactional when the pipeline writes it exactly once. */
+static int ensure_topic(pipeline_t *pl, const char *name, int32_t partitions, int output)
 {
     sl_topic_config_t cfg;
     if (sl_log_topic(pl->log, name))
         return 0;
     sl_topic_config_default(&cfg);
     cfg.partitions = partitions > 0 ? partitions : 1;
+    cfg.transactional = output && pl->exactly_once;
     snprintf(cfg.owner, sizeof cfg.owner, "%s", pl->name);
     int rc = sl_log_create_topic(pl->log, name, &cfg, NULL);
     return rc == SL_EEXISTS ? 0 : rc;
@@ -411,7 +515,7 @@ static int check_sources(pipeline_t *pl, int32_t *widest)
         if (op->kind != SL_OP_SOURCE)
             continue;
         if (!t && op->partitions > 0) { /* the script declares its shape: create it */
-            int rc = ensure_topic(pl, op->topic, op->partitions);
+            int rc = ensure_topic(pl, op->topic, op->partitions, 0);
             if (rc)
                 return rc;
             t = sl_log_topic(pl->log, op->topic);
@@ -433,6 +537,25 @@ static int check_sources(pipeline_t *pl, int32_t *widest)
     return 0;
 }
 
+/* Exactly-once outputs go to transactional topics only: a topic producers
+ * write cannot also take a pipeline's commits. */
+static int check_output(pipeline_t *pl, const sl_op_t *op)
+{
+    char name[SL_TOPIC_NAME_MAX + 64];
+    if (op->kind != SL_OP_TO && op->kind != SL_OP_KEY_BY)
+        return 0;
+    exit_topic(pl, op, name, sizeof name);
+    sl_topic_t *t = sl_log_topic(pl->log, name);
+    if (!t || sl_topic_config(t)->transactional)
+        return 0;
+    return sl_error_set(SL_EINVALID,
+                        "%s: topic '%s' is not transactional, so an exactly-once pipeline cannot "
+                        "write it (producers may): let the pipeline create it ({create = true} on "
+                        "a topic that does not exist yet), create it with TOPIC CREATE %s "
+                        "TRANSACTIONAL, or set processing = \"at_least_once\"",
+                        op->where, name, name);
+}
+
 /* Sinks must exist (or be created when the script says so); repartition
  * and dead-letter topics are the pipeline's own and made here. */
 static int prepare_topics(pipeline_t *pl, int32_t widest)
@@ -447,15 +570,17 @@ static int prepare_topics(pipeline_t *pl, int32_t widest)
                               "{create = true})",
                               op->where, op->topic);
         else if (op->kind == SL_OP_TO)
-            rc = ensure_topic(pl, op->topic, op->partitions);
+            rc = ensure_topic(pl, op->topic, op->partitions, 1);
         else if (op->kind == SL_OP_KEY_BY) {
             snprintf(name, sizeof name, "%s.repartition.%d", pl->name, op->id);
-            rc = ensure_topic(pl, name, widest);
+            rc = ensure_topic(pl, name, widest, 1);
         }
     }
     snprintf(name, sizeof name, "%s.dlq", pl->name);
     if (rc == 0 && pl->dag->on_error == SL_ON_ERROR_DEAD_LETTER)
-        rc = ensure_topic(pl, name, 1);
+        rc = ensure_topic(pl, name, 1, 1);
+    for (int i = 0; rc == 0 && pl->exactly_once && i < pl->dag->op_count; i++)
+        rc = check_output(pl, &pl->dag->ops[i]);
     return rc;
 }
 
@@ -546,6 +671,10 @@ static int compile_worker(pipeline_t *pl, worker_t *w)
                           chunk);
     if (rc == 0)
         rc = sl_exec_new(w->dag, &w->exec);
+    if (rc == 0)
+        rc = sl_commit_new(pl->state, &w->committer);
+    if (rc == 0 && w->index == 0)
+        pl->exactly_once = w->dag->processing != SL_PROCESSING_AT_LEAST_ONCE;
     return rc;
 }
 
@@ -639,6 +768,9 @@ static void worker_free(worker_t *w)
     sl_free(w->outs);
     drop_routes(w);
     sl_free(w->routes);
+    drop_held(w);
+    sl_free(w->held);
+    sl_commit_free(w->committer);
     sl_exec_free(w->exec);
     sl_dag_free(w->dag);
     if (w->vm)

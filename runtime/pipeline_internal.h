@@ -35,6 +35,13 @@ typedef struct route {
     int32_t count;
 } route_t;
 
+/* Exactly-once: copies of the records bound for one partition since the
+ * last commit, appended by the commit (DESIGN.md section 7). */
+typedef struct held {
+    sl_partition_t *partition; /* referenced */
+    sl_record_set_t records;
+} held_t;
+
 /* A dead letter's headers and their text, alive until the batch is out. */
 typedef struct dead_letter {
     struct dead_letter *next;
@@ -66,6 +73,10 @@ typedef struct worker {
                            * highest end (in count) each must reach */
     int pending_count, pending_cap;
     int64_t committed_ms; /* when this worker last committed */
+    held_t *held;         /* exactly-once: outputs waiting for the commit */
+    int held_count, held_cap;
+    size_t held_bytes;
+    sl_commit_t *committer;
 } worker_t;
 
 typedef struct pipeline {
@@ -81,7 +92,8 @@ typedef struct pipeline {
     sl_exec_t *exec; /* workers[0].exec */
     task_t *tasks;
     int task_count;
-    char group[160]; /* the consumer group holding its offsets */
+    char group[160];  /* the consumer group holding its offsets */
+    int exactly_once; /* outputs and offsets commit together (section 7) */
     atomic_int stop;
     atomic_int draining; /* replaced: finish the repartitioned records, then end */
     atomic_int failed_flag;
