@@ -151,10 +151,13 @@ sl_store_t *sl_cache_store(const sl_cache_t *c)
     return c->store;
 }
 
+/* What the entries in use take: their bytes, the entry and its share of the
+ * tables (kept at most half full). Capacity kept after an eviction for
+ * reuse is not counted, so an emptied cache is never "full". */
 size_t sl_cache_bytes(const sl_cache_t *c)
 {
-    return c->arena.len + c->entries_cap * sizeof(entry_t) +
-           (c->slot_count + c->key_slot_count) * sizeof(uint32_t);
+    size_t per_entry = sizeof(entry_t) + (c->window ? 4 : 2) * sizeof(uint32_t);
+    return c->arena.len + c->count * per_entry;
 }
 
 int sl_cache_is_full(const sl_cache_t *c)

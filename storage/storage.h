@@ -971,7 +971,8 @@ sl_store_t *sl_cache_store(const sl_cache_t *c);
 /* 1 if the cache is at or over its budget. */
 int sl_cache_is_full(const sl_cache_t *c);
 
-/* Bytes the cache holds (entries, tables and key/value bytes). */
+/* Bytes the cache's entries take (key and value bytes, entries, their
+ * share of the hash tables): what its budget counts. */
 size_t sl_cache_bytes(const sl_cache_t *c);
 
 /* How many entries the next commit writes. */

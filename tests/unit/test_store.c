@@ -485,6 +485,27 @@ static void test_full_cache_signals_and_is_emptied_after_commit(void **state)
     close_fixture(&f);
 }
 
+/* A cache that grew far past a tiny budget (the caller kept putting) is
+ * emptied by the commit and not "full" afterwards: the memory it keeps for
+ * reuse does not count. */
+static void test_emptied_cache_is_not_full(void **state)
+{
+    (void)state;
+    fixture_t f;
+    char key[32];
+    open_fixture(&f, SL_STORE_KV, 4096);
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof key, "key-%d", i);
+        put(&f, key, "value");
+    }
+    assert_true(sl_cache_is_full(f.cache));
+    commit(&f);
+    assert_false(sl_cache_is_full(f.cache));
+    assert_int_equal(sl_cache_bytes(f.cache), 0);
+    assert_string_equal(cached(&f, "key-999"), "value");
+    close_fixture(&f);
+}
+
 static void test_failed_commit_keeps_the_changes(void **state)
 {
     (void)state;
@@ -638,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_cache_windows_overlay_lmdb),
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
         cmocka_unit_test(test_full_cache_signals_and_is_emptied_after_commit),
+        cmocka_unit_test(test_emptied_cache_is_not_full),
         cmocka_unit_test(test_failed_commit_keeps_the_changes),
         cmocka_unit_test(test_reads_from_another_thread_never_wait_for_a_commit),
         cmocka_unit_test(test_checkpoints),
