@@ -64,6 +64,7 @@ fuzz:
 bench: build
 	bash bench/run_log_bench.sh
 	bash bench/resp_bench.sh $(BUILD)/runtime/sluice
+	sh bench/queue_bench.sh $(BUILD)/runtime/sluice
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
