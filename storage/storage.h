@@ -816,6 +816,21 @@ typedef struct sl_store sl_store_t;
 int sl_store_open(sl_state_t *st, const char *pipeline, const char *name, sl_store_kind_t kind,
                   sl_store_t **out);
 
+/*
+ * Opens the existing store of full name `name`, "<pipeline>.<store>" as
+ * sl_store_name() gives it, with the kind it was created with: for readers
+ * that know a store only by name (a node's GET, WINDOWS, SCAN). Returns 0
+ * and *out (the caller's until sl_store_close()); SL_ENOTFOUND if no store
+ * of that name was ever opened with sl_store_open(); SL_EINVALID for a
+ * name no store can have (empty, too long, not a topic name's characters);
+ * SL_ECORRUPT if its recorded kind is damaged; or an LMDB failure. The
+ * first open of a store's databases in this process takes a write
+ * transaction of its own (so not from a thread holding one); later opens
+ * only read. Stores are never dropped, so a handle stays valid until
+ * sl_state_close().
+ */
+int sl_store_open_existing(sl_state_t *st, const char *name, sl_store_t **out);
+
 /* Frees the handle (the data stays in LMDB). NULL is a no-op. */
 void sl_store_close(sl_store_t *s);
 

@@ -176,6 +176,59 @@ int sl_store_open(sl_state_t *st, const char *pipeline, const char *name, sl_sto
     return 0;
 }
 
+/* Sets s->name to the full name and derives the changelog topic. */
+static int set_full_name(sl_store_t *s, const char *name)
+{
+    if (!name || !*name)
+        return sl_error_set(SL_EINVALID, "store: the name must not be empty");
+    if (strlen(name) > STORE_NAME_MAX)
+        return sl_error_set(SL_EINVALID, "store %.40s...: the name is over %d characters", name,
+                            STORE_NAME_MAX);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    snprintf(s->changelog, sizeof s->changelog, "%s.changelog", s->name);
+    if (sl_topic_name_check(s->changelog))
+        return sl_error_set(SL_EINVALID, "store %s: %s", s->name, sl_error_detail());
+    return 0;
+}
+
+/* Reads the kind recorded for s->name: SL_ENOTFOUND if there is none. */
+static int read_kind(sl_store_t *s)
+{
+    MDB_val key = {strlen(s->name), s->name}, value;
+    MDB_txn *txn;
+    int rc = sl_state_database(s->state, STORES_DATABASE, &s->stores);
+    if (rc || (rc = sl_state_begin(s->state, 0, &txn)))
+        return rc;
+    rc = mdb_get(txn, s->stores, &key, &value);
+    uint8_t kind = rc == 0 && value.mv_size == 1 ? *(uint8_t *)value.mv_data : 0;
+    mdb_txn_abort(txn);
+    if (rc == MDB_NOTFOUND)
+        return sl_error_set(SL_ENOTFOUND, "no store '%s'", s->name);
+    if (rc)
+        return sl_state_error(rc, "reading a store's kind");
+    if (kind != SL_STORE_KV && kind != SL_STORE_WINDOW)
+        return sl_error_set(SL_ECORRUPT, "store %s: its recorded kind is damaged", s->name);
+    s->kind = (sl_store_kind_t)kind;
+    return 0;
+}
+
+int sl_store_open_existing(sl_state_t *st, const char *name, sl_store_t **out)
+{
+    sl_store_t *s = sl_calloc(1, sizeof *s);
+    int rc;
+    if (!s)
+        return sl_error_set(-ENOMEM, "store: out of memory opening %s", name ? name : "");
+    s->state = st;
+    if ((rc = set_full_name(s, name)) == 0 && (rc = read_kind(s)) == 0)
+        rc = open_databases(s);
+    if (rc) {
+        sl_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
 void sl_store_close(sl_store_t *s)
 {
     if (!s)

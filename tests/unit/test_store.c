@@ -4,7 +4,8 @@
  * LMDB's key order, window ranges (also with keys that interleave), the
  * cache's windows over LMDB's, expiry through the time index, the full
  * signal and eviction, a failed commit keeping changes, reads from another
- * thread during a commit, checkpoints, and allocation failure.
+ * thread during a commit, checkpoints, opening a store by its full name
+ * alone, and allocation failure.
  */
 #include "testutil.h"
 
@@ -610,6 +611,102 @@ static void test_committed_entries_survive_reopen(void **state)
     close_fixture(&f);
 }
 
+/* A reader that knows only "<pipeline>.<store>" opens a store of either
+ * kind and reads what its writer committed, also after the state is
+ * reopened (its databases then first opened by name). */
+static void test_open_existing_finds_either_kind_by_full_name(void **state)
+{
+    (void)state;
+    fixture_t f;
+    sl_store_t *windows, *kv = NULL, *win = NULL;
+    const void *value;
+    size_t n;
+    MDB_txn *txn;
+    open_fixture(&f, SL_STORE_KV, 0);
+    put(&f, "alice", "1");
+    commit(&f);
+    assert_int_equal(sl_store_open(f.state, "pipe", "wins", SL_STORE_WINDOW, &windows), 0);
+    sl_store_close(windows);
+    for (int reopened = 0; reopened < 2; reopened++) {
+        assert_int_equal(sl_store_open_existing(f.state, "pipe.counts", &kv), 0);
+        assert_int_equal(sl_store_open_existing(f.state, "pipe.wins", &win), 0);
+        assert_int_equal(sl_store_kind(kv), SL_STORE_KV);
+        assert_int_equal(sl_store_kind(win), SL_STORE_WINDOW);
+        assert_string_equal(sl_store_name(win), "pipe.wins");
+        assert_string_equal(sl_store_changelog_topic(kv), "pipe.counts.changelog");
+        assert_int_equal(sl_state_begin(f.state, 0, &txn), 0);
+        assert_int_equal(sl_store_get(kv, txn, "alice", 5, &value, &n), 0);
+        assert_memory_equal(value, "1", n);
+        assert_int_equal(sl_store_get(win, txn, "alice", 5, &value, &n), SL_EINVALID);
+        mdb_txn_abort(txn);
+        sl_store_close(kv);
+        sl_store_close(win);
+        sl_cache_free(f.cache);
+        sl_store_close(f.store);
+        sl_state_close(f.state);
+        assert_int_equal(sl_state_open(f.dir, NULL, &f.state), 0);
+        assert_int_equal(sl_store_open(f.state, "pipe", "counts", SL_STORE_KV, &f.store), 0);
+        assert_int_equal(sl_cache_new(f.store, 0, &f.cache), 0);
+        sl_store_close(f.store); /* the next round opens "pipe.counts" by name first */
+        sl_cache_free(f.cache);
+        sl_state_close(f.state);
+        assert_int_equal(sl_state_open(f.dir, NULL, &f.state), 0);
+        assert_int_equal(sl_store_open_existing(f.state, "pipe.counts", &f.store), 0);
+        assert_int_equal(sl_cache_new(f.store, 0, &f.cache), 0);
+    }
+    close_fixture(&f);
+}
+
+/* A handle opened by name sees what the writer's handle commits later. */
+static void test_open_existing_sees_later_commits(void **state)
+{
+    (void)state;
+    fixture_t f;
+    sl_store_t *reader;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    assert_int_equal(sl_store_open_existing(f.state, "pipe.counts", &reader), 0);
+    window_put(&f, "k", 60000, "x");
+    window_put(&f, "k", 120000, "y");
+    commit(&f);
+    sl_store_t *writer = f.store;
+    f.store = reader;
+    assert_string_equal(stored_windows(&f, "k", 0, INT64_MAX), "60000=x 120000=y ");
+    f.store = writer;
+    sl_store_close(reader);
+    close_fixture(&f);
+}
+
+/* Unknown names are SL_ENOTFOUND naming the store; names no store can have
+ * are SL_EINVALID; *out is left alone. */
+static void test_open_existing_refuses_unknown_and_bad_names(void **state)
+{
+    (void)state;
+    fixture_t f;
+    sl_store_t *s = NULL;
+    char long_name[300];
+    MDB_txn *txn;
+    open_fixture(&f, SL_STORE_KV, 0);
+    assert_int_equal(sl_store_open_existing(f.state, "pipe.nothing", &s), SL_ENOTFOUND);
+    assert_non_null(strstr(sl_error_detail(), "no store 'pipe.nothing'"));
+    assert_int_equal(sl_store_open_existing(f.state, "pipe", &s), SL_ENOTFOUND);
+    assert_int_equal(sl_store_open_existing(f.state, "pipe.counts.x", &s), SL_ENOTFOUND);
+    assert_int_equal(sl_store_open_existing(f.state, "", &s), SL_EINVALID);
+    assert_int_equal(sl_store_open_existing(f.state, NULL, &s), SL_EINVALID);
+    assert_int_equal(sl_store_open_existing(f.state, "pipe.a/b", &s), SL_EINVALID);
+    memset(long_name, 'n', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = 0;
+    assert_int_equal(sl_store_open_existing(f.state, long_name, &s), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "over"));
+    assert_null(s);
+    /* a checkpoint's key shares the name's bytes but is no store */
+    assert_int_equal(sl_state_begin(f.state, 1, &txn), 0);
+    assert_int_equal(sl_store_checkpoint_put(f.store, txn, 0, 7), 0);
+    assert_int_equal(sl_state_commit(txn), 0);
+    assert_int_equal(sl_store_open_existing(f.state, "pipe.count", &s), SL_ENOTFOUND);
+    assert_null(s);
+    close_fixture(&f);
+}
+
 /* Every allocation failing in turn: each attempt ends in -ENOMEM (the
  * sanitizer build checks nothing leaks) until enough succeed. */
 static void test_out_of_memory_is_an_error(void **state)
@@ -664,6 +761,9 @@ int main(void)
         cmocka_unit_test(test_reads_from_another_thread_never_wait_for_a_commit),
         cmocka_unit_test(test_checkpoints),
         cmocka_unit_test(test_committed_entries_survive_reopen),
+        cmocka_unit_test(test_open_existing_finds_either_kind_by_full_name),
+        cmocka_unit_test(test_open_existing_sees_later_commits),
+        cmocka_unit_test(test_open_existing_refuses_unknown_and_bad_names),
         cmocka_unit_test(test_out_of_memory_is_an_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
