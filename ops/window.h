@@ -1,5 +1,5 @@
 /*
- * window.h - event-time windows: durations, window specs, assigning a
+ * window.h - event-time windows: window specs, assigning a
  * record's time to windows, watermarks and lateness, session merging, and
  * the queue of open windows that tells emit = "on_close" what has closed.
  *
@@ -8,7 +8,8 @@
  * and calls these functions per record.
  *
  * Time. Event times and durations are int64 milliseconds. Durations are
- * 0..SL_DURATION_MAX (about 317 years); event times must lie in
+ * 0..SL_DURATION_MAX (about 317 years; parsed from text such as "10s" by
+ * sl_duration_parse in storage/storage.h); event times must lie in
  * [SL_TIME_MIN, SL_TIME_MAX] (about +-146 million years around the epoch),
  * so that no window arithmetic can overflow. Functions given a time outside
  * that range return SL_EINVALID naming it.
@@ -72,22 +73,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SL_DURATION_MAX       10000000000000LL /* 1e13 ms, about 317 years */
+#include "storage/storage.h"
+
 #define SL_TIME_MAX           ((int64_t)1 << 62)
 #define SL_TIME_MIN           (-SL_TIME_MAX)
 #define SL_WINDOW_MAX_OVERLAP 1024
 #define SL_WATERMARK_NONE     INT64_MIN
-
-/* ---- durations ------------------------------------------------------- */
-
-/*
- * Parses a duration: a decimal integer followed by a unit, "ms", "s", "m",
- * "h" or "d" ("500ms", "10s", "5m", "1h", "1d"), or a bare integer meaning
- * milliseconds ("1500"). No sign, spaces, fractions or other units. Returns
- * 0 and *ms, or SL_EINVALID with a detail quoting the text and saying what
- * is wrong (empty, not a number, unknown unit, over SL_DURATION_MAX).
- */
-int sl_duration_parse(const char *text, int64_t *ms);
 
 /* ---- window specs ---------------------------------------------------- */
 

@@ -1184,4 +1184,18 @@ int sl_commit_end(sl_commit_t *c);
  * releases the lock. The caches stay dirty. */
 void sl_commit_abort(sl_commit_t *c);
 
+/* ---- durations ------------------------------------------------------- */
+
+#define SL_DURATION_MAX 10000000000000LL /* 1e13 ms, about 317 years */
+
+/*
+ * Parses a duration (duration.c): a decimal integer followed by a unit,
+ * "ms", "s", "m", "h" or "d" ("500ms", "10s", "5m", "1h", "1d"), or a bare
+ * integer meaning milliseconds ("1500"). No sign, spaces, fractions or other
+ * units. Returns 0 and *ms in 0..SL_DURATION_MAX, or SL_EINVALID with a
+ * detail quoting the text and saying what is wrong (empty, not a number,
+ * unknown unit, over SL_DURATION_MAX); *ms is then unchanged.
+ */
+int sl_duration_parse(const char *text, int64_t *ms);
+
 #endif
