@@ -3,8 +3,9 @@
  *
  * sl_vm_compile() runs one protected call: build the script's sluice
  * module, json module and globals, load the text (never bytecode), run it
- * under the instruction budget, then check the whole DAG (a sink exists,
- * every stream is used, no sink writes a topic the pipeline reads). The
+ * under the instruction budget, then check the whole DAG (every window is
+ * aggregated, a sink exists, every stream is used, no sink or late topic
+ * writes a topic the pipeline reads). The
  * builder, and the DAG in it, belong to sl_vm_compile()'s frame, so an
  * error anywhere just frees them; registry references taken for the user
  * functions are released by the same code that frees a finished DAG.
@@ -23,12 +24,22 @@ typedef struct compile {
 } compile_t;
 
 static const char *const kind_names[] = {
-    "stream", "filter", "map", "flat_map", "key_by", "branch", "merge", "peek", "to",
+    "stream", "filter", "map", "flat_map", "key_by", "branch", "merge", "peek", "to", "aggregate",
 };
 
 const char *sl_op_kind_name(sl_op_kind_t kind)
 {
     return kind_names[kind];
+}
+
+static void check_windows_aggregated(lua_State *L, const sl_builder_t *b)
+{
+    for (int i = 0; i < b->window_count; i++)
+        if (!b->windows[i].aggregated)
+            sl_vm_raise(L,
+                        "%s: the windowed stream from :window() is never aggregated: follow it "
+                        "with :aggregate{...}",
+                        b->windows[i].where);
 }
 
 static void check_has_sink(lua_State *L, const sl_builder_t *b)
@@ -58,17 +69,28 @@ static void check_all_used(lua_State *L, const sl_builder_t *b)
     lua_pop(L, 1);
 }
 
-/* A sink writing a topic the pipeline reads would feed its own output back
- * in through the log. */
+/* The source reading topic, or NULL. */
+static const sl_op_t *source_of(const sl_dag_t *dag, const char *topic)
+{
+    for (int i = 0; i < dag->op_count; i++)
+        if (dag->ops[i].kind == SL_OP_SOURCE && strcmp(dag->ops[i].topic, topic) == 0)
+            return &dag->ops[i];
+    return NULL;
+}
+
+/* A sink or late topic writing a topic the pipeline reads would feed its
+ * own output back in through the log. */
 static void check_no_cycle(lua_State *L, const sl_builder_t *b)
 {
     const sl_dag_t *dag = b->dag;
     for (int i = 0; i < dag->op_count; i++) {
-        const sl_op_t *sink = &dag->ops[i];
-        for (int j = 0; sink->kind == SL_OP_TO && j < dag->op_count; j++)
-            if (dag->ops[j].kind == SL_OP_SOURCE && strcmp(dag->ops[j].topic, sink->topic) == 0)
-                sl_vm_raise(L, "%s: to('%s') writes a topic this pipeline reads (a cycle)",
-                            sink->where, sink->topic);
+        const sl_op_t *op = &dag->ops[i];
+        if (op->kind == SL_OP_TO && source_of(dag, op->topic))
+            sl_vm_raise(L, "%s: to('%s') writes a topic this pipeline reads (a cycle)", op->where,
+                        op->topic);
+        if (op->late_topic && source_of(dag, op->late_topic))
+            sl_vm_raise(L, "%s: late = '%s' writes a topic this pipeline reads (a cycle)",
+                        op->where, op->late_topic);
     }
 }
 
@@ -76,8 +98,11 @@ static int compile_protected(lua_State *L)
 {
     compile_t *c = lua_touserdata(L, 1);
     sl_vm_t *vm = sl_vm_of(L);
-    sl_dsl_push_module(L, c->builder);
     sl_json_push_script_module(L);
+    lua_getfield(L, 2, "encode");
+    sl_dsl_push_module(L, c->builder, 3);
+    lua_replace(L, 3);
+    lua_insert(L, 2);
     sl_sandbox_push_env(L, vm, 2, 3);
     const char *chunkname = lua_pushfstring(L, "=%s", c->builder->chunkname);
     if (luaL_loadbufferx(L, c->source, c->len, chunkname, "t") != LUA_OK)
@@ -88,6 +113,7 @@ static int compile_protected(lua_State *L)
     lua_call(L, 0, 0);
     if (c->builder->error[0] || c->builder->busy)
         return 0;
+    check_windows_aggregated(L, c->builder);
     check_has_sink(L, c->builder);
     check_all_used(L, c->builder);
     check_no_cycle(L, c->builder);
@@ -122,11 +148,13 @@ int sl_vm_compile(sl_vm_t *vm, const char *chunkname, const char *source, size_t
     if (!b.dag)
         return sl_error_set(-ENOMEM, "%s: out of memory", chunkname);
     b.dag->vm = vm;
+    b.dag->processing = SL_PROCESSING_DEFAULT;
     vm->dag_count++;
     compile_t c = {&b, source, len};
     vm->compiling = &b;
     int rc = sl_vm_protect(vm, compile_protected, &c);
     vm->compiling = NULL;
+    sl_free(b.windows);
     if (rc || b.error[0] || b.busy) {
         rc = compile_failed(&b, rc);
         sl_dag_free(b.dag);
@@ -144,6 +172,15 @@ static void release(sl_vm_t *vm, int fn)
 static void op_release(sl_vm_t *vm, sl_op_t *op)
 {
     release(vm, op->fn);
+    for (int i = 0; i < op->agg_count; i++) {
+        release(vm, op->aggs[i].fn);
+        sl_free(op->aggs[i].name);
+        sl_free(op->aggs[i].field);
+        sl_free(op->aggs[i].init);
+    }
+    sl_free(op->aggs);
+    sl_free(op->late_topic);
+    sl_free(op->store);
     for (int i = 0; i < op->branch_count; i++) {
         release(vm, op->branch_fns[i]);
         sl_free(op->branch_names[i]);
@@ -182,6 +219,30 @@ static int same_branches(const sl_op_t *a, const sl_op_t *b)
     return 1;
 }
 
+static int same_aggs(const sl_op_t *a, const sl_op_t *b)
+{
+    if (a->agg_count != b->agg_count)
+        return 0;
+    for (int i = 0; i < a->agg_count; i++) {
+        const sl_agg_spec_t *x = &a->aggs[i], *y = &b->aggs[i];
+        if (x->kind != y->kind || strcmp(x->name, y->name) != 0 ||
+            !same_string(x->field, y->field) || !same_string(x->init, y->init) ||
+            (x->fn == SL_NO_FUNCTION) != (y->fn == SL_NO_FUNCTION))
+            return 0;
+    }
+    return 1;
+}
+
+/* The window and options of an AGGREGATE (all 0 or NULL on other ops). */
+static int same_aggregate(const sl_op_t *a, const sl_op_t *b)
+{
+    return a->window_kind == b->window_kind && a->window_size == b->window_size &&
+           a->window_advance == b->window_advance && a->window_gap == b->window_gap &&
+           a->window_grace == b->window_grace && a->emit == b->emit &&
+           a->retention == b->retention && same_string(a->late_topic, b->late_topic) &&
+           same_string(a->store, b->store) && same_aggs(a, b);
+}
+
 static int same_op(const sl_op_t *a, const sl_op_t *b)
 {
     if (a->kind != b->kind || a->input_count != b->input_count ||
@@ -192,7 +253,7 @@ static int same_op(const sl_op_t *a, const sl_op_t *b)
         if (a->inputs[i].op != b->inputs[i].op || a->inputs[i].port != b->inputs[i].port)
             return 0;
     return same_string(a->topic, b->topic) && same_string(a->field, b->field) &&
-           same_branches(a, b);
+           same_branches(a, b) && same_aggregate(a, b);
 }
 
 int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b)

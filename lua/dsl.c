@@ -10,7 +10,9 @@
  * is the script's control flow (see "Determinism" in lua.h).
  *
  * A sink is a stream userdata with sink set; its __index refuses every
- * operator, which is how "x:to('t'):map(f)" is caught on the right line.
+ * operator, which is how "x:to('t'):map(f)" is caught on the right line. A
+ * windowed stream (from :window(), see dsl_aggregate.c) is refused the same
+ * way every operator but :aggregate.
  *
  * Lines of chained calls: Lua 5.4 reports every call of a chain spread over
  * several lines at the line where the chain starts, but the lookup of
@@ -25,18 +27,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TOKEN       lua_upvalueindex(1)
-#define STREAM_META lua_upvalueindex(2)
+#define TOKEN       SL_DSL_TOKEN
+#define STREAM_META SL_DSL_STREAM_META
 #define METHODS     lua_upvalueindex(3)
 
-typedef struct stream {
-    int op;
-    int port;
-    int sink;
-    char where[SL_WHERE_MAX]; /* of the last ":method" lookup, until used */
-} stream_t;
+typedef sl_dsl_stream_t stream_t;
 
-static const char operator_list[] = "filter, map, flat_map, key_by, branch, peek, to";
+static const char operator_list[] =
+    "filter, map, flat_map, key_by, branch, peek, window, aggregate, to";
 
 static void caller_where(lua_State *L, const sl_builder_t *b, char *out)
 {
@@ -55,9 +53,7 @@ void sl_dsl_where(lua_State *L, const sl_builder_t *b, char *out)
         caller_where(L, b, out);
 }
 
-/* The builder of the compile this closure belongs to; an error if that
- * compile has ended. */
-static sl_builder_t *builder_of(lua_State *L)
+sl_builder_t *sl_dsl_builder(lua_State *L)
 {
     sl_vm_t *vm = sl_vm_of(L);
     const uint64_t *token = lua_touserdata(L, TOKEN);
@@ -66,10 +62,9 @@ static sl_builder_t *builder_of(lua_State *L)
     return vm->compiling;
 }
 
-/* Starts a DSL call that may change the DAG; see "sticky" in dsl.h. */
-static sl_builder_t *enter(lua_State *L)
+sl_builder_t *sl_dsl_enter(lua_State *L)
 {
-    sl_builder_t *b = builder_of(L);
+    sl_builder_t *b = sl_dsl_builder(L);
     if (b->busy)
         sl_dsl_error(L, b, "the sluice DSL call at %s failed and its error was caught",
                      b->busy_where);
@@ -79,7 +74,7 @@ static sl_builder_t *enter(lua_State *L)
     return b;
 }
 
-static int leave(sl_builder_t *b, int results)
+int sl_dsl_leave(sl_builder_t *b, int results)
 {
     b->busy = 0;
     b->call_where[0] = '\0';
@@ -96,19 +91,19 @@ static stream_t *to_stream(lua_State *L, int idx)
     return ours ? s : NULL;
 }
 
-static void push_stream(lua_State *L, int op, int port, int sink)
+stream_t *sl_dsl_push_stream(lua_State *L, int op, int port, int sink)
 {
     stream_t *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s);
     s->op = op;
     s->port = port;
     s->sink = sink;
-    s->where[0] = '\0';
     lua_pushvalue(L, STREAM_META);
     lua_setmetatable(L, -2);
+    return s;
 }
 
-/* The stream a method is called on (argument 1), which must not be a sink. */
-static stream_t *check_self(lua_State *L, sl_builder_t *b, const char *method)
+stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, int windowed_ok)
 {
     char text[64];
     stream_t *self = to_stream(L, 1);
@@ -119,12 +114,15 @@ static stream_t *check_self(lua_State *L, sl_builder_t *b, const char *method)
     self->where[0] = '\0';
     if (self->sink)
         sl_dsl_error(L, b, "'%s' after :to(): a sink ends its stream", method);
+    if (self->window && !windowed_ok)
+        sl_dsl_error(L, b, "'%s' after :window(): a windowed stream has only :aggregate{...}",
+                     method);
     return self;
 }
 
-/* Appends an op reading from inputs; everything it allocates belongs to the
- * DAG before the op is counted, so an error here leaves nothing behind. */
-static sl_op_t *op_append(lua_State *L, sl_builder_t *b, sl_op_kind_t kind,
+/* Everything op_append allocates belongs to the DAG before the op is
+ * counted, so an error here leaves nothing behind. */
+sl_op_t *sl_dsl_op_append(lua_State *L, sl_builder_t *b, sl_op_kind_t kind,
                           const sl_op_input_t *inputs, int input_count)
 {
     sl_dag_t *dag = b->dag;
@@ -152,17 +150,17 @@ static sl_op_t *op_append(lua_State *L, sl_builder_t *b, sl_op_kind_t kind,
 static int function_op(lua_State *L, sl_op_kind_t kind)
 {
     char text[64];
-    sl_builder_t *b = enter(L);
+    sl_builder_t *b = sl_dsl_enter(L);
     const char *name = sl_op_kind_name(kind);
-    stream_t *self = check_self(L, b, name);
+    stream_t *self = sl_dsl_check_self(L, b, name, 0);
     if (!lua_isfunction(L, 2))
         sl_dsl_error(L, b, "%s expects a function, got %s", name,
                      sl_vm_describe(L, 2, text, sizeof text));
     sl_op_input_t input = {self->op, self->port};
-    sl_op_t *op = op_append(L, b, kind, &input, 1);
+    sl_op_t *op = sl_dsl_op_append(L, b, kind, &input, 1);
     op->fn = sl_dsl_ref(L, 2);
-    push_stream(L, op->id, 0, 0);
-    return leave(b, 1);
+    sl_dsl_push_stream(L, op->id, 0, 0);
+    return sl_dsl_leave(b, 1);
 }
 
 static int stream_filter(lua_State *L)
@@ -189,28 +187,28 @@ static int stream_peek(lua_State *L)
 static int stream_key_by(lua_State *L)
 {
     char text[64];
-    sl_builder_t *b = enter(L);
-    stream_t *self = check_self(L, b, "key_by");
+    sl_builder_t *b = sl_dsl_enter(L);
+    stream_t *self = sl_dsl_check_self(L, b, "key_by", 0);
     int by_field = lua_type(L, 2) == LUA_TSTRING && lua_rawlen(L, 2) > 0;
     if (!by_field && !lua_isfunction(L, 2))
         sl_dsl_error(L, b, "key_by expects a function or a field name, got %s",
                      sl_vm_describe(L, 2, text, sizeof text));
     sl_op_input_t input = {self->op, self->port};
-    sl_op_t *op = op_append(L, b, SL_OP_KEY_BY, &input, 1);
+    sl_op_t *op = sl_dsl_op_append(L, b, SL_OP_KEY_BY, &input, 1);
     if (by_field)
         op->field = sl_vm_need(L, sl_strdup(lua_tostring(L, 2)));
     else
         op->fn = sl_dsl_ref(L, 2);
-    push_stream(L, op->id, 0, 0);
-    return leave(b, 1);
+    sl_dsl_push_stream(L, op->id, 0, 0);
+    return sl_dsl_leave(b, 1);
 }
 
 /* stream:to(topic, {create =, partitions =}) */
 static int stream_to(lua_State *L)
 {
     static const char *const names[] = {"create", "partitions", NULL};
-    sl_builder_t *b = enter(L);
-    stream_t *self = check_self(L, b, "to");
+    sl_builder_t *b = sl_dsl_enter(L);
+    stream_t *self = sl_dsl_check_self(L, b, "to", 0);
     const char *topic = sl_dsl_check_topic(L, b, 2, "to");
     sl_dsl_check_options(L, b, 3, "to", names);
     int create = sl_dsl_option_boolean(L, b, 3, "to", "create");
@@ -218,12 +216,12 @@ static int stream_to(lua_State *L)
     if (partitions && !create)
         sl_dsl_error(L, b, "option 'partitions' for to needs create = true");
     sl_op_input_t input = {self->op, self->port};
-    sl_op_t *op = op_append(L, b, SL_OP_TO, &input, 1);
+    sl_op_t *op = sl_dsl_op_append(L, b, SL_OP_TO, &input, 1);
     op->topic = sl_vm_need(L, sl_strdup(topic));
     op->create = create;
     op->partitions = partitions;
-    push_stream(L, op->id, 0, 1);
-    return leave(b, 1);
+    sl_dsl_push_stream(L, op->id, 0, 1);
+    return sl_dsl_leave(b, 1);
 }
 
 /* Checks a branch table: string keys, function values, at least one. */
@@ -280,25 +278,25 @@ static void fill_branches(lua_State *L, sl_op_t *op, int count)
 /* stream:branch{name = predicate, ...} -> {name = stream, ...} */
 static int stream_branch(lua_State *L)
 {
-    sl_builder_t *b = enter(L);
-    stream_t *self = check_self(L, b, "branch");
+    sl_builder_t *b = sl_dsl_enter(L);
+    stream_t *self = sl_dsl_check_self(L, b, "branch", 0);
     int count = check_branches(L, b);
     sl_op_input_t input = {self->op, self->port};
-    sl_op_t *op = op_append(L, b, SL_OP_BRANCH, &input, 1);
+    sl_op_t *op = sl_dsl_op_append(L, b, SL_OP_BRANCH, &input, 1);
     fill_branches(L, op, count);
     lua_createtable(L, 0, count);
     for (int i = 0; i < count; i++) {
-        push_stream(L, op->id, i, 0);
+        sl_dsl_push_stream(L, op->id, i, 0);
         lua_setfield(L, -2, op->branch_names[i]);
     }
-    return leave(b, 1);
+    return sl_dsl_leave(b, 1);
 }
 
 /* s.merge(a, b, ...) */
 static int dsl_merge(lua_State *L)
 {
     char text[64];
-    sl_builder_t *b = enter(L);
+    sl_builder_t *b = sl_dsl_enter(L);
     int n = lua_gettop(L);
     if (n == 0)
         sl_dsl_error(L, b, "merge needs at least one stream");
@@ -308,14 +306,16 @@ static int dsl_merge(lua_State *L)
         if (!s || s->sink)
             sl_dsl_error(L, b, "merge argument %d is not a stream, got %s", i + 1,
                          s ? "the sink of :to()" : sl_vm_describe(L, i + 1, text, sizeof text));
+        if (s->window)
+            sl_dsl_error(L, b, "merge argument %d is a windowed stream: aggregate it first", i + 1);
         inputs[i] = (sl_op_input_t){s->op, s->port};
         for (int j = 0; j < i; j++)
             if (inputs[j].op == s->op && inputs[j].port == s->port)
                 sl_dsl_error(L, b, "merge argument %d repeats argument %d", i + 1, j + 1);
     }
-    sl_op_t *op = op_append(L, b, SL_OP_MERGE, inputs, n);
-    push_stream(L, op->id, 0, 0);
-    return leave(b, 1);
+    sl_op_t *op = sl_dsl_op_append(L, b, SL_OP_MERGE, inputs, n);
+    sl_dsl_push_stream(L, op->id, 0, 0);
+    return sl_dsl_leave(b, 1);
 }
 
 static void check_source_unique(lua_State *L, sl_builder_t *b, const char *topic)
@@ -333,14 +333,14 @@ static int dsl_stream(lua_State *L)
 {
     static const char *const names[] = {"partitions", "format", "timestamp", NULL};
     static const char *const formats[] = {"json", "raw", NULL};
-    sl_builder_t *b = enter(L);
+    sl_builder_t *b = sl_dsl_enter(L);
     const char *topic = sl_dsl_check_topic(L, b, 1, "stream");
     check_source_unique(L, b, topic);
     sl_dsl_check_options(L, b, 2, "stream", names);
     int32_t partitions = sl_dsl_option_count(L, b, 2, "stream", "partitions");
     int format = sl_dsl_option_choice(L, b, 2, "stream", "format", formats, SL_FORMAT_TOPIC);
     int has_timestamp = sl_dsl_option_function(L, b, 2, "stream", "timestamp");
-    sl_op_t *op = op_append(L, b, SL_OP_SOURCE, NULL, 0);
+    sl_op_t *op = sl_dsl_op_append(L, b, SL_OP_SOURCE, NULL, 0);
     op->topic = sl_vm_need(L, sl_strdup(topic));
     op->partitions = partitions;
     op->format = format == 0 ? SL_FORMAT_JSON : format == 1 ? SL_FORMAT_RAW : SL_FORMAT_TOPIC;
@@ -348,19 +348,8 @@ static int dsl_stream(lua_State *L)
         sl_dsl_option(L, 2, "timestamp");
         op->fn = luaL_ref(L, LUA_REGISTRYINDEX);
     }
-    push_stream(L, op->id, 0, 0);
-    return leave(b, 1);
-}
-
-static void check_pipeline_name(lua_State *L, sl_builder_t *b, const char *name)
-{
-    size_t n = strlen(name);
-    int ok = n >= 1 && n <= 128;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
-             (name[i] >= '0' && name[i] <= '9') || name[i] == '_' || name[i] == '-';
-    if (!ok)
-        sl_dsl_error(L, b, "pipeline name '%s' must be 1 to 128 letters, digits, '_' or '-'", name);
+    sl_dsl_push_stream(L, op->id, 0, 0);
+    return sl_dsl_leave(b, 1);
 }
 
 /* The pipeline's name (checked) or NULL; the string stays on the stack. */
@@ -373,17 +362,19 @@ static const char *pipeline_name(lua_State *L, sl_builder_t *b)
     if (type != LUA_TSTRING)
         sl_dsl_error(L, b, "option 'name' for pipeline must be a string, got %s",
                      sl_vm_describe(L, -1, text, sizeof text));
-    check_pipeline_name(L, b, lua_tostring(L, -1));
+    if (!sl_dsl_name_ok(L, -1, 128))
+        sl_dsl_error(L, b, "pipeline name '%s' must be 1 to 128 letters, digits, '_' or '-'",
+                     lua_tostring(L, -1));
     return lua_tostring(L, -1);
 }
 
-static void check_processing(lua_State *L, sl_builder_t *b)
+static sl_processing_t processing(lua_State *L, sl_builder_t *b)
 {
     static const char *const modes[] = {"at_least_once", "exactly_once", NULL};
-    if (sl_dsl_option_choice(L, b, 1, "pipeline", "processing", modes, 0) == 1)
-        sl_dsl_error(L, b,
-                     "processing 'exactly_once' is not available yet: pipelines run "
-                     "at_least_once until pipeline state exists");
+    static const sl_processing_t values[] = {SL_PROCESSING_AT_LEAST_ONCE,
+                                             SL_PROCESSING_EXACTLY_ONCE};
+    int mode = sl_dsl_option_choice(L, b, 1, "pipeline", "processing", modes, -1);
+    return mode < 0 ? SL_PROCESSING_DEFAULT : values[mode];
 }
 
 /* s.pipeline{name =, on_error =, processing =} */
@@ -392,7 +383,7 @@ static int dsl_pipeline(lua_State *L)
     static const char *const names[] = {"name", "on_error", "processing", NULL};
     static const char *const policies[] = {"stop", "skip", "dead_letter", NULL};
     char text[64];
-    sl_builder_t *b = enter(L);
+    sl_builder_t *b = sl_dsl_enter(L);
     if (!lua_istable(L, 1))
         sl_dsl_error(L, b, "pipeline expects a table of options, got %s",
                      sl_vm_describe(L, 1, text, sizeof text));
@@ -401,23 +392,27 @@ static int dsl_pipeline(lua_State *L)
     sl_dsl_check_options(L, b, 1, "pipeline", names);
     const char *name = pipeline_name(L, b);
     int policy = sl_dsl_option_choice(L, b, 1, "pipeline", "on_error", policies, 0);
-    check_processing(L, b);
+    sl_processing_t mode = processing(L, b);
     if (name)
         b->dag->name = sl_vm_need(L, sl_strdup(name));
     b->dag->on_error = (sl_on_error_t)policy;
+    b->dag->processing = mode;
     sl_dsl_where(L, b, b->pipeline_where);
-    return leave(b, 0);
+    return sl_dsl_leave(b, 0);
 }
 
 /* __index of streams: the operators, or an error naming the line. */
 static int stream_index(lua_State *L)
 {
     char text[64];
-    sl_builder_t *b = builder_of(L);
+    sl_builder_t *b = sl_dsl_builder(L);
     stream_t *s = lua_touserdata(L, 1);
     sl_vm_describe(L, 2, text, sizeof text);
     if (s->sink)
         sl_dsl_error(L, b, "%s after :to(): a sink ends its stream", text);
+    if (s->window &&
+        !(lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "aggregate") == 0))
+        sl_dsl_error(L, b, "%s after :window(): a windowed stream has only :aggregate{...}", text);
     lua_pushvalue(L, 2);
     if (lua_rawget(L, METHODS) == LUA_TNIL)
         sl_dsl_error(L, b, "streams have no operator %s (they have %s)", text, operator_list);
@@ -429,8 +424,10 @@ static int stream_index(lua_State *L)
 static int module_index(lua_State *L)
 {
     char text[64];
-    sl_builder_t *b = builder_of(L);
-    sl_dsl_error(L, b, "sluice has no %s (it has pipeline, stream, merge, null)",
+    sl_builder_t *b = sl_dsl_builder(L);
+    sl_dsl_error(L, b,
+                 "sluice has no %s (it has pipeline, stream, merge, null, tumbling, hopping, "
+                 "session, count, sum, min, max, avg, last, distinct, reduce)",
                  sl_vm_describe(L, 2, text, sizeof text));
 }
 
@@ -460,6 +457,7 @@ static void push_stream_metatable(lua_State *L, int token)
     };
     lua_newtable(L);
     set_closures(L, methods, token);
+    set_closures(L, sl_dsl_aggregate_methods, token);
     lua_pushvalue(L, token);
     lua_pushvalue(L, token + 1);
     lua_rotate(L, -3, 2);
@@ -469,17 +467,31 @@ static void push_stream_metatable(lua_State *L, int token)
     lua_setfield(L, token + 1, "__metatable");
 }
 
-void sl_dsl_push_module(lua_State *L, sl_builder_t *b)
+/* Sets a new metatable named name as user value n of the token at idx. */
+static void set_value_metatable(lua_State *L, int token, int n, const char *name)
+{
+    lua_newtable(L);
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__metatable");
+    lua_setiuservalue(L, token, n);
+}
+
+void sl_dsl_push_module(lua_State *L, sl_builder_t *b, int encode)
 {
     static const luaL_Reg functions[] = {
         {"pipeline", dsl_pipeline}, {"stream", dsl_stream}, {"merge", dsl_merge}, {NULL, NULL}};
-    uint64_t *token = lua_newuserdatauv(L, sizeof *token, 0);
+    uint64_t *token = lua_newuserdatauv(L, sizeof *token, SL_DSL_USER_VALUES);
     *token = b->serial;
     int at = lua_gettop(L);
+    lua_pushvalue(L, encode);
+    lua_setiuservalue(L, at, SL_DSL_ENCODE);
+    set_value_metatable(L, at, SL_DSL_WINDOW_META, "sluice.window");
+    set_value_metatable(L, at, SL_DSL_MEMBER_META, "sluice.aggregate member");
     lua_newtable(L);
     push_stream_metatable(L, at);
     lua_newtable(L);
     set_closures(L, functions, at);
+    set_closures(L, sl_dsl_aggregate_functions, at);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
     lua_newtable(L);

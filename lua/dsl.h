@@ -1,5 +1,6 @@
 /*
- * dsl.h - the DAG under construction while a script is compiled.
+ * dsl.h - the DAG under construction while a script is compiled, and what
+ * dsl.c shares with dsl_aggregate.c (windows and aggregates).
  *
  * The builder lives in sl_vm_compile()'s frame, outside the protected call
  * that runs the script, and is reachable from Lua only through
@@ -12,11 +13,35 @@
  * fails the compile even if the script catches it, and busy stays set when
  * a DSL call is interrupted (out of memory), so a half-built op can never
  * end up in a DAG.
+ *
+ * Every DSL closure has two upvalues: the token (a full userdata holding
+ * the serial, whose user values are listed below) and the compile's stream
+ * metatable. Values the DSL hands out are full userdata with per-compile
+ * metatables, which is how the DSL recognises its own values.
  */
 #ifndef SL_LUA_DSL_H
 #define SL_LUA_DSL_H
 
 #include "lua/vm.h"
+
+#include <lua5.4/lauxlib.h>
+
+#define SL_DSL_TOKEN       lua_upvalueindex(1)
+#define SL_DSL_STREAM_META lua_upvalueindex(2)
+
+/* The token's user values. */
+enum {
+    SL_DSL_ENCODE = 1,      /* the script's json.encode, as created */
+    SL_DSL_WINDOW_META = 2, /* metatable of window specs */
+    SL_DSL_MEMBER_META = 3, /* metatable of aggregate members */
+    SL_DSL_USER_VALUES = 3
+};
+
+/* A :window() call, until aggregated. */
+typedef struct sl_dsl_window {
+    char where[SL_WHERE_MAX];
+    int aggregated;
+} sl_dsl_window_t;
 
 typedef struct sl_builder {
     sl_vm_t *vm;
@@ -29,13 +54,61 @@ typedef struct sl_builder {
     char busy_where[SL_WHERE_MAX];     /* where that call was made */
     char call_where[SL_WHERE_MAX];     /* the running method's line, from __index */
     char error[512];                   /* the first DSL error, "" if none */
+    sl_dsl_window_t *windows;          /* every :window() call, in order (sl_malloc) */
+    int window_count, window_capacity;
 } sl_builder_t;
 
-/* Pushes the table require("sluice") returns for this compile. */
-void sl_dsl_push_module(lua_State *L, sl_builder_t *b);
+/* A window spec from s.tumbling(), s.hopping() or s.session(), in ms;
+ * kind SL_OP_WINDOW_* (NONE for a stream without a window). */
+typedef struct sl_dsl_window_spec {
+    int kind;
+    int64_t size, advance, gap, grace;
+} sl_dsl_window_spec_t;
+
+/* A stream as a script holds it. A windowed stream (window > 0, the index
+ * of its :window() call in the builder plus one) accepts only :aggregate;
+ * a sink accepts nothing. */
+typedef struct sl_dsl_stream {
+    int op;
+    int port;
+    int sink;
+    int window;
+    sl_dsl_window_spec_t spec;
+    char where[SL_WHERE_MAX]; /* of the last ":method" lookup, until used */
+} sl_dsl_stream_t;
+
+/* Pushes the table require("sluice") returns for this compile; encode is
+ * the stack index of the script's json.encode. */
+void sl_dsl_push_module(lua_State *L, sl_builder_t *b, int encode);
 
 /* Writes "chunk:line" of the DSL call running: the line of its ":method"
  * (see dsl.c) or of the Lua code calling it, else the chunk name. */
 void sl_dsl_where(lua_State *L, const sl_builder_t *b, char *out);
+
+/* The builder of the compile the running closure belongs to; raises an
+ * error if that compile has ended. */
+sl_builder_t *sl_dsl_builder(lua_State *L);
+
+/* Brackets a DSL call that may change the DAG (see "sticky" above):
+ * enter returns the builder, leave returns results. */
+sl_builder_t *sl_dsl_enter(lua_State *L);
+int sl_dsl_leave(sl_builder_t *b, int results);
+
+/* The stream a method is called on (argument 1): not a sink, and not
+ * windowed unless windowed_ok. Makes its ":method" line the call's. */
+sl_dsl_stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method,
+                                   int windowed_ok);
+
+/* Appends an op reading from inputs, with where set to the call's line. */
+sl_op_t *sl_dsl_op_append(lua_State *L, sl_builder_t *b, sl_op_kind_t kind,
+                          const sl_op_input_t *inputs, int input_count);
+
+/* Pushes a new stream reading (op, port) and returns it. */
+sl_dsl_stream_t *sl_dsl_push_stream(lua_State *L, int op, int port, int sink);
+
+/* dsl_aggregate.c: the module's window and member constructors, and the
+ * streams' window and aggregate methods. */
+extern const luaL_Reg sl_dsl_aggregate_functions[];
+extern const luaL_Reg sl_dsl_aggregate_methods[];
 
 #endif

@@ -33,10 +33,8 @@
  *   s.pipeline{name=, on_error=, processing=}   at most once, anywhere in the
  *       script. name: 1-128 of [A-Za-z0-9_-] (it prefixes the pipeline's
  *       internal topics); absent = the runtime names it. on_error: "stop"
- *       (default), "skip" or "dead_letter". processing: "at_least_once"
- *       (default). "exactly_once" is refused with a message until pipeline
- *       state exists: a script must not believe it has a guarantee the node
- *       cannot give.
+ *       (default), "skip" or "dead_letter". processing: "exactly_once" or
+ *       "at_least_once"; absent = SL_PROCESSING_DEFAULT.
  *   s.stream(topic, {partitions=, format=, timestamp=})   a source, once per
  *       topic. partitions: the count the script expects (absent: any);
  *       format: "json" or "raw" (absent: the topic's own); timestamp: a
@@ -53,13 +51,62 @@
  *       create a missing topic, with partitions (only with create).
  *   s.null   the JSON null value (also require("json").null).
  *
+ * Windows and aggregates (DESIGN.md section 6):
+ *
+ *   pay:key_by("user")
+ *     :window(s.hopping("10m", "1m", {grace = "30s"}))
+ *     :aggregate{n = s.count(), spend = s.sum("amount"), top = s.max("amount"),
+ *                users = s.distinct(function(r) return r.value.user end),
+ *                seen = s.reduce({}, function(acc, r) acc[r.value.kind] = true; return acc end),
+ *                emit = "on_close", retention = "7d", late = "late_payments",
+ *                store = "spend"}
+ *     :to("spend_per_user")
+ *
+ *   Durations are strings "<digits><unit>" with unit ms, s, m, h or d, or
+ *   bare digits, or Lua integers, all meaning ms (sl_duration_parse), at
+ *   most SL_DURATION_MAX.
+ *   s.tumbling(size, {grace=})  s.hopping(size, advance, {grace=})
+ *   s.session(gap, {grace=})   window specs. size, advance, gap >= 1 ms;
+ *       grace >= 0 (default 0); advance <= size and ceil(size / advance) <=
+ *       SL_OP_WINDOW_MAX_OVERLAP.
+ *   :window(spec)   returns a windowed stream: its only operator is
+ *       :aggregate{}, and a windowed stream never aggregated is an error.
+ *       The window becomes the fields of the AGGREGATE op; :window() adds
+ *       no op of its own.
+ *   :aggregate{name = member, ..., emit=, retention=, late=, store=}   per
+ *       key (and window), the members' results; returns a stream of result
+ *       records: key = the input key, value = {"key": k, "window_start":
+ *       ms, "window_end": ms, "values": {name: result, ...}} (without the
+ *       window fields when there is no window: running totals per key).
+ *       Members, in a table whose other keys are the four options (so no
+ *       member may be named emit, retention, late or store), 1 to
+ *       SL_OP_AGG_MEMBERS_MAX of them, names 1 to SL_OP_AGG_NAME_MAX bytes:
+ *         s.count()           records
+ *         s.sum(f) s.min(f) s.max(f) s.avg(f) s.last(f) s.distinct(f)
+ *                             f: a field name of r.value (1 to
+ *                             SL_OP_AGG_FIELD_MAX bytes) or a function
+ *                             r -> value
+ *         s.reduce(init, fn)  fn(acc, r) -> new acc, starting from init
+ *                             (any JSON-encodable value; s.null for null)
+ *       emit: "on_update" (default) or "on_close" (windows only). retention:
+ *       how long closed windows stay queryable (windows only; default
+ *       SL_OP_RETENTION_DEFAULT, raised to size + grace, for sessions gap +
+ *       grace, if less). late: a topic for late records (windows only;
+ *       absent: dropped and counted). store: the state store's name,
+ *       1-SL_OP_STORE_NAME_MAX of [A-Za-z0-9_-], unique in the pipeline;
+ *       absent: "aggregate<op id>".
+ *
  * Compile-time checks, each reported as "chunk:line: what was wrong": unknown
  * options, wrong argument types, a bad topic or pipeline name, operators after
  * a sink, a second s.pipeline{} or s.stream() of one topic, an empty merge, a
  * script without a sink, a stream that is never used (every stream but a
- * branch output must end in a sink), a sink writing a topic the pipeline
- * reads (a cycle through the log; other cycles cannot be written, since an
- * operator only takes earlier streams), and any Lua syntax or runtime error.
+ * branch output must end in a sink), a sink or late topic writing a topic the
+ * pipeline reads (a cycle through the log; other cycles cannot be written,
+ * since an operator only takes earlier streams), bad durations and window
+ * shapes, an operator other than :aggregate{} after :window() or a window
+ * never aggregated, an aggregate without members or with a bad one, window
+ * options on an aggregate without a window, a bad or repeated store name,
+ * and any Lua syntax or runtime error.
  * The DSL works only while the script is being compiled: a user function
  * calling it later gets an error.
  *
@@ -182,13 +229,49 @@ typedef enum {
     SL_OP_BRANCH,   /* :branch{...}: one output port per branch */
     SL_OP_MERGE,    /* s.merge(...): several inputs */
     SL_OP_PEEK,     /* :peek(fn) */
-    SL_OP_TO        /* :to(topic): a sink, no output */
+    SL_OP_TO,       /* :to(topic): a sink, no output */
+    SL_OP_AGGREGATE /* [:window(spec)]:aggregate{...} */
 } sl_op_kind_t;
 
 typedef enum { SL_ON_ERROR_STOP, SL_ON_ERROR_SKIP, SL_ON_ERROR_DEAD_LETTER } sl_on_error_t;
 
-/* Only at-least-once until pipeline state exists (see s.pipeline above). */
-typedef enum { SL_PROCESSING_AT_LEAST_ONCE } sl_processing_t;
+typedef enum { SL_PROCESSING_AT_LEAST_ONCE, SL_PROCESSING_EXACTLY_ONCE } sl_processing_t;
+
+/* The processing mode of a script that names none. */
+#define SL_PROCESSING_DEFAULT SL_PROCESSING_AT_LEAST_ONCE
+
+/* AGGREGATE's window_kind; the numbers equal ops' sl_window_kind_t. */
+enum {
+    SL_OP_WINDOW_NONE = 0, /* running totals per key */
+    SL_OP_WINDOW_TUMBLING = 1,
+    SL_OP_WINDOW_HOPPING = 2,
+    SL_OP_WINDOW_SESSION = 3
+};
+
+/* An aggregate member's kind; the numbers equal ops' sl_agg_kind_t. */
+enum {
+    SL_OP_AGG_COUNT = 1,
+    SL_OP_AGG_SUM = 2,
+    SL_OP_AGG_MIN = 3,
+    SL_OP_AGG_MAX = 4,
+    SL_OP_AGG_AVG = 5,
+    SL_OP_AGG_LAST = 6,
+    SL_OP_AGG_DISTINCT = 7,
+    SL_OP_AGG_REDUCE = 8
+};
+
+/* AGGREGATE's emit. */
+enum { SL_EMIT_ON_UPDATE = 0, SL_EMIT_ON_CLOSE = 1 };
+
+/* Limits the DSL checks, equal to the operators' own (ops/window.h,
+ * ops/aggregate.h), so a DAG that compiles is one the operators accept. */
+#define SL_OP_WINDOW_MAX_OVERLAP 1024     /* windows per record (hopping) */
+#define SL_OP_AGG_MEMBERS_MAX    64       /* members per aggregate */
+#define SL_OP_AGG_NAME_MAX       255      /* bytes in a member's name */
+#define SL_OP_AGG_FIELD_MAX      255      /* bytes in a member's field name */
+#define SL_OP_REDUCE_INIT_MAX    1048576  /* bytes of a reducer's initial JSON */
+#define SL_OP_STORE_NAME_MAX     64       /* bytes in a store name */
+#define SL_OP_RETENTION_DEFAULT  86400000 /* ms: one day */
 
 /* The value SL_OP_SOURCE's format takes when the script names none. */
 #define SL_FORMAT_TOPIC (-1)
@@ -205,6 +288,28 @@ typedef struct sl_op_input {
     int port;
 } sl_op_input_t;
 
+/*
+ * One member of an aggregate, e.g. spend = s.sum("price"). Strings are
+ * owned by the DAG.
+ *   name   the member's name in results (1..SL_OP_AGG_NAME_MAX bytes)
+ *   kind   SL_OP_AGG_*
+ *   field  SUM..DISTINCT by field name: the top-level field of r.value
+ *          whose value is the input (the C fast path); NULL otherwise
+ *   fn     SUM..DISTINCT by function: r -> value; REDUCE: fn(acc, r) -> new
+ *          acc; a registry reference as for sl_op_t.fn; SL_NO_FUNCTION
+ *          otherwise (COUNT, and by field)
+ *   init   REDUCE: the initial accumulator as JSON text (encoded by the
+ *          script's json module at compile time, at most
+ *          SL_OP_REDUCE_INIT_MAX bytes); NULL otherwise
+ */
+typedef struct sl_agg_spec {
+    char *name;
+    int kind;
+    char *field;
+    int fn;
+    char *init;
+} sl_agg_spec_t;
+
 typedef struct sl_op {
     int id; /* its index in dag->ops */
     sl_op_kind_t kind;
@@ -212,7 +317,8 @@ typedef struct sl_op {
     int input_count;
     /* The user function: the timestamp extractor of a SOURCE; the function
      * of FILTER, MAP, FLAT_MAP, PEEK and KEY_BY by function. A reference in
-     * the registry of the VM that compiled the DAG; SL_NO_FUNCTION if none. */
+     * the registry of the VM that compiled the DAG; SL_NO_FUNCTION if none
+     * (an AGGREGATE's functions are in its members). */
     int fn;
     char *topic;              /* SOURCE, TO */
     char *field;              /* KEY_BY by field name; NULL otherwise */
@@ -223,6 +329,20 @@ typedef struct sl_op {
     int format;               /* SOURCE: SL_FORMAT_JSON, SL_FORMAT_RAW or SL_FORMAT_TOPIC */
     int create;               /* TO: the runtime may create the topic */
     char where[SL_WHERE_MAX]; /* "script.lua:12", the DSL call, for messages */
+    /* AGGREGATE. The window, in ms: tumbling: size, advance = size, grace;
+     * hopping: size, advance, grace; session: gap, grace; none: all 0.
+     * Fields a kind does not use are 0. */
+    int window_kind; /* SL_OP_WINDOW_* */
+    int64_t window_size, window_advance, window_gap, window_grace;
+    sl_agg_spec_t *aggs; /* the members, sorted by name (byte order) */
+    int agg_count;       /* 1..SL_OP_AGG_MEMBERS_MAX */
+    int emit;            /* SL_EMIT_ON_UPDATE, or SL_EMIT_ON_CLOSE (windows only) */
+    /* ms closed windows stay queryable: SL_OP_RETENTION_DEFAULT or the
+     * script's, at least size + grace (session: gap + grace); 0 without a
+     * window. */
+    int64_t retention;
+    char *late_topic; /* where late records go; NULL: dropped and counted */
+    char *store;      /* the state store's name: the script's or "aggregate<id>" */
 } sl_op_t;
 
 typedef struct sl_dag {
@@ -247,11 +367,13 @@ int sl_vm_compile(sl_vm_t *vm, const char *chunkname, const char *source, size_t
 void sl_dag_free(sl_dag_t *dag);
 
 /* 1 if a and b describe the same pipeline: options and every op (kind,
- * inputs, topics, fields, branch names, options, where, and which functions
- * exist, not their references). 0 otherwise. */
+ * inputs, topics, fields, branch names, options, where, windows, aggregate
+ * members and their options, and which functions exist, not their
+ * references). 0 otherwise. */
 int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b);
 
-/* The DSL name of an op kind ("stream", "filter", ..., "to"); static. */
+/* The DSL name of an op kind ("stream", "filter", ..., "to", "aggregate");
+ * static. */
 const char *sl_op_kind_name(sl_op_kind_t kind);
 
 /* ---- records and batches ------------------------------------------------- */
@@ -323,5 +445,44 @@ int sl_vm_call_branch(sl_vm_t *vm, const sl_op_t *op, int slot, int *branch);
 
 /* PEEK: runs the function for its side effects. */
 int sl_vm_call_peek(sl_vm_t *vm, const sl_op_t *op, int slot);
+
+/* ---- values for stateful operators --------------------------------------------
+ *
+ * What an aggregate reads from a record: a field of its JSON object value
+ * (the C fast path: a loaded record's field is read straight from its
+ * tokens, no Lua), a value extractor's result, or a Lua reducer's step.
+ */
+
+typedef enum {
+    SL_VM_VALUE_NONE,   /* absent, nil or JSON null */
+    SL_VM_VALUE_NUMBER, /* integer (is_integer) or number */
+    SL_VM_VALUE_STRING, /* bytes, len: valid until sl_vm_batch_reset() */
+    SL_VM_VALUE_OTHER   /* a boolean, table or anything else */
+} sl_vm_value_type_t;
+
+typedef struct sl_vm_value {
+    sl_vm_value_type_t type;
+    int is_integer;
+    int64_t integer;
+    double number;
+    const char *bytes;
+    size_t len;
+} sl_vm_value_t;
+
+/* r.value[field] of slot (NONE when the value is no object or lacks it).
+ * Errors (SL_EINVALID, -ENOMEM) name op. */
+int sl_vm_field(sl_vm_t *vm, const sl_op_t *op, int slot, const char *field, sl_vm_value_t *out);
+
+/* fn(r), fn a function reference of op's DAG (a value extractor). */
+int sl_vm_call_value(sl_vm_t *vm, const sl_op_t *op, int fn, int slot, sl_vm_value_t *out);
+
+/* One step of a reducer: fn(acc, r), acc given and returned as JSON text
+ * (*out in the batch arena). */
+int sl_vm_call_reduce(sl_vm_t *vm, const sl_op_t *op, int fn, const char *acc, size_t acc_len,
+                      int slot, const uint8_t **out, int32_t *out_len);
+
+/* The record of slot without its value: key, ts, headers, offset (a map's
+ * record table is written whole, as by sl_vm_record_get). */
+int sl_vm_record_meta(sl_vm_t *vm, int slot, sl_record_t *out);
 
 #endif

@@ -2,7 +2,8 @@
  * options.c - checking what a script passes to the DSL.
  *
  * Every check reports through sl_dsl_error(), which prefixes the caller's
- * chunk:line. Option tables are read by name with raw access (no
+ * chunk:line. Strings are checked with their Lua length, so a NUL byte
+ * cannot cut a name short. Option tables are read by name with raw access (no
  * metamethods run), and the only iteration over one, looking for unknown
  * names, reports the smallest unknown name, so that the message does not
  * depend on Lua's per-VM hash order.
@@ -159,4 +160,67 @@ const char *sl_dsl_check_topic(lua_State *L, sl_builder_t *b, int idx, const cha
     if (sl_topic_name_check(topic) != 0)
         sl_dsl_error(L, b, "%s: %s", what, sl_error_detail());
     return topic;
+}
+
+int sl_dsl_name_ok(lua_State *L, int idx, size_t max)
+{
+    size_t n;
+    if (lua_type(L, idx) != LUA_TSTRING)
+        return 0;
+    const char *name = lua_tolstring(L, idx, &n);
+    int ok = n >= 1 && n <= max;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+             (name[i] >= '0' && name[i] <= '9') || name[i] == '_' || name[i] == '-';
+    return ok;
+}
+
+/* A duration given as a string. */
+static int64_t duration_text(lua_State *L, sl_builder_t *b, int idx, const char *what)
+{
+    size_t n;
+    int64_t ms = 0;
+    const char *text = lua_tolstring(L, idx, &n);
+    if (strlen(text) != n)
+        sl_dsl_error(L, b, "%s: a duration cannot hold a NUL byte", what);
+    if (sl_duration_parse(text, &ms) != 0)
+        sl_dsl_error(L, b, "%s: %s", what, sl_error_detail());
+    return ms;
+}
+
+int64_t sl_dsl_duration(lua_State *L, sl_builder_t *b, int idx, const char *what)
+{
+    char text[64];
+    lua_Integer ms = 0;
+    int integral = 0;
+    if (lua_type(L, idx) == LUA_TSTRING)
+        return duration_text(L, b, idx, what);
+    if (lua_isinteger(L, idx)) {
+        ms = lua_tointeger(L, idx);
+        integral = 1;
+    } else if (lua_type(L, idx) == LUA_TNUMBER) {
+        integral = sl_json_integral(lua_tonumber(L, idx), &ms);
+    }
+    if (!integral)
+        sl_dsl_error(L, b,
+                     "%s must be a duration such as '500ms', '10s', '1m', '1h', '1d' or an "
+                     "integer of ms, got %s",
+                     what, sl_vm_describe(L, idx, text, sizeof text));
+    if (ms < 0 || ms > SL_DURATION_MAX)
+        sl_dsl_error(L, b, "%s must be 0 to %lld ms, got %lld", what, (long long)SL_DURATION_MAX,
+                     (long long)ms);
+    return ms;
+}
+
+int64_t sl_dsl_option_duration(lua_State *L, sl_builder_t *b, int idx, const char *what,
+                               const char *name, int64_t absent)
+{
+    char label[96];
+    int64_t ms = absent;
+    if (sl_dsl_option(L, idx, name) != LUA_TNIL) {
+        snprintf(label, sizeof label, "option '%s' for %s", name, what);
+        ms = sl_dsl_duration(L, b, lua_gettop(L), label);
+    }
+    lua_pop(L, 1);
+    return ms;
 }

@@ -44,4 +44,19 @@ int sl_dsl_ref(lua_State *L, int idx);
 /* The topic name at idx, checked as the log checks topic names. */
 const char *sl_dsl_check_topic(lua_State *L, sl_builder_t *b, int idx, const char *what);
 
+/* 1 if the value at idx is a string of 1 to max bytes of [A-Za-z0-9_-]
+ * (pipeline and store names), else 0. Raises nothing. */
+int sl_dsl_name_ok(lua_State *L, int idx, size_t max);
+
+/*
+ * The duration at idx in ms: a string sl_duration_parse() reads ("10s"), or
+ * an integer (a Lua integer or an integral float) of ms, in
+ * 0..SL_DURATION_MAX. Messages start with what ("tumbling size").
+ */
+int64_t sl_dsl_duration(lua_State *L, sl_builder_t *b, int idx, const char *what);
+
+/* A duration option, as sl_dsl_duration; absent when not given. */
+int64_t sl_dsl_option_duration(lua_State *L, sl_builder_t *b, int idx, const char *what,
+                               const char *name, int64_t absent);
+
 #endif

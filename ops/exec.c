@@ -200,6 +200,10 @@ static void run(sl_exec_t *x, int op_id, int slot)
     case SL_OP_TO:
         emit(x, op, slot);
         break;
+    case SL_OP_AGGREGATE: /* run by the runtime's aggregator, which comes with its state */
+        rc = sl_error_set(SL_EINVALID, "aggregate (%s): this build cannot run aggregates",
+                          op->where);
+        break;
     case SL_OP_SOURCE: /* never a successor */
         break;
     }

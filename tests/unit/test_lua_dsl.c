@@ -1,12 +1,18 @@
 /*
- * test_lua_dsl.c - the pipeline DSL: scripts compile into the expected ops,
- * every validation error names its file:line, DAGs are deterministic, and
- * DAGs release their functions.
+ * test_lua_dsl.c - the pipeline DSL: scripts compile into the expected ops
+ * (windows and aggregates included), every validation error names its
+ * file:line, DAGs are deterministic, and DAGs release their functions.
+ * Includes lua/vm.h to look a DAG's function references up in its VM, and
+ * the operators' headers to check that the numbers the runtime maps from
+ * one to the other agree.
  */
 #include "testutil.h"
 
-#include "lua/lua.h"
+#include "lua/vm.h"
+#include "ops/aggregate.h"
+#include "ops/window.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define HEADER "local s = require('sluice')\n"
@@ -172,11 +178,25 @@ static void test_bad_on_error_is_an_error(void **state)
                  "dead_letter, got 'ignore'");
 }
 
-static void test_exactly_once_is_refused_until_state_exists(void **state)
+static void test_processing_mode_is_recorded(void **state)
 {
-    expect_error(state, HEADER "s.pipeline{processing = 'exactly_once'}\n",
-                 "script.lua:2: processing 'exactly_once' is not available yet: pipelines run "
-                 "at_least_once until pipeline state exists");
+    sl_dag_t *dag = compile(*state, HEADER "s.pipeline{processing = 'exactly_once'}\n"
+                                           "s.stream('a'):to('b')\n");
+    assert_int_equal(dag->processing, SL_PROCESSING_EXACTLY_ONCE);
+    sl_dag_free(dag);
+    dag = compile(*state, HEADER "s.pipeline{processing = 'at_least_once'}\n"
+                                 "s.stream('a'):to('b')\n");
+    assert_int_equal(dag->processing, SL_PROCESSING_AT_LEAST_ONCE);
+    sl_dag_free(dag);
+    dag = compile(*state, HEADER "s.pipeline{name = 'x'}\ns.stream('a'):to('b')\n");
+    assert_int_equal(dag->processing, SL_PROCESSING_DEFAULT);
+    sl_dag_free(dag);
+    dag = compile(*state, HEADER "s.stream('a'):to('b')\n");
+    assert_int_equal(dag->processing, SL_PROCESSING_DEFAULT);
+    sl_dag_free(dag);
+    expect_error(state, HEADER "s.pipeline{processing = 'twice'}\n",
+                 "script.lua:2: option 'processing' for pipeline must be one of at_least_once, "
+                 "exactly_once, got 'twice'");
 }
 
 static void test_pipeline_options_twice_is_an_error(void **state)
@@ -245,11 +265,12 @@ static void test_operator_after_a_sink_names_the_line(void **state)
 
 static void test_unknown_operator_is_an_error(void **state)
 {
-    expect_error(state, HEADER "s.stream('a'):window(1):to('b')\n",
-                 "script.lua:2: streams have no operator 'window' (they have filter, map, "
-                 "flat_map, key_by, branch, peek, to)");
-    expect_error(state, HEADER "s.tumbling('1m')\n",
-                 "script.lua:2: sluice has no 'tumbling' (it has pipeline, stream, merge, null)");
+    expect_error(state, HEADER "s.stream('a'):join(1):to('b')\n",
+                 "script.lua:2: streams have no operator 'join' (they have filter, map, "
+                 "flat_map, key_by, branch, peek, window, aggregate, to)");
+    expect_error(state, HEADER "s.sliding('1m')\n",
+                 "script.lua:2: sluice has no 'sliding' (it has pipeline, stream, merge, null, "
+                 "tumbling, hopping, session, count, sum, min, max, avg, last, distinct, reduce)");
 }
 
 static void test_script_without_a_sink_is_an_error(void **state)
@@ -367,6 +388,669 @@ static void test_freed_dags_release_their_lua_memory(void **state)
     assert_true(sl_vm_memory(vm) < most);
 }
 
+/* ---- windows and aggregates ------------------------------------------ */
+
+/* As expect_error, for a message that starts with prefix. */
+static void expect_error_start(void **state, const char *script, const char *prefix)
+{
+    sl_dag_t *dag = NULL;
+    assert_int_equal(sl_vm_compile(*state, "script.lua", script, strlen(script), &dag),
+                     SL_EINVALID);
+    assert_null(dag);
+    if (strncmp(sl_error_detail(), prefix, strlen(prefix)) != 0)
+        fail_msg("error '%s' does not start with '%s'", sl_error_detail(), prefix);
+}
+
+static void expect_window(const sl_op_t *op, int kind, int64_t size, int64_t advance, int64_t gap,
+                          int64_t grace)
+{
+    assert_int_equal(op->kind, SL_OP_AGGREGATE);
+    assert_int_equal(op->window_kind, kind);
+    assert_int_equal(op->window_size, size);
+    assert_int_equal(op->window_advance, advance);
+    assert_int_equal(op->window_gap, gap);
+    assert_int_equal(op->window_grace, grace);
+}
+
+static void test_tumbling_window_compiles_to_aggregate_fields(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "s.stream('a')\n"
+                                           "  :key_by('user')\n"
+                                           "  :window(s.tumbling('1m', {grace = '10s'}))\n"
+                                           "  :aggregate{n = s.count()}\n"
+                                           "  :to('b')\n");
+    assert_int_equal(dag->op_count, 4);
+    expect_op(&dag->ops[2], SL_OP_AGGREGATE, 1, 0, "script.lua:5");
+    expect_window(&dag->ops[2], SL_OP_WINDOW_TUMBLING, 60000, 60000, 0, 10000);
+    assert_int_equal(dag->ops[2].fn, SL_NO_FUNCTION);
+    assert_null(dag->ops[2].topic);
+    expect_op(&dag->ops[3], SL_OP_TO, 2, 0, "script.lua:6");
+    assert_string_equal(sl_op_kind_name(SL_OP_AGGREGATE), "aggregate");
+    sl_dag_free(dag);
+}
+
+static void test_hopping_and_session_windows_compile_to_their_fields(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER
+                            "local a = s.stream('a')\n"
+                            "a:window(s.hopping('10m', '1m', {grace = 500})):aggregate{n = "
+                            "s.count()}:to('b')\n"
+                            "a:window(s.session('30s')):aggregate{n = s.count()}:to('c')\n"
+                            "a:window(s.hopping(1000, 1000)):aggregate{n = s.count()}:to('d')\n");
+    expect_window(&dag->ops[1], SL_OP_WINDOW_HOPPING, 600000, 60000, 0, 500);
+    expect_window(&dag->ops[3], SL_OP_WINDOW_SESSION, 0, 0, 30000, 0);
+    expect_window(&dag->ops[5], SL_OP_WINDOW_HOPPING, 1000, 1000, 0, 0);
+    sl_dag_free(dag);
+}
+
+static void test_durations_are_text_or_integers_of_ms(void **state)
+{
+    static const struct {
+        const char *duration;
+        int64_t ms;
+    } cases[] = {
+        {"'500ms'", 500},
+        {"'10s'", 10000},
+        {"'1m'", 60000},
+        {"'1h'", 3600000},
+        {"'1d'", 86400000},
+        {"'250'", 250},
+        {"1500", 1500},
+        {"2.0", 2},
+        {"3 * 1000", 3000},
+        {"'7d'", 604800000},
+        {"10000000000000", SL_DURATION_MAX},
+    };
+    char script[256];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(script, sizeof script,
+                 HEADER "s.stream('a'):window(s.session(%s)):aggregate{n = s.count()}:to('b')\n",
+                 cases[i].duration);
+        sl_dag_t *dag = compile(*state, script);
+        assert_int_equal(dag->ops[1].window_gap, cases[i].ms);
+        sl_dag_free(dag);
+    }
+}
+
+static void test_aggregate_without_window_keeps_running_totals(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "s.stream('a'):aggregate{n = s.count()}:to('b')\n");
+    const sl_op_t *op = &dag->ops[1];
+    expect_op(op, SL_OP_AGGREGATE, 0, 0, "script.lua:2");
+    expect_window(op, SL_OP_WINDOW_NONE, 0, 0, 0, 0);
+    assert_int_equal(op->emit, SL_EMIT_ON_UPDATE);
+    assert_int_equal(op->retention, 0);
+    assert_null(op->late_topic);
+    assert_string_equal(op->store, "aggregate1");
+    sl_dag_free(dag);
+}
+
+static void expect_member(const sl_agg_spec_t *a, const char *name, int kind, const char *field,
+                          int has_fn, const char *init)
+{
+    assert_string_equal(a->name, name);
+    assert_int_equal(a->kind, kind);
+    if (field)
+        assert_string_equal(a->field, field);
+    else
+        assert_null(a->field);
+    assert_int_equal(a->fn != SL_NO_FUNCTION, has_fn);
+    if (init)
+        assert_string_equal(a->init, init);
+    else
+        assert_null(a->init);
+}
+
+static const char every_member[] = HEADER
+    "s.stream('a'):aggregate{\n"
+    "  n = s.count(), total = s.sum('price'), low = s.min(function(r) return r.value.p end),\n"
+    "  high = s.max('price'), mean = s.avg('price'), latest = s.last('price'),\n"
+    "  users = s.distinct(function(r) return r.value.user end),\n"
+    "  Kinds = s.reduce({seen = 0}, function(acc, r) acc.seen = acc.seen + 1 return acc end),\n"
+    "  first = s.reduce(s.null, function(acc, r) return acc end),\n"
+    "  ids = s.distinct('user'),\n"
+    "}:to('b')\n";
+
+static void test_every_member_kind_compiles_sorted_by_name(void **state)
+{
+    sl_dag_t *dag = compile(*state, every_member);
+    const sl_op_t *op = &dag->ops[1];
+    assert_int_equal(op->agg_count, 10);
+    expect_member(&op->aggs[0], "Kinds", SL_OP_AGG_REDUCE, NULL, 1, "{\"seen\":0}");
+    expect_member(&op->aggs[1], "first", SL_OP_AGG_REDUCE, NULL, 1, "null");
+    expect_member(&op->aggs[2], "high", SL_OP_AGG_MAX, "price", 0, NULL);
+    expect_member(&op->aggs[3], "ids", SL_OP_AGG_DISTINCT, "user", 0, NULL);
+    expect_member(&op->aggs[4], "latest", SL_OP_AGG_LAST, "price", 0, NULL);
+    expect_member(&op->aggs[5], "low", SL_OP_AGG_MIN, NULL, 1, NULL);
+    expect_member(&op->aggs[6], "mean", SL_OP_AGG_AVG, "price", 0, NULL);
+    expect_member(&op->aggs[7], "n", SL_OP_AGG_COUNT, NULL, 0, NULL);
+    expect_member(&op->aggs[8], "total", SL_OP_AGG_SUM, "price", 0, NULL);
+    expect_member(&op->aggs[9], "users", SL_OP_AGG_DISTINCT, NULL, 1, NULL);
+    sl_dag_free(dag);
+}
+
+static void test_kinds_and_limits_equal_the_operators(void **state)
+{
+    (void)state;
+    assert_int_equal(SL_OP_WINDOW_TUMBLING, SL_WINDOW_TUMBLING);
+    assert_int_equal(SL_OP_WINDOW_HOPPING, SL_WINDOW_HOPPING);
+    assert_int_equal(SL_OP_WINDOW_SESSION, SL_WINDOW_SESSION);
+    assert_int_equal(SL_OP_AGG_COUNT, SL_AGG_COUNT);
+    assert_int_equal(SL_OP_AGG_SUM, SL_AGG_SUM);
+    assert_int_equal(SL_OP_AGG_MIN, SL_AGG_MIN);
+    assert_int_equal(SL_OP_AGG_MAX, SL_AGG_MAX);
+    assert_int_equal(SL_OP_AGG_AVG, SL_AGG_AVG);
+    assert_int_equal(SL_OP_AGG_LAST, SL_AGG_LAST);
+    assert_int_equal(SL_OP_AGG_DISTINCT, SL_AGG_DISTINCT);
+    assert_int_equal(SL_OP_AGG_REDUCE, SL_AGG_REDUCE);
+    assert_int_equal(SL_OP_WINDOW_MAX_OVERLAP, SL_WINDOW_MAX_OVERLAP);
+    assert_int_equal(SL_OP_AGG_MEMBERS_MAX, SL_AGGSET_MAX);
+    assert_int_equal(SL_OP_AGG_NAME_MAX, SL_AGG_NAME_MAX);
+    assert_int_equal(SL_OP_AGG_FIELD_MAX, SL_AGG_SOURCE_MAX);
+    assert_int_equal(SL_OP_REDUCE_INIT_MAX, SL_AGG_REDUCE_MAX);
+}
+
+static void test_reduce_initial_values_are_encoded_as_json(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "local f = function(acc, r) return acc end\n"
+                                           "s.stream('a'):aggregate{a = s.reduce(0, f), b = "
+                                           "s.reduce('x\"y', f), c = s.reduce({1, 2, 3}, f), d = "
+                                           "s.reduce(true, f), e = s.reduce(2.5, f)}:to('b')\n");
+    const sl_op_t *op = &dag->ops[1];
+    assert_string_equal(op->aggs[0].init, "0");
+    assert_string_equal(op->aggs[1].init, "\"x\\\"y\"");
+    assert_string_equal(op->aggs[2].init, "[1,2,3]");
+    assert_string_equal(op->aggs[3].init, "true");
+    assert_string_equal(op->aggs[4].init, "2.5");
+    sl_dag_free(dag);
+}
+
+/* Pushes the registry function ref of the compiled DAG's VM, checking it
+ * is one. */
+static void push_function(sl_vm_t *vm, int ref)
+{
+    assert_int_not_equal(ref, SL_NO_FUNCTION);
+    assert_int_equal(lua_rawgeti(vm->L, LUA_REGISTRYINDEX, ref), LUA_TFUNCTION);
+}
+
+static void test_extractors_and_reducers_are_registered_functions(void **state)
+{
+    sl_vm_t *vm = *state;
+    sl_dag_t *dag =
+        compile(vm, HEADER "s.stream('a'):aggregate{\n"
+                           "  top = s.max(function(r) return r * 2 end),\n"
+                           "  acc = s.reduce(10, function(acc, r) return acc + r end),\n"
+                           "}:to('b')\n");
+    const sl_op_t *op = &dag->ops[1];
+    lua_State *L = vm->L;
+    push_function(vm, op->aggs[1].fn); /* top */
+    lua_pushinteger(L, 21);
+    assert_int_equal(lua_pcall(L, 1, 1, 0), LUA_OK);
+    assert_int_equal(lua_tointeger(L, -1), 42);
+    push_function(vm, op->aggs[0].fn); /* acc */
+    lua_pushinteger(L, 10);
+    lua_pushinteger(L, 5);
+    assert_int_equal(lua_pcall(L, 2, 1, 0), LUA_OK);
+    assert_int_equal(lua_tointeger(L, -1), 15);
+    lua_settop(L, 0);
+    sl_dag_free(dag);
+}
+
+static void test_aggregate_options_are_recorded(void **state)
+{
+    sl_dag_t *dag =
+        compile(*state, HEADER "s.stream('a')\n"
+                               "  :window(s.tumbling('1m'))\n"
+                               "  :aggregate{n = s.count(), emit = 'on_close', "
+                               "retention = '7d', late = 'late.a', store = 'Per-user_1'}\n"
+                               "  :to('b')\n");
+    const sl_op_t *op = &dag->ops[1];
+    assert_int_equal(op->agg_count, 1);
+    assert_int_equal(op->emit, SL_EMIT_ON_CLOSE);
+    assert_int_equal(op->retention, 7 * 86400000LL);
+    assert_string_equal(op->late_topic, "late.a");
+    assert_string_equal(op->store, "Per-user_1");
+    sl_dag_free(dag);
+    dag = compile(*state, HEADER "s.stream('a'):window(s.tumbling('1m')):aggregate{n = s.count(), "
+                                 "emit = 'on_update'}:to('b')\n");
+    assert_int_equal(dag->ops[1].emit, SL_EMIT_ON_UPDATE);
+    assert_int_equal(dag->ops[1].retention, SL_OP_RETENTION_DEFAULT);
+    assert_null(dag->ops[1].late_topic);
+    sl_dag_free(dag);
+}
+
+static void test_retention_is_at_least_what_a_window_stays_open(void **state)
+{
+    sl_dag_t *dag =
+        compile(*state, HEADER "local a = s.stream('a')\n"
+                               "a:window(s.tumbling('2d', {grace = '1h'})):aggregate{n = "
+                               "s.count()}:to('b')\n"
+                               "a:window(s.hopping('1h', '1m', {grace = '5m'})):aggregate{n = "
+                               "s.count(), retention = 0}:to('c')\n"
+                               "a:window(s.session('3d', {grace = 7})):aggregate{n = s.count(), "
+                               "retention = '1d'}:to('d')\n"
+                               "a:window(s.session('1s')):aggregate{n = s.count(), retention = "
+                               "'1h'}:to('e')\n");
+    assert_int_equal(dag->ops[1].retention, 2 * 86400000LL + 3600000);
+    assert_int_equal(dag->ops[3].retention, 3600000 + 300000);
+    assert_int_equal(dag->ops[5].retention, 3 * 86400000LL + 7);
+    assert_int_equal(dag->ops[7].retention, 3600000);
+    sl_dag_free(dag);
+}
+
+static void test_default_store_names_follow_op_ids(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "local a = s.stream('a')\n"
+                                           "a:aggregate{n = s.count()}:to('b')\n"
+                                           "a:window(s.tumbling(10)):aggregate{n = s.count(), "
+                                           "store = 'aggregate1x'}:to('c')\n"
+                                           "a:window(s.tumbling(10)):aggregate{n = s.count()}"
+                                           ":to('d')\n");
+    assert_string_equal(dag->ops[1].store, "aggregate1");
+    assert_string_equal(dag->ops[3].store, "aggregate1x");
+    assert_string_equal(dag->ops[5].store, "aggregate5");
+    sl_dag_free(dag);
+}
+
+static void test_aggregate_results_are_a_stream_like_any_other(void **state)
+{
+    sl_dag_t *dag =
+        compile(*state, HEADER "local w = s.stream('a'):window(s.tumbling('1m'))\n"
+                               "local totals = w:aggregate{n = s.count()}\n"
+                               "local parts = totals:filter(function(r) return true end)\n"
+                               "  :branch{x = function(r) return true end}\n"
+                               "s.merge(parts.x, w:aggregate{m = s.sum('v'), store = 'm'})\n"
+                               "  :key_by('key'):map(function(r) return r end):to('b')\n");
+    assert_int_equal(dag->op_count, 9);
+    expect_op(&dag->ops[1], SL_OP_AGGREGATE, 0, 0, "script.lua:3");
+    expect_op(&dag->ops[2], SL_OP_FILTER, 1, 0, "script.lua:4");
+    expect_op(&dag->ops[4], SL_OP_AGGREGATE, 0, 0, "script.lua:6");
+    assert_int_equal(dag->ops[5].kind, SL_OP_MERGE);
+    assert_int_equal(dag->ops[5].inputs[1].op, 4);
+    sl_dag_free(dag);
+}
+
+static void test_operator_after_window_is_an_error(void **state)
+{
+    expect_error(state,
+                 HEADER "local w = s.stream('a'):window(s.tumbling('1m'))\n\n"
+                        "w:map(function(r) return r end):to('b')\n",
+                 "script.lua:4: 'map' after :window(): a windowed stream has only :aggregate{...}");
+    expect_error(state, HEADER "s.stream('a'):window(s.tumbling('1m')):to('b')\n",
+                 "script.lua:2: 'to' after :window(): a windowed stream has only :aggregate{...}");
+    expect_error(state, HEADER "s.stream('a'):window(s.tumbling('1m')):window(s.tumbling('1m'))\n",
+                 "script.lua:2: 'window' after :window(): a windowed stream has only "
+                 ":aggregate{...}");
+    expect_error(state,
+                 HEADER "local a = s.stream('a')\nlocal w = a:window(s.tumbling(1))\n"
+                        "a.filter(w, function() end):to('b')\n",
+                 "script.lua:4: 'filter' after :window(): a windowed stream has only "
+                 ":aggregate{...}");
+}
+
+static void test_window_never_aggregated_is_an_error(void **state)
+{
+    expect_error(state,
+                 HEADER "local a = s.stream('a')\na:to('b')\n"
+                        "local w = a\n  :window(s.session('1m'))\n",
+                 "script.lua:5: the windowed stream from :window() is never aggregated: follow "
+                 "it with :aggregate{...}");
+}
+
+static void test_window_arguments_are_checked(void **state)
+{
+    expect_error(state, HEADER "s.stream('a'):window('1m'):aggregate{n = s.count()}:to('b')\n",
+                 "script.lua:2: window expects s.tumbling(...), s.hopping(...) or "
+                 "s.session(...), got '1m'");
+    expect_error(state,
+                 HEADER "s.stream('a'):window(s.tumbling('1m'), {grace = '1s'})"
+                        ":aggregate{n = s.count()}:to('b')\n",
+                 "script.lua:2: window takes only the window: its options go in the spec, as in "
+                 "s.tumbling('1m', {grace = '10s'})");
+    expect_error(state,
+                 HEADER "local w = s.stream('a'):window(s.tumbling('1m'))\ns.merge(w):to('b')\n",
+                 "script.lua:3: merge argument 1 is a windowed stream: aggregate it first");
+    expect_error(state, HEADER "s.stream('a'):window(s.count()):aggregate{n = s.count()}\n",
+                 "script.lua:2: window expects s.tumbling(...), s.hopping(...) or "
+                 "s.session(...), got a userdata");
+}
+
+static void test_window_specs_check_their_options(void **state)
+{
+    expect_error(state, HEADER "local w = s.tumbling('1m', {grase = '1s'})\n",
+                 "script.lua:2: unknown option 'grase' for tumbling (expected grace)");
+    expect_error(state, HEADER "local w = s.session('1m', '1s')\n",
+                 "script.lua:2: options for session must be a table, got '1s'");
+    expect_error(state, HEADER "local w = s.tumbling('1m', {}, 3)\n",
+                 "script.lua:2: too many arguments: write s.tumbling(size, {grace = d})");
+    expect_error(state, HEADER "local w = s.hopping('1m', '1s', {grace = -1})\n",
+                 "script.lua:2: option 'grace' for hopping must be 0 to 10000000000000 ms, got -1");
+    expect_error(state, HEADER "local w = s.hopping('1m', '1s', {grace = '1.5s'})\n",
+                 "script.lua:2: option 'grace' for hopping: duration \"1.5s\": fractions are not "
+                 "supported (write 1500ms, not 1.5s) (write an integer and a unit: 500ms, 10s, "
+                 "5m, 1h, 1d; a bare integer is milliseconds)");
+}
+
+static void test_bad_durations_name_the_line(void **state)
+{
+    expect_error(state, HEADER "\nlocal w = s.tumbling('1x')\n",
+                 "script.lua:3: tumbling size: duration \"1x\": unknown unit (write an integer "
+                 "and a unit: 500ms, 10s, 5m, 1h, 1d; a bare integer is milliseconds)");
+    expect_error(state,
+                 HEADER "s.stream('a')\n  :key_by('k')\n  :window(s.hopping('1m',\n '1y'))\n",
+                 "script.lua:4: hopping advance: duration \"1y\": unknown unit (write an integer "
+                 "and a unit: 500ms, 10s, 5m, 1h, 1d; a bare integer is milliseconds)");
+    expect_error(state, HEADER "local w = s.tumbling(true)\n",
+                 "script.lua:2: tumbling size must be a duration such as '500ms', '10s', '1m', "
+                 "'1h', '1d' or an integer of ms, got true");
+    expect_error(state, HEADER "local w = s.tumbling()\n",
+                 "script.lua:2: tumbling size must be a duration such as '500ms', '10s', '1m', "
+                 "'1h', '1d' or an integer of ms, got nil");
+    expect_error(state, HEADER "local w = s.session(1.5)\n",
+                 "script.lua:2: session gap must be a duration such as '500ms', '10s', '1m', "
+                 "'1h', '1d' or an integer of ms, got 1.5");
+    expect_error(state, HEADER "local w = s.session(-5)\n",
+                 "script.lua:2: session gap must be 0 to 10000000000000 ms, got -5");
+    expect_error(state, HEADER "local w = s.session(10000000000001)\n",
+                 "script.lua:2: session gap must be 0 to 10000000000000 ms, got 10000000000001");
+    expect_error(state, HEADER "local w = s.tumbling('10s\\0')\n",
+                 "script.lua:2: tumbling size: a duration cannot hold a NUL byte");
+    expect_error(state,
+                 HEADER "s.stream('a'):window(s.tumbling(1)):aggregate{n = s.count(), retention "
+                        "= '1 d'}:to('b')\n",
+                 "script.lua:2: option 'retention' for aggregate: duration \"1 d\": unknown unit "
+                 "(write an integer and a unit: 500ms, 10s, 5m, 1h, 1d; a bare integer is "
+                 "milliseconds)");
+}
+
+static void test_window_sizes_are_checked(void **state)
+{
+    expect_error(state, HEADER "local w = s.tumbling(0)\n",
+                 "script.lua:2: tumbling size must be at least 1 ms, got 0");
+    expect_error(state, HEADER "local w = s.session('0s')\n",
+                 "script.lua:2: session gap must be at least 1 ms, got 0");
+    expect_error(state, HEADER "local w = s.hopping('1m', 0)\n",
+                 "script.lua:2: hopping advance must be at least 1 ms, got 0");
+    expect_error(state, HEADER "local w = s.hopping('1m', '2m')\n",
+                 "script.lua:2: hopping advance 120000 ms is over the size 60000 ms: times "
+                 "between windows would belong to none");
+    expect_error(state, HEADER "local w = s.hopping(1025, 1)\n",
+                 "script.lua:2: hopping size 1025 ms / advance 1 ms puts each record in 1025 "
+                 "windows (at most 1024)");
+    expect_error(state, HEADER "local w = s.hopping('1m', 58)\n",
+                 "script.lua:2: hopping size 60000 ms / advance 58 ms puts each record in 1035 "
+                 "windows (at most 1024)");
+    sl_dag_t *dag = compile(*state, HEADER "s.stream('a'):window(s.hopping(1024, 1)):aggregate{n "
+                                           "= s.count()}:to('b')\n");
+    assert_int_equal(dag->ops[1].window_advance, 1);
+    sl_dag_free(dag);
+}
+
+static void test_window_options_need_a_window(void **state)
+{
+    expect_error(state,
+                 HEADER "s.stream('a'):aggregate{n = s.count(), emit = 'on_close'}:to('b')\n",
+                 "script.lua:2: emit = 'on_close' needs a window: running totals never close "
+                 "(put :window(...) before :aggregate)");
+    expect_error(state, HEADER "s.stream('a'):aggregate{n = s.count(), retention = '1d'}:to('b')\n",
+                 "script.lua:2: option 'retention' for aggregate needs a window: running totals "
+                 "are kept, not expired");
+    expect_error(state, HEADER "s.stream('a'):aggregate{n = s.count(), late = 'x'}:to('b')\n",
+                 "script.lua:2: option 'late' for aggregate needs a window: without a window no "
+                 "record is late");
+}
+
+static void test_aggregate_options_are_checked(void **state)
+{
+    expect_error(state,
+                 HEADER "s.stream('a'):window(s.tumbling(1)):aggregate{n = s.count(), emit = "
+                        "'always'}:to('b')\n",
+                 "script.lua:2: option 'emit' for aggregate must be one of on_update, on_close, "
+                 "got 'always'");
+    expect_error(state,
+                 HEADER "s.stream('a'):window(s.tumbling(1)):aggregate{n = s.count(), late = "
+                        "'no space'}:to('b')\n",
+                 "script.lua:2: option 'late' for aggregate: topic name 'no space' has ' ': use "
+                 "only letters, digits, '.', '_', '-'");
+    expect_error(state,
+                 HEADER "s.stream('a'):window(s.tumbling(1)):aggregate{n = s.count(), late = "
+                        "4}:to('b')\n",
+                 "script.lua:2: option 'late' for aggregate expects a topic name, got 4");
+    expect_error(state, HEADER "s.stream('a'):aggregate{n = s.count(), store = 'a.b'}:to('b')\n",
+                 "script.lua:2: option 'store' for aggregate must be 1 to 64 letters, digits, "
+                 "'_' or '-', got 'a.b'");
+    expect_error(state, HEADER "s.stream('a'):aggregate{n = s.count(), store = ''}:to('b')\n",
+                 "script.lua:2: option 'store' for aggregate must be 1 to 64 letters, digits, "
+                 "'_' or '-', got ''");
+    expect_error_start(state,
+                       HEADER "s.stream('a'):aggregate{n = s.count(), store = string.rep('x', "
+                              "65)}:to('b')\n",
+                       "script.lua:2: option 'store' for aggregate must be 1 to 64 letters, "
+                       "digits, '_' or '-', got 'xxxxxxxxxx");
+    expect_error(state, HEADER "s.stream('a'):aggregate{emit = s.count(), n = s.count()}:to('b')\n",
+                 "script.lua:2: 'emit' is an option of aggregate, not a member name: rename the "
+                 "member");
+    expect_error(state, HEADER "s.stream('a'):aggregate({n = s.count()}, {store = 'x'}):to('b')\n",
+                 "script.lua:2: aggregate takes one table: its options go in it");
+}
+
+static void test_store_names_are_unique(void **state)
+{
+    expect_error(state,
+                 HEADER "local a = s.stream('a')\n"
+                        "a:aggregate{n = s.count(), store = 'x'}:to('b')\n"
+                        "a:aggregate{n = s.count(), store = 'x'}:to('c')\n",
+                 "script.lua:4: store 'x' is already used by the aggregate at script.lua:3");
+    expect_error(state,
+                 HEADER "local a = s.stream('a')\n"
+                        "a:aggregate{n = s.count()}:to('b')\n"
+                        "a:aggregate{n = s.count(), store = 'aggregate1'}:to('c')\n",
+                 "script.lua:4: store 'aggregate1' is already used by the aggregate at "
+                 "script.lua:3");
+    expect_error(state,
+                 HEADER "local a = s.stream('a')\n"
+                        "a:aggregate{n = s.count(), store = 'aggregate3'}:to('b')\n"
+                        "a:aggregate{n = s.count()}:to('c')\n",
+                 "script.lua:4: store 'aggregate3' (this aggregate's default name) is already "
+                 "used by the aggregate at script.lua:3: give this one store = \"...\"");
+}
+
+static void test_late_topic_read_by_the_pipeline_is_a_cycle(void **state)
+{
+    expect_error(state,
+                 HEADER "s.stream('a'):window(s.tumbling(1)):aggregate{n = s.count(), late = "
+                        "'a'}:to('b')\n",
+                 "script.lua:2: late = 'a' writes a topic this pipeline reads (a cycle)");
+}
+
+static void test_aggregate_members_are_checked(void **state)
+{
+    expect_error(state, HEADER "s.stream('a'):aggregate(s.count()):to('b')\n",
+                 "script.lua:2: aggregate expects a table of name = member, such as {n = "
+                 "s.count()}, got a userdata");
+    expect_error(state, HEADER "s.stream('a'):aggregate{}:to('b')\n",
+                 "script.lua:2: aggregate needs at least one member, such as {n = s.count()}");
+    expect_error(state, HEADER "s.stream('a'):aggregate{emit = 'on_update'}:to('b')\n",
+                 "script.lua:2: aggregate needs at least one member, such as {n = s.count()}");
+    expect_error(state, HEADER "s.stream('a'):aggregate{s.count()}:to('b')\n",
+                 "script.lua:2: aggregate: member names must be strings, got the key 1");
+    expect_error(state, HEADER "s.stream('a'):aggregate{b = s.count(), a = 3, c = 'x'}:to('b')\n",
+                 "script.lua:2: aggregate member 'a' must be s.count(), s.sum(f), s.min(f), "
+                 "s.max(f), s.avg(f), s.last(f), s.distinct(f) or s.reduce(init, fn), got 3");
+    expect_error(state, HEADER "s.stream('a'):aggregate{n = s.count}:to('b')\n",
+                 "script.lua:2: aggregate member 'n' must be s.count(), s.sum(f), s.min(f), "
+                 "s.max(f), s.avg(f), s.last(f), s.distinct(f) or s.reduce(init, fn), got a "
+                 "function");
+    expect_error(state, HEADER "s.stream('a'):aggregate{[''] = s.count()}:to('b')\n",
+                 "script.lua:2: aggregate: member names must be 1 to 255 bytes without NUL, "
+                 "got ''");
+    expect_error(state,
+                 HEADER "local t = {}\nfor i = 1, 65 do t['m' .. i] = s.count() end\n"
+                        "s.stream('a'):aggregate(t):to('b')\n",
+                 "script.lua:4: aggregate has 65 members (at most 64)");
+    expect_error_start(state,
+                       HEADER "s.stream('a'):aggregate{[string.rep('x', 256)] = s.count()}"
+                              ":to('b')\n",
+                       "script.lua:2: aggregate: member names must be 1 to 255 bytes without "
+                       "NUL, got 'xxxxxxxxxx");
+    sl_dag_t *dag = compile(*state, HEADER "s.stream('a'):aggregate{[string.rep('x', 255)] = "
+                                           "s.count()}:to('b')\n");
+    assert_int_equal(strlen(dag->ops[1].aggs[0].name), 255);
+    sl_dag_free(dag);
+}
+
+static void test_member_arguments_are_checked(void **state)
+{
+    expect_error(state, HEADER "local m = s.count('x')\n",
+                 "script.lua:2: count takes no arguments: it counts records");
+    expect_error(state, HEADER "local m = s.sum()\n",
+                 "script.lua:2: sum expects a field name or a function, got nil");
+    expect_error(state, HEADER "local m = s.avg({})\n",
+                 "script.lua:2: avg expects a field name or a function, got a table");
+    expect_error(state, HEADER "local m = s.min('a', 'b')\n",
+                 "script.lua:2: min takes one argument, a field name or a function");
+    expect_error(state, HEADER "local m = s.distinct('')\n",
+                 "script.lua:2: distinct: a field name must be 1 to 255 bytes without NUL, got 0 "
+                 "bytes");
+    expect_error(state, HEADER "local m = s.last('a\\0b')\n",
+                 "script.lua:2: last: a field name must be 1 to 255 bytes without NUL, got 3 "
+                 "bytes");
+    expect_error(state, HEADER "local m = s.reduce(function(acc, r) return acc end)\n",
+                 "script.lua:2: reduce expects a function(acc, r) after the initial value, got "
+                 "nil");
+    expect_error(state, HEADER "local m = s.reduce(nil, function(acc, r) return acc end)\n",
+                 "script.lua:2: reduce needs an initial value: s.reduce(init, function(acc, r) "
+                 "... end) (s.null for null)");
+    expect_error(state, HEADER "local m = s.reduce({f = print}, function(acc, r) return acc end)\n",
+                 "script.lua:2: reduce: the initial value cannot be written as JSON (Cannot "
+                 "serialise function: type not supported)");
+    expect_error(state, HEADER "local m = s.reduce(0, function() end, 1)\n",
+                 "script.lua:2: too many arguments: write s.reduce(init, function(acc, r) ... "
+                 "end)");
+}
+
+static void test_reduce_uses_the_json_module_as_created(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "local json = require('json')\n"
+                                           "json.encode = function() return 'not json' end\n"
+                                           "s.stream('a'):aggregate{r = s.reduce({1}, "
+                                           "function(a) return a end)}:to('b')\n");
+    assert_string_equal(dag->ops[1].aggs[0].init, "[1]");
+    sl_dag_free(dag);
+}
+
+static void test_members_can_be_shared_between_aggregates(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "local total = s.sum(function(r) return 1 end)\n"
+                                           "local a = s.stream('a')\n"
+                                           "a:aggregate{t = total, u = total}:to('b')\n"
+                                           "a:aggregate{t = total, store = 'x'}:to('c')\n");
+    const sl_op_t *x = &dag->ops[1], *y = &dag->ops[3];
+    assert_int_not_equal(x->aggs[0].fn, x->aggs[1].fn); /* each member owns a reference */
+    assert_int_not_equal(x->aggs[0].fn, y->aggs[0].fn);
+    sl_dag_free(dag);
+}
+
+static void test_dsl_values_from_another_compile_are_refused(void **state)
+{
+    expect_error(state,
+                 HEADER "local fake = setmetatable({}, {__metatable = 'sluice.window'})\n"
+                        "s.stream('a'):window(fake):aggregate{n = s.count()}:to('b')\n",
+                 "script.lua:3: window expects s.tumbling(...), s.hopping(...) or "
+                 "s.session(...), got a table");
+}
+
+/* Compiles base with one change and expects a different DAG. */
+static void expect_unequal(sl_vm_t *vm, const sl_dag_t *base, const char *script)
+{
+    sl_dag_t *other = compile(vm, script);
+    if (sl_dag_equal(base, other))
+        fail_msg("equal DAGs for: %s", script);
+    sl_dag_free(other);
+}
+
+#define AGG_SCRIPT(window, members, options)                                                       \
+    HEADER "s.stream('a'):window(" window "):aggregate{" members options "}:to('b')\n"
+
+static void test_dag_equal_compares_windows_and_aggregates(void **state)
+{
+    sl_vm_t *vm = *state, *other;
+    const char *base_script =
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'");
+    sl_dag_t *base = compile(vm, base_script);
+    assert_int_equal(sl_vm_new(NULL, &other), 0);
+    sl_dag_t *same = compile(other, base_script);
+    assert_true(sl_dag_equal(base, same));
+    sl_dag_free(same);
+    sl_vm_free(other);
+    static const char *const changes[] = {
+        AGG_SCRIPT("s.tumbling('1m', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('2m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '20s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 6})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l2'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l', retention = '2d'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l', store = 's'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('w'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum(function() end), r = s.reduce(0, function(a) "
+                   "return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.avg('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), u = s.sum('v'), r = s.reduce(0, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})",
+                   "n = s.count(), t = s.sum('v'), r = s.reduce(1, function(a) return a end)",
+                   ", emit = 'on_close', late = 'l'"),
+        AGG_SCRIPT("s.hopping('1m', '10s', {grace = 5})", "n = s.count(), t = s.sum('v')",
+                   ", emit = 'on_close', late = 'l'"),
+        HEADER "s.stream('a'):aggregate{n = s.count(), t = s.sum('v'), r = s.reduce(0, "
+               "function(a) return a end)}:to('b')\n",
+    };
+    for (size_t i = 0; i < sizeof changes / sizeof *changes; i++)
+        expect_unequal(vm, base, changes[i]);
+    sl_dag_free(base);
+}
+
+static void test_freed_aggregate_dags_release_their_lua_memory(void **state)
+{
+    sl_vm_t *vm = *state;
+    size_t most = 0;
+    for (int i = 0; i < 2000; i++) {
+        sl_dag_free(compile(vm, every_member));
+        if (i == 100)
+            most = 4 * sl_vm_memory(vm);
+    }
+    assert_true(sl_vm_memory(vm) < most);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -379,7 +1063,7 @@ int main(void)
         T(test_unknown_option_reported_is_the_smallest_name),
         T(test_unknown_pipeline_option_is_an_error),
         T(test_bad_on_error_is_an_error),
-        T(test_exactly_once_is_refused_until_state_exists),
+        T(test_processing_mode_is_recorded),
         T(test_pipeline_options_twice_is_an_error),
         T(test_bad_pipeline_name_is_an_error),
         T(test_wrong_option_type_is_an_error),
@@ -403,6 +1087,35 @@ int main(void)
         T(test_same_script_gives_equal_dags_in_every_vm),
         T(test_different_scripts_give_unequal_dags),
         T(test_freed_dags_release_their_lua_memory),
+        T(test_tumbling_window_compiles_to_aggregate_fields),
+        T(test_hopping_and_session_windows_compile_to_their_fields),
+        T(test_durations_are_text_or_integers_of_ms),
+        T(test_aggregate_without_window_keeps_running_totals),
+        T(test_every_member_kind_compiles_sorted_by_name),
+        T(test_kinds_and_limits_equal_the_operators),
+        T(test_reduce_initial_values_are_encoded_as_json),
+        T(test_extractors_and_reducers_are_registered_functions),
+        T(test_aggregate_options_are_recorded),
+        T(test_retention_is_at_least_what_a_window_stays_open),
+        T(test_default_store_names_follow_op_ids),
+        T(test_aggregate_results_are_a_stream_like_any_other),
+        T(test_operator_after_window_is_an_error),
+        T(test_window_never_aggregated_is_an_error),
+        T(test_window_arguments_are_checked),
+        T(test_window_specs_check_their_options),
+        T(test_bad_durations_name_the_line),
+        T(test_window_sizes_are_checked),
+        T(test_window_options_need_a_window),
+        T(test_aggregate_options_are_checked),
+        T(test_store_names_are_unique),
+        T(test_late_topic_read_by_the_pipeline_is_a_cycle),
+        T(test_aggregate_members_are_checked),
+        T(test_member_arguments_are_checked),
+        T(test_reduce_uses_the_json_module_as_created),
+        T(test_members_can_be_shared_between_aggregates),
+        T(test_dsl_values_from_another_compile_are_refused),
+        T(test_dag_equal_compares_windows_and_aggregates),
+        T(test_freed_aggregate_dags_release_their_lua_memory),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
