@@ -19,6 +19,7 @@ import collections
 import itertools
 import json
 import string
+import struct
 import time
 import unittest
 
@@ -63,28 +64,39 @@ s.pipeline{processing = "exactly_once"}
 s.stream("$input", {timestamp = function(r) return r.value.ts end})
   :key_by("user")
   :window(s.tumbling("10s", {grace = "1d"}))
-  :aggregate({n = s.count(), total = s.sum("amount")}, {emit = "on_update"})
+  :aggregate{n = s.count(), total = s.sum("amount"), emit = "on_update"}
   :to("$sink", {create = true})
 """)
 
 _capabilities = {}
 
 
+def probe(what, script):
+    """Submits script on a node of its own: (accepted, the refusal). A node
+    that fails on the way is a failure of the test, not a reason to skip."""
+    node = Node().start()
+    try:
+        r = node.client()
+        r.execute_command("TOPIC", "CREATE", "probe-in", "PARTITIONS", 1)
+        r.close()
+        with node.raw() as c:
+            reply = c.cmd("PIPELINE", "SUBMIT", "probe",
+                          script.substitute(input="probe-in", sink="probe-out", sink_partitions=1))
+        node.stop()
+        return reply == "OK", "" if reply == "OK" else str(reply)
+    except Exception as e:
+        raise AssertionError("probing whether the node takes %s pipelines failed: %r\n"
+                             "node log:\n%s" % (what, e, node.log()))
+    finally:
+        node.cleanup()
+
+
 def capability(what):
     """Whether the node accepts an exactly-once pipeline ("exactly_once")
-    and windowed aggregates in one ("windows"): a node is asked once per
-    run; the reply to refusal is kept as the reason to skip."""
-    if not _capabilities:
-        with Node() as node:
-            r = node.client()
-            r.execute_command("TOPIC", "CREATE", "probe-in", "PARTITIONS", 1)
-            for key, script in (("exactly_once", STATELESS), ("windows", WINDOWED)):
-                with node.raw() as c:
-                    reply = c.cmd("PIPELINE", "SUBMIT", "probe-" + key.replace("_", "-"),
-                                  script.substitute(input="probe-in", sink="probe-" + key,
-                                                    sink_partitions=1))
-                _capabilities[key] = (reply == "OK", "" if reply == "OK" else str(reply))
-            r.close()
+    or windowed aggregates in one ("windows"), and if not why: asked once
+    per run."""
+    if what not in _capabilities:
+        _capabilities[what] = probe(what, {"exactly_once": STATELESS, "windows": WINDOWED}[what])
     return _capabilities[what]
 
 
@@ -266,6 +278,27 @@ class StatelessCrashTest(CrashTestCase):
         self.node.stop()
 
 
+def decode_count_sum(state):
+    """{"n":, "total":} from an aggregate state holding a count and an
+    integer sum, in the encoding of ops/aggregate.h: version 1, member
+    count, 4-byte fingerprint, then per member a kind byte (1 count: uint64;
+    2 sum: tag 0 and int64), little-endian."""
+    if state[0] != 1 or len(state) != 6 + 9 * 2 + 1 or state[1] != 2:
+        raise AssertionError("not a count + sum state: %r" % state)
+    out, at = {}, 6
+    for _ in range(2):
+        kind = state[at]
+        if kind == 1:
+            out["n"] = struct.unpack_from("<Q", state, at + 1)[0]
+            at += 9
+        elif kind == 2 and state[at + 1] == 0:
+            out["total"] = struct.unpack_from("<q", state, at + 2)[0]
+            at += 10
+        else:
+            raise AssertionError("unexpected member kind %d in %r" % (kind, state))
+    return out
+
+
 class WindowedCrashTest(CrashTestCase):
     def reference(self, data):
         """{(user, window start): {"n":, "total":}} over every input record."""
@@ -277,6 +310,38 @@ class WindowedCrashTest(CrashTestCase):
             agg["total"] += v["amount"]
         return out
 
+    def assertWindowsEqual(self, what, got, want):
+        wrong = [(k, got.get(k), want[k]) for k in sorted(want) if got.get(k) != want[k]]
+        unknown = sorted(set(got) - set(want))
+        self.assertEqual((len(wrong), unknown[:5]), (0, []),
+                         "%s: %d of %d windows wrong, e.g. (window, got, reference) %s"
+                         % (what, len(wrong), len(want), wrong[:5]))
+
+    def last_emitted(self, r, sink):
+        """(user, window start) -> the values of the last result written."""
+        last = {}
+        for p, recs in sorted(read_topic(r, sink).items()):
+            for _, _, key, value in recs:
+                v = json.loads(value)
+                self.assertEqual(v["window_end"] - v["window_start"], 10000, v)
+                self.assertEqual(text(key), v["key"], "the record key is the aggregate's key")
+                last[(v["key"], v["window_start"])] = v["values"]
+        return last
+
+    def stored(self, r, changelog):
+        """(user, window start) -> the store's entry, as the newest record
+        per key of its changelog says (a commit writes both together),
+        checking each is in its task's partition."""
+        entries = {}
+        for p, recs in read_topic(r, changelog).items():
+            for _, _, key, value in recs:
+                user = key[:-8].decode()
+                start = struct.unpack(">Q", key[-8:])[0] ^ (1 << 63)
+                self.assertEqual(p, murmur2_partition(user.encode(), INPUT_PARTITIONS),
+                                 "%s: %s's windows in its task's partition" % (changelog, user))
+                entries[(user, start)] = None if value is None else decode_count_sum(value)
+        return {k: v for k, v in entries.items() if v is not None}
+
     def test_sigkill_during_windowed_aggregation_keeps_every_window_exact(self):
         require(self, "windows")
         name = pipeline_name(self)
@@ -284,21 +349,12 @@ class WindowedCrashTest(CrashTestCase):
         data = Input(records_wanted(), seed() + 2)
         script = WINDOWED.substitute(input=t_in, sink=sink)
         self.run_with_kills(name, script, t_in, data, max_delay=0.3)
-        r = self.node.client()
-        last = {}  # (user, window start) -> the last values emitted
-        for p, recs in sorted(read_topic(r, sink).items()):
-            for _, _, key, value in recs:
-                v = json.loads(value)
-                self.assertEqual(v["window_end"] - v["window_start"], 10000, v)
-                self.assertEqual(text(key), v["key"], "the record key is the aggregate's key")
-                last[(v["key"], v["window_start"])] = v["values"]
-        r.close()
         want = self.reference(data)
-        wrong = [(k, last.get(k), want[k]) for k in sorted(want) if last.get(k) != want[k]]
-        unknown = sorted(set(last) - set(want))
-        self.assertEqual((len(wrong), unknown[:5]), (0, []),
-                         "%d of %d windows wrong, e.g. (window, last emitted, reference) %s"
-                         % (len(wrong), len(want), wrong[:5]))
+        r = self.node.client()
+        self.assertWindowsEqual(sink, self.last_emitted(r, sink), want)
+        changelog = "%s.aggregate2.changelog" % name
+        self.assertWindowsEqual(changelog, self.stored(r, changelog), want)
+        r.close()
         self.node.stop()
 
 
