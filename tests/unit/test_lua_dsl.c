@@ -951,13 +951,19 @@ static void test_members_can_be_shared_between_aggregates(void **state)
     sl_dag_free(dag);
 }
 
-static void test_dsl_values_from_another_compile_are_refused(void **state)
+static void test_lookalikes_of_dsl_values_are_refused(void **state)
 {
     expect_error(state,
                  HEADER "local fake = setmetatable({}, {__metatable = 'sluice.window'})\n"
                         "s.stream('a'):window(fake):aggregate{n = s.count()}:to('b')\n",
                  "script.lua:3: window expects s.tumbling(...), s.hopping(...) or "
                  "s.session(...), got a table");
+    expect_error(state,
+                 HEADER "local fake = setmetatable({}, {__metatable = getmetatable(s.count())})\n"
+                        "s.stream('a'):aggregate{n = fake}:to('b')\n",
+                 "script.lua:3: aggregate member 'n' must be s.count(), s.sum(f), s.min(f), "
+                 "s.max(f), s.avg(f), s.last(f), s.distinct(f) or s.reduce(init, fn), got a "
+                 "table");
 }
 
 /* Compiles base with one change and expects a different DAG. */
@@ -1113,7 +1119,7 @@ int main(void)
         T(test_member_arguments_are_checked),
         T(test_reduce_uses_the_json_module_as_created),
         T(test_members_can_be_shared_between_aggregates),
-        T(test_dsl_values_from_another_compile_are_refused),
+        T(test_lookalikes_of_dsl_values_are_refused),
         T(test_dag_equal_compares_windows_and_aggregates),
         T(test_freed_aggregate_dags_release_their_lua_memory),
 #undef T
