@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# window_bench.sh - windowed aggregates on a real node (issue 5, "Benchmark"):
+# throughput of a tumbling 1-minute count + sum + avg by key, exactly once
+# at 100 ms commits, with the key as the record key and with a Lua key
+# function; state restore speed from the changelogs; LMDB size. Prints
+# figures only; asserts nothing but that every run finishes.
+#
+# Usage: bench/window_bench.sh [N]        (N records, default 10000000)
+#
+#   SLUICE_BIN   sluice binary (default build/runtime/sluice; a Release build)
+#   WINDOW_LOAD  the loader (default bench/window_load next to SLUICE_BIN's
+#                build, i.e. $(dirname SLUICE_BIN)/../bench/window_load)
+#   PARTITIONS   partitions of the input topic (default 2)
+#   BENCH_TMP    where the data directories go (default $TMPDIR or /tmp; a
+#                disk, not a tmpfs)
+#   RUN_TIMEOUT  seconds a run may take before the bench gives up (default 1800)
+#   CASES        the runs to make (default "field-1 field-2 lua-1 lua-2":
+#                key kind - workers); the restore follows the last field run
+#   PERF_DIR     if set: perf record -g on the node during each run, into
+#                PERF_DIR/<case>.data, and the top of its report printed
+#
+# Input (bench/window_load.c): N JSON values of 100 bytes,
+# {"user":"u<5 digits>","amount":<1..1000>,"ts":...,"pad":"..."}, 100 K
+# distinct users in random order, event times spread evenly over 10 minutes
+# (so 10 tumbling windows per user), in topic "in" (PARTITIONS partitions).
+#
+# Runs, each on a freshly loaded data directory and a fresh `sluice serve`
+# (free loopback port, --workers W), timed from PIPELINE SUBMIT until the
+# pipeline's committed offsets (PIPELINE DESCRIBE) reach the end of every
+# input partition (and of the repartition topic, when there is one):
+#
+#   field key   records keyed by user (in Kafka's partition for the key):
+#               s.stream("in"):window(s.tumbling("1m"))
+#                 :aggregate{n = s.count(), total = s.sum("amount"), mean = s.avg("amount")}
+#                 :to("out", {create = true})
+#   lua key     records without a key: :key_by(function(r) return r.value.user end)
+#               before the window, so a repartition topic and two stages;
+#               records/s counts each input record once (the whole pipeline)
+#
+# each with --workers 1 and --workers 2. Then, on the data of the last
+# field-key run: the node is stopped, DATA/state deleted, the node started
+# again; it rebuilds the store from its changelog partitions before the
+# pipeline starts ("restoring <store> partition p: ..." log lines), which
+# gives entries/s and MB/s (changelog bytes from TOPIC DESCRIBE). LMDB's
+# size (DATA/state/data.mdb, du) is taken after the run and after the restore.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SLUICE_BIN=${SLUICE_BIN:-$root/build/runtime/sluice}
+WINDOW_LOAD=${WINDOW_LOAD:-$(dirname "$SLUICE_BIN")/../bench/window_load}
+PARTITIONS=${PARTITIONS:-2}
+RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
+PYTHON=${PYTHON:-/usr/bin/python3}
+CASES=${CASES:-field-1 field-2 lua-1 lua-2}
+N=${1:-10000000}
+
+case "$N" in '' | *[!0-9]*) echo "usage: window_bench.sh [N]" >&2; exit 2 ;; esac
+[ -x "$SLUICE_BIN" ] || { echo "window_bench: no sluice binary at $SLUICE_BIN" >&2; exit 2; }
+[ -x "$WINDOW_LOAD" ] || { echo "window_bench: no loader at $WINDOW_LOAD (build bench/)" >&2; exit 2; }
+"$PYTHON" -c 'import redis' 2>/dev/null || { echo "window_bench: $PYTHON has no redis module" >&2; exit 2; }
+if [ -n "${PERF_DIR:-}" ]; then
+    command -v perf >/dev/null || { echo "window_bench: PERF_DIR set but no perf" >&2; exit 2; }
+    mkdir -p "$PERF_DIR"
+fi
+
+work=$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/window-bench.XXXXXX")
+node_pid=""
+perf_pid=""
+cleanup() {
+    [ -n "$perf_pid" ] && kill -INT "$perf_pid" 2>/dev/null && wait "$perf_pid" 2>/dev/null
+    [ -n "$node_pid" ] && kill -TERM "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The driver: submits a pipeline and polls PIPELINE DESCRIBE until its
+# committed offsets reach the input's end (N records in each stage's topic).
+cat >"$work/drive.py" <<'EOF'
+import os, sys, time, redis
+
+port, name, script_file, n, pid, timeout, workers = sys.argv[1:8]
+n, timeout, workers = int(n), float(timeout), int(workers)
+r = redis.Redis(port=int(port))
+script = open(script_file).read()
+
+def cpu():  # the node's user + system CPU seconds so far
+    fields = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0
+
+def threads():  # thread -> (ns on a CPU, ns waiting for one), from schedstat
+    out = {}
+    for tid in os.listdir("/proc/%s/task" % pid):
+        try:
+            run, wait = open("/proc/%s/task/%s/schedstat" % (pid, tid)).read().split()[:2]
+            out[tid] = (int(run), int(wait))
+        except OSError:
+            pass
+    return out
+
+s0, c0, t0 = threads(), cpu(), time.monotonic()
+r.execute_command("PIPELINE", "SUBMIT", name, script)
+stage1 = None
+while True:
+    desc = r.execute_command("PIPELINE", "DESCRIBE", name)
+    d = dict(zip(desc[0::2], desc[1::2]))
+    if d[b"state"] != b"running":
+        sys.exit("pipeline %s: %s: %s" % (name, d[b"state"].decode(), d[b"error"].decode()))
+    committed = {}
+    for topic, part, off, end, lag in d[b"tasks"]:
+        committed[topic] = committed.get(topic, 0) + max(off, 0)
+    now = time.monotonic()
+    if stage1 is None and committed.get(b"in", 0) >= n:
+        stage1 = now - t0
+    if all(v >= n for v in committed.values()):
+        break
+    if now - t0 > timeout:
+        sys.exit("pipeline %s: not done after %.0f s: %s" % (name, timeout, committed))
+    time.sleep(0.02)
+seconds, cpu_s, s1 = now - t0, cpu() - c0, threads()
+# the pipeline's worker threads: the new threads that ran most
+busy = sorted(((s1[t][0] - s0.get(t, (0, 0))[0], s1[t][1] - s0.get(t, (0, 0))[1]) for t in s1
+               if t not in s0), reverse=True)[:workers]
+run = sum(b[0] for b in busy) / 1e9 / max(len(busy), 1)
+wait = sum(b[1] for b in busy) / 1e9 / max(len(busy), 1)
+out = sum(p[2] - p[1] for p in r.execute_command("TOPIC", "DESCRIBE", "out")[5])
+print("%.3f %.3f %.2f %d %.2f %.2f" % (seconds, stage1, cpu_s, out, run, wait))
+EOF
+
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_node DIR WORKERS: a node on DIR, logging to DIR.log; sets node_pid, port.
+start_node() {
+    port=$(free_port)
+    "$SLUICE_BIN" serve --data "$1" --port "$port" --http-port -1 --workers "$2" \
+        </dev/null >/dev/null 2>>"$1.log" &
+    node_pid=$!
+}
+
+# wait_log FILE PATTERN SECONDS: until a line of FILE matches PATTERN.
+wait_log() {
+    local deadline=$((SECONDS + $3))
+    until grep -q "$2" "$1" 2>/dev/null; do
+        kill -0 "$node_pid" 2>/dev/null || { echo "window_bench: the node died:" >&2; tail "$1" >&2; exit 1; }
+        [ "$SECONDS" -lt "$deadline" ] || { echo "window_bench: no '$2' in $1" >&2; exit 1; }
+        sleep 0.02
+    done
+}
+
+stop_node() {
+    kill -TERM "$node_pid" && wait "$node_pid" || true
+    node_pid=""
+}
+
+perf_start() { # CASE
+    [ -n "${PERF_DIR:-}" ] || return 0
+    perf record -g -o "$PERF_DIR/$1.data" -p "$node_pid" >/dev/null 2>&1 &
+    perf_pid=$!
+}
+
+perf_stop() { # CASE
+    [ -n "$perf_pid" ] || return 0
+    kill -INT "$perf_pid" && wait "$perf_pid" || true
+    perf_pid=""
+    echo "  perf report --no-children -i $PERF_DIR/$1.data (top):"
+    perf report -i "$PERF_DIR/$1.data" --no-children --percent-limit 1.5 --stdio -g none \
+        2>/dev/null | grep -E '^ +[0-9]' | head -20 | sed 's/^/   /'
+}
+
+AGGREGATE='window(s.tumbling("1m")):aggregate{n = s.count(), total = s.sum("amount"), mean = s.avg("amount")}'
+script() { # KIND: the pipeline of a case
+    echo 'local s = require("sluice")'
+    echo 's.pipeline{processing = "exactly_once"}'
+    if [ "$1" = field ]; then
+        echo "s.stream(\"in\"):$AGGREGATE:to(\"out\", {create = true})"
+    else
+        echo "s.stream(\"in\"):key_by(function(r) return r.value.user end):$AGGREGATE"
+        echo '  :to("out", {create = true})'
+    fi
+}
+
+load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+
+echo "window_bench: $N records, $PARTITIONS partitions, $(nproc) cores" \
+    "($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), load $(load_avg)"
+echo "window_bench: sluice $SLUICE_BIN, data in $work ($(stat -f -c %T "$work"))"
+echo "window_bench: targets (issue 5): >= 1 M records/s per core with the key as a field name," \
+    "500 K with a Lua key function; restore >= 1 M entries/s"
+echo
+
+results=()
+run_case() { # KIND WORKERS
+    local kind=$1 workers=$2 case="$1-$2" data="$work/$1-$2"
+    local keying=keyed
+    [ "$kind" = lua ] && keying=unkeyed
+    rm -rf "$work"/field-* "$work"/lua-* # the previous run's data
+    "$WINDOW_LOAD" "$data" "$N" "$keying" "$PARTITIONS" | sed 's/^/  /'
+    script "$kind" >"$work/$case.lua"
+    start_node "$data" "$workers"
+    wait_log "$data.log" 'serve: ready' 30
+    perf_start "$case"
+    local out
+    out=$("$PYTHON" "$work/drive.py" "$port" wb "$work/$case.lua" "$N" "$node_pid" "$RUN_TIMEOUT" \
+        "$workers")
+    perf_stop "$case"
+    read -r seconds stage1 cpu results_out run wait <<<"$out"
+    local line
+    line=$(awk -v n="$N" -v s="$seconds" -v w="$workers" -v k="$kind" -v c="$cpu" -v run="$run" \
+        'BEGIN { printf "%-9s %d worker(s): %9.0f records/s, %8.0f per worker; %7.0f per worker " \
+            "cpu-second (node %.0f per cpu-second)", k " key", w, n / s, n / s / w, n / run / w,
+            n / c }')
+    awk -v n="$N" -v s="$seconds" -v s1="$stage1" -v c="$cpu" -v k="$kind" -v o="$results_out" \
+        -v run="$run" -v wait="$wait" -v l="$line" 'BEGIN {
+        printf "%s\n  %d records in %.1f s; node cpu %.1f s; each worker thread %.1f s on a cpu, " \
+            "%.1f s waiting for one (other load), %.1f s blocked (fsync, locks, idle)\n" \
+            "  %d result records out", l, n, s, c, run, wait, s - run - wait, o
+        if (k == "lua") printf "; stage 1 (in -> key_by -> repartition) done at %.1f s", s1
+        printf "\n" }'
+    results+=("$line")
+    if [ "$case" = "$last_field" ]; then
+        restore "$data" "$workers"
+    else
+        stop_node
+    fi
+}
+
+# Stops the node of DATA, deletes DATA/state and times the restore.
+restore() { # DATA WORKERS
+    local data=$1 log="$1.log"
+    local du_run apparent_run
+    du_run=$(du -sb --apparent-size "$data/state/data.mdb" | cut -f1)
+    apparent_run=$du_run
+    du_run=$(($(du -sk "$data/state/data.mdb" | cut -f1) * 1024))
+    local changelog
+    changelog=$(redis-cli -p "$port" TOPIC LIST | grep '^wb\..*\.changelog$' | head -1)
+    # [[partition, start, end, bytes, segments], ...] of the changelog
+    read -r cl_records cl_bytes < <("$PYTHON" -c '
+import sys, redis
+d = redis.Redis(port=int(sys.argv[1])).execute_command("TOPIC", "DESCRIBE", sys.argv[2])
+print(sum(p[2] - p[1] for p in d[5]), sum(p[3] for p in d[5]))' "$port" "$changelog")
+    stop_node
+    rm -rf "$data/state"
+    : >"$log"
+    local t0 t1
+    t0=$(date +%s.%N)
+    start_node "$data" "$2"
+    wait_log "$log" 'pipeline: wb started' 600
+    t1=$(date +%s.%N)
+    # the last progress line of each partition: "... N of M changelog records (E entries, S s)"
+    read -r entries seconds parts < <(grep 'restoring' "$log" |
+        sed -n 's/.*restoring .* partition \([0-9]*\): .* (\([0-9]*\) entries, \([0-9.]*\) s)$/\1 \2 \3/p' |
+        awk '{ e[$1] = $2; s[$1] = $3 } END { for (p in e) { E += e[p]; S += s[p]; n++ }
+              printf "%d %.3f %d\n", E, S, n }')
+    local du_after
+    du_after=$(($(du -sk "$data/state/data.mdb" | cut -f1) * 1024))
+    stop_node
+    local line
+    line=$(awk -v e="$entries" -v s="$seconds" -v p="$parts" -v r="$cl_records" -v b="$cl_bytes" \
+        -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v c="$changelog" 'BEGIN {
+        if (s <= 0) s = 1e-9
+        printf "restore of %s (%d partitions, %d records, %.1f MB): %d entries in %.2f s " \
+            "= %.0f entries/s, %.0f changelog records/s, %.1f MB/s; node start to pipeline " \
+            "started %.2f s", c, p, r, b / 1048576, e, s, e / s, r / s, b / 1048576 / s, w }')
+    echo "$line"
+    results+=("$line")
+    line="LMDB DATA/state/data.mdb: $(mb "$du_run") MB (du) / $(mb "$apparent_run") MB (file size)"
+    line="$line after the run; $(mb "$du_after") MB (du) after the restore"
+    echo "$line"
+    results+=("$line")
+}
+
+for c in $CASES; do
+    case "$c" in
+    field-[1-9] | field-[1-9][0-9]) last_field=$c ;;
+    lua-[1-9] | lua-[1-9][0-9]) ;;
+    *) echo "window_bench: unknown case '$c' (field-W or lua-W)" >&2; exit 2 ;;
+    esac
+done
+for c in $CASES; do
+    run_case "${c%-*}" "${c#*-}"
+done
+
+echo
+echo "summary ($N records, $(nproc) cores, load at the end $(load_avg)):"
+for line in "${results[@]}"; do
+    echo "  $line"
+done
