@@ -280,6 +280,9 @@ static const sl_command_t commands[] = {
     {"QPOP", -2, sl_cmd_qpop, 0, 20},
     {"ACK", -3, sl_cmd_ack, 0, 21},
     {"NACK", -3, sl_cmd_ack, 0, 22},
+    {"GET", 3, sl_cmd_get, 0, 23},
+    {"WINDOWS", 5, sl_cmd_windows, 0, 24},
+    {"SCAN", -3, sl_cmd_scan, 0, 25},
 };
 
 int sl_builtin_command_count(void)

@@ -13,6 +13,7 @@
 
 #include "queries/reply.h"
 #include "queries/resp.h"
+#include "storage/buf.h"
 #include "storage/storage.h"
 
 #include <event2/event.h>
@@ -81,6 +82,36 @@ void sl_server_set_metrics(sl_server_t *s, sl_metrics_fn fn, void *arg);
  * QPUBLISH, QPOP, ACK, NACK) over queues, which must outlive the server.
  * Call once, before the loop runs. Returns 0 or -ENOMEM. */
 int sl_server_set_queues(sl_server_t *s, sl_queues_t *queues);
+
+/*
+ * How GET, WINDOWS and SCAN show a state store's values. A store holds what
+ * its operator wrote (an AGGREGATE's encoded state, ops/aggregate.h), which
+ * only the pipeline owning it can read, so the runtime registers a renderer
+ * (queries knows no pipelines). Per command, on the server's thread:
+ *
+ *   open(arg, store, &view)   store is the full name "<pipeline>.<store>".
+ *       0 and *view; SL_ENOTFOUND if no running pipeline owns the store
+ *       (its values are then replied as stored); -ENOMEM.
+ *   render(view, value, len, window_start, &window_end, out)   appends the
+ *       JSON text of one value (len bytes as stored; window_start is the
+ *       window's for a window store, 0 for a kv store) to out and sets
+ *       *window_end if the window's end is known (it is left alone
+ *       otherwise). 0; SL_ECORRUPT if the value cannot be read (it is then
+ *       replied as stored, out truncated back); -ENOMEM.
+ *   close(view)   after the command's last render.
+ *
+ * Without a renderer every value is replied as stored.
+ */
+typedef struct sl_store_renderer {
+    int (*open)(void *arg, const char *store, void **view);
+    int (*render)(void *view, const void *value, size_t len, int64_t window_start,
+                  int64_t *window_end, sl_buf_t *out);
+    void (*close)(void *view);
+} sl_store_renderer_t;
+
+/* Sets the renderer (r is borrowed and must outlive the server; NULL:
+ * none) and the arg its open() gets. */
+void sl_server_set_store_renderer(sl_server_t *s, const sl_store_renderer_t *r, void *arg);
 
 /* Closes every connection and frees the server. */
 void sl_server_free(sl_server_t *s);

@@ -705,5 +705,12 @@ void sl_server_free(sl_server_t *s)
         sl_free_hold(h);
     }
     sl_groups_free(s->groups);
+    sl_open_stores_free(s->stores);
     sl_free(s);
+}
+
+void sl_server_set_store_renderer(sl_server_t *s, const sl_store_renderer_t *r, void *arg)
+{
+    s->renderer = r;
+    s->renderer_arg = arg;
 }

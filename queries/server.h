@@ -93,6 +93,9 @@ typedef struct sl_server {
     int extra_count;
     sl_metrics_fn extra_metrics;
     void *extra_metrics_arg;
+    struct sl_open_stores *stores;       /* opened by GET, WINDOWS, SCAN (cmd_state.c) */
+    const sl_store_renderer_t *renderer; /* NULL: values as stored */
+    void *renderer_arg;
     int hold_pooled;
 } sl_server_t;
 
@@ -250,6 +253,13 @@ void sl_qstage_conn_closed(sl_conn_t *c);
 
 void sl_qstage_free(sl_server_t *s);
 void sl_qstage_metrics(sl_server_t *s, struct evbuffer *out);
+
+/* State queries (cmd_state.c): GET, WINDOWS and SCAN over the stores in
+ * LMDB, in read transactions that never block commits. */
+int sl_cmd_get(sl_request_t *req);
+int sl_cmd_windows(sl_request_t *req);
+int sl_cmd_scan(sl_request_t *req);
+void sl_open_stores_free(struct sl_open_stores *stores);
 
 /* HTTP endpoint (http.c). */
 int sl_http_start(sl_server_t *s);

@@ -10,6 +10,7 @@
 #include "queries/queries.h"
 #include "runtime/cli.h"
 #include "runtime/pipeline.h"
+#include "runtime/store_views.h"
 #include "storage/state.h"
 
 #include <event2/thread.h>
@@ -254,6 +255,7 @@ static int start_node(node_t *n)
     if ((rc = sl_server_add_command(server, "PIPELINE", -2, sl_pipelines_command, m)))
         return cli_fail("serve", rc);
     sl_server_set_metrics(server, sl_pipelines_metrics, m);
+    sl_server_set_store_renderer(server, &sl_store_views, m); /* GET, WINDOWS, SCAN */
     if (n->run_file && (rc = submit_file(n)))
         return rc;
     sl_report(SL_INFO, "serve", "ready resp=%s:%d http=%s:%d data=%s", n->server_options.bind,

@@ -890,6 +890,13 @@ typedef int (*sl_entry_fn)(void *arg, const void *store_key, size_t key_len, con
  * Returns 0, fn's non-zero return, or an LMDB failure. */
 int sl_store_foreach(sl_store_t *s, MDB_txn *txn, sl_entry_fn fn, void *arg);
 
+/* As sl_store_foreach() from the first entry whose store key is at or
+ * after from[0..from_len) in LMDB's order (from_len 0: the first entry):
+ * a cursor for paging through a store. SL_EINVALID if from_len is over
+ * SL_STORE_KEY_MAX. */
+int sl_store_foreach_from(sl_store_t *s, MDB_txn *txn, const void *from, size_t from_len,
+                          sl_entry_fn fn, void *arg);
+
 /* Calls fn (value NULL) with the store key of up to max windows whose start
  * is before cutoff, oldest first, as of txn: what expiry deletes. Window
  * stores only. Returns as sl_store_foreach(). */

@@ -349,20 +349,29 @@ int sl_store_windows(sl_store_t *s, MDB_txn *txn, const void *key, size_t key_le
     return rc;
 }
 
-int sl_store_foreach(sl_store_t *s, MDB_txn *txn, sl_entry_fn fn, void *arg)
+int sl_store_foreach_from(sl_store_t *s, MDB_txn *txn, const void *from, size_t from_len,
+                          sl_entry_fn fn, void *arg)
 {
     MDB_cursor *cursor;
-    MDB_val k, v;
-    int stop = 0, rc = mdb_cursor_open(txn, s->data, &cursor);
-    if (rc)
+    MDB_val k = {from_len, (void *)from}, v;
+    int stop = 0, rc;
+    if (from_len > SL_STORE_KEY_MAX)
+        return sl_error_set(SL_EINVALID, "store %s: a start key of %zu bytes (at most %d)", s->name,
+                            from_len, SL_STORE_KEY_MAX);
+    if ((rc = mdb_cursor_open(txn, s->data, &cursor)))
         return sl_state_error(rc, "opening a cursor on a store");
-    for (rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == 0 && !stop;
-         rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT))
+    for (rc = mdb_cursor_get(cursor, &k, &v, from_len ? MDB_SET_RANGE : MDB_FIRST);
+         rc == 0 && !stop; rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT))
         stop = fn(arg, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
     mdb_cursor_close(cursor);
     if (stop)
         return stop;
     return rc == MDB_NOTFOUND ? 0 : sl_state_error(rc, "walking a store");
+}
+
+int sl_store_foreach(sl_store_t *s, MDB_txn *txn, sl_entry_fn fn, void *arg)
+{
+    return sl_store_foreach_from(s, txn, NULL, 0, fn, arg);
 }
 
 /* Visits up to max time-index entries with a start before cutoff, passing

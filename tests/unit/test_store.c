@@ -5,7 +5,7 @@
  * cache's windows over LMDB's, expiry through the time index, the full
  * signal and eviction, a failed commit keeping changes, reads from another
  * thread during a commit, checkpoints, opening a store by its full name
- * alone, and allocation failure.
+ * alone, paging through a store, and allocation failure.
  */
 #include "testutil.h"
 
@@ -707,6 +707,81 @@ static void test_open_existing_refuses_unknown_and_bad_names(void **state)
     close_fixture(&f);
 }
 
+/* Appends "key " per entry to a listing; stops after limit entries (the
+ * entry it stops at is not listed) when limit > 0. */
+typedef struct paging {
+    listing_t l;
+    int limit;
+    char next[64];
+} paging_t;
+
+static int page_entry(void *arg, const void *key, size_t len, const void *value, size_t n)
+{
+    paging_t *p = arg;
+    (void)value;
+    (void)n;
+    if (p->limit > 0 && p->l.count == p->limit) {
+        snprintf(p->next, sizeof p->next, "%.*s", (int)len, (const char *)key);
+        return 1;
+    }
+    size_t used = strlen(p->l.text);
+    snprintf(p->l.text + used, sizeof p->l.text - used, "%.*s ", (int)len, (const char *)key);
+    p->l.count++;
+    return 0;
+}
+
+static const char *walk_from(fixture_t *f, const char *from, int limit, char *next)
+{
+    static paging_t p;
+    MDB_txn *txn;
+    memset(&p, 0, sizeof p);
+    p.limit = limit;
+    assert_int_equal(sl_state_begin(f->state, 0, &txn), 0);
+    int rc = sl_store_foreach_from(f->store, txn, from, strlen(from), page_entry, &p);
+    mdb_txn_abort(txn);
+    assert_int_equal(rc, p.next[0] ? 1 : 0);
+    if (next)
+        strcpy(next, p.next);
+    return p.l.text;
+}
+
+/* A walk starts at the first key at or after the start key, in LMDB's
+ * order; pages that restart at the key they stopped at cover every entry
+ * once. */
+static void test_foreach_from_pages_through_a_store(void **state)
+{
+    (void)state;
+    fixture_t f;
+    char next[64], from[64] = "", all[512] = "";
+    uint8_t long_key[SL_STORE_KEY_MAX + 1] = {0};
+    MDB_txn *txn;
+    open_fixture(&f, SL_STORE_KV, 0);
+    const char *keys[] = {"c", "a", "ba", "b", "bab", "d"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        put(&f, keys[i], "v");
+    commit(&f);
+    assert_string_equal(walk_from(&f, "", 0, NULL), "a b ba bab c d ");
+    assert_string_equal(walk_from(&f, "b", 0, NULL), "b ba bab c d ");
+    assert_string_equal(walk_from(&f, "baa", 0, NULL), "bab c d ");
+    assert_string_equal(walk_from(&f, "z", 0, NULL), "");
+    assert_string_equal(walk_from(&f, "b", 2, next), "b ba ");
+    assert_string_equal(next, "bab");
+    int pages = 0;
+    do {
+        strcat(all, walk_from(&f, from, 4, next));
+        strcpy(from, next);
+        pages++;
+    } while (from[0]);
+    assert_string_equal(all, "a b ba bab c d ");
+    assert_int_equal(pages, 2);
+    assert_int_equal(sl_state_begin(f.state, 0, &txn), 0);
+    assert_int_equal(
+        sl_store_foreach_from(f.store, txn, long_key, sizeof long_key, page_entry, &(paging_t){0}),
+        SL_EINVALID);
+    mdb_txn_abort(txn);
+    close_fixture(&f);
+}
+
 /* Every allocation failing in turn: each attempt ends in -ENOMEM (the
  * sanitizer build checks nothing leaks) until enough succeed. */
 static void test_out_of_memory_is_an_error(void **state)
@@ -764,6 +839,7 @@ int main(void)
         cmocka_unit_test(test_open_existing_finds_either_kind_by_full_name),
         cmocka_unit_test(test_open_existing_sees_later_commits),
         cmocka_unit_test(test_open_existing_refuses_unknown_and_bad_names),
+        cmocka_unit_test(test_foreach_from_pages_through_a_store),
         cmocka_unit_test(test_out_of_memory_is_an_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
