@@ -197,7 +197,10 @@ run_case() { # KIND WORKERS
     local keying=keyed
     [ "$kind" = lua ] && keying=unkeyed
     rm -rf "$work"/field-* "$work"/lua-* # the previous run's data
-    "$WINDOW_LOAD" "$data" "$N" "$keying" "$PARTITIONS" | sed 's/^/  /'
+    local loaded
+    loaded=$("$WINDOW_LOAD" "$data" "$N" "$keying" "$PARTITIONS")
+    echo "  $loaded"
+    pairs=$(sed -n 's/.*; \([0-9]*\) distinct .*/\1/p' <<<"$loaded")
     script "$kind" >"$work/$case.lua"
     start_node "$data" "$workers"
     wait_log "$data.log" 'serve: ready' 30
@@ -249,21 +252,21 @@ print(sum(p[2] - p[1] for p in d[5]), sum(p[3] for p in d[5]))' "$port" "$change
     start_node "$data" "$2"
     wait_log "$log" 'pipeline: wb started' 600
     t1=$(date +%s.%N)
-    # the last progress line of each partition: "... N of M changelog records (E entries, S s)"
-    read -r entries seconds parts < <(grep 'restoring' "$log" |
-        sed -n 's/.*restoring .* partition \([0-9]*\): .* (\([0-9]*\) entries, \([0-9.]*\) s)$/\1 \2 \3/p' |
-        awk '{ e[$1] = $2; s[$1] = $3 } END { for (p in e) { E += e[p]; S += s[p]; n++ }
-              printf "%d %.3f %d\n", E, S, n }')
+    # per partition: "restored store S partition P: R records, E entries in T s"
+    read -r entries seconds parts < <(grep 'restored store' "$log" |
+        sed -n 's/.* partition \([0-9]*\): [0-9]* records, \([0-9]*\) entries in \([0-9.]*\) s$/\1 \2 \3/p' |
+        awk '{ E += $2; S += $3; n++ } END { printf "%d %.3f %d\n", E, S, n }')
     local du_after
     du_after=$(($(du -sk "$data/state/data.mdb" | cut -f1) * 1024))
     stop_node
     local line
-    line=$(awk -v e="$entries" -v s="$seconds" -v p="$parts" -v r="$cl_records" -v b="$cl_bytes" \
+    line=$(awk -v e="$entries" -v d="$pairs" -v s="$seconds" -v p="$parts" -v r="$cl_records" -v b="$cl_bytes" \
         -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v c="$changelog" 'BEGIN {
         if (s <= 0) s = 1e-9
-        printf "restore of %s (%d partitions, %d records, %.1f MB): %d entries in %.2f s " \
-            "= %.0f entries/s, %.0f changelog records/s, %.1f MB/s; node start to pipeline " \
-            "started %.2f s", c, p, r, b / 1048576, e, s, e / s, r / s, b / 1048576 / s, w }')
+        printf "restore of %s (%d partitions, %d records, %.1f MB) in %.2f s: %.0f entries/s " \
+            "(%d distinct entries; %d puts, the last change per key per batch), %.0f changelog " \
+            "records/s, %.1f MB/s; node start to pipeline started %.2f s", c, p, r,
+            b / 1048576, s, d / s, d, e, r / s, b / 1048576 / s, w }')
     echo "$line"
     results+=("$line")
     line="LMDB DATA/state/data.mdb: $(mb "$du_run") MB (du) / $(mb "$apparent_run") MB (file size)"
@@ -284,7 +287,8 @@ for c in $CASES; do
 done
 
 echo
-echo "summary ($N records, $(nproc) cores, load at the end $(load_avg)):"
+echo "summary ($N records, $(nproc) cores, load at the end $(load_avg), bench took" \
+    "$((SECONDS / 60)) min $((SECONDS % 60)) s):"
 for line in "${results[@]}"; do
     echo "  $line"
 done

@@ -18,6 +18,9 @@
  *             would put it), so an aggregate can run on the source;
  *             unkeyed: none (a null key), one partition per batch in turn
  *
+ * Also prints the distinct (user, 1-minute window) pairs: the entries a
+ * tumbling 1-minute aggregate's store ends up with.
+ *
  * DIR must not exist (it is created; the log is closed cleanly at the end).
  * "in" has PARTITIONS partitions (default 2) and fsync=never: it is only
  * read by the benchmark. Prints the records, bytes and seconds taken.
@@ -39,6 +42,8 @@
 #define BASE_TS      1700000000000LL
 #define KEY_BYTES    8
 #define VALUE_BUFFER (VALUE_BYTES + 32)
+#define WINDOW_MS    60000
+#define MAX_WINDOWS  (SPAN_MS / WINDOW_MS + 2) /* 1-minute windows the span touches */
 
 typedef struct pending {
     sl_record_t recs[LOAD_BATCH];
@@ -133,6 +138,8 @@ int main(int argc, char **argv)
     pending_t *pending = calloc((size_t)parts, sizeof *pending);
     if (!pending)
         die("allocating", -ENOMEM);
+    static uint8_t seen[USERS][MAX_WINDOWS];
+    uint64_t pairs = 0;
     double t0 = now();
     uint64_t bytes = 0;
     int32_t next = 0; /* unkeyed: the partition of the batch being filled */
@@ -149,6 +156,10 @@ int main(int argc, char **argv)
                                    .key_len = keyed ? (int32_t)strlen(key) : -1,
                                    .value = (const uint8_t *)p->values[k],
                                    .value_len = len};
+        unsigned user = (unsigned)(mix(i) % USERS);
+        int64_t window = p->recs[k].timestamp / WINDOW_MS - BASE_TS / WINDOW_MS;
+        pairs += !seen[user][window];
+        seen[user][window] = 1;
         bytes += (uint64_t)len + (keyed ? strlen(key) : 0);
         if (p->count == LOAD_BATCH) {
             flush(in, part, p);
@@ -162,9 +173,10 @@ int main(int argc, char **argv)
     sl_log_close(log);
     free(pending);
     printf("window_load: %llu %s records (%llu bytes of keys and values) into %s/in, %ld "
-           "partitions, in %.2f s (%.0f records/s)\n",
+           "partitions, in %.2f s (%.0f records/s); %llu distinct (user, 1-minute window) "
+           "pairs\n",
            (unsigned long long)n, argv[3], (unsigned long long)bytes, dir, parts, seconds,
-           (double)n / seconds);
+           (double)n / seconds, (unsigned long long)pairs);
     return 0;
 
 usage:
