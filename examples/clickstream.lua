@@ -2,10 +2,14 @@
 --
 -- Reads click events ({"user":..., "kind":..., "item":..., "price":...}),
 -- keeps the purchases, re-keys them by item, and writes one small record per
--- purchase to `purchases_by_item`; views go to `views`. Bad records (invalid
--- JSON, a missing price) go to the dead-letter topic `clickstream.dlq`.
+-- purchase to `purchases_by_item`; views go to `views`. Per user (the input
+-- key) and minute, it counts purchases and sums their prices into the
+-- windowed aggregate `user_spend`, whose results go to the topic of that
+-- name. Bad records (invalid JSON, a missing price) go to the dead-letter
+-- topic `clickstream.dlq`. Every output, the state and the input offsets
+-- commit together (exactly once).
 local s = require("sluice")
-s.pipeline{name = "clickstream", on_error = "dead_letter"}
+s.pipeline{name = "clickstream", on_error = "dead_letter", processing = "exactly_once"}
 
 local events = s.stream("clicks", {partitions = 4})
 local kinds = events:branch{
@@ -21,3 +25,9 @@ kinds.purchase
   :to("purchases_by_item", {create = true, partitions = 4})
 
 kinds.view:to("views", {create = true, partitions = 4})
+
+kinds.purchase
+  :window(s.tumbling("1m", {grace = "10s"}))
+  :aggregate{purchases = s.count(), spend = s.sum("price"), avg_price = s.avg("price"),
+             store = "user_spend"}
+  :to("user_spend", {create = true, partitions = 4})

@@ -43,6 +43,9 @@ echo "== the bad record is in the dead-letter topic, with the error in its heade
 until [ "$(redis-cli -p "$PORT" FETCH clickstream.dlq 0 0 COUNT 1 | head -1)" = 0 ]; do sleep 0.1; done
 redis-cli -p "$PORT" FETCH clickstream.dlq 0 0 COUNT 1
 
+echo "== per-user spend per minute (the windowed aggregate user_spend): 3 results"
+"$SLUICE" consume user_spend --group dashboard --follow -n 3 --port "$PORT"
+
 echo "== replay: rewind group 'backfill' on views to the start time and read 2"
 "$SLUICE" consume views --group backfill --time "$START" -n 2 --port "$PORT"
 

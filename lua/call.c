@@ -235,3 +235,133 @@ int sl_vm_call_peek(sl_vm_t *vm, const sl_op_t *op, int slot)
     call_t call = {.op = op, .slot = slot};
     return run(vm, &call, peek_body);
 }
+
+/* ---- values for stateful operators ------------------------------------------ */
+
+/* Copies the Lua string at idx into the arena as out's bytes. */
+static void take_bytes(lua_State *L, sl_vm_t *vm, int idx, sl_vm_value_t *out)
+{
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    out->bytes = sl_vm_need(L, sl_arena_copy(&vm->arena, s, len ? len : 1));
+    out->len = len;
+}
+
+/* Classifies the Lua value at idx. */
+static void classify(lua_State *L, sl_vm_t *vm, int idx, sl_vm_value_t *out)
+{
+    lua_Integer integer;
+    memset(out, 0, sizeof *out);
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        out->type = SL_VM_VALUE_NONE;
+        break;
+    case LUA_TLIGHTUSERDATA:
+        out->type = lua_touserdata(L, idx) ? SL_VM_VALUE_OTHER : SL_VM_VALUE_NONE;
+        break;
+    case LUA_TNUMBER:
+        out->type = SL_VM_VALUE_NUMBER;
+        if (lua_isinteger(L, idx)) {
+            out->is_integer = 1;
+            out->integer = lua_tointeger(L, idx);
+        } else if (sl_json_integral(lua_tonumber(L, idx), &integer)) {
+            out->is_integer = 1;
+            out->integer = integer;
+        } else {
+            out->number = lua_tonumber(L, idx);
+        }
+        break;
+    case LUA_TSTRING:
+        out->type = SL_VM_VALUE_STRING;
+        take_bytes(L, vm, idx, out);
+        break;
+    default:
+        out->type = SL_VM_VALUE_OTHER;
+    }
+}
+
+typedef struct value_call {
+    const sl_op_t *op;
+    int slot;
+    int fn;
+    const char *field;
+    sl_vm_value_t *out;
+    const char *acc; /* reduce: the accumulator's JSON text */
+    size_t acc_len;
+    const uint8_t *json; /* reduce: the new accumulator */
+    int32_t json_len;
+} value_call_t;
+
+static int field_body(lua_State *L)
+{
+    value_call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    sl_slot_push(L, vm, call->slot);
+    if (lua_getfield(L, -1, "value") != LUA_TTABLE)
+        lua_pushnil(L);
+    else
+        lua_getfield(L, -1, call->field);
+    classify(L, vm, lua_gettop(L), call->out);
+    return 0;
+}
+
+int sl_vm_field(sl_vm_t *vm, const sl_op_t *op, int slot, const char *field, sl_vm_value_t *out)
+{
+    const sl_slot_t *s = &vm->slots[slot];
+    if (s->kind == SL_SLOT_LOADED && s->doc >= 0 && !s->has_table &&
+        vm->jtoks[vm->docs[s->doc].first].type == SL_JTOK_OBJECT) {
+        int found = sl_lazy_field(vm, s->doc, field, out);
+        if (found >= 0)
+            return 0;
+    }
+    value_call_t call = {.op = op, .slot = slot, .field = field, .out = out};
+    int rc = sl_vm_protect(vm, field_body, &call);
+    return rc ? sl_error_set(rc, "%s (%s): field '%s': %s", sl_op_kind_name(op->kind), op->where,
+                             field, vm->message)
+              : 0;
+}
+
+static int value_body(lua_State *L)
+{
+    value_call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    call_user(L, vm, call->fn, call->slot);
+    classify(L, vm, lua_gettop(L), call->out);
+    return 0;
+}
+
+int sl_vm_call_value(sl_vm_t *vm, const sl_op_t *op, int fn, int slot, sl_vm_value_t *out)
+{
+    value_call_t call = {.op = op, .slot = slot, .fn = fn, .out = out};
+    int rc = sl_vm_protect(vm, value_body, &call);
+    return rc ? sl_error_set(rc, "%s (%s): %s", sl_op_kind_name(op->kind), op->where, vm->message)
+              : 0;
+}
+
+static int reduce_body(lua_State *L)
+{
+    value_call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, call->fn);
+    sl_lazy_push_json(L, vm, call->acc, call->acc_len);
+    sl_slot_push(L, vm, call->slot);
+    sl_vm_budget_reset(vm);
+    lua_call(L, 2, 1);
+    if (lua_isnil(L, -1))
+        sl_vm_raise(L, "the reducer returned nil (return the new accumulated value)");
+    sl_json_write(L, vm, -1, &call->json, &call->json_len);
+    return 0;
+}
+
+int sl_vm_call_reduce(sl_vm_t *vm, const sl_op_t *op, int fn, const char *acc, size_t acc_len,
+                      int slot, const uint8_t **out, int32_t *out_len)
+{
+    value_call_t call = {.op = op, .slot = slot, .fn = fn, .acc = acc, .acc_len = acc_len};
+    int rc = sl_vm_protect(vm, reduce_body, &call);
+    if (rc)
+        return sl_error_set(rc, "%s (%s): reduce: %s", sl_op_kind_name(op->kind), op->where,
+                            vm->message);
+    *out = call.json;
+    *out_len = call.json_len;
+    return 0;
+}

@@ -32,6 +32,8 @@
 
 #include <lua5.4/lauxlib.h>
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -510,4 +512,73 @@ void sl_lazy_push_record(lua_State *L, sl_vm_t *vm, int slot)
     lua_rawseti(L, -2, HANDLE_KEY);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->record_mt_ref);
     lua_setmetatable(L, -2);
+}
+
+/* ---- fields for stateful operators ------------------------------------------- */
+
+int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out)
+{
+    const sl_jtok_t *base = doc_tokens(vm, doc);
+    const char *text = vm->docs[doc].text;
+    size_t len = strlen(name);
+    int found = -1, child = 1;
+    memset(out, 0, sizeof *out);
+    for (int k = 0; k < base[0].size; k++) {
+        const sl_jtok_t *key = &base[child];
+        if (key->escaped)
+            return -1; /* compared after unescaping, in Lua */
+        if ((size_t)(key->end - key->start) == len && memcmp(text + key->start, name, len) == 0)
+            found = child + 1;
+        child = base[child + 1].next;
+    }
+    const sl_jtok_t *t = found < 0 ? NULL : &base[found];
+    if (!t || t->type == SL_JTOK_NULL) {
+        out->type = SL_VM_VALUE_NONE;
+    } else if (t->type == SL_JTOK_STRING) {
+        if (t->escaped)
+            return -1;
+        out->type = SL_VM_VALUE_STRING;
+        out->bytes = text + t->start;
+        out->len = (size_t)(t->end - t->start);
+    } else if (t->type == SL_JTOK_NUMBER) {
+        const char *s = text + t->start;
+        int32_t n = t->end - t->start, i;
+        int negative = s[0] == '-';
+        int64_t v = 0;
+        out->type = SL_VM_VALUE_NUMBER;
+        for (i = negative; n - negative <= 18 && i < n && s[i] >= '0' && s[i] <= '9'; i++)
+            v = v * 10 + (s[i] - '0');
+        if (n - negative <= 18 && i == n) {
+            out->is_integer = 1;
+            out->integer = negative ? -v : v;
+        } else {
+            char small[64];
+            lua_Integer integer;
+            if ((size_t)n >= sizeof small)
+                return -1;
+            memcpy(small, s, (size_t)n);
+            small[n] = '\0';
+            out->number = strtod(small, NULL);
+            if (sl_json_integral(out->number, &integer)) {
+                out->is_integer = 1;
+                out->integer = integer;
+            }
+        }
+    } else {
+        out->type = SL_VM_VALUE_OTHER;
+    }
+    return 0;
+}
+
+void sl_lazy_push_json(lua_State *L, sl_vm_t *vm, const char *text, size_t len)
+{
+    int doc;
+    if (len > INT32_MAX)
+        sl_vm_raise(L, "a JSON text of %zu bytes is too long", len);
+    int rc = sl_json_tokenize(vm, text, (int32_t)len, &doc);
+    if (rc == -ENOMEM)
+        sl_vm_need(L, NULL);
+    if (rc)
+        sl_vm_raise(L, "invalid JSON: %s", sl_error_detail());
+    push_token(L, text, doc_tokens(vm, doc), 0);
 }

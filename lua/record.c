@@ -622,3 +622,13 @@ void sl_record_set_timestamp(lua_State *L, sl_vm_t *vm, int slot, int result)
     set_raw_field(L, lua_gettop(L) - 1, "ts");
     lua_pop(L, 1);
 }
+
+int sl_vm_record_meta(sl_vm_t *vm, int slot, sl_record_t *out)
+{
+    assert(slot >= 0 && slot < vm->slot_count);
+    const sl_slot_t *s = &vm->slots[slot];
+    if (s->kind == SL_SLOT_TABLE)
+        return sl_vm_record_get(vm, slot, out);
+    *out = s->record;
+    return 0;
+}

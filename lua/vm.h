@@ -188,6 +188,13 @@ void sl_lazy_push_found(lua_State *L, sl_vm_t *vm, int doc, int token);
 void sl_lazy_materialize(lua_State *L, sl_vm_t *vm, int idx);
 int sl_lazy_is_record(lua_State *L, sl_vm_t *vm, int idx);
 
+/* lazy.c, for stateful operators: field reads r.value[name] of an object
+ * document straight from its tokens (0), or returns -1 when it takes Lua
+ * (escapes, long numbers); push_json pushes the whole value of a JSON text
+ * (raising on invalid JSON). */
+int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out);
+void sl_lazy_push_json(lua_State *L, sl_vm_t *vm, const char *text, size_t len);
+
 /* record.c, for call.c. sl_slot_push pushes the record table r of a slot
  * (building it on first use). The push_ functions make a new slot from the
  * result of a user function on input_slot: push_result from a map result

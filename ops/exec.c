@@ -9,7 +9,7 @@
  * (TO, KEY_BY) emits the bytes. Depth first keeps one record's work
  * together, so a failure stops only the path it happened on.
  */
-#include "ops/ops.h"
+#include "ops/ops_internal.h"
 
 #include <errno.h>
 #include <string.h>
@@ -26,7 +26,18 @@ struct sl_exec {
     const sl_exec_output_t *out; /* during a batch */
     const sl_record_t *input;    /* the record that entered the stage */
     int stop;                    /* a callback's non-zero value */
+    sl_exec_task_t *task;        /* the state of AGGREGATE ops */
 };
+
+const sl_dag_t *sl_exec_dag(const sl_exec_t *x)
+{
+    return x->dag;
+}
+
+void sl_exec_set_task(sl_exec_t *x, sl_exec_task_t *t)
+{
+    x->task = t;
+}
 
 static int ports(const sl_op_t *op)
 {
@@ -166,7 +177,8 @@ static void run(sl_exec_t *x, int op_id, int slot)
 {
     const sl_op_t *op = &x->dag->ops[op_id];
     sl_vm_t *vm = x->dag->vm;
-    int rc = 0, keep, out, first, count, branch;
+    int rc = 0, keep, out, first, count, branch, late;
+    sl_record_t rec;
     x->stats[op_id].records_in++;
     switch (op->kind) {
     case SL_OP_FILTER:
@@ -200,15 +212,35 @@ static void run(sl_exec_t *x, int op_id, int slot)
     case SL_OP_TO:
         emit(x, op, slot);
         break;
-    case SL_OP_AGGREGATE: /* run by the runtime's aggregator, which comes with its state */
-        rc = sl_error_set(SL_EINVALID, "aggregate (%s): this build cannot run aggregates",
-                          op->where);
+    case SL_OP_AGGREGATE:
+        rc = sl_aggregator_record(x->task, op, vm, slot, &late);
+        if (rc == 0 && late && op->late_topic && (rc = sl_vm_record_get(vm, slot, &rec)) == 0 &&
+            (rc = x->out->emit(x->out->arg, op, &rec)))
+            x->stop = rc, rc = 0;
         break;
     case SL_OP_SOURCE: /* never a successor */
         break;
     }
     if (rc)
         fail(x, op, rc);
+}
+
+int sl_exec_deliver(sl_exec_t *x, int op, const sl_record_t *rec, const sl_exec_output_t *out)
+{
+    sl_vm_origin_t origin = {x->dag->ops[op].store, -1, 1};
+    int slot, rc = sl_vm_record_load(x->dag->vm, rec, &origin, &slot);
+    if (rc)
+        return rc;
+    const sl_exec_output_t *saved = x->out;
+    const sl_record_t *input = x->input;
+    x->out = out;
+    x->input = rec;
+    x->stop = 0;
+    x->stats[op].records_out++;
+    deliver(x, op, 0, slot);
+    x->out = saved;
+    x->input = input;
+    return x->stop;
 }
 
 /* One record into the stage at entry. */

@@ -72,4 +72,49 @@ void sl_exec_reset(sl_exec_t *x);
 /* The counters of op id (NULL if out of range). */
 const sl_op_stats_t *sl_exec_stats(const sl_exec_t *x, int op);
 
+/* ---- stateful ops (AGGREGATE) ---------------------------------------------
+ *
+ * A task (one input partition of a stage) keeps the state of the stage's
+ * AGGREGATE ops in an sl_exec_task_t: a write cache over each op's store,
+ * its watermark, what it owes downstream. The runtime opens the stores,
+ * makes one sl_exec_task_t per task, names it before each batch
+ * (sl_exec_set_task), and around each commit: sl_exec_task_flush (results
+ * through the ops downstream, windows past retention expired), then commits
+ * each op's cache (sl_exec_task_cache) and stream time
+ * (sl_exec_task_stream_time) with the task's outputs and offsets, then
+ * sl_exec_task_committed. Late records (every window closed) are counted,
+ * and emitted through emit() with exit = the AGGREGATE op when it names a
+ * late topic.
+ */
+typedef struct sl_exec_task sl_exec_task_t;
+
+/* State for x's AGGREGATE ops: stores[i] the store of op i (NULL for other
+ * ops), stream_times[i] its committed stream time (SL_WATERMARK_NONE if
+ * none); partition of partitions is the task's input partition (keys of
+ * other partitions in a store belong to other tasks). */
+int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *stream_times,
+                     int32_t partition, int partitions, sl_exec_task_t **out);
+void sl_exec_task_free(sl_exec_task_t *t);
+
+/* The task whose state the following batches use (NULL: none). */
+void sl_exec_set_task(sl_exec_t *x, sl_exec_task_t *t);
+
+/* Emits what t owes downstream, through out; call before committing. */
+int sl_exec_task_flush(sl_exec_t *x, sl_exec_task_t *t, const sl_exec_output_t *out);
+
+/* The cache of AGGREGATE op (NULL for other ops). */
+sl_cache_t *sl_exec_task_cache(sl_exec_task_t *t, int op);
+
+/* The stream time of AGGREGATE op, to commit with the offsets. */
+int64_t sl_exec_task_stream_time(sl_exec_task_t *t, int op);
+
+/* Late records AGGREGATE op has counted in this task. */
+uint64_t sl_exec_task_late(sl_exec_task_t *t, int op);
+
+/* The commit holding the caches' changes is durable. */
+void sl_exec_task_committed(sl_exec_task_t *t);
+
+/* 1 when a cache of t is at its budget: commit before the next batch. */
+int sl_exec_task_full(const sl_exec_task_t *t);
+
 #endif

@@ -40,6 +40,8 @@ static void exit_topic(const pipeline_t *pl, const sl_op_t *op, char *out, size_
 {
     if (op->kind == SL_OP_TO)
         snprintf(out, size, "%s", op->topic);
+    else if (op->kind == SL_OP_AGGREGATE)
+        snprintf(out, size, "%s", op->late_topic ? op->late_topic : "");
     else
         snprintf(out, size, "%s.repartition.%d", pl->name, op->id);
 }
@@ -312,20 +314,81 @@ static void drop_held(worker_t *w)
     w->held_bytes = 0;
 }
 
+/* Runs the results the aggregates of tasks first, first + stride, ... owe
+ * through their downstream ops, into the held outputs. */
+static int flush_states(worker_t *w, int first, int stride)
+{
+    pipeline_t *pl = w->pl;
+    sl_exec_output_t out = {on_emit, on_failed, w};
+    int rc = 0;
+    for (int i = first; rc == 0 && i < pl->task_count; i += stride) {
+        task_t *t = &pl->tasks[i];
+        if (!t->state)
+            continue;
+        w->current = t;
+        w->round_robin++;
+        rc = sl_exec_task_flush(w->exec, t->state, &out);
+        int r = flush_outputs(w);
+        sl_exec_reset(w->exec);
+        if (rc == 0)
+            rc = r;
+    }
+    return rc;
+}
+
+static int states_dirty(const pipeline_t *pl, task_t *t)
+{
+    for (int op = 0; t->state && op < pl->dag->op_count; op++) {
+        sl_cache_t *cache = sl_exec_task_cache(t->state, op);
+        if (cache && sl_cache_dirty_count(cache))
+            return 1;
+    }
+    return 0;
+}
+
+/* A task's caches (to their changelog partitions) and stream times. */
+static int commit_states(worker_t *w, task_t *t)
+{
+    pipeline_t *pl = w->pl;
+    int32_t part = sl_partition_id(t->partition);
+    for (int op = 0; t->state && op < pl->dag->op_count; op++) {
+        sl_cache_t *cache = sl_exec_task_cache(t->state, op);
+        if (!cache)
+            continue;
+        sl_topic_t *topic = sl_log_topic(pl->log, sl_store_changelog_topic(pl->stores[op]));
+        sl_partition_t *changelog = topic ? sl_topic_partition(topic, part) : NULL;
+        if (!changelog)
+            return sl_error_set(SL_ENOTFOUND, "pipeline %s: changelog %s/%d is gone", pl->name,
+                                sl_store_changelog_topic(pl->stores[op]), part);
+        int rc = sl_commit_store(w->committer, cache, changelog);
+        int64_t stream_time = sl_exec_task_stream_time(t->state, op);
+        if (rc == 0 && stream_time != INT64_MIN && stream_time >= 0)
+            rc = sl_commit_offset(w->committer, pl->time_group, sl_store_name(pl->stores[op]), part,
+                                  stream_time);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* Exactly-once (DESIGN.md section 7): the held outputs and the input
  * offsets of tasks first, first + stride, ... in one commit; readers see
  * the outputs once it is durable. */
 static int commit_exactly_once(worker_t *w, int first, int stride)
 {
     pipeline_t *pl = w->pl;
-    int any = w->held_count > 0;
+    int rc = flush_states(w, first, stride), any = w->held_count > 0;
     for (int i = first; !any && i < pl->task_count; i += stride)
-        any = pl->tasks[i].uncommitted >= 0;
-    if (!any)
-        return 0;
-    int rc = sl_commit_begin(w->committer);
+        any = pl->tasks[i].uncommitted >= 0 || states_dirty(pl, &pl->tasks[i]);
+    if (rc || !any)
+        return rc;
+    rc = sl_commit_begin(w->committer);
     for (int i = 0; rc == 0 && i < w->held_count; i++)
         rc = append_held(w->committer, &w->held[i]);
+    for (int i = first; rc == 0 && i < pl->task_count; i += stride)
+        rc = commit_states(w, &pl->tasks[i]);
+    if (rc == 0)
+        rc = offsets_log_append(pl, w->committer, first, stride);
     for (int i = first; rc == 0 && i < pl->task_count; i += stride) {
         task_t *t = &pl->tasks[i];
         if (t->uncommitted >= 0)
@@ -339,8 +402,11 @@ static int commit_exactly_once(worker_t *w, int first, int stride)
     if ((rc = sl_commit_end(w->committer)))
         return sl_error_set(rc, "pipeline %s: commit failed: %s", pl->name, sl_error_detail());
     drop_held(w);
-    for (int i = first; i < pl->task_count; i += stride)
+    for (int i = first; i < pl->task_count; i += stride) {
         pl->tasks[i].uncommitted = -1;
+        if (pl->tasks[i].state)
+            sl_exec_task_committed(pl->tasks[i].state);
+    }
     return 0;
 }
 
@@ -391,6 +457,7 @@ static int step(worker_t *w, task_t *t)
     sl_exec_output_t out = {on_emit, on_failed, w};
     w->current = t;
     w->round_robin++;
+    sl_exec_set_task(w->exec, t->state);
     int stopped = sl_exec_batch(w->exec, t->entry, &origin, recs, b->count, &out, &done);
     rc = flush_outputs(w);
     sl_exec_reset(w->exec);
@@ -399,7 +466,7 @@ static int step(worker_t *w, task_t *t)
         t->uncommitted = t->position;
     }
     if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= COMMIT_MS ||
-                    w->held_bytes >= HELD_BYTES_MAX))
+                    w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(t->state)))
         rc = commit(w, w->index, w->pl->worker_count);
     if (rc == 0 && stopped)
         rc = stopped;
@@ -537,17 +604,31 @@ static int check_sources(pipeline_t *pl, int32_t *widest)
     return 0;
 }
 
-/* Exactly-once outputs go to transactional topics only: a topic producers
- * write cannot also take a pipeline's commits. */
+/* A pipeline writes topics of its own kind only: exactly-once ones
+ * transactional topics (producers' topics cannot take its commits),
+ * at-least-once ones ordinary topics (its appends would stay invisible past
+ * a transactional topic's committed end). */
 static int check_output(pipeline_t *pl, const sl_op_t *op)
 {
     char name[SL_TOPIC_NAME_MAX + 64];
-    if (op->kind != SL_OP_TO && op->kind != SL_OP_KEY_BY)
+    if (op->kind == SL_OP_AGGREGATE && !pl->exactly_once)
+        return sl_error_set(SL_EINVALID,
+                            "%s: aggregates keep state, which needs processing = "
+                            "\"exactly_once\"",
+                            op->where);
+    if (op->kind != SL_OP_TO && op->kind != SL_OP_KEY_BY &&
+        !(op->kind == SL_OP_AGGREGATE && op->late_topic))
         return 0;
     exit_topic(pl, op, name, sizeof name);
     sl_topic_t *t = sl_log_topic(pl->log, name);
-    if (!t || sl_topic_config(t)->transactional)
+    if (!t || !sl_topic_config(t)->transactional == !pl->exactly_once)
         return 0;
+    if (!pl->exactly_once)
+        return sl_error_set(SL_EINVALID,
+                            "%s: topic '%s' is transactional (written by an exactly-once "
+                            "pipeline's commits), so an at-least-once pipeline cannot write it: "
+                            "set processing = \"exactly_once\" or write another topic",
+                            op->where, name);
     return sl_error_set(SL_EINVALID,
                         "%s: topic '%s' is not transactional, so an exactly-once pipeline cannot "
                         "write it (producers may): let the pipeline create it ({create = true} on "
@@ -562,6 +643,8 @@ static int prepare_topics(pipeline_t *pl, int32_t widest)
 {
     char name[SL_TOPIC_NAME_MAX + 64];
     int rc = 0;
+    for (int i = 0; rc == 0 && i < pl->dag->op_count; i++) /* before creating anything */
+        rc = check_output(pl, &pl->dag->ops[i]);
     for (int i = 0; rc == 0 && i < pl->dag->op_count; i++) {
         const sl_op_t *op = &pl->dag->ops[i];
         if (op->kind == SL_OP_TO && !sl_log_topic(pl->log, op->topic) && !op->create)
@@ -579,8 +662,6 @@ static int prepare_topics(pipeline_t *pl, int32_t widest)
     snprintf(name, sizeof name, "%s.dlq", pl->name);
     if (rc == 0 && pl->dag->on_error == SL_ON_ERROR_DEAD_LETTER)
         rc = ensure_topic(pl, name, 1, 1);
-    for (int i = 0; rc == 0 && pl->exactly_once && i < pl->dag->op_count; i++)
-        rc = check_output(pl, &pl->dag->ops[i]);
     return rc;
 }
 
@@ -596,6 +677,8 @@ static int add_task(pipeline_t *pl, int entry, sl_topic_t *t, int32_t i, int jso
     sl_partition_ref(task->partition);
     pl->task_count++;
     int rc = sl_offsets_get(pl->state, pl->group, task->topic, i, &committed);
+    if (rc == SL_ENOTFOUND) /* the state was lost? the offsets topic knows */
+        rc = offsets_log_get(pl, "in", task->topic, i, &committed);
     if (rc == SL_ENOTFOUND)
         committed = sl_partition_start_offset(task->partition);
     else if (rc)
@@ -707,6 +790,84 @@ static int compile_more(pipeline_t *pl, int max_workers)
     return 0;
 }
 
+/* ---- state ------------------------------------------------------------------- */
+
+static void report_restore(void *arg, const sl_restore_progress_t *p)
+{
+    (void)arg;
+    sl_report(SL_INFO, "pipeline",
+              "restoring %s partition %d: %lld of %lld changelog records (%lld entries, %.1f s)",
+              p->store, (int)p->partition, (long long)(p->position - p->from),
+              (long long)(p->to - p->from), (long long)p->entries, p->seconds);
+}
+
+/* Opens the store of AGGREGATE op and makes its changelog topic. */
+static int open_store(pipeline_t *pl, const sl_op_t *op, int32_t widest)
+{
+    sl_topic_config_t cfg;
+    int rc = sl_store_open(pl->state, pl->name, op->store,
+                           op->window_kind ? SL_STORE_WINDOW : SL_STORE_KV, &pl->stores[op->id]);
+    const char *changelog = rc ? NULL : sl_store_changelog_topic(pl->stores[op->id]);
+    if (rc == 0 && !sl_log_topic(pl->log, changelog)) {
+        sl_changelog_topic_config(&cfg, widest, pl->name);
+        rc = sl_log_create_topic(pl->log, changelog, &cfg, NULL);
+        rc = rc == SL_EEXISTS ? 0 : rc;
+    }
+    if (rc == 0 && op->late_topic)
+        rc = ensure_topic(pl, op->late_topic, 1, 1);
+    return rc;
+}
+
+/* Restores what a task's stores miss from their changelogs, then makes its
+ * state (on the worker that runs it). */
+static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
+{
+    int32_t part = sl_partition_id(t->partition);
+    int64_t *times = sl_calloc((size_t)pl->dag->op_count, sizeof *times);
+    int rc = times ? 0 : -ENOMEM;
+    for (int op = 0; rc == 0 && op < pl->dag->op_count; op++) {
+        int64_t from;
+        times[op] = INT64_MIN;
+        if (!pl->stores[op])
+            continue;
+        sl_topic_t *topic = sl_log_topic(pl->log, sl_store_changelog_topic(pl->stores[op]));
+        sl_partition_t *changelog = topic ? sl_topic_partition(topic, part) : NULL;
+        sl_restore_options_t opts = {.progress = report_restore};
+        if (changelog && (rc = sl_store_restore_needed(pl->stores[op], changelog, &from)) == 1)
+            rc = sl_store_restore(pl->stores[op], changelog, &opts, NULL);
+        int r = rc ? rc
+                   : sl_offsets_get(pl->state, pl->time_group, sl_store_name(pl->stores[op]), part,
+                                    &times[op]);
+        if (r == SL_ENOTFOUND)
+            r = offsets_log_get(pl, "time", sl_store_name(pl->stores[op]), part, &times[op]);
+        rc = r == SL_ENOTFOUND ? 0 : r;
+    }
+    t->worker = (int)(t - pl->tasks) % pl->worker_count;
+    if (rc == 0)
+        rc = sl_exec_task_new(pl->workers[t->worker].exec, pl->stores, times, part, widest,
+                              &t->state);
+    sl_free(times);
+    return rc;
+}
+
+static int prepare_state(pipeline_t *pl, int32_t widest)
+{
+    int any = 0, rc = 0;
+    for (int i = 0; i < pl->dag->op_count; i++)
+        any |= pl->dag->ops[i].kind == SL_OP_AGGREGATE;
+    if (!any)
+        return 0;
+    snprintf(pl->time_group, sizeof pl->time_group, "pipeline.%s.stream-time", pl->name);
+    if (!(pl->stores = sl_calloc((size_t)pl->dag->op_count, sizeof *pl->stores)))
+        return -ENOMEM;
+    for (int i = 0; rc == 0 && i < pl->dag->op_count; i++)
+        if (pl->dag->ops[i].kind == SL_OP_AGGREGATE)
+            rc = open_store(pl, &pl->dag->ops[i], widest);
+    for (int i = 0; rc == 0 && i < pl->task_count; i++)
+        rc = open_task_state(pl, &pl->tasks[i], widest);
+    return rc;
+}
+
 int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, size_t len,
                      pipeline_t **out)
 {
@@ -729,8 +890,9 @@ int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, si
         rc = compile(pl, m->workers);
     }
     if (rc == 0 && (rc = check_sources(pl, &widest)) == 0 &&
-        (rc = prepare_topics(pl, widest)) == 0 && (rc = build_tasks(pl)) == 0)
-        rc = compile_more(pl, m->workers);
+        (rc = prepare_topics(pl, widest)) == 0 && (rc = offsets_log_open(pl)) == 0 &&
+        (rc = build_tasks(pl)) == 0 && (rc = compile_more(pl, m->workers)) == 0)
+        rc = prepare_state(pl, widest);
     if (rc) {
         pipeline_free(pl);
         return rc;
@@ -784,8 +946,13 @@ void pipeline_free(pipeline_t *pl)
         sl_reader_close(pl->tasks[i].reader);
         sl_partition_unref(pl->tasks[i].partition);
         sl_free(pl->tasks[i].topic);
+        sl_exec_task_free(pl->tasks[i].state);
     }
     sl_free(pl->tasks);
+    for (int i = 0; pl->stores && i < pl->dag->op_count; i++)
+        sl_store_close(pl->stores[i]);
+    sl_free(pl->stores);
+    offsets_log_free(pl);
     for (int i = 0; pl->workers && i < pl->worker_count; i++)
         worker_free(&pl->workers[i]);
     sl_free(pl->workers);

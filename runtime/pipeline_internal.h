@@ -19,6 +19,8 @@ typedef struct task {
     int64_t uncommitted;       /* processed up to here, not yet committed; -1: none */
     sl_reader_t *reader;
     int json;
+    sl_exec_task_t *state; /* its AGGREGATE ops' state; NULL without any */
+    int worker;            /* the worker whose exec made state */
 } task_t;
 
 /* Records of one batch bound for one partition. */
@@ -50,6 +52,12 @@ typedef struct dead_letter {
 } dead_letter_t;
 
 struct pipeline;
+
+/* A position from the pipeline's offsets topic (offsets_log.c). */
+typedef struct logged {
+    char *key;
+    int64_t value;
+} logged_t;
 
 /* A worker: one thread with its own VM, running its share of a
  * pipeline's tasks (task i belongs to worker i % workers). */
@@ -92,8 +100,12 @@ typedef struct pipeline {
     sl_exec_t *exec; /* workers[0].exec */
     task_t *tasks;
     int task_count;
-    char group[160];  /* the consumer group holding its offsets */
-    int exactly_once; /* outputs and offsets commit together (section 7) */
+    char group[160];      /* the consumer group holding its offsets */
+    int exactly_once;     /* outputs and offsets commit together (section 7) */
+    sl_store_t **stores;  /* per op id: an AGGREGATE's store, else NULL */
+    char time_group[192]; /* the group holding the aggregates' stream times */
+    logged_t *logged;     /* the offsets topic's newest positions, read at start */
+    int logged_count, logged_cap;
     atomic_int stop;
     atomic_int draining; /* replaced: finish the repartitioned records, then end */
     atomic_int failed_flag;
@@ -125,5 +137,15 @@ void pipeline_free(pipeline_t *pl); /* stops the thread first */
  * (so no record that entered it is left behind). */
 void pipeline_drain_and_free(pipeline_t *pl);
 int pipeline_failed(pipeline_t *pl, char *error, size_t size);
+
+/* offsets_log.c: the positions an exactly-once pipeline also logs in its
+ * topic "<name>.offsets". open creates it or reads its newest values; get
+ * finds one ("in", topic) or ("time", store); append adds the positions of
+ * tasks first, first + stride, ... to commit c. */
+int offsets_log_open(pipeline_t *pl);
+int offsets_log_get(const pipeline_t *pl, const char *kind, const char *name, int32_t partition,
+                    int64_t *value);
+int offsets_log_append(pipeline_t *pl, sl_commit_t *c, int first, int stride);
+void offsets_log_free(pipeline_t *pl);
 
 #endif

@@ -161,6 +161,22 @@ class TransactionalTopicTest(NodeTestCase):
                          sum(1 for _, v in data.records if v["kind"] != "view"))
 
 
+    def test_at_least_once_pipeline_refuses_a_transactional_topic_and_creates_nothing(self):
+        t_in = self.new_topic(INPUT_PARTITIONS)
+        sink = self.new_topic(SINK_PARTITIONS, "TRANSACTIONAL")
+        name = pipeline_name(self)
+        script = STATELESS.substitute(input=t_in, sink=sink, sink_partitions=SINK_PARTITIONS)
+        script = script.replace('"exactly_once"', '"at_least_once"')
+        before = set(self.r.execute_command("TOPIC", "LIST"))
+        with self.node.raw() as c:
+            reply = c.cmd("PIPELINE", "SUBMIT", name, script)
+            self.assertIsInstance(reply, Error, reply)
+            self.assertIn("'%s' is transactional" % sink, reply)
+            self.assertIn('processing = "exactly_once"', reply)
+        # refused before anything was created (no repartition topic left behind)
+        self.assertEqual(set(self.r.execute_command("TOPIC", "LIST")), before)
+
+
 # ---- the crash harness ------------------------------------------------------------------
 
 

@@ -1,0 +1,666 @@
+/*
+ * aggregator.c - the AGGREGATE operator: per-task state, windows, results.
+ *
+ * One task runs every record of its partition through the pipeline's
+ * AGGREGATE ops in order. For each op the task keeps (agg_t):
+ *
+ *   cache      the write cache over the op's store (kv without a window,
+ *              window store with one); its changes reach LMDB and the
+ *              changelog at the runtime's commit
+ *   watermark  stream time (the largest event time seen) - grace; the
+ *              runtime commits the stream time with the input offsets, so a
+ *              restarted task judges lateness as the one before it did
+ *   changed    (key, window) pairs updated since the last flush, for
+ *              emit = "on_update"
+ *   closer     the open windows in close order, for emit = "on_close";
+ *              rebuilt from the store when the task starts
+ *
+ * Per record: the key (a record without one is an error: aggregate a keyed
+ * stream), the event time (ts), each member's input (a field read from the
+ * tokens, or a Lua function), then for each window the record falls in that
+ * is still open: read the state (cache, then LMDB), fold the record in,
+ * write it back. A record whose windows are all closed is late: counted,
+ * and sent to the late topic when the script names one.
+ *
+ * sl_exec_task_flush, which the runtime calls before each commit, turns
+ * what is owed into result records and runs them through the op's
+ * downstream ops: the changed windows (on_update) or the windows the
+ * watermark closed (on_close); then it expires windows past retention.
+ * Results: key = the key, value = {"key": k, "window_start": s,
+ * "window_end": e, "values": {...}} ("window_*" only with a window).
+ */
+#include "ops/aggregate.h"
+#include "ops/ops_internal.h"
+#include "ops/window.h"
+#include "storage/buf.h"
+#include "storage/state.h"
+
+#include <stdio.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EXPIRE_BATCH 10000 /* windows expired per flush, at most */
+
+static uint64_t be64_get(const void *p)
+{
+    const uint8_t *b = p;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static void be64_put(uint8_t *b, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        b[i] = (uint8_t)v;
+}
+
+typedef struct changed {
+    size_t at, len; /* the key in keys */
+    int64_t start;
+} changed_t;
+
+typedef struct agg {
+    const sl_op_t *op;
+    sl_cache_t *cache;
+    sl_aggset_t *set;
+    sl_aggstate_t *state;
+    sl_window_spec_t spec;
+    int windowed;         /* a window store: tumbling, hopping or session */
+    int session;          /* session windows: values are be64(last) + the state */
+    sl_aggstate_t *other; /* sessions: a merged session's state */
+    sl_session_t *sessions;
+    size_t session_count, session_cap;
+    sl_watermark_t wm;
+    sl_window_closer_t *closer;
+    changed_t *changed;
+    size_t changed_count, changed_cap;
+    sl_buf_t keys;
+    uint8_t *scratch;
+    size_t scratch_cap;
+    sl_agg_input_t *inputs;
+    uint64_t late;
+    int full; /* the cache said "commit now" */
+} agg_t;
+
+struct sl_exec_task {
+    agg_t *aggs;
+    int count;
+    int32_t partition;
+    int partitions;
+};
+
+/* By id: during a replace, one worker runs tasks another worker made, and
+ * user functions must then come from the running worker's op. */
+static agg_t *agg_of(sl_exec_task_t *t, const sl_op_t *op)
+{
+    for (int i = 0; t && i < t->count; i++)
+        if (t->aggs[i].op->id == op->id)
+            return &t->aggs[i];
+    return NULL;
+}
+
+/* ---- setup ------------------------------------------------------------------- */
+
+static int make_set(const sl_op_t *op, sl_aggset_t **out)
+{
+    char source[SL_AGG_SOURCE_MAX + 1];
+    int rc = sl_aggset_new(out);
+    for (int i = 0; rc == 0 && i < op->agg_count; i++) {
+        const sl_agg_spec_t *m = &op->aggs[i];
+        if (m->field)
+            snprintf(source, sizeof source, "%s", m->field);
+        else if (m->kind == SL_OP_AGG_COUNT)
+            source[0] = '\0';
+        else
+            snprintf(source, sizeof source, "function %s", m->name);
+        int index = sl_aggset_add(*out, m->name, (sl_agg_kind_t)m->kind, source[0] ? source : NULL);
+        rc = index < 0 ? index : 0;
+    }
+    return rc;
+}
+
+static int make_spec(const sl_op_t *op, agg_t *a)
+{
+    switch (op->window_kind) {
+    case SL_OP_WINDOW_NONE:
+        sl_watermark_init(&a->wm, 0);
+        return 0;
+    case SL_OP_WINDOW_TUMBLING:
+        a->windowed = 1;
+        return sl_window_tumbling(op->window_size, op->window_grace, &a->spec);
+    case SL_OP_WINDOW_HOPPING:
+        a->windowed = 1;
+        return sl_window_hopping(op->window_size, op->window_advance, op->window_grace, &a->spec);
+    default:
+        a->windowed = a->session = 1;
+        return sl_window_session(op->window_gap, op->window_grace, &a->spec);
+    }
+}
+
+typedef struct rebuild {
+    agg_t *a;
+    sl_exec_task_t *t;
+    int rc;
+} rebuild_t;
+
+/* Puts a stored window of this task, still open at the committed
+ * watermark, back into the close queue (on_close results not yet owed). */
+static int rebuild_one(void *arg, const void *store_key, size_t len, const void *value,
+                       size_t value_len)
+{
+    rebuild_t *r = arg;
+    size_t key_len;
+    int64_t start;
+    (void)value, (void)value_len;
+    if (sl_store_window_split(store_key, len, &key_len, &start))
+        return 0;
+    if (r->t->partitions > 0 &&
+        sl_partition_for_key(store_key, key_len, r->t->partitions) != r->t->partition)
+        return 0;
+    int64_t close = start + r->a->spec.size;
+    if (r->a->session) {
+        if (value_len < 8)
+            return 0;
+        sl_session_t session = {start, (int64_t)be64_get(value)};
+        close = sl_session_close_time(&r->a->spec, &session);
+    }
+    if (sl_window_is_closed(close, sl_watermark_get(&r->a->wm)))
+        return 0;
+    r->rc = sl_window_closer_add(r->a->closer, store_key, key_len, start, close);
+    return r->rc ? 1 : 0;
+}
+
+static int rebuild_closer(sl_exec_task_t *t, agg_t *a)
+{
+    MDB_txn *txn;
+    sl_store_t *store = sl_cache_store(a->cache);
+    rebuild_t r = {a, t, 0};
+    int rc = sl_state_begin(sl_store_state(store), 0, &txn);
+    if (rc)
+        return rc;
+    rc = sl_store_foreach(store, txn, rebuild_one, &r);
+    mdb_txn_abort(txn);
+    return r.rc ? r.rc : rc < 0 ? rc : 0;
+}
+
+static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *store,
+                    int64_t stream_time)
+{
+    a->op = op;
+    int rc = make_set(op, &a->set);
+    if (rc == 0)
+        rc = sl_aggstate_new(a->set, &a->state);
+    if (rc == 0)
+        rc = sl_aggstate_new(a->set, &a->other);
+    if (rc == 0)
+        rc = make_spec(op, a);
+    if (rc == 0 && a->windowed)
+        sl_watermark_init(&a->wm, a->spec.grace);
+    sl_watermark_restore(&a->wm, stream_time);
+    if (rc == 0)
+        rc = sl_cache_new(store, 0, &a->cache);
+    if (rc == 0 && !(a->inputs = sl_calloc((size_t)op->agg_count, sizeof *a->inputs)))
+        rc = -ENOMEM;
+    if (rc == 0 && a->windowed && op->emit == SL_EMIT_ON_CLOSE) {
+        rc = sl_window_closer_new(&a->closer);
+        if (rc == 0)
+            rc = rebuild_closer(t, a);
+    }
+    return rc;
+}
+
+static void agg_free(agg_t *a)
+{
+    sl_cache_free(a->cache);
+    sl_aggstate_free(a->state);
+    sl_aggset_free(a->set);
+    sl_window_closer_free(a->closer);
+    sl_aggstate_free(a->other);
+    sl_free(a->sessions);
+    sl_free(a->changed);
+    sl_buf_free(&a->keys);
+    sl_free(a->scratch);
+    sl_free(a->inputs);
+}
+
+int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *stream_times,
+                     int32_t partition, int partitions, sl_exec_task_t **out)
+{
+    const sl_dag_t *dag = sl_exec_dag(x);
+    sl_exec_task_t *t = sl_calloc(1, sizeof *t);
+    int rc = t ? 0 : -ENOMEM;
+    for (int i = 0; rc == 0 && i < dag->op_count; i++)
+        t->count += dag->ops[i].kind == SL_OP_AGGREGATE;
+    if (rc == 0 && t->count && !(t->aggs = sl_calloc((size_t)t->count, sizeof *t->aggs)))
+        rc = -ENOMEM;
+    if (t) {
+        t->partition = partition;
+        t->partitions = partitions;
+        t->count = 0;
+    }
+    for (int i = 0; rc == 0 && i < dag->op_count; i++) {
+        if (dag->ops[i].kind != SL_OP_AGGREGATE)
+            continue;
+        if (!stores[i])
+            rc = sl_error_set(SL_EINVALID, "aggregate (%s): no store", dag->ops[i].where);
+        else
+            rc = agg_init(t, &t->aggs[t->count++], &dag->ops[i], stores[i], stream_times[i]);
+    }
+    if (rc) {
+        sl_exec_task_free(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+void sl_exec_task_free(sl_exec_task_t *t)
+{
+    if (!t)
+        return;
+    for (int i = 0; i < t->count; i++)
+        agg_free(&t->aggs[i]);
+    sl_free(t->aggs);
+    sl_free(t);
+}
+
+sl_cache_t *sl_exec_task_cache(sl_exec_task_t *t, int op)
+{
+    for (int i = 0; i < t->count; i++)
+        if (t->aggs[i].op->id == op)
+            return t->aggs[i].cache;
+    return NULL;
+}
+
+int64_t sl_exec_task_stream_time(sl_exec_task_t *t, int op)
+{
+    for (int i = 0; i < t->count; i++)
+        if (t->aggs[i].op->id == op)
+            return t->aggs[i].wm.stream_time;
+    return SL_WATERMARK_NONE;
+}
+
+uint64_t sl_exec_task_late(sl_exec_task_t *t, int op)
+{
+    for (int i = 0; i < t->count; i++)
+        if (t->aggs[i].op->id == op)
+            return t->aggs[i].late;
+    return 0;
+}
+
+void sl_exec_task_committed(sl_exec_task_t *t)
+{
+    for (int i = 0; i < t->count; i++) {
+        sl_cache_committed(t->aggs[i].cache);
+        t->aggs[i].full = 0;
+    }
+}
+
+int sl_exec_task_full(const sl_exec_task_t *t)
+{
+    for (int i = 0; t && i < t->count; i++)
+        if (t->aggs[i].full)
+            return 1;
+    return 0;
+}
+
+/* ---- records in ------------------------------------------------------------- */
+
+static int member_input(sl_vm_t *vm, const sl_op_t *op, const sl_agg_spec_t *m, int slot,
+                        sl_agg_input_t *in)
+{
+    sl_vm_value_t v;
+    int rc = 0;
+    memset(in, 0, sizeof *in);
+    if (m->kind == SL_OP_AGG_COUNT || m->kind == SL_OP_AGG_REDUCE)
+        return 0;
+    if (m->field)
+        rc = sl_vm_field(vm, op, slot, m->field, &v);
+    else
+        rc = sl_vm_call_value(vm, op, m->fn, slot, &v);
+    if (rc)
+        return rc;
+    if (v.type == SL_VM_VALUE_NUMBER) {
+        in->type = SL_AGG_NUMBER;
+        in->number = v.is_integer ? sl_number_int(v.integer) : sl_number_double(v.number);
+    } else if (v.type == SL_VM_VALUE_STRING) {
+        in->type = SL_AGG_BYTES;
+        in->bytes = v.bytes;
+        in->len = v.len;
+    }
+    return 0;
+}
+
+static int reserve_scratch(agg_t *a, size_t n)
+{
+    if (n <= a->scratch_cap)
+        return 0;
+    uint8_t *grown = sl_realloc(a->scratch, n);
+    if (!grown)
+        return -ENOMEM;
+    a->scratch = grown;
+    a->scratch_cap = n;
+    return 0;
+}
+
+static int remember_changed(agg_t *a, const uint8_t *key, size_t len, int64_t start)
+{
+    if (a->op->emit != SL_EMIT_ON_UPDATE)
+        return 0;
+    if (sl_array_reserve((void **)&a->changed, &a->changed_cap, a->changed_count + 1,
+                         sizeof *a->changed))
+        return -ENOMEM;
+    a->changed[a->changed_count++] = (changed_t){a->keys.len, len, start};
+    return sl_buf_append(&a->keys, key, len);
+}
+
+/* Reduce members: one step of each reducer with this window's acc. */
+static int run_reducers(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot)
+{
+    for (int i = 0; i < op->agg_count; i++) {
+        const sl_agg_spec_t *m = &op->aggs[i];
+        if (m->kind != SL_OP_AGG_REDUCE)
+            continue;
+        sl_agg_result_t cur = sl_aggstate_result(a->state, i);
+        const char *acc = cur.type == SL_AGG_JSON ? cur.json : m->init;
+        size_t len = cur.type == SL_AGG_JSON ? cur.json_len : strlen(m->init);
+        const uint8_t *json;
+        int32_t json_len;
+        int rc = sl_vm_call_reduce(vm, op, m->fn, acc, len, slot, &json, &json_len);
+        if (rc == 0)
+            rc = sl_aggstate_set_reduce(a->state, i, json, (size_t)json_len);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Folds the record into the state of (key, start) (start 0 without a
+ * window). */
+static int update(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot, const sl_record_t *meta,
+                  int64_t start)
+{
+    const void *value;
+    size_t value_len;
+    int rc, found = a->windowed ? sl_cache_window_get(a->cache, meta->key, (size_t)meta->key_len,
+                                                      start, &value, &value_len)
+                                : sl_cache_get(a->cache, meta->key, (size_t)meta->key_len, &value,
+                                               &value_len);
+    if (found < 0)
+        return found;
+    if (found)
+        rc = sl_aggstate_decode(a->state, value, value_len);
+    else
+        sl_aggstate_reset(a->state), rc = 0;
+    if (rc == 0)
+        rc = sl_aggstate_add(a->state, a->inputs, meta->timestamp);
+    if (rc == 0)
+        rc = run_reducers(a, op, vm, slot);
+    size_t n = sl_aggstate_encoded_size(a->state);
+    if (rc == 0)
+        rc = reserve_scratch(a, n);
+    if (rc)
+        return sl_error_set(rc, "aggregate (%s): %s", a->op->where, sl_error_detail());
+    sl_aggstate_encode(a->state, a->scratch);
+    rc = a->windowed
+             ? sl_cache_window_put(a->cache, meta->key, (size_t)meta->key_len, start, a->scratch, n)
+             : sl_cache_put(a->cache, meta->key, (size_t)meta->key_len, a->scratch, n);
+    if (rc < 0)
+        return rc;
+    if (!found && a->closer) {
+        int r = sl_window_closer_add(a->closer, meta->key, (size_t)meta->key_len, start,
+                                     start + a->spec.size);
+        if (r)
+            return r;
+    }
+    return remember_changed(a, meta->key, (size_t)meta->key_len, start);
+}
+
+/* Collects a key's stored sessions (those starting up to t + gap). */
+static int collect_session(void *arg, int64_t first, const void *value, size_t value_len)
+{
+    agg_t *a = arg;
+    if (value_len < 8)
+        return sl_error_set(SL_ECORRUPT, "aggregate (%s): a stored session is %zu bytes",
+                            a->op->where, value_len);
+    if (sl_array_reserve((void **)&a->sessions, &a->session_cap, a->session_count + 2,
+                         sizeof *a->sessions))
+        return -ENOMEM;
+    a->sessions[a->session_count++] = (sl_session_t){first, (int64_t)be64_get(value)};
+    return 0;
+}
+
+/* Session windows: the record joins, starts or bridges sessions of its key
+ * (sl_session_place); absorbed sessions are merged into the new one and
+ * deleted. */
+static int update_session(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot,
+                          const sl_record_t *meta, int *late)
+{
+    const uint8_t *key = meta->key;
+    size_t key_len = (size_t)meta->key_len;
+    sl_session_placement_t place;
+    int64_t t = meta->timestamp;
+    a->session_count = 0;
+    int rc =
+        sl_cache_windows(a->cache, key, key_len, SL_TIME_MIN, t + a->spec.gap, collect_session, a);
+    if (rc == 0)
+        rc = sl_session_place(&a->spec, sl_watermark_get(&a->wm), a->sessions, a->session_count, t,
+                              &place);
+    if (rc)
+        return rc < 0
+                   ? rc
+                   : sl_error_set(SL_EINVALID, "aggregate (%s): %s", op->where, sl_error_detail());
+    if (place.late) {
+        *late = 1;
+        return 0;
+    }
+    sl_aggstate_reset(a->state);
+    if ((rc = sl_aggstate_add(a->state, a->inputs, t)))
+        return sl_error_set(rc, "aggregate (%s): %s", op->where, sl_error_detail());
+    for (size_t i = place.first; i < place.first + place.count; i++) {
+        const void *value;
+        size_t value_len;
+        int64_t first = a->sessions[i].first;
+        int found = sl_cache_window_get(a->cache, key, key_len, first, &value, &value_len);
+        if (found < 0)
+            return found;
+        if (found &&
+            (rc = sl_aggstate_decode(a->other, (const uint8_t *)value + 8, value_len - 8)) == 0)
+            rc = sl_aggstate_merge(a->state, a->other);
+        if (rc == 0 && first != place.session.first)
+            rc = sl_cache_window_delete(a->cache, key, key_len, first);
+        if (rc < 0 || (rc && rc != 1))
+            return sl_error_set(rc, "aggregate (%s): %s", op->where, sl_error_detail());
+        if (a->closer && first != place.session.first)
+            sl_window_closer_remove(a->closer, key, key_len, first);
+    }
+    if ((rc = run_reducers(a, op, vm, slot)))
+        return rc;
+    size_t n = sl_aggstate_encoded_size(a->state);
+    if ((rc = reserve_scratch(a, n + 8)))
+        return rc;
+    be64_put(a->scratch, (uint64_t)place.session.last);
+    sl_aggstate_encode(a->state, a->scratch + 8);
+    rc = sl_cache_window_put(a->cache, key, key_len, place.session.first, a->scratch, n + 8);
+    if (rc < 0)
+        return rc;
+    a->full |= rc == 1;
+    if (a->closer && (rc = sl_window_closer_add(a->closer, key, key_len, place.session.first,
+                                                sl_session_close_time(&a->spec, &place.session))))
+        return rc;
+    return remember_changed(a, key, key_len, place.session.first);
+}
+
+int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int slot, int *late)
+{
+    agg_t *a = agg_of(t, op);
+    sl_record_t meta;
+    *late = 0;
+    if (!a)
+        return sl_error_set(SL_EINVALID, "aggregate (%s): the runtime gave no state", op->where);
+    int rc = sl_vm_record_meta(vm, slot, &meta);
+    if (rc)
+        return rc;
+    if (meta.key_len < 0)
+        return sl_error_set(SL_EINVALID,
+                            "aggregate (%s): the record has no key (aggregates are per key: "
+                            "key_by first)",
+                            op->where);
+    for (int i = 0; i < op->agg_count; i++)
+        if ((rc = member_input(vm, op, &op->aggs[i], slot, &a->inputs[i])))
+            return rc;
+    sl_watermark_observe(&a->wm, meta.timestamp);
+    if (!a->windowed)
+        return update(a, op, vm, slot, &meta, 0);
+    if (a->session) {
+        rc = update_session(a, op, vm, slot, &meta, late);
+        a->late += (uint64_t)*late;
+        return rc;
+    }
+    sl_window_t windows[SL_OP_WINDOW_MAX_OVERLAP];
+    int n = sl_window_assign(&a->spec, meta.timestamp, windows, SL_OP_WINDOW_MAX_OVERLAP), open = 0;
+    if (n < 0)
+        return sl_error_set(n, "aggregate (%s): %s", op->where, sl_error_detail());
+    int64_t wm = sl_watermark_get(&a->wm);
+    for (int i = 0; i < n; i++) {
+        if (sl_window_is_closed(windows[i].end, wm))
+            continue;
+        open++;
+        if ((rc = update(a, op, vm, slot, &meta, windows[i].start)))
+            return rc;
+    }
+    if (open == 0) {
+        a->late++;
+        *late = 1;
+    }
+    return 0;
+}
+
+/* ---- results out -------------------------------------------------------------- */
+
+static int json_string(sl_buf_t *b, const uint8_t *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    int rc = sl_buf_append(b, "\"", 1);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        uint8_t ch = s[i];
+        char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+        if (ch == '"' || ch == '\\')
+            rc = sl_buf_append(b, esc, 1) ? -ENOMEM : sl_buf_append(b, &s[i], 1);
+        else if (ch < 0x20)
+            rc = sl_buf_append(b, esc, 6);
+        else
+            rc = sl_buf_append(b, &s[i], 1);
+    }
+    return rc ? rc : sl_buf_append(b, "\"", 1);
+}
+
+/* The result of (key, start) from its stored state, through the op's
+ * downstream ops. A window expired meanwhile owes nothing. */
+static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_len, int64_t start,
+                       const sl_exec_output_t *out)
+{
+    const void *value;
+    size_t value_len;
+    char number[64];
+    sl_buf_t json = {0};
+    int found = a->windowed ? sl_cache_window_get(a->cache, key, key_len, start, &value, &value_len)
+                            : sl_cache_get(a->cache, key, key_len, &value, &value_len);
+    if (found <= 0)
+        return found;
+    int64_t end = start + a->spec.size;
+    if (a->session) {
+        if (value_len < 8)
+            return sl_error_set(SL_ECORRUPT, "aggregate (%s): a stored session is %zu bytes",
+                                a->op->where, value_len);
+        end = (int64_t)be64_get(value); /* a session's end is its last record's time */
+        value = (const uint8_t *)value + 8;
+        value_len -= 8;
+    }
+    int rc = sl_aggstate_decode(a->state, value, value_len);
+    if (rc == 0)
+        rc = sl_buf_append(&json, "{\"key\":", 7);
+    if (rc == 0)
+        rc = json_string(&json, key, key_len);
+    if (rc == 0 && a->windowed) {
+        int n = snprintf(number, sizeof number, ",\"window_start\":%lld,\"window_end\":%lld",
+                         (long long)start, (long long)end);
+        rc = sl_buf_append(&json, number, (size_t)n);
+    }
+    if (rc == 0)
+        rc = sl_buf_append(&json, ",\"values\":", 10);
+    if (rc == 0)
+        rc = sl_aggstate_json(a->state, &json);
+    if (rc == 0)
+        rc = sl_buf_append(&json, "}", 1);
+    int64_t ts = a->wm.stream_time == SL_WATERMARK_NONE ? 0 : a->wm.stream_time;
+    if (a->windowed && ts > end - !a->session)
+        ts = end - !a->session;
+    sl_record_t rec = {.key = key,
+                       .key_len = (int32_t)key_len,
+                       .value = (const uint8_t *)json.data,
+                       .value_len = (int32_t)json.len,
+                       .timestamp = ts,
+                       .offset = -1};
+    if (rc == 0)
+        rc = sl_exec_deliver(x, a->op->id, &rec, out);
+    sl_buf_free(&json);
+    return rc;
+}
+
+static int by_key_then_start(const void *pa, const void *pb, void *keys)
+{
+    const changed_t *x = pa, *y = pb;
+    const uint8_t *k = keys;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int order = memcmp(k + x->at, k + y->at, n);
+    if (order)
+        return order;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static int flush_updates(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
+{
+    int rc = 0;
+    if (a->changed_count == 0)
+        return 0;
+    qsort_r(a->changed, a->changed_count, sizeof *a->changed, by_key_then_start, a->keys.data);
+    for (size_t i = 0; rc == 0 && i < a->changed_count; i++) {
+        const changed_t *c = &a->changed[i];
+        if (i + 1 < a->changed_count && by_key_then_start(c, c + 1, a->keys.data) == 0)
+            continue;
+        rc = emit_result(x, a, (const uint8_t *)a->keys.data + c->at, c->len, c->start, out);
+    }
+    a->changed_count = 0;
+    a->keys.len = 0;
+    return rc;
+}
+
+static int flush_closed(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
+{
+    sl_window_closed_t closed;
+    int rc = 0;
+    while (rc == 0 && sl_window_closer_pop(a->closer, sl_watermark_get(&a->wm), &closed))
+        rc = emit_result(x, a, closed.key, closed.key_len, closed.start, out);
+    return rc;
+}
+
+int sl_exec_task_flush(sl_exec_t *x, sl_exec_task_t *t, const sl_exec_output_t *out)
+{
+    int rc = 0;
+    for (int i = 0; rc == 0 && t && i < t->count; i++) {
+        agg_t *a = &t->aggs[i];
+        rc = a->closer ? flush_closed(x, a, out) : flush_updates(x, a, out);
+        int64_t wm = sl_watermark_get(&a->wm);
+        if (rc == 0 && a->windowed && wm != SL_WATERMARK_NONE &&
+            wm - a->op->retention > SL_TIME_MIN)
+            rc = sl_cache_expire(a->cache, wm - a->op->retention - a->spec.size + 1, EXPIRE_BATCH,
+                                 NULL);
+    }
+    return rc;
+}
