@@ -238,7 +238,7 @@ typedef enum { SL_ON_ERROR_STOP, SL_ON_ERROR_SKIP, SL_ON_ERROR_DEAD_LETTER } sl_
 typedef enum { SL_PROCESSING_AT_LEAST_ONCE, SL_PROCESSING_EXACTLY_ONCE } sl_processing_t;
 
 /* The processing mode of a script that names none. */
-#define SL_PROCESSING_DEFAULT SL_PROCESSING_AT_LEAST_ONCE
+#define SL_PROCESSING_DEFAULT SL_PROCESSING_EXACTLY_ONCE
 
 /* AGGREGATE's window_kind; the numbers equal ops' sl_window_kind_t. */
 enum {

@@ -476,6 +476,10 @@ class NodeTestCase(unittest.TestCase):
                                            *options)
         return name
 
+    def new_sink(self, partitions=1, *options, client=None):
+        """A topic for an exactly-once pipeline to write (TRANSACTIONAL)."""
+        return self.new_topic(partitions, "TRANSACTIONAL", *options, client=client)
+
     def raw(self):
         c = self.node.raw()
         self.addCleanup(c.close)

@@ -320,7 +320,7 @@ class HttpTest(NodeTestCase):
             self.assertIsNotNone(f.help, "%s has no HELP" % f.name)
 
     def test_pipeline_operators_lag_and_state_are_counted(self):
-        src, dst = self.new_topic(1), self.new_topic(1)
+        src, dst = self.new_topic(1), self.new_sink(1)
         script = ("local s = require('sluice')\n"
                   "s.pipeline{on_error = 'skip'}\n"
                   "s.stream('%s'):filter(function(r) return r.value.ok end):to('%s')\n"

@@ -166,7 +166,7 @@ class PipelineTestCase(NodeTestCase):
 
 class OperatorsTest(PipelineTestCase):
     def test_filter_and_map_to_sinks(self):
-        t_in, by_value, by_user = self.new_topic(1), self.new_topic(1), self.new_topic(1)
+        t_in, by_value, by_user = self.new_topic(1), self.new_sink(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("filter_map", **{"in": t_in, "by_value": by_value,
                                                       "by_user": by_user}))
@@ -195,8 +195,25 @@ class OperatorsTest(PipelineTestCase):
         self.assertEqual(len(self.records(by_value)), 3)
         self.assertEqual(len(self.records(by_user)), 3)
 
+    def test_at_least_once_writes_an_ordinary_topic_and_restarts_from_its_offsets(self):
+        t_in, out = self.new_topic(1), self.new_topic(1)  # an ordinary sink
+        name = self.pipeline_name()
+        script = ('local s = require("sluice")\n'
+                  's.pipeline{processing = "at_least_once"}\n'
+                  's.stream("%s"):map(function(r) return {n = r.value.n + 1} end):to("%s")\n'
+                  % (t_in, out))
+        self.submit_ok(name, script)
+        for i in range(5):
+            self.produce(t_in, {"n": i})
+        got = self.wait_records(out, 5)
+        self.assertEqual(sorted(v["n"] for v in self.values(got)), [1, 2, 3, 4, 5])
+        self.wait_caught_up(name)
+        # an ordinary topic also takes producers' records
+        self.produce(out, {"n": 100})
+        self.assertEqual(len(self.records(out)), 6)
+
     def test_flat_map(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("flat_map", **{"in": t_in, "out": out}))
         self.produce(t_in, {"text": "to be"}, "line1")
@@ -211,7 +228,7 @@ class OperatorsTest(PipelineTestCase):
         self.assertEqual(len(self.records(out)), 6)
 
     def test_branch_goes_to_the_first_name_in_byte_order(self):
-        t_in, big, eu = self.new_topic(1), self.new_topic(1), self.new_topic(1)
+        t_in, big, eu = self.new_topic(1), self.new_sink(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("branch", **{"in": t_in, "big": big, "eu": eu}))
         self.produce(t_in, {"id": 1, "region": "eu", "amount": 500})  # both: big wins
@@ -226,7 +243,7 @@ class OperatorsTest(PipelineTestCase):
         self.assertEqual([v["id"] for v in self.values(self.records(eu))], [2, 5])
 
     def test_unchanged_records_keep_their_bytes_and_headers(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("copy", **{"in": t_in, "out": out}))
         raw = '{ "b" : 1,  "a":[1, 2.50] }'
@@ -236,7 +253,7 @@ class OperatorsTest(PipelineTestCase):
         self.assertEqual(got[0][4], [b"trace", b"abc"])
 
     def test_merge_and_peek(self):
-        a, b, out = self.new_topic(1), self.new_topic(1), self.new_topic(1)
+        a, b, out = self.new_topic(1), self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("merge", a=a, b=b, out=out))
         self.produce(a, {"n": 1})
@@ -247,7 +264,7 @@ class OperatorsTest(PipelineTestCase):
                          [("a", 1), ("a", 3), ("b", 2)])
 
     def test_key_by_repartitions_like_produce(self):
-        t_in, out, probe = self.new_topic(2), self.new_topic(4), self.new_topic(4)
+        t_in, out, probe = self.new_topic(2), self.new_sink(4), self.new_topic(4)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("key_by", **{"in": t_in, "out": out, "name": name}))
         users = ["ann", "bob", "cid", "dee", "eve", "fay", "gus", "hal", "ivy", "jon"]
@@ -294,7 +311,7 @@ class WorkersTest(PipelineTestCase):
     the many-worker paths both run whatever the machine's core count."""
 
     def run_keyed(self):
-        t_in, out = self.new_topic(3), self.new_topic(4)
+        t_in, out = self.new_topic(3), self.new_sink(4)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("key_by", **{"in": t_in, "out": out, "name": name}))
         users = ["ann", "bob", "cid", "dee", "eve", "fay", "gus"]
@@ -327,7 +344,7 @@ class ThreeWorkersTest(WorkersTest):
 
 class RecordsTest(PipelineTestCase):
     def test_timestamp_headers_and_number_keys(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("records", **{"in": t_in, "out": out}))
         self.produce(t_in, {"id": 7, "at": 1700000000123}, headers={"trace": "abc"})
@@ -344,7 +361,7 @@ class RecordsTest(PipelineTestCase):
         self.assertEqual(recs[1][4], [b"alpha", b"1", b"zeta", b"z"])
 
     def test_raw_format_and_string_values(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("raw", **{"in": t_in, "out": out}))
         self.produce(t_in, "not json at all", "k")
@@ -359,7 +376,7 @@ class RecordsTest(PipelineTestCase):
 
 class OnErrorTest(PipelineTestCase):
     def start(self, policy):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("on_error", policy=policy, **{"in": t_in, "out": out}))
         return name, t_in, out
@@ -425,7 +442,7 @@ class OnErrorTest(PipelineTestCase):
 
     def test_stop_fails_the_pipeline(self):
         name, t_in, out = self.start("stop")
-        canary_out = self.new_topic(1)
+        canary_out = self.new_sink(1)
         canary = self.pipeline_name()
         self.submit_ok(canary, fixture("copy", **{"in": t_in, "out": canary_out}))
         self.produce(t_in, {"n": 1, "d": 1})
@@ -458,7 +475,7 @@ class OnErrorTest(PipelineTestCase):
                          [{"n": 1, "inv": 10}, {"n": 2, "inv": "none"}, {"n": 3, "inv": 5}])
 
     def test_default_policy_is_stop(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("unnamed", **{"in": t_in, "out": out}))
         self.produce(t_in, "[1, 2")
@@ -471,7 +488,7 @@ class OnErrorTest(PipelineTestCase):
 
 class SinkGoneTest(PipelineTestCase):
     def test_deleting_the_sink_topic_fails_the_pipeline(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("copy", **{"in": t_in, "out": out}))
         self.produce(t_in, {"n": 1})
@@ -484,7 +501,7 @@ class SinkGoneTest(PipelineTestCase):
 
 class SubmitTest(PipelineTestCase):
     def test_compile_errors_name_the_line_and_keep_the_running_version(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("tagged", name=name, version="v1", **{"in": t_in, "out": out}))
         self.produce(t_in, {"n": 1})
@@ -502,7 +519,7 @@ class SubmitTest(PipelineTestCase):
         self.assertEqual(self.values(got), [{"n": 1, "version": "v1"}, {"n": 2, "version": "v1"}])
 
     def test_compile_error_of_a_new_pipeline_leaves_nothing(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         reply = self.submit(name, fixture("syntax_error", **{"in": t_in, "out": out}))
         self.assertRegex(reply, r"^ERR \S+:3: ")
@@ -510,13 +527,13 @@ class SubmitTest(PipelineTestCase):
         self.assertErrorCode(self.pcmd("DESCRIBE", name), "NOTFOUND")
 
     def test_name_in_script_must_match(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         reply = self.submit(self.pipeline_name(), fixture("wrong_name", **{"in": t_in, "out": out}))
         self.assertIsInstance(reply, Error, reply)
         self.assertIn("some-other-name", reply)
 
     def test_missing_topics(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         reply = self.submit(self.pipeline_name(),
                             fixture("copy", **{"in": "no-such-input", "out": out}))
         self.assertIsInstance(reply, Error, reply)
@@ -536,7 +553,7 @@ class SubmitTest(PipelineTestCase):
         self.assertEqual(len(desc["partitions"]), 2)
 
     def test_stream_with_partitions_creates_a_missing_source(self):
-        t_in, out = "src-%d" % next(_serial), self.new_topic(1)
+        t_in, out = "src-%d" % next(_serial), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("expects_partitions", **{"in": t_in, "out": out}))
         desc = fields(self.r.execute_command("TOPIC", "DESCRIBE", t_in))
@@ -545,7 +562,7 @@ class SubmitTest(PipelineTestCase):
         self.assertEqual(self.values(self.wait_records(out, 1)), [{"n": 1}])
 
     def test_resubmit_replaces_and_continues_from_committed_offsets(self):
-        t_in, out = self.new_topic(2), self.new_topic(1)
+        t_in, out = self.new_topic(2), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("tagged", name=name, version="v1", **{"in": t_in, "out": out}))
         for i in range(6):
@@ -564,7 +581,7 @@ class SubmitTest(PipelineTestCase):
         self.assertEqual(got, [(i, "v1") for i in range(6)] + [(i, "v2") for i in range(6, 10)])
 
     def test_resubmit_under_load_processes_each_record_once(self):
-        t_in, out = self.new_topic(2), self.new_topic(1)
+        t_in, out = self.new_topic(2), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("tagged", name=name, version="v1", **{"in": t_in, "out": out}))
         total = 0
@@ -584,7 +601,7 @@ class SubmitTest(PipelineTestCase):
         # v1 repartitions through <name>.repartition.1, v2 through .2: the
         # records v1 left in .1 (read from the source and committed there,
         # not yet through its key_by stage) must still reach the sink.
-        t_in, out = self.new_topic(2), self.new_topic(2)
+        t_in, out = self.new_topic(2), self.new_sink(2)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("keyed_v1", name=name, **{"in": t_in, "out": out}))
         total = 20000
@@ -603,7 +620,7 @@ class SubmitTest(PipelineTestCase):
                          % (total - len(ns)))
 
     def test_bad_names_and_usage(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         for bad in ("has.dot", "has space", "x" * 129, "ünï"):
             reply = self.submit(bad, fixture("copy", **{"in": t_in, "out": out}))
             self.assertErrorCode(reply, "ERR")
@@ -612,7 +629,7 @@ class SubmitTest(PipelineTestCase):
         self.assertNotIn("has.dot", self.listing())
 
     def test_stop(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("copy", **{"in": t_in, "out": out}))
         self.produce(t_in, {"n": 1})
@@ -626,7 +643,7 @@ class SubmitTest(PipelineTestCase):
         # offsets stay committed
         offsets = self.r.execute_command("GROUP", "OFFSETS", "pipeline." + name, t_in)
         self.assertEqual(offsets[0][:2], [0, 1])
-        canary_out = self.new_topic(1)
+        canary_out = self.new_sink(1)
         self.submit_ok(self.pipeline_name(), fixture("copy", **{"in": t_in, "out": canary_out}))
         self.produce(t_in, {"n": 2})
         self.wait_records(canary_out, 2)
@@ -637,7 +654,7 @@ class SubmitTest(PipelineTestCase):
         self.assertErrorCode(self.pcmd("DESCRIBE", "never-submitted"), "NOTFOUND")
 
     def test_describe_counts(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("describe", **{"in": t_in, "out": out}))
         for n in range(1, 11):                     # evens: 2 4 6 8 10; 4 fails in map
@@ -660,7 +677,7 @@ class SubmitTest(PipelineTestCase):
 
 class SandboxTest(PipelineTestCase):
     def test_forbidden_at_compile_time(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         base = 's = require("sluice")\ns.stream("%s"):to("%s")\n' % (t_in, out)
         for line, message in [('io.open("/etc/passwd")', "io"),
                               ('os.execute("true")', "execute"),
@@ -706,7 +723,7 @@ class RestartTest(PipelineTestCase):
         self.assertEqual(res.returncode, 0, res.stderr.decode())
 
     def test_pipeline_resumes_after_restart(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("tagged", name=name, version="v1", **{"in": t_in, "out": out}))
         for i in range(5):
@@ -728,7 +745,7 @@ class RestartTest(PipelineTestCase):
         self.assertRunning(name)
 
     def test_crash_loses_nothing(self):
-        t_in, out = self.new_topic(2), self.new_topic(1)
+        t_in, out = self.new_topic(2), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("tagged", name=name, version="v1", **{"in": t_in, "out": out}))
         self.r.execute_command("PRODUCEBATCH", t_in,
@@ -743,7 +760,7 @@ class RestartTest(PipelineTestCase):
         self.assertEqual(set(got), set(range(501)), "at-least-once: nothing lost")
 
     def test_sigterm_under_load_then_restart_processes_each_record_once(self):
-        t_in, out = self.new_topic(2), self.new_topic(2)
+        t_in, out = self.new_topic(2), self.new_sink(2)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("keyed_v1", name=name, **{"in": t_in, "out": out}))
         total = 10000
@@ -758,7 +775,7 @@ class RestartTest(PipelineTestCase):
         self.assertEqual(len(got), total, "a clean stop commits what it wrote: no duplicates")
 
     def test_stopped_pipeline_does_not_come_back(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("copy", **{"in": t_in, "out": out}))
         self.produce(t_in, {"n": 1})
@@ -769,7 +786,7 @@ class RestartTest(PipelineTestCase):
         self.assertErrorCode(self.pcmd("DESCRIBE", name), "NOTFOUND")
 
     def test_replaced_version_is_the_one_restarted(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         self.submit_ok(name, fixture("tagged", name=name, version="v1", **{"in": t_in, "out": out}))
         self.submit_ok(name, fixture("tagged", name=name, version="v2", **{"in": t_in, "out": out}))
@@ -797,7 +814,7 @@ class CliTest(PipelineTestCase):
         return path
 
     def test_submit_and_pipelines(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         path = self.script_file("whatever.lua", fixture("unnamed", **{"in": t_in, "out": out}))
         rc, stdout, stderr = self.sluice("submit", path, "--name", name, "--port", str(self.node.port))
@@ -813,7 +830,7 @@ class CliTest(PipelineTestCase):
         self.assertIn("running", line[0])
 
     def test_submit_names_the_pipeline_after_the_file(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         name = self.pipeline_name()
         path = self.script_file(name + ".lua", fixture("unnamed", **{"in": t_in, "out": out}))
         rc, _, stderr = self.sluice("submit", path, "--port", str(self.node.port))
@@ -822,7 +839,7 @@ class CliTest(PipelineTestCase):
         self.assertRunning(name)
 
     def test_submit_compile_error_exits_1_with_file_and_line(self):
-        t_in, out = self.new_topic(1), self.new_topic(1)
+        t_in, out = self.new_topic(1), self.new_sink(1)
         path = self.script_file("broken.lua", fixture("unknown_option", **{"in": t_in, "out": out}))
         rc, stdout, stderr = self.sluice("submit", path, "--name", self.pipeline_name(),
                                          "--port", str(self.node.port))

@@ -84,7 +84,7 @@ static void test_design_example_compiles_to_expected_ops(void **state)
     sl_dag_t *dag = compile(*state, design_example);
     assert_string_equal(dag->name, "clicks_pipeline");
     assert_int_equal(dag->on_error, SL_ON_ERROR_DEAD_LETTER);
-    assert_int_equal(dag->processing, SL_PROCESSING_AT_LEAST_ONCE);
+    assert_int_equal(dag->processing, SL_PROCESSING_DEFAULT);
     assert_int_equal(dag->op_count, 10);
     const sl_op_t *ops = dag->ops;
     expect_op(&ops[0], SL_OP_SOURCE, -1, 0, "script.lua:3");
