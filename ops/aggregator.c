@@ -287,7 +287,7 @@ uint64_t sl_exec_task_late(sl_exec_task_t *t, int op)
 {
     for (int i = 0; i < t->count; i++)
         if (t->aggs[i].op->id == op)
-            return t->aggs[i].late;
+            return __atomic_load_n(&t->aggs[i].late, __ATOMIC_RELAXED); /* from /metrics */
     return 0;
 }
 
@@ -517,7 +517,7 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
         return update(a, op, vm, slot, &meta, 0);
     if (a->session) {
         rc = update_session(a, op, vm, slot, &meta, late);
-        a->late += (uint64_t)*late;
+        __atomic_fetch_add(&a->late, (uint64_t)*late, __ATOMIC_RELAXED);
         return rc;
     }
     sl_window_t windows[SL_OP_WINDOW_MAX_OVERLAP];
@@ -533,7 +533,7 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
             return rc;
     }
     if (open == 0) {
-        a->late++;
+        __atomic_fetch_add(&a->late, 1, __ATOMIC_RELAXED);
         *late = 1;
     }
     return 0;

@@ -108,7 +108,8 @@ sl_cache_t *sl_exec_task_cache(sl_exec_task_t *t, int op);
 /* The stream time of AGGREGATE op, to commit with the offsets. */
 int64_t sl_exec_task_stream_time(sl_exec_task_t *t, int op);
 
-/* Late records AGGREGATE op has counted in this task. */
+/* Late records AGGREGATE op has counted in this task (safe to read from
+ * another thread). */
 uint64_t sl_exec_task_late(sl_exec_task_t *t, int op);
 
 /* The commit holding the caches' changes is durable. */

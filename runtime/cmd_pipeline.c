@@ -218,6 +218,28 @@ static void task_family(sl_pipelines_t *m, struct evbuffer *out)
     }
 }
 
+static void late_family(sl_pipelines_t *m, struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# HELP sluice_pipeline_late_records_total Records an aggregate "
+                             "found too late for every window they belong to.\n"
+                             "# TYPE sluice_pipeline_late_records_total counter\n");
+    for (int i = 0; i < m->count; i++) {
+        pipeline_t *pl = m->list[i];
+        for (int k = 0; k < pl->dag->op_count; k++) {
+            uint64_t late = 0;
+            if (pl->dag->ops[k].kind != SL_OP_AGGREGATE)
+                continue;
+            for (int t = 0; t < pl->task_count; t++)
+                if (pl->tasks[t].state)
+                    late += sl_exec_task_late(pl->tasks[t].state, k);
+            evbuffer_add_printf(out,
+                                "sluice_pipeline_late_records_total{pipeline=\"%s\",op=\"%d\"} "
+                                "%llu\n",
+                                pl->name, k, (unsigned long long)late);
+        }
+    }
+}
+
 void sl_pipelines_metrics(void *arg, struct evbuffer *out)
 {
     sl_pipelines_t *m = arg;
@@ -230,6 +252,16 @@ void sl_pipelines_metrics(void *arg, struct evbuffer *out)
     op_family(m, out, "sluice_pipeline_op_errors_total",
               "Records an operator failed on (handled by on_error).", op_errors);
     task_family(m, out);
+    late_family(m, out);
+    evbuffer_add_printf(out,
+                        "# HELP sluice_pipeline_restore_records_total Changelog records restored "
+                        "into state stores since the node started.\n"
+                        "# TYPE sluice_pipeline_restore_records_total counter\n"
+                        "sluice_pipeline_restore_records_total %lld\n"
+                        "# HELP sluice_pipeline_restoring State stores being restored now.\n"
+                        "# TYPE sluice_pipeline_restoring gauge\n"
+                        "sluice_pipeline_restoring %d\n",
+                        (long long)atomic_load(&m->restore_records), atomic_load(&m->restoring));
     evbuffer_add_printf(out, "# HELP sluice_pipeline_failed 1 if the pipeline stopped on an "
                              "error.\n# TYPE sluice_pipeline_failed gauge\n");
     for (int i = 0; i < m->count; i++)

@@ -792,9 +792,16 @@ static int compile_more(pipeline_t *pl, int max_workers)
 
 /* ---- state ------------------------------------------------------------------- */
 
+typedef struct restore_watch {
+    sl_pipelines_t *m;
+    int64_t records; /* counted into m so far */
+} restore_watch_t;
+
 static void report_restore(void *arg, const sl_restore_progress_t *p)
 {
-    (void)arg;
+    restore_watch_t *watch = arg;
+    atomic_fetch_add(&watch->m->restore_records, (long long)(p->records - watch->records));
+    watch->records = p->records;
     sl_report(SL_INFO, "pipeline",
               "restoring %s partition %d: %lld of %lld changelog records (%lld entries, %.1f s)",
               p->store, (int)p->partition, (long long)(p->position - p->from),
@@ -832,9 +839,13 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
             continue;
         sl_topic_t *topic = sl_log_topic(pl->log, sl_store_changelog_topic(pl->stores[op]));
         sl_partition_t *changelog = topic ? sl_topic_partition(topic, part) : NULL;
-        sl_restore_options_t opts = {.progress = report_restore};
-        if (changelog && (rc = sl_store_restore_needed(pl->stores[op], changelog, &from)) == 1)
+        restore_watch_t watch = {pl->manager, 0};
+        sl_restore_options_t opts = {.progress = report_restore, .progress_arg = &watch};
+        if (changelog && (rc = sl_store_restore_needed(pl->stores[op], changelog, &from)) == 1) {
+            atomic_fetch_add(&pl->manager->restoring, 1);
             rc = sl_store_restore(pl->stores[op], changelog, &opts, NULL);
+            atomic_fetch_sub(&pl->manager->restoring, 1);
+        }
         int r = rc ? rc
                    : sl_offsets_get(pl->state, pl->time_group, sl_store_name(pl->stores[op]), part,
                                     &times[op]);

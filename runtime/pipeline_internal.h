@@ -125,6 +125,8 @@ struct sl_pipelines {
     pthread_mutex_t wake_lock;
     pthread_cond_t wake;
     uint64_t wake_seq;
+    atomic_llong restore_records; /* changelog records restored since start */
+    atomic_int restoring;         /* restores running now */
 };
 
 /* pipeline.c */

@@ -196,6 +196,10 @@ class AggregateTest(NodeTestCase):
         got = self.wait_results(out, {k: {"n": n} for k, n in want.items()})
         self.assertEqual(got[("a", 0)]["values"]["total"], 1)
         self.assertEqual(json.loads(fetch_all(self.r, late, 0)[0][3]), {"amount": 100})
+        metrics = self.node.http_get("/metrics")[1]
+        if isinstance(metrics, bytes):
+            metrics = metrics.decode()
+        self.assertIn('sluice_pipeline_late_records_total{pipeline="%s",op="1"} 1' % name, metrics)
 
     def test_aggregates_need_exactly_once(self):
         name, t_in, out = self.names()
@@ -267,6 +271,13 @@ class AggregateRecoveryTest(unittest.TestCase):
             shutil.rmtree(os.path.join(self.node.data_dir, "state"))
             self.start()
             self.assertIn("restor", self.node.log())
+            metrics = self.node.http_get("/metrics")[1]
+            if isinstance(metrics, bytes):
+                metrics = metrics.decode()
+            restored = [l for l in metrics.splitlines()
+                        if l.startswith("sluice_pipeline_restore_records_total ")]
+            self.assertEqual(len(restored), 1, metrics)
+            self.assertGreater(int(restored[0].split()[1]), 0)
         self.run_pipeline(events[:150], events[150:], lose_state)
 
 
