@@ -264,6 +264,39 @@ class AggregateRecoveryTest(unittest.TestCase):
             self.start()
         self.run_pipeline(events[:150], events[150:], kill)
 
+    def answers(self, store, keys):
+        """Every query answer about store: SCAN pages and WINDOWS per key."""
+        out, cursor = [], b"0"
+        while True:
+            cursor, items = self.r.execute_command("SCAN", store, cursor, "COUNT", 7)
+            out.append(items)
+            if cursor in (b"0", 0, "0"):
+                break
+        for key in keys:
+            out.append(self.r.execute_command("WINDOWS", store, key, 0, 1 << 62))
+        return out
+
+    def test_restore_after_deleting_the_state_gives_byte_identical_answers(self):
+        events = AggregateTest.events(self, 6, 500)
+        t_in, out = "in", "out"
+        self.r.execute_command("TOPIC", "CREATE", t_in, "PARTITIONS", 2)
+        script = SCRIPT % dict(name="p", input=t_in, output=out,
+                               window=':window(s.tumbling("10s", {grace = "1h"}))',
+                               options=', store = "spend"')
+        self.assertEqual(self.r.execute_command("PIPELINE", "SUBMIT", "p", script), b"OK")
+        AggregateTest.produce(self, t_in, events)
+        want = reference(events, 10000)
+        wait_until(lambda: all(latest(results(self.r, out)).get(k, {}).get("values", {}).get("n")
+                               == v["n"] for k, v in want.items()), WAIT, what="results")
+        keys = sorted({k for k, _ in want})
+        before = self.answers("p.spend", keys)
+        self.assertTrue(any(before[-len(keys):]), "the store has windows")
+        self.node.stop()
+        shutil.rmtree(os.path.join(self.node.data_dir, "state"))
+        self.start()
+        self.assertIn("restor", self.node.log())
+        self.assertEqual(self.answers("p.spend", keys), before)
+
     def test_state_is_restored_from_changelogs_after_deleting_the_state_directory(self):
         events = AggregateTest.events(self, 5, 300)
         def lose_state():
