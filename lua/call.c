@@ -7,10 +7,16 @@
  * truth value, a branch index, or new slots. Errors of any kind unwind to
  * sl_vm_protect, which leaves the VM as it was before the call, and come
  * back as "<kind> (<where>): <message>".
+ *
+ * ROUTE runs up to three functions in one protected call (the routing key,
+ * the priority, the headers) and turns their results into bytes in the
+ * batch arena, headers sorted by name, so that a message is the same
+ * whichever VM made it (a Lua table's order is not).
  */
 #include "lua/vm.h"
 
 #include <assert.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct call {
@@ -364,4 +370,143 @@ int sl_vm_call_reduce(sl_vm_t *vm, const sl_op_t *op, int fn, const char *acc, s
     *out = call.json;
     *out_len = call.json_len;
     return 0;
+}
+
+/* ---- routing ---------------------------------------------------------------------- */
+
+typedef struct route_call {
+    const sl_op_t *op;
+    int slot;
+    sl_vm_route_t *out;
+} route_call_t;
+
+/* The text the value at idx stands for, copied into the arena: a string
+ * as it is, an integer in decimal; anything else raises naming what. */
+static const char *route_text(lua_State *L, sl_vm_t *vm, int idx, const char *what, size_t *len)
+{
+    char text[64];
+    lua_Integer n = 0;
+    int type = lua_type(L, idx);
+    if (type == LUA_TNUMBER &&
+        (lua_isinteger(L, idx) || sl_json_integral(lua_tonumber(L, idx), &n)))
+        lua_pushfstring(L, "%I", lua_isinteger(L, idx) ? lua_tointeger(L, idx) : n);
+    else if (type == LUA_TSTRING)
+        lua_pushvalue(L, idx);
+    else
+        sl_vm_raise(L, "%s must be a string or an integer, got %s", what,
+                    sl_vm_describe(L, idx, text, sizeof text));
+    const char *s = lua_tolstring(L, -1, len);
+    const char *copy = sl_vm_need(L, sl_arena_copy(&vm->arena, s, *len ? *len : 1));
+    lua_pop(L, 1);
+    return copy;
+}
+
+static void route_key(lua_State *L, sl_vm_t *vm, const route_call_t *call)
+{
+    const sl_op_t *op = call->op;
+    if (op->route_key_field)
+        push_field(L, vm, call->slot, op->route_key_field);
+    else
+        call_user(L, vm, op->route_key_fn, call->slot);
+    if (lua_isnil(L, -1))
+        sl_vm_raise(L, "key: returned nil (return the routing key: a string or an integer)");
+    call->out->key = route_text(L, vm, -1, "key: the routing key", &call->out->key_len);
+    if (call->out->key_len > SL_ROUTING_KEY_MAX)
+        sl_vm_raise(L, "key: the routing key is %zu bytes (at most %d)", call->out->key_len,
+                    SL_ROUTING_KEY_MAX);
+    call->out->has_key = 1;
+    lua_pop(L, 1);
+}
+
+static void route_priority(lua_State *L, sl_vm_t *vm, const route_call_t *call)
+{
+    char text[64];
+    lua_Integer n = -1;
+    call_user(L, vm, call->op->route_priority_fn, call->slot);
+    if (lua_isinteger(L, -1))
+        n = lua_tointeger(L, -1);
+    else if (lua_type(L, -1) != LUA_TNUMBER || !sl_json_integral(lua_tonumber(L, -1), &n))
+        n = -1;
+    if (n < 0 || n > 255)
+        sl_vm_raise(L, "priority: returned %s (return an integer 0 to 255)",
+                    sl_vm_describe(L, -1, text, sizeof text));
+    call->out->priority = (int32_t)n;
+    lua_pop(L, 1);
+}
+
+static int by_header_name(const void *a, const void *b)
+{
+    const sl_header_t *x = a, *y = b;
+    int n = x->name_len < y->name_len ? x->name_len : y->name_len;
+    int order = memcmp(x->name, y->name, (size_t)n);
+    return order ? order : x->name_len - y->name_len;
+}
+
+/* One header from the pair at -2 (name), -1 (value) of a lua_next walk. */
+static void route_header(lua_State *L, sl_vm_t *vm, sl_header_t *h)
+{
+    char text[64];
+    size_t len;
+    if (lua_type(L, -2) != LUA_TSTRING || lua_rawlen(L, -2) == 0)
+        sl_vm_raise(L, "headers: names must be non-empty strings, got %s",
+                    sl_vm_describe(L, -2, text, sizeof text));
+    const char *name = lua_tolstring(L, -2, &len);
+    h->name = sl_vm_need(L, sl_arena_copy(&vm->arena, name, len));
+    h->name_len = (int32_t)len;
+    if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1)) {
+        h->value = NULL; /* json.null: a null header value */
+        h->value_len = -1;
+        return;
+    }
+    h->value = (const uint8_t *)route_text(L, vm, -1, "headers: a value", &len);
+    h->value_len = (int32_t)len;
+}
+
+static void route_headers(lua_State *L, sl_vm_t *vm, const route_call_t *call)
+{
+    char text[64];
+    uint32_t count = 0;
+    call_user(L, vm, call->op->route_headers_fn, call->slot);
+    int t = lua_gettop(L);
+    if (!lua_istable(L, t))
+        sl_vm_raise(L, "headers: returned %s (return a table of name = value, {} for none)",
+                    sl_vm_describe(L, t, text, sizeof text));
+    sl_lazy_materialize(L, vm, t);
+    for (lua_pushnil(L); lua_next(L, t); lua_pop(L, 1))
+        count++;
+    if (count > SL_DECLARE_ARGS_MAX)
+        sl_vm_raise(L, "headers: returned %u headers (at most %d)", count, SL_DECLARE_ARGS_MAX);
+    sl_header_t *headers =
+        sl_vm_need(L, sl_arena_alloc(&vm->arena, (count ? count : 1) * sizeof *headers));
+    count = 0;
+    for (lua_pushnil(L); lua_next(L, t); lua_pop(L, 1))
+        route_header(L, vm, &headers[count++]);
+    qsort(headers, count, sizeof *headers, by_header_name);
+    call->out->headers = headers;
+    call->out->header_count = count;
+    call->out->has_headers = 1;
+    lua_settop(L, t - 1);
+}
+
+static int route_body(lua_State *L)
+{
+    route_call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    const sl_op_t *op = call->op;
+    if (op->route_key_field || op->route_key_fn != SL_NO_FUNCTION)
+        route_key(L, vm, call);
+    if (op->route_priority_fn != SL_NO_FUNCTION)
+        route_priority(L, vm, call);
+    if (op->route_headers_fn != SL_NO_FUNCTION)
+        route_headers(L, vm, call);
+    return 0;
+}
+
+int sl_vm_call_route(sl_vm_t *vm, const sl_op_t *op, int slot, sl_vm_route_t *out)
+{
+    assert(op->kind == SL_OP_ROUTE && slot >= 0 && slot < vm->slot_count);
+    route_call_t call = {.op = op, .slot = slot, .out = out};
+    memset(out, 0, sizeof *out);
+    int rc = sl_vm_protect(vm, route_body, &call);
+    return rc ? sl_error_set(rc, "route (%s): %s", op->where, vm->message) : 0;
 }

@@ -24,7 +24,8 @@ typedef struct compile {
 } compile_t;
 
 static const char *const kind_names[] = {
-    "stream", "filter", "map", "flat_map", "key_by", "branch", "merge", "peek", "to", "aggregate",
+    "stream", "filter", "map", "flat_map",  "key_by", "branch",
+    "merge",  "peek",   "to",  "aggregate", "route",
 };
 
 const char *sl_op_kind_name(sl_op_kind_t kind)
@@ -45,9 +46,12 @@ static void check_windows_aggregated(lua_State *L, const sl_builder_t *b)
 static void check_has_sink(lua_State *L, const sl_builder_t *b)
 {
     for (int i = 0; i < b->dag->op_count; i++)
-        if (b->dag->ops[i].kind == SL_OP_TO)
+        if (b->dag->ops[i].kind == SL_OP_TO || b->dag->ops[i].kind == SL_OP_ROUTE)
             return;
-    sl_vm_raise(L, "%s: the pipeline has no sink: end a stream with :to(topic)", b->chunkname);
+    sl_vm_raise(L,
+                "%s: the pipeline has no sink: end a stream with :to(topic) or "
+                ":route(exchange)",
+                b->chunkname);
 }
 
 /* Every op but a sink or a branch (whose outputs may go unused on purpose)
@@ -62,8 +66,10 @@ static void check_all_used(lua_State *L, const sl_builder_t *b)
             used[dag->ops[i].inputs[j].op] = 1;
     for (int i = 0; i < dag->op_count; i++) {
         const sl_op_t *op = &dag->ops[i];
-        if (!used[i] && op->kind != SL_OP_TO && op->kind != SL_OP_BRANCH)
-            sl_vm_raise(L, "%s: the stream from %s is never used: end it with :to(topic)",
+        if (!used[i] && op->kind != SL_OP_TO && op->kind != SL_OP_ROUTE && op->kind != SL_OP_BRANCH)
+            sl_vm_raise(L,
+                        "%s: the stream from %s is never used: end it with :to(topic) or "
+                        ":route(exchange)",
                         op->where, sl_op_kind_name(op->kind));
     }
     lua_pop(L, 1);
@@ -190,6 +196,23 @@ static void op_release(sl_vm_t *vm, sl_op_t *op)
     sl_free(op->inputs);
     sl_free(op->topic);
     sl_free(op->field);
+    sl_free(op->exchange);
+    sl_free(op->route_key_field);
+    release(vm, op->route_key_fn);
+    release(vm, op->route_priority_fn);
+    release(vm, op->route_headers_fn);
+}
+
+static void declaration_free(sl_declaration_t *d)
+{
+    for (uint32_t i = 0; d->args && i < d->arg_count; i++) {
+        sl_free((void *)d->args[i].name);
+        sl_free((void *)d->args[i].value);
+    }
+    sl_free(d->args);
+    sl_free(d->name);
+    sl_free(d->queue);
+    sl_free(d->pattern);
 }
 
 void sl_dag_free(sl_dag_t *dag)
@@ -198,6 +221,9 @@ void sl_dag_free(sl_dag_t *dag)
         return;
     for (int i = 0; i < dag->op_count; i++)
         op_release(dag->vm, &dag->ops[i]);
+    for (int i = 0; i < dag->declaration_count; i++)
+        declaration_free(&dag->declarations[i]);
+    sl_free(dag->declarations);
     dag->vm->dag_count--;
     sl_free(dag->ops);
     sl_free(dag->name);
@@ -243,6 +269,21 @@ static int same_aggregate(const sl_op_t *a, const sl_op_t *b)
            same_string(a->store, b->store) && same_aggs(a, b);
 }
 
+static int same_function(int a, int b)
+{
+    return (a == SL_NO_FUNCTION) == (b == SL_NO_FUNCTION);
+}
+
+/* The exchange and routing options of a ROUTE (NULL and none elsewhere). */
+static int same_route(const sl_op_t *a, const sl_op_t *b)
+{
+    return same_string(a->exchange, b->exchange) &&
+           same_string(a->route_key_field, b->route_key_field) &&
+           same_function(a->route_key_fn, b->route_key_fn) &&
+           same_function(a->route_priority_fn, b->route_priority_fn) &&
+           same_function(a->route_headers_fn, b->route_headers_fn);
+}
+
 static int same_op(const sl_op_t *a, const sl_op_t *b)
 {
     if (a->kind != b->kind || a->input_count != b->input_count ||
@@ -253,16 +294,50 @@ static int same_op(const sl_op_t *a, const sl_op_t *b)
         if (a->inputs[i].op != b->inputs[i].op || a->inputs[i].port != b->inputs[i].port)
             return 0;
     return same_string(a->topic, b->topic) && same_string(a->field, b->field) &&
-           same_branches(a, b) && same_aggregate(a, b);
+           same_branches(a, b) && same_aggregate(a, b) && same_route(a, b);
+}
+
+static int same_bytes(const uint8_t *a, int32_t a_len, const uint8_t *b, int32_t b_len)
+{
+    return a_len == b_len && (a_len <= 0 || memcmp(a, b, (size_t)a_len) == 0);
+}
+
+static int same_queue_options(const sl_queue_options_t *a, const sl_queue_options_t *b)
+{
+    return a->max_priority == b->max_priority && a->ttl_ms == b->ttl_ms &&
+           a->max_length == b->max_length && a->overflow == b->overflow &&
+           a->max_deliveries == b->max_deliveries && a->lease_ms == b->lease_ms &&
+           a->segment_bytes == b->segment_bytes && strcmp(a->dead_letter, b->dead_letter) == 0;
+}
+
+static int same_declaration(const sl_declaration_t *a, const sl_declaration_t *b)
+{
+    if (a->kind != b->kind || strcmp(a->where, b->where) != 0 || !same_string(a->name, b->name) ||
+        a->exchange_type != b->exchange_type ||
+        !same_queue_options(&a->queue_options, &b->queue_options) ||
+        !same_string(a->queue, b->queue) || !same_string(a->pattern, b->pattern) ||
+        a->arg_count != b->arg_count)
+        return 0;
+    for (uint32_t i = 0; i < a->arg_count; i++)
+        if (!same_bytes(a->args[i].name, a->args[i].name_len, b->args[i].name,
+                        b->args[i].name_len) ||
+            !same_bytes(a->args[i].value, a->args[i].value_len, b->args[i].value,
+                        b->args[i].value_len))
+            return 0;
+    return 1;
 }
 
 int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b)
 {
     if (!same_string(a->name, b->name) || a->on_error != b->on_error ||
-        a->processing != b->processing || a->op_count != b->op_count)
+        a->processing != b->processing || a->op_count != b->op_count ||
+        a->declaration_count != b->declaration_count)
         return 0;
     for (int i = 0; i < a->op_count; i++)
         if (!same_op(&a->ops[i], &b->ops[i]))
+            return 0;
+    for (int i = 0; i < a->declaration_count; i++)
+        if (!same_declaration(&a->declarations[i], &b->declarations[i]))
             return 0;
     return 1;
 }

@@ -9,8 +9,9 @@
  * ids follow the order of the DSL calls: the only source of the DAG's shape
  * is the script's control flow (see "Determinism" in lua.h).
  *
- * A sink is a stream userdata with sink set; its __index refuses every
- * operator, which is how "x:to('t'):map(f)" is caught on the right line. A
+ * A sink is a stream userdata with sink set (by :to() or :route()); its
+ * __index refuses every operator, which is how "x:to('t'):map(f)" is
+ * caught on the right line. A
  * windowed stream (from :window(), see dsl_aggregate.c) is refused the same
  * way every operator but :aggregate.
  *
@@ -34,7 +35,7 @@
 typedef sl_dsl_stream_t stream_t;
 
 static const char operator_list[] =
-    "filter, map, flat_map, key_by, branch, peek, window, aggregate, to";
+    "filter, map, flat_map, key_by, branch, peek, window, aggregate, to, route";
 
 static void caller_where(lua_State *L, const sl_builder_t *b, char *out)
 {
@@ -103,6 +104,11 @@ stream_t *sl_dsl_push_stream(lua_State *L, int op, int port, int sink)
     return s;
 }
 
+const char *sl_dsl_sink_name(int sink)
+{
+    return sink == SL_DSL_SINK_ROUTE ? ":route()" : ":to()";
+}
+
 stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, int windowed_ok)
 {
     char text[64];
@@ -113,7 +119,8 @@ stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, i
     memcpy(b->call_where, self->where, SL_WHERE_MAX);
     self->where[0] = '\0';
     if (self->sink)
-        sl_dsl_error(L, b, "'%s' after :to(): a sink ends its stream", method);
+        sl_dsl_error(L, b, "'%s' after %s: a sink ends its stream", method,
+                     sl_dsl_sink_name(self->sink));
     if (self->window && !windowed_ok)
         sl_dsl_error(L, b, "'%s' after :window(): a windowed stream has only :aggregate{...}",
                      method);
@@ -141,6 +148,7 @@ sl_op_t *sl_dsl_op_append(lua_State *L, sl_builder_t *b, sl_op_kind_t kind,
     op->inputs = copy;
     op->input_count = input_count;
     op->fn = SL_NO_FUNCTION;
+    op->route_key_fn = op->route_priority_fn = op->route_headers_fn = SL_NO_FUNCTION;
     op->format = SL_FORMAT_TOPIC;
     sl_dsl_where(L, b, op->where);
     return op;
@@ -220,7 +228,7 @@ static int stream_to(lua_State *L)
     op->topic = sl_vm_need(L, sl_strdup(topic));
     op->create = create;
     op->partitions = partitions;
-    sl_dsl_push_stream(L, op->id, 0, 1);
+    sl_dsl_push_stream(L, op->id, 0, SL_DSL_SINK_TO);
     return sl_dsl_leave(b, 1);
 }
 
@@ -303,9 +311,12 @@ static int dsl_merge(lua_State *L)
     sl_op_input_t *inputs = lua_newuserdatauv(L, (size_t)n * sizeof *inputs, 0);
     for (int i = 0; i < n; i++) {
         stream_t *s = to_stream(L, i + 1);
-        if (!s || s->sink)
+        if (s && s->sink)
+            sl_dsl_error(L, b, "merge argument %d is not a stream, got the sink of %s", i + 1,
+                         sl_dsl_sink_name(s->sink));
+        if (!s)
             sl_dsl_error(L, b, "merge argument %d is not a stream, got %s", i + 1,
-                         s ? "the sink of :to()" : sl_vm_describe(L, i + 1, text, sizeof text));
+                         sl_vm_describe(L, i + 1, text, sizeof text));
         if (s->window)
             sl_dsl_error(L, b, "merge argument %d is a windowed stream: aggregate it first", i + 1);
         inputs[i] = (sl_op_input_t){s->op, s->port};
@@ -409,7 +420,7 @@ static int stream_index(lua_State *L)
     stream_t *s = lua_touserdata(L, 1);
     sl_vm_describe(L, 2, text, sizeof text);
     if (s->sink)
-        sl_dsl_error(L, b, "%s after :to(): a sink ends its stream", text);
+        sl_dsl_error(L, b, "%s after %s: a sink ends its stream", text, sl_dsl_sink_name(s->sink));
     if (s->window &&
         !(lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "aggregate") == 0))
         sl_dsl_error(L, b, "%s after :window(): a windowed stream has only :aggregate{...}", text);
@@ -427,7 +438,8 @@ static int module_index(lua_State *L)
     sl_builder_t *b = sl_dsl_builder(L);
     sl_dsl_error(L, b,
                  "sluice has no %s (it has pipeline, stream, merge, null, tumbling, hopping, "
-                 "session, count, sum, min, max, avg, last, distinct, reduce)",
+                 "session, count, sum, min, max, avg, last, distinct, reduce, exchange, queue, "
+                 "bind)",
                  sl_vm_describe(L, 2, text, sizeof text));
 }
 
@@ -458,6 +470,7 @@ static void push_stream_metatable(lua_State *L, int token)
     lua_newtable(L);
     set_closures(L, methods, token);
     set_closures(L, sl_dsl_aggregate_methods, token);
+    set_closures(L, sl_dsl_route_methods, token);
     lua_pushvalue(L, token);
     lua_pushvalue(L, token + 1);
     lua_rotate(L, -3, 2);
@@ -492,6 +505,7 @@ void sl_dsl_push_module(lua_State *L, sl_builder_t *b, int encode)
     lua_newtable(L);
     set_closures(L, functions, at);
     set_closures(L, sl_dsl_aggregate_functions, at);
+    set_closures(L, sl_dsl_route_functions, at);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
     lua_newtable(L);

@@ -56,6 +56,7 @@ typedef struct sl_builder {
     char error[512];                   /* the first DSL error, "" if none */
     sl_dsl_window_t *windows;          /* every :window() call, in order (sl_malloc) */
     int window_count, window_capacity;
+    int declaration_capacity; /* of dag->declarations */
 } sl_builder_t;
 
 /* A window spec from s.tumbling(), s.hopping() or s.session(), in ms;
@@ -65,9 +66,12 @@ typedef struct sl_dsl_window_spec {
     int64_t size, advance, gap, grace;
 } sl_dsl_window_spec_t;
 
+/* What a sink stream came from (sl_dsl_stream_t.sink). */
+enum { SL_DSL_SINK_TO = 1, SL_DSL_SINK_ROUTE = 2 };
+
 /* A stream as a script holds it. A windowed stream (window > 0, the index
  * of its :window() call in the builder plus one) accepts only :aggregate;
- * a sink accepts nothing. */
+ * a sink (sink: SL_DSL_SINK_*) accepts nothing. */
 typedef struct sl_dsl_stream {
     int op;
     int port;
@@ -103,12 +107,21 @@ sl_dsl_stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *me
 sl_op_t *sl_dsl_op_append(lua_State *L, sl_builder_t *b, sl_op_kind_t kind,
                           const sl_op_input_t *inputs, int input_count);
 
-/* Pushes a new stream reading (op, port) and returns it. */
+/* Pushes a new stream reading (op, port) and returns it; sink is 0 or
+ * SL_DSL_SINK_*. */
 sl_dsl_stream_t *sl_dsl_push_stream(lua_State *L, int op, int port, int sink);
+
+/* ":to()" or ":route()", for messages about what follows a sink. */
+const char *sl_dsl_sink_name(int sink);
 
 /* dsl_aggregate.c: the module's window and member constructors, and the
  * streams' window and aggregate methods. */
 extern const luaL_Reg sl_dsl_aggregate_functions[];
 extern const luaL_Reg sl_dsl_aggregate_methods[];
+
+/* dsl_route.c: the module's declarations s.exchange(), s.queue(),
+ * s.bind(), and the streams' :route() sink. */
+extern const luaL_Reg sl_dsl_route_functions[];
+extern const luaL_Reg sl_dsl_route_methods[];
 
 #endif

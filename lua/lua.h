@@ -96,6 +96,39 @@
  *       1-SL_OP_STORE_NAME_MAX of [A-Za-z0-9_-], unique in the pipeline;
  *       absent: "aggregate<op id>".
  *
+ * Work queues (DESIGN.md section 9):
+ *
+ *   s.exchange("tasks", "topic")
+ *   s.queue("fraud", {maxpriority = 9, ttl = "1h", deadletter = "fraud-dead"})
+ *   s.bind("tasks", "fraud", "fraud.#")
+ *   pay:route("tasks", {key = function(r) return "fraud." .. r.value.region end,
+ *                       priority = function(r) return r.value.amount > 5000 and 9 or 1 end,
+ *                       headers = function(r) return {user = r.value.user} end})
+ *
+ *   s.exchange(name, type)   declares an exchange: type "direct", "topic",
+ *       "fanout" or "headers"; returns name.
+ *   s.queue(name, {maxpriority=, ttl=, maxlen=, overflow=, maxdeliveries=,
+ *       deadletter=, lease=})   declares a queue, options as QUEUE DECLARE's:
+ *       maxpriority 0-SL_QUEUE_PRIORITY_MAX, ttl and lease durations (lease
+ *       >= 1 ms), maxlen >= 0, overflow "drop-head" or "reject-publish",
+ *       maxdeliveries >= 1, deadletter a queue name; returns name.
+ *   s.bind(exchange, queue, pattern, {name = value, ...})   declares a
+ *       binding: pattern (absent: "") at most SL_ROUTING_KEY_MAX bytes,
+ *       arguments (x-match and the headers to compare, for headers
+ *       exchanges) names to strings or integers, at most
+ *       SL_DECLARE_ARGS_MAX.
+ *   Names follow the registry's rules (sl_queue_name_check). Declarations
+ *   go into dag->declarations, in script order; each name (and each
+ *   binding) is declared at most once per script; a binding to an exchange
+ *   the script declared before is checked against its type.
+ *   :route(exchange, {key=, priority=, headers=})   a sink: each record
+ *       becomes a message with the record's value as its payload, published
+ *       to exchange ("" is the default exchange, which routes to the queue
+ *       named by the routing key). key: a field name of r.value or a
+ *       function r -> string (absent: the record's key); priority: a
+ *       function r -> 0..255 (absent: 0); headers: a function r -> {name =
+ *       value} (absent: the record's headers). Returns a sink.
+ *
  * Compile-time checks, each reported as "chunk:line: what was wrong": unknown
  * options, wrong argument types, a bad topic or pipeline name, operators after
  * a sink, a second s.pipeline{} or s.stream() of one topic, an empty merge, a
@@ -106,7 +139,8 @@
  * shapes, an operator other than :aggregate{} after :window() or a window
  * never aggregated, an aggregate without members or with a bad one, window
  * options on an aggregate without a window, a bad or repeated store name,
- * and any Lua syntax or runtime error.
+ * bad or repeated work-queue declarations, a bad exchange name or routing
+ * option, and any Lua syntax or runtime error.
  * The DSL works only while the script is being compiled: a user function
  * calling it later gets an error.
  *
@@ -221,16 +255,17 @@ size_t sl_vm_memory(const sl_vm_t *vm);
 /* ---- the DAG ------------------------------------------------------------ */
 
 typedef enum {
-    SL_OP_SOURCE,   /* s.stream(): no inputs */
-    SL_OP_FILTER,   /* :filter(fn) */
-    SL_OP_MAP,      /* :map(fn) */
-    SL_OP_FLAT_MAP, /* :flat_map(fn) */
-    SL_OP_KEY_BY,   /* :key_by(fn | "field") */
-    SL_OP_BRANCH,   /* :branch{...}: one output port per branch */
-    SL_OP_MERGE,    /* s.merge(...): several inputs */
-    SL_OP_PEEK,     /* :peek(fn) */
-    SL_OP_TO,       /* :to(topic): a sink, no output */
-    SL_OP_AGGREGATE /* [:window(spec)]:aggregate{...} */
+    SL_OP_SOURCE,    /* s.stream(): no inputs */
+    SL_OP_FILTER,    /* :filter(fn) */
+    SL_OP_MAP,       /* :map(fn) */
+    SL_OP_FLAT_MAP,  /* :flat_map(fn) */
+    SL_OP_KEY_BY,    /* :key_by(fn | "field") */
+    SL_OP_BRANCH,    /* :branch{...}: one output port per branch */
+    SL_OP_MERGE,     /* s.merge(...): several inputs */
+    SL_OP_PEEK,      /* :peek(fn) */
+    SL_OP_TO,        /* :to(topic): a sink, no output */
+    SL_OP_AGGREGATE, /* [:window(spec)]:aggregate{...} */
+    SL_OP_ROUTE      /* :route(exchange, {...}): a sink into work queues */
 } sl_op_kind_t;
 
 typedef enum { SL_ON_ERROR_STOP, SL_ON_ERROR_SKIP, SL_ON_ERROR_DEAD_LETTER } sl_on_error_t;
@@ -343,7 +378,49 @@ typedef struct sl_op {
     int64_t retention;
     char *late_topic; /* where late records go; NULL: dropped and counted */
     char *store;      /* the state store's name: the script's or "aggregate<id>" */
+    /* ROUTE. The exchange ("" is the default exchange) and where the
+     * message's routing key comes from: a top-level field of r.value
+     * (route_key_field), a function r -> string (route_key_fn), or neither:
+     * the record's key. route_priority_fn: r -> 0..255; route_headers_fn:
+     * r -> {name = value}. Functions are registry references as for fn,
+     * SL_NO_FUNCTION when absent (on every op). */
+    char *exchange;
+    char *route_key_field;
+    int route_key_fn;
+    int route_priority_fn;
+    int route_headers_fn;
 } sl_op_t;
+
+/* What a declaration declares: s.exchange(), s.queue(), s.bind(). */
+typedef enum { SL_DECLARE_EXCHANGE, SL_DECLARE_QUEUE, SL_DECLARE_BIND } sl_declare_kind_t;
+
+#define SL_DECLARE_ARGS_MAX 64 /* arguments of one binding, as BIND takes */
+
+/*
+ * A work-queue declaration of the script, for the runtime to apply before
+ * the pipeline starts, idempotently, as EXCHANGE DECLARE, QUEUE DECLARE
+ * and BIND do. Strings are owned by the DAG.
+ *   name           EXCHANGE, QUEUE: its name; BIND: the exchange's
+ *   exchange_type  EXCHANGE
+ *   queue_options  QUEUE: sl_queue_options_default() with the script's
+ *                  options set
+ *   queue          BIND: the queue
+ *   pattern        BIND: pattern_len bytes (NUL-terminated); "" if none
+ *   args           BIND: arg_count arguments sorted by name, each name and
+ *                  value NUL-terminated
+ */
+typedef struct sl_declaration {
+    sl_declare_kind_t kind;
+    char where[SL_WHERE_MAX];
+    char *name;
+    sl_exchange_type_t exchange_type;
+    sl_queue_options_t queue_options;
+    char *queue;
+    char *pattern;
+    size_t pattern_len;
+    sl_header_t *args;
+    uint32_t arg_count;
+} sl_declaration_t;
 
 typedef struct sl_dag {
     char *name; /* from s.pipeline{name=}; NULL if the script set none */
@@ -351,6 +428,8 @@ typedef struct sl_dag {
     sl_processing_t processing;
     sl_op_t *ops; /* in id order; every input precedes its op */
     int op_count;
+    sl_declaration_t *declarations; /* in script order */
+    int declaration_count;
     sl_vm_t *vm; /* the VM holding the ops' functions */
 } sl_dag_t;
 
@@ -366,14 +445,15 @@ int sl_vm_compile(sl_vm_t *vm, const char *chunkname, const char *source, size_t
  * NULL is ignored. */
 void sl_dag_free(sl_dag_t *dag);
 
-/* 1 if a and b describe the same pipeline: options and every op (kind,
+/* 1 if a and b describe the same pipeline: options, every op (kind,
  * inputs, topics, fields, branch names, options, where, windows, aggregate
- * members and their options, and which functions exist, not their
- * references). 0 otherwise. */
+ * members and their options, exchanges and routing options, and which
+ * functions exist, not their references) and every declaration. 0
+ * otherwise. */
 int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b);
 
-/* The DSL name of an op kind ("stream", "filter", ..., "to", "aggregate");
- * static. */
+/* The DSL name of an op kind ("stream", "filter", ..., "to", "aggregate",
+ * "route"); static. */
 const char *sl_op_kind_name(sl_op_kind_t kind);
 
 /* ---- records and batches ------------------------------------------------- */
@@ -445,6 +525,29 @@ int sl_vm_call_branch(sl_vm_t *vm, const sl_op_t *op, int slot, int *branch);
 
 /* PEEK: runs the function for its side effects. */
 int sl_vm_call_peek(sl_vm_t *vm, const sl_op_t *op, int slot);
+
+/* What ROUTE's functions make of a record: the message's routing key,
+ * priority and headers. has_key 0: the op takes its key from nowhere (the
+ * record's key is the routing key); has_headers 0: no headers function
+ * (the record's headers go along); priority 0 without a function. Bytes
+ * live in the batch arena, valid until sl_vm_batch_reset(). */
+typedef struct sl_vm_route {
+    int has_key;
+    const char *key;
+    size_t key_len; /* at most SL_ROUTING_KEY_MAX */
+    int32_t priority;
+    int has_headers;
+    const sl_header_t *headers; /* sorted by name */
+    uint32_t header_count;      /* at most SL_DECLARE_ARGS_MAX */
+} sl_vm_route_t;
+
+/* ROUTE: runs the op's key field or function, priority and headers
+ * functions. The key must be a string or an integer (written in decimal)
+ * of at most SL_ROUTING_KEY_MAX bytes, the priority an integer 0..255,
+ * the headers a table of non-empty string names to strings, integers or
+ * json.null (a null value); anything else (nil too) is an error naming the
+ * option. */
+int sl_vm_call_route(sl_vm_t *vm, const sl_op_t *op, int slot, sl_vm_route_t *out);
 
 /* ---- values for stateful operators --------------------------------------------
  *

@@ -6,8 +6,13 @@
  * one), the ops that read from it. A record then walks the stage depth
  * first from its entry op: each op calls its user function on the record's
  * VM slot and hands the resulting slot(s) to its successors, until an exit
- * (TO, KEY_BY) emits the bytes. Depth first keeps one record's work
- * together, so a failure stops only the path it happened on.
+ * (TO, KEY_BY, ROUTE) emits the bytes. Depth first keeps one record's
+ * work together, so a failure stops only the path it happened on.
+ *
+ * A ROUTE exit first runs its functions (routing key, priority, headers)
+ * and completes the message from the record where it has none: the
+ * record's key as the routing key, the record's headers. The message stays
+ * in the exec while the emit callback runs (sl_exec_route).
  */
 #include "ops/ops_internal.h"
 
@@ -27,6 +32,7 @@ struct sl_exec {
     const sl_record_t *input;    /* the record that entered the stage */
     int stop;                    /* a callback's non-zero value */
     sl_exec_task_t *task;        /* the state of AGGREGATE ops */
+    sl_vm_route_t route;         /* the message a ROUTE exit is emitting */
 };
 
 const sl_dag_t *sl_exec_dag(const sl_exec_t *x)
@@ -171,6 +177,55 @@ static void emit(sl_exec_t *x, const sl_op_t *op, int slot)
         x->stop = rc;
 }
 
+const sl_vm_route_t *sl_exec_route(const sl_exec_t *x)
+{
+    return &x->route;
+}
+
+/* Completes the message from the record of a ROUTE exit. */
+static int complete_route(sl_exec_t *x, const sl_op_t *op, const sl_record_t *rec)
+{
+    sl_vm_route_t *m = &x->route;
+    if (rec->value_len < 0)
+        return sl_error_set(SL_EINVALID,
+                            "route (%s): the record has no value (a tombstone), and a message "
+                            "needs a payload",
+                            op->where);
+    if (!m->has_key && rec->key_len > SL_ROUTING_KEY_MAX)
+        return sl_error_set(SL_EINVALID,
+                            "route (%s): the record's key of %d bytes is over the %d bytes of a "
+                            "routing key (give the option key)",
+                            op->where, (int)rec->key_len, SL_ROUTING_KEY_MAX);
+    if (!m->has_key) {
+        m->key = rec->key_len > 0 ? (const char *)rec->key : "";
+        m->key_len = rec->key_len > 0 ? (size_t)rec->key_len : 0;
+    }
+    if (!m->has_headers) {
+        m->headers = rec->headers;
+        m->header_count = rec->header_count;
+    }
+    return 0;
+}
+
+/* A ROUTE exit: the message to the caller. */
+static void emit_route(sl_exec_t *x, const sl_op_t *op, int slot)
+{
+    sl_record_t rec;
+    int rc = sl_vm_call_route(x->dag->vm, op, slot, &x->route);
+    if (rc == 0)
+        rc = sl_vm_record_get(x->dag->vm, slot, &rec);
+    if (rc == 0)
+        rc = complete_route(x, op, &rec);
+    if (rc) {
+        fail(x, op, rc);
+        return;
+    }
+    x->stats[op->id].records_out++;
+    rc = x->out->emit(x->out->arg, op, &rec);
+    if (rc)
+        x->stop = rc;
+}
+
 /* One op on one record: the operator table of the pipeline, deliberately
  * in one place. */
 static void run(sl_exec_t *x, int op_id, int slot)
@@ -211,6 +266,9 @@ static void run(sl_exec_t *x, int op_id, int slot)
         break;
     case SL_OP_TO:
         emit(x, op, slot);
+        break;
+    case SL_OP_ROUTE:
+        emit_route(x, op, slot);
         break;
     case SL_OP_AGGREGATE:
         rc = sl_aggregator_record(x->task, op, vm, slot, &late);

@@ -5,9 +5,12 @@
  * at an entry op, a SOURCE (records read from its topic) or a KEY_BY
  * (records read back from the repartition topic the runtime wrote them to,
  * so that every key lands in one task), and runs every op downstream of it
- * until an exit: a TO (records for a sink topic) or a KEY_BY (records, now
- * re-keyed, for its repartition topic). Exits hand their records to the
- * caller's emit callback; the caller appends them wherever they go.
+ * until an exit: a TO (records for a sink topic), a KEY_BY (records, now
+ * re-keyed, for its repartition topic) or a ROUTE (messages for an
+ * exchange). Exits hand their records to the caller's emit callback; the
+ * caller appends them wherever they go. A ROUTE's record is the message's
+ * payload (its value); the routing key, priority and headers its functions
+ * made are sl_exec_route()'s during the callback.
  *
  * Per record, an op's failure (the user function raised an error, hit a
  * limit, returned a bad value, or the record is not valid JSON) goes to the
@@ -35,7 +38,7 @@ typedef struct sl_op_stats {
 
 /* Where a stage's records go, and what to do with failures. */
 typedef struct sl_exec_output {
-    /* An exit (TO or KEY_BY) produced rec; its bytes stay valid until
+    /* An exit (TO, KEY_BY or ROUTE) produced rec; its bytes stay valid until
      * sl_exec_reset(). Returns 0, or an error that stops the batch. */
     int (*emit)(void *arg, const sl_op_t *exit, const sl_record_t *rec);
     /* op failed on input (the record that entered the stage); why names
@@ -68,6 +71,16 @@ int sl_exec_batch(sl_exec_t *x, int entry, const sl_vm_origin_t *origin, const s
 /* Forgets the batch: the VM's slots and the bytes emitted records point
  * into. Call once the emitted records are written. */
 void sl_exec_reset(sl_exec_t *x);
+
+/*
+ * During the emit callback of a ROUTE exit: the message's routing key (the
+ * record's key, "" for a null one, when the op has no key option), its
+ * priority (0 without a function) and its headers (the record's without a
+ * function). A record without a value, or whose key is too long to be a
+ * routing key, fails in the op instead (the failed callback). Pointers are
+ * valid until sl_exec_reset().
+ */
+const sl_vm_route_t *sl_exec_route(const sl_exec_t *x);
 
 /* The counters of op id (NULL if out of range). */
 const sl_op_stats_t *sl_exec_stats(const sl_exec_t *x, int op);

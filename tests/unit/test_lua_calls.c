@@ -901,6 +901,137 @@ static void test_value_with_a_huge_encoding_is_refused(void **state)
                                            "value's JSON text is over 67108864 bytes");
 }
 
+/* ---- route ------------------------------------------------------------------------ */
+
+static sl_vm_route_t route(void **state, const sl_op_t *op, int slot)
+{
+    sl_vm_route_t out;
+    if (sl_vm_call_route(vm_of(state), op, slot, &out) != 0)
+        fail_msg("%s", sl_error_detail());
+    return out;
+}
+
+static void expect_header(const sl_header_t *h, const char *name, const char *value)
+{
+    expect_bytes(h->name, h->name_len, name);
+    expect_bytes(h->value, h->value_len, value);
+}
+
+static void test_route_functions_make_key_priority_and_sorted_headers(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "s.stream('in'):route('e', {key = function(r) return 'task.' .. r.value.user end,\n"
+              "  priority = function(r) return r.value.n * 2 end,\n"
+              "  headers = function(r) return {zone = 'eu', n = r.value.n, user = r.value.user,\n"
+              "                                big = 2.0} end})\n",
+              SL_OP_ROUTE);
+    sl_vm_route_t m = route(state, op, load(state, "k1", SUBJECT, 1));
+    assert_true(m.has_key);
+    expect_bytes((const uint8_t *)m.key, (int32_t)m.key_len, "task.ann");
+    assert_int_equal(m.priority, 6);
+    assert_true(m.has_headers);
+    assert_int_equal(m.header_count, 4);
+    expect_header(&m.headers[0], "big", "2"); /* integral numbers are integers */
+    expect_header(&m.headers[1], "n", "3");
+    expect_header(&m.headers[2], "user", "ann");
+    expect_header(&m.headers[3], "zone", "eu");
+}
+
+static void test_route_key_field_reads_the_value(void **state)
+{
+    const sl_op_t *op = op_of(state, "s.stream('in'):route('', {key = 'n'})\n", SL_OP_ROUTE);
+    sl_vm_route_t m = route(state, op, load(state, "k1", SUBJECT, 1));
+    expect_bytes((const uint8_t *)m.key, (int32_t)m.key_len, "3");
+    assert_false(m.has_headers);
+    assert_int_equal(m.priority, 0);
+    assert_int_equal(sl_vm_call_route(vm_of(state), op, load(state, "k", "{\"m\": 1}", 1), &m),
+                     SL_EINVALID);
+    assert_string_equal(sl_error_detail(),
+                        "route (script.lua:2): the value has no field 'n' (or it is null)");
+}
+
+static void test_route_without_options_leaves_the_record_its_key_and_headers(void **state)
+{
+    const sl_op_t *op = op_of(state, "s.stream('in'):route('e')\n", SL_OP_ROUTE);
+    sl_vm_route_t m = route(state, op, load(state, "k1", SUBJECT, 1));
+    assert_false(m.has_key);
+    assert_false(m.has_headers);
+    assert_int_equal(m.priority, 0);
+}
+
+/* Expects the route call on a record of SUBJECT to fail with message. */
+static void expect_route_error(void **state, const char *options, const char *message)
+{
+    char script[512];
+    sl_vm_route_t m;
+    snprintf(script, sizeof script, "s.stream('in'):route('e', {%s})\n", options);
+    const sl_op_t *op = op_of(state, script, SL_OP_ROUTE);
+    assert_int_equal(sl_vm_call_route(vm_of(state), op, load(state, "k", SUBJECT, 1), &m),
+                     SL_EINVALID);
+    assert_string_equal(sl_error_detail(), message);
+    sl_dag_free(((fixture_t *)*state)->dag);
+    ((fixture_t *)*state)->dag = NULL;
+    /* the VM goes on */
+    op = op_of(state, "s.stream('in'):route('e', {key = 'user'})\n", SL_OP_ROUTE);
+    m = route(state, op, load(state, "k", SUBJECT, 1));
+    expect_bytes((const uint8_t *)m.key, (int32_t)m.key_len, "ann");
+    sl_dag_free(((fixture_t *)*state)->dag);
+    ((fixture_t *)*state)->dag = NULL;
+}
+
+static void test_bad_routing_results_are_errors_naming_the_option(void **state)
+{
+    expect_route_error(state, "key = function(r) return nil end",
+                       "route (script.lua:2): key: returned nil (return the routing key: a "
+                       "string or an integer)");
+    expect_route_error(state, "key = function(r) return 1.5 end",
+                       "route (script.lua:2): key: the routing key must be a string or an "
+                       "integer, got 1.5");
+    expect_route_error(state, "key = function(r) return string.rep('w', 256) end",
+                       "route (script.lua:2): key: the routing key is 256 bytes (at most 255)");
+    expect_route_error(state, "priority = function(r) return 256 end",
+                       "route (script.lua:2): priority: returned 256 (return an integer 0 to "
+                       "255)");
+    expect_route_error(state, "priority = function(r) return -1 end",
+                       "route (script.lua:2): priority: returned -1 (return an integer 0 to "
+                       "255)");
+    expect_route_error(state, "priority = function(r) return '3' end",
+                       "route (script.lua:2): priority: returned '3' (return an integer 0 to "
+                       "255)");
+    expect_route_error(state, "priority = function(r) end",
+                       "route (script.lua:2): priority: returned nil (return an integer 0 to "
+                       "255)");
+    expect_route_error(state, "headers = function(r) return 'h' end",
+                       "route (script.lua:2): headers: returned 'h' (return a table of name = "
+                       "value, {} for none)");
+    expect_route_error(state, "headers = function(r) return {'a'} end",
+                       "route (script.lua:2): headers: names must be non-empty strings, got 1");
+    expect_route_error(state, "headers = function(r) return {[''] = 'a'} end",
+                       "route (script.lua:2): headers: names must be non-empty strings, got ''");
+    expect_route_error(state, "headers = function(r) return {a = {}} end",
+                       "route (script.lua:2): headers: a value must be a string or an integer, "
+                       "got a table");
+    expect_route_error(state,
+                       "headers = function(r) local h = {} for i = 1, 65 do h['h' .. i] = 'v' "
+                       "end return h end",
+                       "route (script.lua:2): headers: returned 65 headers (at most 64)");
+    expect_route_error(state, "key = function(r) return r.nope.x end",
+                       "route (script.lua:2): script.lua:2: attempt to index a nil value (field "
+                       "'nope')");
+}
+
+static void test_route_headers_may_be_the_record_headers(void **state)
+{
+    const sl_op_t *op =
+        op_of(state, "s.stream('in'):route('e', {headers = function(r) return r.headers end})\n",
+              SL_OP_ROUTE);
+    sl_vm_route_t m = route(state, op, load(state, "k1", SUBJECT, 1));
+    assert_int_equal(m.header_count, 2); /* sorted, the null value kept */
+    expect_header(&m.headers[0], "empty", NULL);
+    expect_header(&m.headers[1], "trace", "t1");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -947,6 +1078,11 @@ int main(void)
         T(test_out_of_memory_during_calls_is_enomem),
         T(test_record_decoding_past_the_cap_is_an_error),
         T(test_value_with_a_huge_encoding_is_refused),
+        T(test_route_functions_make_key_priority_and_sorted_headers),
+        T(test_route_key_field_reads_the_value),
+        T(test_route_without_options_leaves_the_record_its_key_and_headers),
+        T(test_bad_routing_results_are_errors_naming_the_option),
+        T(test_route_headers_may_be_the_record_headers),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -267,23 +267,26 @@ static void test_unknown_operator_is_an_error(void **state)
 {
     expect_error(state, HEADER "s.stream('a'):join(1):to('b')\n",
                  "script.lua:2: streams have no operator 'join' (they have filter, map, "
-                 "flat_map, key_by, branch, peek, window, aggregate, to)");
+                 "flat_map, key_by, branch, peek, window, aggregate, to, route)");
     expect_error(state, HEADER "s.sliding('1m')\n",
                  "script.lua:2: sluice has no 'sliding' (it has pipeline, stream, merge, null, "
-                 "tumbling, hopping, session, count, sum, min, max, avg, last, distinct, reduce)");
+                 "tumbling, hopping, session, count, sum, min, max, avg, last, distinct, reduce, "
+                 "exchange, queue, bind)");
 }
 
 static void test_script_without_a_sink_is_an_error(void **state)
 {
     expect_error(state, HEADER,
-                 "script.lua: the pipeline has no sink: end a stream with :to(topic)");
+                 "script.lua: the pipeline has no sink: end a stream with :to(topic) or "
+                 ":route(exchange)");
 }
 
 static void test_stream_never_used_is_an_error(void **state)
 {
     expect_error(state,
                  HEADER "local a = s.stream('a')\na:to('b')\na:map(function(r) return r end)\n",
-                 "script.lua:4: the stream from map is never used: end it with :to(topic)");
+                 "script.lua:4: the stream from map is never used: end it with :to(topic) or "
+                 ":route(exchange)");
 }
 
 static void test_unused_branch_output_is_allowed(void **state)
@@ -1057,6 +1060,303 @@ static void test_freed_aggregate_dags_release_their_lua_memory(void **state)
     assert_true(sl_vm_memory(vm) < most);
 }
 
+/* ---- work queues ----------------------------------------------------------- */
+
+static const char route_example[] =
+    HEADER "s.pipeline{processing = 'exactly_once'}\n"
+           "local e = s.exchange('tasks', 'topic')\n"
+           "local q = s.queue('fraud', {maxpriority = 9, ttl = '1h', maxlen = 1000,\n"
+           "                            overflow = 'reject-publish', maxdeliveries = 3,\n"
+           "                            deadletter = 'fraud-dead', lease = '5s'})\n"
+           "s.queue('fraud-dead')\n"
+           "s.bind(e, q, 'fraud.#')\n"
+           "s.exchange('by-headers', 'headers')\n"
+           "s.bind('by-headers', 'fraud', nil, {['x-match'] = 'any', b = 2, a = 'x'})\n"
+           "local pay = s.stream('payments')\n"
+           "pay:route(e, {key = function(r) return 'fraud.' .. r.value.region end,\n"
+           "              priority = function(r) return 1 end,\n"
+           "              headers = function(r) return {user = r.value.user} end})\n"
+           "pay:route('', {key = 'queue'})\n"
+           "pay:route('by-headers')\n";
+
+static void test_declarations_are_recorded_in_script_order(void **state)
+{
+    sl_dag_t *dag = compile(*state, route_example);
+    assert_int_equal(dag->declaration_count, 6);
+    const sl_declaration_t *d = dag->declarations;
+    assert_int_equal(d[0].kind, SL_DECLARE_EXCHANGE);
+    assert_string_equal(d[0].name, "tasks");
+    assert_int_equal(d[0].exchange_type, SL_EXCHANGE_TOPIC);
+    assert_string_equal(d[0].where, "script.lua:3");
+    assert_int_equal(d[1].kind, SL_DECLARE_QUEUE);
+    assert_string_equal(d[1].name, "fraud");
+    assert_string_equal(d[1].where, "script.lua:4");
+    const sl_queue_options_t *o = &d[1].queue_options;
+    assert_int_equal(o->max_priority, 9);
+    assert_int_equal(o->ttl_ms, 3600000);
+    assert_int_equal(o->max_length, 1000);
+    assert_int_equal(o->overflow, SL_OVERFLOW_REJECT_PUBLISH);
+    assert_int_equal(o->max_deliveries, 3);
+    assert_string_equal(o->dead_letter, "fraud-dead");
+    assert_int_equal(o->lease_ms, 5000);
+    sl_queue_options_t defaults;
+    sl_queue_options_default(&defaults);
+    assert_int_equal(o->segment_bytes, defaults.segment_bytes);
+    o = &d[2].queue_options; /* every default */
+    assert_int_equal(o->max_priority, 0);
+    assert_int_equal(o->ttl_ms, -1);
+    assert_int_equal(o->max_length, -1);
+    assert_int_equal(o->overflow, SL_OVERFLOW_DROP_HEAD);
+    assert_int_equal(o->max_deliveries, 0);
+    assert_string_equal(o->dead_letter, "");
+    assert_int_equal(o->lease_ms, defaults.lease_ms);
+    assert_int_equal(d[3].kind, SL_DECLARE_BIND);
+    assert_string_equal(d[3].name, "tasks");
+    assert_string_equal(d[3].queue, "fraud");
+    assert_string_equal(d[3].pattern, "fraud.#");
+    assert_int_equal(d[3].pattern_len, 7);
+    assert_int_equal(d[3].arg_count, 0);
+    assert_int_equal(d[5].kind, SL_DECLARE_BIND);
+    assert_string_equal(d[5].pattern, "");
+    assert_int_equal(d[5].arg_count, 3); /* sorted by name; integers as decimal text */
+    assert_string_equal((const char *)d[5].args[0].name, "a");
+    assert_string_equal((const char *)d[5].args[0].value, "x");
+    assert_string_equal((const char *)d[5].args[1].name, "b");
+    assert_string_equal((const char *)d[5].args[1].value, "2");
+    assert_int_equal(d[5].args[1].value_len, 1);
+    assert_string_equal((const char *)d[5].args[2].name, "x-match");
+    assert_string_equal((const char *)d[5].args[2].value, "any");
+    sl_dag_free(dag);
+}
+
+static void test_route_compiles_to_a_sink_op(void **state)
+{
+    sl_dag_t *dag = compile(*state, route_example);
+    assert_int_equal(dag->op_count, 4);
+    const sl_op_t *a = &dag->ops[1], *b = &dag->ops[2], *c = &dag->ops[3];
+    expect_op(a, SL_OP_ROUTE, 0, 0, "script.lua:12");
+    assert_string_equal(sl_op_kind_name(SL_OP_ROUTE), "route");
+    assert_string_equal(a->exchange, "tasks");
+    assert_null(a->route_key_field);
+    assert_int_not_equal(a->route_key_fn, SL_NO_FUNCTION);
+    assert_int_not_equal(a->route_priority_fn, SL_NO_FUNCTION);
+    assert_int_not_equal(a->route_headers_fn, SL_NO_FUNCTION);
+    assert_int_equal(a->fn, SL_NO_FUNCTION);
+    expect_op(b, SL_OP_ROUTE, 0, 0, "script.lua:15");
+    assert_string_equal(b->exchange, "");
+    assert_string_equal(b->route_key_field, "queue");
+    assert_int_equal(b->route_key_fn, SL_NO_FUNCTION);
+    assert_int_equal(b->route_priority_fn, SL_NO_FUNCTION);
+    assert_int_equal(b->route_headers_fn, SL_NO_FUNCTION);
+    assert_string_equal(c->exchange, "by-headers");
+    assert_null(c->route_key_field);
+    assert_int_equal(c->route_key_fn, SL_NO_FUNCTION);
+    /* other ops have no routing functions */
+    assert_int_equal(dag->ops[0].route_key_fn, SL_NO_FUNCTION);
+    assert_int_equal(dag->ops[0].route_priority_fn, SL_NO_FUNCTION);
+    assert_int_equal(dag->ops[0].route_headers_fn, SL_NO_FUNCTION);
+    assert_null(dag->ops[0].exchange);
+    sl_dag_free(dag);
+}
+
+static void test_route_is_a_sink(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "s.stream('a'):route('e')\n");
+    assert_int_equal(dag->op_count, 2);
+    sl_dag_free(dag);
+    expect_error(state, HEADER "local out = s.stream('a'):route('e')\nout:map(function() end)\n",
+                 "script.lua:3: 'map' after :route(): a sink ends its stream");
+    expect_error(state, HEADER "s.stream('a'):route('e'):to('b')\n",
+                 "script.lua:2: 'to' after :route(): a sink ends its stream");
+    expect_error(state, HEADER "local a = s.stream('a')\ns.merge(a, a:route('e')):to('c')\n",
+                 "script.lua:3: merge argument 2 is not a stream, got the sink of :route()");
+    expect_error(state, HEADER "s.exchange('e', 'direct')\n",
+                 "script.lua: the pipeline has no sink: end a stream with :to(topic) or "
+                 ":route(exchange)");
+    expect_error(state, HEADER "s.stream('a'):window(s.tumbling('1m')):route('e')\n",
+                 "script.lua:2: 'route' after :window(): a windowed stream has only "
+                 ":aggregate{...}");
+}
+
+static void test_route_arguments_are_checked(void **state)
+{
+    expect_error(state, HEADER "s.stream('a'):route()\n",
+                 "script.lua:2: route expects an exchange name ('' for the default exchange), "
+                 "got nil");
+    expect_error(state, HEADER "s.stream('a'):route('bad name')\n",
+                 "script.lua:2: route: exchange name 'bad name' may only hold [A-Za-z0-9._-]");
+    expect_error(state, HEADER "s.stream('a'):route('e', {key = 1})\n",
+                 "script.lua:2: option 'key' for route must be a field name or a function, got "
+                 "1");
+    expect_error(state, HEADER "s.stream('a'):route('e', {key = ''})\n",
+                 "script.lua:2: route: a key field name must be 1 to 255 bytes without NUL, got "
+                 "0 bytes");
+    expect_error(state, HEADER "s.stream('a'):route('e', {priority = 5})\n",
+                 "script.lua:2: option 'priority' for route must be a function, got 5");
+    expect_error(state, HEADER "s.stream('a'):route('e', {headers = {}})\n",
+                 "script.lua:2: option 'headers' for route must be a function, got a table");
+    expect_error(state, HEADER "s.stream('a'):route('e', {keys = 'k'})\n",
+                 "script.lua:2: unknown option 'keys' for route (expected headers, key, "
+                 "priority)");
+    expect_error(state, HEADER "s.stream('a'):route('e', {}, 3)\n",
+                 "script.lua:2: too many arguments: write stream:route(exchange, {key =, "
+                 "priority =, headers =})");
+}
+
+static void test_exchange_declarations_are_checked(void **state)
+{
+    expect_error(state, HEADER "s.exchange('e')\n",
+                 "script.lua:2: exchange 'e' needs a type: 'direct', 'topic', 'fanout' or "
+                 "'headers', got nil");
+    expect_error(state, HEADER "s.exchange('e', 'fan')\n",
+                 "script.lua:2: exchange 'e': exchange type must be direct, topic, fanout or "
+                 "headers (not 'fan')");
+    expect_error(state, HEADER "s.exchange(7, 'topic')\n",
+                 "script.lua:2: exchange expects an exchange name, got 7");
+    expect_error(state, HEADER "s.exchange('', 'topic')\n",
+                 "script.lua:2: exchange: exchange name must be 1 to 200 characters");
+    expect_error(state, HEADER "s.exchange('e', 'topic')\n\ns.exchange('e', 'topic')\n",
+                 "script.lua:4: exchange 'e' is already declared at script.lua:2");
+    expect_error(state, HEADER "s.exchange('e', 'topic', {})\n",
+                 "script.lua:2: too many arguments: write s.exchange(name, 'direct' | 'topic' | "
+                 "'fanout' | 'headers')");
+}
+
+static void test_queue_declarations_are_checked(void **state)
+{
+    expect_error(state, HEADER "s.queue('q', {maxpriority = 10})\n",
+                 "script.lua:2: option 'maxpriority' for queue must be an integer 0 to 9, got "
+                 "10");
+    expect_error(state, HEADER "s.queue('q', {maxlen = -1})\n",
+                 "script.lua:2: option 'maxlen' for queue must be an integer 0 to "
+                 "9223372036854775807, got -1");
+    expect_error(state, HEADER "s.queue('q', {maxdeliveries = 0})\n",
+                 "script.lua:2: option 'maxdeliveries' for queue must be an integer 1 to "
+                 "2147483647, got 0");
+    expect_error(state, HEADER "s.queue('q', {ttl = '1y'})\n",
+                 "script.lua:2: option 'ttl' for queue: duration \"1y\": unknown unit (write an "
+                 "integer and a unit: 500ms, 10s, 5m, 1h, 1d; a bare integer is "
+                 "milliseconds)");
+    expect_error(state, HEADER "s.queue('q', {lease = 0})\n",
+                 "script.lua:2: option 'lease' for queue must be at least 1 ms, got 0");
+    expect_error(state, HEADER "s.queue('q', {overflow = 'drop'})\n",
+                 "script.lua:2: option 'overflow' for queue must be one of drop-head, "
+                 "reject-publish, got 'drop'");
+    expect_error(state, HEADER "s.queue('q', {deadletter = 'q'})\n",
+                 "script.lua:2: queue 'q' cannot be its own dead-letter queue");
+    expect_error(state, HEADER "s.queue('q', {deadletter = 'a b'})\n",
+                 "script.lua:2: option 'deadletter' for queue: queue name 'a b' may only hold "
+                 "[A-Za-z0-9._-]");
+    expect_error(state, HEADER "s.queue('q', {max_priority = 1})\n",
+                 "script.lua:2: unknown option 'max_priority' for queue (expected deadletter, "
+                 "lease, maxdeliveries, maxlen, maxpriority, overflow, ttl)");
+    expect_error(state, HEADER "s.queue('q')\ns.queue('q', {maxlen = 1})\n",
+                 "script.lua:3: queue 'q' is already declared at script.lua:2");
+}
+
+static void test_binding_declarations_are_checked(void **state)
+{
+    char long_pattern[300];
+    expect_error(state, HEADER "s.bind('e')\n", "script.lua:2: bind expects a queue name, got nil");
+    expect_error(state, HEADER "s.bind('e', 'q', 5)\n",
+                 "script.lua:2: bind: the pattern must be a string, got 5");
+    snprintf(long_pattern, sizeof long_pattern, HEADER "s.bind('e', 'q', string.rep('a', 256))\n");
+    expect_error(state, long_pattern, "script.lua:2: bind: the pattern is 256 bytes (at most 255)");
+    expect_error(state, HEADER "s.bind('e', 'q', '', 'x')\n",
+                 "script.lua:2: bind: arguments must be a table of name = value, got 'x'");
+    expect_error(state, HEADER "s.bind('e', 'q', '', {[1] = 'x'})\n",
+                 "script.lua:2: bind: argument names must be strings, got 1");
+    expect_error(state, HEADER "s.bind('e', 'q', '', {a = true})\n",
+                 "script.lua:2: bind: argument values must be strings or integers, got true");
+    expect_error(state,
+                 HEADER "s.exchange('h', 'headers')\ns.bind('h', 'q', '', {['x-match'] = "
+                        "'some'})\n",
+                 "script.lua:3: bind to headers exchange 'h': x-match must be all, any, "
+                 "all-with-x or any-with-x");
+    expect_error(state, HEADER "s.bind('e', 'q', 'a.*')\ns.bind('e', 'q', 'a.*')\n",
+                 "script.lua:3: this binding of 'q' to 'e' is already declared at script.lua:2");
+    /* the same queue with another pattern, or arguments, is another binding */
+    sl_dag_t *dag = compile(*state, HEADER "s.bind('e', 'q', 'a.*')\ns.bind('e', 'q', 'b.*')\n"
+                                           "s.bind('e', 'q', 'a.*', {x = '1'})\n"
+                                           "s.stream('a'):route('e')\n");
+    assert_int_equal(dag->declaration_count, 3);
+    sl_dag_free(dag);
+}
+
+static void test_declarations_return_their_names(void **state)
+{
+    expect_error(state,
+                 HEADER "s.stream('a'):route('e')\n"
+                        "error(s.exchange('x', 'direct') .. ' and ' .. s.queue('y'))\n",
+                 "script.lua:3: x and y");
+}
+
+static void test_dag_equal_compares_routes_and_declarations(void **state)
+{
+    sl_vm_t *vm = *state, *other;
+    sl_dag_t *base = compile(vm, route_example);
+    assert_int_equal(sl_vm_new(NULL, &other), 0);
+    sl_dag_t *same = compile(other, route_example);
+    assert_true(sl_dag_equal(base, same));
+    sl_dag_free(same);
+    sl_vm_free(other);
+    static const char *const from[] = {
+        "'tasks', 'topic'",
+        "maxpriority = 9",
+        "ttl = '1h'",
+        "maxlen = 1000",
+        "'reject-publish'",
+        "maxdeliveries = 3",
+        "'fraud-dead'",
+        "lease = '5s'",
+        "'fraud.#'",
+        "b = 2",
+        "'x-match'",
+        "pay:route(e, {key = function(r)",
+        "priority = function(r) return 1 end,",
+        "{key = 'queue'}",
+        "pay:route('by-headers')\n",
+    };
+    static const char *const to[] = {
+        "'tasks', 'direct'",
+        "maxpriority = 8",
+        "ttl = '2h'",
+        "maxlen = 1001",
+        "'drop-head'",
+        "maxdeliveries = 4",
+        "'fraud-other'",
+        "lease = '6s'",
+        "'fraud.*'",
+        "b = 3",
+        "'y-match'",
+        "pay:route('tasks2', {key = function(r)",
+        "",
+        "{key = 'queue2'}",
+        "pay:route('by-headers', {key = 'k'})\n",
+    };
+    for (size_t i = 0; i < sizeof from / sizeof *from; i++) {
+        char script[2048];
+        const char *at = strstr(route_example, from[i]);
+        assert_non_null(at);
+        snprintf(script, sizeof script, "%.*s%s%s", (int)(at - route_example), route_example, to[i],
+                 at + strlen(from[i]));
+        expect_unequal(vm, base, script);
+    }
+    sl_dag_free(base);
+}
+
+static void test_freed_route_dags_release_their_lua_memory(void **state)
+{
+    sl_vm_t *vm = *state;
+    size_t most = 0;
+    for (int i = 0; i < 2000; i++) {
+        sl_dag_free(compile(vm, route_example));
+        if (i == 100)
+            most = 4 * sl_vm_memory(vm);
+    }
+    assert_true(sl_vm_memory(vm) < most);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1122,6 +1422,16 @@ int main(void)
         T(test_lookalikes_of_dsl_values_are_refused),
         T(test_dag_equal_compares_windows_and_aggregates),
         T(test_freed_aggregate_dags_release_their_lua_memory),
+        T(test_declarations_are_recorded_in_script_order),
+        T(test_route_compiles_to_a_sink_op),
+        T(test_route_is_a_sink),
+        T(test_route_arguments_are_checked),
+        T(test_exchange_declarations_are_checked),
+        T(test_queue_declarations_are_checked),
+        T(test_binding_declarations_are_checked),
+        T(test_declarations_return_their_names),
+        T(test_dag_equal_compares_routes_and_declarations),
+        T(test_freed_route_dags_release_their_lua_memory),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

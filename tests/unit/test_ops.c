@@ -1,7 +1,7 @@
 /*
  * test_ops.c - running pipeline stages over batches: operators in order,
- * stage exits and entries (TO, KEY_BY), failures with skip and stop, fan-out,
- * counters.
+ * stage exits and entries (TO, KEY_BY, ROUTE), failures with skip and
+ * stop, fan-out, counters.
  */
 #include "testutil.h"
 
@@ -255,6 +255,111 @@ static void test_timestamp_extractor_sets_the_time(void **state)
     release(&f);
 }
 
+/* What a ROUTE exit emitted: the messages as sl_exec_route() shows them,
+ * and the failures. */
+typedef struct routed {
+    sl_exec_t *exec;
+    char key[8][32], payload[8][64], headers[8][64];
+    int priority[8];
+    int count;
+    int failures;
+    char why[256];
+} routed_t;
+
+static int collect_route(void *arg, const sl_op_t *exit, const sl_record_t *rec)
+{
+    routed_t *r = arg;
+    const sl_vm_route_t *m = sl_exec_route(r->exec);
+    assert_int_equal(exit->kind, SL_OP_ROUTE);
+    assert_true(r->count < 8);
+    snprintf(r->key[r->count], 32, "%.*s", (int)m->key_len, m->key);
+    snprintf(r->payload[r->count], 64, "%.*s", (int)rec->value_len, (const char *)rec->value);
+    r->priority[r->count] = m->priority;
+    for (uint32_t i = 0; i < m->header_count; i++) {
+        size_t at = strlen(r->headers[r->count]);
+        snprintf(r->headers[r->count] + at, 64 - at, "%.*s=%.*s;", (int)m->headers[i].name_len,
+                 (const char *)m->headers[i].name,
+                 m->headers[i].value_len > 0 ? (int)m->headers[i].value_len : 0,
+                 m->headers[i].value_len > 0 ? (const char *)m->headers[i].value : "");
+    }
+    r->count++;
+    return 0;
+}
+
+static int route_failure(void *arg, const sl_op_t *op, const sl_record_t *input, const char *why)
+{
+    routed_t *r = arg;
+    (void)op;
+    (void)input;
+    r->failures++;
+    snprintf(r->why, sizeof r->why, "%s", why);
+    return 0;
+}
+
+static void run_route(fixture_t *f, const sl_record_t *recs, size_t n, int json, routed_t *r)
+{
+    sl_vm_origin_t origin = {"in", 0, json};
+    sl_exec_output_t out = {collect_route, route_failure, r};
+    r->exec = f->exec;
+    assert_int_equal(sl_exec_batch(f->exec, 0, &origin, recs, n, &out, NULL), 0);
+}
+
+static void test_route_exit_emits_the_message(void **state)
+{
+    (void)state;
+    fixture_t f =
+        compile("local s = require('sluice')\n"
+                "local a = s.stream('in')\n"
+                "a:route('e', {key = 'kind', priority = function(r) return r.value.p end,\n"
+                "              headers = function(r) return {kind = r.value.kind} end})\n"
+                "a:map(function(r) return {key = r.key, value = r.value,\n"
+                "                          headers = {h = 'x'}} end):route('e')\n");
+    const char *value = "{\"kind\":\"a.b\",\"p\":3}";
+    sl_record_t rec = tu_record(NULL, value, 5);
+    routed_t r = {0};
+    run_route(&f, &rec, 1, 1, &r);
+    assert_int_equal(r.failures, 0);
+    assert_int_equal(r.count, 2);
+    assert_string_equal(r.key[0], "a.b");
+    assert_int_equal(r.priority[0], 3);
+    assert_string_equal(r.headers[0], "kind=a.b;");
+    assert_string_equal(r.payload[0], value); /* the payload is the record's value */
+    assert_string_equal(r.key[1], "");        /* a null record key routes with "" */
+    assert_int_equal(r.priority[1], 0);
+    assert_string_equal(r.headers[1], "h=x;"); /* the record's headers go along */
+    assert_int_equal(sl_exec_stats(f.exec, 1)->records_out, 1);
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
+static void test_route_exit_fails_a_record_it_cannot_send(void **state)
+{
+    (void)state;
+    char long_key[300];
+    memset(long_key, 'k', 256);
+    long_key[256] = 0;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "s.stream('in'):route('e')\n");
+    sl_record_t recs[3] = {tu_record(long_key, "1", 1), tu_record("ok", NULL, 2),
+                           tu_record("ok", "2", 3)};
+    routed_t r = {0};
+    run_route(&f, recs, 1, 0, &r);
+    assert_int_equal(r.failures, 1);
+    assert_string_equal(r.why, "route (p.lua:2): the record's key of 256 bytes is over the 255 "
+                               "bytes of a routing key (give the option key)");
+    run_route(&f, recs + 1, 1, 0, &r);
+    assert_int_equal(r.failures, 2);
+    assert_string_equal(r.why, "route (p.lua:2): the record has no value (a tombstone), and a "
+                               "message needs a payload");
+    assert_int_equal(sl_exec_stats(f.exec, 1)->errors, 2);
+    run_route(&f, recs + 2, 1, 0, &r);
+    assert_int_equal(r.count, 1);
+    assert_string_equal(r.key[0], "ok");
+    assert_string_equal(r.payload[0], "2");
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -266,6 +371,8 @@ int main(void)
         cmocka_unit_test(test_invalid_json_fails_at_the_source),
         cmocka_unit_test(test_fan_out_paths_fail_independently),
         cmocka_unit_test(test_timestamp_extractor_sets_the_time),
+        cmocka_unit_test(test_route_exit_emits_the_message),
+        cmocka_unit_test(test_route_exit_fails_a_record_it_cannot_send),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
