@@ -5,7 +5,8 @@
  * An AGGREGATE op's store "<pipeline>.<store>" holds encoded aggregate
  * states (ops/aggregate.h). The encoding has the members' kinds and a
  * fingerprint of the set, but not the members' names: those, and the
- * window's size, are in the op. A view is made per query: under the
+ * window's size, are in the op. A session window's value is the end of
+ * the session (be64) followed by the state. A view is made per query: under the
  * manager's lock the running pipeline named by the store's first part is
  * found, then its AGGREGATE op whose store has the second part, and what
  * rendering needs is copied out of it (an aggregate set built as the op's
@@ -26,7 +27,8 @@
 typedef struct view {
     sl_aggset_t *set;
     sl_aggstate_t *state;
-    int64_t window_size; /* 0: the end of a window is not known */
+    int64_t window_size; /* tumbling, hopping: end = start + size; else 0 */
+    int session;         /* session windows: values are be64(end) + the state */
 } view_t;
 
 /* The AGGREGATE op of a running pipeline that owns store; lock held. */
@@ -87,6 +89,7 @@ static int make_view(const sl_op_t *op, view_t **out)
         rc = sl_aggstate_new(v->set, &v->state);
     if (op->window_kind == SL_OP_WINDOW_TUMBLING || op->window_kind == SL_OP_WINDOW_HOPPING)
         v->window_size = op->window_size;
+    v->session = op->window_kind == SL_OP_WINDOW_SESSION;
     if (rc) {
         close_view(v);
         return rc;
@@ -107,13 +110,23 @@ static int open_view(void *arg, const char *store, void **out)
     return rc;
 }
 
+/* A session's value starts with the big-endian end of the session (the
+ * time of its last record), as aggregator.c writes it. */
 static int render_value(void *arg, const void *value, size_t len, int64_t window_start,
                         int64_t *window_end, sl_buf_t *out)
 {
     view_t *v = arg;
+    const uint8_t *bytes = value;
     if (v->window_size && window_start <= INT64_MAX - v->window_size)
         *window_end = window_start + v->window_size;
-    int rc = sl_aggstate_decode(v->state, value, len);
+    if (v->session && len < 8)
+        return SL_ECORRUPT;
+    if (v->session) {
+        *window_end = (int64_t)sl_get_be64(bytes);
+        bytes += 8;
+        len -= 8;
+    }
+    int rc = sl_aggstate_decode(v->state, bytes, len);
     return rc ? rc : sl_aggstate_json(v->state, out);
 }
 

@@ -12,7 +12,8 @@
  * &sl_store_views, pipelines). A store is shown if a running pipeline
  * owns it: an AGGREGATE's values as the JSON object of its members'
  * results ({"n":3,"total":12.5}), a window's end as start + size for
- * tumbling and hopping windows. */
+ * tumbling and hopping windows and as its last record's time for a
+ * session. */
 extern const sl_store_renderer_t sl_store_views;
 
 #endif

@@ -45,6 +45,17 @@ pay:key_by("user")
   :to("$name-t", {create = true})
 """)
 
+# Session windows: one input partition, so records meet the operator in
+# the order they were produced.
+SESSIONS = string.Template("""\
+local s = require("sluice")
+s.stream("$input", {timestamp = function(r) return r.value.ts end})
+  :key_by("user")
+  :window(s.session("5s", {grace = "1d"}))
+  :aggregate{n = s.count(), total = s.sum("amount"), store = "ses"}
+  :to("$name-s", {create = true})
+""")
+
 _capability = []
 _serial = iter(range(1, 1 << 30))
 
@@ -409,6 +420,29 @@ class StateQueryLiveTest(NodeTestCase):
                     break
                 self.assertEqual(int(cursor), int.from_bytes(b"\x01" + keys[len(got)], "big"))
             self.assertEqual(got, [k[:len(k) - 8] if width == 3 else k for k in keys], store)
+
+    def test_session_windows_end_at_their_last_record(self):
+        name = "ses%d" % next(_serial)
+        self.r.execute_command("TOPIC", "CREATE", name + "-in")
+        script = SESSIONS.substitute(input=name + "-in", name=name)
+        self.assertEqual(self.r.execute_command("PIPELINE", "SUBMIT", name, script), b"OK")
+        produce(self.r, name + "-in", [("a", 1000, 1), ("a", 2000, 2), ("a", 9000, 4),
+                                       ("b", 1500, 10), ("a", 30000, 8)])
+        wait_caught_up(self.node, name, WAIT)
+        got = self.r.execute_command("WINDOWS", name + ".ses", "a", 0, 1 << 62)
+        self.assertEqual([(s, e, json.loads(v)) for s, e, v in got],
+                         [(1000, 2000, {"n": 2, "total": 3}), (9000, 9000, {"n": 1, "total": 4}),
+                          (30000, 30000, {"n": 1, "total": 8})])
+        got = self.r.execute_command("WINDOWS", name + ".ses", "a", 1001, 30000)
+        self.assertEqual([w[0] for w in got], [9000, 30000], "a session is found by its start")
+        produce(self.r, name + "-in", [("a", 5500, 16)])  # bridges the first two
+        wait_caught_up(self.node, name, WAIT)
+        got = self.r.execute_command("WINDOWS", name + ".ses", "a", 0, 1 << 62)
+        self.assertEqual([(s, e, json.loads(v)) for s, e, v in got],
+                         [(1000, 9000, {"n": 4, "total": 23}), (30000, 30000, {"n": 1, "total": 8})])
+        cursor, flat = self.r.execute_command("SCAN", name + ".ses", 0)
+        self.assertEqual(flat[0::3], [b"a", b"a", b"b"])
+        self.assertEqual(flat[1::3], [1000, 30000, 1500])
 
     def test_answers_are_byte_identical_after_a_restart(self):
         name = "rs%d" % next(_serial)
