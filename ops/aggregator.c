@@ -215,10 +215,10 @@ static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *
 static void agg_free(agg_t *a)
 {
     sl_cache_free(a->cache);
-    sl_aggstate_free(a->state);
+    sl_aggstate_free(a->state); /* states before the set they belong to */
+    sl_aggstate_free(a->other);
     sl_aggset_free(a->set);
     sl_window_closer_free(a->closer);
-    sl_aggstate_free(a->other);
     sl_free(a->sessions);
     sl_free(a->changed);
     sl_buf_free(&a->keys);
