@@ -16,8 +16,9 @@
  *   3. dead letters (nacked, expired, over their deliveries, dropped) are
  *      copied into their dead-letter queue's groups, with headers saying
  *      why;
- *   4. each group is appended as one batch, and every appended partition
- *      is awaited durable (one fsync each, shared by everything staged);
+ *   4. each group is appended (in batches of about 1 MiB, well below the
+ *      log's largest), and every appended partition is awaited durable
+ *      (one fsync each, shared by everything staged);
  *   5. into the transaction: each new end as the partition's lso, each
  *      level's ack floor and cursor, the ack chunks that changed, delivery
  *      counts.
@@ -499,11 +500,28 @@ static int gather(sl_queue_batch_t *b, group_t *g, size_t *n)
     return 0;
 }
 
-/* Step 4 for one group: one batch at the level's committed end. */
+/* The most bytes of records appended as one batch: far below a queue
+ * log's max.batch.bytes, however much a group holds. */
+#define APPEND_CHUNK_BYTES (1 << 20)
+
+static size_t record_bytes(const sl_record_t *r)
+{
+    size_t n = 64 + (size_t)(r->key_len > 0 ? r->key_len : 0) +
+               (size_t)(r->value_len > 0 ? r->value_len : 0);
+    for (uint32_t i = 0; i < r->header_count; i++)
+        n += 16 + (size_t)(r->headers[i].name_len > 0 ? r->headers[i].name_len : 0) +
+             (size_t)(r->headers[i].value_len > 0 ? r->headers[i].value_len : 0);
+    return n;
+}
+
+/* Step 4 for one group: batches of at most about APPEND_CHUNK_BYTES at the
+ * level's committed end; g->first and g->count grow with each, so that a
+ * failure midway is undone like a whole one. */
 static int append_group(sl_queue_batch_t *b, group_t *g)
 {
     sl_queue_t *q = sl_queues_at(b->qs, g->slot, g->id);
-    size_t n;
+    size_t n, from = 0;
+    int64_t first;
     int rc = q ? gather(b, g, &n) : 0;
     if (!q || rc || n == 0)
         return rc;
@@ -514,9 +532,17 @@ static int append_group(sl_queue_batch_t *b, group_t *g)
         if ((rc = sl_partition_truncate(l->partition, l->end)))
             return rc;
     }
-    if ((rc = sl_partition_append_nowait(l->partition, b->append, n, &g->first)))
-        return rc;
-    g->count = (int64_t)n;
+    while (from < n) {
+        size_t to = from, bytes = 0;
+        while (to < n && (to == from || bytes < APPEND_CHUNK_BYTES))
+            bytes += record_bytes(&b->append[to++]);
+        if ((rc = sl_partition_append_nowait(l->partition, b->append + from, to - from, &first)))
+            return rc;
+        if (from == 0)
+            g->first = first;
+        g->count += (int64_t)(to - from);
+        from = to;
+    }
     return 0;
 }
 

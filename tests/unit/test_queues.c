@@ -770,6 +770,29 @@ static void test_stats_and_rates(void **state)
     qn_free(n);
 }
 
+static void test_a_commit_larger_than_a_log_batch_is_appended_in_pieces(void **state)
+{
+    (void)state;
+    qnode_t *n = qn_new();
+    size_t size = 1 << 20; /* 20 of them: over the queue log's 16 MiB max.batch.bytes */
+    char *payload = malloc(size + 1);
+    declare(n, "big", NULL);
+    for (int i = 0; i < 20; i++) {
+        memset(payload, 'a' + i, size);
+        payload[size] = 0;
+        assert_int_equal(stage(n, "", "big", payload, 0, -1), 1);
+    }
+    commit(n);
+    assert_int_equal(stats(n, "big").ready, 20);
+    qn_reopen(n);
+    got_t g = pop(n, "big", 64);
+    assert_int_equal(g.count, 20);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(g.payload[i][0], 'a' + i); /* in order */
+    free(payload);
+    qn_free(n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -791,6 +814,7 @@ int main(void)
         cmocka_unit_test(test_consumed_segments_are_reclaimed),
         cmocka_unit_test(test_deleting_a_queue_removes_it_everywhere),
         cmocka_unit_test(test_stats_and_rates),
+        cmocka_unit_test(test_a_commit_larger_than_a_log_batch_is_appended_in_pieces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
