@@ -18,6 +18,7 @@
 #                key kind - workers); the restore follows the last field run
 #   PERF_DIR     if set: perf record -g on the node during each run, into
 #                PERF_DIR/<case>.data, and the top of its report printed
+#                (PERF_ARGS replaces -g, e.g. "--call-graph dwarf")
 #
 # Input (bench/window_load.c): N JSON values of 100 bytes,
 # {"user":"u<5 digits>","amount":<1..1000>,"ts":...,"pad":"..."}, 100 K
@@ -98,7 +99,13 @@ def threads():  # thread -> (ns on a CPU, ns waiting for one), from schedstat
             pass
     return out
 
-s0, c0, t0 = threads(), cpu(), time.monotonic()
+def written():  # bytes the node has written (write/pwrite/writev calls)
+    for line in open("/proc/%s/io" % pid):
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+s0, w0, c0, t0 = threads(), written(), cpu(), time.monotonic()
 r.execute_command("PIPELINE", "SUBMIT", name, script)
 stage1 = None
 while True:
@@ -117,14 +124,14 @@ while True:
     if now - t0 > timeout:
         sys.exit("pipeline %s: not done after %.0f s: %s" % (name, timeout, committed))
     time.sleep(0.02)
-seconds, cpu_s, s1 = now - t0, cpu() - c0, threads()
+seconds, cpu_s, s1, wrote = now - t0, cpu() - c0, threads(), written() - w0
 # the pipeline's worker threads: the new threads that ran most
 busy = sorted(((s1[t][0] - s0.get(t, (0, 0))[0], s1[t][1] - s0.get(t, (0, 0))[1]) for t in s1
                if t not in s0), reverse=True)[:workers]
 run = sum(b[0] for b in busy) / 1e9 / max(len(busy), 1)
 wait = sum(b[1] for b in busy) / 1e9 / max(len(busy), 1)
 out = sum(p[2] - p[1] for p in r.execute_command("TOPIC", "DESCRIBE", "out")[5])
-print("%.3f %.3f %.2f %d %.2f %.2f" % (seconds, stage1, cpu_s, out, run, wait))
+print("%.3f %.3f %.2f %d %.2f %.2f %d" % (seconds, stage1, cpu_s, out, run, wait, wrote))
 EOF
 
 free_port() {
@@ -156,7 +163,7 @@ stop_node() {
 
 perf_start() { # CASE
     [ -n "${PERF_DIR:-}" ] || return 0
-    perf record -g -o "$PERF_DIR/$1.data" -p "$node_pid" >/dev/null 2>&1 &
+    perf record ${PERF_ARGS:--g} -o "$PERF_DIR/$1.data" -p "$node_pid" >/dev/null 2>&1 &
     perf_pid=$!
 }
 
@@ -209,17 +216,19 @@ run_case() { # KIND WORKERS
     out=$("$PYTHON" "$work/drive.py" "$port" wb "$work/$case.lua" "$N" "$node_pid" "$RUN_TIMEOUT" \
         "$workers")
     perf_stop "$case"
-    read -r seconds stage1 cpu results_out run wait <<<"$out"
+    read -r seconds stage1 cpu results_out run wait wrote <<<"$out"
     local line
     line=$(awk -v n="$N" -v s="$seconds" -v w="$workers" -v k="$kind" -v c="$cpu" -v run="$run" \
         'BEGIN { printf "%-9s %d worker(s): %9.0f records/s, %8.0f per worker; %7.0f per worker " \
             "cpu-second (node %.0f per cpu-second)", k " key", w, n / s, n / s / w, n / run / w,
             n / c }')
     awk -v n="$N" -v s="$seconds" -v s1="$stage1" -v c="$cpu" -v k="$kind" -v o="$results_out" \
-        -v run="$run" -v wait="$wait" -v l="$line" 'BEGIN {
+        -v run="$run" -v wait="$wait" -v l="$line" -v b="$wrote" 'BEGIN {
         printf "%s\n  %d records in %.1f s; node cpu %.1f s; each worker thread %.1f s on a cpu, " \
             "%.1f s waiting for one (other load), %.1f s blocked (fsync, locks, idle)\n" \
-            "  %d result records out", l, n, s, c, run, wait, s - run - wait, o
+            "  %d result records out; the node wrote %.0f MB (%.0f bytes per input record, " \
+            "%.0f MB/s)", l, n, s, c, run, wait, s - run - wait, o, b / 1048576, b / n,
+            b / 1048576 / s
         if (k == "lua") printf "; stage 1 (in -> key_by -> repartition) done at %.1f s", s1
         printf "\n" }'
     results+=("$line")
@@ -275,6 +284,7 @@ print(sum(p[2] - p[1] for p in d[5]), sum(p[3] for p in d[5]))' "$port" "$change
     results+=("$line")
 }
 
+last_field=""
 for c in $CASES; do
     case "$c" in
     field-[1-9] | field-[1-9][0-9]) last_field=$c ;;
