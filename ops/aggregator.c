@@ -42,21 +42,6 @@
 
 #define EXPIRE_BATCH 10000 /* windows expired per flush, at most */
 
-static uint64_t be64_get(const void *p)
-{
-    const uint8_t *b = p;
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | b[i];
-    return v;
-}
-
-static void be64_put(uint8_t *b, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        b[i] = (uint8_t)v;
-}
-
 typedef struct changed {
     size_t at, len; /* the key in keys */
     int64_t start;
@@ -104,7 +89,7 @@ static agg_t *agg_of(sl_exec_task_t *t, const sl_op_t *op)
 
 /* ---- setup ------------------------------------------------------------------- */
 
-static int make_set(const sl_op_t *op, sl_aggset_t **out)
+int sl_aggregate_set(const sl_op_t *op, sl_aggset_t **out)
 {
     char source[SL_AGG_SOURCE_MAX + 1];
     int rc = sl_aggset_new(out);
@@ -120,6 +105,24 @@ static int make_set(const sl_op_t *op, sl_aggset_t **out)
         rc = index < 0 ? index : 0;
     }
     return rc;
+}
+
+int sl_aggregate_split(const sl_op_t *op, const void *value, size_t len, int64_t window_start,
+                       const uint8_t **state, size_t *state_len, int64_t *window_end)
+{
+    *state = value;
+    *state_len = len;
+    *window_end = INT64_MIN;
+    if (op->window_kind == SL_OP_WINDOW_SESSION) {
+        if (len < 8)
+            return sl_error_set(SL_ECORRUPT, "a stored session of %zu bytes", len);
+        *window_end = (int64_t)sl_get_be64(value);
+        *state += 8;
+        *state_len -= 8;
+    } else if (op->window_kind && window_start <= INT64_MAX - op->window_size) {
+        *window_end = window_start + op->window_size;
+    }
+    return 0;
 }
 
 static int make_spec(const sl_op_t *op, agg_t *a)
@@ -164,7 +167,7 @@ static int rebuild_one(void *arg, const void *store_key, size_t len, const void 
     if (r->a->session) {
         if (value_len < 8)
             return 0;
-        sl_session_t session = {start, (int64_t)be64_get(value)};
+        sl_session_t session = {start, (int64_t)sl_get_be64(value)};
         close = sl_session_close_time(&r->a->spec, &session);
     }
     if (sl_window_is_closed(close, sl_watermark_get(&r->a->wm)))
@@ -190,7 +193,7 @@ static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *
                     int64_t stream_time)
 {
     a->op = op;
-    int rc = make_set(op, &a->set);
+    int rc = sl_aggregate_set(op, &a->set);
     if (rc == 0)
         rc = sl_aggstate_new(a->set, &a->state);
     if (rc == 0)
@@ -429,7 +432,7 @@ static int collect_session(void *arg, int64_t first, const void *value, size_t v
     if (sl_array_reserve((void **)&a->sessions, &a->session_cap, a->session_count + 2,
                          sizeof *a->sessions))
         return -ENOMEM;
-    a->sessions[a->session_count++] = (sl_session_t){first, (int64_t)be64_get(value)};
+    a->sessions[a->session_count++] = (sl_session_t){first, (int64_t)sl_get_be64(value)};
     return 0;
 }
 
@@ -482,7 +485,7 @@ static int update_session(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot,
     size_t n = sl_aggstate_encoded_size(a->state);
     if ((rc = reserve_scratch(a, n + 8)))
         return rc;
-    be64_put(a->scratch, (uint64_t)place.session.last);
+    sl_put_be64(a->scratch, (uint64_t)place.session.last);
     sl_aggstate_encode(a->state, a->scratch + 8);
     rc = sl_cache_window_put(a->cache, key, key_len, place.session.first, a->scratch, n + 8);
     if (rc < 0)
@@ -576,7 +579,7 @@ static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_le
         if (value_len < 8)
             return sl_error_set(SL_ECORRUPT, "aggregate (%s): a stored session is %zu bytes",
                                 a->op->where, value_len);
-        end = (int64_t)be64_get(value); /* a session's end is its last record's time */
+        end = (int64_t)sl_get_be64(value); /* a session's end is its last record's time */
         value = (const uint8_t *)value + 8;
         value_len -= 8;
     }
@@ -653,6 +656,7 @@ static int flush_closed(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
 int sl_exec_task_flush(sl_exec_t *x, sl_exec_task_t *t, const sl_exec_output_t *out)
 {
     int rc = 0;
+    sl_exec_set_task(x, t); /* ops downstream (FEATURES) read this task's state */
     for (int i = 0; rc == 0 && t && i < t->count; i++) {
         agg_t *a = &t->aggs[i];
         rc = a->closer ? flush_closed(x, a, out) : flush_updates(x, a, out);

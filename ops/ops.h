@@ -6,8 +6,10 @@
  * (records read back from the repartition topic the runtime wrote them to,
  * so that every key lands in one task), and runs every op downstream of it
  * until an exit: a TO (records for a sink topic), a KEY_BY (records, now
- * re-keyed, for its repartition topic) or a ROUTE (messages for an
- * exchange). Exits hand their records to the caller's emit callback; the
+ * re-keyed, for its repartition topic), a ROUTE (messages for an
+ * exchange) or a FEATURES (the changed feature vectors of its aggregate's
+ * keys at commit, for the topic named after its view: features.h). Exits
+ * hand their records to the caller's emit callback; the
  * caller appends them wherever they go. A ROUTE's record is the message's
  * payload (its value); the routing key, priority and headers its functions
  * made are sl_exec_route()'s during the callback.
@@ -38,7 +40,7 @@ typedef struct sl_op_stats {
 
 /* Where a stage's records go, and what to do with failures. */
 typedef struct sl_exec_output {
-    /* An exit (TO, KEY_BY or ROUTE) produced rec; its bytes stay valid until
+    /* An exit (TO, KEY_BY, ROUTE, FEATURES) produced rec; its bytes stay valid until
      * sl_exec_reset(). Returns 0, or an error that stops the batch. */
     int (*emit)(void *arg, const sl_op_t *exit, const sl_record_t *rec);
     /* op failed on input (the record that entered the stage); why names
@@ -130,5 +132,20 @@ void sl_exec_task_committed(sl_exec_task_t *t);
 
 /* 1 when a cache of t is at its budget: commit before the next batch. */
 int sl_exec_task_full(const sl_exec_task_t *t);
+
+/* ---- reading an aggregate's store (for queries) ----------------------------- */
+
+typedef struct sl_aggset sl_aggset_t; /* ops/aggregate.h */
+
+/* The aggregate set AGGREGATE op's states are made with (so decoding
+ * checks the same fingerprint). Free with sl_aggset_free. */
+int sl_aggregate_set(const sl_op_t *op, sl_aggset_t **out);
+
+/* Splits a value of op's store into the encoded state (*state, *state_len)
+ * and the window's end (exclusive for tumbling and hopping; a session's
+ * last record time; INT64_MIN without a window). SL_ECORRUPT for a
+ * session value too short to hold its end. */
+int sl_aggregate_split(const sl_op_t *op, const void *value, size_t len, int64_t window_start,
+                       const uint8_t **state, size_t *state_len, int64_t *window_end);
 
 #endif

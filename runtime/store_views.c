@@ -27,8 +27,7 @@
 typedef struct view {
     sl_aggset_t *set;
     sl_aggstate_t *state;
-    int64_t window_size; /* tumbling, hopping: end = start + size; else 0 */
-    int session;         /* session windows: values are be64(end) + the state */
+    sl_op_t window; /* the op's window fields only, for sl_aggregate_split */
 } view_t;
 
 /* The AGGREGATE op of a running pipeline that owns store; lock held. */
@@ -48,26 +47,6 @@ static const sl_op_t *find_op(sl_pipelines_t *m, const char *store)
     return NULL;
 }
 
-/* The op's aggregate set, built as the operator builds it (aggregator.c),
- * so that the fingerprints agree. */
-static int make_set(const sl_op_t *op, sl_aggset_t **out)
-{
-    char source[SL_AGG_SOURCE_MAX + 1];
-    int rc = sl_aggset_new(out);
-    for (int i = 0; rc == 0 && i < op->agg_count; i++) {
-        const sl_agg_spec_t *m = &op->aggs[i];
-        if (m->field)
-            snprintf(source, sizeof source, "%s", m->field);
-        else if (m->kind == SL_OP_AGG_COUNT)
-            source[0] = '\0';
-        else
-            snprintf(source, sizeof source, "function %s", m->name);
-        int index = sl_aggset_add(*out, m->name, (sl_agg_kind_t)m->kind, source[0] ? source : NULL);
-        rc = index < 0 ? index : 0;
-    }
-    return rc;
-}
-
 static void close_view(void *arg)
 {
     view_t *v = arg;
@@ -84,12 +63,11 @@ static int make_view(const sl_op_t *op, view_t **out)
     view_t *v = sl_calloc(1, sizeof *v);
     if (!v)
         return -ENOMEM;
-    int rc = make_set(op, &v->set);
+    int rc = sl_aggregate_set(op, &v->set);
     if (rc == 0)
         rc = sl_aggstate_new(v->set, &v->state);
-    if (op->window_kind == SL_OP_WINDOW_TUMBLING || op->window_kind == SL_OP_WINDOW_HOPPING)
-        v->window_size = op->window_size;
-    v->session = op->window_kind == SL_OP_WINDOW_SESSION;
+    v->window.window_kind = op->window_kind; /* the op may go with its pipeline */
+    v->window.window_size = op->window_size;
     if (rc) {
         close_view(v);
         return rc;
@@ -110,23 +88,18 @@ static int open_view(void *arg, const char *store, void **out)
     return rc;
 }
 
-/* A session's value starts with the big-endian end of the session (the
- * time of its last record), as aggregator.c writes it. */
 static int render_value(void *arg, const void *value, size_t len, int64_t window_start,
                         int64_t *window_end, sl_buf_t *out)
 {
     view_t *v = arg;
-    const uint8_t *bytes = value;
-    if (v->window_size && window_start <= INT64_MAX - v->window_size)
-        *window_end = window_start + v->window_size;
-    if (v->session && len < 8)
-        return SL_ECORRUPT;
-    if (v->session) {
-        *window_end = (int64_t)sl_get_be64(bytes);
-        bytes += 8;
-        len -= 8;
-    }
-    int rc = sl_aggstate_decode(v->state, bytes, len);
+    const uint8_t *state;
+    size_t state_len;
+    int64_t end;
+    int rc = sl_aggregate_split(&v->window, value, len, window_start, &state, &state_len, &end);
+    if (rc == 0 && end != INT64_MIN)
+        *window_end = end;
+    if (rc == 0)
+        rc = sl_aggstate_decode(v->state, state, state_len);
     return rc ? rc : sl_aggstate_json(v->state, out);
 }
 
