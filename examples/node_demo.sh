@@ -45,6 +45,9 @@ redis-cli -p "$PORT" FETCH clickstream.dlq 0 0 COUNT 1
 
 echo "== per-user spend per minute (the windowed aggregate user_spend): 3 results"
 "$SLUICE" consume user_spend --group dashboard --follow -n 3 --port "$PORT"
+echo "== the same state, queried (SCAN the store, then WINDOWS of user-1)"
+redis-cli -p "$PORT" SCAN clickstream.user_spend 0 COUNT 2
+redis-cli -p "$PORT" WINDOWS clickstream.user_spend user-1 0 99999999999999
 
 echo "== replay: rewind group 'backfill' on views to the start time and read 2"
 "$SLUICE" consume views --group backfill --time "$START" -n 2 --port "$PORT"
