@@ -25,9 +25,11 @@
  *            (fsync=never) before every run.
  *   breakdown the same data through cumulative variants, single thread:
  *              read+copy      reader -> batch arena only
- *              +load raw      sl_vm_record_load() with json = 0: the record
- *                             table without JSON decoding (informational)
- *              +load json     sl_vm_record_load(): table + lua-cjson decode
+ *              +load raw      sl_vm_record_load() with json = 0: the slot
+ *                             and the bytes copied, no JSON (informational)
+ *              +load json     sl_vm_record_load(): slot + jsmn tokens checked
+ *                             (the Lua record and its fields are made
+ *                             lazily, inside the calls below)
  *              +filter        sl_vm_call_filter() on every record
  *              +map           sl_vm_call_map() on the kept ones
  *              +encode        sl_vm_record_get() of the map's result
@@ -659,9 +661,9 @@ int main(int argc, char **argv)
             int from, to;
         } stages[] = {
             {"read + copy batch (log I/O in)", -1, M_READ},
-            {"record table build (no JSON)", M_READ, M_LOAD_RAW},
-            {"JSON decode (lua-cjson)", M_LOAD_RAW, M_LOAD},
-            {"filter call (all records)", M_LOAD, M_FILTER},
+            {"record load (bytes into a slot)", M_READ, M_LOAD_RAW},
+            {"JSON tokenize + check (jsmn)", M_LOAD_RAW, M_LOAD},
+            {"filter call: r, r.value, field (all)", M_LOAD, M_FILTER},
             {"map call (kept records)", M_FILTER, M_MAP},
             {"encode (record_get, kept)", M_MAP, M_ENCODE},
             {"exec + emit/grouping", M_ENCODE, M_EXEC},
