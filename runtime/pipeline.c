@@ -42,6 +42,8 @@ static void exit_topic(const pipeline_t *pl, const sl_op_t *op, char *out, size_
         snprintf(out, size, "%s", op->topic);
     else if (op->kind == SL_OP_AGGREGATE)
         snprintf(out, size, "%s", op->late_topic ? op->late_topic : "");
+    else if (op->kind == SL_OP_FEATURES) /* the view's vectors */
+        snprintf(out, size, "%s", op->view);
     else
         snprintf(out, size, "%s.repartition.%d", pl->name, op->id);
 }
@@ -128,6 +130,8 @@ static int queue_record(worker_t *w, const sl_op_t *exit, const sl_record_t *rec
 
 static int on_emit(void *arg, const sl_op_t *exit, const sl_record_t *rec)
 {
+    if (exit->kind == SL_OP_ROUTE)
+        return route_hold(arg, exit, rec); /* route.c */
     return queue_record(arg, exit, rec);
 }
 
@@ -377,7 +381,7 @@ static int commit_states(worker_t *w, task_t *t)
 static int commit_exactly_once(worker_t *w, int first, int stride)
 {
     pipeline_t *pl = w->pl;
-    int rc = flush_states(w, first, stride), any = w->held_count > 0;
+    int rc = flush_states(w, first, stride), any = w->held_count > 0 || route_pending(w);
     for (int i = first; !any && i < pl->task_count; i += stride)
         any = pl->tasks[i].uncommitted >= 0 || states_dirty(pl, &pl->tasks[i]);
     if (rc || !any)
@@ -395,12 +399,20 @@ static int commit_exactly_once(worker_t *w, int first, int stride)
             rc = sl_commit_offset(w->committer, pl->group, t->topic, sl_partition_id(t->partition),
                                   t->uncommitted);
     }
+    if (rc == 0) /* messages for queues, into the same transaction */
+        rc = route_commit(w, sl_commit_txn(w->committer));
     if (rc) {
         sl_commit_abort(w->committer);
-        return sl_error_set(rc, "pipeline %s: commit failed: %s", pl->name, sl_error_detail());
+        rc = sl_error_set(rc, "pipeline %s: commit failed: %s", pl->name, sl_error_detail());
+        route_finish(w, 0);
+        return rc;
     }
-    if ((rc = sl_commit_end(w->committer)))
-        return sl_error_set(rc, "pipeline %s: commit failed: %s", pl->name, sl_error_detail());
+    rc = sl_commit_end(w->committer);
+    if (rc)
+        rc = sl_error_set(rc, "pipeline %s: commit failed: %s", pl->name, sl_error_detail());
+    route_finish(w, rc == 0);
+    if (rc)
+        return rc;
     drop_held(w);
     for (int i = first; i < pl->task_count; i += stride) {
         pl->tasks[i].uncommitted = -1;
@@ -616,7 +628,7 @@ static int check_output(pipeline_t *pl, const sl_op_t *op)
                             "%s: aggregates keep state, which needs processing = "
                             "\"exactly_once\"",
                             op->where);
-    if (op->kind != SL_OP_TO && op->kind != SL_OP_KEY_BY &&
+    if (op->kind != SL_OP_TO && op->kind != SL_OP_KEY_BY && op->kind != SL_OP_FEATURES &&
         !(op->kind == SL_OP_AGGREGATE && op->late_topic))
         return 0;
     exit_topic(pl, op, name, sizeof name);
@@ -657,7 +669,8 @@ static int prepare_topics(pipeline_t *pl, int32_t widest)
         else if (op->kind == SL_OP_KEY_BY) {
             snprintf(name, sizeof name, "%s.repartition.%d", pl->name, op->id);
             rc = ensure_topic(pl, name, widest, 1);
-        }
+        } else if (op->kind == SL_OP_FEATURES)
+            rc = ensure_topic(pl, op->view, widest, 1);
     }
     snprintf(name, sizeof name, "%s.dlq", pl->name);
     if (rc == 0 && pl->dag->on_error == SL_ON_ERROR_DEAD_LETTER)
@@ -900,7 +913,7 @@ int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, si
         snprintf(pl->group, sizeof pl->group, "pipeline.%s", name);
         rc = compile(pl, m->workers);
     }
-    if (rc == 0 && (rc = check_sources(pl, &widest)) == 0 &&
+    if (rc == 0 && (rc = route_prepare(pl)) == 0 && (rc = check_sources(pl, &widest)) == 0 &&
         (rc = prepare_topics(pl, widest)) == 0 && (rc = offsets_log_open(pl)) == 0 &&
         (rc = build_tasks(pl)) == 0 && (rc = compile_more(pl, m->workers)) == 0)
         rc = prepare_state(pl, widest);
@@ -934,6 +947,7 @@ void pipeline_drain_and_free(pipeline_t *pl)
 
 static void worker_free(worker_t *w)
 {
+    route_free(w);
     for (int i = 0; i < w->pending_count; i++)
         sl_partition_unref(w->pending[i].partition);
     sl_free(w->pending);

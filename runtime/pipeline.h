@@ -29,10 +29,12 @@ typedef struct sl_pipelines sl_pipelines_t;
 
 /* Starts the pipeline manager: loads DATA/pipelines/<name>.lua and starts
  * each (a script that no longer compiles is reported and left stopped).
- * workers: threads (each with its own VM) per pipeline, at most one per
- * task; 0 means the number of cores. */
-int sl_pipelines_open(const char *data_dir, sl_log_t *log, sl_state_t *state, int workers,
-                      sl_pipelines_t **out);
+ * queues: the node's work queues, which :route() sinks enqueue into and
+ * scripts declare into (NULL: such pipelines are refused); they must
+ * outlive the manager. workers: threads (each with its own VM) per
+ * pipeline, at most one per task; 0 means the number of cores. */
+int sl_pipelines_open(const char *data_dir, sl_log_t *log, sl_state_t *state, sl_queues_t *queues,
+                      int workers, sl_pipelines_t **out);
 
 /* Stops every pipeline (each at a batch boundary) and frees the manager. */
 void sl_pipelines_close(sl_pipelines_t *m);
@@ -52,6 +54,11 @@ void sl_pipelines_notify(sl_pipelines_t *m);
 /* Writes the pipelines' metric families (sl_server_set_metrics):
  * per operator records in/out and errors, per task lag, and state. */
 void sl_pipelines_metrics(void *m, struct evbuffer *out);
+
+/* The feature views of the running pipelines (runtime/features.h), for
+ * the server: sl_server_set_feature_views(server, &sl_feature_views,
+ * sl_pipelines_features(m)). Borrowed: valid until the manager closes. */
+struct sl_features *sl_pipelines_features(sl_pipelines_t *m);
 
 /* The PIPELINE command for the server (sl_server_add_command). */
 int sl_pipelines_command(void *m, size_t argc, const sl_resp_arg_t *argv, sl_reply_t *reply);

@@ -85,6 +85,7 @@ typedef struct worker {
     int held_count, held_cap;
     size_t held_bytes;
     sl_commit_t *committer;
+    struct route_sink *router; /* messages for :route(), until the commit (route.c) */
 } worker_t;
 
 typedef struct pipeline {
@@ -125,6 +126,8 @@ struct sl_pipelines {
     pthread_mutex_t wake_lock;
     pthread_cond_t wake;
     uint64_t wake_seq;
+    sl_queues_t *queues;          /* the node's work queues, for :route(); NULL: none */
+    struct sl_features *features; /* the views of the running pipelines (features.c) */
     atomic_llong restore_records; /* changelog records restored since start */
     atomic_int restoring;         /* restores running now */
 };
@@ -149,5 +152,20 @@ int offsets_log_get(const pipeline_t *pl, const char *kind, const char *name, in
                     int64_t *value);
 int offsets_log_append(pipeline_t *pl, sl_commit_t *c, int first, int stride);
 void offsets_log_free(pipeline_t *pl);
+
+/* route.c: the :route() sink. prepare checks a new pipeline's ROUTE ops
+ * (exactly-once only, existing exchanges) after applying its declarations;
+ * hold copies the message a ROUTE exit emits (its emit callback); pending
+ * says whether messages wait for the commit; commit routes and enqueues
+ * them into the commit's write transaction txn (holding the queues locked
+ * until finish), and finish follows every commit, committed or not
+ * (undone: the messages are kept); free drops a worker's. */
+typedef struct route_sink route_sink_t;
+int route_prepare(pipeline_t *pl);
+int route_hold(worker_t *w, const sl_op_t *op, const sl_record_t *rec);
+int route_pending(const worker_t *w);
+int route_commit(worker_t *w, MDB_txn *txn);
+void route_finish(worker_t *w, int committed);
+void route_free(worker_t *w);
 
 #endif
