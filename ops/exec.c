@@ -284,14 +284,21 @@ static void run(sl_exec_t *x, int op_id, int slot)
 }
 
 /* Straight to the sinks when every op reading from op is a TO (the usual
- * :aggregate{...}:to(topic)): the record needs no Lua. 1 if it went. */
-static int deliver_to_sinks(sl_exec_t *x, int op, const sl_record_t *rec,
+ * :aggregate{...}:to(topic)): the record needs no Lua, only its bytes in the
+ * batch arena (as raw, untokenized). 1 if it went. */
+static int deliver_to_sinks(sl_exec_t *x, int op, const sl_record_t *in,
                             const sl_exec_output_t *out)
 {
     const successors_t *s = &x->next[op][0];
+    sl_vm_origin_t raw = {x->dag->ops[op].store, -1, 0};
+    sl_record_t copy, *rec = &copy;
+    int slot;
     for (int i = 0; i < s->count; i++)
         if (x->dag->ops[s->ops[i]].kind != SL_OP_TO)
             return 0;
+    if ((x->stop = sl_vm_record_load(x->dag->vm, in, &raw, &slot)) ||
+        (x->stop = sl_vm_record_get(x->dag->vm, slot, &copy)))
+        return 1;
     x->stats[op].records_out++;
     for (int i = 0; i < s->count && !x->stop; i++) {
         x->stats[s->ops[i]].records_in++;
