@@ -25,7 +25,7 @@ typedef struct compile {
 
 static const char *const kind_names[] = {
     "stream", "filter", "map", "flat_map",  "key_by", "branch",
-    "merge",  "peek",   "to",  "aggregate", "route",
+    "merge",  "peek",   "to",  "aggregate", "route",  "features",
 };
 
 const char *sl_op_kind_name(sl_op_kind_t kind)
@@ -43,10 +43,15 @@ static void check_windows_aggregated(lua_State *L, const sl_builder_t *b)
                         b->windows[i].where);
 }
 
+static int is_sink(const sl_op_t *op)
+{
+    return op->kind == SL_OP_TO || op->kind == SL_OP_ROUTE || op->kind == SL_OP_FEATURES;
+}
+
 static void check_has_sink(lua_State *L, const sl_builder_t *b)
 {
     for (int i = 0; i < b->dag->op_count; i++)
-        if (b->dag->ops[i].kind == SL_OP_TO || b->dag->ops[i].kind == SL_OP_ROUTE)
+        if (is_sink(&b->dag->ops[i]))
             return;
     sl_vm_raise(L,
                 "%s: the pipeline has no sink: end a stream with :to(topic) or "
@@ -66,7 +71,7 @@ static void check_all_used(lua_State *L, const sl_builder_t *b)
             used[dag->ops[i].inputs[j].op] = 1;
     for (int i = 0; i < dag->op_count; i++) {
         const sl_op_t *op = &dag->ops[i];
-        if (!used[i] && op->kind != SL_OP_TO && op->kind != SL_OP_ROUTE && op->kind != SL_OP_BRANCH)
+        if (!used[i] && !is_sink(op) && op->kind != SL_OP_BRANCH)
             sl_vm_raise(L,
                         "%s: the stream from %s is never used: end it with :to(topic) or "
                         ":route(exchange)",
@@ -94,6 +99,11 @@ static void check_no_cycle(lua_State *L, const sl_builder_t *b)
         if (op->kind == SL_OP_TO && source_of(dag, op->topic))
             sl_vm_raise(L, "%s: to('%s') writes a topic this pipeline reads (a cycle)", op->where,
                         op->topic);
+        if (op->kind == SL_OP_FEATURES && source_of(dag, op->view))
+            sl_vm_raise(L,
+                        "%s: features('%s') writes its vectors to topic '%s', which this "
+                        "pipeline reads (a cycle)",
+                        op->where, op->view, op->view);
         if (op->late_topic && source_of(dag, op->late_topic))
             sl_vm_raise(L, "%s: late = '%s' writes a topic this pipeline reads (a cycle)",
                         op->where, op->late_topic);
@@ -201,6 +211,13 @@ static void op_release(sl_vm_t *vm, sl_op_t *op)
     release(vm, op->route_key_fn);
     release(vm, op->route_priority_fn);
     release(vm, op->route_headers_fn);
+    sl_free(op->view);
+    sl_free(op->ranges);
+    for (int i = 0; op->range_names && i < op->range_count; i++)
+        sl_free(op->range_names[i]);
+    sl_free(op->range_names);
+    sl_free(op->has_default);
+    sl_free(op->defaults);
 }
 
 static void declaration_free(sl_declaration_t *d)
@@ -284,6 +301,22 @@ static int same_route(const sl_op_t *a, const sl_op_t *b)
            same_function(a->route_headers_fn, b->route_headers_fn);
 }
 
+/* The view, ranges and defaults of a FEATURES (NULL and none elsewhere). */
+static int same_features(const sl_op_t *a, const sl_op_t *b)
+{
+    if (!same_string(a->view, b->view) || a->range_count != b->range_count)
+        return 0;
+    for (int i = 0; i < a->range_count; i++)
+        if (a->ranges[i] != b->ranges[i] || strcmp(a->range_names[i], b->range_names[i]) != 0)
+            return 0;
+    if (a->feature_count != b->feature_count || !a->has_default != !b->has_default)
+        return 0;
+    for (int k = 0; a->has_default && k < a->feature_count; k++)
+        if (a->has_default[k] != b->has_default[k] || a->defaults[k] != b->defaults[k])
+            return 0;
+    return 1;
+}
+
 static int same_op(const sl_op_t *a, const sl_op_t *b)
 {
     if (a->kind != b->kind || a->input_count != b->input_count ||
@@ -294,7 +327,7 @@ static int same_op(const sl_op_t *a, const sl_op_t *b)
         if (a->inputs[i].op != b->inputs[i].op || a->inputs[i].port != b->inputs[i].port)
             return 0;
     return same_string(a->topic, b->topic) && same_string(a->field, b->field) &&
-           same_branches(a, b) && same_aggregate(a, b) && same_route(a, b);
+           same_branches(a, b) && same_aggregate(a, b) && same_route(a, b) && same_features(a, b);
 }
 
 static int same_bytes(const uint8_t *a, int32_t a_len, const uint8_t *b, int32_t b_len)

@@ -9,11 +9,11 @@
  * ids follow the order of the DSL calls: the only source of the DAG's shape
  * is the script's control flow (see "Determinism" in lua.h).
  *
- * A sink is a stream userdata with sink set (by :to() or :route()); its
- * __index refuses every operator, which is how "x:to('t'):map(f)" is
- * caught on the right line. A
- * windowed stream (from :window(), see dsl_aggregate.c) is refused the same
- * way every operator but :aggregate.
+ * A sink is a stream userdata with sink set (by :to(), :route() or
+ * :features()); its __index refuses every operator, which is how
+ * "x:to('t'):map(f)" is caught on the right line. A windowed stream (from
+ * :window(), see dsl_aggregate.c) is refused the same way every operator
+ * but :aggregate.
  *
  * Lines of chained calls: Lua 5.4 reports every call of a chain spread over
  * several lines at the line where the chain starts, but the lookup of
@@ -35,7 +35,7 @@
 typedef sl_dsl_stream_t stream_t;
 
 static const char operator_list[] =
-    "filter, map, flat_map, key_by, branch, peek, window, aggregate, to, route";
+    "filter, map, flat_map, key_by, branch, peek, window, aggregate, to, route, features";
 
 static void caller_where(lua_State *L, const sl_builder_t *b, char *out)
 {
@@ -106,6 +106,8 @@ stream_t *sl_dsl_push_stream(lua_State *L, int op, int port, int sink)
 
 const char *sl_dsl_sink_name(int sink)
 {
+    if (sink == SL_DSL_SINK_FEATURES)
+        return ":features()";
     return sink == SL_DSL_SINK_ROUTE ? ":route()" : ":to()";
 }
 
@@ -471,6 +473,7 @@ static void push_stream_metatable(lua_State *L, int token)
     set_closures(L, methods, token);
     set_closures(L, sl_dsl_aggregate_methods, token);
     set_closures(L, sl_dsl_route_methods, token);
+    set_closures(L, sl_dsl_features_methods, token);
     lua_pushvalue(L, token);
     lua_pushvalue(L, token + 1);
     lua_rotate(L, -3, 2);

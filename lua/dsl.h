@@ -67,7 +67,7 @@ typedef struct sl_dsl_window_spec {
 } sl_dsl_window_spec_t;
 
 /* What a sink stream came from (sl_dsl_stream_t.sink). */
-enum { SL_DSL_SINK_TO = 1, SL_DSL_SINK_ROUTE = 2 };
+enum { SL_DSL_SINK_TO = 1, SL_DSL_SINK_ROUTE = 2, SL_DSL_SINK_FEATURES = 3 };
 
 /* A stream as a script holds it. A windowed stream (window > 0, the index
  * of its :window() call in the builder plus one) accepts only :aggregate;
@@ -111,7 +111,8 @@ sl_op_t *sl_dsl_op_append(lua_State *L, sl_builder_t *b, sl_op_kind_t kind,
  * SL_DSL_SINK_*. */
 sl_dsl_stream_t *sl_dsl_push_stream(lua_State *L, int op, int port, int sink);
 
-/* ":to()" or ":route()", for messages about what follows a sink. */
+/* ":to()", ":route()" or ":features()", for messages about what follows
+ * a sink. */
 const char *sl_dsl_sink_name(int sink);
 
 /* dsl_aggregate.c: the module's window and member constructors, and the
@@ -123,5 +124,8 @@ extern const luaL_Reg sl_dsl_aggregate_methods[];
  * s.bind(), and the streams' :route() sink. */
 extern const luaL_Reg sl_dsl_route_functions[];
 extern const luaL_Reg sl_dsl_route_methods[];
+
+/* dsl_features.c: the streams' :features() sink. */
+extern const luaL_Reg sl_dsl_features_methods[];
 
 #endif

@@ -129,6 +129,29 @@
  *       function r -> 0..255 (absent: 0); headers: a function r -> {name =
  *       value} (absent: the record's headers). Returns a sink.
  *
+ * Feature views (DESIGN.md section 8):
+ *
+ *   clicks:key_by("user")
+ *     :window(s.tumbling("1m"))
+ *     :aggregate{clicks = s.count(), spend = s.sum("price"), store = "activity"}
+ *     :features("user_activity", {ranges = {"5m", "1h", "24h"},
+ *                                 defaults = {spend = 0, clicks_5m = -1}})
+ *
+ *   :features(view, {ranges =, defaults =})   a sink, right after a
+ *       tumbling :aggregate{}: per key, each member over each trailing
+ *       range is a feature named "<member>_<range>" (clicks_5m, spend_1h),
+ *       members by name, then ranges in the order given. The node answers
+ *       them at query time from the aggregate's buckets (its windows), and
+ *       writes each changed vector to the topic named view at commit.
+ *       view: 1 to SL_OP_VIEW_NAME_MAX bytes of a topic name, not a topic
+ *       the pipeline reads. ranges: 1 to SL_OP_FEATURE_RANGES_MAX distinct
+ *       durations, each a multiple of the window size (so at least one
+ *       bucket) and at most the aggregate's retention. defaults: names to
+ *       finite numbers, each name a member (all its ranges) or a feature
+ *       (that one, which wins over its member's); a feature with a default
+ *       takes it where its range has no value. Members must merge across
+ *       buckets: no s.reduce(). Returns a sink.
+ *
  * Compile-time checks, each reported as "chunk:line: what was wrong": unknown
  * options, wrong argument types, a bad topic or pipeline name, operators after
  * a sink, a second s.pipeline{} or s.stream() of one topic, an empty merge, a
@@ -140,7 +163,9 @@
  * never aggregated, an aggregate without members or with a bad one, window
  * options on an aggregate without a window, a bad or repeated store name,
  * bad or repeated work-queue declarations, a bad exchange name or routing
- * option, and any Lua syntax or runtime error.
+ * option, :features() after anything but a tumbling aggregate, bad ranges
+ * or defaults, a feature name a view already has in the script, and any
+ * Lua syntax or runtime error.
  * The DSL works only while the script is being compiled: a user function
  * calling it later gets an error.
  *
@@ -265,7 +290,8 @@ typedef enum {
     SL_OP_PEEK,      /* :peek(fn) */
     SL_OP_TO,        /* :to(topic): a sink, no output */
     SL_OP_AGGREGATE, /* [:window(spec)]:aggregate{...} */
-    SL_OP_ROUTE      /* :route(exchange, {...}): a sink into work queues */
+    SL_OP_ROUTE,     /* :route(exchange, {...}): a sink into work queues */
+    SL_OP_FEATURES   /* :features(view, {...}): a sink, a queryable feature view */
 } sl_op_kind_t;
 
 typedef enum { SL_ON_ERROR_STOP, SL_ON_ERROR_SKIP, SL_ON_ERROR_DEAD_LETTER } sl_on_error_t;
@@ -307,6 +333,8 @@ enum { SL_EMIT_ON_UPDATE = 0, SL_EMIT_ON_CLOSE = 1 };
 #define SL_OP_REDUCE_INIT_MAX    1048576  /* bytes of a reducer's initial JSON */
 #define SL_OP_STORE_NAME_MAX     64       /* bytes in a store name */
 #define SL_OP_RETENTION_DEFAULT  86400000 /* ms: one day */
+#define SL_OP_FEATURE_RANGES_MAX 16       /* trailing ranges of one :features() */
+#define SL_OP_VIEW_NAME_MAX      128      /* bytes in a feature view's name */
 
 /* The value SL_OP_SOURCE's format takes when the script names none. */
 #define SL_FORMAT_TOPIC (-1)
@@ -389,6 +417,21 @@ typedef struct sl_op {
     int route_key_fn;
     int route_priority_fn;
     int route_headers_fn;
+    /* FEATURES. Its input is a tumbling AGGREGATE. view: the view's name,
+     * also the topic its vectors go to. ranges: the trailing ranges in ms,
+     * in the script's order, each a multiple of the window size;
+     * range_names: how each is written in feature names ("5m", as the
+     * script wrote it). Feature k of feature_count (the aggregate's
+     * members times range_count) is member k / range_count over range k %
+     * range_count, named "<member>_<range>"; has_default[k] and defaults[k]
+     * say whether it has a default and which. */
+    char *view;
+    int64_t *ranges;
+    char **range_names;
+    int range_count;
+    int feature_count;
+    unsigned char *has_default;
+    double *defaults;
 } sl_op_t;
 
 /* What a declaration declares: s.exchange(), s.queue(), s.bind(). */
@@ -447,13 +490,13 @@ void sl_dag_free(sl_dag_t *dag);
 
 /* 1 if a and b describe the same pipeline: options, every op (kind,
  * inputs, topics, fields, branch names, options, where, windows, aggregate
- * members and their options, exchanges and routing options, and which
- * functions exist, not their references) and every declaration. 0
- * otherwise. */
+ * members and their options, exchanges and routing options, feature
+ * views, and which functions exist, not their references) and every
+ * declaration. 0 otherwise. */
 int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b);
 
 /* The DSL name of an op kind ("stream", "filter", ..., "to", "aggregate",
- * "route"); static. */
+ * "route", "features"); static. */
 const char *sl_op_kind_name(sl_op_kind_t kind);
 
 /* ---- records and batches ------------------------------------------------- */

@@ -6,8 +6,11 @@
  * one), the ops that read from it. A record then walks the stage depth
  * first from its entry op: each op calls its user function on the record's
  * VM slot and hands the resulting slot(s) to its successors, until an exit
- * (TO, KEY_BY, ROUTE) emits the bytes. Depth first keeps one record's
+ * (TO, KEY_BY, ROUTE, FEATURES) emits the bytes. Depth first keeps one record's
  * work together, so a failure stops only the path it happened on.
+ *
+ * A FEATURES exit turns each aggregate result it is given into the
+ * vector of the result's key (features.c) and emits that.
  *
  * A ROUTE exit first runs its functions (routing key, priority, headers)
  * and completes the message from the record where it has none: the
@@ -28,11 +31,12 @@ struct sl_exec {
     sl_dag_t *dag;
     successors_t **next; /* next[op][port] */
     sl_op_stats_t *stats;
-    const sl_exec_output_t *out; /* during a batch */
-    const sl_record_t *input;    /* the record that entered the stage */
-    int stop;                    /* a callback's non-zero value */
-    sl_exec_task_t *task;        /* the state of AGGREGATE ops */
-    sl_vm_route_t route;         /* the message a ROUTE exit is emitting */
+    const sl_exec_output_t *out;      /* during a batch */
+    const sl_record_t *input;         /* the record that entered the stage */
+    int stop;                         /* a callback's non-zero value */
+    sl_exec_task_t *task;             /* the state of AGGREGATE ops */
+    sl_vm_route_t route;              /* the message a ROUTE exit is emitting */
+    sl_features_emitters_t *features; /* FEATURES exits (features.c) */
 };
 
 const sl_dag_t *sl_exec_dag(const sl_exec_t *x)
@@ -105,6 +109,7 @@ void sl_exec_free(sl_exec_t *x)
     }
     sl_free(x->next);
     sl_free(x->stats);
+    sl_features_emitters_free(x->features);
     sl_free(x);
 }
 
@@ -130,6 +135,7 @@ const sl_op_stats_t *sl_exec_stats(const sl_exec_t *x, int op)
 void sl_exec_reset(sl_exec_t *x)
 {
     sl_vm_batch_reset(x->dag->vm);
+    sl_features_emitters_reset(x->features);
 }
 
 static void run(sl_exec_t *x, int op_id, int slot);
@@ -269,6 +275,11 @@ static void run(sl_exec_t *x, int op_id, int slot)
         break;
     case SL_OP_ROUTE:
         emit_route(x, op, slot);
+        break;
+    case SL_OP_FEATURES: /* an aggregate's result: its key's vector */
+        rc = sl_features_emit(&x->features, x->dag, x->task, op, vm, slot, &out);
+        if (rc == 0 && out >= 0)
+            emit(x, op, out);
         break;
     case SL_OP_AGGREGATE:
         rc = sl_aggregator_record(x->task, op, vm, slot, &late);

@@ -19,4 +19,18 @@ int sl_exec_deliver(sl_exec_t *x, int op, const sl_record_t *rec, const sl_exec_
  * 1 when every window it belongs to is closed (nothing changed). */
 int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int slot, int *late);
 
+/* The FEATURES exits of an exec (features.c), made when first used. */
+typedef struct sl_features_emitters sl_features_emitters_t;
+
+/* FEATURES op given slot, an aggregate's result: *out_slot = a record
+ * holding the vector of its key at task t's stream time ({"key", "ts",
+ * "features"}), or -1 when that key's vector was written since the last
+ * reset. Errors name the op. */
+int sl_features_emit(sl_features_emitters_t **e, const sl_dag_t *dag, sl_exec_task_t *t,
+                     const sl_op_t *op, sl_vm_t *vm, int slot, int *out_slot);
+
+/* Forgets the keys written (the stage is reset). */
+void sl_features_emitters_reset(sl_features_emitters_t *e);
+void sl_features_emitters_free(sl_features_emitters_t *e);
+
 #endif

@@ -42,6 +42,8 @@ static void exit_topic(const pipeline_t *pl, const sl_op_t *op, char *out, size_
         snprintf(out, size, "%s", op->topic);
     else if (op->kind == SL_OP_AGGREGATE)
         snprintf(out, size, "%s", op->late_topic ? op->late_topic : "");
+    else if (op->kind == SL_OP_FEATURES) /* the view's vectors */
+        snprintf(out, size, "%s", op->view);
     else
         snprintf(out, size, "%s.repartition.%d", pl->name, op->id);
 }
@@ -626,7 +628,7 @@ static int check_output(pipeline_t *pl, const sl_op_t *op)
                             "%s: aggregates keep state, which needs processing = "
                             "\"exactly_once\"",
                             op->where);
-    if (op->kind != SL_OP_TO && op->kind != SL_OP_KEY_BY &&
+    if (op->kind != SL_OP_TO && op->kind != SL_OP_KEY_BY && op->kind != SL_OP_FEATURES &&
         !(op->kind == SL_OP_AGGREGATE && op->late_topic))
         return 0;
     exit_topic(pl, op, name, sizeof name);
@@ -667,7 +669,8 @@ static int prepare_topics(pipeline_t *pl, int32_t widest)
         else if (op->kind == SL_OP_KEY_BY) {
             snprintf(name, sizeof name, "%s.repartition.%d", pl->name, op->id);
             rc = ensure_topic(pl, name, widest, 1);
-        }
+        } else if (op->kind == SL_OP_FEATURES)
+            rc = ensure_topic(pl, op->view, widest, 1);
     }
     snprintf(name, sizeof name, "%s.dlq", pl->name);
     if (rc == 0 && pl->dag->on_error == SL_ON_ERROR_DEAD_LETTER)

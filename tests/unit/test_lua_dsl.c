@@ -267,7 +267,7 @@ static void test_unknown_operator_is_an_error(void **state)
 {
     expect_error(state, HEADER "s.stream('a'):join(1):to('b')\n",
                  "script.lua:2: streams have no operator 'join' (they have filter, map, "
-                 "flat_map, key_by, branch, peek, window, aggregate, to, route)");
+                 "flat_map, key_by, branch, peek, window, aggregate, to, route, features)");
     expect_error(state, HEADER "s.sliding('1m')\n",
                  "script.lua:2: sluice has no 'sliding' (it has pipeline, stream, merge, null, "
                  "tumbling, hopping, session, count, sum, min, max, avg, last, distinct, reduce, "
