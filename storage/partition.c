@@ -724,6 +724,12 @@ int sl_partition_roll(sl_partition_t *p)
     return rc;
 }
 
+void sl_partition_announce(sl_partition_t *p)
+{
+    if (p->env.listener)
+        p->env.listener(p->env.listener_arg, p, sl_partition_end_offset(p));
+}
+
 int sl_partition_is_transactional(const sl_partition_t *p)
 {
     return p->transactional;

@@ -104,6 +104,12 @@ int sl_partition_recover_end(sl_partition_t *p, int64_t end);
  * drops the caller's reference. */
 void sl_partition_close(sl_partition_t *p);
 
+/* Calls the log listener with p's visible end, as if records had just
+ * become visible: for changes a reader can only see after something else
+ * (a queue's ready messages, made ready after their commit) that happened
+ * after the partition's own announcement. */
+void sl_partition_announce(sl_partition_t *p);
+
 /* Marks the partition deleted: appends fail, readers and waiters get
  * SL_EDELETED. The files are the caller's to remove. */
 void sl_partition_mark_deleted(sl_partition_t *p);

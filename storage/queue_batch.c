@@ -760,14 +760,32 @@ static void undo(sl_queue_batch_t *b)
     }
 }
 
+/* A partition of a queue the batch published to, referenced; NULL if none.
+ * Lock held. */
+static sl_partition_t *published_partition(sl_queue_batch_t *b)
+{
+    for (size_t i = 0; i < b->group_count; i++) {
+        const group_t *g = &b->groups[i];
+        sl_queue_t *q = g->count ? sl_queues_at(b->qs, g->slot, g->id) : NULL;
+        if (q) {
+            sl_partition_ref(q->level[g->level].partition);
+            return q->level[g->level].partition;
+        }
+    }
+    return NULL;
+}
+
 void sl_queue_batch_finish(sl_queue_batch_t *b, int committed)
 {
+    sl_partition_t *announce = NULL;
     if (!b->written)
         pthread_mutex_lock(&b->qs->lock);
-    if (committed)
+    if (committed) {
         apply(b);
-    else
+        announce = published_partition(b);
+    } else {
         undo(b);
+    }
     for (size_t i = 0; i < b->group_count; i++) {
         group_t *g = &b->groups[i];
         sl_record_set_reset(&g->records);
@@ -778,6 +796,13 @@ void sl_queue_batch_finish(sl_queue_batch_t *b, int committed)
     b->group_count = b->change_count = 0;
     b->written = 0;
     pthread_mutex_unlock(&b->qs->lock);
+    if (announce) {
+        /* The commit already announced the queue's partitions, but waiting
+         * consumers saw no ready message then: the messages became ready
+         * only now. Wake them again. */
+        sl_partition_announce(announce);
+        sl_partition_unref(announce);
+    }
 }
 
 int sl_queue_batch_commit(sl_queue_batch_t *b)
