@@ -410,7 +410,7 @@ int sl_features_emit(sl_features_emitters_t **ep, const sl_dag_t *dag, sl_exec_t
                      const sl_op_t *op, sl_vm_t *vm, int slot, int *out_slot)
 {
     sl_record_t meta, rec = {.offset = -1};
-    int64_t ts;
+    int64_t ts = 0; /* set by compute_vector; -O3 cannot see it */
     emitter_t *m = emitter_for(ep, dag, op);
     int rc = m ? sl_vm_record_meta(vm, slot, &meta) : -ENOMEM;
     *out_slot = -1;
