@@ -165,6 +165,7 @@ int sl_vm_compile(sl_vm_t *vm, const char *chunkname, const char *source, size_t
         return sl_error_set(-ENOMEM, "%s: out of memory", chunkname);
     b.dag->vm = vm;
     b.dag->processing = SL_PROCESSING_DEFAULT;
+    b.dag->commit_interval = SL_COMMIT_INTERVAL_DEFAULT;
     vm->dag_count++;
     compile_t c = {&b, source, len};
     vm->compiling = &b;
@@ -363,8 +364,8 @@ static int same_declaration(const sl_declaration_t *a, const sl_declaration_t *b
 int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b)
 {
     if (!same_string(a->name, b->name) || a->on_error != b->on_error ||
-        a->processing != b->processing || a->op_count != b->op_count ||
-        a->declaration_count != b->declaration_count)
+        a->processing != b->processing || a->commit_interval != b->commit_interval ||
+        a->op_count != b->op_count || a->declaration_count != b->declaration_count)
         return 0;
     for (int i = 0; i < a->op_count; i++)
         if (!same_op(&a->ops[i], &b->ops[i]))

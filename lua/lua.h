@@ -34,7 +34,10 @@
  *       script. name: 1-128 of [A-Za-z0-9_-] (it prefixes the pipeline's
  *       internal topics); absent = the runtime names it. on_error: "stop"
  *       (default), "skip" or "dead_letter". processing: "exactly_once" or
- *       "at_least_once"; absent = SL_PROCESSING_DEFAULT.
+ *       "at_least_once"; absent = SL_PROCESSING_DEFAULT. commit_interval: a
+ *       duration ("100ms", "1s") between commits, 1 ms to 1 h (default
+ *       SL_COMMIT_INTERVAL_DEFAULT); longer ones batch more state changes
+ *       per LMDB commit at the cost of output latency.
  *   s.stream(topic, {partitions=, format=, timestamp=})   a source, once per
  *       topic. partitions: the count the script expects (absent: any);
  *       format: "json" or "raw" (absent: the topic's own); timestamp: a
@@ -298,6 +301,10 @@ typedef enum { SL_ON_ERROR_STOP, SL_ON_ERROR_SKIP, SL_ON_ERROR_DEAD_LETTER } sl_
 
 typedef enum { SL_PROCESSING_AT_LEAST_ONCE, SL_PROCESSING_EXACTLY_ONCE } sl_processing_t;
 
+/* s.pipeline{commit_interval =}: how often a pipeline commits, in ms. */
+#define SL_COMMIT_INTERVAL_DEFAULT 100
+#define SL_COMMIT_INTERVAL_MAX     3600000
+
 /* The processing mode of a script that names none. */
 #define SL_PROCESSING_DEFAULT SL_PROCESSING_EXACTLY_ONCE
 
@@ -469,7 +476,8 @@ typedef struct sl_dag {
     char *name; /* from s.pipeline{name=}; NULL if the script set none */
     sl_on_error_t on_error;
     sl_processing_t processing;
-    sl_op_t *ops; /* in id order; every input precedes its op */
+    int64_t commit_interval; /* ms between commits (SL_COMMIT_INTERVAL_DEFAULT) */
+    sl_op_t *ops;            /* in id order; every input precedes its op */
     int op_count;
     sl_declaration_t *declarations; /* in script order */
     int declaration_count;

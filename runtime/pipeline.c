@@ -273,7 +273,6 @@ int pipeline_failed(pipeline_t *pl, char *error, size_t size)
     return failed;
 }
 
-#define COMMIT_MS      100        /* commit interval (DESIGN section 7) */
 #define HELD_BYTES_MAX (32 << 20) /* exactly-once: commit early past this much output */
 
 static int64_t monotonic_ms(void)
@@ -477,7 +476,7 @@ static int step(worker_t *w, task_t *t)
         t->position = recs[done - 1].offset + 1;
         t->uncommitted = t->position;
     }
-    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= COMMIT_MS ||
+    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
                     w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(t->state)))
         rc = commit(w, w->index, w->pl->worker_count);
     if (rc == 0 && stopped)
