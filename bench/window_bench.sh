@@ -14,6 +14,7 @@
 #   BENCH_TMP    where the data directories go (default $TMPDIR or /tmp; a
 #                disk, not a tmpfs)
 #   RUN_TIMEOUT  seconds a run may take before the bench gives up (default 1800)
+#   COMMIT_INTERVAL  the pipeline's commit_interval (default 100ms)
 #   CASES        the runs to make (default "field-1 field-2 lua-1 lua-2":
 #                key kind - workers); the restore follows the last field run
 #   PERF_DIR     if set: perf record -g on the node during each run, into
@@ -51,6 +52,7 @@ SLUICE_BIN=${SLUICE_BIN:-$root/build/runtime/sluice}
 WINDOW_LOAD=${WINDOW_LOAD:-$(dirname "$SLUICE_BIN")/../bench/window_load}
 PARTITIONS=${PARTITIONS:-2}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
+COMMIT_INTERVAL=${COMMIT_INTERVAL:-100ms}
 PYTHON=${PYTHON:-/usr/bin/python3}
 CASES=${CASES:-field-1 field-2 lua-1 lua-2}
 N=${1:-10000000}
@@ -179,7 +181,7 @@ perf_stop() { # CASE
 AGGREGATE='window(s.tumbling("1m")):aggregate{n = s.count(), total = s.sum("amount"), mean = s.avg("amount")}'
 script() { # KIND: the pipeline of a case
     echo 'local s = require("sluice")'
-    echo 's.pipeline{processing = "exactly_once"}'
+    echo "s.pipeline{processing = \"exactly_once\", commit_interval = \"$COMMIT_INTERVAL\"}"
     if [ "$1" = field ]; then
         echo "s.stream(\"in\"):$AGGREGATE:to(\"out\", {create = true})"
     else
