@@ -283,6 +283,9 @@ static const sl_command_t commands[] = {
     {"GET", 3, sl_cmd_get, 0, 23},
     {"WINDOWS", 5, sl_cmd_windows, 0, 24},
     {"SCAN", -3, sl_cmd_scan, 0, 25},
+    {"FEATURES", -3, sl_cmd_features, 0, 26},
+    {"MFEATURES", -3, sl_cmd_mfeatures, 0, 27},
+    {"FEATURES.SCHEMA", 2, sl_cmd_features_schema, 0, 28},
 };
 
 int sl_builtin_command_count(void)

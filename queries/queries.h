@@ -17,6 +17,7 @@
 #include "storage/storage.h"
 
 #include <event2/event.h>
+#include <lmdb.h>
 
 typedef struct sl_server sl_server_t;
 
@@ -112,6 +113,53 @@ typedef struct sl_store_renderer {
 /* Sets the renderer (r is borrowed and must outlive the server; NULL:
  * none) and the arg its open() gets. */
 void sl_server_set_store_renderer(sl_server_t *s, const sl_store_renderer_t *r, void *arg);
+
+/*
+ * Feature views (FEATURES, MFEATURES, FEATURES.SCHEMA; cmd_features.c). A
+ * view's vectors are computed from its pipelines' aggregate stores, which
+ * only the runtime can read (queries knows no pipelines), so the runtime
+ * registers the views. Per command, on the server's thread, all reads of
+ * one command in one LMDB read transaction:
+ *
+ *   open(arg, view, &v)   0 and *v; SL_ENOTFOUND with a detail if there is
+ *       no such view; -ENOMEM. Every open is followed by one close.
+ *   vector(v, txn, key, key_len, t, as_of, format, out)   appends key's
+ *       vector to out: as JSON (SL_FEATURES_JSON: one object, feature
+ *       name -> number or null, in schema order) or as little-endian
+ *       float32 in schema order (SL_FEATURES_F32, NaN for null). t is the
+ *       time in ms: the AS OF time (as_of 1) or the node's clock (as_of
+ *       0). 0; SL_ENOTFOUND (nothing appended) if the key has no data in
+ *       any range and no default applies; SL_EINVALID with a detail (t
+ *       beyond what the stores keep); SL_ECORRUPT with a detail; -ENOMEM.
+ *   schema(v, &features, &count)   the features in schema order, valid
+ *       until close.
+ *   close(v)   after the command's last call.
+ */
+enum { SL_FEATURES_JSON = 0, SL_FEATURES_F32 = 1 };
+
+/* One feature of a view, as FEATURES.SCHEMA shows it. */
+typedef struct sl_feature_info {
+    const char *name;         /* "clicks_5m" */
+    const char *type;         /* "integer", "number" or "float" */
+    const char *aggregate;    /* "count", "sum", "min", "max", "avg", "last", "distinct" */
+    const char *member;       /* "clicks" */
+    int64_t range_ms;         /* the trailing range */
+    int64_t bucket_ms;        /* the aggregate's window size */
+    const char *default_json; /* the default as JSON text; NULL if none */
+    const char *pipeline;     /* the pipeline computing it */
+} sl_feature_info_t;
+
+typedef struct sl_feature_views {
+    int (*open)(void *arg, const char *view, void **v);
+    int (*vector)(void *v, MDB_txn *txn, const void *key, size_t key_len, int64_t t, int as_of,
+                  int format, sl_buf_t *out);
+    int (*schema)(void *v, const sl_feature_info_t **features, size_t *count);
+    void (*close)(void *v);
+} sl_feature_views_t;
+
+/* Sets the views (v is borrowed and must outlive the server; NULL: none,
+ * and FEATURES answers that no view exists) and the arg open() gets. */
+void sl_server_set_feature_views(sl_server_t *s, const sl_feature_views_t *v, void *arg);
 
 /* Closes every connection and frees the server. */
 void sl_server_free(sl_server_t *s);

@@ -706,7 +706,14 @@ void sl_server_free(sl_server_t *s)
     }
     sl_groups_free(s->groups);
     sl_open_stores_free(s->stores);
+    sl_feature_reads_free(s->feature_reads);
     sl_free(s);
+}
+
+void sl_server_set_feature_views(sl_server_t *s, const sl_feature_views_t *v, void *arg)
+{
+    s->features = v;
+    s->features_arg = arg;
 }
 
 void sl_server_set_store_renderer(sl_server_t *s, const sl_store_renderer_t *r, void *arg)

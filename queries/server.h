@@ -96,6 +96,9 @@ typedef struct sl_server {
     struct sl_open_stores *stores;       /* opened by GET, WINDOWS, SCAN (cmd_state.c) */
     const sl_store_renderer_t *renderer; /* NULL: values as stored */
     void *renderer_arg;
+    const sl_feature_views_t *features; /* NULL: no feature views */
+    void *features_arg;
+    struct sl_feature_reads *feature_reads; /* FEATURES' reused transaction (cmd_features.c) */
     int hold_pooled;
 } sl_server_t;
 
@@ -260,6 +263,13 @@ int sl_cmd_get(sl_request_t *req);
 int sl_cmd_windows(sl_request_t *req);
 int sl_cmd_scan(sl_request_t *req);
 void sl_open_stores_free(struct sl_open_stores *stores);
+
+/* Feature views (cmd_features.c): FEATURES, MFEATURES, FEATURES.SCHEMA,
+ * each in one LMDB read transaction (reused: reset and renewed). */
+int sl_cmd_features(sl_request_t *req);
+int sl_cmd_mfeatures(sl_request_t *req);
+int sl_cmd_features_schema(sl_request_t *req);
+void sl_feature_reads_free(struct sl_feature_reads *r);
 
 /* HTTP endpoint (http.c). */
 int sl_http_start(sl_server_t *s);

@@ -41,6 +41,12 @@ int cli_groups(int argc, char **argv);
 int cli_queue(int argc, char **argv);
 int cli_worker(int argc, char **argv);
 
+/* `sluice features VIEW KEY` and `sluice features-at VIEW --input ...
+ * --output ...`: feature vectors, live or as of a time, and point-in-time
+ * features for rows of training data (cli_features.c). */
+int cli_features(int argc, char **argv);
+int cli_features_at(int argc, char **argv);
+
 /* Prints "sluice: <what>: <detail or error name>" and returns 1. */
 int cli_fail(const char *what, int code);
 

@@ -24,6 +24,8 @@ static const char usage[] =
     "  produce   send JSON lines from stdin to a topic as records\n"
     "  consume   print a topic's records, alone or as a consumer group\n"
     "  groups    show consumer groups' committed offsets and lag\n"
+    "  features  print a key's feature vector of a view (live or --as-of)\n"
+    "  features-at  point-in-time features for rows of key,timestamp (training data)\n"
     "  queue     work queues: declare, bind, publish, pop, stats\n"
     "  worker    run a command per message of a queue: sluice worker QUEUE -- CMD\n"
     "  log       inspect and edit a data directory offline (create, append, read,\n"
@@ -84,6 +86,10 @@ int main(int argc, char **argv)
         return cli_consume(argc - 1, argv + 1);
     if (!strcmp(argv[1], "groups"))
         return cli_groups(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "features"))
+        return cli_features(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "features-at"))
+        return cli_features_at(argc - 1, argv + 1);
     if (!strcmp(argv[1], "queue"))
         return cli_queue(argc - 1, argv + 1);
     if (!strcmp(argv[1], "worker"))

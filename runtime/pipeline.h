@@ -55,6 +55,11 @@ void sl_pipelines_notify(sl_pipelines_t *m);
  * per operator records in/out and errors, per task lag, and state. */
 void sl_pipelines_metrics(void *m, struct evbuffer *out);
 
+/* The feature views of the running pipelines (runtime/features.h), for
+ * the server: sl_server_set_feature_views(server, &sl_feature_views,
+ * sl_pipelines_features(m)). Borrowed: valid until the manager closes. */
+struct sl_features *sl_pipelines_features(sl_pipelines_t *m);
+
 /* The PIPELINE command for the server (sl_server_add_command). */
 int sl_pipelines_command(void *m, size_t argc, const sl_resp_arg_t *argv, sl_reply_t *reply);
 

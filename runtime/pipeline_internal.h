@@ -127,6 +127,7 @@ struct sl_pipelines {
     pthread_cond_t wake;
     uint64_t wake_seq;
     sl_queues_t *queues;          /* the node's work queues, for :route(); NULL: none */
+    struct sl_features *features; /* the views of the running pipelines (features.c) */
     atomic_llong restore_records; /* changelog records restored since start */
     atomic_int restoring;         /* restores running now */
 };

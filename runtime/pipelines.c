@@ -5,6 +5,7 @@
  *   DATA/pipelines/<name>.lua   the current script of each pipeline,
  *                               written atomically (tmp, fsync, rename)
  */
+#include "runtime/features.h"
 #include "runtime/pipeline_internal.h"
 #include "storage/offsets.h"
 
@@ -94,20 +95,38 @@ static int install(sl_pipelines_t *m, pipeline_t *pl)
     return rc;
 }
 
+/* The feature views of the pipeline named name as it now runs (none if it
+ * does not), after a submit that did not install its new version. */
+static void restore_views(sl_pipelines_t *m, const char *name)
+{
+    pthread_mutex_lock(&m->lock);
+    int at = find(m, name);
+    if (at < 0)
+        sl_features_unregister(m->features, name);
+    else if (sl_features_register(m->features, name, m->list[at]->dag))
+        sl_report(SL_ERROR, "pipeline", "%s: its feature views are lost: %s", name,
+                  sl_error_detail());
+    pthread_mutex_unlock(&m->lock);
+}
+
 int sl_pipelines_submit(sl_pipelines_t *m, const char *name, const char *source, size_t len)
 {
     pipeline_t *pl;
     if (!name_ok(name))
         return sl_error_set(SL_EINVALID, "pipeline name must be 1 to 128 of [A-Za-z0-9_-]");
     int rc = pipeline_prepare(m, name, source, len, &pl);
+    if (rc == 0 && (rc = sl_features_register(m->features, name, pl->dag)))
+        pipeline_free(pl); /* a feature name another pipeline's view has */
     if (rc)
         return rc;
     if ((rc = save_script(m, name, source, len)) || (rc = install(m, pl))) {
         pthread_mutex_lock(&m->lock);
         int at = find(m, name), installed = at >= 0 && m->list[at] == pl;
         pthread_mutex_unlock(&m->lock);
-        if (!installed)
+        if (!installed) {
             pipeline_free(pl);
+            restore_views(m, name);
+        }
         return rc;
     }
     sl_report(SL_INFO, "pipeline", "%s started (%d task(s))", name, pl->task_count);
@@ -125,6 +144,7 @@ int sl_pipelines_stop(sl_pipelines_t *m, const char *name)
     pthread_mutex_unlock(&m->lock);
     if (!pl)
         return sl_error_set(SL_ENOTFOUND, "NOTFOUND no such pipeline '%s'", name);
+    sl_features_unregister(m->features, name);
     pipeline_free(pl);
     snprintf(path, sizeof path, "%s/%s.lua", m->dir, name);
     unlink(path);
@@ -190,6 +210,8 @@ int sl_pipelines_open(const char *data_dir, sl_log_t *log, sl_state_t *state, sl
     pthread_cond_init(&m->wake, NULL);
     int rc = !m->dir ? -ENOMEM : (mkdir(dir, 0755) && errno != EEXIST) ? -errno : 0;
     if (rc == 0)
+        rc = sl_features_new(state, log, &m->features);
+    if (rc == 0)
         rc = load_saved(m);
     if (rc) {
         sl_pipelines_close(m);
@@ -205,10 +227,16 @@ void sl_pipelines_close(sl_pipelines_t *m)
         return;
     for (int i = 0; i < m->count; i++)
         pipeline_free(m->list[i]);
+    sl_features_free(m->features);
     sl_free(m->list);
     sl_free(m->dir);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->wake_lock);
     pthread_cond_destroy(&m->wake);
     sl_free(m);
+}
+
+sl_features_t *sl_pipelines_features(sl_pipelines_t *m)
+{
+    return m->features;
 }

@@ -9,6 +9,7 @@
  */
 #include "queries/queries.h"
 #include "runtime/cli.h"
+#include "runtime/features.h"
 #include "runtime/pipeline.h"
 #include "runtime/store_views.h"
 #include "storage/state.h"
@@ -256,6 +257,7 @@ static int start_node(node_t *n)
         return cli_fail("serve", rc);
     sl_server_set_metrics(server, sl_pipelines_metrics, m);
     sl_server_set_store_renderer(server, &sl_store_views, m); /* GET, WINDOWS, SCAN */
+    sl_server_set_feature_views(server, &sl_feature_views, sl_pipelines_features(m));
     if (n->run_file && (rc = submit_file(n)))
         return rc;
     sl_report(SL_INFO, "serve", "ready resp=%s:%d http=%s:%d data=%s", n->server_options.bind,

@@ -1,0 +1,594 @@
+/*
+ * features.c - the registry of feature views and their answers to
+ * FEATURES, MFEATURES and FEATURES.SCHEMA (features.h; queries.h,
+ * sl_feature_views_t).
+ *
+ * A contribution (part_t) is one :features() sink of one running pipeline:
+ * a handle of its aggregate's store of its own (stores are never dropped,
+ * so the handle outlives a replaced or stopped pipeline safely), a
+ * calculator (ops/features.h) holding copies of the names, ranges and
+ * defaults, and what the retention check needs. A view (view_t) is built
+ * from the contributions that name it, every time the set changes: its
+ * columns in schema order, their FEATURES.SCHEMA rows, their JSON keys.
+ * Queries take the registry's lock from open to close, so a view never
+ * changes under a query (PIPELINE SUBMIT and STOP run on the server's
+ * thread anyway; the lock also covers `sluice run`'s submit at start).
+ *
+ * A vector is computed per contribution from the store's windows of the
+ * key, read in the caller's transaction, so the whole vector is one
+ * committed state. Before that, the contribution's retention is checked:
+ * the aggregate deletes windows that start before
+ *
+ *     stream time - grace - retention - window size + 1
+ *
+ * (ops/aggregator.c), the stream time being its task's (the key's
+ * partition's), committed in the `offsets` database with the stores
+ * (group "pipeline.<name>.stream-time", topic = the store's name). A
+ * vector whose widest range starts before that point would silently miss
+ * windows, so it is refused with a message saying so.
+ */
+#include "runtime/features.h"
+
+#include "ops/features.h"
+#include "storage/offsets.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One :features() sink of one pipeline. */
+typedef struct part {
+    struct sl_features *registry;
+    char *pipeline;
+    char *view;
+    int serial; /* registration order: ties in the schema */
+    sl_store_t *store;
+    sl_features_calc_t *calc;
+    int32_t partitions; /* of the store's changelog: a key's task */
+    int64_t widest, retention, grace;
+    uint8_t time_key[SL_OFFSETS_KEY_MAX];
+    size_t time_prefix;  /* bytes of "group\0topic\0" in time_key */
+    char **default_json; /* per feature; NULL where none */
+} part_t;
+
+/* A column of a view: feature k of a part. */
+typedef struct column {
+    part_t *part;
+    int k;
+} column_t;
+
+typedef struct view {
+    struct sl_features *registry;
+    char *name;
+    part_t **parts;
+    int part_count;
+    column_t *columns;
+    sl_feature_info_t *infos;
+    int count;
+    sl_buf_t keys;    /* "\"name\":" of each column, in order */
+    size_t *key_ends; /* where each ends in keys */
+    int any_default;
+} view_t;
+
+struct sl_features {
+    pthread_mutex_t lock;
+    sl_state_t *state;
+    sl_log_t *log;
+    MDB_dbi offsets;
+    part_t **parts;
+    int part_count;
+    int serial;
+    view_t **views;
+    int view_count;
+};
+
+static const char *const kind_names[] = {NULL,  "count", "sum",      "min",   "max",
+                                         "avg", "last",  "distinct", "reduce"};
+
+/* ---- contributions ----------------------------------------------------------- */
+
+static void part_free(part_t *p)
+{
+    if (!p)
+        return;
+    for (int k = 0; p->default_json && p->calc && k < sl_features_count(p->calc); k++)
+        sl_free(p->default_json[k]);
+    sl_free(p->default_json);
+    sl_features_calc_free(p->calc);
+    sl_store_close(p->store);
+    sl_free(p->pipeline);
+    sl_free(p->view);
+    sl_free(p);
+}
+
+/* The defaults as JSON text, as vectors write them. */
+static int default_texts(part_t *p)
+{
+    int n = sl_features_count(p->calc);
+    double d;
+    if (!(p->default_json = sl_calloc((size_t)n, sizeof *p->default_json)))
+        return -ENOMEM;
+    for (int k = 0; k < n; k++) {
+        sl_buf_t text = {0};
+        if (!sl_features_default(p->calc, k, &d))
+            continue;
+        sl_agg_result_t v = {.type = SL_AGG_RESULT_NUMBER,
+                             .number = d == (double)(int64_t)d && d > -9007199254740992.0 &&
+                                               d < 9007199254740992.0
+                                           ? sl_number_int((int64_t)d)
+                                           : sl_number_double(d)};
+        int rc = sl_features_json_value(v, &text);
+        if (rc == 0)
+            rc = sl_buf_append(&text, "", 1);
+        if (rc) {
+            sl_buf_free(&text);
+            return rc;
+        }
+        p->default_json[k] = (char *)text.data;
+    }
+    return 0;
+}
+
+/* "pipeline.<name>.stream-time\0<store>\0", the offsets key of the stream
+ * times without its partition (offsets.h has the layout). */
+static void time_key(part_t *p, const char *store)
+{
+    int n = snprintf((char *)p->time_key, SL_GROUP_NAME_MAX + 1, "pipeline.%s.stream-time",
+                     p->pipeline);
+    size_t at = (size_t)n + 1;
+    size_t m = strlen(store);
+    memcpy(p->time_key + at, store, m + 1);
+    p->time_prefix = at + m + 1;
+}
+
+static int part_setup(sl_features_t *f, part_t *p, const sl_op_t *agg, const sl_op_t *fop)
+{
+    char store[SL_TOPIC_NAME_MAX + 1];
+    snprintf(store, sizeof store, "%s.%s", p->pipeline, agg->store);
+    int rc = sl_store_open_existing(f->state, store, &p->store);
+    if (rc == 0)
+        rc = sl_features_calc_new(agg, fop, &p->calc);
+    if (rc == 0)
+        rc = default_texts(p);
+    if (rc)
+        return rc;
+    sl_topic_t *t = sl_log_topic(f->log, sl_store_changelog_topic(p->store));
+    p->partitions = t ? sl_topic_config(t)->partitions : 1;
+    p->retention = agg->retention;
+    p->grace = agg->window_grace;
+    for (int k = 0; k < fop->range_count; k++)
+        if (fop->ranges[k] > p->widest)
+            p->widest = fop->ranges[k];
+    time_key(p, store);
+    return 0;
+}
+
+static int part_new(sl_features_t *f, const char *pipeline, const sl_dag_t *dag, const sl_op_t *fop,
+                    part_t **out)
+{
+    part_t *p = sl_calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->registry = f;
+    p->pipeline = sl_strdup(pipeline);
+    p->view = sl_strdup(fop->view);
+    int rc = p->pipeline && p->view ? part_setup(f, p, &dag->ops[fop->inputs[0].op], fop) : -ENOMEM;
+    if (rc) {
+        part_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+/* ---- views -------------------------------------------------------------------- */
+
+static void view_free(view_t *v)
+{
+    if (!v)
+        return;
+    sl_free(v->name);
+    sl_free(v->parts);
+    sl_free(v->columns);
+    sl_free(v->infos);
+    sl_buf_free(&v->keys);
+    sl_free(v->key_ends);
+    sl_free(v);
+}
+
+static const char *member_name(const column_t *c)
+{
+    const sl_features_calc_t *calc = c->part->calc;
+    return sl_aggset_name(sl_features_set(calc), sl_features_member(calc, c->k));
+}
+
+/* Schema order: member name, then the contribution, then the feature's
+ * place in it (its member's ranges in the script's order). */
+static int by_schema(const void *pa, const void *pb)
+{
+    const column_t *a = pa, *b = pb;
+    int order = strcmp(member_name(a), member_name(b));
+    if (order)
+        return order;
+    if (a->part != b->part)
+        return a->part->serial < b->part->serial ? -1 : 1;
+    return (a->k > b->k) - (a->k < b->k);
+}
+
+static const char *type_of(sl_agg_kind_t kind)
+{
+    if (kind == SL_AGG_COUNT || kind == SL_AGG_DISTINCT)
+        return "integer";
+    return kind == SL_AGG_AVG ? "float" : "number";
+}
+
+static sl_feature_info_t info_of(const column_t *c)
+{
+    const sl_features_calc_t *calc = c->part->calc;
+    int member = sl_features_member(calc, c->k);
+    sl_agg_kind_t kind = sl_aggset_kind(sl_features_set(calc), member);
+    return (sl_feature_info_t){sl_features_name(calc, c->k),
+                               type_of(kind),
+                               kind_names[kind],
+                               sl_aggset_name(sl_features_set(calc), member),
+                               sl_features_range(calc, c->k),
+                               sl_features_bucket(calc),
+                               c->part->default_json[c->k],
+                               c->part->pipeline};
+}
+
+/* Columns, their rows and JSON keys, once the parts are in. */
+static int view_columns(view_t *v)
+{
+    int at = 0, rc = 0;
+    for (int i = 0; i < v->part_count; i++)
+        v->count += sl_features_count(v->parts[i]->calc);
+    v->columns = sl_calloc((size_t)v->count, sizeof *v->columns);
+    v->infos = sl_calloc((size_t)v->count, sizeof *v->infos);
+    v->key_ends = sl_calloc((size_t)v->count, sizeof *v->key_ends);
+    if (!v->columns || !v->infos || !v->key_ends)
+        return -ENOMEM;
+    for (int i = 0; i < v->part_count; i++) {
+        v->any_default |= sl_features_any_default(v->parts[i]->calc);
+        for (int k = 0; k < sl_features_count(v->parts[i]->calc); k++)
+            v->columns[at++] = (column_t){v->parts[i], k};
+    }
+    qsort(v->columns, (size_t)v->count, sizeof *v->columns, by_schema);
+    for (int i = 0; rc == 0 && i < v->count; i++) {
+        v->infos[i] = info_of(&v->columns[i]);
+        rc = sl_features_json_string(v->infos[i].name, strlen(v->infos[i].name), &v->keys);
+        if (rc == 0)
+            rc = sl_buf_append(&v->keys, ":", 1);
+        v->key_ends[i] = v->keys.len;
+    }
+    return rc;
+}
+
+/* The view named by parts[first]'s view: every part of that name. */
+static int view_new(part_t **parts, int count, int first, view_t **out)
+{
+    view_t *v = sl_calloc(1, sizeof *v);
+    if (v)
+        v->registry = parts[first]->registry;
+    int rc = v && (v->name = sl_strdup(parts[first]->view)) &&
+                     (v->parts = sl_calloc((size_t)count, sizeof *v->parts))
+                 ? 0
+                 : -ENOMEM;
+    for (int i = first; rc == 0 && i < count; i++)
+        if (!strcmp(parts[i]->view, v->name))
+            v->parts[v->part_count++] = parts[i];
+    if (rc == 0)
+        rc = view_columns(v);
+    if (rc) {
+        view_free(v);
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+static void views_free(view_t **views, int count)
+{
+    for (int i = 0; i < count; i++)
+        view_free(views[i]);
+    sl_free(views);
+}
+
+/* 1 if an earlier part than i names the same view. */
+static int seen_view(part_t **parts, int i)
+{
+    for (int j = 0; j < i; j++)
+        if (!strcmp(parts[j]->view, parts[i]->view))
+            return 1;
+    return 0;
+}
+
+/* The views of parts, built anew. */
+static int views_build(part_t **parts, int count, view_t ***out, int *view_count)
+{
+    view_t **views = sl_calloc((size_t)(count ? count : 1), sizeof *views);
+    int n = 0, rc = views ? 0 : -ENOMEM;
+    for (int i = 0; rc == 0 && i < count; i++)
+        if (!seen_view(parts, i))
+            rc = view_new(parts, count, i, &views[n++]);
+    if (rc) {
+        views_free(views, n);
+        return rc;
+    }
+    *out = views;
+    *view_count = n;
+    return 0;
+}
+
+/* ---- the registry ------------------------------------------------------------- */
+
+int sl_features_new(sl_state_t *state, sl_log_t *log, sl_features_t **out)
+{
+    sl_features_t *f = sl_calloc(1, sizeof *f);
+    if (!f)
+        return -ENOMEM;
+    int rc = sl_state_database(state, SL_OFFSETS_DATABASE, &f->offsets);
+    if (rc) {
+        sl_free(f);
+        return rc;
+    }
+    pthread_mutex_init(&f->lock, NULL);
+    f->state = state;
+    f->log = log;
+    *out = f;
+    return 0;
+}
+
+void sl_features_free(sl_features_t *f)
+{
+    if (!f)
+        return;
+    views_free(f->views, f->view_count);
+    for (int i = 0; i < f->part_count; i++)
+        part_free(f->parts[i]);
+    sl_free(f->parts);
+    pthread_mutex_destroy(&f->lock);
+    sl_free(f);
+}
+
+/* A feature of op (in dag) that another pipeline's part of its view has;
+ * lock held. */
+static int collision(sl_features_t *f, const char *pipeline, const sl_dag_t *dag,
+                     const sl_op_t *fop)
+{
+    const sl_op_t *agg = &dag->ops[fop->inputs[0].op];
+    char name[SL_OP_AGG_NAME_MAX + 64];
+    for (int i = 0; i < f->part_count; i++) {
+        const part_t *p = f->parts[i];
+        if (strcmp(p->view, fop->view) || !strcmp(p->pipeline, pipeline))
+            continue;
+        for (int k = 0; k < fop->feature_count; k++) {
+            snprintf(name, sizeof name, "%s_%s", agg->aggs[k / fop->range_count].name,
+                     fop->range_names[k % fop->range_count]);
+            for (int j = 0; j < sl_features_count(p->calc); j++)
+                if (!strcmp(name, sl_features_name(p->calc, j)))
+                    return sl_error_set(SL_EINVALID,
+                                        "%s: view '%s' already has a feature '%s', from pipeline "
+                                        "'%s': rename the member or use another view",
+                                        fop->where, fop->view, name, p->pipeline);
+        }
+    }
+    return 0;
+}
+
+static int check_locked(sl_features_t *f, const char *pipeline, const sl_dag_t *dag)
+{
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < dag->op_count; i++)
+        if (dag->ops[i].kind == SL_OP_FEATURES)
+            rc = collision(f, pipeline, dag, &dag->ops[i]);
+    return rc;
+}
+
+int sl_features_check(sl_features_t *f, const char *pipeline, const sl_dag_t *dag)
+{
+    pthread_mutex_lock(&f->lock);
+    int rc = check_locked(f, pipeline, dag);
+    pthread_mutex_unlock(&f->lock);
+    return rc;
+}
+
+/* The parts list with pipeline's replaced by fresh ones (in *fresh). */
+static int replace_parts(sl_features_t *f, const char *pipeline, part_t **fresh, int fresh_count,
+                         part_t ***out, int *count)
+{
+    part_t **parts = sl_calloc((size_t)(f->part_count + fresh_count + 1), sizeof *parts);
+    int n = 0;
+    if (!parts)
+        return -ENOMEM;
+    for (int i = 0; i < f->part_count; i++)
+        if (strcmp(f->parts[i]->pipeline, pipeline))
+            parts[n++] = f->parts[i];
+    for (int i = 0; i < fresh_count; i++)
+        parts[n++] = fresh[i];
+    *out = parts;
+    *count = n;
+    return 0;
+}
+
+/* Swaps in parts (and their views), freeing pipeline's old parts. */
+static int install(sl_features_t *f, const char *pipeline, part_t **fresh, int fresh_count)
+{
+    part_t **parts;
+    view_t **views;
+    int count, view_count;
+    int rc = replace_parts(f, pipeline, fresh, fresh_count, &parts, &count);
+    if (rc == 0 && (rc = views_build(parts, count, &views, &view_count)))
+        sl_free(parts);
+    if (rc)
+        return rc;
+    for (int i = 0; i < f->part_count; i++)
+        if (!strcmp(f->parts[i]->pipeline, pipeline))
+            part_free(f->parts[i]);
+    sl_free(f->parts);
+    views_free(f->views, f->view_count);
+    f->parts = parts;
+    f->part_count = count;
+    f->views = views;
+    f->view_count = view_count;
+    return 0;
+}
+
+int sl_features_register(sl_features_t *f, const char *pipeline, const sl_dag_t *dag)
+{
+    part_t **fresh = sl_calloc((size_t)dag->op_count, sizeof *fresh);
+    int n = 0, rc = fresh ? 0 : -ENOMEM;
+    for (int i = 0; rc == 0 && i < dag->op_count; i++)
+        if (dag->ops[i].kind == SL_OP_FEATURES)
+            rc = part_new(f, pipeline, dag, &dag->ops[i], &fresh[n++]);
+    n -= rc != 0; /* the failed one was not made */
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < n; i++)
+        fresh[i]->serial = ++f->serial;
+    if (rc == 0 && (rc = check_locked(f, pipeline, dag)) == 0)
+        rc = install(f, pipeline, fresh, n);
+    pthread_mutex_unlock(&f->lock);
+    for (int i = 0; rc && i < n; i++)
+        part_free(fresh[i]);
+    sl_free(fresh);
+    return rc;
+}
+
+void sl_features_unregister(sl_features_t *f, const char *pipeline)
+{
+    pthread_mutex_lock(&f->lock);
+    if (install(f, pipeline, NULL, 0))
+        sl_report(SL_ERROR, "features", "out of memory dropping pipeline %s's views: they stay",
+                  pipeline);
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* ---- queries ------------------------------------------------------------------ */
+
+static int open_view(void *arg, const char *name, void **out)
+{
+    sl_features_t *f = arg;
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < f->view_count; i++)
+        if (!strcmp(f->views[i]->name, name)) {
+            *out = f->views[i];
+            return 0; /* locked until close_view */
+        }
+    pthread_mutex_unlock(&f->lock);
+    return sl_error_set(SL_ENOTFOUND,
+                        "no feature view '%s' (views are made by :features() in "
+                        "a running pipeline)",
+                        name);
+}
+
+static void close_view(void *arg)
+{
+    pthread_mutex_unlock(&((view_t *)arg)->registry->lock);
+}
+
+/* Refuses an end whose widest range starts before the windows the store
+ * still surely has (see the top of the file). */
+static int check_retention(const part_t *p, MDB_txn *txn, const void *key, size_t key_len,
+                           int64_t end, int64_t t, int as_of)
+{
+    uint8_t k[SL_OFFSETS_KEY_MAX];
+    int32_t partition = sl_partition_for_key(key, key_len, p->partitions);
+    memcpy(k, p->time_key, p->time_prefix);
+    sl_put_be32(k + p->time_prefix, (uint32_t)partition);
+    MDB_val mk = {p->time_prefix + 4, k}, mv;
+    int rc = mdb_get(txn, p->registry->offsets, &mk, &mv);
+    if (rc == MDB_NOTFOUND || (rc == 0 && mv.mv_size != 8))
+        return 0; /* no stream time committed: nothing expired */
+    if (rc)
+        return sl_state_error(rc, "reading a stream time");
+    int64_t stream_time = (int64_t)sl_get_be64(mv.mv_data);
+    int64_t kept = stream_time - p->grace - p->retention - sl_features_bucket(p->calc) + 1;
+    if (end - p->widest >= kept)
+        return 0;
+    return sl_error_set(SL_EINVALID,
+                        "%s %lld: view '%s' needs the windows of store '%s' from %lld on, and it "
+                        "keeps them only from %lld on (retention %lld ms behind the stream time "
+                        "%lld of the key's partition %d): ask for a later time, or raise the "
+                        "aggregate's retention",
+                        as_of ? "AS OF" : "now", (long long)t, p->view, sl_store_name(p->store),
+                        (long long)(end - p->widest), (long long)kept, (long long)p->retention,
+                        (long long)stream_time, (int)partition);
+}
+
+/* The part's features for key at t, into its calculator. */
+static int part_compute(const part_t *p, MDB_txn *txn, const void *key, size_t key_len, int64_t t,
+                        int as_of)
+{
+    int64_t from, to, end = sl_features_end(t, sl_features_bucket(p->calc), as_of);
+    int rc = check_retention(p, txn, key, key_len, end, t, as_of);
+    if (rc)
+        return rc;
+    sl_features_begin(p->calc, end, &from, &to);
+    rc = sl_store_windows(p->store, txn, key, key_len, from, to, sl_features_add, p->calc);
+    if (rc == 0)
+        rc = sl_features_compute(p->calc);
+    if (rc == SL_ECORRUPT)
+        return sl_error_set(rc, "view '%s', store '%s': %s", p->view, sl_store_name(p->store),
+                            sl_error_detail());
+    return rc;
+}
+
+static int write_json(const view_t *v, sl_buf_t *out)
+{
+    int rc = sl_buf_append(out, "{", 1);
+    for (int i = 0; rc == 0 && i < v->count; i++) {
+        const column_t *c = &v->columns[i];
+        size_t at = i ? v->key_ends[i - 1] : 0;
+        if (i > 0)
+            rc = sl_buf_append(out, ",", 1);
+        if (rc == 0)
+            rc = sl_buf_append(out, v->keys.data + at, v->key_ends[i] - at);
+        if (rc == 0)
+            rc = sl_features_json_value(sl_features_value(c->part->calc, c->k), out);
+    }
+    return rc ? rc : sl_buf_append(out, "}", 1);
+}
+
+/* Little-endian float32s, in schema order. */
+static int write_f32(const view_t *v, sl_buf_t *out)
+{
+    int rc = sl_buf_reserve(out, (size_t)v->count * 4);
+    for (int i = 0; rc == 0 && i < v->count; i++) {
+        const column_t *c = &v->columns[i];
+        float f = sl_features_f32(sl_features_value(c->part->calc, c->k));
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        uint8_t le[4] = {(uint8_t)bits, (uint8_t)(bits >> 8), (uint8_t)(bits >> 16),
+                         (uint8_t)(bits >> 24)};
+        rc = sl_buf_append(out, le, 4);
+    }
+    return rc;
+}
+
+static int view_vector(void *arg, MDB_txn *txn, const void *key, size_t key_len, int64_t t,
+                       int as_of, int format, sl_buf_t *out)
+{
+    view_t *v = arg;
+    int found = 0;
+    for (int i = 0; i < v->part_count; i++) {
+        int rc = part_compute(v->parts[i], txn, key, key_len, t, as_of);
+        if (rc)
+            return rc;
+        found |= sl_features_found(v->parts[i]->calc);
+    }
+    if (!found && !v->any_default)
+        return SL_ENOTFOUND;
+    return format == SL_FEATURES_F32 ? write_f32(v, out) : write_json(v, out);
+}
+
+static int view_schema(void *arg, const sl_feature_info_t **features, size_t *count)
+{
+    view_t *v = arg;
+    *features = v->infos;
+    *count = (size_t)v->count;
+    return 0;
+}
+
+const sl_feature_views_t sl_feature_views = {open_view, view_vector, view_schema, close_view};

@@ -1,0 +1,45 @@
+/*
+ * features.h - the feature views a node serves (DESIGN.md section 8): the
+ * registry of every running pipeline's :features() sinks, and the views'
+ * side of FEATURES, MFEATURES and FEATURES.SCHEMA (queries.h,
+ * sl_feature_views_t).
+ *
+ * A view is named by its :features() calls; several pipelines (and several
+ * aggregates of one pipeline) may contribute features to one view as long
+ * as no two contribute a feature of the same name. The view's schema is
+ * every contribution's features sorted by member name (then pipeline),
+ * each member's ranges in the order its script gave them.
+ */
+#ifndef SL_RUNTIME_FEATURES_H
+#define SL_RUNTIME_FEATURES_H
+
+#include "lua/lua.h"
+#include "queries/queries.h"
+
+typedef struct sl_features sl_features_t;
+
+/* An empty registry reading stores of state and their changelogs' shapes
+ * in log (both must outlive it). 0 and *out, or -ENOMEM. */
+int sl_features_new(sl_state_t *state, sl_log_t *log, sl_features_t **out);
+void sl_features_free(sl_features_t *f);
+
+/* Whether pipeline's DAG may join the registry: SL_EINVALID with a detail
+ * naming the feature, its view and the other pipeline if a feature of one
+ * of its views is another running pipeline's already (the pipeline's own
+ * current contributions, which a replacement drops, do not count). */
+int sl_features_check(sl_features_t *f, const char *pipeline, const sl_dag_t *dag);
+
+/* Makes dag's :features() sinks pipeline's contributions, replacing the
+ * ones it had. Their aggregates' stores must exist (the pipeline has
+ * opened them). Returns 0; SL_EINVALID as sl_features_check; an error
+ * opening a store; -ENOMEM. On failure the registry is unchanged. */
+int sl_features_register(sl_features_t *f, const char *pipeline, const sl_dag_t *dag);
+
+/* Drops pipeline's contributions (a view left without any goes). */
+void sl_features_unregister(sl_features_t *f, const char *pipeline);
+
+/* The views for the node's server, with arg = the registry:
+ * sl_server_set_feature_views(server, &sl_feature_views, registry). */
+extern const sl_feature_views_t sl_feature_views;
+
+#endif
