@@ -67,7 +67,9 @@ typedef struct agg {
     size_t scratch_cap;
     sl_agg_input_t *inputs;
     uint64_t late;
-    int full; /* the cache said "commit now" */
+    int full;               /* the cache said "commit now" */
+    int64_t committed_time; /* stream time at the last commit (restored at start) */
+    int64_t flushed_time;   /* stream time at the last flush, committed next */
 } agg_t;
 
 struct sl_exec_task {
@@ -203,6 +205,7 @@ static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *
     if (rc == 0 && a->windowed)
         sl_watermark_init(&a->wm, a->spec.grace);
     sl_watermark_restore(&a->wm, stream_time);
+    a->committed_time = a->flushed_time = stream_time;
     if (rc == 0)
         rc = sl_cache_new(store, 0, &a->cache);
     if (rc == 0 && !(a->inputs = sl_calloc((size_t)op->agg_count, sizeof *a->inputs)))
@@ -298,6 +301,7 @@ void sl_exec_task_committed(sl_exec_task_t *t)
 {
     for (int i = 0; i < t->count; i++) {
         sl_cache_committed(t->aggs[i].cache);
+        t->aggs[i].committed_time = t->aggs[i].flushed_time;
         t->aggs[i].full = 0;
     }
 }
@@ -388,10 +392,17 @@ static int update(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot, const sl_r
 {
     const void *value;
     size_t value_len;
-    int rc, found = a->windowed ? sl_cache_window_get(a->cache, meta->key, (size_t)meta->key_len,
-                                                      start, &value, &value_len)
-                                : sl_cache_get(a->cache, meta->key, (size_t)meta->key_len, &value,
-                                               &value_len);
+    int rc, found;
+    if (!a->windowed)
+        found = sl_cache_get(a->cache, meta->key, (size_t)meta->key_len, &value, &value_len);
+    else if (a->committed_time != SL_WATERMARK_NONE && start > a->committed_time)
+        /* every committed window starts at or before an event time a commit
+         * saw: this one can only be in the cache */
+        found = sl_cache_window_get_cached(a->cache, meta->key, (size_t)meta->key_len, start,
+                                           &value, &value_len);
+    else
+        found = sl_cache_window_get(a->cache, meta->key, (size_t)meta->key_len, start, &value,
+                                    &value_len);
     if (found < 0)
         return found;
     if (found)
@@ -659,6 +670,7 @@ int sl_exec_task_flush(sl_exec_t *x, sl_exec_task_t *t, const sl_exec_output_t *
     sl_exec_set_task(x, t); /* ops downstream (FEATURES) read this task's state */
     for (int i = 0; rc == 0 && t && i < t->count; i++) {
         agg_t *a = &t->aggs[i];
+        a->flushed_time = a->wm.stream_time;
         rc = a->closer ? flush_closed(x, a, out) : flush_updates(x, a, out);
         int64_t wm = sl_watermark_get(&a->wm);
         if (rc == 0 && a->windowed && wm != SL_WATERMARK_NONE &&

@@ -448,6 +448,22 @@ int sl_cache_window_get(sl_cache_t *c, const void *key, size_t key_len, int64_t 
     return rc ? rc : get_store_key(c, k, len, value, value_len);
 }
 
+int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
+                               const void **value, size_t *value_len)
+{
+    uint8_t k[SL_STORE_KEY_MAX];
+    size_t len;
+    int rc = window_key(c, key, key_len, window_start, k, &len);
+    if (rc)
+        return rc;
+    const entry_t *e = lookup(c, k, len);
+    if (!e)
+        return 0;
+    *value = c->arena.data + e->value_at;
+    *value_len = e->value_len;
+    return !e->deleted;
+}
+
 static int compare_windows(const void *a, const void *b)
 {
     const cached_window_t *x = a, *y = b;

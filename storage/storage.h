@@ -971,6 +971,12 @@ int sl_cache_window_delete(sl_cache_t *c, const void *key, size_t key_len, int64
 int sl_cache_window_get(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
                         const void **value, size_t *value_len);
 
+/* As sl_cache_window_get() without looking in LMDB: for a window the caller
+ * knows was never committed (e.g. one starting after every event time a
+ * commit has seen). 1 with the value, 0 if the cache has none. */
+int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
+                               const void **value, size_t *value_len);
+
 /* Calls fn for each window of key with from <= start <= to, in start
  * order, as the task sees them: the cache's over LMDB's. Returns as
  * sl_store_windows(). */
