@@ -396,6 +396,28 @@ static void test_cache_windows_overlay_lmdb(void **state)
     close_fixture(&f);
 }
 
+/* The cache-only read finds what the cache holds and never LMDB's. */
+static void test_cached_window_reads_skip_lmdb(void **state)
+{
+    (void)state;
+    fixture_t f;
+    const void *v;
+    size_t n;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    window_put(&f, "k", 100, "a");
+    assert_int_equal(sl_cache_window_get_cached(f.cache, "k", 1, 100, &v, &n), 1);
+    assert_int_equal(n, 1);
+    assert_memory_equal(v, "a", 1);
+    commit(&f);
+    sl_cache_clear(f.cache); /* now only LMDB has it */
+    assert_int_equal(sl_cache_window_get_cached(f.cache, "k", 1, 100, &v, &n), 0);
+    assert_int_equal(sl_cache_window_get(f.cache, "k", 1, 100, &v, &n), 1);
+    assert_int_equal(sl_cache_window_delete(f.cache, "k", 1, 100), 0);
+    assert_int_equal(sl_cache_window_get_cached(f.cache, "k", 1, 100, &v, &n), 0); /* deleted */
+    assert_int_equal(sl_cache_window_get_cached(f.cache, "k", 1, 999, &v, &n), 0);
+    close_fixture(&f);
+}
+
 static int count_entry(void *arg, const void *key, size_t len, const void *value, size_t n)
 {
     (void)key;
@@ -829,6 +851,7 @@ int main(void)
         cmocka_unit_test(test_many_changes_come_out_in_lmdb_order),
         cmocka_unit_test(test_window_ranges),
         cmocka_unit_test(test_cache_windows_overlay_lmdb),
+        cmocka_unit_test(test_cached_window_reads_skip_lmdb),
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
         cmocka_unit_test(test_full_cache_signals_and_is_emptied_after_commit),
         cmocka_unit_test(test_emptied_cache_is_not_full),
