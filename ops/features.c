@@ -256,10 +256,26 @@ sl_agg_result_t sl_features_value(const sl_features_calc_t *c, int k)
 
 /* ---- writing values ---------------------------------------------------------- */
 
+/* An integer's digits, without printf: most features are counts. */
+static int integer_json(int64_t i, sl_buf_t *out)
+{
+    char text[24], *p = text + sizeof text;
+    uint64_t u = i < 0 ? (uint64_t)0 - (uint64_t)i : (uint64_t)i;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (i < 0)
+        *--p = '-';
+    return sl_buf_append(out, p, (size_t)(text + sizeof text - p));
+}
+
 int sl_features_json_value(sl_agg_result_t v, sl_buf_t *out)
 {
     if (v.type != SL_AGG_RESULT_NUMBER)
         return sl_buf_append(out, "null", 4);
+    if (!v.number.is_double)
+        return integer_json(v.number.i, out);
     return sl_number_json(v.number, out);
 }
 

@@ -49,9 +49,18 @@ typedef struct part {
     int32_t partitions; /* of the store's changelog: a key's task */
     int64_t widest, retention, grace;
     uint8_t time_key[SL_OFFSETS_KEY_MAX];
-    size_t time_prefix;  /* bytes of "group\0topic\0" in time_key */
-    char **default_json; /* per feature; NULL where none */
+    size_t time_prefix;        /* bytes of "group\0topic\0" in time_key */
+    char **default_json;       /* per feature; NULL where none */
+    struct stream_time *times; /* per partition, as last read */
 } part_t;
+
+/* A partition's stream time as of one committed state: the snapshot's
+ * transaction id says whether it is still the one a query reads. */
+struct stream_time {
+    size_t txn; /* SIZE_MAX: never read */
+    int found;
+    int64_t value;
+};
 
 /* A column of a view: feature k of a part. */
 typedef struct column {
@@ -97,6 +106,7 @@ static void part_free(part_t *p)
         sl_free(p->default_json[k]);
     sl_free(p->default_json);
     sl_features_calc_free(p->calc);
+    sl_free(p->times);
     sl_store_close(p->store);
     sl_free(p->pipeline);
     sl_free(p->view);
@@ -156,6 +166,10 @@ static int part_setup(sl_features_t *f, part_t *p, const sl_op_t *agg, const sl_
         return rc;
     sl_topic_t *t = sl_log_topic(f->log, sl_store_changelog_topic(p->store));
     p->partitions = t ? sl_topic_config(t)->partitions : 1;
+    if (!(p->times = sl_calloc((size_t)p->partitions, sizeof *p->times)))
+        return -ENOMEM;
+    for (int32_t i = 0; i < p->partitions; i++)
+        p->times[i].txn = SIZE_MAX;
     p->retention = agg->retention;
     p->grace = agg->window_grace;
     for (int k = 0; k < fop->range_count; k++)
@@ -488,23 +502,39 @@ static void close_view(void *arg)
     pthread_mutex_unlock(&((view_t *)arg)->registry->lock);
 }
 
+/* The committed stream time of partition in txn's state, read once per
+ * committed state. 0 and *found; an LMDB failure. */
+static int stream_time(const part_t *p, MDB_txn *txn, int32_t partition, int *found, int64_t *value)
+{
+    struct stream_time *st = &p->times[partition];
+    uint8_t k[SL_OFFSETS_KEY_MAX];
+    if (st->txn != mdb_txn_id(txn)) {
+        memcpy(k, p->time_key, p->time_prefix);
+        sl_put_be32(k + p->time_prefix, (uint32_t)partition);
+        MDB_val mk = {p->time_prefix + 4, k}, mv;
+        int rc = mdb_get(txn, p->registry->offsets, &mk, &mv);
+        if (rc && rc != MDB_NOTFOUND)
+            return sl_state_error(rc, "reading a stream time");
+        st->found = rc == 0 && mv.mv_size == 8;
+        st->value = st->found ? (int64_t)sl_get_be64(mv.mv_data) : 0;
+        st->txn = mdb_txn_id(txn);
+    }
+    *found = st->found;
+    *value = st->value;
+    return 0;
+}
+
 /* Refuses an end whose widest range starts before the windows the store
  * still surely has (see the top of the file). */
 static int check_retention(const part_t *p, MDB_txn *txn, const void *key, size_t key_len,
                            int64_t end, int64_t t, int as_of)
 {
-    uint8_t k[SL_OFFSETS_KEY_MAX];
     int32_t partition = sl_partition_for_key(key, key_len, p->partitions);
-    memcpy(k, p->time_key, p->time_prefix);
-    sl_put_be32(k + p->time_prefix, (uint32_t)partition);
-    MDB_val mk = {p->time_prefix + 4, k}, mv;
-    int rc = mdb_get(txn, p->registry->offsets, &mk, &mv);
-    if (rc == MDB_NOTFOUND || (rc == 0 && mv.mv_size != 8))
-        return 0; /* no stream time committed: nothing expired */
-    if (rc)
-        return sl_state_error(rc, "reading a stream time");
-    int64_t stream_time = (int64_t)sl_get_be64(mv.mv_data);
-    int64_t kept = stream_time - p->grace - p->retention - sl_features_bucket(p->calc) + 1;
+    int64_t stream_time_ms;
+    int found, rc = stream_time(p, txn, partition, &found, &stream_time_ms);
+    if (rc || !found)
+        return rc; /* no stream time committed: nothing expired */
+    int64_t kept = stream_time_ms - p->grace - p->retention - sl_features_bucket(p->calc) + 1;
     if (end - p->widest >= kept)
         return 0;
     return sl_error_set(SL_EINVALID,
@@ -514,7 +544,7 @@ static int check_retention(const part_t *p, MDB_txn *txn, const void *key, size_
                         "aggregate's retention",
                         as_of ? "AS OF" : "now", (long long)t, p->view, sl_store_name(p->store),
                         (long long)(end - p->widest), (long long)kept, (long long)p->retention,
-                        (long long)stream_time, (int)partition);
+                        (long long)stream_time_ms, (int)partition);
 }
 
 /* The part's features for key at t, into its calculator. */
