@@ -5,9 +5,10 @@
 -- purchase to `purchases_by_item`; views go to `views`. Per user (the input
 -- key) and minute, it counts purchases and sums their prices into the
 -- windowed aggregate `user_spend`, whose results go to the topic of that
--- name. Bad records (invalid JSON, a missing price) go to the dead-letter
--- topic `clickstream.dlq`. Every output, the state and the input offsets
--- commit together (exactly once).
+-- name, and which is also the feature view `user_activity` (the members over
+-- the last 5 minutes and hour). Bad records (invalid JSON, a missing price)
+-- go to the dead-letter topic `clickstream.dlq`. Every output, the state and
+-- the input offsets commit together (exactly once).
 local s = require("sluice")
 s.pipeline{name = "clickstream", on_error = "dead_letter", processing = "exactly_once"}
 
@@ -26,8 +27,13 @@ kinds.purchase
 
 kinds.view:to("views", {create = true, partitions = 4})
 
-kinds.purchase
+local spend = kinds.purchase
   :window(s.tumbling("1m", {grace = "10s"}))
   :aggregate{purchases = s.count(), spend = s.sum("price"), avg_price = s.avg("price"),
              store = "user_spend"}
-  :to("user_spend", {create = true, partitions = 4})
+spend:to("user_spend", {create = true, partitions = 4})
+
+-- The same buckets as a feature view: per user, each member over the last
+-- 5 minutes and the last hour (purchases_5m, spend_1h, ...), answered live
+-- by FEATURES / MFEATURES and written to the topic user_activity.
+spend:features("user_activity", {ranges = {"5m", "1h"}, defaults = {spend = 0}})

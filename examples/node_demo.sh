@@ -48,6 +48,10 @@ echo "== per-user spend per minute (the windowed aggregate user_spend): 3 result
 echo "== the same state, queried (SCAN the store, then WINDOWS of user-1)"
 redis-cli -p "$PORT" SCAN clickstream.user_spend 0 COUNT 2
 redis-cli -p "$PORT" WINDOWS clickstream.user_spend user-1 0 99999999999999
+echo "== live feature vectors of the view user_activity (FEATURES, sluice features, MFEATURES)"
+redis-cli -p "$PORT" FEATURES user_activity user-1
+"$SLUICE" features user_activity user-2 --format f32 --port "$PORT"
+redis-cli -p "$PORT" MFEATURES user_activity user-3 nobody
 
 echo "== replay: rewind group 'backfill' on views to the start time and read 2"
 "$SLUICE" consume views --group backfill --time "$START" -n 2 --port "$PORT"
