@@ -17,9 +17,10 @@
  * buckets changed. The vector is computed from the task's cache (what the
  * commit will write) at the task's stream time, written as {"key": k,
  * "ts": stream time, "features": {...}} and loaded into the VM as a record
- * for the exit to emit. A flush hands over a key's changed windows one
- * after the other, so the exit remembers the last key it wrote and skips
- * its repeats until the stage is reset.
+ * for the exit to emit. A flush hands over every changed window of a key
+ * (and, for emit = "on_close", closed windows in close order, keys mixed),
+ * so the exit keeps a set of the keys it wrote and skips repeats until the
+ * stage is reset: one vector per key and commit.
  */
 #include "ops/features.h"
 #include "ops/ops_internal.h"
@@ -359,12 +360,90 @@ int sl_features_any_default(const sl_features_calc_t *c)
 
 /* ---- the FEATURES exit ------------------------------------------------------------- */
 
+/* The keys written since the stage was last reset: their bytes one after
+ * the other, and an open-addressing table of (place in spans) + 1. */
+typedef struct written {
+    sl_buf_t bytes;
+    struct span {
+        size_t at, len;
+    } * spans;
+    size_t count, span_cap;
+    uint32_t *slots; /* slot_cap of them, a power of two; 0: empty */
+    size_t slot_cap;
+} written_t;
+
 typedef struct emitter {
     sl_features_calc_t *calc; /* NULL until the op first runs */
-    sl_buf_t last_key;        /* the key written last, while has_last */
-    int has_last;
+    written_t written;
     sl_buf_t json;
 } emitter_t;
+
+static uint64_t hash_key(const uint8_t *key, size_t len)
+{
+    uint64_t h = 14695981039346656037ull; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ key[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The slot of key: the one holding it, or the empty one it would go to. */
+static uint32_t *slot_of(const written_t *w, const uint8_t *key, size_t len)
+{
+    size_t mask = w->slot_cap - 1, i = (size_t)hash_key(key, len) & mask;
+    for (;; i = (i + 1) & mask) {
+        uint32_t *slot = &w->slots[i];
+        const struct span *sp = *slot ? &w->spans[*slot - 1] : NULL;
+        if (!sp || (sp->len == len && memcmp(w->bytes.data + sp->at, key, len) == 0))
+            return slot;
+    }
+}
+
+/* Doubles the table (at least 64 slots) and puts every key back. */
+static int grow_slots(written_t *w)
+{
+    size_t cap = w->slot_cap ? 2 * w->slot_cap : 64;
+    uint32_t *slots = sl_calloc(cap, sizeof *slots);
+    if (!slots)
+        return -ENOMEM;
+    sl_free(w->slots);
+    w->slots = slots;
+    w->slot_cap = cap;
+    for (size_t i = 0; i < w->count; i++)
+        *slot_of(w, w->bytes.data + w->spans[i].at, w->spans[i].len) = (uint32_t)i + 1;
+    return 0;
+}
+
+/* 1 if key was written since the reset; else notes it and returns 0;
+ * -ENOMEM. */
+static int written_check(written_t *w, const uint8_t *key, size_t len)
+{
+    if (2 * (w->count + 1) > w->slot_cap && grow_slots(w))
+        return -ENOMEM;
+    uint32_t *slot = slot_of(w, key, len);
+    if (*slot)
+        return 1;
+    if (sl_array_reserve((void **)&w->spans, &w->span_cap, w->count + 1, sizeof *w->spans) ||
+        sl_buf_append(&w->bytes, key, len))
+        return -ENOMEM;
+    w->spans[w->count++] = (struct span){w->bytes.len - len, len};
+    *slot = (uint32_t)w->count;
+    return 0;
+}
+
+static void written_reset(written_t *w)
+{
+    if (w->count)
+        memset(w->slots, 0, w->slot_cap * sizeof *w->slots);
+    w->count = 0;
+    w->bytes.len = 0;
+}
+
+static void written_free(written_t *w)
+{
+    sl_buf_free(&w->bytes);
+    sl_free(w->spans);
+    sl_free(w->slots);
+}
 
 struct sl_features_emitters {
     emitter_t *by_op; /* per op id of the DAG */
@@ -430,14 +509,12 @@ int sl_features_emit(sl_features_emitters_t **ep, const sl_dag_t *dag, sl_exec_t
     emitter_t *m = emitter_for(ep, dag, op);
     int rc = m ? sl_vm_record_meta(vm, slot, &meta) : -ENOMEM;
     *out_slot = -1;
-    if (rc || meta.key_len < 0 ||
-        (m->has_last && m->last_key.len == (size_t)meta.key_len &&
-         memcmp(m->last_key.data, meta.key, m->last_key.len) == 0))
-        return rc;
+    if (rc == 0 && meta.key_len >= 0)
+        rc = written_check(&m->written, meta.key, (size_t)meta.key_len);
+    if (rc || meta.key_len < 0)
+        return rc < 0 ? rc : 0; /* 1: written already */
     if ((rc = compute_vector(m, t, &dag->ops[op->inputs[0].op], &meta, &ts)) == 0)
         rc = vector_json(m, &meta, ts);
-    m->last_key.len = 0;
-    m->has_last = rc == 0 && sl_buf_append(&m->last_key, meta.key, (size_t)meta.key_len) == 0;
     if (rc)
         return rc == -ENOMEM ? rc
                              : sl_error_set(rc, "features (%s): %s", op->where, sl_error_detail());
@@ -453,7 +530,7 @@ int sl_features_emit(sl_features_emitters_t **ep, const sl_dag_t *dag, sl_exec_t
 void sl_features_emitters_reset(sl_features_emitters_t *e)
 {
     for (int i = 0; e && i < e->count; i++)
-        e->by_op[i].has_last = 0;
+        written_reset(&e->by_op[i].written);
 }
 
 void sl_features_emitters_free(sl_features_emitters_t *e)
@@ -462,7 +539,7 @@ void sl_features_emitters_free(sl_features_emitters_t *e)
         return;
     for (int i = 0; i < e->count; i++) {
         sl_features_calc_free(e->by_op[i].calc);
-        sl_buf_free(&e->by_op[i].last_key);
+        written_free(&e->by_op[i].written);
         sl_buf_free(&e->by_op[i].json);
     }
     sl_free(e->by_op);

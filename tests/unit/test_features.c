@@ -521,6 +521,63 @@ static void test_exit_writes_each_changed_key_once_per_flush(void **state)
     tu_rmdir(dir);
 }
 
+static void test_exit_writes_a_key_once_when_its_closed_windows_interleave(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    sl_state_t *st;
+    sl_store_t *store;
+    sl_exec_t *x;
+    sl_exec_task_t *task;
+    fixture_t f =
+        compile_view(HEADER "s.pipeline{name = 'p'}\n"
+                            "s.stream('in'):window(s.tumbling('1m'))\n"
+                            "  :aggregate{n = s.count(), emit = 'on_close', store = 'st'}\n"
+                            "  :features('v', {ranges = {'5m'}})\n");
+    assert_int_equal(sl_state_open(dir, NULL, &st), 0);
+    assert_int_equal(sl_store_open(st, "p", "st", SL_STORE_WINDOW, &store), 0);
+    assert_int_equal(sl_exec_new(f.dag, &x), 0);
+    sl_store_t *stores[3] = {NULL, store, NULL};
+    int64_t times[3] = {INT64_MIN, INT64_MIN, INT64_MIN};
+    assert_int_equal(sl_exec_task_new(x, stores, times, 0, 1, &task), 0);
+    /* windows close in the order a@1m, b@1m, a@2m once c moves time to 10m */
+    sl_record_t recs[] = {
+        tu_record("a", "{}", MINUTE + 1),
+        tu_record("b", "{}", MINUTE + 2),
+        tu_record("a", "{}", 2 * MINUTE + 3),
+        tu_record("c", "{}", 10 * MINUTE),
+    };
+    emitted_t e = {0};
+    sl_exec_output_t out = {collect, no_failure, &e};
+    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_exec_set_task(x, task);
+    assert_int_equal(sl_exec_batch(x, 0, &origin, recs, 4, &out, NULL), 0);
+    sl_exec_reset(x);
+    assert_int_equal(sl_exec_task_flush(x, task, &out), 0);
+    assert_int_equal(e.count, 2);
+    assert_string_equal(e.key[0], "a");
+    assert_string_equal(e.key[1], "b");
+    /* live at 10m: [6m, 11m) holds none of a's windows */
+    assert_string_equal(e.value[0], "{\"key\":\"a\",\"ts\":600000,\"features\":{\"n_5m\":0}}");
+    sl_exec_reset(x); /* a later commit writes a again */
+    sl_record_t more = tu_record("a", "{}", 10 * MINUTE + 5);
+    assert_int_equal(sl_exec_batch(x, 0, &origin, &more, 1, &out, NULL), 0);
+    sl_record_t later = tu_record("c", "{}", 20 * MINUTE);
+    assert_int_equal(sl_exec_batch(x, 0, &origin, &later, 1, &out, NULL), 0);
+    sl_exec_reset(x);
+    assert_int_equal(sl_exec_task_flush(x, task, &out), 0);
+    assert_int_equal(e.count, 4); /* a, then c's 10m window */
+    assert_string_equal(e.key[2], "a");
+    assert_string_equal(e.key[3], "c");
+    sl_exec_reset(x);
+    sl_exec_task_free(task);
+    sl_exec_free(x);
+    sl_store_close(store);
+    sl_state_close(st);
+    release(&f);
+    tu_rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -540,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_values_write_as_json_and_float32),
         cmocka_unit_test(test_bucket_of_another_definition_is_corrupt),
         cmocka_unit_test(test_exit_writes_each_changed_key_once_per_flush),
+        cmocka_unit_test(test_exit_writes_a_key_once_when_its_closed_windows_interleave),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
