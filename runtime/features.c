@@ -401,14 +401,6 @@ static int check_locked(sl_features_t *f, const char *pipeline, const sl_dag_t *
     return rc;
 }
 
-int sl_features_check(sl_features_t *f, const char *pipeline, const sl_dag_t *dag)
-{
-    pthread_mutex_lock(&f->lock);
-    int rc = check_locked(f, pipeline, dag);
-    pthread_mutex_unlock(&f->lock);
-    return rc;
-}
-
 /* The parts list with pipeline's replaced by fresh ones (in *fresh). */
 static int replace_parts(sl_features_t *f, const char *pipeline, part_t **fresh, int fresh_count,
                          part_t ***out, int *count)

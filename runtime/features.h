@@ -23,16 +23,13 @@ typedef struct sl_features sl_features_t;
 int sl_features_new(sl_state_t *state, sl_log_t *log, sl_features_t **out);
 void sl_features_free(sl_features_t *f);
 
-/* Whether pipeline's DAG may join the registry: SL_EINVALID with a detail
- * naming the feature, its view and the other pipeline if a feature of one
- * of its views is another running pipeline's already (the pipeline's own
- * current contributions, which a replacement drops, do not count). */
-int sl_features_check(sl_features_t *f, const char *pipeline, const sl_dag_t *dag);
-
 /* Makes dag's :features() sinks pipeline's contributions, replacing the
  * ones it had. Their aggregates' stores must exist (the pipeline has
- * opened them). Returns 0; SL_EINVALID as sl_features_check; an error
- * opening a store; -ENOMEM. On failure the registry is unchanged. */
+ * opened them). Returns 0; SL_EINVALID with a detail naming the feature,
+ * its view and the other pipeline if a feature of one of its views is
+ * another running pipeline's already (the pipeline's own current
+ * contributions, which it replaces, do not count); an error opening a
+ * store; -ENOMEM. On failure the registry is unchanged. */
 int sl_features_register(sl_features_t *f, const char *pipeline, const sl_dag_t *dag);
 
 /* Drops pipeline's contributions (a view left without any goes). */
