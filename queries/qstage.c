@@ -296,6 +296,12 @@ static void serve_waiters(sl_qstage_t *q)
     }
 }
 
+void sl_qstage_serve(sl_server_t *s)
+{
+    if (s->qstage)
+        serve_waiters(s->qstage);
+}
+
 void sl_qstage_conn_closed(sl_conn_t *c)
 {
     sl_queue_client_t *cl = c->queue_client;

@@ -538,6 +538,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
             retry_blocked(c);
         flush_output(c);
     }
+    sl_qstage_serve(s); /* a pipeline's commit may have made queue messages ready */
     if (s->shutting_down && !outstanding_replies(s))
         event_base_loopexit(s->base, NULL);
 }

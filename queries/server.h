@@ -254,6 +254,11 @@ void sl_qstage_lease(sl_server_t *s, int64_t deadline);
 /* The close hook: c's deliveries go back to ready. */
 void sl_qstage_conn_closed(sl_conn_t *c);
 
+/* Serves the QPOPs waiting for queues that have messages ready now, oldest
+ * first: for messages made ready by another thread (a pipeline's :route
+ * commit), which wakes the loop through sl_server_notify. */
+void sl_qstage_serve(sl_server_t *s);
+
 void sl_qstage_free(sl_server_t *s);
 void sl_qstage_metrics(sl_server_t *s, struct evbuffer *out);
 
