@@ -246,18 +246,20 @@ s.queue("%(q)s")
 s.stream("%(t)s"):route("", {key = function() return "%(q)s" end})
 """ % {"q": q, "t": t_in})
         result = {}
-        consumer = self.node.client()
+        # The block outlasts the join below: only the commit's wake can serve
+        # the QPOP in time (a QPOP served at its timeout fails the test).
+        consumer = self.node.client(socket_timeout=90)
         self.addCleanup(consumer.close)
 
         def pop():
-            result["got"] = consumer.execute_command("QPOP", q, "BLOCK", 15000)
+            result["got"] = consumer.execute_command("QPOP", q, "BLOCK", 60000)
 
-        waiter = threading.Thread(target=pop)
+        waiter = threading.Thread(target=pop, daemon=True)
         waiter.start()
         wait_until(lambda: queue_stats(self.r, q)["waiting"] == 1, 10, what="QPOP to block")
         self.produce(t_in, [("k", {"wake": 1})])
         waiter.join(20)
-        self.assertFalse(waiter.is_alive())
+        self.assertFalse(waiter.is_alive(), "the commit did not wake the blocked QPOP")
         self.assertEqual([d[1] for d in result["got"]], [b'{"wake": 1}'])
 
 
