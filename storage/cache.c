@@ -56,7 +56,10 @@ struct sl_cache {
     size_t max_bytes;
     entry_t *entries;
     size_t count, entries_cap, dirty;
-    uint32_t *slots; /* index + 1 into entries; 0 empty */
+    uint32_t *dirty_list; /* indexes of the dirty entries (c->dirty of them) */
+    size_t dirty_list_cap;
+    int64_t min_start; /* window stores: no cached window starts before it */
+    uint32_t *slots;   /* index + 1 into entries; 0 empty */
     size_t slot_count;
     uint32_t *key_slots; /* window stores: index + 1 of a key's newest entry */
     size_t key_slot_count, key_count;
@@ -107,6 +110,7 @@ int sl_cache_new(sl_store_t *store, size_t max_bytes, sl_cache_t **out)
     c->state = sl_store_state(store);
     c->window = sl_store_kind(store) == SL_STORE_WINDOW;
     c->max_bytes = max_bytes ? max_bytes : CACHE_DEFAULT_BYTES;
+    c->min_start = INT64_MAX;
     *out = c;
     return 0;
 }
@@ -121,6 +125,7 @@ static void end_read(sl_cache_t *c)
 void sl_cache_clear(sl_cache_t *c)
 {
     c->count = c->dirty = c->key_count = c->arena.len = 0;
+    c->min_start = INT64_MAX;
     if (c->slots)
         memset(c->slots, 0, c->slot_count * sizeof *c->slots);
     if (c->key_slots)
@@ -136,6 +141,7 @@ void sl_cache_free(sl_cache_t *c)
     if (c->read)
         mdb_txn_abort(c->read);
     sl_free(c->entries);
+    sl_free(c->dirty_list);
     sl_free(c->slots);
     sl_free(c->key_slots);
     sl_buf_free(&c->arena);
@@ -225,7 +231,9 @@ static int reserve_entry(sl_cache_t *c)
 {
     if (c->count >= UINT32_MAX - 1)
         return -ENOBUFS;
-    if (sl_array_reserve((void **)&c->entries, &c->entries_cap, c->count + 1, sizeof(entry_t)))
+    if (sl_array_reserve((void **)&c->entries, &c->entries_cap, c->count + 1, sizeof(entry_t)) ||
+        sl_array_reserve((void **)&c->dirty_list, &c->dirty_list_cap, c->count + 1,
+                         sizeof *c->dirty_list))
         return -ENOMEM;
     if ((c->count + 1) * 2 > c->slot_count && rehash(c, &c->slots, &c->slot_count, 0))
         return -ENOMEM;
@@ -270,8 +278,12 @@ static int add_entry(sl_cache_t *c, uint32_t *slot, const uint8_t *k, size_t len
     e.value_at = c->arena.len;
     c->entries[c->count] = e;
     *slot = (uint32_t)++c->count;
-    if (c->window)
+    if (c->window) {
         link_window(c, (uint32_t)c->count - 1);
+        int64_t start = window_of(c, &c->entries[c->count - 1]);
+        if (start < c->min_start)
+            c->min_start = start;
+    }
     *out = &c->entries[c->count - 1];
     return 0;
 }
@@ -308,8 +320,8 @@ static entry_t *lookup(const sl_cache_t *c, const uint8_t *k, size_t len)
 
 static void mark_dirty(sl_cache_t *c, entry_t *e)
 {
-    if (!e->dirty)
-        c->dirty++;
+    if (!e->dirty) /* room: dirty_list has a place per entry */
+        c->dirty_list[c->dirty++] = (uint32_t)(e - c->entries);
     e->dirty = 1;
     c->changes_valid = 0;
 }
@@ -572,14 +584,21 @@ int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count)
     int rc = c->window ? 0
                        : sl_error_set(SL_EINVALID, "store %s is a kv store: it has no windows",
                                       sl_store_name(c->store));
-    for (size_t i = 0; rc == 0 && i < c->count; i++) {
-        entry_t *e = &c->entries[i];
-        if (!e->deleted && window_of(c, e) < cutoff) {
-            e->deleted = 1;
-            e->value_len = 0;
-            mark_dirty(c, e);
-            x.count++;
+    if (rc == 0 && c->min_start < cutoff) { /* else no cached window is that old */
+        int64_t min = INT64_MAX;
+        for (size_t i = 0; i < c->count; i++) {
+            entry_t *e = &c->entries[i];
+            int64_t start = window_of(c, e);
+            if (!e->deleted && start < cutoff) {
+                e->deleted = 1;
+                e->value_len = 0;
+                mark_dirty(c, e);
+                x.count++;
+            } else if (!e->deleted && start < min) {
+                min = start;
+            }
         }
+        c->min_start = min;
     }
     if (rc == 0 && (rc = begin_read(c)) == 0)
         rc = sl_store_expired(c->store, c->read, cutoff, max ? max : SIZE_MAX, expire_stored, &x);
@@ -601,10 +620,9 @@ static int sort_dirty(sl_cache_t *c)
         sl_array_reserve((void **)&c->changes, &c->changes_cap, c->dirty, sizeof *c->changes))
         return sl_error_set(-ENOMEM, "store %s: out of memory sorting changes",
                             sl_store_name(c->store));
-    for (size_t i = 0; i < c->count; i++) {
-        const entry_t *e = &c->entries[i];
-        if (e->dirty)
-            c->order[n++] = (sl_key_item_t){0, 0, key_of(c, e), e->key_len, (uint32_t)i};
+    for (size_t i = 0; i < c->dirty; i++) {
+        const entry_t *e = &c->entries[c->dirty_list[i]];
+        c->order[n++] = (sl_key_item_t){0, 0, key_of(c, e), e->key_len, c->dirty_list[i]};
     }
     sl_key_sort(c->order, c->order_tmp, n);
     return 0;
@@ -640,8 +658,8 @@ int sl_cache_flush(sl_cache_t *c, MDB_txn *txn)
 
 void sl_cache_committed(sl_cache_t *c)
 {
-    for (size_t i = 0; c->dirty && i < c->count; i++)
-        c->entries[i].dirty = 0;
+    for (size_t i = 0; i < c->dirty; i++)
+        c->entries[c->dirty_list[i]].dirty = 0;
     c->dirty = 0;
     c->changes_valid = 0;
     end_read(c);
