@@ -45,6 +45,9 @@ int cli_worker(int argc, char **argv);
  * --output ...`: feature vectors, live or as of a time, and point-in-time
  * features for rows of training data (cli_features.c). */
 int cli_features(int argc, char **argv);
+
+/* `sluice get STORE KEY`: a key's state (cli_get.c). */
+int cli_get(int argc, char **argv);
 int cli_features_at(int argc, char **argv);
 
 /* Prints "sluice: <what>: <detail or error name>" and returns 1. */

@@ -25,6 +25,7 @@ static const char usage[] =
     "  consume   print a topic's records, alone or as a consumer group\n"
     "  groups    show consumer groups' committed offsets and lag\n"
     "  features  print a key's feature vector of a view (live or --as-of)\n"
+    "  get       print a key's state in a pipeline's store\n"
     "  features-at  point-in-time features for rows of key,timestamp (training data)\n"
     "  queue     work queues: declare, bind, publish, pop, stats\n"
     "  worker    run a command per message of a queue: sluice worker QUEUE -- CMD\n"
@@ -88,6 +89,8 @@ int main(int argc, char **argv)
         return cli_groups(argc - 1, argv + 1);
     if (!strcmp(argv[1], "features"))
         return cli_features(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "get"))
+        return cli_get(argc - 1, argv + 1);
     if (!strcmp(argv[1], "features-at"))
         return cli_features_at(argc - 1, argv + 1);
     if (!strcmp(argv[1], "queue"))

@@ -17,7 +17,9 @@ import shutil
 import os
 import unittest
 
-from node import Node, NodeTestCase, fetch_all, murmur2_partition, wait_until
+import subprocess
+
+from node import Node, NodeTestCase, fetch_all, murmur2_partition, sluice_bin, wait_until
 
 WAIT = 20.0
 _serial = itertools.count()
@@ -152,6 +154,36 @@ class AggregateTest(NodeTestCase):
         self.produce(t_in, [("a", 30000, 1)])  # a gap: a new session
         got = self.wait_results(out, {("a", 30000): {"n": 1}})
         self.assertEqual(got[("a", 1000)]["values"]["n"], 4)
+
+    def sluice_get(self, *args):
+        return subprocess.run([sluice_bin(), "get", *args, "--port", str(self.node.port)],
+                              capture_output=True, text=True, timeout=30)
+
+    def test_sluice_get_prints_a_keys_state(self):
+        name, t_in, out = self.names()
+        self.r.execute_command("TOPIC", "CREATE", t_in, "PARTITIONS", 1)
+        self.assertEqual(self.submit(name, t_in, out, options=', store = "tot"'), b"OK")
+        win_name, win_out = name + "w", out + "w"
+        self.assertEqual(self.submit(win_name, t_in, win_out, ':window(s.tumbling("10s"))',
+                                     ', store = "win"'), b"OK")
+        self.produce(t_in, [("a", 1000, 5), ("a", 12000, 7), ("b", 2000, 1)])
+        self.wait_results(out, {("a", None): {"n": 2}, ("b", None): {"n": 1}})
+        self.wait_results(win_out, {("a", 10000): {"n": 1}})
+        kv = self.sluice_get(name + ".tot", "a")
+        self.assertEqual(kv.returncode, 0, kv.stderr)
+        self.assertEqual(json.loads(kv.stdout)["total"], 12)
+        missing = self.sluice_get(name + ".tot", "nobody")
+        self.assertEqual((missing.returncode, missing.stdout), (0, "null\n"))
+        windows = self.sluice_get(win_name + ".win", "a")
+        self.assertEqual(windows.returncode, 0, windows.stderr)
+        lines = [l.split(" ", 2) for l in windows.stdout.splitlines()]
+        self.assertEqual([(l[0], l[1]) for l in lines], [("0", "10000"), ("10000", "20000")])
+        self.assertEqual([json.loads(l[2])["n"] for l in lines], [1, 1])
+        late = self.sluice_get(win_name + ".win", "a", "--from", "5000")
+        self.assertEqual(len(late.stdout.splitlines()), 1, late.stdout)
+        unknown = self.sluice_get("no.such", "a")
+        self.assertEqual(unknown.returncode, 1)
+        self.assertIn("no store 'no.such'", unknown.stderr)
 
     def test_running_totals_without_a_window(self):
         name, t_in, out = self.names()
