@@ -160,33 +160,52 @@ static void push_string(lua_State *L, const char *text, const sl_jtok_t *t)
     luaL_pushresult(&b);
 }
 
-/* Numbers: integers when integral and in int64 range (as lua.h promises). */
-static void push_number(lua_State *L, const char *text, const sl_jtok_t *t)
+/* The number of a checked token: an integer when integral and in int64
+ * range (as lua.h promises; up to 18 digits read exactly), else a double.
+ * 0, or -ENOMEM copying a very long number for strtod. */
+static int read_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out)
 {
     const char *s = text + t->start;
     int32_t len = t->end - t->start, i = 0;
     int negative = s[0] == '-';
+    memset(out, 0, sizeof *out);
+    out->type = SL_VM_VALUE_NUMBER;
     if (len - negative <= 18) {
         int64_t v = 0;
         for (i = negative; i < len && s[i] >= '0' && s[i] <= '9'; i++)
             v = v * 10 + (s[i] - '0');
         if (i == len) {
-            lua_pushinteger(L, negative ? -v : v);
-            return;
+            out->is_integer = 1;
+            out->integer = negative ? -v : v;
+            return 0;
         }
     }
     char small[64];
-    char *copy = (size_t)len < sizeof small ? small : sl_vm_need(L, malloc((size_t)len + 1));
+    char *copy = (size_t)len < sizeof small ? small : malloc((size_t)len + 1);
+    if (!copy)
+        return -ENOMEM;
     memcpy(copy, s, (size_t)len);
     copy[len] = '\0';
-    double d = strtod(copy, NULL);
+    out->number = strtod(copy, NULL);
     if (copy != small)
         free(copy);
     lua_Integer integer;
-    if (sl_json_integral(d, &integer))
-        lua_pushinteger(L, integer);
+    if (sl_json_integral(out->number, &integer)) {
+        out->is_integer = 1;
+        out->integer = integer;
+    }
+    return 0;
+}
+
+static void push_number(lua_State *L, const char *text, const sl_jtok_t *t)
+{
+    sl_vm_value_t v;
+    if (read_number(text, t, &v))
+        sl_vm_need(L, NULL);
+    if (v.is_integer)
+        lua_pushinteger(L, v.integer);
     else
-        lua_pushnumber(L, d);
+        lua_pushnumber(L, v.number);
 }
 
 /* Pushes token i (of tokens base) and everything under it as Lua values;
@@ -319,7 +338,7 @@ static int doc_index(lua_State *L)
 
 /* ---- lazy records ----------------------------------------------------------- */
 
-static void push_bytes(lua_State *L, const uint8_t *data, int32_t len)
+void sl_push_bytes(lua_State *L, const uint8_t *data, int32_t len)
 {
     if (len < 0)
         lua_pushlightuserdata(L, NULL);
@@ -333,7 +352,7 @@ static void push_headers(lua_State *L, const sl_record_t *rec)
     for (uint32_t i = 0; i < rec->header_count; i++) {
         const sl_header_t *h = &rec->headers[i];
         lua_pushlstring(L, (const char *)h->name, h->name_len > 0 ? (size_t)h->name_len : 0);
-        push_bytes(L, h->value, h->value_len);
+        sl_push_bytes(L, h->value, h->value_len);
         lua_rawset(L, -3);
     }
 }
@@ -541,29 +560,8 @@ int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out)
         out->bytes = text + t->start;
         out->len = (size_t)(t->end - t->start);
     } else if (t->type == SL_JTOK_NUMBER) {
-        const char *s = text + t->start;
-        int32_t n = t->end - t->start, i;
-        int negative = s[0] == '-';
-        int64_t v = 0;
-        out->type = SL_VM_VALUE_NUMBER;
-        for (i = negative; n - negative <= 18 && i < n && s[i] >= '0' && s[i] <= '9'; i++)
-            v = v * 10 + (s[i] - '0');
-        if (n - negative <= 18 && i == n) {
-            out->is_integer = 1;
-            out->integer = negative ? -v : v;
-        } else {
-            char small[64];
-            lua_Integer integer;
-            if ((size_t)n >= sizeof small)
-                return -1;
-            memcpy(small, s, (size_t)n);
-            small[n] = '\0';
-            out->number = strtod(small, NULL);
-            if (sl_json_integral(out->number, &integer)) {
-                out->is_integer = 1;
-                out->integer = integer;
-            }
-        }
+        if (read_number(text, t, out))
+            return -1; /* out of memory: let the Lua path say so */
     } else {
         out->type = SL_VM_VALUE_OTHER;
     }

@@ -82,8 +82,6 @@ static void batch_push(lua_State *L, sl_vm_t *vm, int index)
 #define VALUE_AT(slot) (2 * (slot) + 1) /* VALUE: the value; TABLE: the table */
 #define TABLE_AT(slot) (2 * (slot) + 2) /* LOADED, VALUE: r once built */
 
-static void push_bytes(lua_State *L, const uint8_t *data, int32_t len);
-
 void sl_slot_push(lua_State *L, sl_vm_t *vm, int slot)
 {
     sl_slot_t *s = &vm->slots[slot];
@@ -101,7 +99,7 @@ void sl_slot_push(lua_State *L, sl_vm_t *vm, int slot)
     else if (s->doc >= 0)
         sl_lazy_push_value(L, vm, s->doc);
     else if (s->record.value_len >= 0)
-        push_bytes(L, s->record.value, s->record.value_len);
+        sl_push_bytes(L, s->record.value, s->record.value_len);
     else
         lua_pushnil(L); /* a tombstone: r.value is nil */
     lua_pushliteral(L, "value");
@@ -201,14 +199,6 @@ static void set_raw_field(lua_State *L, int t, const char *name)
 }
 
 /* ---- bytes in --------------------------------------------------------------- */
-
-static void push_bytes(lua_State *L, const uint8_t *data, int32_t len)
-{
-    if (len < 0)
-        lua_pushlightuserdata(L, NULL);
-    else
-        lua_pushlstring(L, (const char *)data, (size_t)len);
-}
 
 static int copy_bytes(sl_vm_t *vm, const uint8_t **data, int32_t len)
 {

@@ -182,6 +182,8 @@ int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc);
  * (anything else is left alone); is_record tells a lazy record table. */
 void sl_lazy_init(lua_State *L, sl_vm_t *vm);
 void sl_lazy_push_value(lua_State *L, sl_vm_t *vm, int doc);
+/* Pushes len bytes as a string, or json.null for len < 0 (lazy.c). */
+void sl_push_bytes(lua_State *L, const uint8_t *data, int32_t len);
 void sl_lazy_push_record(lua_State *L, sl_vm_t *vm, int slot);
 int sl_lazy_find(lua_State *L, sl_vm_t *vm, int doc, const char *name, size_t len);
 void sl_lazy_push_found(lua_State *L, sl_vm_t *vm, int doc, int token);

@@ -30,6 +30,7 @@
  * "window_end": e, "values": {...}} ("window_*" only with a window).
  */
 #include "ops/aggregate.h"
+#include "ops/features.h"
 #include "ops/ops_internal.h"
 #include "ops/window.h"
 #include "storage/buf.h"
@@ -341,18 +342,6 @@ static int member_input(sl_vm_t *vm, const sl_op_t *op, const sl_agg_spec_t *m, 
     return 0;
 }
 
-static int reserve_scratch(agg_t *a, size_t n)
-{
-    if (n <= a->scratch_cap)
-        return 0;
-    uint8_t *grown = sl_realloc(a->scratch, n);
-    if (!grown)
-        return -ENOMEM;
-    a->scratch = grown;
-    a->scratch_cap = n;
-    return 0;
-}
-
 static int remember_changed(agg_t *a, const uint8_t *key, size_t len, int64_t start)
 {
     if (a->op->emit != SL_EMIT_ON_UPDATE)
@@ -415,7 +404,7 @@ static int update(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot, const sl_r
         rc = run_reducers(a, op, vm, slot);
     size_t n = sl_aggstate_encoded_size(a->state);
     if (rc == 0)
-        rc = reserve_scratch(a, n);
+        rc = sl_array_reserve((void **)&a->scratch, &a->scratch_cap, n, 1) ? -ENOMEM : 0;
     if (rc)
         return sl_error_set(rc, "aggregate (%s): %s", a->op->where, sl_error_detail());
     sl_aggstate_encode(a->state, a->scratch);
@@ -494,8 +483,8 @@ static int update_session(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot,
     if ((rc = run_reducers(a, op, vm, slot)))
         return rc;
     size_t n = sl_aggstate_encoded_size(a->state);
-    if ((rc = reserve_scratch(a, n + 8)))
-        return rc;
+    if (sl_array_reserve((void **)&a->scratch, &a->scratch_cap, n + 8, 1))
+        return -ENOMEM;
     sl_put_be64(a->scratch, (uint64_t)place.session.last);
     sl_aggstate_encode(a->state, a->scratch + 8);
     rc = sl_cache_window_put(a->cache, key, key_len, place.session.first, a->scratch, n + 8);
@@ -555,23 +544,6 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
 
 /* ---- results out -------------------------------------------------------------- */
 
-static int json_string(sl_buf_t *b, const uint8_t *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    int rc = sl_buf_append(b, "\"", 1);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        uint8_t ch = s[i];
-        char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
-        if (ch == '"' || ch == '\\')
-            rc = sl_buf_append(b, esc, 1) ? -ENOMEM : sl_buf_append(b, &s[i], 1);
-        else if (ch < 0x20)
-            rc = sl_buf_append(b, esc, 6);
-        else
-            rc = sl_buf_append(b, &s[i], 1);
-    }
-    return rc ? rc : sl_buf_append(b, "\"", 1);
-}
-
 /* The result of (key, start) from its stored state, through the op's
  * downstream ops. A window expired meanwhile owes nothing. */
 static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_len, int64_t start,
@@ -598,7 +570,7 @@ static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_le
     if (rc == 0)
         rc = sl_buf_append(&json, "{\"key\":", 7);
     if (rc == 0)
-        rc = json_string(&json, key, key_len);
+        rc = sl_features_json_string(key, key_len, &json);
     if (rc == 0 && a->windowed) {
         int n = snprintf(number, sizeof number, ",\"window_start\":%lld,\"window_end\":%lld",
                          (long long)start, (long long)end);
