@@ -57,7 +57,8 @@
 # pipeline's committed offsets (PIPELINE DESCRIBE) reach the end of
 # "person" and "auction", and then of the repartition topic. CPU: the node's
 # user + system time (/proc/PID/stat) over the run, and the run time of
-# each worker thread (schedstat), with the time it waited for a core.
+# each worker thread (schedstat), with the time it waited for a core. Late
+# records: sluice_pipeline_late_records_total of the node's /metrics.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -99,10 +100,10 @@ trap 'exit 130' INT TERM
 # The driver: submits a pipeline, polls PIPELINE DESCRIBE until it is done
 # (see the top), prints the figures; its first line is the case's summary.
 cat >"$work/drive.py" <<'EOF'
-import os, sys, time, redis
+import os, sys, time, redis, urllib.request
 
-(port, name, script_file, pid, timeout, workers, query, persons, auctions, n,
- expected) = sys.argv[1:12]
+(port, http_port, name, script_file, pid, timeout, workers, query, persons, auctions, n,
+ expected) = sys.argv[1:13]
 timeout, workers, n, expected = float(timeout), int(workers), int(n), int(expected)
 inputs = {b"person": int(persons), b"auction": int(auctions)}
 events = sum(inputs.values())
@@ -130,6 +131,11 @@ def describe():
     if d[b"state"] != b"running":
         sys.exit("pipeline %s: %s: %s" % (name, d[b"state"].decode(), d[b"error"].decode()))
     return d
+
+def late():  # records the pipeline's ops dropped as late, from /metrics
+    text = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % http_port).read().decode()
+    return sum(int(float(line.split()[-1])) for line in text.splitlines()
+               if line.startswith('sluice_pipeline_late_records_total{pipeline="%s"' % name))
 
 def sources_done(tasks):
     committed = {}
@@ -170,8 +176,9 @@ print("  %d events read (%d person + %d auction; the %d bids are not read) in %.
        n / seconds))
 print("  node cpu %.2f s (%.2f cores busy); each worker thread %.2f s on a cpu, %.2f s waiting "
       "for one (other load)" % (cpu_s, cpu_s / seconds, run, wait))
-print("  %d records in %s, %s" % (out, out_topic, "as the loader expects" if out == expected else
-      "the loader expects %d: DIFFERENT" % expected))
+print("  %d records in %s, %s; %d records dropped as late" %
+      (out, out_topic, "as the loader expects" if out == expected else
+       "the loader expects %d: DIFFERENT" % expected, late()))
 print("  ops (id kind in -> out, errors): " + "; ".join(
     "%d %s %d -> %d%s" % (op[0], op[1].decode(), op[3], op[4], ", %d errors" % op[5] if op[5] else "")
     for op in d[b"ops"]))
@@ -181,10 +188,12 @@ free_port() {
     "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_node DIR WORKERS: a node on DIR, logging to DIR.log; sets node_pid, port.
+# start_node DIR WORKERS: a node on DIR, logging to DIR.log; sets node_pid,
+# port and http_port (for /metrics).
 start_node() {
     port=$(free_port)
-    "$SLUICE_BIN" serve --data "$1" --port "$port" --http-port -1 --workers "$2" \
+    http_port=$(free_port)
+    "$SLUICE_BIN" serve --data "$1" --port "$port" --http-port "$http_port" --workers "$2" \
         </dev/null >/dev/null 2>>"$1.log" &
     node_pid=$!
 }
@@ -277,7 +286,7 @@ run_case() { # QUERY WORKERS
     wait_log "$data.log" 'serve: ready' 30
     perf_start "$case"
     local out
-    out=$("$PYTHON" "$work/drive.py" "$port" jb "$work/$case.lua" "$node_pid" "$RUN_TIMEOUT" \
+    out=$("$PYTHON" "$work/drive.py" "$port" "$http_port" jb "$work/$case.lua" "$node_pid" "$RUN_TIMEOUT" \
         "$workers" "$query" "$persons" "$auctions" "$N" "$expected")
     perf_stop "$case"
     echo "$out"
