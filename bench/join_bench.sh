@@ -15,7 +15,13 @@
 #                 disk, not a tmpfs)
 #   RUN_TIMEOUT   seconds a run may take before the bench gives up (default 1800)
 #   COMMIT_INTERVAL  the pipelines' commit_interval (default 100ms)
-#   GRACE         if set, the q8 join's grace (e.g. "5s"; default: none, 0)
+#   GRACE         if set, the q8 join's grace (e.g. "60s"; default: none, 0).
+#                 The auctions reach the join through the key_by's
+#                 repartition topic, at that stage's commits, while the
+#                 people are read from their topic directly: a join whose
+#                 stream time runs ahead on the people drops the auctions as
+#                 late, which the output's late count and q8_out's shortfall
+#                 show; a grace as long as that lead keeps them
 #   CASES         the runs to make (default "q3-1 q3-2 q8-1 q8-2": query -
 #                 workers)
 #   PERF_DIR      if set: perf record -g on the node during each run, into
