@@ -24,7 +24,7 @@
 #                 show; a grace as long as that lead keeps them
 #   CASES         the runs to make (default "q3-1 q3-2 q8-1 q8-2": query -
 #                 workers)
-#   PERF_DIR      if set: perf record -g on the node during each run, into
+#   PERF_DIR      if set: perf record -g -a (the whole machine) during each run, into
 #                 PERF_DIR/<case>.data, and the top of its report printed
 #
 # Input (bench/nexmark_load.c): N events in Nexmark's proportions, 1 person
@@ -221,7 +221,8 @@ stop_node() {
 
 perf_start() { # CASE
     [ -n "${PERF_DIR:-}" ] || return 0
-    perf record ${PERF_ARGS:--g} -o "$PERF_DIR/$1.data" -p "$node_pid" >/dev/null 2>&1 &
+    # -a: threads a pipeline starts after perf attached are missed by -p
+    perf record ${PERF_ARGS:--g} -o "$PERF_DIR/$1.data" -a >/dev/null 2>&1 &
     perf_pid=$!
 }
 
