@@ -29,7 +29,6 @@
 #include "ops/ops_internal.h"
 #include "ops/window.h"
 #include "storage/buf.h"
-#include "storage/state.h"
 
 #include <errno.h>
 #include <string.h>
@@ -137,14 +136,8 @@ static int rebuild_one(void *arg, const void *store_key, size_t len, const void 
 
 static int rebuild_closer(sl_join_t *j)
 {
-    MDB_txn *txn;
-    sl_store_t *store = sl_cache_store(j->cache);
     rebuild_t r = {j, 0};
-    int rc = sl_state_begin(sl_store_state(store), 0, &txn);
-    if (rc)
-        return rc;
-    rc = sl_store_foreach(store, txn, rebuild_one, &r);
-    mdb_txn_abort(txn);
+    int rc = sl_store_foreach_committed(sl_cache_store(j->cache), rebuild_one, &r);
     return r.rc ? r.rc : rc < 0 ? rc : 0;
 }
 

@@ -890,6 +890,10 @@ typedef int (*sl_entry_fn)(void *arg, const void *store_key, size_t key_len, con
  * Returns 0, fn's non-zero return, or an LMDB failure. */
 int sl_store_foreach(sl_store_t *s, MDB_txn *txn, sl_entry_fn fn, void *arg);
 
+/* As sl_store_foreach() in a read transaction of its own: the committed
+ * entries (a task rebuilding what it keeps in memory at start). */
+int sl_store_foreach_committed(sl_store_t *s, sl_entry_fn fn, void *arg);
+
 /* As sl_store_foreach() from the first entry whose store key is at or
  * after from[0..from_len) in LMDB's order (from_len 0: the first entry):
  * a cursor for paging through a store. SL_EINVALID if from_len is over

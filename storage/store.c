@@ -374,6 +374,17 @@ int sl_store_foreach(sl_store_t *s, MDB_txn *txn, sl_entry_fn fn, void *arg)
     return sl_store_foreach_from(s, txn, NULL, 0, fn, arg);
 }
 
+int sl_store_foreach_committed(sl_store_t *s, sl_entry_fn fn, void *arg)
+{
+    MDB_txn *txn;
+    int rc = sl_state_begin(s->state, 0, &txn);
+    if (rc)
+        return rc;
+    rc = sl_store_foreach(s, txn, fn, arg);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
 /* Visits up to max time-index entries with a start before cutoff, passing
  * each one's store key. */
 static int walk_expired(MDB_cursor *cursor, int64_t cutoff, size_t max, sl_entry_fn fn, void *arg)
