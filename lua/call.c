@@ -22,6 +22,7 @@
 typedef struct call {
     const sl_op_t *op;
     int slot;
+    int sides[2]; /* JOIN: the slots of fn's arguments, -1 for nil */
     int branch;   /* BRANCH: the predicate being tried, then the answer */
     int keep;     /* FILTER */
     int out_slot; /* MAP, KEY_BY; FLAT_MAP: the first */
@@ -240,6 +241,54 @@ int sl_vm_call_peek(sl_vm_t *vm, const sl_op_t *op, int slot)
     assert(op->kind == SL_OP_PEEK);
     call_t call = {.op = op, .slot = slot};
     return run(vm, &call, peek_body);
+}
+
+/* Pushes a join's argument: the record of slot, its value (values), or
+ * nil for -1. */
+static void push_side(lua_State *L, sl_vm_t *vm, int slot, int values)
+{
+    if (slot < 0) {
+        lua_pushnil(L);
+        return;
+    }
+    sl_slot_push(L, vm, slot);
+    if (values) {
+        lua_getfield(L, -1, "value");
+        lua_remove(L, -2);
+    }
+}
+
+static int join_body(lua_State *L)
+{
+    call_t *call = lua_touserdata(L, 1);
+    sl_vm_t *vm = sl_vm_of(L);
+    const sl_op_t *op = call->op;
+    sl_slot_push(L, vm, call->slot); /* 2: the base record */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, op->fn);
+    push_side(L, vm, call->sides[0], op->join_kind == SL_JOIN_TABLE_TABLE);
+    push_side(L, vm, call->sides[1], op->join_kind != SL_JOIN_STREAM_STREAM);
+    sl_vm_budget_reset(vm);
+    lua_call(L, 2, 1); /* 3: the result */
+    if (lua_isnil(L, 3) && op->join_kind == SL_JOIN_TABLE_TABLE) {
+        lua_createtable(L, 0, 2); /* nil deletes the key: a tombstone */
+        lua_getfield(L, 2, "key");
+        lua_setfield(L, -2, "key");
+        lua_getfield(L, 2, "ts");
+        lua_setfield(L, -2, "ts");
+        lua_replace(L, 3);
+    }
+    sl_record_push_result(L, vm, 2, call->slot, 3, op, &call->out_slot);
+    return 0;
+}
+
+int sl_vm_call_join(sl_vm_t *vm, const sl_op_t *op, int base, int left, int right, int *out_slot)
+{
+    assert(op->kind == SL_OP_JOIN && base >= 0);
+    call_t call = {.op = op, .slot = base, .sides = {left, right}};
+    int rc = run(vm, &call, join_body);
+    if (rc == 0)
+        *out_slot = call.out_slot;
+    return rc;
 }
 
 /* ---- values for stateful operators ------------------------------------------ */

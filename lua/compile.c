@@ -24,8 +24,8 @@ typedef struct compile {
 } compile_t;
 
 static const char *const kind_names[] = {
-    "stream", "filter", "map", "flat_map",  "key_by", "branch",
-    "merge",  "peek",   "to",  "aggregate", "route",  "features",
+    "stream", "filter", "map",       "flat_map", "key_by",   "branch", "merge",
+    "peek",   "to",     "aggregate", "route",    "features", "table",  "join",
 };
 
 const char *sl_op_kind_name(sl_op_kind_t kind)
@@ -51,8 +51,8 @@ static int is_sink(const sl_op_t *op)
 static void check_has_sink(lua_State *L, const sl_builder_t *b)
 {
     for (int i = 0; i < b->dag->op_count; i++)
-        if (is_sink(&b->dag->ops[i]))
-            return;
+        if (is_sink(&b->dag->ops[i]) || b->dag->ops[i].kind == SL_OP_TABLE)
+            return; /* a table is an output too: a queryable store */
     sl_vm_raise(L,
                 "%s: the pipeline has no sink: end a stream with :to(topic) or "
                 ":route(exchange)",
@@ -71,7 +71,9 @@ static void check_all_used(lua_State *L, const sl_builder_t *b)
             used[dag->ops[i].inputs[j].op] = 1;
     for (int i = 0; i < dag->op_count; i++) {
         const sl_op_t *op = &dag->ops[i];
-        if (!used[i] && !is_sink(op) && op->kind != SL_OP_BRANCH)
+        int table = op->kind == SL_OP_TABLE ||
+                    (op->kind == SL_OP_JOIN && op->join_kind == SL_JOIN_TABLE_TABLE);
+        if (!used[i] && !is_sink(op) && op->kind != SL_OP_BRANCH && !table)
             sl_vm_raise(L,
                         "%s: the stream from %s is never used: end it with :to(topic) or "
                         ":route(exchange)",
@@ -84,7 +86,8 @@ static void check_all_used(lua_State *L, const sl_builder_t *b)
 static const sl_op_t *source_of(const sl_dag_t *dag, const char *topic)
 {
     for (int i = 0; i < dag->op_count; i++)
-        if (dag->ops[i].kind == SL_OP_SOURCE && strcmp(dag->ops[i].topic, topic) == 0)
+        if ((dag->ops[i].kind == SL_OP_SOURCE || dag->ops[i].kind == SL_OP_TABLE) &&
+            strcmp(dag->ops[i].topic, topic) == 0)
             return &dag->ops[i];
     return NULL;
 }
@@ -322,7 +325,9 @@ static int same_op(const sl_op_t *a, const sl_op_t *b)
 {
     if (a->kind != b->kind || a->input_count != b->input_count ||
         (a->fn == SL_NO_FUNCTION) != (b->fn == SL_NO_FUNCTION) || a->partitions != b->partitions ||
-        a->format != b->format || a->create != b->create || strcmp(a->where, b->where) != 0)
+        a->format != b->format || a->create != b->create || strcmp(a->where, b->where) != 0 ||
+        a->join_kind != b->join_kind || a->join_type != b->join_type ||
+        a->join_within != b->join_within)
         return 0;
     for (int i = 0; i < a->input_count; i++)
         if (a->inputs[i].op != b->inputs[i].op || a->inputs[i].port != b->inputs[i].port)

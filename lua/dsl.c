@@ -34,8 +34,8 @@
 
 typedef sl_dsl_stream_t stream_t;
 
-static const char operator_list[] =
-    "filter, map, flat_map, key_by, branch, peek, window, aggregate, to, route, features";
+static const char operator_list[] = "filter, map, flat_map, key_by, branch, peek, window, "
+                                    "aggregate, join, to, route, features";
 
 static void caller_where(lua_State *L, const sl_builder_t *b, char *out)
 {
@@ -82,7 +82,7 @@ int sl_dsl_leave(sl_builder_t *b, int results)
     return results;
 }
 
-static stream_t *to_stream(lua_State *L, int idx)
+stream_t *sl_dsl_to_stream(lua_State *L, int idx)
 {
     stream_t *s = lua_touserdata(L, idx);
     if (!s || !lua_getmetatable(L, idx))
@@ -111,10 +111,10 @@ const char *sl_dsl_sink_name(int sink)
     return sink == SL_DSL_SINK_ROUTE ? ":route()" : ":to()";
 }
 
-stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, int windowed_ok)
+stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, int ok)
 {
     char text[64];
-    stream_t *self = to_stream(L, 1);
+    stream_t *self = sl_dsl_to_stream(L, 1);
     if (!self)
         sl_dsl_error(L, b, "%s must be called on a stream as stream:%s(...), got %s", method,
                      method, sl_vm_describe(L, 1, text, sizeof text));
@@ -123,8 +123,13 @@ stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, i
     if (self->sink)
         sl_dsl_error(L, b, "'%s' after %s: a sink ends its stream", method,
                      sl_dsl_sink_name(self->sink));
-    if (self->window && !windowed_ok)
+    if (self->window && !(ok & SL_DSL_WINDOWED_OK))
         sl_dsl_error(L, b, "'%s' after :window(): a windowed stream has only :aggregate{...}",
+                     method);
+    if (self->table && !(ok & SL_DSL_TABLE_OK))
+        sl_dsl_error(L, b,
+                     "'%s' on a table: a table has :join, :to and :stream (call :stream() for "
+                     "its changes as a stream)",
                      method);
     return self;
 }
@@ -218,7 +223,7 @@ static int stream_to(lua_State *L)
 {
     static const char *const names[] = {"create", "partitions", NULL};
     sl_builder_t *b = sl_dsl_enter(L);
-    stream_t *self = sl_dsl_check_self(L, b, "to", 0);
+    stream_t *self = sl_dsl_check_self(L, b, "to", SL_DSL_TABLE_OK);
     const char *topic = sl_dsl_check_topic(L, b, 2, "to");
     sl_dsl_check_options(L, b, 3, "to", names);
     int create = sl_dsl_option_boolean(L, b, 3, "to", "create");
@@ -312,7 +317,7 @@ static int dsl_merge(lua_State *L)
         sl_dsl_error(L, b, "merge needs at least one stream");
     sl_op_input_t *inputs = lua_newuserdatauv(L, (size_t)n * sizeof *inputs, 0);
     for (int i = 0; i < n; i++) {
-        stream_t *s = to_stream(L, i + 1);
+        stream_t *s = sl_dsl_to_stream(L, i + 1);
         if (s && s->sink)
             sl_dsl_error(L, b, "merge argument %d is not a stream, got the sink of %s", i + 1,
                          sl_dsl_sink_name(s->sink));
@@ -321,6 +326,8 @@ static int dsl_merge(lua_State *L)
                          sl_vm_describe(L, i + 1, text, sizeof text));
         if (s->window)
             sl_dsl_error(L, b, "merge argument %d is a windowed stream: aggregate it first", i + 1);
+        if (s->table)
+            sl_dsl_error(L, b, "merge argument %d is a table: merge its :stream()", i + 1);
         inputs[i] = (sl_op_input_t){s->op, s->port};
         for (int j = 0; j < i; j++)
             if (inputs[j].op == s->op && inputs[j].port == s->port)
@@ -331,14 +338,49 @@ static int dsl_merge(lua_State *L)
     return sl_dsl_leave(b, 1);
 }
 
-static void check_source_unique(lua_State *L, sl_builder_t *b, const char *topic)
+void sl_dsl_check_source_unique(lua_State *L, sl_builder_t *b, const char *topic)
 {
     for (int i = 0; i < b->dag->op_count; i++) {
         const sl_op_t *op = &b->dag->ops[i];
-        if (op->kind == SL_OP_SOURCE && strcmp(op->topic, topic) == 0)
-            sl_dsl_error(L, b, "stream '%s' is already declared at %s: use that stream", topic,
-                         op->where);
+        if ((op->kind == SL_OP_SOURCE || op->kind == SL_OP_TABLE) && strcmp(op->topic, topic) == 0)
+            sl_dsl_error(L, b, "topic '%s' is already read by the %s at %s: use that one", topic,
+                         op->kind == SL_OP_TABLE ? "table" : "stream", op->where);
     }
+}
+
+/* The op's store, for messages: its kind. */
+static const char *store_owner(const sl_op_t *op)
+{
+    return sl_op_kind_name(op->kind);
+}
+
+const char *sl_dsl_store_option(lua_State *L, sl_builder_t *b, int idx, const char *what,
+                                const char *prefix)
+{
+    char text[64];
+    int type = sl_dsl_option(L, idx, "store");
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "%s%d", prefix, b->dag->op_count);
+    } else if (!sl_dsl_name_ok(L, -1, SL_OP_STORE_NAME_MAX)) {
+        sl_dsl_error(L, b,
+                     "option 'store' for %s must be 1 to %d letters, digits, '_' or '-', got %s",
+                     what, SL_OP_STORE_NAME_MAX, sl_vm_describe(L, -1, text, sizeof text));
+    }
+    const char *store = lua_tostring(L, -1);
+    for (int i = 0; i < b->dag->op_count; i++) {
+        const sl_op_t *op = &b->dag->ops[i];
+        if (!op->store || strcmp(op->store, store) != 0)
+            continue;
+        if (type == LUA_TNIL)
+            sl_dsl_error(L, b,
+                         "store '%s' (this %s's default name) is already used by the %s at %s: "
+                         "give this one store = \"...\"",
+                         store, what, store_owner(op), op->where);
+        sl_dsl_error(L, b, "store '%s' is already used by the %s at %s", store, store_owner(op),
+                     op->where);
+    }
+    return store;
 }
 
 /* s.stream(topic, {partitions =, format =, timestamp =}) */
@@ -348,7 +390,7 @@ static int dsl_stream(lua_State *L)
     static const char *const formats[] = {"json", "raw", NULL};
     sl_builder_t *b = sl_dsl_enter(L);
     const char *topic = sl_dsl_check_topic(L, b, 1, "stream");
-    check_source_unique(L, b, topic);
+    sl_dsl_check_source_unique(L, b, topic);
     sl_dsl_check_options(L, b, 2, "stream", names);
     int32_t partitions = sl_dsl_option_count(L, b, 2, "stream", "partitions");
     int format = sl_dsl_option_choice(L, b, 2, "stream", "format", formats, SL_FORMAT_TOPIC);
@@ -428,9 +470,16 @@ static int stream_index(lua_State *L)
     sl_vm_describe(L, 2, text, sizeof text);
     if (s->sink)
         sl_dsl_error(L, b, "%s after %s: a sink ends its stream", text, sl_dsl_sink_name(s->sink));
-    if (s->window &&
-        !(lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "aggregate") == 0))
+    const char *name = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
+    if (s->window && strcmp(name, "aggregate") != 0)
         sl_dsl_error(L, b, "%s after :window(): a windowed stream has only :aggregate{...}", text);
+    if (s->table && strcmp(name, "join") && strcmp(name, "to") && strcmp(name, "stream"))
+        sl_dsl_error(L, b,
+                     "%s on a table: a table has :join, :to and :stream (call :stream() for its "
+                     "changes as a stream)",
+                     text);
+    if (!s->table && strcmp(name, "stream") == 0)
+        sl_dsl_error(L, b, "%s on a stream: only tables have :stream()", text);
     lua_pushvalue(L, 2);
     if (lua_rawget(L, METHODS) == LUA_TNIL)
         sl_dsl_error(L, b, "streams have no operator %s (they have %s)", text, operator_list);
@@ -444,9 +493,9 @@ static int module_index(lua_State *L)
     char text[64];
     sl_builder_t *b = sl_dsl_builder(L);
     sl_dsl_error(L, b,
-                 "sluice has no %s (it has pipeline, stream, merge, null, tumbling, hopping, "
-                 "session, count, sum, min, max, avg, last, distinct, reduce, exchange, queue, "
-                 "bind)",
+                 "sluice has no %s (it has pipeline, stream, table, merge, null, tumbling, "
+                 "hopping, session, count, sum, min, max, avg, last, distinct, reduce, exchange, "
+                 "queue, bind)",
                  sl_vm_describe(L, 2, text, sizeof text));
 }
 
@@ -479,6 +528,7 @@ static void push_stream_metatable(lua_State *L, int token)
     set_closures(L, sl_dsl_aggregate_methods, token);
     set_closures(L, sl_dsl_route_methods, token);
     set_closures(L, sl_dsl_features_methods, token);
+    set_closures(L, sl_dsl_join_methods, token);
     lua_pushvalue(L, token);
     lua_pushvalue(L, token + 1);
     lua_rotate(L, -3, 2);
@@ -514,6 +564,7 @@ void sl_dsl_push_module(lua_State *L, sl_builder_t *b, int encode)
     set_closures(L, functions, at);
     set_closures(L, sl_dsl_aggregate_functions, at);
     set_closures(L, sl_dsl_route_functions, at);
+    set_closures(L, sl_dsl_join_functions, at);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
     lua_newtable(L);

@@ -77,6 +77,7 @@ typedef struct sl_dsl_stream {
     int port;
     int sink;
     int window;
+    int table; /* a table (s.table() or a table-table join): :join, :to, :stream only */
     sl_dsl_window_spec_t spec;
     char where[SL_WHERE_MAX]; /* of the last ":method" lookup, until used */
 } sl_dsl_stream_t;
@@ -98,10 +99,25 @@ sl_builder_t *sl_dsl_builder(lua_State *L);
 sl_builder_t *sl_dsl_enter(lua_State *L);
 int sl_dsl_leave(sl_builder_t *b, int results);
 
-/* The stream a method is called on (argument 1): not a sink, and not
- * windowed unless windowed_ok. Makes its ":method" line the call's. */
-sl_dsl_stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method,
-                                   int windowed_ok);
+/* What sl_dsl_check_self accepts besides plain streams. */
+enum { SL_DSL_WINDOWED_OK = 1, SL_DSL_TABLE_OK = 2 };
+
+/* The stream a method is called on (argument 1): not a sink, not windowed
+ * unless ok has SL_DSL_WINDOWED_OK, not a table unless it has
+ * SL_DSL_TABLE_OK. Makes its ":method" line the call's. */
+sl_dsl_stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, int ok);
+
+/* The DSL stream (or table) at idx, or NULL for any other value. */
+sl_dsl_stream_t *sl_dsl_to_stream(lua_State *L, int idx);
+
+/* Raises if an earlier s.stream() or s.table() reads topic. */
+void sl_dsl_check_source_unique(lua_State *L, sl_builder_t *b, const char *topic);
+
+/* The store name from option 'store' of the table at idx (for `what`),
+ * left on the stack: the script's, checked, or "<prefix><op id>" when
+ * absent; raises if an earlier op has a store of that name. */
+const char *sl_dsl_store_option(lua_State *L, sl_builder_t *b, int idx, const char *what,
+                                const char *prefix);
 
 /* Appends an op reading from inputs, with where set to the call's line. */
 sl_op_t *sl_dsl_op_append(lua_State *L, sl_builder_t *b, sl_op_kind_t kind,
@@ -127,5 +143,9 @@ extern const luaL_Reg sl_dsl_route_methods[];
 
 /* dsl_features.c: the streams' :features() sink. */
 extern const luaL_Reg sl_dsl_features_methods[];
+
+/* dsl_join.c: the module's s.table(), and :join() and :stream(). */
+extern const luaL_Reg sl_dsl_join_functions[];
+extern const luaL_Reg sl_dsl_join_methods[];
 
 #endif

@@ -423,40 +423,6 @@ static const char *late_topic(lua_State *L, sl_builder_t *b)
     return sl_dsl_check_topic(L, b, lua_gettop(L), "option 'late' for aggregate");
 }
 
-/* Raises if an earlier aggregate uses store; dflt: store is the default. */
-static void check_store_unique(lua_State *L, sl_builder_t *b, const char *store, int dflt)
-{
-    for (int i = 0; i < b->dag->op_count; i++) {
-        const sl_op_t *op = &b->dag->ops[i];
-        if (op->kind != SL_OP_AGGREGATE || strcmp(op->store, store) != 0)
-            continue;
-        if (dflt)
-            sl_dsl_error(L, b,
-                         "store '%s' (this aggregate's default name) is already used by the "
-                         "aggregate at %s: give this one store = \"...\"",
-                         store, op->where);
-        sl_dsl_error(L, b, "store '%s' is already used by the aggregate at %s", store, op->where);
-    }
-}
-
-/* The store name, left on the stack: the script's, or "aggregate<id>". */
-static const char *store_name(lua_State *L, sl_builder_t *b)
-{
-    char text[64];
-    int type = option(L, b, "store");
-    if (type == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_pushfstring(L, "aggregate%d", b->dag->op_count);
-    } else if (!sl_dsl_name_ok(L, -1, SL_OP_STORE_NAME_MAX)) {
-        sl_dsl_error(
-            L, b,
-            "option 'store' for aggregate must be 1 to %d letters, digits, '_' or '-', got %s",
-            SL_OP_STORE_NAME_MAX, sl_vm_describe(L, -1, text, sizeof text));
-    }
-    check_store_unique(L, b, lua_tostring(L, -1), type == LUA_TNIL);
-    return lua_tostring(L, -1);
-}
-
 /* Reads the options of the table at 2 for a stream with window w. */
 static void read_options(lua_State *L, sl_builder_t *b, const window_spec_t *w, options_t *o)
 {
@@ -477,7 +443,7 @@ static void read_options(lua_State *L, sl_builder_t *b, const window_spec_t *w, 
         o->retention = retention(L, b, w);
         o->late = late_topic(L, b);
     }
-    o->store = store_name(L, b);
+    o->store = sl_dsl_store_option(L, b, 2, "aggregate", "aggregate");
 }
 
 /* Fills member i of op from the member userdata at idx. */
@@ -525,7 +491,7 @@ static int stream_aggregate(lua_State *L)
     int count;
     options_t o;
     sl_builder_t *b = sl_dsl_enter(L);
-    sl_dsl_stream_t *self = sl_dsl_check_self(L, b, "aggregate", 1);
+    sl_dsl_stream_t *self = sl_dsl_check_self(L, b, "aggregate", SL_DSL_WINDOWED_OK);
     if (lua_gettop(L) > 2)
         sl_dsl_error(L, b, "aggregate takes one table: its options go in it");
     const char **names = member_names(L, b, &count);

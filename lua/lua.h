@@ -99,6 +99,30 @@
  *       1-SL_OP_STORE_NAME_MAX of [A-Za-z0-9_-], unique in the pipeline;
  *       absent: "aggregate<op id>".
  *
+ * Tables and joins:
+ *
+ *   local users = s.table("users", {store = "users"})
+ *   clicks:join(users, function(r, u) return {page = r.value.page, u = u} end, {type = "left"})
+ *   clicks:join(views, function(c, v) return ... end, {within = "5m", grace = "10s",
+ *                                                       type = "outer", store = "cv"})
+ *   users:join(scores, function(u, sc) return ... end, {type = "left", store = "us"})
+ *
+ *   s.table(topic, {partitions=, format=, store=})   a TABLE op: an entry
+ *       like a SOURCE (a topic is read by one s.stream or s.table) whose
+ *       records upsert their key in a kv store (store: as an aggregate's,
+ *       default "table<op id>"); returns a table, which has only :join,
+ *       :to (its changes) and :stream() (its changes as a stream: a MERGE
+ *       of one input). A table needs no sink.
+ *   :join(other, fn, opts)   a JOIN op, inputs[0] = self, inputs[1] =
+ *       other: stream + table (STREAM_TABLE, opts {type = "inner" |
+ *       "left"}), stream + stream (STREAM_STREAM, {within = d (required),
+ *       grace = d, type = "inner" | "left" | "outer", store =}), table +
+ *       table (TABLE_TABLE, {type = "inner" | "left", store =}, returns a
+ *       table). A table on the left takes only a table; a stream is not
+ *       joined with itself. Neither side may come through :map or
+ *       :flat_map after its entry (the key may have changed): the error
+ *       says to :key_by() that side.
+ *
  * Work queues (DESIGN.md section 9):
  *
  *   s.exchange("tasks", "topic")
@@ -167,8 +191,9 @@
  * options on an aggregate without a window, a bad or repeated store name,
  * bad or repeated work-queue declarations, a bad exchange name or routing
  * option, :features() after anything but a tumbling aggregate, bad ranges
- * or defaults, a feature name a view already has in the script, and any
- * Lua syntax or runtime error.
+ * or defaults, a feature name a view already has in the script, stream
+ * operators on a table, bad join operands or options, a join side that
+ * may have changed its keys, and any Lua syntax or runtime error.
  * The DSL works only while the script is being compiled: a user function
  * calling it later gets an error.
  *
@@ -294,8 +319,20 @@ typedef enum {
     SL_OP_TO,        /* :to(topic): a sink, no output */
     SL_OP_AGGREGATE, /* [:window(spec)]:aggregate{...} */
     SL_OP_ROUTE,     /* :route(exchange, {...}): a sink into work queues */
-    SL_OP_FEATURES   /* :features(view, {...}): a sink, a queryable feature view */
+    SL_OP_FEATURES,  /* :features(view, {...}): a sink, a queryable feature view */
+    SL_OP_TABLE,     /* s.table(): no inputs; the latest value per key, in a store */
+    SL_OP_JOIN       /* :join(other, fn, {...}): two inputs, left and right */
 } sl_op_kind_t;
+
+/* JOIN's join_kind: what its two inputs are. */
+enum {
+    SL_JOIN_STREAM_TABLE = 1,  /* a stream looks up a table */
+    SL_JOIN_STREAM_STREAM = 2, /* two streams meet within a time distance */
+    SL_JOIN_TABLE_TABLE = 3    /* a table of both tables' values per key */
+};
+
+/* JOIN's join_type. */
+enum { SL_JOIN_INNER = 0, SL_JOIN_LEFT = 1, SL_JOIN_OUTER = 2 };
 
 typedef enum { SL_ON_ERROR_STOP, SL_ON_ERROR_SKIP, SL_ON_ERROR_DEAD_LETTER } sl_on_error_t;
 
@@ -439,6 +476,16 @@ typedef struct sl_op {
     int feature_count;
     unsigned char *has_default;
     double *defaults;
+    /* TABLE: topic, partitions and format as a SOURCE's, store its store.
+     * JOIN: inputs[0] is the left side, inputs[1] the right; fn the
+     * joiner; join_kind SL_JOIN_*; join_type SL_JOIN_INNER, LEFT or OUTER
+     * (STREAM_STREAM only); STREAM_STREAM: join_within, and window_grace
+     * as its grace, both in ms; store: the store of a STREAM_STREAM (both
+     * sides' buffers) or TABLE_TABLE (the result) join, NULL for
+     * STREAM_TABLE. */
+    int join_kind;
+    int join_type;
+    int64_t join_within;
 } sl_op_t;
 
 /* What a declaration declares: s.exchange(), s.queue(), s.bind(). */
@@ -576,6 +623,15 @@ int sl_vm_call_branch(sl_vm_t *vm, const sl_op_t *op, int slot, int *branch);
 
 /* PEEK: runs the function for its side effects. */
 int sl_vm_call_peek(sl_vm_t *vm, const sl_op_t *op, int slot);
+
+/* JOIN: fn(left, right), where each side is the record of its slot
+ * (STREAM_STREAM), the stream record and the table's value (STREAM_TABLE:
+ * r.value of right's slot), or the two tables' values (TABLE_TABLE); a
+ * side of -1 is nil. base is the record whose key, ts and headers the
+ * result keeps where the function's result does not set them (as map's
+ * input). *out_slot: the record made, as by map; for TABLE_TABLE a nil
+ * result is a tombstone of base's key. */
+int sl_vm_call_join(sl_vm_t *vm, const sl_op_t *op, int base, int left, int right, int *out_slot);
 
 /* What ROUTE's functions make of a record: the message's routing key,
  * priority and headers. has_key 0: the op takes its key from nowhere (the

@@ -76,6 +76,8 @@ typedef struct agg {
 struct sl_exec_task {
     agg_t *aggs;
     int count;
+    sl_join_t **joins; /* TABLE ops and JOIN ops with a store (join.c) */
+    int join_count;
     int32_t partition;
     int partitions;
 };
@@ -233,16 +235,47 @@ static void agg_free(agg_t *a)
     sl_free(a->inputs);
 }
 
+/* TABLE ops, and JOIN ops but stream-table ones, keep state in a store. */
+static int has_join_state(const sl_op_t *op)
+{
+    return op->kind == SL_OP_TABLE ||
+           (op->kind == SL_OP_JOIN && op->join_kind != SL_JOIN_STREAM_TABLE);
+}
+
 int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *stream_times,
                      int32_t partition, int partitions, sl_exec_task_t **out)
 {
     const sl_dag_t *dag = sl_exec_dag(x);
     sl_exec_task_t *t = sl_calloc(1, sizeof *t);
     int rc = t ? 0 : -ENOMEM;
-    for (int i = 0; rc == 0 && i < dag->op_count; i++)
+    for (int i = 0; rc == 0 && i < dag->op_count; i++) {
         t->count += dag->ops[i].kind == SL_OP_AGGREGATE;
+        t->join_count += has_join_state(&dag->ops[i]);
+    }
     if (rc == 0 && t->count && !(t->aggs = sl_calloc((size_t)t->count, sizeof *t->aggs)))
         rc = -ENOMEM;
+    if (rc == 0 && t->join_count &&
+        !(t->joins = sl_calloc((size_t)t->join_count, sizeof *t->joins)))
+        rc = -ENOMEM;
+    if (t)
+        t->join_count = 0;
+    for (int i = 0; rc == 0 && i < dag->op_count; i++) {
+        const sl_op_t *op = &dag->ops[i];
+        if (!has_join_state(op))
+            continue;
+        if (!stores[i])
+            rc = sl_error_set(SL_EINVALID, "%s (%s): no store", sl_op_kind_name(op->kind),
+                              op->where);
+        else
+            rc = sl_join_new(op, stores[i], stream_times[i], partition, partitions,
+                             &t->joins[t->join_count]);
+        if (rc)
+            break;
+        int two = op->kind == SL_OP_JOIN;
+        sl_join_set_json(t->joins[t->join_count++], sl_exec_op_json(x, i),
+                         sl_exec_op_json(x, two ? op->inputs[0].op : i),
+                         sl_exec_op_json(x, two ? op->inputs[1].op : i));
+    }
     if (t) {
         t->partition = partition;
         t->partitions = partitions;
@@ -270,8 +303,19 @@ void sl_exec_task_free(sl_exec_task_t *t)
         return;
     for (int i = 0; i < t->count; i++)
         agg_free(&t->aggs[i]);
+    for (int i = 0; i < t->join_count; i++)
+        sl_join_free(t->joins[i]);
     sl_free(t->aggs);
+    sl_free(t->joins);
     sl_free(t);
+}
+
+sl_join_t *sl_exec_task_join(sl_exec_task_t *t, int op)
+{
+    for (int i = 0; t && i < t->join_count; i++)
+        if (sl_join_op(t->joins[i])->id == op)
+            return t->joins[i];
+    return NULL;
 }
 
 sl_cache_t *sl_exec_task_cache(sl_exec_task_t *t, int op)
@@ -279,7 +323,8 @@ sl_cache_t *sl_exec_task_cache(sl_exec_task_t *t, int op)
     for (int i = 0; i < t->count; i++)
         if (t->aggs[i].op->id == op)
             return t->aggs[i].cache;
-    return NULL;
+    sl_join_t *j = sl_exec_task_join(t, op);
+    return j ? sl_join_cache(j) : NULL;
 }
 
 int64_t sl_exec_task_stream_time(sl_exec_task_t *t, int op)
@@ -287,7 +332,8 @@ int64_t sl_exec_task_stream_time(sl_exec_task_t *t, int op)
     for (int i = 0; i < t->count; i++)
         if (t->aggs[i].op->id == op)
             return t->aggs[i].wm.stream_time;
-    return SL_WATERMARK_NONE;
+    sl_join_t *j = sl_exec_task_join(t, op);
+    return j ? sl_join_stream_time(j) : SL_WATERMARK_NONE;
 }
 
 uint64_t sl_exec_task_late(sl_exec_task_t *t, int op)
@@ -295,7 +341,8 @@ uint64_t sl_exec_task_late(sl_exec_task_t *t, int op)
     for (int i = 0; i < t->count; i++)
         if (t->aggs[i].op->id == op)
             return __atomic_load_n(&t->aggs[i].late, __ATOMIC_RELAXED); /* from /metrics */
-    return 0;
+    sl_join_t *j = sl_exec_task_join(t, op);
+    return j ? sl_join_late(j) : 0;
 }
 
 void sl_exec_task_committed(sl_exec_task_t *t)
@@ -305,12 +352,17 @@ void sl_exec_task_committed(sl_exec_task_t *t)
         t->aggs[i].committed_time = t->aggs[i].flushed_time;
         t->aggs[i].full = 0;
     }
+    for (int i = 0; i < t->join_count; i++)
+        sl_join_committed(t->joins[i]);
 }
 
 int sl_exec_task_full(const sl_exec_task_t *t)
 {
     for (int i = 0; t && i < t->count; i++)
         if (t->aggs[i].full)
+            return 1;
+    for (int i = 0; t && i < t->join_count; i++)
+        if (sl_join_full(t->joins[i]))
             return 1;
     return 0;
 }
@@ -650,5 +702,7 @@ int sl_exec_task_flush(sl_exec_t *x, sl_exec_task_t *t, const sl_exec_output_t *
             rc = sl_cache_expire(a->cache, wm - a->op->retention - a->spec.size + 1, EXPIRE_BATCH,
                                  NULL);
     }
+    for (int i = 0; rc == 0 && t && i < t->join_count; i++)
+        rc = sl_join_flush(x, t->joins[i], sl_exec_dag(x)->vm, out);
     return rc;
 }

@@ -37,6 +37,9 @@ struct sl_exec {
     sl_exec_task_t *task;             /* the state of AGGREGATE ops */
     sl_vm_route_t route;              /* the message a ROUTE exit is emitting */
     sl_features_emitters_t *features; /* FEATURES exits (features.c) */
+    signed char *json;                /* per entry op: its values are JSON (-1: unset) */
+    int *outs;                        /* a JOIN's results for one record */
+    size_t out_count, out_cap;
 };
 
 const sl_dag_t *sl_exec_dag(const sl_exec_t *x)
@@ -89,7 +92,10 @@ int sl_exec_new(sl_dag_t *dag, sl_exec_t **out)
     x->dag = dag;
     x->next = sl_calloc((size_t)(dag->op_count ? dag->op_count : 1), sizeof *x->next);
     x->stats = sl_calloc((size_t)(dag->op_count ? dag->op_count : 1), sizeof *x->stats);
-    int rc = x->next && x->stats ? link_ops(x) : -ENOMEM;
+    x->json = sl_malloc((size_t)(dag->op_count ? dag->op_count : 1));
+    if (x->json)
+        memset(x->json, -1, (size_t)(dag->op_count ? dag->op_count : 1));
+    int rc = x->next && x->stats && x->json ? link_ops(x) : -ENOMEM;
     if (rc) {
         sl_exec_free(x);
         return rc;
@@ -109,6 +115,8 @@ void sl_exec_free(sl_exec_t *x)
     }
     sl_free(x->next);
     sl_free(x->stats);
+    sl_free(x->json);
+    sl_free(x->outs);
     sl_features_emitters_free(x->features);
     sl_free(x);
 }
@@ -118,13 +126,32 @@ int sl_exec_entries(const sl_exec_t *x, int *ids, int max)
     int n = 0;
     for (int i = 0; i < x->dag->op_count; i++) {
         sl_op_kind_t kind = x->dag->ops[i].kind;
-        if (kind != SL_OP_SOURCE && kind != SL_OP_KEY_BY)
+        if (kind != SL_OP_SOURCE && kind != SL_OP_KEY_BY && kind != SL_OP_TABLE)
             continue;
         if (n < max)
             ids[n] = i;
         n++;
     }
     return n;
+}
+
+void sl_exec_set_entry_json(sl_exec_t *x, int op, int json)
+{
+    if (op >= 0 && op < x->dag->op_count)
+        x->json[op] = (signed char)!!json;
+}
+
+int sl_exec_op_json(const sl_exec_t *x, int op)
+{
+    for (int hops = 0; hops <= x->dag->op_count; hops++) {
+        const sl_op_t *o = &x->dag->ops[op];
+        if (x->json[op] >= 0)
+            return x->json[op];
+        if (o->kind == SL_OP_AGGREGATE || o->kind == SL_OP_JOIN || o->input_count == 0)
+            return 1;
+        op = o->inputs[0].op;
+    }
+    return 1;
 }
 
 const sl_op_stats_t *sl_exec_stats(const sl_exec_t *x, int op)
@@ -138,7 +165,7 @@ void sl_exec_reset(sl_exec_t *x)
     sl_features_emitters_reset(x->features);
 }
 
-static void run(sl_exec_t *x, int op_id, int slot);
+static void run(sl_exec_t *x, int op_id, int slot, int from, int port);
 
 /* A call failed: count it, and let the caller decide (-ENOMEM stops). */
 static void fail(sl_exec_t *x, const sl_op_t *op, int rc)
@@ -158,7 +185,7 @@ static void deliver(sl_exec_t *x, int op_id, int port, int slot)
 {
     const successors_t *s = &x->next[op_id][port];
     for (int i = 0; i < s->count && !x->stop; i++)
-        run(x, s->ops[i], slot);
+        run(x, s->ops[i], slot, op_id, port);
 }
 
 /* The op passes a record on: counted as its output. */
@@ -232,9 +259,49 @@ static void emit_route(sl_exec_t *x, const sl_op_t *op, int slot)
         x->stop = rc;
 }
 
-/* One op on one record: the operator table of the pipeline, deliberately
- * in one place. */
-static void run(sl_exec_t *x, int op_id, int slot)
+/* A JOIN given slot by (from, port): its results, passed on. */
+static int join(sl_exec_t *x, const sl_op_t *op, int slot, int from, int port)
+{
+    sl_vm_t *vm = x->dag->vm;
+    int side = !(op->inputs[0].op == from && op->inputs[0].port == port), out = -1, late, rc;
+    sl_join_t *j = sl_exec_task_join(x->task, op->id);
+    if (op->join_kind == SL_JOIN_STREAM_TABLE) {
+        if (side == 1) /* the table's own change: it is already in its store */
+            return 0;
+        sl_join_t *table = sl_exec_task_join(x->task, op->inputs[1].op);
+        if (!table)
+            return sl_error_set(SL_EINVALID, "join (%s): the runtime gave no table state",
+                                op->where);
+        rc = sl_join_stream_table(table, op, vm, slot, &out);
+        if (rc == 0 && out >= 0)
+            pass_on(x, op->id, 0, out);
+        return rc;
+    }
+    if (!j)
+        return sl_error_set(SL_EINVALID, "join (%s): the runtime gave no state", op->where);
+    if (op->join_kind == SL_JOIN_TABLE_TABLE) {
+        sl_join_t *left = sl_exec_task_join(x->task, op->inputs[0].op);
+        sl_join_t *right = sl_exec_task_join(x->task, op->inputs[1].op);
+        if (!left || !right)
+            return sl_error_set(SL_EINVALID, "join (%s): the runtime gave no table state",
+                                op->where);
+        rc = sl_join_table_table(j, op, left, right, vm, slot, &out);
+        if (rc == 0 && out >= 0)
+            pass_on(x, op->id, 0, out);
+        return rc;
+    }
+    size_t first = x->out_count; /* a join downstream appends after these */
+    rc = sl_join_stream_stream(j, op, vm, slot, side, &x->outs, &x->out_count, &x->out_cap, &late);
+    size_t end = x->out_count;
+    for (size_t i = first; rc == 0 && i < end && !x->stop; i++)
+        pass_on(x, op->id, 0, x->outs[i]);
+    x->out_count = first;
+    return rc;
+}
+
+/* One op on one record, given by (from, port) (from -1: an entry's own
+ * record): the operator table of the pipeline, deliberately in one place. */
+static void run(sl_exec_t *x, int op_id, int slot, int from, int port)
 {
     const sl_op_t *op = &x->dag->ops[op_id];
     sl_vm_t *vm = x->dag->vm;
@@ -287,6 +354,15 @@ static void run(sl_exec_t *x, int op_id, int slot)
             (rc = x->out->emit(x->out->arg, op, &rec)))
             x->stop = rc, rc = 0;
         break;
+    case SL_OP_TABLE: /* an entry: its record into the table, then on */
+        if (!x->task || !sl_exec_task_join(x->task, op_id))
+            rc = sl_error_set(SL_EINVALID, "table (%s): the runtime gave no state", op->where);
+        else if (!(rc = sl_join_table_record(sl_exec_task_join(x->task, op_id), vm, slot)))
+            pass_on(x, op_id, 0, slot);
+        break;
+    case SL_OP_JOIN:
+        rc = join(x, op, slot, from, port);
+        break;
     case SL_OP_SOURCE: /* never a successor */
         break;
     }
@@ -319,6 +395,23 @@ static int deliver_to_sinks(sl_exec_t *x, int op, const sl_record_t *in,
             x->stop = rc;
     }
     return 1;
+}
+
+int sl_exec_deliver_slot(sl_exec_t *x, int op, int slot, const sl_exec_output_t *out)
+{
+    const sl_exec_output_t *saved = x->out;
+    const sl_record_t *input = x->input;
+    sl_record_t rec;
+    int rc = sl_vm_record_get(x->dag->vm, slot, &rec);
+    if (rc)
+        return rc;
+    x->out = out;
+    x->input = &rec;
+    x->stop = 0;
+    pass_on(x, op, 0, slot);
+    x->out = saved;
+    x->input = input;
+    return x->stop;
 }
 
 int sl_exec_deliver(sl_exec_t *x, int op, const sl_record_t *rec, const sl_exec_output_t *out)
@@ -354,6 +447,8 @@ static void enter(sl_exec_t *x, const sl_op_t *entry, const sl_vm_origin_t *orig
         rc = sl_vm_call_timestamp(vm, entry, slot, &ts);
     if (rc)
         fail(x, entry, rc);
+    else if (entry->kind == SL_OP_TABLE)
+        run(x, entry->id, slot, -1, 0);
     else if (entry->kind == SL_OP_SOURCE)
         pass_on(x, entry->id, 0, slot);
     else
@@ -364,7 +459,8 @@ int sl_exec_batch(sl_exec_t *x, int entry, const sl_vm_origin_t *origin, const s
                   size_t n, const sl_exec_output_t *out, size_t *done)
 {
     if (entry < 0 || entry >= x->dag->op_count ||
-        (x->dag->ops[entry].kind != SL_OP_SOURCE && x->dag->ops[entry].kind != SL_OP_KEY_BY))
+        (x->dag->ops[entry].kind != SL_OP_SOURCE && x->dag->ops[entry].kind != SL_OP_KEY_BY &&
+         x->dag->ops[entry].kind != SL_OP_TABLE))
         return sl_error_set(SL_EINVALID, "op %d does not start a stage", entry);
     size_t i;
     x->out = out;

@@ -84,6 +84,11 @@ void sl_exec_reset(sl_exec_t *x);
  */
 const sl_vm_route_t *sl_exec_route(const sl_exec_t *x);
 
+/* Whether the records entry op (a SOURCE, KEY_BY or TABLE) reads have
+ * JSON values (its topic's format): what tables and joins read their
+ * stored values back as. Unset entries count as JSON. */
+void sl_exec_set_entry_json(sl_exec_t *x, int entry, int json);
+
 /* The counters of op id (NULL if out of range). */
 const sl_op_stats_t *sl_exec_stats(const sl_exec_t *x, int op);
 

@@ -15,6 +15,15 @@ const sl_dag_t *sl_exec_dag(const sl_exec_t *x);
  * what stopped it (as sl_exec_batch). */
 int sl_exec_deliver(sl_exec_t *x, int op, const sl_record_t *rec, const sl_exec_output_t *out);
 
+/* Runs the record in slot through the ops that read from op (port 0), as
+ * its output: what a join's results made at commit do. */
+int sl_exec_deliver_slot(sl_exec_t *x, int op, int slot, const sl_exec_output_t *out);
+
+/* 1 if the records op passes on have JSON values as far as the runtime
+ * said of the entries (sl_exec_set_entry_json): an entry's own, an
+ * AGGREGATE's and a JOIN's always, others their first input's. */
+int sl_exec_op_json(const sl_exec_t *x, int op);
+
 /* Folds the record in slot into task t's state for AGGREGATE op; *late =
  * 1 when every window it belongs to is closed (nothing changed). */
 int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int slot, int *late);
@@ -32,5 +41,54 @@ int sl_features_emit(sl_features_emitters_t **e, const sl_dag_t *dag, sl_exec_ta
 /* Forgets the keys written (the stage is reset). */
 void sl_features_emitters_reset(sl_features_emitters_t *e);
 void sl_features_emitters_free(sl_features_emitters_t *e);
+
+/* ---- TABLE and JOIN state (join.c) ----------------------------------------- */
+
+/* A task's state of one TABLE op, or of one JOIN op with a store. */
+typedef struct sl_join sl_join_t;
+
+/* Task t's state of TABLE or JOIN op (NULL if it has none). */
+sl_join_t *sl_exec_task_join(sl_exec_task_t *t, int op);
+
+/* State of op over store, continuing from stream_time (STREAM_STREAM;
+ * SL_WATERMARK_NONE: none), for the task of partition of partitions. */
+int sl_join_new(const sl_op_t *op, sl_store_t *store, int64_t stream_time, int32_t partition,
+                int partitions, sl_join_t **out);
+void sl_join_free(sl_join_t *j);
+const sl_op_t *sl_join_op(const sl_join_t *j);
+sl_cache_t *sl_join_cache(sl_join_t *j);
+int64_t sl_join_stream_time(const sl_join_t *j);
+uint64_t sl_join_late(sl_join_t *j);
+int sl_join_full(const sl_join_t *j);
+void sl_join_committed(sl_join_t *j);
+
+/* Whether values are JSON: a table's own (json), a stream-stream join's
+ * sides' (left_json, right_json). */
+void sl_join_set_json(sl_join_t *j, int json, int left_json, int right_json);
+
+/* TABLE: the record of slot into the table (a tombstone deletes). */
+int sl_join_table_record(sl_join_t *j, sl_vm_t *vm, int slot);
+
+/* STREAM_TABLE op: the stream record of slot with table's value of its
+ * key; *out = the result slot, or -1 when nothing is emitted. */
+int sl_join_stream_table(sl_join_t *table, const sl_op_t *op, sl_vm_t *vm, int slot, int *out);
+
+/* op: the JOIN op of the running exec's DAG (its function is called). */
+
+/* TABLE_TABLE: the change in slot (from either side) makes the key's new
+ * result from left and right; *out = the result (a tombstone when the key
+ * left the join), or -1 when nothing changed. */
+int sl_join_table_table(sl_join_t *j, const sl_op_t *op, sl_join_t *left, sl_join_t *right,
+                        sl_vm_t *vm, int slot, int *out);
+
+/* STREAM_STREAM: the record of slot from side (0 left, 1 right); the
+ * pairs it made are appended to (*outs, *count, *cap); *late = 1 if it
+ * was late (dropped). */
+int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot, int side,
+                          int **outs, size_t *count, size_t *cap, int *late);
+
+/* At commit: unmatched records of closed windows downstream (left and
+ * outer), then expiry of the buffers. */
+int sl_join_flush(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const sl_exec_output_t *out);
 
 #endif

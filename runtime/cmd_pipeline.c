@@ -221,13 +221,16 @@ static void task_family(sl_pipelines_t *m, struct evbuffer *out)
 static void late_family(sl_pipelines_t *m, struct evbuffer *out)
 {
     evbuffer_add_printf(out, "# HELP sluice_pipeline_late_records_total Records an aggregate "
-                             "found too late for every window they belong to.\n"
+                             "found too late for every window they belong to, or a "
+                             "stream-stream join found older than its stream time minus grace.\n"
                              "# TYPE sluice_pipeline_late_records_total counter\n");
     for (int i = 0; i < m->count; i++) {
         pipeline_t *pl = m->list[i];
         for (int k = 0; k < pl->dag->op_count; k++) {
             uint64_t late = 0;
-            if (pl->dag->ops[k].kind != SL_OP_AGGREGATE)
+            const sl_op_t *op = &pl->dag->ops[k];
+            if (op->kind != SL_OP_AGGREGATE &&
+                !(op->kind == SL_OP_JOIN && op->join_kind == SL_JOIN_STREAM_STREAM))
                 continue;
             for (int t = 0; t < pl->task_count; t++)
                 if (pl->tasks[t].state)

@@ -111,13 +111,15 @@ static int add(sl_record_set_t *recs, const char *kind, const char *name, int32_
     return sl_record_set_add(recs, &r);
 }
 
-int offsets_log_append(pipeline_t *pl, sl_commit_t *c, int first, int stride)
+int offsets_log_append(pipeline_t *pl, sl_commit_t *c, const worker_t *w)
 {
     char name[SL_TOPIC_NAME_MAX + 16];
     sl_record_set_t recs = {0};
     int rc = 0;
-    for (int i = first; rc == 0 && i < pl->task_count; i += stride) {
+    for (int i = 0; rc == 0 && i < pl->task_count; i++) {
         task_t *t = &pl->tasks[i];
+        if (!pipeline_runs(w, t))
+            continue;
         int32_t part = sl_partition_id(t->partition);
         if (t->uncommitted >= 0)
             rc = add(&recs, "in", t->topic, part, t->uncommitted);

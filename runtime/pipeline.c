@@ -317,16 +317,16 @@ static void drop_held(worker_t *w)
     w->held_bytes = 0;
 }
 
-/* Runs the results the aggregates of tasks first, first + stride, ... owe
- * through their downstream ops, into the held outputs. */
-static int flush_states(worker_t *w, int first, int stride)
+/* Runs what the stateful ops of w's tasks owe (aggregate results, unjoined
+ * records) through their downstream ops, into the held outputs. */
+static int flush_states(worker_t *w)
 {
     pipeline_t *pl = w->pl;
     sl_exec_output_t out = {on_emit, on_failed, w};
     int rc = 0;
-    for (int i = first; rc == 0 && i < pl->task_count; i += stride) {
+    for (int i = 0; rc == 0 && i < pl->task_count; i++) {
         task_t *t = &pl->tasks[i];
-        if (!t->state)
+        if (!t->state || !pipeline_runs(w, t))
             continue;
         w->current = t;
         w->round_robin++;
@@ -349,6 +349,29 @@ static int states_dirty(const pipeline_t *pl, task_t *t)
     return 0;
 }
 
+/* The partition of a table's source topic that serves as its store's
+ * changelog (the topic is compacted: it keeps every key's newest record),
+ * or NULL when the store has a changelog topic of its own. */
+static sl_partition_t *source_changelog(const pipeline_t *pl, int op, int32_t part)
+{
+    const sl_op_t *o = &pl->dag->ops[op];
+    sl_topic_t *t = o->kind == SL_OP_TABLE ? sl_log_topic(pl->log, o->topic) : NULL;
+    if (!t || sl_topic_config(t)->cleanup != SL_CLEANUP_COMPACT)
+        return NULL;
+    return sl_topic_partition(t, part);
+}
+
+/* The task of lead's group (lead itself included) that reads entry. */
+static task_t *group_task(pipeline_t *pl, task_t *lead, int entry)
+{
+    if (lead->entry == entry)
+        return lead;
+    for (int i = 0; i < lead->member_count; i++)
+        if (pl->tasks[lead->members[i]].entry == entry)
+            return &pl->tasks[lead->members[i]];
+    return NULL;
+}
+
 /* A task's caches (to their changelog partitions) and stream times. */
 static int commit_states(worker_t *w, task_t *t)
 {
@@ -358,6 +381,15 @@ static int commit_states(worker_t *w, task_t *t)
         sl_cache_t *cache = sl_exec_task_cache(t->state, op);
         if (!cache)
             continue;
+        task_t *source = source_changelog(pl, op, part) ? group_task(pl, t, op) : NULL;
+        if (source) { /* checkpoint = the input offset this commit records */
+            int rc = sl_commit_store_at(w->committer, cache, part,
+                                        source->uncommitted >= 0 ? source->uncommitted
+                                                                 : source->position);
+            if (rc)
+                return rc;
+            continue;
+        }
         sl_topic_t *topic = sl_log_topic(pl->log, sl_store_changelog_topic(pl->stores[op]));
         sl_partition_t *changelog = topic ? sl_topic_partition(topic, part) : NULL;
         if (!changelog)
@@ -375,26 +407,28 @@ static int commit_states(worker_t *w, task_t *t)
 }
 
 /* Exactly-once (DESIGN.md section 7): the held outputs and the input
- * offsets of tasks first, first + stride, ... in one commit; readers see
- * the outputs once it is durable. */
-static int commit_exactly_once(worker_t *w, int first, int stride)
+ * offsets of w's tasks in one commit; readers see the outputs once it is
+ * durable. */
+static int commit_exactly_once(worker_t *w)
 {
     pipeline_t *pl = w->pl;
-    int rc = flush_states(w, first, stride), any = w->held_count > 0 || route_pending(w);
-    for (int i = first; !any && i < pl->task_count; i += stride)
-        any = pl->tasks[i].uncommitted >= 0 || states_dirty(pl, &pl->tasks[i]);
+    int rc = flush_states(w), any = w->held_count > 0 || route_pending(w);
+    for (int i = 0; !any && i < pl->task_count; i++)
+        any = pipeline_runs(w, &pl->tasks[i]) &&
+              (pl->tasks[i].uncommitted >= 0 || states_dirty(pl, &pl->tasks[i]));
     if (rc || !any)
         return rc;
     rc = sl_commit_begin(w->committer);
     for (int i = 0; rc == 0 && i < w->held_count; i++)
         rc = append_held(w->committer, &w->held[i]);
-    for (int i = first; rc == 0 && i < pl->task_count; i += stride)
-        rc = commit_states(w, &pl->tasks[i]);
+    for (int i = 0; rc == 0 && i < pl->task_count; i++)
+        if (pipeline_runs(w, &pl->tasks[i]))
+            rc = commit_states(w, &pl->tasks[i]);
     if (rc == 0)
-        rc = offsets_log_append(pl, w->committer, first, stride);
-    for (int i = first; rc == 0 && i < pl->task_count; i += stride) {
+        rc = offsets_log_append(pl, w->committer, w);
+    for (int i = 0; rc == 0 && i < pl->task_count; i++) {
         task_t *t = &pl->tasks[i];
-        if (t->uncommitted >= 0)
+        if (pipeline_runs(w, t) && t->uncommitted >= 0)
             rc = sl_commit_offset(w->committer, pl->group, t->topic, sl_partition_id(t->partition),
                                   t->uncommitted);
     }
@@ -413,7 +447,9 @@ static int commit_exactly_once(worker_t *w, int first, int stride)
     if (rc)
         return rc;
     drop_held(w);
-    for (int i = first; i < pl->task_count; i += stride) {
+    for (int i = 0; i < pl->task_count; i++) {
+        if (!pipeline_runs(w, &pl->tasks[i]))
+            continue;
         pl->tasks[i].uncommitted = -1;
         if (pl->tasks[i].state)
             sl_exec_task_committed(pl->tasks[i].state);
@@ -421,15 +457,15 @@ static int commit_exactly_once(worker_t *w, int first, int stride)
     return 0;
 }
 
-/* Commits tasks first, first + stride, ...: waits until every output
- * appended since the last commit is durable, then records their input
- * offsets in LMDB. Nothing is committed if an output failed. */
-static int commit(worker_t *w, int first, int stride)
+/* Commits w's tasks: waits until every output appended since the last
+ * commit is durable, then records their input offsets in LMDB. Nothing is
+ * committed if an output failed. */
+static int commit(worker_t *w)
 {
     pipeline_t *pl = w->pl;
     int rc = 0;
     if (pl->exactly_once) {
-        rc = commit_exactly_once(w, first, stride);
+        rc = commit_exactly_once(w);
         w->committed_ms = monotonic_ms();
         return rc;
     }
@@ -441,10 +477,10 @@ static int commit(worker_t *w, int first, int stride)
         sl_partition_unref(w->pending[i].partition);
     }
     w->pending_count = 0;
-    for (int i = first; rc == 0 && i < pl->task_count; i += stride) {
+    for (int i = 0; rc == 0 && i < pl->task_count; i++) {
         task_t *t = &pl->tasks[i];
         int32_t part = sl_partition_id(t->partition);
-        if (t->uncommitted < 0)
+        if (t->uncommitted < 0 || !pipeline_runs(w, t))
             continue;
         rc = sl_offsets_commit(pl->state, pl->group, t->topic, &part, &t->uncommitted, 1);
         if (rc == 0)
@@ -478,10 +514,94 @@ static int step(worker_t *w, task_t *t)
     }
     if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
                     w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(t->state)))
-        rc = commit(w, w->index, w->pl->worker_count);
+        rc = commit(w);
     if (rc == 0 && stopped)
         rc = stopped;
     return rc < 0 ? rc : 1;
+}
+
+/* A member's next record to run, or NULL when its records are used up. */
+static const sl_record_t *member_head(task_t *m)
+{
+    return m->in_at < m->in.count ? &sl_record_set_array(&m->in)[m->in_at] : NULL;
+}
+
+/* Runs count records of member m (from its m->in_at); 0 or what stopped. */
+static int run_member(worker_t *w, task_t *m, size_t count, int *stopped)
+{
+    const sl_record_t *recs = sl_record_set_array(&m->in) + m->in_at;
+    sl_vm_origin_t origin = {m->topic, sl_partition_id(m->partition), m->json};
+    sl_exec_output_t out = {on_emit, on_failed, w};
+    size_t done = 0;
+    w->current = m;
+    *stopped = sl_exec_batch(w->exec, m->entry, &origin, recs, count, &out, &done);
+    if (done > 0) {
+        m->in_at += done;
+        m->position = recs[done - 1].offset + 1;
+        m->uncommitted = m->position;
+    }
+    return *stopped;
+}
+
+/* One batch of a group of co-partitioned tasks (led by lead): each member
+ * reads what is waiting, then records run in event-time order across the
+ * members (ties: the earlier entry), until BATCH ran or a member that had
+ * records runs out (the next batch reads more, so the order holds while
+ * every input has records waiting). Returns as step(). */
+static int step_group(worker_t *w, task_t *lead, int keyed_only)
+{
+    pipeline_t *pl = w->pl;
+    size_t ran = 0;
+    int rc = 0, stopped = 0;
+    for (int i = 0; rc == 0 && i < lead->member_count; i++) {
+        task_t *m = &pl->tasks[lead->members[i]];
+        if (keyed_only && w->dag->ops[m->entry].kind != SL_OP_KEY_BY)
+            continue;
+        if (!member_head(m)) {
+            m->in_at = 0;
+            rc = batch_read(m, &m->in);
+        }
+    }
+    if (rc)
+        return rc;
+    sl_exec_set_task(w->exec, lead->state);
+    w->round_robin++;
+    while (ran < BATCH && !stopped) {
+        int fi = -1, ni = -1; /* the members with the earliest head, and the runner-up */
+        const sl_record_t *head = NULL, *next = NULL;
+        for (int i = 0; i < lead->member_count; i++) {
+            task_t *m = &pl->tasks[lead->members[i]];
+            const sl_record_t *h =
+                keyed_only && w->dag->ops[m->entry].kind != SL_OP_KEY_BY ? NULL : member_head(m);
+            if (h && (!head || h->timestamp < head->timestamp)) {
+                ni = fi, next = head;
+                fi = i, head = h;
+            } else if (h && (!next || h->timestamp < next->timestamp)) {
+                ni = i, next = h;
+            }
+        }
+        if (fi < 0)
+            break;
+        task_t *first = &pl->tasks[lead->members[fi]];
+        const sl_record_t *recs = sl_record_set_array(&first->in) + first->in_at;
+        size_t n = 1, left = first->in.count - first->in_at; /* first's records before next's */
+        while (n < left && ran + n < BATCH &&
+               (!next || recs[n].timestamp < next->timestamp ||
+                (recs[n].timestamp == next->timestamp && fi < ni)))
+            n++;
+        run_member(w, first, n, &stopped);
+        ran += n;
+        if (!member_head(first))
+            break; /* read more before going on */
+    }
+    rc = flush_outputs(w);
+    sl_exec_reset(w->exec);
+    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
+                    w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(lead->state)))
+        rc = commit(w);
+    if (rc == 0 && stopped)
+        rc = stopped;
+    return rc < 0 ? rc : ran > 0;
 }
 
 /* Waits for a notify: data became visible somewhere, or a stop. The seq
@@ -500,18 +620,19 @@ static void wait_for_input(pipeline_t *pl, uint64_t seen)
     pthread_mutex_unlock(&m->wake_lock);
 }
 
-/* Runs tasks first, first + stride, ... once on w (when draining, only
- * the keyed stages' ones): 1 if any had records, 0 if none, or a stopping
- * error. */
-static int pass(worker_t *w, int first, int stride, int keyed_only)
+/* Runs w's tasks once (when draining, only the keyed stages' ones): 1 if
+ * any had records, 0 if none, or a stopping error. */
+static int pass(worker_t *w, int keyed_only)
 {
     pipeline_t *pl = w->pl;
     int progress = 0;
-    for (int i = first; i < pl->task_count && !atomic_load(&pl->stop); i += stride) {
+    for (int i = 0; i < pl->task_count && !atomic_load(&pl->stop); i++) {
         task_t *t = &pl->tasks[i];
-        if (keyed_only && w->dag->ops[t->entry].kind == SL_OP_SOURCE)
+        if (!pipeline_runs(w, t) || t->lead != i)
+            continue; /* another worker's, or its lead runs it */
+        if (keyed_only && !t->member_count && w->dag->ops[t->entry].kind != SL_OP_KEY_BY)
             continue;
-        int rc = step(w, t);
+        int rc = t->member_count ? step_group(w, t, keyed_only) : step(w, t);
         if (rc < 0)
             return rc;
         progress |= rc > 0;
@@ -527,9 +648,9 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&pl->manager->wake_lock);
         uint64_t seen = pl->manager->wake_seq;
         pthread_mutex_unlock(&pl->manager->wake_lock);
-        int rc = pass(w, w->index, pl->worker_count, 0);
+        int rc = pass(w, 0);
         if (rc == 0)
-            rc = commit(w, w->index, pl->worker_count); /* idle: commit now */
+            rc = commit(w); /* idle: commit now */
         if (rc < 0) {
             set_failed(pl, sl_error_detail());
             sl_pipelines_notify(pl->manager); /* the other workers stop too */
@@ -538,7 +659,7 @@ static void *worker_main(void *arg)
         if (rc == 0)
             wait_for_input(pl, seen);
     }
-    if (commit(w, w->index, pl->worker_count)) /* stopping: what was done */
+    if (commit(w)) /* stopping: what was done */
         set_failed(pl, sl_error_detail());
     return NULL;
 }
@@ -589,8 +710,9 @@ static int check_sources(pipeline_t *pl, int32_t *widest)
     *widest = 1;
     for (int i = 0; i < pl->dag->op_count; i++) {
         const sl_op_t *op = &pl->dag->ops[i];
-        sl_topic_t *t = op->kind == SL_OP_SOURCE ? sl_log_topic(pl->log, op->topic) : NULL;
-        if (op->kind != SL_OP_SOURCE)
+        int source = op->kind == SL_OP_SOURCE || op->kind == SL_OP_TABLE;
+        sl_topic_t *t = source ? sl_log_topic(pl->log, op->topic) : NULL;
+        if (!source)
             continue;
         if (!t && op->partitions > 0) { /* the script declares its shape: create it */
             int rc = ensure_topic(pl, op->topic, op->partitions, 0);
@@ -622,11 +744,11 @@ static int check_sources(pipeline_t *pl, int32_t *widest)
 static int check_output(pipeline_t *pl, const sl_op_t *op)
 {
     char name[SL_TOPIC_NAME_MAX + 64];
-    if (op->kind == SL_OP_AGGREGATE && !pl->exactly_once)
+    if ((op->kind == SL_OP_AGGREGATE || op->kind == SL_OP_TABLE || op->kind == SL_OP_JOIN) &&
+        !pl->exactly_once)
         return sl_error_set(SL_EINVALID,
-                            "%s: aggregates keep state, which needs processing = "
-                            "\"exactly_once\"",
-                            op->where);
+                            "%s: %ss keep state, which needs processing = \"exactly_once\"",
+                            op->where, sl_op_kind_name(op->kind));
     if (op->kind != SL_OP_TO && op->kind != SL_OP_KEY_BY && op->kind != SL_OP_FEATURES &&
         !(op->kind == SL_OP_AGGREGATE && op->late_topic))
         return 0;
@@ -704,7 +826,8 @@ static int sources_json(const pipeline_t *pl)
 {
     for (int i = 0; i < pl->dag->op_count; i++) {
         const sl_op_t *op = &pl->dag->ops[i];
-        sl_topic_t *t = op->kind == SL_OP_SOURCE ? sl_log_topic(pl->log, op->topic) : NULL;
+        int source = op->kind == SL_OP_SOURCE || op->kind == SL_OP_TABLE;
+        sl_topic_t *t = source ? sl_log_topic(pl->log, op->topic) : NULL;
         int format = !t                              ? SL_FORMAT_JSON
                      : op->format == SL_FORMAT_TOPIC ? (int)sl_topic_config(t)->format
                                                      : op->format;
@@ -718,12 +841,138 @@ static sl_topic_t *entry_topic(const pipeline_t *pl, const sl_op_t *op, int *jso
 {
     char name[SL_TOPIC_NAME_MAX + 64];
     exit_topic(pl, op, name, sizeof name);
-    sl_topic_t *t = sl_log_topic(pl->log, op->kind == SL_OP_SOURCE ? op->topic : name);
+    int source = op->kind == SL_OP_SOURCE || op->kind == SL_OP_TABLE;
+    sl_topic_t *t = sl_log_topic(pl->log, source ? op->topic : name);
     *json = sources_json(pl);
-    if (t && op->kind == SL_OP_SOURCE)
+    if (t && source)
         *json = (op->format == SL_FORMAT_TOPIC ? (int)sl_topic_config(t)->format : op->format) ==
                 SL_FORMAT_JSON;
     return t;
+}
+
+/* ---- co-partitioned stages ------------------------------------------------ */
+
+static int is_entry(const sl_op_t *op)
+{
+    return op->kind == SL_OP_SOURCE || op->kind == SL_OP_KEY_BY || op->kind == SL_OP_TABLE;
+}
+
+static int find_root(int *root, int op)
+{
+    while (root[op] != op)
+        op = root[op] = root[root[op]];
+    return op;
+}
+
+/* Marks in seen[] the entries whose records reach op (seen[] also
+ * marks the ops visited: 1 visited, 2 an entry). */
+static void upstream_entries(const sl_dag_t *dag, int op, unsigned char *seen)
+{
+    if (seen[op])
+        return;
+    const sl_op_t *o = &dag->ops[op];
+    seen[op] = is_entry(o) ? 2 : 1;
+    for (int i = 0; !is_entry(o) && i < o->input_count; i++)
+        upstream_entries(dag, o->inputs[i].op, seen);
+}
+
+static int32_t entry_partitions(const pipeline_t *pl, int op, const char **topic)
+{
+    int json;
+    sl_topic_t *t = entry_topic(pl, &pl->dag->ops[op], &json);
+    *topic = t ? sl_topic_name(t) : "?";
+    return t ? sl_topic_config(t)->partitions : 0;
+}
+
+/* Unites the entries of every stateful op (an aggregate, a join): their
+ * records meet in one state, so partition p of each must run in one task;
+ * their topics must have the same partition count. root[] per op id. */
+static int unite_entries(pipeline_t *pl, int *root)
+{
+    const sl_dag_t *dag = pl->dag;
+    unsigned char *seen = sl_malloc((size_t)dag->op_count);
+    int rc = seen ? 0 : -ENOMEM;
+    for (int i = 0; i < dag->op_count; i++)
+        root[i] = i;
+    for (int s = 0; rc == 0 && s < dag->op_count; s++) {
+        const sl_op_t *op = &dag->ops[s];
+        if (op->kind != SL_OP_AGGREGATE && op->kind != SL_OP_JOIN)
+            continue;
+        memset(seen, 0, (size_t)dag->op_count);
+        upstream_entries(dag, s, seen);
+        int first = -1;
+        const char *first_topic = NULL, *topic;
+        int32_t first_n = 0;
+        for (int e = 0; rc == 0 && e < dag->op_count; e++) {
+            if (seen[e] != 2)
+                continue;
+            int32_t n = entry_partitions(pl, e, &topic);
+            if (first < 0) {
+                first = e, first_topic = topic, first_n = n;
+                continue;
+            }
+            if (n != first_n)
+                rc = sl_error_set(SL_EINVALID,
+                                  "%s: the inputs of this %s are not co-partitioned: topic '%s' "
+                                  "has %d partitions and topic '%s' has %d, so one key's records "
+                                  "would be in different tasks; re-key a side with :key_by(...) "
+                                  "(a repartition topic has as many partitions as the widest "
+                                  "source)",
+                                  op->where, sl_op_kind_name(op->kind), first_topic, (int)first_n,
+                                  topic, (int)n);
+            else
+                root[find_root(root, e)] = find_root(root, first);
+        }
+    }
+    sl_free(seen);
+    return rc;
+}
+
+/* Each task's lead: the task of the same partition whose entry comes
+ * first among those united with its own. Leads of two or more list them. */
+static int group_tasks(pipeline_t *pl, int *root)
+{
+    for (int i = 0; i < pl->task_count; i++) {
+        task_t *t = &pl->tasks[i];
+        int32_t part = sl_partition_id(t->partition);
+        t->lead = i;
+        for (int j = 0; j < i; j++)
+            if (find_root(root, pl->tasks[j].entry) == find_root(root, t->entry) &&
+                sl_partition_id(pl->tasks[j].partition) == part) {
+                t->lead = j;
+                break;
+            }
+        task_t *lead = &pl->tasks[t->lead];
+        size_t cap = (size_t)lead->member_count;
+        if (t->lead == i)
+            continue;
+        if (lead->member_count == 0) {
+            if (!(lead->members = sl_malloc(2 * sizeof *lead->members)))
+                return -ENOMEM;
+            lead->members[lead->member_count++] = t->lead;
+            cap = 2;
+        }
+        if (sl_array_reserve((void **)&lead->members, &cap, (size_t)lead->member_count + 1,
+                             sizeof *lead->members))
+            return -ENOMEM;
+        lead->members[lead->member_count++] = i;
+    }
+    return 0;
+}
+
+/* Gives each lead a worker in turn; members run on their lead's. Tells
+ * every worker's exec which entries read JSON. */
+static void assign_workers(pipeline_t *pl)
+{
+    int next = 0, json;
+    for (int i = 0; i < pl->task_count; i++) {
+        task_t *t = &pl->tasks[i];
+        t->worker = t->lead == i ? next++ % pl->worker_count : pl->tasks[t->lead].worker;
+    }
+    for (int i = 0; i < pl->dag->op_count; i++)
+        if (is_entry(&pl->dag->ops[i]) && entry_topic(pl, &pl->dag->ops[i], &json))
+            for (int w = 0; w < pl->worker_count; w++)
+                sl_exec_set_entry_json(pl->workers[w].exec, i, json);
 }
 
 static int build_tasks(pipeline_t *pl)
@@ -746,7 +995,12 @@ static int build_tasks(pipeline_t *pl)
                 return rc;
         }
     }
-    return 0;
+    int *root = sl_malloc((size_t)pl->dag->op_count * sizeof *root);
+    int rc = root ? unite_entries(pl, root) : -ENOMEM;
+    if (rc == 0)
+        rc = group_tasks(pl, root);
+    sl_free(root);
+    return rc;
 }
 
 static int compile_worker(pipeline_t *pl, worker_t *w)
@@ -787,10 +1041,14 @@ static int compile(pipeline_t *pl, int max_workers)
     return rc;
 }
 
-/* The other workers, one VM each: as many as tasks, up to max_workers. */
+/* The other workers, one VM each: as many as lead tasks, up to
+ * max_workers; then the tasks are dealt out to them. */
 static int compile_more(pipeline_t *pl, int max_workers)
 {
-    int want = pl->task_count < max_workers ? pl->task_count : max_workers;
+    int leads = 0;
+    for (int i = 0; i < pl->task_count; i++)
+        leads += pl->tasks[i].lead == i;
+    int want = leads < max_workers ? leads : max_workers;
     while (pl->worker_count < want) {
         worker_t *w = &pl->workers[pl->worker_count];
         w->pl = pl;
@@ -799,6 +1057,7 @@ static int compile_more(pipeline_t *pl, int max_workers)
         if (rc)
             return rc;
     }
+    assign_workers(pl);
     return 0;
 }
 
@@ -820,14 +1079,24 @@ static void report_restore(void *arg, const sl_restore_progress_t *p)
               (long long)(p->to - p->from), (long long)p->entries, p->seconds);
 }
 
-/* Opens the store of AGGREGATE op and makes its changelog topic. */
+/* 1 if op keeps state in a store: an aggregate, a table, a join but a
+ * stream-table one. */
+static int has_store(const sl_op_t *op)
+{
+    return op->kind == SL_OP_AGGREGATE || op->kind == SL_OP_TABLE ||
+           (op->kind == SL_OP_JOIN && op->join_kind != SL_JOIN_STREAM_TABLE);
+}
+
+/* Opens the store of op (has_store) and makes its changelog topic. */
 static int open_store(pipeline_t *pl, const sl_op_t *op, int32_t widest)
 {
     sl_topic_config_t cfg;
-    int rc = sl_store_open(pl->state, pl->name, op->store,
-                           op->window_kind ? SL_STORE_WINDOW : SL_STORE_KV, &pl->stores[op->id]);
+    int window = (op->kind == SL_OP_AGGREGATE && op->window_kind) ||
+                 (op->kind == SL_OP_JOIN && op->join_kind == SL_JOIN_STREAM_STREAM);
+    int rc = sl_store_open(pl->state, pl->name, op->store, window ? SL_STORE_WINDOW : SL_STORE_KV,
+                           &pl->stores[op->id]);
     const char *changelog = rc ? NULL : sl_store_changelog_topic(pl->stores[op->id]);
-    if (rc == 0 && !sl_log_topic(pl->log, changelog)) {
+    if (rc == 0 && !source_changelog(pl, op->id, 0) && !sl_log_topic(pl->log, changelog)) {
         sl_changelog_topic_config(&cfg, widest, pl->name);
         rc = sl_log_create_topic(pl->log, changelog, &cfg, NULL);
         rc = rc == SL_EEXISTS ? 0 : rc;
@@ -852,8 +1121,15 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
         sl_topic_t *topic = sl_log_topic(pl->log, sl_store_changelog_topic(pl->stores[op]));
         sl_partition_t *changelog = topic ? sl_topic_partition(topic, part) : NULL;
         restore_watch_t watch = {pl->manager, 0};
-        sl_restore_options_t opts = {.progress = report_restore, .progress_arg = &watch};
-        if (changelog && (rc = sl_store_restore_needed(pl->stores[op], changelog, &from)) == 1) {
+        sl_restore_options_t opts = {.progress = report_restore, .progress_arg = &watch, .to = -1};
+        task_t *source = source_changelog(pl, op, part) ? group_task(pl, t, op) : NULL;
+        if (source) { /* the table's own topic, up to what the table committed */
+            changelog = source_changelog(pl, op, part);
+            opts.source = 1;
+            opts.to = source->position;
+        }
+        if (changelog &&
+            (rc = sl_store_restore_needed(pl->stores[op], changelog, opts.to, &from)) == 1) {
             atomic_fetch_add(&pl->manager->restoring, 1);
             rc = sl_store_restore(pl->stores[op], changelog, &opts, NULL);
             atomic_fetch_sub(&pl->manager->restoring, 1);
@@ -865,7 +1141,6 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
             r = offsets_log_get(pl, "time", sl_store_name(pl->stores[op]), part, &times[op]);
         rc = r == SL_ENOTFOUND ? 0 : r;
     }
-    t->worker = (int)(t - pl->tasks) % pl->worker_count;
     if (rc == 0)
         rc = sl_exec_task_new(pl->workers[t->worker].exec, pl->stores, times, part, widest,
                               &t->state);
@@ -877,17 +1152,18 @@ static int prepare_state(pipeline_t *pl, int32_t widest)
 {
     int any = 0, rc = 0;
     for (int i = 0; i < pl->dag->op_count; i++)
-        any |= pl->dag->ops[i].kind == SL_OP_AGGREGATE;
+        any |= has_store(&pl->dag->ops[i]);
     if (!any)
         return 0;
     snprintf(pl->time_group, sizeof pl->time_group, "pipeline.%s.stream-time", pl->name);
     if (!(pl->stores = sl_calloc((size_t)pl->dag->op_count, sizeof *pl->stores)))
         return -ENOMEM;
     for (int i = 0; rc == 0 && i < pl->dag->op_count; i++)
-        if (pl->dag->ops[i].kind == SL_OP_AGGREGATE)
+        if (has_store(&pl->dag->ops[i]))
             rc = open_store(pl, &pl->dag->ops[i], widest);
     for (int i = 0; rc == 0 && i < pl->task_count; i++)
-        rc = open_task_state(pl, &pl->tasks[i], widest);
+        if (pl->tasks[i].lead == i) /* members share their lead's */
+            rc = open_task_state(pl, &pl->tasks[i], widest);
     return rc;
 }
 
@@ -932,14 +1208,15 @@ void pipeline_drain_and_free(pipeline_t *pl)
     /* the workers are gone: worker 0's VM drains on this thread */
     atomic_store(&pl->stop, 0);
     atomic_store(&pl->draining, 1);
+    pl->workers[0].all_tasks = 1;
     while (was_running && !pipeline_failed(pl, error, sizeof error)) {
-        int rc = pass(&pl->workers[0], 0, 1, 1); /* every keyed task */
+        int rc = pass(&pl->workers[0], 1); /* every keyed task */
         if (rc < 0)
             set_failed(pl, sl_error_detail());
         if (rc <= 0)
             break;
     }
-    if (was_running && commit(&pl->workers[0], 0, 1))
+    if (was_running && commit(&pl->workers[0]))
         set_failed(pl, sl_error_detail());
     pipeline_free(pl);
 }
@@ -971,6 +1248,8 @@ void pipeline_free(pipeline_t *pl)
         sl_partition_unref(pl->tasks[i].partition);
         sl_free(pl->tasks[i].topic);
         sl_exec_task_free(pl->tasks[i].state);
+        sl_free(pl->tasks[i].members);
+        sl_record_set_free(&pl->tasks[i].in);
     }
     sl_free(pl->tasks);
     for (int i = 0; pl->stores && i < pl->dag->op_count; i++)

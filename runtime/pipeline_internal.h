@@ -19,8 +19,17 @@ typedef struct task {
     int64_t uncommitted;       /* processed up to here, not yet committed; -1: none */
     sl_reader_t *reader;
     int json;
-    sl_exec_task_t *state; /* its AGGREGATE ops' state; NULL without any */
-    int worker;            /* the worker whose exec made state */
+    sl_exec_task_t *state; /* its stateful ops' state; NULL without any (or a member) */
+    int worker;            /* the worker that runs it (and whose exec made state) */
+    /* Co-partitioned entries (the inputs of a join or an aggregate) share
+     * one task per partition: the lead (the first entry's task) holds the
+     * state and runs its members (members[], itself first, in entry
+     * order) together, taking records in event-time order across them. */
+    int lead;           /* index of its lead task (itself if it leads) */
+    int *members;       /* lead of a group: the group's task indices */
+    int member_count;   /* 0 unless it leads a group of 2 or more */
+    sl_record_set_t in; /* a member's records read and not yet run */
+    size_t in_at;       /* the next of them to run */
 } task_t;
 
 /* Records of one batch bound for one partition. */
@@ -86,6 +95,7 @@ typedef struct worker {
     size_t held_bytes;
     sl_commit_t *committer;
     struct route_sink *router; /* messages for :route(), until the commit (route.c) */
+    int all_tasks;             /* draining a replaced pipeline: runs every task */
 } worker_t;
 
 typedef struct pipeline {
@@ -132,6 +142,12 @@ struct sl_pipelines {
     atomic_int restoring;         /* restores running now */
 };
 
+/* 1 if worker w runs task t. */
+static inline int pipeline_runs(const worker_t *w, const task_t *t)
+{
+    return w->all_tasks || t->worker == w->index;
+}
+
 /* pipeline.c */
 int pipeline_prepare(sl_pipelines_t *m, const char *name, const char *source, size_t len,
                      pipeline_t **out);
@@ -146,11 +162,11 @@ int pipeline_failed(pipeline_t *pl, char *error, size_t size);
 /* offsets_log.c: the positions an exactly-once pipeline also logs in its
  * topic "<name>.offsets". open creates it or reads its newest values; get
  * finds one ("in", topic) or ("time", store); append adds the positions of
- * tasks first, first + stride, ... to commit c. */
+ * the tasks worker w runs to commit c. */
 int offsets_log_open(pipeline_t *pl);
 int offsets_log_get(const pipeline_t *pl, const char *kind, const char *name, int32_t partition,
                     int64_t *value);
-int offsets_log_append(pipeline_t *pl, sl_commit_t *c, int first, int stride);
+int offsets_log_append(pipeline_t *pl, sl_commit_t *c, const worker_t *w);
 void offsets_log_free(pipeline_t *pl);
 
 /* route.c: the :route() sink. prepare checks a new pipeline's ROUTE ops

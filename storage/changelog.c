@@ -83,6 +83,9 @@ static int read_batch(restore_t *r)
     int rc = 0;
     sl_record_set_reset(&r->batch);
     while (r->batch.count < limit && (rc = sl_reader_next(r->reader, &rec)) == 1) {
+        int source = r->options && r->options->source;
+        if (source && rec.key_len <= 0)
+            continue; /* never in the table: it failed there */
         if ((rc = sl_changelog_check(r->store, &rec)))
             return sl_error_set(rc, "%s/%d: %s", sl_partition_topic_name(r->changelog),
                                 sl_partition_id(r->changelog), sl_error_detail());
@@ -162,11 +165,13 @@ static int run_restore(restore_t *r)
     return rc;
 }
 
-int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t *from)
+int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t to, int64_t *from)
 {
     MDB_txn *txn;
     int64_t checkpoint = 0, start = sl_partition_start_offset(changelog);
     int64_t end = sl_partition_end_offset(changelog);
+    if (to >= 0 && to < end)
+        end = to;
     int rc = sl_state_begin(sl_store_state(s), 0, &txn);
     if (rc)
         return rc;
@@ -199,12 +204,14 @@ int sl_store_restore(sl_store_t *s, sl_partition_t *changelog, const sl_restore_
                      sl_restore_progress_t *result)
 {
     restore_t r = {.store = s, .changelog = changelog, .options = opts};
-    int64_t from;
-    int rc = sl_store_restore_needed(s, changelog, &from);
+    int64_t from, to = opts && opts->source ? opts->to : -1;
+    int rc = sl_store_restore_needed(s, changelog, to, &from);
     r.progress.store = sl_store_name(s);
     r.progress.partition = sl_partition_id(changelog);
     r.progress.from = r.progress.position = from;
     r.progress.to = sl_partition_end_offset(changelog);
+    if (to >= 0 && to < r.progress.to)
+        r.progress.to = to;
     clock_gettime(CLOCK_MONOTONIC, &r.started);
     if (rc == 1 && (rc = sl_reader_open(changelog, from, &r.reader)) == 0) {
         sl_report(SL_INFO, "state", "restoring store %s partition %d from %s offsets %lld to %lld",

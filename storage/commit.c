@@ -29,6 +29,8 @@ typedef struct written {
 typedef struct flushed {
     sl_cache_t *cache;
     sl_partition_t *changelog; /* NULL if the cache had no changes */
+    int32_t partition;         /* sl_commit_store_at: the checkpoint's */
+    int64_t checkpoint;        /* ... and its offset; -1 otherwise */
 } flushed_t;
 
 struct sl_commit {
@@ -172,24 +174,42 @@ int sl_commit_append(sl_commit_t *c, sl_partition_t *p, const sl_record_t *recor
     return 0;
 }
 
-int sl_commit_store(sl_commit_t *c, sl_cache_t *cache, sl_partition_t *changelog)
+/* Checks cache is not in c yet and makes room for it. */
+static int add_flushed(sl_commit_t *c, sl_cache_t *cache)
 {
-    const sl_record_t *changes;
-    size_t count;
     int rc = check_open(c);
     for (size_t i = 0; rc == 0 && i < c->flushed_count; i++)
         if (c->flushed[i].cache == cache)
             rc = sl_error_set(SL_EINVALID, "commit: store %s is already in this commit",
                               sl_store_name(sl_cache_store(cache)));
+    if (rc == 0 && sl_array_reserve((void **)&c->flushed, &c->flushed_cap, c->flushed_count + 1,
+                                    sizeof *c->flushed))
+        rc = sl_error_set(-ENOMEM, "commit: out of memory");
+    return rc;
+}
+
+int sl_commit_store(sl_commit_t *c, sl_cache_t *cache, sl_partition_t *changelog)
+{
+    const sl_record_t *changes;
+    size_t count;
+    int rc = add_flushed(c, cache);
     if (rc || (rc = sl_cache_changes(cache, &changes, &count)))
         return rc;
     if (count && (rc = sl_commit_append(c, changelog, changes, count, NULL)))
         return rc;
-    if (sl_array_reserve((void **)&c->flushed, &c->flushed_cap, c->flushed_count + 1,
-                         sizeof *c->flushed))
-        return sl_error_set(-ENOMEM, "commit: out of memory");
-    c->flushed[c->flushed_count++] = (flushed_t){cache, count ? changelog : NULL};
+    c->flushed[c->flushed_count++] = (flushed_t){cache, count ? changelog : NULL, -1, -1};
     return 0;
+}
+
+int sl_commit_store_at(sl_commit_t *c, sl_cache_t *cache, int32_t partition, int64_t offset)
+{
+    int rc = add_flushed(c, cache);
+    if (rc == 0 && (partition < 0 || offset < 0))
+        rc = sl_error_set(SL_EINVALID, "commit: checkpoint %d/%lld", (int)partition,
+                          (long long)offset);
+    if (rc == 0)
+        c->flushed[c->flushed_count++] = (flushed_t){cache, NULL, partition, offset};
+    return rc;
 }
 
 int sl_commit_offset(sl_commit_t *c, const char *group, const char *topic, int32_t partition,
@@ -232,6 +252,9 @@ static int write_state(sl_commit_t *c)
         if ((rc = sl_cache_flush(f->cache, c->txn)) == 0 && f->changelog)
             rc = sl_store_checkpoint_put(sl_cache_store(f->cache), c->txn,
                                          sl_partition_id(f->changelog), end_of(c, f->changelog));
+        else if (rc == 0 && f->checkpoint >= 0)
+            rc = sl_store_checkpoint_put(sl_cache_store(f->cache), c->txn, f->partition,
+                                         f->checkpoint);
     }
     for (size_t i = 0; rc == 0 && i < c->written_count; i++)
         rc = sl_lso_put(c->state, c->txn, c->written[i].partition, c->written[i].end);

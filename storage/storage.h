@@ -1055,9 +1055,11 @@ int sl_changelog_check(const sl_store_t *s, const sl_record_t *r);
  * changelog's visible end (or missing while the changelog has records),
  * with *from = where restoring starts; 0 if it is up to date; or an error.
  * A checkpoint beyond the changelog's end (the changelog lost records) is
- * reported and counts as up to date.
+ * reported and counts as up to date. to >= 0 stands for the end where it
+ * is smaller (a source serving as the changelog: up to the committed
+ * input offset).
  */
-int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t *from);
+int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t to, int64_t *from);
 
 /* What a restore has done so far. */
 typedef struct sl_restore_progress {
@@ -1079,6 +1081,13 @@ typedef struct sl_restore_options {
     size_t batch_records; /* records per LMDB transaction; 0: 262144 */
     sl_restore_fn progress;
     void *progress_arg;
+    /* A table's source topic serving as its changelog (the topic is
+     * compacted, so it keeps every key's newest record): restore up to
+     * `to` (the committed input offset) instead of the visible end, and
+     * skip records without a key (a table never held them). 0: a
+     * changelog topic, to unused. */
+    int source;
+    int64_t to;
 } sl_restore_options_t;
 
 /*
@@ -1178,6 +1187,12 @@ int sl_commit_append(sl_commit_t *c, sl_partition_t *p, const sl_record_t *recor
  * them and the checkpoint. A cache without changes costs nothing. Each
  * cache at most once per commit (SL_EINVALID). */
 int sl_commit_store(sl_commit_t *c, sl_cache_t *cache, sl_partition_t *changelog);
+
+/* Step 2 for a store whose changelog is the source topic it was read from
+ * (a table over a compacted topic): nothing is appended; step 3 writes
+ * the cache's changes and the checkpoint `offset` (the input offset the
+ * commit records) for `partition`. Each cache at most once per commit. */
+int sl_commit_store_at(sl_commit_t *c, sl_cache_t *cache, int32_t partition, int64_t offset);
 
 /* Step 3: records the task's input offset (the next offset to read) of
  * (topic, partition) for group, as sl_offsets_put(). */

@@ -199,14 +199,14 @@ static void check_restore_is_identical(sl_store_kind_t kind, int compact)
     }
     dump_t before = dump_store(&n);
     assert_true(before.entries > 50);
-    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, &from), 0);
+    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, -1, &from), 0);
     int64_t end = sl_partition_end_offset(n.changelog);
     node_close(&n);
     lose_state(&n);
     node_open(&n, kind);
     assert_int_equal(sl_partition_end_offset(n.changelog), end); /* adopted by the new state */
     assert_int_equal(entry_count(&n), 0);
-    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, &from), 1);
+    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, -1, &from), 1);
     assert_int_equal(from, sl_partition_start_offset(n.changelog));
     assert_int_equal(sl_store_restore(n.store, n.changelog, &opts, &result), 0);
     assert_int_equal(result.position, end);
@@ -218,7 +218,7 @@ static void check_restore_is_identical(sl_store_kind_t kind, int compact)
     dump_t after = dump_store(&n);
     assert_int_equal(after.entries, before.entries);
     assert_string_equal(after.text, before.text);
-    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, &from), 0);
+    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, -1, &from), 0);
     free(before.text);
     free(after.text);
     node_close(&n);
@@ -271,7 +271,7 @@ static void test_restore_resumes_from_the_checkpoint(void **state)
     assert_int_equal(sl_store_checkpoint_put(n.store, txn, 1, checkpoint), 0);
     assert_int_equal(sl_state_commit(txn), 0);
     assert_store_is(&n, old.text);
-    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, &from), 1);
+    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, -1, &from), 1);
     assert_int_equal(from, checkpoint);
     assert_int_equal(sl_store_restore(n.store, n.changelog, NULL, &result), 0);
     assert_int_equal(result.from, checkpoint);
@@ -330,7 +330,7 @@ static void test_checkpoint_beyond_the_changelog_counts_as_up_to_date(void **sta
     assert_int_equal(sl_state_begin(n.state, 1, &txn), 0);
     assert_int_equal(sl_store_checkpoint_put(n.store, txn, 1, 1000), 0);
     assert_int_equal(sl_state_commit(txn), 0);
-    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, &from), 0);
+    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, -1, &from), 0);
     node_close(&n);
     tu_rmdir(n.dir);
 }

@@ -279,13 +279,13 @@ static void test_operator_after_a_sink_names_the_line(void **state)
 
 static void test_unknown_operator_is_an_error(void **state)
 {
-    expect_error(state, HEADER "s.stream('a'):join(1):to('b')\n",
-                 "script.lua:2: streams have no operator 'join' (they have filter, map, "
-                 "flat_map, key_by, branch, peek, window, aggregate, to, route, features)");
+    expect_error(state, HEADER "s.stream('a'):zip(1):to('b')\n",
+                 "script.lua:2: streams have no operator 'zip' (they have filter, map, "
+                 "flat_map, key_by, branch, peek, window, aggregate, join, to, route, features)");
     expect_error(state, HEADER "s.sliding('1m')\n",
-                 "script.lua:2: sluice has no 'sliding' (it has pipeline, stream, merge, null, "
-                 "tumbling, hopping, session, count, sum, min, max, avg, last, distinct, reduce, "
-                 "exchange, queue, bind)");
+                 "script.lua:2: sluice has no 'sliding' (it has pipeline, stream, table, merge, "
+                 "null, tumbling, hopping, session, count, sum, min, max, avg, last, distinct, "
+                 "reduce, exchange, queue, bind)");
 }
 
 static void test_script_without_a_sink_is_an_error(void **state)
@@ -331,7 +331,11 @@ static void test_merge_arguments_are_checked(void **state)
 static void test_topic_read_twice_is_an_error(void **state)
 {
     expect_error(state, HEADER "s.stream('a'):to('b')\ns.stream('a'):to('c')\n",
-                 "script.lua:3: stream 'a' is already declared at script.lua:2: use that stream");
+                 "script.lua:3: topic 'a' is already read by the stream at script.lua:2: use "
+                 "that one");
+    expect_error(state, HEADER "s.table('a')\ns.stream('a'):to('c')\n",
+                 "script.lua:3: topic 'a' is already read by the table at script.lua:2: use "
+                 "that one");
 }
 
 static void test_sink_into_an_input_topic_is_a_cycle(void **state)
@@ -983,6 +987,115 @@ static void test_lookalikes_of_dsl_values_are_refused(void **state)
                  "table");
 }
 
+/* ---- tables and joins ------------------------------------------------- */
+
+static void test_joins_compile_to_join_ops(void **state)
+{
+    sl_dag_t *dag =
+        compile(*state, HEADER "local u = s.table('users', {store = 'people'})\n"
+                               "local c = s.stream('clicks')\n"
+                               "c:join(u, function(r, v) return v end):to('x')\n"
+                               "c:join(s.stream('views'), function(a, b) return a end,\n"
+                               "  {within = '5m', grace = '10s', type = 'outer'})\n"
+                               "  :to('y')\n"
+                               "u:join(s.table('scores'), function(a, b) return a end,\n"
+                               "  {type = 'left'}):stream():to('z')\n");
+    assert_int_equal(dag->op_count, 11);
+    const sl_op_t *ops = dag->ops;
+    expect_op(&ops[0], SL_OP_TABLE, -1, 0, "script.lua:2");
+    assert_string_equal(ops[0].topic, "users");
+    assert_string_equal(ops[0].store, "people");
+    assert_int_equal(ops[2].kind, SL_OP_JOIN);
+    assert_int_equal(ops[2].join_kind, SL_JOIN_STREAM_TABLE);
+    assert_int_equal(ops[2].join_type, SL_JOIN_INNER);
+    assert_int_equal(ops[2].input_count, 2);
+    assert_int_equal(ops[2].inputs[0].op, 1);
+    assert_int_equal(ops[2].inputs[1].op, 0);
+    assert_null(ops[2].store);
+    assert_int_not_equal(ops[2].fn, SL_NO_FUNCTION);
+    const sl_op_t *ss = &ops[5];
+    assert_int_equal(ss->join_kind, SL_JOIN_STREAM_STREAM);
+    assert_int_equal(ss->join_type, SL_JOIN_OUTER);
+    assert_int_equal(ss->join_within, 300000);
+    assert_int_equal(ss->window_grace, 10000);
+    assert_string_equal(ss->store, "join5");
+    assert_int_equal(ss->inputs[0].op, 1);
+    assert_int_equal(ss->inputs[1].op, 4);
+    const sl_op_t *tt = &ops[8];
+    assert_int_equal(tt->join_kind, SL_JOIN_TABLE_TABLE);
+    assert_int_equal(tt->join_type, SL_JOIN_LEFT);
+    assert_string_equal(tt->store, "join8");
+    assert_string_equal(ops[7].store, "table7");
+    expect_op(&ops[9], SL_OP_MERGE, 8, 0, "script.lua:9");
+    sl_dag_free(dag);
+}
+
+static void test_a_table_alone_is_a_pipeline(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "s.table('users')\n");
+    assert_int_equal(dag->op_count, 1);
+    assert_int_equal(dag->ops[0].kind, SL_OP_TABLE);
+    sl_dag_free(dag);
+}
+
+static void test_join_errors_name_the_line(void **state)
+{
+#define F "function(a, b) return a end"
+    expect_error(state, HEADER "s.table('u'):map(" F ")\n",
+                 "script.lua:2: 'map' on a table: a table has :join, :to and :stream (call "
+                 ":stream() for its changes as a stream)");
+    expect_error(state, HEADER "s.stream('c'):stream()\n",
+                 "script.lua:2: 'stream' on a stream: only tables have :stream()");
+    expect_error(state, HEADER "local t = s.table('u')\ns.stream('c').map(t, " F "):to('x')\n",
+                 "script.lua:3: 'map' on a table: a table has :join, :to and :stream (call "
+                 ":stream() for its changes as a stream)");
+    expect_error(state, HEADER "s.table('u'):join(s.stream('c'), " F ")\n",
+                 "script.lua:2: a table joins only a table: to enrich a stream with this table, "
+                 "call stream:join(table, fn)");
+    expect_error(state, HEADER "local c = s.stream('c')\nc:join(c, " F ", {within = 1}):to('x')\n",
+                 "script.lua:3: a join of a stream with itself: join two different streams");
+    expect_error(state, HEADER "s.stream('c'):join(s.stream('d'), " F "):to('x')\n",
+                 "script.lua:2: a stream-stream join needs option 'within': how far apart in "
+                 "event time two records may be and still join (e.g. within = \"5m\")");
+    expect_error(state,
+                 HEADER "s.stream('c'):join(s.table('u'), " F ", {type = 'outer'}):to('x')\n",
+                 "script.lua:2: option 'type' for stream-table join must be one of inner, left, "
+                 "got 'outer'");
+    expect_error(state, HEADER "s.stream('c'):join(s.table('u'), " F ", {within = '1m'}):to('x')\n",
+                 "script.lua:2: unknown option 'within' for stream-table join (expected type)");
+    expect_error(state, HEADER "s.stream('c'):join(s.table('u'), 3):to('x')\n",
+                 "script.lua:2: join expects a function (the joiner) as its second argument, "
+                 "got 3");
+    expect_error(state, HEADER "s.stream('c'):join(7, " F "):to('x')\n",
+                 "script.lua:2: join expects a stream or a table to join with, got 7");
+    expect_error(state, HEADER "local t = s.table('u')\ns.merge(t):to('x')\n",
+                 "script.lua:3: merge argument 1 is a table: merge its :stream()");
+    expect_error(state, HEADER "s.table('u', {store = 'x'})\ns.table('v', {store = 'x'})\n",
+                 "script.lua:3: store 'x' is already used by the table at script.lua:2");
+#undef F
+}
+
+static void test_join_sides_must_keep_their_keys(void **state)
+{
+#define F "function(a, b) return a end"
+    expect_error(
+        state, HEADER "s.stream('c'):map(" F "):filter(" F "):join(s.table('u'), " F "):to('x')\n",
+        "script.lua:2: the left side of this join comes through the map at "
+        "script.lua:2, which may change the key: a join needs both sides partitioned "
+        "by the join key, so re-key that side with :key_by(...) after the map");
+    expect_error(state,
+                 HEADER "local v = s.stream('v'):flat_map(" F ")\n"
+                        "s.stream('c'):join(v, " F ", {within = 1}):to('x')\n",
+                 "script.lua:3: the right side of this join comes through the flat_map at "
+                 "script.lua:2, which may change the key: a join needs both sides partitioned "
+                 "by the join key, so re-key that side with :key_by(...) after the flat_map");
+    sl_dag_t *dag = compile(*state, HEADER "s.stream('c'):map(" F "):key_by('user')\n"
+                                           "  :join(s.table('u'), " F "):to('x')\n");
+    assert_int_equal(dag->ops[4].kind, SL_OP_JOIN);
+    sl_dag_free(dag);
+#undef F
+}
+
 /* Compiles base with one change and expects a different DAG. */
 static void expect_unequal(sl_vm_t *vm, const sl_dag_t *base, const char *script)
 {
@@ -1394,6 +1507,10 @@ int main(void)
         T(test_topic_names_are_checked),
         T(test_operator_after_a_sink_names_the_line),
         T(test_unknown_operator_is_an_error),
+        T(test_joins_compile_to_join_ops),
+        T(test_a_table_alone_is_a_pipeline),
+        T(test_join_errors_name_the_line),
+        T(test_join_sides_must_keep_their_keys),
         T(test_script_without_a_sink_is_an_error),
         T(test_stream_never_used_is_an_error),
         T(test_unused_branch_output_is_allowed),
