@@ -26,6 +26,11 @@ HTTP=$(sed -n 's/.*http=[^:]*:\([0-9]*\).*/\1/p' "$DATA/node.log")
 echo "== node ready on port $PORT (HTTP $HTTP), data in $DATA, running:"
 "$SLUICE" pipelines --port "$PORT"
 
+echo "== produce 400 user profiles (the table 'users') keyed by user"
+awk 'BEGIN { split("fr de es it pl", cs, " ");
+        for (u = 0; u < 400; u++) printf "{\"user\":\"user-%d\",\"country\":\"%s\"}\n", u, cs[1 + u % 5] }' |
+    "$SLUICE" produce users --key-field user --port "$PORT"
+
 echo "== produce 50000 events (purchases, views, clicks; one bad line) keyed by user"
 START=$(date +%s%3N)
 awk 'BEGIN { srand(2); split("purchase view click", kinds, " ");
@@ -38,6 +43,11 @@ awk 'BEGIN { srand(2); split("purchase view click", kinds, " ");
 echo "== the pipeline's outputs: 3 purchases as group 'dashboard' (then commit)"
 "$SLUICE" consume purchases_by_item --group dashboard --follow -n 3 --verbose --port "$PORT"
 "$SLUICE" groups --group dashboard --port "$PORT"
+
+echo "== purchases enriched with the buyer's country (stream-table join): 3"
+"$SLUICE" consume purchases_enriched --group dashboard --follow -n 3 --port "$PORT"
+echo "== the table itself, queried: GET clickstream.users user-7"
+redis-cli -p "$PORT" GET clickstream.users user-7
 
 echo "== the bad record is in the dead-letter topic, with the error in its headers"
 until [ "$(redis-cli -p "$PORT" FETCH clickstream.dlq 0 0 COUNT 1 | head -1)" = 0 ]; do sleep 0.1; done

@@ -381,7 +381,10 @@ static int commit_states(worker_t *w, task_t *t)
         sl_cache_t *cache = sl_exec_task_cache(t->state, op);
         if (!cache)
             continue;
-        task_t *source = source_changelog(pl, op, part) ? group_task(pl, t, op) : NULL;
+        int from_source = source_changelog(pl, op, part) != NULL;
+        task_t *source = from_source ? group_task(pl, t, op) : NULL;
+        if (from_source && !source)
+            continue; /* a table of another stage: this task never writes it */
         if (source) { /* checkpoint = the input offset this commit records */
             int rc = sl_commit_store_at(w->committer, cache, part,
                                         source->uncommitted >= 0 ? source->uncommitted
@@ -690,8 +693,11 @@ static void stop_workers(pipeline_t *pl)
 /* ---- setup ------------------------------------------------------------------ */
 
 /* Creates topic name unless it exists; partitions for a new one, which is
- * transactional when the pipeline writes it exactly once. */
-static int ensure_topic(pipeline_t *pl, const char *name, int32_t partitions, int output)
+ * transactional when the pipeline writes it exactly once (output = 1), or
+ * compacted when a table reads it (output = 0, compact = 1: the topic then
+ * serves as the table's changelog). */
+static int ensure_topic_as(pipeline_t *pl, const char *name, int32_t partitions, int output,
+                           int compact)
 {
     sl_topic_config_t cfg;
     if (sl_log_topic(pl->log, name))
@@ -699,9 +705,16 @@ static int ensure_topic(pipeline_t *pl, const char *name, int32_t partitions, in
     sl_topic_config_default(&cfg);
     cfg.partitions = partitions > 0 ? partitions : 1;
     cfg.transactional = output && pl->exactly_once;
+    if (compact)
+        cfg.cleanup = SL_CLEANUP_COMPACT;
     snprintf(cfg.owner, sizeof cfg.owner, "%s", pl->name);
     int rc = sl_log_create_topic(pl->log, name, &cfg, NULL);
     return rc == SL_EEXISTS ? 0 : rc;
+}
+
+static int ensure_topic(pipeline_t *pl, const char *name, int32_t partitions, int output)
+{
+    return ensure_topic_as(pl, name, partitions, output, 0);
 }
 
 /* Checks the sources and the widest source partition count. */
@@ -715,7 +728,7 @@ static int check_sources(pipeline_t *pl, int32_t *widest)
         if (!source)
             continue;
         if (!t && op->partitions > 0) { /* the script declares its shape: create it */
-            int rc = ensure_topic(pl, op->topic, op->partitions, 0);
+            int rc = ensure_topic_as(pl, op->topic, op->partitions, 0, op->kind == SL_OP_TABLE);
             if (rc)
                 return rc;
             t = sl_log_topic(pl->log, op->topic);
