@@ -34,8 +34,8 @@ import string
 import time
 import unittest
 
-from crash import (Killer, check_running, describe, kills_wanted, read_topic, records_wanted,
-                   say, seed, text)
+from crash import (Killer, check_running, describe, kills_wanted, progress, read_topic,
+                   records_wanted, say, seed, text)
 from node import Error, Node, NodeTestCase, murmur2_partition, wait_until
 
 WAIT = 30.0
@@ -409,6 +409,14 @@ local scores = s.table("$right")
 users:join(scores, $fn, {type = "$type", store = "risk"})
   :to("$out", {create = true, partitions = $partitions})
 """)
+
+
+def with_commit_interval(script, interval):
+    """script committing every interval instead of every 100 ms: more
+    commits, so that restarts and kills fall between more of them."""
+    head = 's.pipeline{name = "'
+    assert script.count(head) == 1
+    return script.replace(head, 's.pipeline{commit_interval = "%s", name = "' % interval)
 
 
 def line_of(script, marker="-- @@"):
@@ -963,6 +971,14 @@ s.stream("%s")
   :join(users, %s) -- @@
   :to("%s", {create = true})
 """ % (tbl, a, fn, out), "map after the last key_by")
+        # a filter cannot change keys: accepted
+        self.submit_ok(name, head + """\
+local users = s.table("%s")
+s.stream("%s")
+  :filter(function(r) return r.value ~= nil end)
+  :join(users, %s)
+  :to("%s", {create = true})
+""" % (tbl, a, fn, out))
 
     def run_key_by_join(self, stream_partitions, table_partitions, with_map):
         name, orders, users, out = self.names("orders", "users", "out")
@@ -1193,26 +1209,101 @@ class JoinRestartTest(OwnNodeTestCase):
         self.node.stop()
 
 
-def pause(i, client, seconds):
-    """A feed for crash.Killer that adds no input: everything was loaded
+class BusyRestartTest(OwnNodeTestCase):
+    """A clean stop (SIGTERM) while the join still has input to take: the
+    pipeline finishes its batch and commits, and after the restart it goes
+    on from there; the outputs are exactly the reference's."""
+
+    def restart_when_busy(self, name, source, total):
+        """Restarts the node once the pipeline has committed a third of
+        source's total records, and checks that the stop came while input
+        was left (else the test would show nothing)."""
+        client = self.node.client()
+        try:
+            wait_until(lambda: progress(describe(client, name), source)[0] >= total // 3,
+                       WAIT, 0.005, "%s to commit a third of %s" % (name, source))
+        finally:
+            client.close()
+        self.node.restart()
+        client = self.client()
+        committed, end = progress(describe(client, name), source)
+        self.assertLess(committed, end, "the stop came before the input was all taken")
+        return committed
+
+    def test_a_clean_stop_while_a_stream_table_join_is_busy_loses_nothing(self):
+        partitions = 4
+        r = self.client()
+        r.execute_command("TOPIC", "CREATE", "clicks", "PARTITIONS", partitions)
+        table_in, stream_in = stream_table_input(71, 10000, 40000, table_keys=2000,
+                                                 stream_keys=2500, keyless=0.01)
+        table = TableLoader(self.node, "users", partitions).load(table_in)
+        produce_timed(r, "clicks", stream_in)
+        want = stream_table_reference(table, topic_records(r, "clicks"), "left")
+        # the loop makes each record cost some microseconds, so that the join is still busy
+        # when the stop comes
+        slow = ST_FN.replace("function(r, u) ", "function(r, u) for i = 1, 300 do end ")
+        self.submit("p", with_commit_interval(STREAM_TABLE.substitute(
+            name="p", table="users", stream="clicks", fn=slow, type="left", out="out",
+            partitions=partitions), "10ms"))
+        self.restart_when_busy("p", "clicks", len(stream_in))
+        self.settle("p", "out", want, st_entry, timeout=60)
+        self.node.stop()
+
+    def test_a_clean_stop_while_a_stream_stream_join_is_busy_loses_nothing(self):
+        partitions, within, grace = 4, 20000, 10000
+        r = self.client()
+        for topic in ("clicks", "views"):
+            r.execute_command("TOPIC", "CREATE", topic, "PARTITIONS", partitions)
+        left_in, right_in = stream_stream_input(72, 40000, keys=1200, step=10, late_frac=0.1,
+                                                late_by=1000)
+        last = max(ts for _, _, ts in left_in + right_in)
+        right_in += clock_records(last + within + grace + 1000, partitions)
+        produce_timed(r, "clicks", left_in)
+        produce_timed(r, "views", right_in)
+        inputs = [topic_records(r, t) for t in ("clicks", "views")]
+        self.assertEqual(late_records(*inputs, grace), 0)
+        want = stream_stream_reference(*inputs, within, grace, "outer")
+        self.submit("p", with_commit_interval(STREAM_STREAM.substitute(
+            name="p", left="clicks", right="views", fn=SS_FN, within="%dms" % within,
+            grace="%dms" % grace, type="outer", out="out", partitions=partitions), "10ms"))
+        self.restart_when_busy("p", "clicks", len(left_in))
+        self.settle("p", "out", want, ss_output, timeout=60)
+        self.node.stop()
+
+
+def progress_feed(name, source, total, kills, rng_seed):
+    """A feed for crash.Killer that adds no input (everything was loaded
     before the pipeline started, so the order the join takes it in is the
-    same whatever the kills do."""
-    time.sleep(seconds)  # the moment of the kill, not a synchronisation
+    same whatever the kills do) and spreads the kills over the processing:
+    round i waits (bounded) until the pipeline has committed a seeded random
+    share of source, then the round's random time more, so that the kill
+    lands somewhere in a commit interval and not only on idle nodes."""
+    rng = random.Random(rng_seed)
+    targets = sorted(rng.randrange(total * 9 // 10) for _ in range(kills))
+
+    def feed(i, client, seconds):
+        wait_until(lambda: progress(describe(client, name), source)[0] >= targets[i],
+                   WAIT + total / 1000, 0.01, "%s to commit %d records of %s"
+                   % (name, targets[i], source))
+        time.sleep(seconds)  # a random moment after it, not a synchronisation
+    return feed
 
 
 class JoinCrashTest(OwnNodeTestCase):
     PARTITIONS = 4
+    COMMIT_INTERVAL = "10ms"  # a join takes 100 K records in a few 100 ms commits
 
-    def run_with_kills(self, name, script, source, n):
+    def run_with_kills(self, name, script, source, n, source_records):
         kills = kills_wanted()
         self.submit(name, script)
-        killer = Killer(self.node, name, source, kills, 0.25, seed() + 7)
-        killer.run(pause)
+        killer = Killer(self.node, name, source, kills, 0.03, seed() + 7)
+        killer.run(progress_feed(name, source, source_records, kills, seed() + 8))
         wait_caught_up(self.node, name, 120 + n / 1000)
         say("\n%s: %d records, %d kills (%d while input was uncommitted), %.1f s:\n%s"
             % (self.id().rsplit(".", 1)[-1], n, len(killer.log), killer.busy_kills(),
                time.monotonic() - self.started, killer.summary()))
         self.assertGreaterEqual(len(killer.log), 20)
+        self.assertGreaterEqual(killer.busy_kills(), kills // 2, "kills while the join was busy")
 
     def test_sigkill_during_a_stream_table_join_loses_and_duplicates_nothing(self):
         n = records_wanted()
@@ -1224,9 +1315,9 @@ class JoinCrashTest(OwnNodeTestCase):
         produce_timed(r, "clicks", stream_in)
         clicks = topic_records(r, "clicks")
         want = stream_table_reference(table, clicks, "left")
-        self.run_with_kills("p", STREAM_TABLE.substitute(
+        self.run_with_kills("p", with_commit_interval(STREAM_TABLE.substitute(
             name="p", table="users", stream="clicks", fn=ST_FN, type="left", out="out",
-            partitions=self.PARTITIONS), "clicks", n)
+            partitions=self.PARTITIONS), self.COMMIT_INTERVAL), "clicks", n, len(stream_in))
         r = self.client()
         self.assertCounterEqual("out", collections.Counter(
             st_entry(rec) for _, rec in self.outputs(r, "out")), want)
@@ -1250,10 +1341,10 @@ class JoinCrashTest(OwnNodeTestCase):
         inputs = [topic_records(r, t) for t in ("clicks", "views")]
         want = stream_stream_reference(*inputs, within, grace, "outer")
         self.assertEqual(late_records(*inputs, grace), 0)
-        self.run_with_kills("p", STREAM_STREAM.substitute(
+        self.run_with_kills("p", with_commit_interval(STREAM_STREAM.substitute(
             name="p", left="clicks", right="views", fn=SS_FN, within="%dms" % within,
             grace="%dms" % grace, type="outer", out="out", partitions=self.PARTITIONS),
-            "clicks", n)
+            self.COMMIT_INTERVAL), "clicks", n, len(left_in))
         r = self.client()
         self.assertCounterEqual("out", collections.Counter(
             ss_output(rec) for _, rec in self.outputs(r, "out")), want)
