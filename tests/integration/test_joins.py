@@ -631,6 +631,25 @@ local unread = s.table("%s")
         self.assertEqual(self.get(self.r, store, "b"), {"n": 2})
         self.assertIsNone(self.get(self.r, store, "c"))
 
+    def test_a_lone_table_is_a_pipeline_and_creates_its_topic_compacted(self):
+        name, tbl = self.names("users")
+        self.submit_ok(name, """\
+local s = require("sluice")
+s.pipeline{name = "%s"}
+s.table("%s", {partitions = 2, store = "users"})
+""" % (name, tbl))
+        desc = self.r.execute_command("TOPIC", "DESCRIBE", tbl)
+        fields = dict(zip(desc[0::2], desc[1::2]))
+        settings = {text(k): text(v) for k, v in zip(fields[b"settings"][0::2],
+                                                     fields[b"settings"][1::2])}
+        self.assertEqual(settings.get("cleanup.policy"), "compact", settings)
+        self.assertEqual(len(fields[b"partitions"]), 2)
+        produce_timed(self.r, tbl, [("a", {"n": 1}, 10), ("b", {"n": 2}, 20), ("a", {"n": 3}, 30),
+                                    ("c", {"n": 4}, 40), ("d", {"n": 5}, 50)])
+        wait_caught_up(self.node, name, WAIT)
+        self.assertEqual({k: self.get(self.r, name + ".users", k) for k in "abcde"},
+                         {"a": {"n": 3}, "b": {"n": 2}, "c": {"n": 4}, "d": {"n": 5}, "e": None})
+
     def test_a_table_record_without_a_key_fails_per_on_error(self):
         _, dead, stop, tbl, dead_out, stop_out = self.names("dead", "stop", "users", "d-out",
                                                           "s-out")
@@ -793,6 +812,11 @@ class StreamStreamJoinTest(JoinTestCase):
                              collections.Counter(want), "the reference model, " + join_type)
         for name, join_type, out in zip(pipelines, ("inner", "left", "outer"), outs):
             self.settle(name, out, collections.Counter(phase1[join_type]), ss_output)
+        metrics = self.node.http_get("/metrics")[1].decode()
+        for name in pipelines:
+            late = [int(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if
+                    line.startswith('sluice_pipeline_late_records_total{pipeline="%s",' % name)]
+            self.assertEqual(sum(late), 2, "%s counts A@1560 and a@1500 late: %r" % (name, late))
         produce_timed(self.r, right, clock_records(10000, 1))
         inputs = [topic_records(self.r, t) for t in (left, right)]
         for name, join_type, out in zip(pipelines, ("inner", "left", "outer"), outs):
