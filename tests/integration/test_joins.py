@@ -684,6 +684,34 @@ s.table("%s", {store = "users"}):to("%s", {create = true})
 
 
 class StreamTableJoinTest(JoinTestCase):
+    def test_the_join_function_returns_a_value_or_a_record_table_as_map_does(self):
+        name, tbl, stream, out = self.names("users", "clicks", "out")
+        TableLoader(self.node, tbl, 1).load([("a", {"name": "ann"}, 10),
+                                             ("b", {"name": "bob"}, 20)])
+        self.create(stream, 1)
+        produce_timed(self.r, stream, [("a", {"id": 1}, 100), ("b", {"id": 2}, 200),
+                                       ("c", {"id": 3}, 300), ("a", {"id": 4}, 400)])
+        self.submit_ok(name, """\
+local s = require("sluice")
+s.pipeline{name = "%s"}
+local users = s.table("%s")
+s.stream("%s")
+  :join(users, function(r, u)
+    if r.value.id == 4 then return "plain text" end
+    return {key = u.name, value = {id = r.value.id}, ts = r.ts + 1}
+  end)
+  :to("%s", {create = true})
+""" % (name, tbl, stream, out))
+        want = [("ann", {"id": 1}, 101), ("bob", {"id": 2}, 201)]
+        wait_caught_up(self.node, name, WAIT)
+        wait_until(lambda: len(self.r.execute_command("FETCH", out, 0, 0, "COUNT", 100)) >= 3,
+                   SETTLE, 0.05, "3 outputs")
+        got = self.r.execute_command("FETCH", out, 0, 0, "COUNT", 100)
+        self.assertEqual([(f[2].decode(), json.loads(f[3]), f[1]) for f in got[:2]], want)
+        self.assertEqual((got[2][2], got[2][3], got[2][1]), (b"a", b"plain text", 400),
+                         "a value keeps r's key and timestamp; a string is written as it is")
+        self.assertEqual(len(got), 3, "c has no user: the inner join (the default) drops it")
+
     def run_random(self, join_type, rng_seed):
         name, tbl, stream, out = self.names("users", "clicks", "out")
         partitions = 3
@@ -784,9 +812,10 @@ class StreamStreamJoinTest(JoinTestCase):
                                       ("a", {"id": 13}, 1560), ("a", {"id": 14}, 2100),
                                       ("c", {"id": 15}, 2080)])
         for name, join_type, out in zip(pipelines, ("inner", "left", "outer"), outs):
-            self.submit_ok(name, STREAM_STREAM.substitute(
+            script = STREAM_STREAM.substitute(
                 name=name, left=left, right=right, fn=SS_FN, within="100ms", grace="50ms",
-                type=join_type, out=out, partitions=1))
+                type=join_type, out=out, partitions=1)
+            self.submit_ok(name, script.replace(', type = "inner"', ""))  # the default
             wait_caught_up(self.node, name, WAIT)
 
         def pair(key, lid, lts, rid, rts):
@@ -1036,14 +1065,17 @@ local users = s.table("%s")
 s.stream("%s")
   %s
   :key_by("user")
-  :join(users, function(r, u) return {id = r.value.id, n = u and u.n or -1} end, {type = "left"})
+  :join(users, function(r, u)
+    return {id = r.value.id, n = u and u.n or -1}
+  end, {type = "left"})
   :to("%s", {create = true, partitions = 3})
 """ % (name, users, orders,
-            ':map(function(r) return {id = r.value.id, user = r.value.user} end)' if with_map else "",
-            out))
+            ':map(function(r) return {id = r.value.id, user = r.value.user} end)'
+            if with_map else "", out))
         final = {k: v["n"] for k, v, _ in table_in}  # every table record is older than the orders
-        want = collections.Counter((v["user"], canonical({"id": v["id"], "n": final.get(v["user"], -1)}),
-                                    ts) for _, v, ts in orders_in)
+        want = collections.Counter(
+            (v["user"], canonical({"id": v["id"], "n": final.get(v["user"], -1)}), ts)
+            for _, v, ts in orders_in)
         self.settle(name, out, want, st_entry)
 
     def test_key_by_after_a_map_makes_the_join_work(self):
@@ -1054,7 +1086,7 @@ s.stream("%s")
         self.run_key_by_join(2, 3, with_map=False)
 
 
-# ---- broken scripts --------------------------------------------------------------------------------
+# ---- broken scripts ------------------------------------------------------------------------------
 
 BAD_JOINS = [
     # (what, script body: $a $b streams, $t $t2 tables, $out, $fn; "-- @@" marks the line, words)
