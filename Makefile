@@ -67,6 +67,7 @@ bench: build
 	sh bench/queue_bench.sh $(BUILD)/runtime/sluice
 	SLUICE_BIN=$(CURDIR)/$(BUILD)/runtime/sluice bash bench/window_bench.sh
 	SLUICE_BIN=$(CURDIR)/$(BUILD)/runtime/sluice bash bench/features_bench.sh
+	SLUICE_BIN=$(CURDIR)/$(BUILD)/runtime/sluice bash bench/join_bench.sh
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
