@@ -1399,6 +1399,39 @@ class JoinRestoreTest(OwnNodeTestCase):
         self.node.stop()
 
 
+class SubmitWhileBusyTest(OwnNodeTestCase):
+    def test_pipelines_with_stores_are_submitted_while_a_join_commits(self):
+        """Submitting a pipeline opens its stores while another pipeline
+        may be committing: each submission is answered, and every pipeline
+        runs (a node that deadlocks here answers nothing, SIGTERM
+        included)."""
+        partitions = 2
+        r = self.client()
+        r.execute_command("TOPIC", "CREATE", "clicks", "PARTITIONS", partitions)
+        table_in, stream_in = stream_table_input(91, 2000, 40000, 500, 600)
+        TableLoader(self.node, "users", partitions).load(table_in)
+        produce_timed(r, "clicks", stream_in)
+        self.submit("p", with_commit_interval(STREAM_TABLE.substitute(
+            name="p", table="users", stream="clicks", fn=ST_FN, type="left", out="out",
+            partitions=partitions), "5ms"))
+        for n in range(4):
+            name = "q%d" % n
+            with self.node.raw(timeout=10) as c:
+                try:
+                    reply = c.cmd("PIPELINE", "SUBMIT", name, """\
+local s = require("sluice")
+s.pipeline{name = "%s"}
+s.table("users", {store = "u%d"})
+""" % (name, n))
+                except OSError as e:
+                    self.fail("PIPELINE SUBMIT %s while p commits: no answer (%r)" % (name, e))
+            self.assertEqual(reply, "OK", name)
+        for name in ("p", "q0", "q1", "q2", "q3"):
+            wait_caught_up(self.node, name, WAIT)
+        self.assertEqual(sum(len(v) for v in read_topic(r, "out").values()), len(stream_in))
+        self.node.stop()
+
+
 class BusyRestartTest(OwnNodeTestCase):
     """A clean stop (SIGTERM) while the join still has input to take: the
     pipeline finishes its batch and commits, and after the restart it goes
