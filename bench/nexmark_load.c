@@ -4,7 +4,11 @@
  * mix in three topics, appended through the storage API in batches of 1000
  * per partition (PRODUCE over RESP would take longer than the runs).
  *
- *   nexmark_load DIR N [PARTITIONS]
+ *   nexmark_load DIR N [PARTITIONS [by-seller]]
+ *
+ * by-seller: auctions are keyed by their seller instead of their id (a
+ * producer that keys them for a join with the people, which then needs no
+ * repartition).
  *
  * Event i (0-based) is, as in Nexmark's generator (proportions 1:3:46 in
  * every group of 50 events, person first):
@@ -206,6 +210,8 @@ static void expect_auction(generator_t *g, uint64_t seller, unsigned category, i
     }
 }
 
+static int auctions_by_seller; /* key auctions by seller (by-seller) */
+
 static int make_auction(generator_t *g, uint64_t i, int64_t ts, char *key, char *value)
 {
     uint64_t id = FIRST_ID + g->auctions++;
@@ -218,7 +224,8 @@ static int make_auction(generator_t *g, uint64_t i, int64_t ts, char *key, char 
     random_word(item, 20, draw(i, 6));
     random_word(description, 100, draw(i, 7));
     expect_auction(g, seller, category, ts);
-    snprintf(key, KEY_BYTES, "%llu", (unsigned long long)id);
+    snprintf(key, KEY_BYTES, "%llu",
+             (unsigned long long)(auctions_by_seller ? FIRST_ID + seller : id));
     int len = snprintf(value, VALUE_BUFFER,
                        "{\"id\":%llu,\"item_name\":\"%s\",\"description\":\"%s\","
                        "\"initial_bid\":%u,\"reserve\":%u,\"date_time\":%lld,\"expires\":%lld,"
@@ -317,11 +324,12 @@ static void report(const generator_t *g, const char *dir, int32_t parts, double 
 
 int main(int argc, char **argv)
 {
-    if (argc < 3 || argc > 4)
+    if (argc < 3 || argc > 5 || (argc == 5 && strcmp(argv[4], "by-seller") != 0))
         goto usage;
     char *end;
     uint64_t n = strtoull(argv[2], &end, 10);
-    long parts = argc == 4 ? strtol(argv[3], NULL, 10) : 2;
+    long parts = argc >= 4 ? strtol(argv[3], NULL, 10) : 2;
+    auctions_by_seller = argc == 5;
     if (*end || n == 0 || parts < 1 || parts > MAX_PARTS)
         goto usage;
     sl_report_level(SL_WARN);
@@ -348,6 +356,6 @@ int main(int argc, char **argv)
     return 0;
 
 usage:
-    fprintf(stderr, "usage: nexmark_load DIR N [PARTITIONS]\n");
+    fprintf(stderr, "usage: nexmark_load DIR N [PARTITIONS [by-seller]]\n");
     return 2;
 }

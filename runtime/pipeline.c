@@ -19,6 +19,11 @@
 
 #define BATCH 1024
 
+/* How long a group may wait for its feeders (task_t.feeders) before its
+ * other inputs go on anyway (a feeder that never settles: input that keeps
+ * coming faster than it is read). */
+#define FEEDER_WAIT_MS 2000
+
 /* Reads up to BATCH records of the task into the batch. */
 static int batch_read(task_t *t, sl_record_set_t *b)
 {
@@ -454,9 +459,12 @@ static int commit_exactly_once(worker_t *w)
         if (!pipeline_runs(w, &pl->tasks[i]))
             continue;
         pl->tasks[i].uncommitted = -1;
+        pipeline_task_show(&pl->tasks[i]);
         if (pl->tasks[i].state)
             sl_exec_task_committed(pl->tasks[i].state);
     }
+    if (pl->has_feeders) /* a group may wait for these tasks to settle */
+        sl_pipelines_notify(pl->manager);
     return 0;
 }
 
@@ -488,6 +496,7 @@ static int commit(worker_t *w)
         rc = sl_offsets_commit(pl->state, pl->group, t->topic, &part, &t->uncommitted, 1);
         if (rc == 0)
             t->uncommitted = -1;
+        pipeline_task_show(t);
     }
     w->committed_ms = monotonic_ms();
     return rc;
@@ -514,6 +523,7 @@ static int step(worker_t *w, task_t *t)
     if (rc == 0 && done > 0) {
         t->position = recs[done - 1].offset + 1;
         t->uncommitted = t->position;
+        pipeline_task_show(t);
     }
     if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
                     w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(t->state)))
@@ -542,8 +552,22 @@ static int run_member(worker_t *w, task_t *m, size_t count, int *stopped)
         m->in_at += done;
         m->position = recs[done - 1].offset + 1;
         m->uncommitted = m->position;
+        pipeline_task_show(m);
     }
     return *stopped;
+}
+
+/* 1 if member m has no records waiting while a feeder of its topic has
+ * records to read or to commit. */
+static int waits_for_feeders(pipeline_t *pl, task_t *m)
+{
+    for (int i = 0; !member_head(m) && i < m->feeder_count; i++) {
+        task_t *f = &pl->tasks[m->feeders[i]];
+        if (atomic_load(&f->shown_uncommitted) ||
+            atomic_load(&f->shown_position) < sl_partition_end_offset(f->partition))
+            return 1;
+    }
+    return 0;
 }
 
 /* One batch of a group of co-partitioned tasks (led by lead): each member
@@ -567,6 +591,15 @@ static int step_group(worker_t *w, task_t *lead, int keyed_only)
     }
     if (rc)
         return rc;
+    int waiting = 0;
+    for (int i = 0; !keyed_only && i < lead->member_count; i++)
+        waiting |= waits_for_feeders(pl, &pl->tasks[lead->members[i]]);
+    if (!waiting)
+        lead->waiting_since = 0;
+    else if (!lead->waiting_since)
+        lead->waiting_since = monotonic_ms();
+    if (waiting && monotonic_ms() - lead->waiting_since < FEEDER_WAIT_MS)
+        return 0; /* a commit of the feeders wakes this worker */
     sl_exec_set_task(w->exec, lead->state);
     w->round_robin++;
     while (ran < BATCH && !stopped) {
@@ -831,6 +864,7 @@ static int add_task(pipeline_t *pl, int entry, sl_topic_t *t, int32_t i, int jso
     else if (rc)
         return rc;
     task->position = committed;
+    pipeline_task_show(task);
     return 0;
 }
 
@@ -941,6 +975,39 @@ static int unite_entries(pipeline_t *pl, int *root)
     return rc;
 }
 
+/* The feeders of every group member that reads a repartition topic: the
+ * tasks, in other groups, of the entries upstream of its KEY_BY. */
+static int find_feeders(pipeline_t *pl)
+{
+    const sl_dag_t *dag = pl->dag;
+    unsigned char *seen = sl_malloc((size_t)dag->op_count);
+    if (!seen)
+        return -ENOMEM;
+    for (int i = 0; i < pl->task_count; i++) {
+        task_t *m = &pl->tasks[i];
+        const sl_op_t *entry = &dag->ops[m->entry];
+        if (entry->kind != SL_OP_KEY_BY || pl->tasks[m->lead].member_count < 2)
+            continue;
+        memset(seen, 0, (size_t)dag->op_count);
+        upstream_entries(dag, entry->inputs[0].op, seen);
+        for (int j = 0; j < pl->task_count; j++) {
+            task_t *f = &pl->tasks[j];
+            if (seen[f->entry] != 2 || f->lead == m->lead)
+                continue;
+            int *grown = sl_realloc(m->feeders, (size_t)(m->feeder_count + 1) * sizeof *grown);
+            if (!grown) {
+                sl_free(seen);
+                return -ENOMEM;
+            }
+            m->feeders = grown;
+            m->feeders[m->feeder_count++] = j;
+            pl->has_feeders = 1;
+        }
+    }
+    sl_free(seen);
+    return 0;
+}
+
 /* Each task's lead: the task of the same partition whose entry comes
  * first among those united with its own. Leads of two or more list them. */
 static int group_tasks(pipeline_t *pl, int *root)
@@ -970,7 +1037,7 @@ static int group_tasks(pipeline_t *pl, int *root)
             return -ENOMEM;
         lead->members[lead->member_count++] = i;
     }
-    return 0;
+    return find_feeders(pl);
 }
 
 /* Gives each lead a worker in turn; members run on their lead's. Tells
@@ -1262,6 +1329,7 @@ void pipeline_free(pipeline_t *pl)
         sl_free(pl->tasks[i].topic);
         sl_exec_task_free(pl->tasks[i].state);
         sl_free(pl->tasks[i].members);
+        sl_free(pl->tasks[i].feeders);
         sl_record_set_free(&pl->tasks[i].in);
     }
     sl_free(pl->tasks);

@@ -30,6 +30,18 @@ typedef struct task {
     int member_count;   /* 0 unless it leads a group of 2 or more */
     sl_record_set_t in; /* a member's records read and not yet run */
     size_t in_at;       /* the next of them to run */
+    /* A member reading a repartition topic: the tasks of other groups
+     * whose stages write that topic. While it has no records and one of
+     * them has some to read or to commit, its group waits (up to
+     * FEEDER_WAIT_MS), so the group's other inputs do not run ahead in
+     * event time of records still on their way. */
+    int *feeders;
+    int feeder_count;
+    int64_t waiting_since; /* lead: when its group began to wait, 0 if not */
+    /* position and "uncommitted >= 0" as the owning worker last showed
+     * them, for other workers' feeder checks */
+    atomic_llong shown_position;
+    atomic_int shown_uncommitted;
 } task_t;
 
 /* Records of one batch bound for one partition. */
@@ -116,6 +128,7 @@ typedef struct pipeline {
     sl_store_t **stores;  /* per op id: an AGGREGATE's store, else NULL */
     char time_group[192]; /* the group holding the aggregates' stream times */
     logged_t *logged;     /* the offsets topic's newest positions, read at start */
+    int has_feeders;      /* some group waits on feeders: wake workers after commits */
     int logged_count, logged_cap;
     atomic_int stop;
     atomic_int draining; /* replaced: finish the repartitioned records, then end */
@@ -141,6 +154,14 @@ struct sl_pipelines {
     atomic_llong restore_records; /* changelog records restored since start */
     atomic_int restoring;         /* restores running now */
 };
+
+/* Shows t's position and whether it has uncommitted records to other
+ * workers (task_t.shown_*). */
+static inline void pipeline_task_show(task_t *t)
+{
+    atomic_store(&t->shown_position, t->position);
+    atomic_store(&t->shown_uncommitted, t->uncommitted >= 0);
+}
 
 /* 1 if worker w runs task t. */
 static inline int pipeline_runs(const worker_t *w, const task_t *t)

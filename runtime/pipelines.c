@@ -67,6 +67,7 @@ static void reload_positions(pipeline_t *pl)
         if (sl_offsets_get(pl->state, pl->group, t->topic, sl_partition_id(t->partition),
                            &committed) == 0)
             t->position = committed;
+        pipeline_task_show(t);
     }
 }
 
