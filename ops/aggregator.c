@@ -187,6 +187,17 @@ static int rebuild_closer(sl_exec_task_t *t, agg_t *a)
     return r.rc ? r.rc : rc < 0 ? rc : 0;
 }
 
+/* Whether a stored window is of this task's partition (expiry). */
+static int owns(void *arg, const void *store_key, size_t len)
+{
+    const sl_exec_task_t *t = arg;
+    size_t key_len;
+    int64_t start;
+    if (t->partitions <= 0 || sl_store_window_split(store_key, len, &key_len, &start))
+        return 1;
+    return sl_partition_for_key(store_key, key_len, t->partitions) == t->partition;
+}
+
 static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *store,
                     int64_t stream_time)
 {
@@ -202,8 +213,8 @@ static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *
         sl_watermark_init(&a->wm, a->spec.grace);
     sl_watermark_restore(&a->wm, stream_time);
     a->committed_time = a->flushed_time = stream_time;
-    if (rc == 0)
-        rc = sl_cache_new(store, 0, &a->cache);
+    if (rc == 0 && (rc = sl_cache_new(store, 0, &a->cache)) == 0)
+        sl_cache_set_owner(a->cache, owns, t);
     if (rc == 0 && !(a->inputs = sl_calloc((size_t)op->agg_count, sizeof *a->inputs)))
         rc = -ENOMEM;
     if (rc == 0 && a->windowed && op->emit == SL_EMIT_ON_CLOSE) {

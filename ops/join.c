@@ -134,6 +134,18 @@ static int rebuild_one(void *arg, const void *store_key, size_t len, const void 
     return r->rc ? 1 : 0;
 }
 
+/* Whether a stored buffer entry is of this task's partition (expiry). */
+static int owns(void *arg, const void *store_key, size_t len)
+{
+    const sl_join_t *j = arg;
+    size_t key_len;
+    int64_t t;
+    if (j->partitions <= 0 || sl_store_window_split(store_key, len, &key_len, &t) || key_len < 1)
+        return 1;
+    return sl_partition_for_key((const uint8_t *)store_key + 1, key_len - 1, j->partitions) ==
+           j->partition;
+}
+
 static int rebuild_closer(sl_join_t *j)
 {
     rebuild_t r = {j, 0};
@@ -153,6 +165,8 @@ int sl_join_new(const sl_op_t *op, sl_store_t *store, int64_t stream_time, int32
     j->partitions = partitions;
     j->stream_time = j->flushed_time = stream_time;
     int rc = sl_cache_new(store, 0, &j->cache);
+    if (rc == 0)
+        sl_cache_set_owner(j->cache, owns, j);
     if (rc == 0 && op->kind == SL_OP_JOIN && op->join_kind == SL_JOIN_STREAM_STREAM &&
         op->join_type != SL_JOIN_INNER) {
         rc = sl_window_closer_new(&j->closer);

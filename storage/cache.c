@@ -73,6 +73,8 @@ struct sl_cache {
     size_t windows_cap;
     MDB_txn *read; /* NULL, or a read transaction (live or reset) */
     int read_live;
+    sl_owner_fn owner; /* which stored keys expiry may delete; NULL: all */
+    void *owner_arg;
 };
 
 static uint64_t hash_bytes(const uint8_t *p, size_t n)
@@ -559,9 +561,15 @@ int sl_cache_windows(sl_cache_t *c, const void *key, size_t key_len, int64_t fro
 
 typedef struct expiry {
     sl_cache_t *c;
-    size_t count;
+    size_t count, stored, max; /* all deleted; of those, from LMDB (at most max) */
     int error;
 } expiry_t;
+
+void sl_cache_set_owner(sl_cache_t *c, sl_owner_fn owner, void *arg)
+{
+    c->owner = owner;
+    c->owner_arg = arg;
+}
 
 static int expire_stored(void *arg, const void *k, size_t len, const void *value, size_t n)
 {
@@ -569,18 +577,18 @@ static int expire_stored(void *arg, const void *k, size_t len, const void *value
     const entry_t *e = lookup(x->c, k, len);
     (void)value;
     (void)n;
-    if (e && e->deleted)
-        return 0; /* already going */
+    if ((e && e->deleted) || (x->c->owner && !x->c->owner(x->c->owner_arg, k, len)))
+        return 0; /* already going, or another task's */
     x->count++;
     int rc = delete_store_key(x->c, k, len);
     if (rc < 0)
         x->error = rc;
-    return rc < 0;
+    return rc < 0 || ++x->stored >= x->max;
 }
 
 int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count)
 {
-    expiry_t x = {.c = c};
+    expiry_t x = {.c = c, .max = max ? max : SIZE_MAX};
     int rc = c->window ? 0
                        : sl_error_set(SL_EINVALID, "store %s is a kv store: it has no windows",
                                       sl_store_name(c->store));
@@ -601,7 +609,7 @@ int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count)
         c->min_start = min;
     }
     if (rc == 0 && (rc = begin_read(c)) == 0)
-        rc = sl_store_expired(c->store, c->read, cutoff, max ? max : SIZE_MAX, expire_stored, &x);
+        rc = sl_store_expired(c->store, c->read, cutoff, SIZE_MAX, expire_stored, &x);
     if (rc == 1)
         rc = x.error;
     if (count)

@@ -226,18 +226,16 @@ static int reserve_database_slot(sl_state_t *st)
     return 0;
 }
 
-/* Called with databases_lock held. */
-static int open_database(sl_state_t *st, const char *name, MDB_dbi *out)
+/* Called with databases_lock held and txn, a write transaction of the
+ * caller's, which it commits or aborts. */
+static int open_database(sl_state_t *st, MDB_txn *txn, const char *name, MDB_dbi *out)
 {
-    MDB_txn *txn = NULL;
     char *copy = NULL;
     int rc;
-    if ((rc = reserve_database_slot(st)))
-        return rc;
-    if (!(copy = sl_strdup(name)))
-        return sl_error_set(-ENOMEM, "state: out of memory opening database %s", name);
-    if ((rc = sl_state_begin(st, 1, &txn)))
-        goto fail;
+    if ((rc = reserve_database_slot(st)) || !(copy = sl_strdup(name))) {
+        mdb_txn_abort(txn);
+        return rc ? rc : sl_error_set(-ENOMEM, "state: out of memory opening database %s", name);
+    }
     if ((rc = mdb_dbi_open(txn, name, MDB_CREATE, out))) {
         mdb_txn_abort(txn);
         rc = sl_state_error(rc, "opening a database");
@@ -256,15 +254,28 @@ int sl_state_database(sl_state_t *st, const char *name, MDB_dbi *out)
 {
     if (!name || !*name)
         return sl_error_set(SL_EINVALID, "state: a database name must not be empty");
-    pthread_mutex_lock(&st->databases_lock);
-    const named_database_t *found = find_database(st, name);
+    MDB_txn *txn = NULL;
     int rc = 0;
-    if (found)
-        *out = found->dbi;
-    else
-        rc = open_database(st, name, out);
-    pthread_mutex_unlock(&st->databases_lock);
-    return rc;
+    for (;;) {
+        pthread_mutex_lock(&st->databases_lock);
+        const named_database_t *found = find_database(st, name);
+        if (found) {
+            *out = found->dbi;
+            if (txn)
+                mdb_txn_abort(txn);
+        } else if (txn) {
+            rc = open_database(st, txn, name, out);
+        }
+        pthread_mutex_unlock(&st->databases_lock);
+        if (found || txn)
+            return rc;
+        /* Opening takes the write transaction first and the lock second,
+         * the order of a commit that looks a database up while it holds
+         * the transaction; then looks again (another thread may have
+         * opened it meanwhile). */
+        if ((rc = sl_state_begin(st, 1, &txn)))
+            return rc;
+    }
 }
 
 int sl_state_begin(sl_state_t *st, int write, MDB_txn **txn)

@@ -997,6 +997,13 @@ int sl_cache_windows(sl_cache_t *c, const void *key, size_t key_len, int64_t fro
  */
 int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count);
 
+/* Says which store keys are the cache's task's: those of its partition.
+ * Several tasks share a store, each writing its own keys; expiry then
+ * deletes only the stored windows owner accepts (each task expires its
+ * own, by its own stream time). */
+typedef int (*sl_owner_fn)(void *arg, const void *store_key, size_t len);
+void sl_cache_set_owner(sl_cache_t *c, sl_owner_fn owner, void *arg);
+
 /* The store the cache is over. */
 sl_store_t *sl_cache_store(const sl_cache_t *c);
 

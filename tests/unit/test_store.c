@@ -439,6 +439,38 @@ static size_t indexed_before(fixture_t *f, int64_t cutoff)
     return count;
 }
 
+/* Owns the keys starting with "a" (as a task owns its partition's). */
+static int owns_a(void *arg, const void *store_key, size_t len)
+{
+    (void)arg;
+    return len > 0 && *(const char *)store_key == 'a';
+}
+
+/* Two tasks share a store: one's expiry, by its own stream time, leaves
+ * the other's stored windows alone. */
+static void test_expiry_deletes_only_the_owners_windows(void **state)
+{
+    (void)state;
+    fixture_t f;
+    size_t count;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    for (int64_t w = 0; w < 5; w++) {
+        window_put(&f, "a1", w * 100, "v");
+        window_put(&f, "b1", w * 100, "v");
+    }
+    commit(&f);
+    sl_cache_clear(f.cache);
+    sl_cache_set_owner(f.cache, owns_a, NULL);
+    assert_int_equal(sl_cache_expire(f.cache, 300, 2, &count), 0);
+    assert_int_equal(count, 2); /* a1 at 0 and 100; b1's are skipped, not counted */
+    assert_int_equal(sl_cache_expire(f.cache, 300, 0, &count), 0);
+    assert_int_equal(count, 1);
+    commit(&f);
+    assert_string_equal(stored_windows(&f, "a1", 0, 1000), "300=v 400=v ");
+    assert_string_equal(stored_windows(&f, "b1", 0, 1000), "0=v 100=v 200=v 300=v 400=v ");
+    close_fixture(&f);
+}
+
 static void test_expiry_deletes_old_windows_with_tombstones(void **state)
 {
     (void)state;
@@ -853,6 +885,7 @@ int main(void)
         cmocka_unit_test(test_cache_windows_overlay_lmdb),
         cmocka_unit_test(test_cached_window_reads_skip_lmdb),
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
+        cmocka_unit_test(test_expiry_deletes_only_the_owners_windows),
         cmocka_unit_test(test_full_cache_signals_and_is_emptied_after_commit),
         cmocka_unit_test(test_emptied_cache_is_not_full),
         cmocka_unit_test(test_failed_commit_keeps_the_changes),
