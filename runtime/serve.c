@@ -260,9 +260,16 @@ static int start_node(node_t *n)
     sl_server_set_feature_views(server, &sl_feature_views, sl_pipelines_features(m));
     if (n->run_file && (rc = submit_file(n)))
         return rc;
+    return 0;
+}
+
+/* The line scripts wait for: logged once SIGTERM and SIGINT are handled,
+ * so a signal sent right after it stops the node cleanly. */
+static void report_ready(node_t *n)
+{
+    sl_server_t *server = atomic_load(&n->server);
     sl_report(SL_INFO, "serve", "ready resp=%s:%d http=%s:%d data=%s", n->server_options.bind,
               sl_server_port(server), n->server_options.bind, sl_server_http_port(server), n->data);
-    return 0;
 }
 
 static void stop_node(node_t *n)
@@ -329,6 +336,7 @@ static int serve_main(int argc, char **argv, const char *run_file)
         intr = evsignal_new(n.base, SIGINT, on_signal, &n);
         evsignal_add(term, NULL);
         evsignal_add(intr, NULL);
+        report_ready(&n);
         if (n.maintenance_ms > 0)
             pthread_create(&n.maintenance, NULL, maintenance_main, &n);
         event_base_dispatch(n.base);

@@ -323,11 +323,16 @@ class AggregateRecoveryTest(unittest.TestCase):
         keys = sorted({k for k, _ in want})
         before = self.answers("p.spend", keys)
         self.assertTrue(any(before[-len(keys):]), "the store has windows")
+        desc = self.r.execute_command("PIPELINE", "DESCRIBE", "p")
+        committed = dict(zip(desc[0::2], desc[1::2]))[b"tasks"]
         self.node.stop()
         shutil.rmtree(os.path.join(self.node.data_dir, "state"))
         self.start()
         self.assertIn("restor", self.node.log())
         self.assertEqual(self.answers("p.spend", keys), before)
+        # the committed offsets, lost with the state, come from the offsets topic
+        desc = self.r.execute_command("PIPELINE", "DESCRIBE", "p")
+        self.assertEqual(dict(zip(desc[0::2], desc[1::2]))[b"tasks"], committed)
 
     def test_state_is_restored_from_changelogs_after_deleting_the_state_directory(self):
         events = AggregateTest.events(self, 5, 300)

@@ -200,6 +200,15 @@ class CleanStopTest(unittest.TestCase):
         r.close()
         node.stop()
 
+    def test_sigterm_right_after_the_ready_line_exits_0(self):
+        # The ready line comes once the signals are handled: a script that
+        # stops the node as soon as it reads it gets a clean stop, every time.
+        node = Node()
+        self.addCleanup(node.cleanup)
+        for _ in range(10):
+            node.start()
+            self.assertEqual(node.stop(), 0, node.log())
+
     def test_sigint_exits_0(self):
         node = Node()
         self.addCleanup(node.cleanup)
