@@ -366,17 +366,6 @@ static sl_partition_t *source_changelog(const pipeline_t *pl, int op, int32_t pa
     return sl_topic_partition(t, part);
 }
 
-/* The task of lead's group (lead itself included) that reads entry. */
-static task_t *group_task(pipeline_t *pl, task_t *lead, int entry)
-{
-    if (lead->entry == entry)
-        return lead;
-    for (int i = 0; i < lead->member_count; i++)
-        if (pl->tasks[lead->members[i]].entry == entry)
-            return &pl->tasks[lead->members[i]];
-    return NULL;
-}
-
 /* A task's caches (to their changelog partitions) and stream times. */
 static int commit_states(worker_t *w, task_t *t)
 {
@@ -387,7 +376,7 @@ static int commit_states(worker_t *w, task_t *t)
         if (!cache)
             continue;
         int from_source = source_changelog(pl, op, part) != NULL;
-        task_t *source = from_source ? group_task(pl, t, op) : NULL;
+        task_t *source = from_source ? groups_task(pl, t, op) : NULL;
         if (from_source && !source)
             continue; /* a table of another stage: this task never writes it */
         if (source) { /* checkpoint = the input offset this commit records */
@@ -884,7 +873,7 @@ static int sources_json(const pipeline_t *pl)
     return 1;
 }
 
-static sl_topic_t *entry_topic(const pipeline_t *pl, const sl_op_t *op, int *json)
+sl_topic_t *pipeline_entry_topic(const pipeline_t *pl, const sl_op_t *op, int *json)
 {
     char name[SL_TOPIC_NAME_MAX + 64];
     exit_topic(pl, op, name, sizeof name);
@@ -897,190 +886,27 @@ static sl_topic_t *entry_topic(const pipeline_t *pl, const sl_op_t *op, int *jso
     return t;
 }
 
-/* ---- co-partitioned stages ------------------------------------------------ */
-
-static int is_entry(const sl_op_t *op)
-{
-    return op->kind == SL_OP_SOURCE || op->kind == SL_OP_KEY_BY || op->kind == SL_OP_TABLE;
-}
-
-static int find_root(int *root, int op)
-{
-    while (root[op] != op)
-        op = root[op] = root[root[op]];
-    return op;
-}
-
-/* Marks in seen[] the entries whose records reach op (seen[] also
- * marks the ops visited: 1 visited, 2 an entry). */
-static void upstream_entries(const sl_dag_t *dag, int op, unsigned char *seen)
-{
-    if (seen[op])
-        return;
-    const sl_op_t *o = &dag->ops[op];
-    seen[op] = is_entry(o) ? 2 : 1;
-    for (int i = 0; !is_entry(o) && i < o->input_count; i++)
-        upstream_entries(dag, o->inputs[i].op, seen);
-}
-
-static int32_t entry_partitions(const pipeline_t *pl, int op, const char **topic)
-{
-    int json;
-    sl_topic_t *t = entry_topic(pl, &pl->dag->ops[op], &json);
-    *topic = t ? sl_topic_name(t) : "?";
-    return t ? sl_topic_config(t)->partitions : 0;
-}
-
-/* Unites the entries of every stateful op (an aggregate, a join): their
- * records meet in one state, so partition p of each must run in one task;
- * their topics must have the same partition count. root[] per op id. */
-static int unite_entries(pipeline_t *pl, int *root)
-{
-    const sl_dag_t *dag = pl->dag;
-    unsigned char *seen = sl_malloc((size_t)dag->op_count);
-    int rc = seen ? 0 : -ENOMEM;
-    for (int i = 0; i < dag->op_count; i++)
-        root[i] = i;
-    for (int s = 0; rc == 0 && s < dag->op_count; s++) {
-        const sl_op_t *op = &dag->ops[s];
-        if (op->kind != SL_OP_AGGREGATE && op->kind != SL_OP_JOIN)
-            continue;
-        memset(seen, 0, (size_t)dag->op_count);
-        upstream_entries(dag, s, seen);
-        int first = -1;
-        const char *first_topic = NULL, *topic;
-        int32_t first_n = 0;
-        for (int e = 0; rc == 0 && e < dag->op_count; e++) {
-            if (seen[e] != 2)
-                continue;
-            int32_t n = entry_partitions(pl, e, &topic);
-            if (first < 0) {
-                first = e, first_topic = topic, first_n = n;
-                continue;
-            }
-            if (n != first_n)
-                rc = sl_error_set(SL_EINVALID,
-                                  "%s: the inputs of this %s are not co-partitioned: topic '%s' "
-                                  "has %d partitions and topic '%s' has %d, so one key's records "
-                                  "would be in different tasks; re-key a side with :key_by(...) "
-                                  "(a repartition topic has as many partitions as the widest "
-                                  "source)",
-                                  op->where, sl_op_kind_name(op->kind), first_topic, (int)first_n,
-                                  topic, (int)n);
-            else
-                root[find_root(root, e)] = find_root(root, first);
-        }
-    }
-    sl_free(seen);
-    return rc;
-}
-
-/* The feeders of every group member that reads a repartition topic: the
- * tasks, in other groups, of the entries upstream of its KEY_BY. */
-static int find_feeders(pipeline_t *pl)
-{
-    const sl_dag_t *dag = pl->dag;
-    unsigned char *seen = sl_malloc((size_t)dag->op_count);
-    if (!seen)
-        return -ENOMEM;
-    for (int i = 0; i < pl->task_count; i++) {
-        task_t *m = &pl->tasks[i];
-        const sl_op_t *entry = &dag->ops[m->entry];
-        if (entry->kind != SL_OP_KEY_BY || pl->tasks[m->lead].member_count < 2)
-            continue;
-        memset(seen, 0, (size_t)dag->op_count);
-        upstream_entries(dag, entry->inputs[0].op, seen);
-        for (int j = 0; j < pl->task_count; j++) {
-            task_t *f = &pl->tasks[j];
-            if (seen[f->entry] != 2 || f->lead == m->lead)
-                continue;
-            int *grown = sl_realloc(m->feeders, (size_t)(m->feeder_count + 1) * sizeof *grown);
-            if (!grown) {
-                sl_free(seen);
-                return -ENOMEM;
-            }
-            m->feeders = grown;
-            m->feeders[m->feeder_count++] = j;
-            pl->has_feeders = 1;
-        }
-    }
-    sl_free(seen);
-    return 0;
-}
-
-/* Each task's lead: the task of the same partition whose entry comes
- * first among those united with its own. Leads of two or more list them. */
-static int group_tasks(pipeline_t *pl, int *root)
-{
-    for (int i = 0; i < pl->task_count; i++) {
-        task_t *t = &pl->tasks[i];
-        int32_t part = sl_partition_id(t->partition);
-        t->lead = i;
-        for (int j = 0; j < i; j++)
-            if (find_root(root, pl->tasks[j].entry) == find_root(root, t->entry) &&
-                sl_partition_id(pl->tasks[j].partition) == part) {
-                t->lead = j;
-                break;
-            }
-        task_t *lead = &pl->tasks[t->lead];
-        size_t cap = (size_t)lead->member_count;
-        if (t->lead == i)
-            continue;
-        if (lead->member_count == 0) {
-            if (!(lead->members = sl_malloc(2 * sizeof *lead->members)))
-                return -ENOMEM;
-            lead->members[lead->member_count++] = t->lead;
-            cap = 2;
-        }
-        if (sl_array_reserve((void **)&lead->members, &cap, (size_t)lead->member_count + 1,
-                             sizeof *lead->members))
-            return -ENOMEM;
-        lead->members[lead->member_count++] = i;
-    }
-    return find_feeders(pl);
-}
-
-/* Gives each lead a worker in turn; members run on their lead's. Tells
- * every worker's exec which entries read JSON. */
-static void assign_workers(pipeline_t *pl)
-{
-    int next = 0, json;
-    for (int i = 0; i < pl->task_count; i++) {
-        task_t *t = &pl->tasks[i];
-        t->worker = t->lead == i ? next++ % pl->worker_count : pl->tasks[t->lead].worker;
-    }
-    for (int i = 0; i < pl->dag->op_count; i++)
-        if (is_entry(&pl->dag->ops[i]) && entry_topic(pl, &pl->dag->ops[i], &json))
-            for (int w = 0; w < pl->worker_count; w++)
-                sl_exec_set_entry_json(pl->workers[w].exec, i, json);
-}
-
 static int build_tasks(pipeline_t *pl)
 {
     int entries[64], n = sl_exec_entries(pl->exec, entries, 64), total = 0, json;
     if (n > 64)
         return sl_error_set(SL_EINVALID, "pipeline %s has more than 64 stages", pl->name);
     for (int i = 0; i < n; i++) {
-        sl_topic_t *t = entry_topic(pl, &pl->dag->ops[entries[i]], &json);
+        sl_topic_t *t = pipeline_entry_topic(pl, &pl->dag->ops[entries[i]], &json);
         total += t ? sl_topic_config(t)->partitions : 0;
     }
     pl->tasks = sl_calloc((size_t)(total ? total : 1), sizeof *pl->tasks);
     if (!pl->tasks)
         return -ENOMEM;
     for (int i = 0; i < n; i++) {
-        sl_topic_t *t = entry_topic(pl, &pl->dag->ops[entries[i]], &json);
+        sl_topic_t *t = pipeline_entry_topic(pl, &pl->dag->ops[entries[i]], &json);
         for (int32_t p = 0; t && p < sl_topic_config(t)->partitions; p++) {
             int rc = add_task(pl, entries[i], t, p, json);
             if (rc)
                 return rc;
         }
     }
-    int *root = sl_malloc((size_t)pl->dag->op_count * sizeof *root);
-    int rc = root ? unite_entries(pl, root) : -ENOMEM;
-    if (rc == 0)
-        rc = group_tasks(pl, root);
-    sl_free(root);
-    return rc;
+    return groups_build(pl);
 }
 
 static int compile_worker(pipeline_t *pl, worker_t *w)
@@ -1137,7 +963,7 @@ static int compile_more(pipeline_t *pl, int max_workers)
         if (rc)
             return rc;
     }
-    assign_workers(pl);
+    groups_assign_workers(pl);
     return 0;
 }
 
@@ -1202,7 +1028,7 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
         sl_partition_t *changelog = topic ? sl_topic_partition(topic, part) : NULL;
         restore_watch_t watch = {pl->manager, 0};
         sl_restore_options_t opts = {.progress = report_restore, .progress_arg = &watch, .to = -1};
-        task_t *source = source_changelog(pl, op, part) ? group_task(pl, t, op) : NULL;
+        task_t *source = source_changelog(pl, op, part) ? groups_task(pl, t, op) : NULL;
         if (source) { /* the table's own topic, up to what the table committed */
             changelog = source_changelog(pl, op, part);
             opts.source = 1;

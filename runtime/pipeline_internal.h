@@ -180,6 +180,19 @@ void pipeline_free(pipeline_t *pl); /* stops the thread first */
 void pipeline_drain_and_free(pipeline_t *pl);
 int pipeline_failed(pipeline_t *pl, char *error, size_t size);
 
+/* The topic entry op (SOURCE, TABLE, KEY_BY) reads (NULL if it does not
+ * exist), and whether its records are JSON. */
+sl_topic_t *pipeline_entry_topic(const pipeline_t *pl, const sl_op_t *op, int *json);
+
+/* groups.c: co-partitioned stages. build unites the entries of every
+ * stateful op, checks their partition counts and makes the groups (task
+ * lead, members, feeders); assign_workers deals the leads out to the
+ * workers and tells each exec which entries read JSON; task finds the
+ * task of lead's group that reads entry. */
+int groups_build(pipeline_t *pl);
+void groups_assign_workers(pipeline_t *pl);
+task_t *groups_task(pipeline_t *pl, task_t *lead, int entry);
+
 /* offsets_log.c: the positions an exactly-once pipeline also logs in its
  * topic "<name>.offsets". open creates it or reads its newest values; get
  * finds one ("in", topic) or ("time", store); append adds the positions of
