@@ -516,11 +516,7 @@ class JoinTestCase(NodeTestCase, JoinAssertions):
             return c.cmd("PIPELINE", "SUBMIT", name, script)
 
     def submit_ok(self, name, script):
-        """Submits a script that must be accepted. A test that runs several
-        pipelines waits for each to catch up before submitting the next:
-        opening a new pipeline's stores while another pipeline commits can
-        deadlock the node (see the report of the join tests), which is not
-        what these tests are about."""
+        """Submits a script that must be accepted (and stops it at the end)."""
         reply = self.submit(name, script)
         self.assertEqual(reply, "OK", "PIPELINE SUBMIT %s: %r\n--- script:\n%s"
                          % (name, reply, script))
@@ -711,6 +707,45 @@ s.stream("%s")
         self.assertEqual((got[2][2], got[2][3], got[2][1]), (b"a", b"plain text", 400),
                          "a value keeps r's key and timestamp; a string is written as it is")
         self.assertEqual(len(got), 3, "c has no user: the inner join (the default) drops it")
+
+    def test_a_replaced_pipeline_keeps_its_table_and_joins_each_record_once(self):
+        # The stream side goes through key_by (a repartition, drained when a
+        # version is replaced); the table's store and committed offsets carry
+        # over, so clicks after a replace still find their users.
+        name, tbl, stream, out = self.names("users", "clicks", "out")
+        self.create(tbl, 2)
+        self.create(stream, 2)
+        produce_timed(self.r, tbl, [("u%d" % u, {"country": "c%d" % u}, 10 + u)
+                                    for u in range(40)])
+        script = """\
+local s = require("sluice")
+s.pipeline{name = "%s", commit_interval = "5ms"}
+local users = s.table("%s")
+s.stream("%s")
+  :key_by("user")
+  :join(users, function(r, u)
+    return {id = r.value.id, country = u and u.country, version = "%%s"}
+  end, {type = "left"})
+  :to("%s", {create = true})
+""" % (name, tbl, stream, out)
+        self.submit_ok(name, script % "v1")
+        wait_caught_up(self.node, name, WAIT)
+        total = 0
+        for version in ("v2", "v3", "v4"):
+            produce_timed(self.r, stream, [("k%d" % i, {"id": i, "user": "u%d" % (i % 40)},
+                                            1000 + i) for i in range(total, total + 2000)])
+            total += 2000
+            if version == "v2":  # v1 joins the first 2000 for sure; the rest under load
+                wait_until(lambda: len(self.outputs(self.r, out)) >= 2000, SETTLE, 0.05,
+                           "v1's outputs")
+            self.assertEqual(self.submit(name, script % version), "OK")
+        wait_caught_up(self.node, name, WAIT)
+        wait_until(lambda: len(self.outputs(self.r, out)) >= total, SETTLE, 0.05, "outputs")
+        got = [rec.value for _, rec in self.outputs(self.r, out)]
+        self.assertEqual(sorted(v["id"] for v in got), list(range(total)), "each click once")
+        wrong = [v for v in got if v.get("country") != "c%d" % (v["id"] % 40)]
+        self.assertEqual(wrong, [], "every click found its user, before and after replaces")
+        self.assertIn("v1", {v["version"] for v in got})
 
     def run_random(self, join_type, rng_seed):
         name, tbl, stream, out = self.names("users", "clicks", "out")
