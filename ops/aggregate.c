@@ -15,6 +15,7 @@
  */
 #include "ops/aggregate.h"
 #include "ops/hll.h"
+#include "storage/buf.h"
 #include "storage/storage.h"
 
 #include <errno.h>
@@ -945,20 +946,6 @@ sl_agg_result_t sl_aggstate_result(const sl_aggstate_t *state, int i)
     return null;
 }
 
-static int json_string(const char *s, sl_buf_t *out)
-{
-    int rc = sl_buf_append(out, "\"", 1);
-    for (; rc == 0 && *s; s++) {
-        if (*s == '"' || *s == '\\') {
-            char escaped[2] = {'\\', *s};
-            rc = sl_buf_append(out, escaped, 2);
-        } else {
-            rc = sl_buf_append(out, s, 1);
-        }
-    }
-    return rc ? rc : sl_buf_append(out, "\"", 1);
-}
-
 static int json_result(sl_agg_result_t result, sl_buf_t *out)
 {
     if (result.type == SL_AGG_NULL)
@@ -975,7 +962,8 @@ int sl_aggstate_json(const sl_aggstate_t *state, sl_buf_t *out)
         if (i > 0)
             rc = sl_buf_append(out, ",", 1);
         if (rc == 0)
-            rc = json_string(state->set->members[i].name, out);
+            rc = sl_buf_json_string(state->set->members[i].name,
+                                    strlen(state->set->members[i].name), out);
         if (rc == 0)
             rc = sl_buf_append(out, ":", 1);
         if (rc == 0)

@@ -626,7 +626,7 @@ static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_le
     if (rc == 0)
         rc = sl_buf_append(&json, "{\"key\":", 7);
     if (rc == 0)
-        rc = sl_features_json_string(key, key_len, &json);
+        rc = sl_buf_json_string(key, key_len, &json);
     if (rc == 0 && a->windowed) {
         int n = snprintf(number, sizeof number, ",\"window_start\":%lld,\"window_end\":%lld",
                          (long long)start, (long long)end);

@@ -77,7 +77,7 @@ static int name_feature(sl_features_calc_t *c, const sl_op_t *agg, const sl_op_t
                      fop->range_names[k % c->ranges]);
     if (!(c->names[k] = sl_strdup(name)))
         return -ENOMEM;
-    int rc = sl_features_json_string(name, (size_t)n, &c->keys);
+    int rc = sl_buf_json_string(name, (size_t)n, &c->keys);
     if (rc == 0)
         rc = sl_buf_append(&c->keys, ":", 1);
     c->key_ends[k] = c->keys.len;
@@ -287,23 +287,6 @@ float sl_features_f32(sl_agg_result_t v)
     return v.number.is_double ? (float)v.number.d : (float)v.number.i;
 }
 
-int sl_features_json_string(const void *text, size_t len, sl_buf_t *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    const uint8_t *s = text;
-    int rc = sl_buf_append(out, "\"", 1);
-    for (size_t i = 0; rc == 0 && i < len; i++) {
-        char esc[6] = {'\\', 'u', '0', '0', hex[s[i] >> 4], hex[s[i] & 15]};
-        if (s[i] == '"' || s[i] == '\\')
-            rc = sl_buf_append(out, esc, 1) ? -ENOMEM : sl_buf_append(out, &s[i], 1);
-        else if (s[i] < 0x20)
-            rc = sl_buf_append(out, esc, 6);
-        else
-            rc = sl_buf_append(out, &s[i], 1);
-    }
-    return rc ? rc : sl_buf_append(out, "\"", 1);
-}
-
 int sl_features_json(const sl_features_calc_t *c, sl_buf_t *out)
 {
     int rc = sl_buf_append(out, "{", 1);
@@ -476,7 +459,7 @@ static int vector_json(emitter_t *m, const sl_record_t *meta, int64_t ts)
     m->json.len = 0;
     int rc = sl_buf_append(&m->json, "{\"key\":", 7);
     if (rc == 0)
-        rc = sl_features_json_string(meta->key, (size_t)meta->key_len, &m->json);
+        rc = sl_buf_json_string(meta->key, (size_t)meta->key_len, &m->json);
     if (rc == 0)
         rc = sl_buf_append(&m->json, number, (size_t)n);
     if (rc == 0)

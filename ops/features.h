@@ -82,9 +82,6 @@ int sl_features_json_value(sl_agg_result_t v, sl_buf_t *out);
 /* The value as a float32 (NaN for null). */
 float sl_features_f32(sl_agg_result_t v);
 
-/* Appends "name" as a JSON string (escaped). 0 or -ENOMEM. */
-int sl_features_json_string(const void *text, size_t len, sl_buf_t *out);
-
 /* Appends the features as one JSON object {"clicks_5m":3,...}, in feature
  * order, named from the op. 0 or -ENOMEM. */
 int sl_features_json(const sl_features_calc_t *c, sl_buf_t *out);

@@ -272,7 +272,7 @@ static int view_columns(view_t *v)
     qsort(v->columns, (size_t)v->count, sizeof *v->columns, by_schema);
     for (int i = 0; rc == 0 && i < v->count; i++) {
         v->infos[i] = info_of(&v->columns[i]);
-        rc = sl_features_json_string(v->infos[i].name, strlen(v->infos[i].name), &v->keys);
+        rc = sl_buf_json_string(v->infos[i].name, strlen(v->infos[i].name), &v->keys);
         if (rc == 0)
             rc = sl_buf_append(&v->keys, ":", 1);
         v->key_ends[i] = v->keys.len;

@@ -33,6 +33,23 @@ int sl_buf_append(sl_buf_t *b, const void *data, size_t n)
     return 0;
 }
 
+int sl_buf_json_string(const void *text, size_t len, sl_buf_t *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *s = text;
+    int rc = sl_buf_append(out, "\"", 1);
+    for (size_t i = 0; rc == 0 && i < len; i++) {
+        char esc[6] = {'\\', 'u', '0', '0', hex[s[i] >> 4], hex[s[i] & 15]};
+        if (s[i] == '"' || s[i] == '\\')
+            rc = sl_buf_append(out, esc, 1) ? -ENOMEM : sl_buf_append(out, &s[i], 1);
+        else if (s[i] < 0x20)
+            rc = sl_buf_append(out, esc, 6);
+        else
+            rc = sl_buf_append(out, &s[i], 1);
+    }
+    return rc ? rc : sl_buf_append(out, "\"", 1);
+}
+
 void sl_buf_free(sl_buf_t *b)
 {
     sl_free(b->data);

@@ -28,6 +28,11 @@ int sl_buf_append(sl_buf_t *b, const void *data, size_t n);
 /* Frees the storage and zeroes the buffer. */
 void sl_buf_free(sl_buf_t *b);
 
+/* Appends len bytes of text as a JSON string: quoted, with '"' and '\\'
+ * escaped and control characters as \u00XX (other bytes as they are).
+ * Returns 0 or -ENOMEM. */
+int sl_buf_json_string(const void *text, size_t len, sl_buf_t *out);
+
 static inline void sl_put_be16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)(v >> 8);

@@ -411,7 +411,7 @@ static void test_values_write_as_json_and_float32(void **state)
     assert_int_equal(sl_features_json_value(half, &out), 0);
     assert_int_equal(sl_buf_append(&out, ",", 1), 0);
     assert_int_equal(sl_features_json_value(big, &out), 0);
-    assert_int_equal(sl_features_json_string("a\"b\n", 4, &out), 0);
+    assert_int_equal(sl_buf_json_string("a\"b\n", 4, &out), 0);
     assert_int_equal(sl_buf_append(&out, "", 1), 0);
     assert_string_equal((char *)out.data, "null0.1,1073741824\"a\\\"b\\u000a\"");
     assert_true(sl_features_f32(half) == 0.1f);
