@@ -505,6 +505,8 @@ int sl_features_emit(sl_features_emitters_t **ep, const sl_dag_t *dag, sl_exec_t
     rec.key_len = meta.key_len;
     rec.value = (const uint8_t *)m->json.data;
     rec.value_len = (int32_t)m->json.len;
+    if (!sl_features_found(m->calc) && !sl_features_any_default(m->calc))
+        rec.value = NULL, rec.value_len = -1; /* no vector: FEATURES answers nil */
     rec.timestamp = ts;
     sl_vm_origin_t origin = {op->view, -1, 1};
     return sl_vm_record_load(vm, &rec, &origin, out_slot);
