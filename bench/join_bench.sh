@@ -196,50 +196,9 @@ print("  ops (id kind in -> out, errors): " + "; ".join(
     for op in d[b"ops"]))
 EOF
 
-free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# start_node DIR WORKERS: a node on DIR, logging to DIR.log; sets node_pid,
-# port and http_port (for /metrics).
-start_node() {
-    port=$(free_port)
-    http_port=$(free_port)
-    "$SLUICE_BIN" serve --data "$1" --port "$port" --http-port "$http_port" --workers "$2" \
-        </dev/null >/dev/null 2>>"$1.log" &
-    node_pid=$!
-}
-
-# wait_log FILE PATTERN SECONDS: until a line of FILE matches PATTERN.
-wait_log() {
-    local deadline=$((SECONDS + $3))
-    until grep -q "$2" "$1" 2>/dev/null; do
-        kill -0 "$node_pid" 2>/dev/null || { echo "join_bench: the node died:" >&2; tail "$1" >&2; exit 1; }
-        [ "$SECONDS" -lt "$deadline" ] || { echo "join_bench: no '$2' in $1" >&2; exit 1; }
-        sleep 0.02
-    done
-}
-
-stop_node() {
-    kill -TERM "$node_pid" && wait "$node_pid" || true
-    node_pid=""
-}
-
-perf_start() { # CASE
-    [ -n "${PERF_DIR:-}" ] || return 0
-    # -a: threads a pipeline starts after perf attached are missed by -p
-    perf record ${PERF_ARGS:--g} -o "$PERF_DIR/$1.data" -a >/dev/null 2>&1 &
-    perf_pid=$!
-}
-
-perf_stop() { # CASE
-    [ -n "$perf_pid" ] || return 0
-    kill -INT "$perf_pid" && wait "$perf_pid" || true
-    perf_pid=""
-    echo "  perf report --no-children -i $PERF_DIR/$1.data (top):"
-    perf report -i "$PERF_DIR/$1.data" --no-children --percent-limit 1.5 --stdio -g none \
-        2>/dev/null | grep -E '^ +[0-9]' | head -20 | sed 's/^/   /'
-}
+BENCH=join_bench
+# shellcheck source=bench/node.sh
+. "$root/bench/node.sh"
 
 script() { # QUERY: the pipeline of a case
     echo 'local s = require("sluice")'

@@ -17,7 +17,7 @@
 #   COMMIT_INTERVAL  the pipeline's commit_interval (default 100ms)
 #   CASES        the runs to make (default "field-1 field-2 lua-1 lua-2":
 #                key kind - workers); the restore follows the last field run
-#   PERF_DIR     if set: perf record -g on the node during each run, into
+#   PERF_DIR     if set: perf record -g -a (the whole machine) during each run, into
 #                PERF_DIR/<case>.data, and the top of its report printed
 #                (PERF_ARGS replaces -g, e.g. "--call-graph dwarf")
 #
@@ -136,47 +136,9 @@ out = sum(p[2] - p[1] for p in r.execute_command("TOPIC", "DESCRIBE", "out")[5])
 print("%.3f %.3f %.2f %d %.2f %.2f %d" % (seconds, stage1, cpu_s, out, run, wait, wrote))
 EOF
 
-free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# start_node DIR WORKERS: a node on DIR, logging to DIR.log; sets node_pid, port.
-start_node() {
-    port=$(free_port)
-    "$SLUICE_BIN" serve --data "$1" --port "$port" --http-port -1 --workers "$2" \
-        </dev/null >/dev/null 2>>"$1.log" &
-    node_pid=$!
-}
-
-# wait_log FILE PATTERN SECONDS: until a line of FILE matches PATTERN.
-wait_log() {
-    local deadline=$((SECONDS + $3))
-    until grep -q "$2" "$1" 2>/dev/null; do
-        kill -0 "$node_pid" 2>/dev/null || { echo "window_bench: the node died:" >&2; tail "$1" >&2; exit 1; }
-        [ "$SECONDS" -lt "$deadline" ] || { echo "window_bench: no '$2' in $1" >&2; exit 1; }
-        sleep 0.02
-    done
-}
-
-stop_node() {
-    kill -TERM "$node_pid" && wait "$node_pid" || true
-    node_pid=""
-}
-
-perf_start() { # CASE
-    [ -n "${PERF_DIR:-}" ] || return 0
-    perf record ${PERF_ARGS:--g} -o "$PERF_DIR/$1.data" -p "$node_pid" >/dev/null 2>&1 &
-    perf_pid=$!
-}
-
-perf_stop() { # CASE
-    [ -n "$perf_pid" ] || return 0
-    kill -INT "$perf_pid" && wait "$perf_pid" || true
-    perf_pid=""
-    echo "  perf report --no-children -i $PERF_DIR/$1.data (top):"
-    perf report -i "$PERF_DIR/$1.data" --no-children --percent-limit 1.5 --stdio -g none \
-        2>/dev/null | grep -E '^ +[0-9]' | head -20 | sed 's/^/   /'
-}
+BENCH=window_bench
+# shellcheck source=bench/node.sh
+. "$root/bench/node.sh"
 
 AGGREGATE='window(s.tumbling("1m")):aggregate{n = s.count(), total = s.sum("amount"), mean = s.avg("amount")}'
 script() { # KIND: the pipeline of a case
