@@ -10,8 +10,10 @@ range, one never seen), AS OF at bucket boundaries and inside buckets
 (which counts the buckets complete at that time, docs/commands.md), the
 float32 format against the JSON values, MFEATURES with missing keys and its
 KEYS and POINTS forms, the schema, the retention error, the feature-vector
-topic, colliding views, restarts. A last test queries while a producer
-keeps the pipeline busy and checks that no vector mixes two commits.
+topic, colliding views, restarts. A test queries while a producer
+keeps the pipeline busy and checks that no vector mixes two commits; a last
+one replays the input topic into a fresh node (a backfill) and checks that
+it answers byte for byte as the node that served online.
 
 Waits are bounded polls (wait_caught_up), never sleeps.
 
@@ -34,7 +36,8 @@ import unittest
 import redis
 
 from crash import check_running, describe
-from node import Error, NodeTestCase, fetch_all, murmur2_partition, sluice_bin
+from node import (Error, Node, NodeTestCase, fetch_all, murmur2_partition, partition_ends,
+                  sluice_bin)
 
 WAIT = 60.0
 B = 60000  # the buckets: s.tumbling("1m")
@@ -590,6 +593,94 @@ users:window(s.tumbling("1m")):aggregate{m = s.count(), store = "b"}
         final = [json.loads(v) for v in self.r.execute_command("MFEATURES", view, *keys)]
         self.assertEqual([v["n_1h"] for v in final], [produced[k] for k in keys])
         self.assertEqual([v["m_1h"] for v in final], [produced[k] for k in keys])
+
+
+class FeatureBackfillTest(FeatureTestCase):
+    """Backfill (issue 7): node A's input topic, replayed from offset 0 into
+    a fresh data directory on node B as a backfill job would (FETCH every
+    partition, PRODUCE each record with its key, value, TS and PARTITION),
+    and the script that serves online on A, submitted on B once the topic is
+    full, give byte-identical answers AS OF any time, and the schema. A
+    processes the events as they arrive, in small commits; B reads them in
+    one go: the answers may not depend on how the input was batched. The
+    answers are also checked against the reference, so that both nodes being
+    wrong alike fails too."""
+
+    USERS = ["u%02d" % i for i in range(8)] + ["nobody"]
+    TIMES = [T0 + k * B for k in (-10, 0, 7, 30, 61, 119, 180, 240)]  # boundaries
+    TIMES += [T0 + 45 * B + 31337, T0 + 89 * B + 59999, T0 + 150 * B + 1]  # inside buckets
+
+    def answers(self, client, view):
+        """{(key, t, format): FEATURES reply} for USERS x TIMES, and the
+        schema."""
+        out = {}
+        for key in self.USERS:
+            for t in self.TIMES:
+                for fmt in ("json", "f32"):
+                    out[key, t, fmt] = client.execute_command("FEATURES", view, key, "AS", "OF",
+                                                              t, "FORMAT", fmt)
+        return out, client.execute_command("FEATURES.SCHEMA", view)
+
+    def replay(self, source, target, topic):
+        """Copies every partition of topic from source to target, record by
+        record, and checks that each lands at its own partition and offset."""
+        partitions = sorted(partition_ends(source, topic))
+        copied = {}
+        for p in partitions:
+            records = fetch_all(source, topic, p)
+            for i in range(0, len(records), 500):
+                pipe = target.pipeline(transaction=False)
+                for offset, ts, key, value, headers in records[i:i + 500]:
+                    self.assertIsNotNone(value)  # PRODUCE cannot write a tombstone
+                    args = [topic, key or b"", value, "TS", ts, "PARTITION", p]
+                    for h in range(0, len(headers), 2):
+                        args += ["HEADER", headers[h], headers[h + 1]]
+                    pipe.execute_command("PRODUCE", *args)
+                self.assertEqual(pipe.execute(), [[p, r[0]] for r in records[i:i + 500]])
+            copied[p] = records
+        return copied
+
+    def test_a_replay_into_a_fresh_node_answers_as_the_online_node(self):
+        n = next(_serial)
+        name, view, topic = "bf%d" % n, "bview%d" % n, "bclicks%d" % n
+        script = VIEW.substitute(name=name, input=topic, view=view, defaults="")
+        evs = events(23, 2000, users=8)  # out of event-time order, over 3 hours
+        self.r.execute_command("TOPIC", "CREATE", topic, "PARTITIONS", 2)
+        self.submit(name, script)
+        produce(self.r, topic, evs)
+        wait_caught_up(self.node, name, WAIT)
+        online, online_schema = self.answers(self.r, view)
+
+        backfill = Node()
+        self.addCleanup(backfill.cleanup)
+        backfill.start()
+        b = backfill.client()
+        self.addCleanup(b.close)
+        b.execute_command("TOPIC", "CREATE", topic, "PARTITIONS", 2)
+        copied = self.replay(self.r, b, topic)
+        self.assertEqual(sum(len(r) for r in copied.values()), len(evs))
+        self.assertTrue(all(copied.values()), "every partition has records")
+        for p, records in copied.items():  # the same log: offsets, times, keys, values
+            self.assertEqual(fetch_all(b, topic, p), records, p)
+        submit(backfill, name, script)
+        wait_caught_up(backfill, name, WAIT)
+        replayed, replayed_schema = self.answers(b, view)
+
+        self.assertEqual(replayed_schema, online_schema)
+        self.assertEqual([row[0].decode() for row in online_schema], NAMES)
+        self.assertEqual({row[7].decode() for row in online_schema}, {name})
+        differ = [(key, t, fmt, online[key, t, fmt], replayed[key, t, fmt])
+                  for key, t, fmt in online if online[key, t, fmt] != replayed[key, t, fmt]]
+        self.assertEqual(differ, [], "(key, AS OF, FORMAT, A, B) that differ")
+        for key in self.USERS:
+            for t in self.TIMES:
+                self.assertVector(online[key, t, "json"], reference(evs, key, end_of(t)),
+                                  (key, t))
+        answered = [k for k, v in online.items() if v is not None]
+        self.assertGreater(len(answered), len(online) // 2)  # not a comparison of nils
+        self.assertIsNone(online["nobody", T0 + 7 * B, "json"])
+        self.assertIsNone(online["u03", T0 - 10 * B, "json"])  # before any event
+        backfill.stop()
 
 
 if __name__ == "__main__":
