@@ -15,6 +15,13 @@
 #                disk, not a tmpfs)
 #   RUN_TIMEOUT  seconds a run may take before the bench gives up (default 1800)
 #   COMMIT_INTERVAL  the pipeline's commit_interval (default 100ms)
+#   GRACE        if set, the windows' grace (e.g. "2m"; default none). The
+#                lua-key cases aggregate what the key_by stage wrote to its
+#                repartition topic: the records of both input partitions in
+#                the order that stage's commits came, out of event-time
+#                order (with 2 workers, far out of it); records whose window
+#                has closed by then are dropped as late, which the output
+#                counts. A grace as long as that disorder keeps them.
 #   CASES        the runs to make (default "field-1 field-2 lua-1 lua-2":
 #                key kind - workers); the restore follows the last field run
 #   PERF_DIR     if set: perf record -g -a (the whole machine) during each run, into
@@ -80,9 +87,9 @@ trap 'exit 130' INT TERM
 # The driver: submits a pipeline and polls PIPELINE DESCRIBE until its
 # committed offsets reach the input's end (N records in each stage's topic).
 cat >"$work/drive.py" <<'EOF'
-import os, sys, time, redis
+import os, sys, time, urllib.request, redis
 
-port, name, script_file, n, pid, timeout, workers = sys.argv[1:8]
+port, name, script_file, n, pid, timeout, workers, http_port = sys.argv[1:9]
 n, timeout, workers = int(n), float(timeout), int(workers)
 r = redis.Redis(port=int(port))
 script = open(script_file).read()
@@ -133,14 +140,19 @@ busy = sorted(((s1[t][0] - s0.get(t, (0, 0))[0], s1[t][1] - s0.get(t, (0, 0))[1]
 run = sum(b[0] for b in busy) / 1e9 / max(len(busy), 1)
 wait = sum(b[1] for b in busy) / 1e9 / max(len(busy), 1)
 out = sum(p[2] - p[1] for p in r.execute_command("TOPIC", "DESCRIBE", "out")[5])
-print("%.3f %.3f %.2f %d %.2f %.2f %d" % (seconds, stage1, cpu_s, out, run, wait, wrote))
+metrics = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % http_port).read().decode()
+late = sum(int(float(line.split()[-1])) for line in metrics.splitlines()  # dropped as late
+           if line.startswith('sluice_pipeline_late_records_total{pipeline="%s"' % name))
+print("%.3f %.3f %.2f %d %.2f %.2f %d %d" % (seconds, stage1, cpu_s, out, run, wait, wrote, late))
 EOF
 
 BENCH=window_bench
 # shellcheck source=bench/node.sh
 . "$root/bench/node.sh"
 
-AGGREGATE='window(s.tumbling("1m")):aggregate{n = s.count(), total = s.sum("amount"), mean = s.avg("amount")}'
+GRACE_OPTION=""
+[ -z "${GRACE:-}" ] || GRACE_OPTION=", {grace = \"$GRACE\"}"
+AGGREGATE="window(s.tumbling(\"1m\"$GRACE_OPTION)):aggregate{n = s.count(), total = s.sum(\"amount\"), mean = s.avg(\"amount\")}"
 script() { # KIND: the pipeline of a case
     echo 'local s = require("sluice")'
     echo "s.pipeline{processing = \"exactly_once\", commit_interval = \"$COMMIT_INTERVAL\"}"
@@ -178,23 +190,23 @@ run_case() { # KIND WORKERS
     perf_start "$case"
     local out
     out=$("$PYTHON" "$work/drive.py" "$port" wb "$work/$case.lua" "$N" "$node_pid" "$RUN_TIMEOUT" \
-        "$workers")
+        "$workers" "$http_port")
     perf_stop "$case"
-    read -r seconds stage1 cpu results_out run wait wrote <<<"$out"
+    read -r seconds stage1 cpu results_out run wait wrote late <<<"$out"
     local line
     line=$(awk -v n="$N" -v s="$seconds" -v w="$workers" -v k="$kind" -v c="$cpu" -v run="$run" \
         'BEGIN { printf "%-9s %d worker(s): %9.0f records/s, %8.0f per worker; %7.0f per worker " \
             "cpu-second (node %.0f per cpu-second)", k " key", w, n / s, n / s / w, n / run / w,
             n / c }')
     awk -v n="$N" -v s="$seconds" -v s1="$stage1" -v c="$cpu" -v k="$kind" -v o="$results_out" \
-        -v run="$run" -v wait="$wait" -v l="$line" -v b="$wrote" 'BEGIN {
+        -v run="$run" -v wait="$wait" -v l="$line" -v b="$wrote" -v late="$late" 'BEGIN {
         printf "%s\n  %d records in %.1f s; node cpu %.1f s; each worker thread %.1f s on a cpu, " \
             "%.1f s waiting for one (other load), %.1f s blocked (fsync, locks, idle)\n" \
             "  %d result records out; the node wrote %.0f MB (%.0f bytes per input record, " \
             "%.0f MB/s)", l, n, s, c, run, wait, s - run - wait, o, b / 1048576, b / n,
             b / 1048576 / s
         if (k == "lua") printf "; stage 1 (in -> key_by -> repartition) done at %.1f s", s1
-        printf "\n" }'
+        printf "\n  %d records dropped as late (every window they belong to had closed)\n", late }'
     results+=("$line")
     if [ "$case" = "$last_field" ]; then
         restore "$data" "$workers"
