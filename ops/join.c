@@ -9,9 +9,12 @@
  *   TABLE_TABLE    a kv cache over the result store: fn(lv, rv) per key
  *   STREAM_STREAM  a window cache over the buffers of both sides: store
  *                  key = side byte ('L' or 'R') || key, window start = the
- *                  record's event time; the value lists the records of
- *                  that (side, key, time), each [flags u8][len be32][bytes]
- *                  (flags: MATCHED, NULL_VALUE), so duplicates are kept
+ *                  record's event time; the value is [be32 chunks] and the
+ *                  records of that (side, key, time), each [flags u8][len
+ *                  be32][bytes] (flags: MATCHED, NULL_VALUE), so duplicates
+ *                  are kept; past ENTRY_BYTES_MAX, more go to chunks n = 1..
+ *                  chunks at key 'l' or 'r' || key || be32(n), same time, so
+ *                  adding a record copies at most one chunk
  *
  * Stream-stream, per record of side s (key k, time t): late if t < stream
  * time - grace (counted, dropped); else stream time = max(it, t), every
@@ -33,12 +36,18 @@
 #include <errno.h>
 #include <string.h>
 
-#define EXPIRE_BATCH 10000 /* buffer entries expired per flush, at most */
-#define SIDE_LEFT    'L'
-#define SIDE_RIGHT   'R'
-#define MATCHED      0x01
-#define NULL_VALUE   0x02
-#define ITEM_HEADER  5
+#define EXPIRE_BATCH    10000 /* buffer entries expired per flush, at most */
+#define SIDE_LEFT       'L'
+#define SIDE_RIGHT      'R'
+#define MATCHED         0x01
+#define NULL_VALUE      0x02
+#define ITEM_HEADER     5
+#define CHUNK_LEFT      'l' /* chunks: more records of a (side, key, time) */
+#define CHUNK_RIGHT     'r'
+#define CHUNK_SUFFIX    4     /* a chunk's key: side, key, be32 chunk number */
+#define ENTRY_HEADER    4     /* a base entry's be32 count of chunks */
+#define FOUND_HEADER    16    /* j->found: be64 time, be32 chunk, be32 length */
+#define ENTRY_BYTES_MAX 65536 /* items in one entry; more go to a new chunk */
 
 struct sl_join {
     const sl_op_t *op;  /* of the DAG whose exec made it */
@@ -125,7 +134,7 @@ static int rebuild_one(void *arg, const void *store_key, size_t len, const void 
         return 0;
     const uint8_t *k = store_key;
     int side = k[0] == SIDE_RIGHT;
-    if (!owes_unmatched(j->op, side) ||
+    if ((k[0] != SIDE_LEFT && k[0] != SIDE_RIGHT) || !owes_unmatched(j->op, side) || /* a chunk */
         (j->partitions > 0 &&
          sl_partition_for_key(k + 1, key_len - 1, j->partitions) != j->partition))
         return 0;
@@ -140,10 +149,12 @@ static int owns(void *arg, const void *store_key, size_t len)
     const sl_join_t *j = arg;
     size_t key_len;
     int64_t t;
+    const uint8_t *k = store_key;
     if (j->partitions <= 0 || sl_store_window_split(store_key, len, &key_len, &t) || key_len < 1)
         return 1;
-    return sl_partition_for_key((const uint8_t *)store_key + 1, key_len - 1, j->partitions) ==
-           j->partition;
+    if (k[0] == CHUNK_LEFT || k[0] == CHUNK_RIGHT) /* side, key, chunk number */
+        key_len = key_len > CHUNK_SUFFIX ? key_len - CHUNK_SUFFIX : 1;
+    return sl_partition_for_key(k + 1, key_len - 1, j->partitions) == j->partition;
 }
 
 static int rebuild_closer(sl_join_t *j)
@@ -305,28 +316,65 @@ int sl_join_table_table(sl_join_t *j, const sl_op_t *op, sl_join_t *left, sl_joi
 
 /* ---- stream-stream --------------------------------------------------------- */
 
-/* The buffer key of (side, key) in j->key; its length, or an error. */
-static int buffer_key(sl_join_t *j, int side, const uint8_t *key, int32_t key_len, size_t *len)
+/* The buffer key of (side, key) in j->key, or of its chunk `chunk` (> 0);
+ * its length, or an error. */
+static int buffer_key(sl_join_t *j, int side, const uint8_t *key, int32_t key_len, uint32_t chunk,
+                      size_t *len)
 {
-    if ((size_t)key_len + 1 > SL_WINDOW_KEY_MAX)
+    if ((size_t)key_len + 1 + CHUNK_SUFFIX > SL_WINDOW_KEY_MAX)
         return sl_error_set(SL_EINVALID, "join (%s): a key of %d bytes (at most %d)", j->op->where,
-                            (int)key_len, SL_WINDOW_KEY_MAX - 1);
-    j->key[0] = side ? SIDE_RIGHT : SIDE_LEFT;
+                            (int)key_len, SL_WINDOW_KEY_MAX - 1 - CHUNK_SUFFIX);
+    j->key[0] = chunk ? (side ? CHUNK_RIGHT : CHUNK_LEFT) : (side ? SIDE_RIGHT : SIDE_LEFT);
     memcpy(j->key + 1, key, (size_t)key_len);
     *len = (size_t)key_len + 1;
+    if (chunk) {
+        sl_put_be32(j->key + *len, chunk);
+        *len += CHUNK_SUFFIX;
+    }
     return 0;
 }
 
-/* Copies each buffered entry of the other side in range into j->found:
- * [be64 time][be32 length][value]. */
+/* Appends an entry to j->found: [be64 time][be32 chunk][be32 length][value]. */
+static int found_add(sl_join_t *j, int64_t t, uint32_t chunk, const void *value, size_t len)
+{
+    uint8_t head[FOUND_HEADER];
+    sl_put_be64(head, (uint64_t)t);
+    sl_put_be32(head + 8, chunk);
+    sl_put_be32(head + 12, (uint32_t)len);
+    int rc = sl_buf_append(&j->found, head, sizeof head);
+    return rc ? rc : sl_buf_append(&j->found, value, len);
+}
+
+/* Copies each base entry of the other side in range into j->found. */
 static int collect(void *arg, int64_t start, const void *value, size_t value_len)
 {
     sl_join_t *j = arg;
-    uint8_t head[12];
-    sl_put_be64(head, (uint64_t)start);
-    sl_put_be32(head + 8, (uint32_t)value_len);
-    int rc = sl_buf_append(&j->found, head, sizeof head);
-    return rc ? rc : sl_buf_append(&j->found, value, value_len);
+    if (value_len < ENTRY_HEADER)
+        return sl_error_set(SL_ECORRUPT, "join (%s): a damaged buffer entry", j->op->where);
+    return found_add(j, start, 0, value, value_len);
+}
+
+/* Adds the chunks of the base entries collected in j->found[0, end). */
+static int collect_chunks(sl_join_t *j, int side, const sl_record_t *meta, size_t end)
+{
+    for (size_t pos = 0; pos < end;) {
+        const uint8_t *head = j->found.data + pos;
+        int64_t t = (int64_t)sl_get_be64(head);
+        uint32_t chunks = sl_get_be32(head + FOUND_HEADER), len = sl_get_be32(head + 12);
+        pos += FOUND_HEADER + len;
+        for (uint32_t n = 1; n <= chunks; n++) {
+            const void *value;
+            size_t value_len, key_len = 0;
+            int rc = buffer_key(j, side, meta->key, meta->key_len, n, &key_len);
+            int found =
+                rc ? rc : sl_cache_window_get(j->cache, j->key, key_len, t, &value, &value_len);
+            if (found < 0)
+                return found;
+            if (found && (rc = found_add(j, t, n, value, value_len)))
+                return rc;
+        }
+    }
+    return 0;
 }
 
 /* Walks the items of an entry: *at is the next item's offset; 1 with the
@@ -384,16 +432,17 @@ static int join_found(sl_join_t *j, sl_vm_t *vm, int slot, int side, const sl_re
 {
     int json = j->side_json[!side];
     size_t pos = 0, key_len = 0;
-    int other = !side, rc = buffer_key(j, other, meta->key, meta->key_len, &key_len);
+    int other = !side, rc = 0;
     while (rc == 0 && pos < j->found.len) {
-        const uint8_t *head = (const uint8_t *)j->found.data + pos;
+        uint8_t *head = j->found.data + pos;
         int64_t t = (int64_t)sl_get_be64(head);
-        size_t len = sl_get_be32(head + 8), at = 0;
-        uint8_t *entry = (uint8_t *)head + 12, *flags = NULL;
+        uint32_t chunk = sl_get_be32(head + 8);
+        size_t len = sl_get_be32(head + 12), at = chunk ? 0 : ENTRY_HEADER;
+        uint8_t *entry = head + FOUND_HEADER, *flags = NULL;
         const uint8_t *bytes = NULL;
         int32_t n = 0;
         int changed = 0, item, out;
-        pos += 12 + len;
+        pos += FOUND_HEADER + len;
         while (rc == 0 && (item = next_item(j, entry, len, &at, &flags, &bytes, &n)) == 1) {
             int buffered;
             rc = load_item(j, vm, meta->key, (size_t)meta->key_len, t, bytes, n, json, &buffered);
@@ -410,42 +459,81 @@ static int join_found(sl_join_t *j, sl_vm_t *vm, int slot, int side, const sl_re
         }
         if (rc == 0 && item < 0)
             rc = item;
-        if (rc == 0 && changed)
+        if (rc == 0 && changed &&
+            (rc = buffer_key(j, other, meta->key, meta->key_len, chunk, &key_len)) == 0)
             rc = wrote(j, sl_cache_window_put(j->cache, j->key, key_len, t, entry, len));
     }
     return rc;
 }
 
-/* Appends the record to its side's buffer entry at (key, t). */
+/* Puts j->value at the buffer key of (side, key, chunk) and time t. */
+static int put_value(sl_join_t *j, int side, const sl_record_t *meta, uint32_t chunk, int64_t t)
+{
+    size_t key_len = 0;
+    int rc = buffer_key(j, side, meta->key, meta->key_len, chunk, &key_len);
+    if (rc == 0)
+        rc = sl_cache_window_put(j->cache, j->key, key_len, t, j->value.data, j->value.len);
+    if (rc < 0 || rc > 1)
+        return sl_error_set(rc, "join (%s): %s", j->op->where, sl_error_detail());
+    return wrote(j, rc);
+}
+
+/* Appends the record to its side's buffer at (key, t): to the base entry
+ * while it has room, then to its last chunk, then to a new chunk (so an
+ * addition copies at most an entry's ENTRY_BYTES_MAX, however many records
+ * share the key and time). */
 static int buffer_record(sl_join_t *j, int side, const sl_record_t *meta, const sl_record_t *rec,
                          int matched)
 {
-    size_t key_len = 0;
-    const void *old;
-    size_t old_len;
+    size_t key_len = 0, len = 0;
+    const void *base = NULL, *last = NULL;
     uint8_t head[ITEM_HEADER];
-    int rc = buffer_key(j, side, meta->key, meta->key_len, &key_len);
-    if (rc)
-        return rc;
-    int found = sl_cache_window_get(j->cache, j->key, key_len, meta->timestamp, &old, &old_len);
+    int64_t t = meta->timestamp;
+    size_t item = ITEM_HEADER + (rec->value_len > 0 ? (size_t)rec->value_len : 0);
+    int rc = buffer_key(j, side, meta->key, meta->key_len, 0, &key_len);
+    int found = rc ? rc : sl_cache_window_get(j->cache, j->key, key_len, t, &base, &len);
     if (found < 0)
         return found;
-    j->value.len = 0;
+    if (found && len < ENTRY_HEADER)
+        return sl_error_set(SL_ECORRUPT, "join (%s): a damaged buffer entry", j->op->where);
+    if (!found && j->closer && owes_unmatched(j->op, side) && /* a new (key, t): closes later */
+        (rc = sl_window_closer_add(j->closer, j->key, key_len, t,
+                                   t + j->op->join_within + j->op->window_grace + 1)))
+        return rc;
     head[0] = (uint8_t)((matched ? MATCHED : 0) | (rec->value_len < 0 ? NULL_VALUE : 0));
     sl_put_be32(head + 1, rec->value_len < 0 ? 0 : (uint32_t)rec->value_len);
-    if ((found && (rc = sl_buf_append(&j->value, old, old_len))) ||
-        (rc = sl_buf_append(&j->value, head, sizeof head)) ||
-        (rec->value_len > 0 && (rc = sl_buf_append(&j->value, rec->value, (size_t)rec->value_len))))
+    j->value.len = 0; /* the base entry, copied before the cache is called again */
+    if (found)
+        rc = sl_buf_append(&j->value, base, len);
+    else
+        rc = sl_buf_append(&j->value, (const uint8_t[ENTRY_HEADER]){0}, ENTRY_HEADER);
+    if (rc)
         return rc;
-    rc = sl_cache_window_put(j->cache, j->key, key_len, meta->timestamp, j->value.data,
-                             j->value.len);
-    if (rc < 0 || rc > 1)
-        return sl_error_set(rc, "join (%s): %s", j->op->where, sl_error_detail());
-    wrote(j, rc);
-    if (!found && j->closer && owes_unmatched(j->op, side))
-        rc = sl_window_closer_add(j->closer, j->key, key_len, meta->timestamp,
-                                  meta->timestamp + j->op->join_within + j->op->window_grace + 1);
-    return rc;
+    uint32_t chunks = sl_get_be32(j->value.data);
+    if (chunks > 0 || len + item > ENTRY_BYTES_MAX) { /* into the last chunk, or a new one */
+        size_t chunk_key = 0, last_len = 0;
+        int has = 0;
+        if (chunks > 0 &&
+            ((rc = buffer_key(j, side, meta->key, meta->key_len, chunks, &chunk_key)) ||
+             (has = sl_cache_window_get(j->cache, j->key, chunk_key, t, &last, &last_len)) < 0))
+            return rc ? rc : has;
+        if (!has || last_len + item > ENTRY_BYTES_MAX) { /* the base counts one chunk more */
+            sl_put_be32(j->value.data, ++chunks);
+            if ((rc = put_value(j, side, meta, 0, t)))
+                return rc;
+            j->value.len = 0;
+        } else {
+            j->value.len = 0;
+            if ((rc = sl_buf_append(&j->value, last, last_len)))
+                return rc;
+        }
+        if ((rc = sl_buf_append(&j->value, head, sizeof head)) == 0 && rec->value_len > 0)
+            rc = sl_buf_append(&j->value, rec->value, (size_t)rec->value_len);
+        return rc ? rc : put_value(j, side, meta, chunks, t);
+    }
+    if ((rc = sl_buf_append(&j->value, head, sizeof head)) == 0 && rec->value_len > 0)
+        rc = sl_buf_append(&j->value, rec->value, (size_t)rec->value_len);
+    return rc ? rc : put_value(j, side, meta, 0, t);
 }
 
 int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot, int side,
@@ -478,11 +566,13 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
     }
     if (j->stream_time == SL_WATERMARK_NONE || t > j->stream_time)
         j->stream_time = t;
-    if ((rc = buffer_key(j, !side, meta.key, meta.key_len, &key_len)))
+    if ((rc = buffer_key(j, !side, meta.key, meta.key_len, 0, &key_len)))
         return rc;
     j->found.len = 0;
     rc = sl_cache_windows(j->cache, j->key, key_len, t - op->join_within, t + op->join_within,
                           collect, j);
+    if (rc == 0)
+        rc = collect_chunks(j, !side, &meta, j->found.len);
     if (rc == 0)
         rc = join_found(j, vm, slot, side, &meta, outs, count, cap, &matched);
     if (rc == 0)
@@ -492,36 +582,61 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
 
 /* ---- at commit --------------------------------------------------------------- */
 
-/* The unmatched records of a closed entry, joined with nil, downstream;
- * then the entry is deleted. */
-static int emit_unmatched(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const uint8_t *store_key,
-                          size_t len, int64_t t, const sl_exec_output_t *out)
+/* The unmatched records of one entry (from `at`), joined with nil,
+ * downstream. */
+static int emit_items(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const uint8_t *key, size_t key_len,
+                      int side, int64_t t, const uint8_t *entry, size_t len, size_t at,
+                      const sl_exec_output_t *out)
 {
-    const void *value;
-    size_t value_len, at = 0;
-    int side = store_key[0] == SIDE_RIGHT, rc = 0, item;
-    int found = sl_cache_window_get(j->cache, store_key, len, t, &value, &value_len);
-    if (found <= 0)
-        return found;
-    j->value.len = 0;
-    if ((rc = sl_buf_append(&j->value, value, value_len)))
-        return rc;
     uint8_t *flags = NULL;
     const uint8_t *bytes = NULL;
     int32_t n = 0;
-    while (rc == 0 && (item = next_item(j, (uint8_t *)j->value.data, j->value.len, &at, &flags,
-                                        &bytes, &n)) == 1) {
+    int rc = 0, item = 0;
+    while (rc == 0 && (item = next_item(j, entry, len, &at, &flags, &bytes, &n)) == 1) {
         int slot, result;
         if (*flags & MATCHED)
             continue;
-        rc = load_item(j, vm, store_key + 1, len - 1, t, bytes, n, j->side_json[side], &slot);
+        rc = load_item(j, vm, key, key_len, t, bytes, n, j->side_json[side], &slot);
         if (rc == 0)
             rc = sl_vm_call_join(vm, j->run, slot, side ? -1 : slot, side ? slot : -1, &result);
         if (rc == 0)
             rc = sl_exec_deliver_slot(x, j->op->id, result, out);
     }
-    if (rc == 0 && item < 0)
-        rc = item;
+    return rc ? rc : item < 0 ? item : 0;
+}
+
+/* The unmatched records of a closed entry and its chunks downstream; then
+ * they are deleted. */
+static int emit_unmatched(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const uint8_t *store_key,
+                          size_t len, int64_t t, const sl_exec_output_t *out)
+{
+    const void *value;
+    size_t value_len;
+    int side = store_key[0] == SIDE_RIGHT, rc;
+    sl_record_t meta = {.key = store_key + 1, .key_len = (int32_t)len - 1};
+    int found = sl_cache_window_get(j->cache, store_key, len, t, &value, &value_len);
+    if (found <= 0)
+        return found;
+    if (value_len < ENTRY_HEADER)
+        return sl_error_set(SL_ECORRUPT, "join (%s): a damaged buffer entry", j->op->where);
+    j->value.len = 0;
+    if ((rc = sl_buf_append(&j->value, value, value_len)))
+        return rc;
+    uint32_t chunks = sl_get_be32(j->value.data);
+    rc = emit_items(x, j, vm, meta.key, len - 1, side, t, j->value.data, j->value.len, ENTRY_HEADER,
+                    out);
+    for (uint32_t n = 1; rc == 0 && n <= chunks; n++) {
+        size_t key_len = 0;
+        if ((rc = buffer_key(j, side, meta.key, meta.key_len, n, &key_len)) ||
+            (found = sl_cache_window_get(j->cache, j->key, key_len, t, &value, &value_len)) < 0)
+            return rc ? rc : found;
+        j->found.len = 0;
+        if (found && (rc = sl_buf_append(&j->found, value, value_len)) == 0)
+            rc = emit_items(x, j, vm, meta.key, len - 1, side, t, j->found.data, j->found.len, 0,
+                            out);
+        if (rc == 0 && (rc = buffer_key(j, side, meta.key, meta.key_len, n, &key_len)) == 0)
+            rc = wrote(j, sl_cache_window_delete(j->cache, j->key, key_len, t));
+    }
     if (rc == 0)
         rc = wrote(j, sl_cache_window_delete(j->cache, store_key, len, t));
     return rc;

@@ -831,6 +831,50 @@ clicks:join(users, function(r, u)
 
 
 class StreamStreamJoinTest(JoinTestCase):
+    def test_many_records_with_one_key_and_time_pair_and_stay_matched(self):
+        """3000 left records share key and time (over 300 KB: the buffer entry
+        spills into chunks); two right records 500 ms later pair with each of
+        them, so none is unjoined; a later left record is, once a clock
+        record closes its window; the chunks expire with their entry. Then
+        the same after a restart."""
+        name, left, right, out = self.names("clicks", "views", "out")
+        self.create(left, 1)
+        self.create(right, 1)
+        pad = "x" * 80
+        produce_timed(self.r, left, [("hot", {"id": i, "pad": pad}, BASE_TS) for i in range(3000)])
+        produce_timed(self.r, right, [("hot", {"id": 10000 + i}, BASE_TS + 500) for i in range(2)])
+        script = STREAM_STREAM.substitute(name=name, left=left, right=right, fn=SS_FN,
+                                          within="1s", grace="0ms", type="outer", out=out,
+                                          partitions=1)
+        self.submit_ok(name, script)
+
+        def entry(rec):
+            return (rec.key, rec.value["l"], rec.value["r"])
+
+        def buffered():  # the join store's keys: side byte ('l': a left chunk) + key
+            keys, cursor = set(), "0"
+            while True:
+                cursor, items = self.r.execute_command("SCAN", name + ".join2", cursor, "COUNT",
+                                                       1000)
+                keys |= {bytes(k) for k in items[0::3]}
+                if int(cursor) == 0:
+                    return keys
+        want = collections.Counter(("hot", i, 10000 + k) for i in range(3000) for k in range(2))
+        self.settle(name, out, want, entry)
+        chunks = {k for k in buffered() if k.startswith(b"lhot")}
+        self.assertGreaterEqual(len(chunks), 4, "300 KB in chunks of at most 64 KB")
+        produce_timed(self.r, left, [("hot", {"id": 5000}, BASE_TS + 10000),
+                                     ("clock", {"id": 6000}, BASE_TS + 60000)])
+        want[("hot", 5000, -1)] = 1  # closed by the clock; the clock's own window is still open
+        self.settle(name, out, want, entry)
+        wait_until(lambda: buffered() == {b"Lclock"}, SETTLE, 0.05, "expired buffers")
+        self.node.restart()
+        self.r = self.node.client()
+        produce_timed(self.r, right, [("hot", {"id": 10002}, BASE_TS + 800),  # late: dropped
+                                      ("clock", {"id": 10003}, BASE_TS + 120000)])
+        want[("clock", 6000, -1)] = 1  # closed by the right side's clock now
+        self.settle(name, out, want, entry)
+
     def test_pairs_late_records_and_unjoined_ones_on_a_crafted_input(self):
         """within 100 ms, grace 50 ms, one partition. Taken in event-time
         order across the inputs: d@900 a@1000 A@1050 A@1960 [A@1560 late:
