@@ -539,9 +539,7 @@ static int run_member(worker_t *w, task_t *m, size_t count, int *stopped)
     *stopped = sl_exec_batch(w->exec, m->entry, &origin, recs, count, &out, &done);
     if (done > 0) {
         m->in_at += done;
-        m->position = recs[done - 1].offset + 1;
-        m->uncommitted = m->position;
-        pipeline_task_show(m);
+        m->ran_to = recs[done - 1].offset + 1; /* the position, once the outputs are out */
     }
     return *stopped;
 }
@@ -621,6 +619,14 @@ static int step_group(worker_t *w, task_t *lead, int keyed_only)
     }
     rc = flush_outputs(w);
     sl_exec_reset(w->exec);
+    for (int i = 0; rc == 0 && i < lead->member_count; i++) {
+        task_t *m = &pl->tasks[lead->members[i]];
+        if (m->ran_to < 0)
+            continue;
+        m->position = m->uncommitted = m->ran_to;
+        m->ran_to = -1;
+        pipeline_task_show(m);
+    }
     if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
                     w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(lead->state)))
         rc = commit(w);
@@ -838,7 +844,7 @@ static int add_task(pipeline_t *pl, int entry, sl_topic_t *t, int32_t i, int jso
 {
     task_t *task = &pl->tasks[pl->task_count];
     int64_t committed;
-    *task = (task_t){.entry = entry, .json = json, .uncommitted = -1};
+    *task = (task_t){.entry = entry, .json = json, .uncommitted = -1, .ran_to = -1};
     task->topic = sl_strdup(sl_topic_name(t));
     if (!task->topic)
         return -ENOMEM;

@@ -30,6 +30,7 @@ typedef struct task {
     int member_count;   /* 0 unless it leads a group of 2 or more */
     sl_record_set_t in; /* a member's records read and not yet run */
     size_t in_at;       /* the next of them to run */
+    int64_t ran_to;     /* the position after the records run, until their outputs are out; -1 */
     /* A member reading a repartition topic: the tasks of other groups
      * whose stages write that topic. While it has no records and one of
      * them has some to read or to commit, its group waits (up to
