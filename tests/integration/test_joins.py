@@ -36,8 +36,8 @@ import string
 import time
 import unittest
 
-from crash import (Killer, check_running, describe, kills_wanted, progress, read_topic,
-                   records_wanted, say, seed, text)
+from crash import (Killer, describe, kills_wanted, progress, read_topic,
+                   records_wanted, say, seed, text, wait_caught_up)
 from node import Error, Node, NodeTestCase, murmur2_partition, wait_until
 
 WAIT = 30.0
@@ -46,34 +46,6 @@ BASE_TS = 1700000000000
 _serial = itertools.count()
 
 Rec = collections.namedtuple("Rec", "offset ts key value")
-
-
-def wait_caught_up(node, name, timeout):
-    """crash.wait_caught_up, except that a task whose partition is empty
-    (committed -1, end 0) counts as caught up: every task has committed its
-    end, in two DESCRIBEs in a row that agree; fails at once if the
-    pipeline failed."""
-    deadline = time.monotonic() + timeout
-    client = node.client()
-    previous = None
-    try:
-        while True:
-            desc = describe(client, name)
-            check_running(desc, name, node)
-            tasks = [tuple(t) for t in desc["tasks"]]
-            done = tasks and all(t[4] == 0 and (t[2] == t[3] or (t[2] == -1 and t[3] == 0))
-                                 for t in tasks)
-            if done and tasks == previous:
-                return desc
-            previous = tasks if done else None
-            if time.monotonic() >= deadline:
-                raise AssertionError("pipeline %s did not catch up within %.0f s: %r\n"
-                                     "node log tail:\n%s"
-                                     % (name, timeout, tasks,
-                                        "\n".join(node.log().splitlines()[-30:])))
-            time.sleep(0.02)
-    finally:
-        client.close()
 
 
 # ---- input ---------------------------------------------------------------------------
