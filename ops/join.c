@@ -302,6 +302,15 @@ int sl_join_table_table(sl_join_t *j, const sl_op_t *op, sl_join_t *left, sl_joi
     }
     if (rc == 0)
         rc = sl_vm_record_get(vm, *out, &rec);
+    if (rc == 0 && rec.value_len >= 0) { /* joins over this table read it back as JSON */
+        int check;
+        sl_vm_origin_t origin = {j->op->store, j->partition, 1};
+        if ((rc = sl_vm_record_load(vm, &rec, &origin, &check)) == SL_EINVALID)
+            return sl_error_set(SL_EINVALID,
+                                "join (%s): the function returned a value that is not JSON (a "
+                                "string?); a table-table join keeps JSON values: return a table",
+                                j->op->where);
+    }
     if (rc)
         return rc;
     if (rec.value_len < 0)

@@ -993,6 +993,28 @@ class TableTableJoinTest(JoinTestCase):
         self.assertEqual({k: v for k, v in stored.items() if v is not None}, want,
                          "GET on the join's store")
 
+    def test_a_result_that_is_not_json_fails_the_record_and_names_the_join(self):
+        # A table-table join keeps JSON (joins over it read it back): a plain
+        # string result is refused where it is made, through on_error.
+        name, users, scores, out = self.names("users", "scores", "out")
+        self.create(users, 1)
+        self.create(scores, 1)
+        produce_timed(self.r, users, [("a", {"n": 1}, 10), ("b", {"n": 2}, 20)])
+        produce_timed(self.r, scores, [("a", {"s": 5}, 30), ("b", {"s": 6}, 40)])
+        script = TABLE_TABLE.substitute(
+            name=name, left=users, right=scores, type="left", out=out, partitions=1,
+            fn='function(u, s) if s and s.s == 6 then return "plain text" end return u end')
+        self.submit_ok(name, script.replace('s.pipeline{name = "%s"}' % name,
+                                            's.pipeline{name = "%s", on_error = "skip"}' % name))
+        wait_caught_up(self.node, name, WAIT)
+        wait_until(lambda: len(self.outputs(self.r, out)) == 3, SETTLE, 0.05, "outputs")
+        got = [(rec.key, rec.value) for _, rec in self.outputs(self.r, out)]
+        self.assertEqual(got, [("a", {"n": 1}), ("b", {"n": 2}), ("a", {"n": 1})])
+        self.assertEqual(self.get(self.r, name + ".risk", "b"), {"n": 2}, "b kept its value")
+        errors = [op[5] for op in describe(self.r, name)["ops"] if text(op[1]) == "join"]
+        self.assertEqual(errors, [1])
+        self.assertIn("returned a value that is not JSON", self.node.log())
+
     def test_inner_join_final_table_matches_the_reference(self):
         self.run_random("inner", 41)
 
