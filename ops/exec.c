@@ -263,39 +263,32 @@ static void emit_route(sl_exec_t *x, const sl_op_t *op, int slot)
 static int join(sl_exec_t *x, const sl_op_t *op, int slot, int from, int port)
 {
     sl_vm_t *vm = x->dag->vm;
-    int side = !(op->inputs[0].op == from && op->inputs[0].port == port), out = -1, late, rc;
+    int side = !(op->inputs[0].op == from && op->inputs[0].port == port), out = -1, rc;
     sl_join_t *j = sl_exec_task_join(x->task, op->id);
-    if (op->join_kind == SL_JOIN_STREAM_TABLE) {
-        if (side == 1) /* the table's own change: it is already in its store */
-            return 0;
-        sl_join_t *table = sl_exec_task_join(x->task, op->inputs[1].op);
-        if (!table)
-            return sl_error_set(SL_EINVALID, "join (%s): the runtime gave no table state",
-                                op->where);
-        rc = sl_join_stream_table(table, op, vm, slot, &out);
-        if (rc == 0 && out >= 0)
-            pass_on(x, op->id, 0, out);
-        return rc;
-    }
-    if (!j)
+    sl_join_t *left = sl_exec_task_join(x->task, op->inputs[0].op);
+    sl_join_t *right = sl_exec_task_join(x->task, op->inputs[1].op);
+    if (op->join_kind == SL_JOIN_STREAM_TABLE && side == 1)
+        return 0; /* the table's own change: it is already in its store */
+    int ready = op->join_kind == SL_JOIN_STREAM_STREAM  ? j != NULL
+                : op->join_kind == SL_JOIN_STREAM_TABLE ? right != NULL /* the table */
+                                                        : j && left && right;
+    if (!ready)
         return sl_error_set(SL_EINVALID, "join (%s): the runtime gave no state", op->where);
-    if (op->join_kind == SL_JOIN_TABLE_TABLE) {
-        sl_join_t *left = sl_exec_task_join(x->task, op->inputs[0].op);
-        sl_join_t *right = sl_exec_task_join(x->task, op->inputs[1].op);
-        if (!left || !right)
-            return sl_error_set(SL_EINVALID, "join (%s): the runtime gave no table state",
-                                op->where);
-        rc = sl_join_table_table(j, op, left, right, vm, slot, &out);
-        if (rc == 0 && out >= 0)
-            pass_on(x, op->id, 0, out);
+    if (op->join_kind == SL_JOIN_STREAM_STREAM) {
+        size_t first = x->out_count; /* a join downstream appends after these */
+        rc = sl_join_stream_stream(j, op, vm, slot, side, &x->outs, &x->out_count, &x->out_cap);
+        size_t end = x->out_count;
+        for (size_t i = first; rc == 0 && i < end && !x->stop; i++)
+            pass_on(x, op->id, 0, x->outs[i]);
+        x->out_count = first;
         return rc;
     }
-    size_t first = x->out_count; /* a join downstream appends after these */
-    rc = sl_join_stream_stream(j, op, vm, slot, side, &x->outs, &x->out_count, &x->out_cap, &late);
-    size_t end = x->out_count;
-    for (size_t i = first; rc == 0 && i < end && !x->stop; i++)
-        pass_on(x, op->id, 0, x->outs[i]);
-    x->out_count = first;
+    if (op->join_kind == SL_JOIN_STREAM_TABLE)
+        rc = sl_join_stream_table(right, op, vm, slot, &out);
+    else
+        rc = sl_join_table_table(j, op, left, right, vm, slot, &out);
+    if (rc == 0 && out >= 0)
+        pass_on(x, op->id, 0, out);
     return rc;
 }
 
@@ -305,6 +298,7 @@ static void run(sl_exec_t *x, int op_id, int slot, int from, int port)
 {
     const sl_op_t *op = &x->dag->ops[op_id];
     sl_vm_t *vm = x->dag->vm;
+    sl_join_t *table;
     int rc = 0, keep, out, first, count, branch, late;
     sl_record_t rec;
     x->stats[op_id].records_in++;
@@ -355,9 +349,9 @@ static void run(sl_exec_t *x, int op_id, int slot, int from, int port)
             x->stop = rc, rc = 0;
         break;
     case SL_OP_TABLE: /* an entry: its record into the table, then on */
-        if (!x->task || !sl_exec_task_join(x->task, op_id))
+        if (!(table = sl_exec_task_join(x->task, op_id)))
             rc = sl_error_set(SL_EINVALID, "table (%s): the runtime gave no state", op->where);
-        else if (!(rc = sl_join_table_record(sl_exec_task_join(x->task, op_id), vm, slot)))
+        else if (!(rc = sl_join_table_record(table, vm, slot)))
             pass_on(x, op_id, 0, slot);
         break;
     case SL_OP_JOIN:

@@ -113,7 +113,16 @@ void sl_join_set_json(sl_join_t *j, int json, int left_json, int right_json)
     j->side_json[1] = right_json;
 }
 
+/* When a buffered record of time t has no partner left to wait for: the
+ * closer's close time (closed once stream time reaches it). */
+static int64_t close_time(const sl_op_t *op, int64_t t)
+{
+    return t + op->join_within + op->window_grace + 1;
+}
+
 /* ---- setup ------------------------------------------------------------------- */
+
+static int owns(void *arg, const void *store_key, size_t len);
 
 typedef struct rebuild {
     sl_join_t *j;
@@ -135,11 +144,9 @@ static int rebuild_one(void *arg, const void *store_key, size_t len, const void 
     const uint8_t *k = store_key;
     int side = k[0] == SIDE_RIGHT;
     if ((k[0] != SIDE_LEFT && k[0] != SIDE_RIGHT) || !owes_unmatched(j->op, side) || /* a chunk */
-        (j->partitions > 0 &&
-         sl_partition_for_key(k + 1, key_len - 1, j->partitions) != j->partition))
+        !owns(j, store_key, len))
         return 0;
-    r->rc = sl_window_closer_add(j->closer, store_key, key_len, t,
-                                 t + j->op->join_within + j->op->window_grace + 1);
+    r->rc = sl_window_closer_add(j->closer, store_key, key_len, t, close_time(j->op, t));
     return r->rc ? 1 : 0;
 }
 
@@ -213,6 +220,18 @@ static int wrote(sl_join_t *j, int rc)
     return rc < 0 || rc > 1 ? rc : 0;
 }
 
+/* A kv store's new value of key: rec's value, or a delete for a tombstone. */
+static int table_write(sl_join_t *j, const uint8_t *key, int32_t key_len, const sl_record_t *rec)
+{
+    int rc = rec->value_len < 0
+                 ? sl_cache_delete(j->cache, key, (size_t)key_len)
+                 : sl_cache_put(j->cache, key, (size_t)key_len, rec->value, (size_t)rec->value_len);
+    if (rc < 0 || rc > 1)
+        return sl_error_set(rc, "%s (%s): %s", sl_op_kind_name(j->op->kind), j->op->where,
+                            sl_error_detail());
+    return wrote(j, rc);
+}
+
 int sl_join_table_record(sl_join_t *j, sl_vm_t *vm, int slot)
 {
     sl_record_t rec;
@@ -223,13 +242,7 @@ int sl_join_table_record(sl_join_t *j, sl_vm_t *vm, int slot)
         return sl_error_set(SL_EINVALID,
                             "table (%s): a record without a key cannot be placed in a table",
                             j->op->where);
-    if (rec.value_len < 0)
-        rc = sl_cache_delete(j->cache, rec.key, (size_t)rec.key_len);
-    else
-        rc = sl_cache_put(j->cache, rec.key, (size_t)rec.key_len, rec.value, (size_t)rec.value_len);
-    if (rc < 0 || rc > 1)
-        return sl_error_set(rc, "table (%s): %s", j->op->where, sl_error_detail());
-    return wrote(j, rc);
+    return table_write(j, rec.key, rec.key_len, &rec);
 }
 
 /* Loads table j's value of key into a new slot: 1 and *slot, 0 if it has
@@ -311,16 +324,7 @@ int sl_join_table_table(sl_join_t *j, const sl_op_t *op, sl_join_t *left, sl_joi
                                 "string?); a table-table join keeps JSON values: return a table",
                                 j->op->where);
     }
-    if (rc)
-        return rc;
-    if (rec.value_len < 0)
-        rc = sl_cache_delete(j->cache, meta.key, (size_t)meta.key_len);
-    else
-        rc = sl_cache_put(j->cache, meta.key, (size_t)meta.key_len, rec.value,
-                          (size_t)rec.value_len);
-    if (rc < 0 || rc > 1)
-        return sl_error_set(rc, "join (%s): %s", j->op->where, sl_error_detail());
-    return wrote(j, rc);
+    return rc ? rc : table_write(j, meta.key, meta.key_len, &rec);
 }
 
 /* ---- stream-stream --------------------------------------------------------- */
@@ -506,8 +510,7 @@ static int buffer_record(sl_join_t *j, int side, const sl_record_t *meta, const 
     if (found && len < ENTRY_HEADER)
         return sl_error_set(SL_ECORRUPT, "join (%s): a damaged buffer entry", j->op->where);
     if (!found && j->closer && owes_unmatched(j->op, side) && /* a new (key, t): closes later */
-        (rc = sl_window_closer_add(j->closer, j->key, key_len, t,
-                                   t + j->op->join_within + j->op->window_grace + 1)))
+        (rc = sl_window_closer_add(j->closer, j->key, key_len, t, close_time(j->op, t))))
         return rc;
     head[0] = (uint8_t)((matched ? MATCHED : 0) | (rec->value_len < 0 ? NULL_VALUE : 0));
     sl_put_be32(head + 1, rec->value_len < 0 ? 0 : (uint32_t)rec->value_len);
@@ -518,8 +521,8 @@ static int buffer_record(sl_join_t *j, int side, const sl_record_t *meta, const 
         rc = sl_buf_append(&j->value, (const uint8_t[ENTRY_HEADER]){0}, ENTRY_HEADER);
     if (rc)
         return rc;
-    uint32_t chunks = sl_get_be32(j->value.data);
-    if (chunks > 0 || len + item > ENTRY_BYTES_MAX) { /* into the last chunk, or a new one */
+    uint32_t chunks = sl_get_be32(j->value.data), into = 0; /* 0: the base entry */
+    if (chunks > 0 || len + item > ENTRY_BYTES_MAX) {       /* into the last chunk, or a new one */
         size_t chunk_key = 0, last_len = 0;
         int has = 0;
         if (chunks > 0 &&
@@ -536,23 +539,20 @@ static int buffer_record(sl_join_t *j, int side, const sl_record_t *meta, const 
             if ((rc = sl_buf_append(&j->value, last, last_len)))
                 return rc;
         }
-        if ((rc = sl_buf_append(&j->value, head, sizeof head)) == 0 && rec->value_len > 0)
-            rc = sl_buf_append(&j->value, rec->value, (size_t)rec->value_len);
-        return rc ? rc : put_value(j, side, meta, chunks, t);
+        into = chunks;
     }
     if ((rc = sl_buf_append(&j->value, head, sizeof head)) == 0 && rec->value_len > 0)
         rc = sl_buf_append(&j->value, rec->value, (size_t)rec->value_len);
-    return rc ? rc : put_value(j, side, meta, 0, t);
+    return rc ? rc : put_value(j, side, meta, into, t);
 }
 
 int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot, int side,
-                          int **outs, size_t *count, size_t *cap, int *late)
+                          int **outs, size_t *count, size_t *cap)
 {
     j->run = op;
     sl_record_t meta, rec;
     size_t key_len = 0;
     int matched = 0, out;
-    *late = 0;
     int rc = sl_vm_record_meta(vm, slot, &meta);
     if (rc == 0)
         rc = sl_vm_record_get(vm, slot, &rec);
@@ -570,7 +570,6 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
                             (long long)t);
     if (j->stream_time != SL_WATERMARK_NONE && t < j->stream_time - op->window_grace) {
         __atomic_fetch_add(&j->late, 1, __ATOMIC_RELAXED);
-        *late = 1;
         return 0;
     }
     if (j->stream_time == SL_WATERMARK_NONE || t > j->stream_time)

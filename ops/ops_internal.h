@@ -82,10 +82,10 @@ int sl_join_table_table(sl_join_t *j, const sl_op_t *op, sl_join_t *left, sl_joi
                         sl_vm_t *vm, int slot, int *out);
 
 /* STREAM_STREAM: the record of slot from side (0 left, 1 right); the
- * pairs it made are appended to (*outs, *count, *cap); *late = 1 if it
- * was late (dropped). */
+ * pairs it made are appended to (*outs, *count, *cap). A late record is
+ * dropped and counted (sl_join_late). */
 int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot, int side,
-                          int **outs, size_t *count, size_t *cap, int *late);
+                          int **outs, size_t *count, size_t *cap);
 
 /* At commit: unmatched records of closed windows downstream (left and
  * outer), then expiry of the buffers. */
