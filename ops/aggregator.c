@@ -252,9 +252,9 @@ int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *str
     const sl_dag_t *dag = sl_exec_dag(x);
     sl_exec_task_t *t = sl_calloc(1, sizeof *t);
     int rc = t ? 0 : -ENOMEM;
-    for (int i = 0; rc == 0 && i < dag->op_count; i++) {
-        t->count += dag->ops[i].kind == SL_OP_AGGREGATE;
-        t->join_count += has_join_state(&dag->ops[i]);
+    for (int i = 0; rc == 0 && i < dag->op_count; i++) { /* the ops given a store */
+        t->count += dag->ops[i].kind == SL_OP_AGGREGATE && stores[i];
+        t->join_count += has_join_state(&dag->ops[i]) && stores[i];
     }
     if (rc == 0 && t->count && !(t->aggs = sl_calloc((size_t)t->count, sizeof *t->aggs)))
         rc = -ENOMEM;
@@ -265,14 +265,10 @@ int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *str
         t->join_count = 0;
     for (int i = 0; rc == 0 && i < dag->op_count; i++) {
         const sl_op_t *op = &dag->ops[i];
-        if (!has_join_state(op))
+        if (!has_join_state(op) || !stores[i])
             continue;
-        if (!stores[i])
-            rc = sl_error_set(SL_EINVALID, "%s (%s): no store", sl_op_kind_name(op->kind),
-                              op->where);
-        else
-            rc = sl_join_new(op, stores[i], stream_times[i], partition, partitions,
-                             &t->joins[t->join_count]);
+        rc = sl_join_new(op, stores[i], stream_times[i], partition, partitions,
+                         &t->joins[t->join_count]);
         if (rc)
             break;
         int two = op->kind == SL_OP_JOIN;
@@ -286,11 +282,7 @@ int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *str
         t->count = 0;
     }
     for (int i = 0; rc == 0 && i < dag->op_count; i++) {
-        if (dag->ops[i].kind != SL_OP_AGGREGATE)
-            continue;
-        if (!stores[i])
-            rc = sl_error_set(SL_EINVALID, "aggregate (%s): no store", dag->ops[i].where);
-        else
+        if (dag->ops[i].kind == SL_OP_AGGREGATE && stores[i])
             rc = agg_init(t, &t->aggs[t->count++], &dag->ops[i], stores[i], stream_times[i]);
     }
     if (rc) {

@@ -108,10 +108,11 @@ const sl_op_stats_t *sl_exec_stats(const sl_exec_t *x, int op);
  */
 typedef struct sl_exec_task sl_exec_task_t;
 
-/* State for x's AGGREGATE ops: stores[i] the store of op i (NULL for other
- * ops), stream_times[i] its committed stream time (SL_WATERMARK_NONE if
- * none); partition of partitions is the task's input partition (keys of
- * other partitions in a store belong to other tasks). */
+/* State for the stateful ops (AGGREGATE, TABLE, JOIN) of x that the task
+ * runs: stores[i] the store of op i (NULL for other ops, and for stateful
+ * ops of other stages), stream_times[i] its committed stream time
+ * (SL_WATERMARK_NONE if none); partition of partitions is the task's input
+ * partition (keys of other partitions in a store belong to other tasks). */
 int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *stream_times,
                      int32_t partition, int partitions, sl_exec_task_t **out);
 void sl_exec_task_free(sl_exec_task_t *t);

@@ -186,6 +186,27 @@ task_t *groups_task(pipeline_t *pl, task_t *lead, int entry)
     return NULL;
 }
 
+int groups_stores(const pipeline_t *pl, const task_t *lead, sl_store_t **out)
+{
+    const sl_dag_t *dag = pl->dag;
+    unsigned char *seen = sl_malloc((size_t)dag->op_count);
+    if (!seen)
+        return -ENOMEM;
+    for (int s = 0; s < dag->op_count; s++) {
+        out[s] = NULL;
+        if (!pl->stores[s])
+            continue;
+        memset(seen, 0, (size_t)dag->op_count);
+        upstream_entries(dag, s, seen);
+        int ours = seen[lead->entry] == 2;
+        for (int i = 0; !ours && i < lead->member_count; i++)
+            ours = seen[pl->tasks[lead->members[i]].entry] == 2;
+        out[s] = ours ? pl->stores[s] : NULL;
+    }
+    sl_free(seen);
+    return 0;
+}
+
 int groups_build(pipeline_t *pl)
 {
     int *root = sl_malloc((size_t)pl->dag->op_count * sizeof *root);

@@ -375,10 +375,7 @@ static int commit_states(worker_t *w, task_t *t)
         sl_cache_t *cache = sl_exec_task_cache(t->state, op);
         if (!cache)
             continue;
-        int from_source = source_changelog(pl, op, part) != NULL;
-        task_t *source = from_source ? groups_task(pl, t, op) : NULL;
-        if (from_source && !source)
-            continue; /* a table of another stage: this task never writes it */
+        task_t *source = source_changelog(pl, op, part) ? groups_task(pl, t, op) : NULL;
         if (source) { /* checkpoint = the input offset this commit records */
             int rc = sl_commit_store_at(w->committer, cache, part,
                                         source->uncommitted >= 0 ? source->uncommitted
@@ -1024,19 +1021,21 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
 {
     int32_t part = sl_partition_id(t->partition);
     int64_t *times = sl_calloc((size_t)pl->dag->op_count, sizeof *times);
-    int rc = times ? 0 : -ENOMEM;
+    sl_store_t **stores = sl_calloc((size_t)pl->dag->op_count, sizeof *stores);
+    int rc = times && stores ? groups_stores(pl, t, stores) : -ENOMEM; /* t's stage's only */
     for (int op = 0; rc == 0 && op < pl->dag->op_count; op++) {
         int64_t from;
         times[op] = INT64_MIN;
-        if (!pl->stores[op])
+        if (!stores[op])
             continue;
         sl_topic_t *topic = sl_log_topic(pl->log, sl_store_changelog_topic(pl->stores[op]));
         sl_partition_t *changelog = topic ? sl_topic_partition(topic, part) : NULL;
         restore_watch_t watch = {pl->manager, 0};
         sl_restore_options_t opts = {.progress = report_restore, .progress_arg = &watch, .to = -1};
-        task_t *source = source_changelog(pl, op, part) ? groups_task(pl, t, op) : NULL;
+        sl_partition_t *own = source_changelog(pl, op, part);
+        task_t *source = own ? groups_task(pl, t, op) : NULL;
         if (source) { /* the table's own topic, up to what the table committed */
-            changelog = source_changelog(pl, op, part);
+            changelog = own;
             opts.source = 1;
             opts.to = source->position;
         }
@@ -1054,9 +1053,9 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
         rc = r == SL_ENOTFOUND ? 0 : r;
     }
     if (rc == 0)
-        rc = sl_exec_task_new(pl->workers[t->worker].exec, pl->stores, times, part, widest,
-                              &t->state);
+        rc = sl_exec_task_new(pl->workers[t->worker].exec, stores, times, part, widest, &t->state);
     sl_free(times);
+    sl_free(stores);
     return rc;
 }
 

@@ -189,10 +189,15 @@ sl_topic_t *pipeline_entry_topic(const pipeline_t *pl, const sl_op_t *op, int *j
  * stateful op, checks their partition counts and makes the groups (task
  * lead, members, feeders); assign_workers deals the leads out to the
  * workers and tells each exec which entries read JSON; task finds the
- * task of lead's group that reads entry. */
+ * task of lead's group that reads entry; stores picks the group's stores. */
 int groups_build(pipeline_t *pl);
 void groups_assign_workers(pipeline_t *pl);
 task_t *groups_task(pipeline_t *pl, task_t *lead, int entry);
+
+/* out[op] = pl->stores[op] for the stateful ops whose records come from
+ * lead's group's entries, NULL for every other op: the state the group's
+ * task keeps. out has room for every op. Returns 0 or -ENOMEM. */
+int groups_stores(const pipeline_t *pl, const task_t *lead, sl_store_t **out);
 
 /* offsets_log.c: the positions an exactly-once pipeline also logs in its
  * topic "<name>.offsets". open creates it or reads its newest values; get
