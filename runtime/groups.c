@@ -142,20 +142,17 @@ static int group_tasks(pipeline_t *pl, int *root)
                 t->lead = j;
                 break;
             }
-        task_t *lead = &pl->tasks[t->lead];
-        size_t cap = (size_t)lead->member_count;
         if (t->lead == i)
             continue;
-        if (lead->member_count == 0) {
-            if (!(lead->members = sl_malloc(2 * sizeof *lead->members)))
-                return -ENOMEM;
-            lead->members[lead->member_count++] = t->lead;
-            cap = 2;
-        }
-        if (sl_array_reserve((void **)&lead->members, &cap, (size_t)lead->member_count + 1,
-                             sizeof *lead->members))
+        task_t *lead = &pl->tasks[t->lead];
+        int n = lead->member_count ? lead->member_count : 1; /* the lead itself comes first */
+        int *grown = sl_realloc(lead->members, (size_t)(n + 1) * sizeof *grown);
+        if (!grown)
             return -ENOMEM;
-        lead->members[lead->member_count++] = i;
+        grown[0] = t->lead;
+        grown[n] = i;
+        lead->members = grown;
+        lead->member_count = n + 1;
     }
     return find_feeders(pl);
 }

@@ -488,6 +488,41 @@ static int commit(worker_t *w)
     return rc;
 }
 
+/* Runs count records of task t's stage (t->ran_to: the position after
+ * them, applied once their outputs are out); 0 or what stopped it. */
+static int run_records(worker_t *w, task_t *t, const sl_record_t *recs, size_t count, size_t *done)
+{
+    sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json};
+    sl_exec_output_t out = {on_emit, on_failed, w};
+    w->current = t;
+    int stopped = sl_exec_batch(w->exec, t->entry, &origin, recs, count, &out, done);
+    if (*done > 0)
+        t->ran_to = recs[*done - 1].offset + 1;
+    return stopped;
+}
+
+/* Ends a batch of lead's tasks (lead alone, or its group): their outputs
+ * out, the stage reset, their positions advanced, then a commit when one
+ * is due. Returns 0, what stopped the batch, or an error. */
+static int end_batch(worker_t *w, task_t *lead, int stopped)
+{
+    pipeline_t *pl = w->pl;
+    int rc = flush_outputs(w), n = lead->member_count ? lead->member_count : 1;
+    sl_exec_reset(w->exec);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        task_t *t = lead->member_count ? &pl->tasks[lead->members[i]] : lead;
+        if (t->ran_to < 0)
+            continue;
+        t->position = t->uncommitted = t->ran_to;
+        t->ran_to = -1;
+        pipeline_task_show(t);
+    }
+    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
+                    w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(lead->state)))
+        rc = commit(w);
+    return rc == 0 ? stopped : rc;
+}
+
 /* One batch of one task: 1 if records were processed, 0 if none were
  * waiting, or an error that stops the pipeline. */
 static int step(worker_t *w, task_t *t)
@@ -497,25 +532,9 @@ static int step(worker_t *w, task_t *t)
     int rc = batch_read(t, b);
     if (rc || b->count == 0)
         return rc;
-    const sl_record_t *recs = sl_record_set_array(b);
-    sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json};
-    sl_exec_output_t out = {on_emit, on_failed, w};
-    w->current = t;
     w->round_robin++;
     sl_exec_set_task(w->exec, t->state);
-    int stopped = sl_exec_batch(w->exec, t->entry, &origin, recs, b->count, &out, &done);
-    rc = flush_outputs(w);
-    sl_exec_reset(w->exec);
-    if (rc == 0 && done > 0) {
-        t->position = recs[done - 1].offset + 1;
-        t->uncommitted = t->position;
-        pipeline_task_show(t);
-    }
-    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
-                    w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(t->state)))
-        rc = commit(w);
-    if (rc == 0 && stopped)
-        rc = stopped;
+    rc = end_batch(w, t, run_records(w, t, sl_record_set_array(b), b->count, &done));
     return rc < 0 ? rc : 1;
 }
 
@@ -523,22 +542,6 @@ static int step(worker_t *w, task_t *t)
 static const sl_record_t *member_head(task_t *m)
 {
     return m->in_at < m->in.count ? &sl_record_set_array(&m->in)[m->in_at] : NULL;
-}
-
-/* Runs count records of member m (from its m->in_at); 0 or what stopped. */
-static int run_member(worker_t *w, task_t *m, size_t count, int *stopped)
-{
-    const sl_record_t *recs = sl_record_set_array(&m->in) + m->in_at;
-    sl_vm_origin_t origin = {m->topic, sl_partition_id(m->partition), m->json};
-    sl_exec_output_t out = {on_emit, on_failed, w};
-    size_t done = 0;
-    w->current = m;
-    *stopped = sl_exec_batch(w->exec, m->entry, &origin, recs, count, &out, &done);
-    if (done > 0) {
-        m->in_at += done;
-        m->ran_to = recs[done - 1].offset + 1; /* the position, once the outputs are out */
-    }
-    return *stopped;
 }
 
 /* 1 if member m has no records waiting while a feeder of its topic has
@@ -609,26 +612,14 @@ static int step_group(worker_t *w, task_t *lead, int keyed_only)
                (!next || recs[n].timestamp < next->timestamp ||
                 (recs[n].timestamp == next->timestamp && fi < ni)))
             n++;
-        run_member(w, first, n, &stopped);
+        size_t done = 0;
+        stopped = run_records(w, first, recs, n, &done);
+        first->in_at += done;
         ran += n;
         if (!member_head(first))
             break; /* read more before going on */
     }
-    rc = flush_outputs(w);
-    sl_exec_reset(w->exec);
-    for (int i = 0; rc == 0 && i < lead->member_count; i++) {
-        task_t *m = &pl->tasks[lead->members[i]];
-        if (m->ran_to < 0)
-            continue;
-        m->position = m->uncommitted = m->ran_to;
-        m->ran_to = -1;
-        pipeline_task_show(m);
-    }
-    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
-                    w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(lead->state)))
-        rc = commit(w);
-    if (rc == 0 && stopped)
-        rc = stopped;
+    rc = end_batch(w, lead, stopped);
     return rc < 0 ? rc : ran > 0;
 }
 
