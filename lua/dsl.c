@@ -384,21 +384,27 @@ const char *sl_dsl_store_option(lua_State *L, sl_builder_t *b, int idx, const ch
 }
 
 /* s.stream(topic, {partitions =, format =, timestamp =}) */
+int sl_dsl_format_option(lua_State *L, sl_builder_t *b, int idx, const char *what)
+{
+    static const char *const formats[] = {"json", "raw", NULL};
+    int format = sl_dsl_option_choice(L, b, idx, what, "format", formats, SL_FORMAT_TOPIC);
+    return format == 0 ? SL_FORMAT_JSON : format == 1 ? SL_FORMAT_RAW : SL_FORMAT_TOPIC;
+}
+
 static int dsl_stream(lua_State *L)
 {
     static const char *const names[] = {"partitions", "format", "timestamp", NULL};
-    static const char *const formats[] = {"json", "raw", NULL};
     sl_builder_t *b = sl_dsl_enter(L);
     const char *topic = sl_dsl_check_topic(L, b, 1, "stream");
     sl_dsl_check_source_unique(L, b, topic);
     sl_dsl_check_options(L, b, 2, "stream", names);
     int32_t partitions = sl_dsl_option_count(L, b, 2, "stream", "partitions");
-    int format = sl_dsl_option_choice(L, b, 2, "stream", "format", formats, SL_FORMAT_TOPIC);
+    int format = sl_dsl_format_option(L, b, 2, "stream");
     int has_timestamp = sl_dsl_option_function(L, b, 2, "stream", "timestamp");
     sl_op_t *op = sl_dsl_op_append(L, b, SL_OP_SOURCE, NULL, 0);
     op->topic = sl_vm_need(L, sl_strdup(topic));
     op->partitions = partitions;
-    op->format = format == 0 ? SL_FORMAT_JSON : format == 1 ? SL_FORMAT_RAW : SL_FORMAT_TOPIC;
+    op->format = format;
     if (has_timestamp) {
         sl_dsl_option(L, 2, "timestamp");
         op->fn = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -110,6 +110,10 @@ sl_dsl_stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *me
 /* The DSL stream (or table) at idx, or NULL for any other value. */
 sl_dsl_stream_t *sl_dsl_to_stream(lua_State *L, int idx);
 
+/* Option 'format' of the table at idx (for `what`): SL_FORMAT_JSON,
+ * SL_FORMAT_RAW, or SL_FORMAT_TOPIC when absent; raises for another. */
+int sl_dsl_format_option(lua_State *L, sl_builder_t *b, int idx, const char *what);
+
 /* Raises if an earlier s.stream() or s.table() reads topic. */
 void sl_dsl_check_source_unique(lua_State *L, sl_builder_t *b, const char *topic);
 

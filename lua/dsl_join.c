@@ -28,19 +28,18 @@ static const char *const table_options[] = {"partitions", "format", "store", NUL
 /* s.table(topic, {partitions =, format =, store =}) */
 static int dsl_table(lua_State *L)
 {
-    static const char *const formats[] = {"json", "raw", NULL};
     sl_builder_t *b = sl_dsl_enter(L);
     const char *topic = sl_dsl_check_topic(L, b, 1, "table");
     sl_dsl_check_source_unique(L, b, topic);
     sl_dsl_check_options(L, b, 2, "table", table_options);
     int32_t partitions = sl_dsl_option_count(L, b, 2, "table", "partitions");
-    int format = sl_dsl_option_choice(L, b, 2, "table", "format", formats, SL_FORMAT_TOPIC);
+    int format = sl_dsl_format_option(L, b, 2, "table");
     const char *store = sl_dsl_store_option(L, b, 2, "table", "table");
     sl_op_t *op = sl_dsl_op_append(L, b, SL_OP_TABLE, NULL, 0);
     op->topic = sl_vm_need(L, sl_strdup(topic));
     op->store = sl_vm_need(L, sl_strdup(store));
     op->partitions = partitions;
-    op->format = format == 0 ? SL_FORMAT_JSON : format == 1 ? SL_FORMAT_RAW : SL_FORMAT_TOPIC;
+    op->format = format;
     stream_t *s = sl_dsl_push_stream(L, op->id, 0, 0);
     s->table = 1;
     return sl_dsl_leave(b, 1);
