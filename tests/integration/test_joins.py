@@ -748,6 +748,27 @@ s.stream("%s")
     def test_left_join_matches_the_reference_on_random_input(self):
         self.run_random("left", 22)
 
+    def test_a_table_waits_for_a_stream_on_its_way_through_a_key_by(self):
+        # The clicks reach the join through key_by's repartition topic, at
+        # that stage's commits; the table is read directly. The table must
+        # not run ahead meanwhile: each click sees the value of its time.
+        name, tbl, stream, out = self.names("users", "clicks", "out")
+        self.create(tbl, 1)
+        self.create(stream, 1)
+        produce_timed(self.r, tbl, [("a", {"n": 1}, 100), ("a", {"n": 2}, 300)])
+        produce_timed(self.r, stream, [(None, {"id": 1, "user": "a"}, 200),
+                                       (None, {"id": 2, "user": "a"}, 400)])
+        self.submit_ok(name, """\
+local s = require("sluice")
+s.pipeline{name = "%s"}
+local users = s.table("%s")
+s.stream("%s"):key_by("user")
+  :join(users, function(r, u) return {id = r.value.id, n = u and u.n or -1} end, {type = "left"})
+  :to("%s", {create = true})
+""" % (name, tbl, stream, out))
+        self.settle(name, out, collections.Counter([(1, 1), (2, 2)]),
+                    lambda rec: (rec.value["id"], rec.value["n"]))
+
     def test_the_table_value_at_the_stream_records_time_ties_to_the_input_declared_first(self):
         _, name_left, name_inner, tbl, stream, out_left, out_inner = self.names(
             "left", "inner", "users", "clicks", "out-l", "out-i")
