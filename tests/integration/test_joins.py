@@ -1073,6 +1073,26 @@ class TableTableJoinTest(JoinTestCase):
 
 
 class CoPartitioningTest(JoinTestCase):
+    def test_an_aggregate_over_merged_sources_counts_each_key_once(self):
+        # Both sources' partition p meet in one task, so a key's count lives
+        # in one state (two tasks with a cache each would lose updates).
+        name, a, b, out = self.names("a", "b", "out")
+        self.create(a, 2)
+        self.create(b, 2)
+        keys = ["k%d" % i for i in range(20)]
+        for topic in (a, b):
+            produce_timed(self.r, topic, [(k, {"i": i}, 1000 + i) for i in range(200) for k in keys])
+        self.submit_ok(name, """\
+local s = require("sluice")
+s.pipeline{name = "%s", commit_interval = "1s"}
+s.merge(s.stream("%s"), s.stream("%s")):aggregate{n = s.count(), store = "n"}
+  :to("%s", {create = true})
+""" % (name, a, b, out))
+        wait_caught_up(self.node, name, WAIT)
+        for k in keys:
+            wait_until(lambda: self.get(self.r, name + ".n", k) == {"n": 400}, SETTLE, 0.05,
+                       "the count of %s" % k)
+
     def refused(self, name, script, what):
         reply = self.submit(name, script)
         self.assertIsInstance(reply, Error, "%s: %r" % (what, reply))
