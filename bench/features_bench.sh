@@ -28,7 +28,10 @@
 # answers what FEATURES answers. Measured, each unpipelined and with -P 16:
 #
 #   FEATURES activity u:__rand_int__          vs  HGETALL u:__rand_int__
-#   MFEATURES activity <100 x u:__rand_int__>     (rps and latency)
+#   MFEATURES activity <100 x u:__rand_int__>     vs  HGETALL u:__rand_int__ -P 100
+#
+# (the MFEATURES rows count requests of 100 keys on both sides, with 50
+# clients and with 1)
 #
 # and freshness: a client PRODUCEs one event (timestamped now) for a key and,
 # as soon as PRODUCE is acknowledged, polls FEATURES activity KEY on a second
@@ -271,19 +274,22 @@ for p in 1 16; do
             printf "%-26s %12.0f %12.0f %7.2f %8.3f %8.3f %8.3f %8.3f %8.2f %8.2f\n",
                 l, a, b, a / b, c, d, e, f, g, h }'
 done
-for p in 1 16 one; do
-    label="MFEATURES x100 -P $p"
-    if [ "$p" = one ]; then # latency without queueing behind 49 other clients
-        label="MFEATURES x100 1 client"
-        read -r s_rps s_p50 s_p99 s_cpu <<<"$(CLIENTS=1 PROBE=1000 bench "$sluice_port" 1 \
-            MFEATURES activity "${mkeys[@]}")"
-    else
-        read -r s_rps s_p50 s_p99 s_cpu <<<"$(PROBE=1000 bench "$sluice_port" "$p" \
-            MFEATURES activity "${mkeys[@]}")"
-    fi
-    awk -v l="$label" -v a="$s_rps" -v c="$s_p50" -v d="$s_p99" -v g="$s_cpu" \
-        'BEGIN { printf "%-26s %12.0f %12s %7s %8.3f %8.3f %8s %8s %8.2f %8s\n",
-                 l, a, "-", "-", c, d, "-", "-", g, "-" }'
+# MFEATURES of 100 keys against Redis answering the same 100 hashes in one
+# round trip (HGETALL -P 100: redis-benchmark times each request of a
+# pipelined batch from the batch's send, so its latencies are the batch's):
+# with CLIENTS connections (latency = queueing behind the other clients'
+# batches on one server thread) and with one (a lone model server's view).
+for clients in "$CLIENTS" 1; do
+    label="MFEATURES x100 -c $clients"
+    read -r s_rps s_p50 s_p99 s_cpu <<<"$(CLIENTS=$clients PROBE=1000 bench "$sluice_port" 1 \
+        MFEATURES activity "${mkeys[@]}")"
+    read -r r_rps r_p50 r_p99 r_cpu <<<"$(CLIENTS=$clients PROBE=20000 bench "$redis_port" 100 \
+        HGETALL u:__rand_int__)"
+    awk -v l="$label" -v a="$s_rps" -v b="$r_rps" -v c="$s_p50" -v d="$s_p99" -v e="$r_p50" \
+        -v f="$r_p99" -v g="$s_cpu" -v h="$r_cpu" 'BEGIN {
+            b /= 100; h *= 100 # Redis: batches of 100 keys
+            printf "%-26s %12.0f %12.0f %7.2f %8.3f %8.3f %8.3f %8.3f %8.2f %8.2f\n",
+                l, a, b, a / b, c, d, e, f, g, h }'
 done
 read -r _ f50 f99 fmax <<<"$("$PYTHON" "$work/driver.py" freshness "$sluice_port" "$FRESH_SAMPLES")"
 kill -TERM "${server_pid[$sluice_port]}"
@@ -296,4 +302,5 @@ echo "freshness (PRODUCE acknowledged -> new value in FEATURES, $FRESH_SAMPLES s
 echo "  right after the load (write caches full): p50 ${f50} ms, p99 ${f99} ms, max ${fmax} ms"
 echo "  after a restart (caches empty):            p50 ${g50} ms, p99 ${g99} ms, max ${gmax} ms"
 echo "ratio = sluice rps / redis rps; latencies are redis-benchmark's p50/p99 in ms;"
+echo "MFEATURES rows: redis_rps and r_cpu_us per batch of 100 HGETALLs (-P 100);"
 echo "cpu_us = the server process's CPU time per request in microseconds; nproc = $(nproc)"
