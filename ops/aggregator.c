@@ -332,6 +332,14 @@ int64_t sl_exec_task_stream_time(sl_exec_task_t *t, int op)
     return j ? sl_join_stream_time(j) : SL_WATERMARK_NONE;
 }
 
+void sl_exec_task_bound(sl_exec_task_t *t, int64_t bound, int64_t floor)
+{
+    for (int i = 0; i < t->count; i++)
+        sl_watermark_bound(&t->aggs[i].wm, bound, floor);
+    for (int i = 0; i < t->join_count; i++)
+        sl_join_bound(t->joins[i], bound, floor);
+}
+
 uint64_t sl_exec_task_late(sl_exec_task_t *t, int op)
 {
     for (int i = 0; i < t->count; i++)

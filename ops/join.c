@@ -55,9 +55,9 @@ struct sl_join {
                          * holds the functions (a replaced pipeline's
                          * tasks drain on another worker's VM) */
     sl_cache_t *cache;
-    int json;            /* TABLE: its values are JSON */
-    int side_json[2];    /* STREAM_STREAM: each side's values are JSON */
-    int64_t stream_time; /* STREAM_STREAM: SL_WATERMARK_NONE before any */
+    int json;          /* TABLE: its values are JSON */
+    int side_json[2];  /* STREAM_STREAM: each side's values are JSON */
+    sl_watermark_t wm; /* STREAM_STREAM: its stream time (grace unused) */
     int64_t flushed_time;
     sl_window_closer_t *closer; /* STREAM_STREAM with unmatched owed */
     uint64_t late;
@@ -85,9 +85,14 @@ sl_cache_t *sl_join_cache(sl_join_t *j)
     return j->cache;
 }
 
+void sl_join_bound(sl_join_t *j, int64_t bound, int64_t floor)
+{
+    sl_watermark_bound(&j->wm, bound, floor);
+}
+
 int64_t sl_join_stream_time(const sl_join_t *j)
 {
-    return j->stream_time;
+    return j->wm.stream_time;
 }
 
 uint64_t sl_join_late(sl_join_t *j)
@@ -181,7 +186,9 @@ int sl_join_new(const sl_op_t *op, sl_store_t *store, int64_t stream_time, int32
     j->json = j->side_json[0] = j->side_json[1] = 1;
     j->partition = partition;
     j->partitions = partitions;
-    j->stream_time = j->flushed_time = stream_time;
+    sl_watermark_init(&j->wm, 0);
+    sl_watermark_restore(&j->wm, stream_time);
+    j->flushed_time = stream_time;
     int rc = sl_cache_new(store, 0, &j->cache);
     if (rc == 0)
         sl_cache_set_owner(j->cache, owns, j);
@@ -568,12 +575,11 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
     if (t < SL_TIME_MIN || t > SL_TIME_MAX)
         return sl_error_set(SL_EINVALID, "join (%s): event time %lld is out of range", op->where,
                             (long long)t);
-    if (j->stream_time != SL_WATERMARK_NONE && t < j->stream_time - op->window_grace) {
+    if (j->wm.stream_time != SL_WATERMARK_NONE && t < j->wm.stream_time - op->window_grace) {
         __atomic_fetch_add(&j->late, 1, __ATOMIC_RELAXED);
         return 0;
     }
-    if (j->stream_time == SL_WATERMARK_NONE || t > j->stream_time)
-        j->stream_time = t;
+    sl_watermark_observe(&j->wm, t);
     if ((rc = buffer_key(j, !side, meta.key, meta.key_len, 0, &key_len)))
         return rc;
     j->found.len = 0;
@@ -655,17 +661,17 @@ int sl_join_flush(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const sl_exec_output_
     const sl_op_t *op = j->run = &sl_exec_dag(x)->ops[j->op->id];
     sl_window_closed_t closed;
     int rc = 0;
-    j->flushed_time = j->stream_time;
+    j->flushed_time = j->wm.stream_time;
     if (op->kind != SL_OP_JOIN || op->join_kind != SL_JOIN_STREAM_STREAM ||
-        j->stream_time == SL_WATERMARK_NONE)
+        j->wm.stream_time == SL_WATERMARK_NONE)
         return 0;
-    while (rc == 0 && j->closer && sl_window_closer_pop(j->closer, j->stream_time, &closed)) {
+    while (rc == 0 && j->closer && sl_window_closer_pop(j->closer, j->wm.stream_time, &closed)) {
         uint8_t key[SL_STORE_KEY_MAX];
         size_t len = closed.key_len;
         memcpy(key, closed.key, len); /* the closer's copy goes at its next call */
         rc = emit_unmatched(x, j, vm, key, len, closed.start, out);
     }
-    int64_t cutoff = j->stream_time - op->join_within - op->window_grace;
+    int64_t cutoff = j->wm.stream_time - op->join_within - op->window_grace;
     if (rc == 0 && cutoff > SL_TIME_MIN)
         rc = sl_cache_expire(j->cache, cutoff, EXPIRE_BATCH, NULL);
     return rc;

@@ -129,6 +129,11 @@ sl_cache_t *sl_exec_task_cache(sl_exec_task_t *t, int op);
 /* The stream time of AGGREGATE op, to commit with the offsets. */
 int64_t sl_exec_task_stream_time(sl_exec_task_t *t, int op);
 
+/* Bounds the stream time of every stateful op of t by its upstream tasks'
+ * progress, and moves it to at least floor (sl_watermark_bound in
+ * ops/window.h). */
+void sl_exec_task_bound(sl_exec_task_t *t, int64_t bound, int64_t floor);
+
 /* Late records AGGREGATE op has counted in this task (safe to read from
  * another thread). */
 uint64_t sl_exec_task_late(sl_exec_task_t *t, int op);

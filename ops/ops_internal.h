@@ -58,6 +58,9 @@ void sl_join_free(sl_join_t *j);
 const sl_op_t *sl_join_op(const sl_join_t *j);
 sl_cache_t *sl_join_cache(sl_join_t *j);
 int64_t sl_join_stream_time(const sl_join_t *j);
+
+/* Sets the upstream bound and floor of its stream time (sl_watermark_bound). */
+void sl_join_bound(sl_join_t *j, int64_t bound, int64_t floor);
 uint64_t sl_join_late(sl_join_t *j);
 int sl_join_full(const sl_join_t *j);
 void sl_join_committed(sl_join_t *j);

@@ -134,21 +134,41 @@ int64_t sl_window_closed_through(const sl_window_spec_t *spec, int64_t watermark
 
 void sl_watermark_init(sl_watermark_t *wm, int64_t grace)
 {
-    wm->stream_time = SL_WATERMARK_NONE;
+    wm->stream_time = wm->seen = SL_WATERMARK_NONE;
+    wm->bound = SL_WATERMARK_UNBOUNDED;
+    wm->floor = SL_WATERMARK_NONE;
     wm->grace = grace;
 }
 
 void sl_watermark_restore(sl_watermark_t *wm, int64_t stream_time)
 {
-    wm->stream_time = stream_time;
+    wm->stream_time = wm->seen = stream_time;
 }
 
-bool sl_watermark_observe(sl_watermark_t *wm, int64_t t)
+/* stream time = max(stream time, floor, min(seen, bound)) */
+static bool advance(sl_watermark_t *wm)
 {
+    int64_t t = wm->seen < wm->bound ? wm->seen : wm->bound;
+    if (wm->floor > t)
+        t = wm->floor;
     if (t <= wm->stream_time)
         return false;
     wm->stream_time = t;
     return true;
+}
+
+bool sl_watermark_observe(sl_watermark_t *wm, int64_t t)
+{
+    if (t > wm->seen)
+        wm->seen = t;
+    return advance(wm);
+}
+
+bool sl_watermark_bound(sl_watermark_t *wm, int64_t bound, int64_t floor)
+{
+    wm->bound = bound;
+    wm->floor = floor;
+    return advance(wm);
 }
 
 int64_t sl_watermark_get(const sl_watermark_t *wm)

@@ -130,8 +130,27 @@ int64_t sl_window_closed_through(const sl_window_spec_t *spec, int64_t watermark
 
 /* ---- watermarks ------------------------------------------------------ */
 
+/*
+ * A task reading a repartition topic takes records of several upstream
+ * tasks, each in its own event-time order but interleaved as they were
+ * written. Its stream time then follows how far they are (the runtime's
+ * frontiers.c) rather than the records alone: the stream time is
+ *
+ *     max(stream time, floor, min(largest event time observed, bound))
+ *
+ * so it never goes back, never passes the bound (the slowest upstream task
+ * still busy: SL_WATERMARK_NONE holds it where it is) and reaches the floor
+ * (how far upstream tasks have surely gone, seen here or not) even without
+ * records of its own. Without upstream tasks: bound SL_WATERMARK_UNBOUNDED,
+ * floor SL_WATERMARK_NONE.
+ */
+#define SL_WATERMARK_UNBOUNDED INT64_MAX
+
 typedef struct sl_watermark {
-    int64_t stream_time; /* largest event time observed, or SL_WATERMARK_NONE */
+    int64_t stream_time; /* see above, or SL_WATERMARK_NONE */
+    int64_t seen;        /* largest event time observed, or SL_WATERMARK_NONE */
+    int64_t bound;       /* SL_WATERMARK_UNBOUNDED unless set */
+    int64_t floor;       /* SL_WATERMARK_NONE unless set */
     int64_t grace;
 } sl_watermark_t;
 
@@ -143,6 +162,10 @@ void sl_watermark_restore(sl_watermark_t *wm, int64_t stream_time);
 
 /* Takes event time t into account. Returns true when the watermark moved. */
 bool sl_watermark_observe(sl_watermark_t *wm, int64_t t);
+
+/* Sets the upstream bound and floor (see above). Returns true when the
+ * watermark moved. */
+bool sl_watermark_bound(sl_watermark_t *wm, int64_t bound, int64_t floor);
 
 /* stream time - grace, or SL_WATERMARK_NONE before the first record. */
 int64_t sl_watermark_get(const sl_watermark_t *wm);

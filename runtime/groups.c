@@ -33,14 +33,14 @@ static int find_root(int *root, int op)
 
 /* Marks in seen[] the entries whose records reach op (seen[] also
  * marks the ops visited: 1 visited, 2 an entry). */
-static void upstream_entries(const sl_dag_t *dag, int op, unsigned char *seen)
+void groups_upstream_entries(const sl_dag_t *dag, int op, unsigned char *seen)
 {
     if (seen[op])
         return;
     const sl_op_t *o = &dag->ops[op];
     seen[op] = is_entry(o) ? 2 : 1;
     for (int i = 0; !is_entry(o) && i < o->input_count; i++)
-        upstream_entries(dag, o->inputs[i].op, seen);
+        groups_upstream_entries(dag, o->inputs[i].op, seen);
 }
 
 static int32_t entry_partitions(const pipeline_t *pl, int op, const char **topic)
@@ -66,7 +66,7 @@ static int unite_entries(pipeline_t *pl, int *root)
         if (op->kind != SL_OP_AGGREGATE && op->kind != SL_OP_JOIN)
             continue;
         memset(seen, 0, (size_t)dag->op_count);
-        upstream_entries(dag, s, seen);
+        groups_upstream_entries(dag, s, seen);
         int first = -1;
         const char *first_topic = NULL, *topic;
         int32_t first_n = 0;
@@ -109,7 +109,7 @@ static int find_feeders(pipeline_t *pl)
         if (entry->kind != SL_OP_KEY_BY || pl->tasks[m->lead].member_count < 2)
             continue;
         memset(seen, 0, (size_t)dag->op_count);
-        upstream_entries(dag, entry->inputs[0].op, seen);
+        groups_upstream_entries(dag, entry->inputs[0].op, seen);
         for (int j = 0; j < pl->task_count; j++) {
             task_t *f = &pl->tasks[j];
             if (seen[f->entry] != 2 || f->lead == m->lead)
@@ -194,7 +194,7 @@ int groups_stores(const pipeline_t *pl, const task_t *lead, sl_store_t **out)
         if (!pl->stores[s])
             continue;
         memset(seen, 0, (size_t)dag->op_count);
-        upstream_entries(dag, s, seen);
+        groups_upstream_entries(dag, s, seen);
         int ours = seen[lead->entry] == 2;
         for (int i = 0; !ours && i < lead->member_count; i++)
             ours = seen[pl->tasks[lead->members[i]].entry] == 2;

@@ -130,6 +130,8 @@ static int queue_record(worker_t *w, const sl_op_t *exit, const sl_record_t *rec
     if (!g || sl_array_reserve((void **)&g->recs, &g->cap, g->count + 1, sizeof *g->recs))
         return -ENOMEM;
     g->recs[g->count++] = *rec;
+    if (exit && exit->kind == SL_OP_KEY_BY) /* exit NULL: a dead letter */
+        frontiers_wrote(w->pl, w->current, rec->timestamp);
     return 0;
 }
 
@@ -222,6 +224,24 @@ static int hold(worker_t *w, const out_group_t *g)
                          (size_t)(g->recs[i].value_len > 0 ? g->recs[i].value_len : 0) + 64;
     }
     return 0;
+}
+
+/* A frontier marker (frontiers.c) after the records held for p. */
+static int hold_marker(worker_t *w, sl_partition_t *p, const sl_record_t *marker)
+{
+    out_group_t g = {.partition = p, .recs = (sl_record_t *)marker, .count = 1};
+    return hold(w, &g);
+}
+
+/* At-least-once: a frontier marker appended now, awaited by the commit. */
+static int append_marker(worker_t *w, sl_partition_t *p, const sl_record_t *marker)
+{
+    int64_t first;
+    int rc = sl_partition_append_nowait(p, marker, 1, &first);
+    if (rc == SL_EDELETED)
+        rc = sl_error_set(rc, "pipeline %s: topic %s is gone", w->pl->name,
+                          sl_partition_topic_name(p));
+    return rc ? rc : pend(w, p, first + 1);
 }
 
 /* Appends every group (one batch per partition) without waiting: the
@@ -406,7 +426,10 @@ static int commit_states(worker_t *w, task_t *t)
 static int commit_exactly_once(worker_t *w)
 {
     pipeline_t *pl = w->pl;
-    int rc = flush_states(w), any = w->held_count > 0 || route_pending(w);
+    int rc = flush_states(w);
+    if (rc == 0)
+        rc = frontiers_markers(w, hold_marker);
+    int any = w->held_count > 0 || route_pending(w);
     for (int i = 0; !any && i < pl->task_count; i++)
         any = pipeline_runs(w, &pl->tasks[i]) &&
               (pl->tasks[i].uncommitted >= 0 || states_dirty(pl, &pl->tasks[i]));
@@ -466,6 +489,7 @@ static int commit(worker_t *w)
         w->committed_ms = monotonic_ms();
         return rc;
     }
+    rc = frontiers_markers(w, append_marker);
     for (int i = 0; i < w->pending_count; i++) {
         int r =
             sl_partition_await_durable(w->pending[i].partition, (int64_t)w->pending[i].count, -1);
@@ -494,8 +518,23 @@ static int run_records(worker_t *w, task_t *t, const sl_record_t *recs, size_t c
 {
     sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json};
     sl_exec_output_t out = {on_emit, on_failed, w};
+    int stopped = 0;
     w->current = t;
-    int stopped = sl_exec_batch(w->exec, t->entry, &origin, recs, count, &out, done);
+    *done = 0;
+    while (*done < count && !stopped) {
+        size_t n = 0, ran = 0;
+        if (t->producer_count) { /* a repartition topic: frontier markers among the records */
+            while (*done < count && frontiers_is_marker(&recs[*done]))
+                frontiers_apply(w->pl, t, &recs[(*done)++]);
+            while (*done + n < count && !frontiers_is_marker(&recs[*done + n]))
+                n++;
+        } else {
+            n = count;
+        }
+        if (n)
+            stopped = sl_exec_batch(w->exec, t->entry, &origin, recs + *done, n, &out, &ran);
+        *done += ran;
+    }
     if (*done > 0)
         t->ran_to = recs[*done - 1].offset + 1;
     return stopped;
@@ -900,7 +939,8 @@ static int build_tasks(pipeline_t *pl)
                 return rc;
         }
     }
-    return groups_build(pl);
+    int rc = groups_build(pl);
+    return rc ? rc : frontiers_find(pl);
 }
 
 static int compile_worker(pipeline_t *pl, worker_t *w)
@@ -1045,6 +1085,11 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
     }
     if (rc == 0)
         rc = sl_exec_task_new(pl->workers[t->worker].exec, stores, times, part, widest, &t->state);
+    if (rc == 0 && t->state) { /* held until its writers say how far they are */
+        int64_t bound, floor;
+        frontiers_bound(pl, t, &bound, &floor);
+        sl_exec_task_bound(t->state, bound, floor);
+    }
     sl_free(times);
     sl_free(stores);
     return rc;
@@ -1152,6 +1197,7 @@ void pipeline_free(pipeline_t *pl)
         sl_exec_task_free(pl->tasks[i].state);
         sl_free(pl->tasks[i].members);
         sl_free(pl->tasks[i].feeders);
+        frontiers_free(&pl->tasks[i]);
         sl_record_set_free(&pl->tasks[i].in);
     }
     sl_free(pl->tasks);

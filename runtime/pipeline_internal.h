@@ -39,6 +39,17 @@ typedef struct task {
     int *feeders;
     int feeder_count;
     int64_t waiting_since; /* lead: when its group began to wait, 0 if not */
+    /* Event-time progress through repartition topics (frontiers.c). A
+     * lead writing them: the KEY_BY ops its group feeds, the largest event
+     * time its group wrote to them, and what its last marker said. A task
+     * reading one: the leads writing it, as their markers said. */
+    int *feeds;
+    int feed_count;
+    int64_t wrote_time; /* INT64_MIN: nothing yet */
+    int64_t said_time;
+    int said; /* 0 nothing yet, 1 busy, 2 idle */
+    struct producer *producers;
+    int producer_count;
     /* position and "uncommitted >= 0" as the owning worker last showed
      * them, for other workers' feeder checks */
     atomic_llong shown_position;
@@ -198,6 +209,32 @@ task_t *groups_task(pipeline_t *pl, task_t *lead, int entry);
  * lead's group's entries, NULL for every other op: the state the group's
  * task keeps. out has room for every op. Returns 0 or -ENOMEM. */
 int groups_stores(const pipeline_t *pl, const task_t *lead, sl_store_t **out);
+
+/* Marks in seen[] the entries whose records reach op: 2 for an entry, 1
+ * for another op visited (seen[] has a zero byte per op). */
+void groups_upstream_entries(const sl_dag_t *dag, int op, unsigned char *seen);
+
+/* frontiers.c: how far in event time the writers of a repartition topic
+ * are, for the stream time of the tasks reading it (ops/window.h). find
+ * sets up feeds and producers (after groups_build); wrote notes a record
+ * written by a KEY_BY exit; markers gives each lead w runs that has news
+ * its marker, one per partition of every repartition topic it feeds, to
+ * out (at a commit, after the lead's records); is_marker tells a marker
+ * from a record; apply takes one into the reading task t; bound is the
+ * bound of lead's group, for sl_exec_task_bound. */
+int frontiers_find(pipeline_t *pl);
+void frontiers_free(task_t *t);
+static inline void frontiers_wrote(pipeline_t *pl, const task_t *t, int64_t time)
+{
+    task_t *lead = &pl->tasks[t->lead];
+    if (time > lead->wrote_time)
+        lead->wrote_time = time;
+}
+int frontiers_markers(worker_t *w,
+                      int (*out)(worker_t *w, sl_partition_t *p, const sl_record_t *r));
+int frontiers_is_marker(const sl_record_t *r);
+void frontiers_apply(pipeline_t *pl, task_t *t, const sl_record_t *marker);
+void frontiers_bound(const pipeline_t *pl, const task_t *lead, int64_t *bound, int64_t *floor);
 
 /* offsets_log.c: the positions an exactly-once pipeline also logs in its
  * topic "<name>.offsets". open creates it or reads its newest values; get

@@ -257,6 +257,70 @@ class AggregateTest(NodeTestCase):
         self.assertIn(b"has no key", b" ".join(x for x in desc if isinstance(x, bytes)))
 
 
+KEYED = """
+local s = require("sluice")
+s.pipeline{name = "%(name)s"}
+s.stream("%(input)s")
+  :key_by("user")
+  :window(s.tumbling("1m"))
+  :aggregate{n = s.count(), emit = "on_close"}
+  :to("%(output)s", {create = true, partitions = 2})
+"""
+
+
+class RepartitionTimeTest(NodeTestCase):
+    """Event time through key_by: the tasks reading a repartition topic wait
+    for the slowest task writing it (runtime/frontiers.c). One worker runs
+    the two source tasks in turn, a batch each, so their records reach the
+    repartition topic up to a batch (17 minutes of event time here) apart:
+    with the largest time read as stream time, most of the second source's
+    records would be late at grace 0."""
+
+    node_args = ("--workers", "1")
+
+    def test_a_backlog_through_key_by_loses_no_record_at_grace_0(self):
+        name, t_in = "rt%d" % next(_serial), "rt-in-%d" % next(_serial)
+        out = t_in.replace("in", "out")
+        self.r.execute_command("TOPIC", "CREATE", t_in, "PARTITIONS", 2)
+        base, count, users = 1_700_000_000_000, 6000, 7
+        want = {}
+        p = self.r.pipeline(transaction=False)
+        for part in range(2):  # each partition in event-time order, one second apart
+            for i in range(count):
+                user, ts = "u%d" % ((i * 3 + part) % users), base + i * 1000 + part
+                p.execute_command("PRODUCE", t_in, "", json.dumps({"user": user}), "TS", ts,
+                                  "PARTITION", part)
+                start = ts - ts % 60000
+                want[(user, start)] = want.get((user, start), 0) + 1
+                if len(p) >= 1000:
+                    p.execute()
+        p.execute()
+        self.assertEqual(self.r.execute_command(
+            "PIPELINE", "SUBMIT", name, KEYED % dict(name=name, input=t_in, output=out)), b"OK")
+        # every window but the newest closes with the backlog; a record an
+        # hour later (both writers idle by then) closes the rest
+        last = max(start for _, start in want)
+        backlog = {k: n for k, n in want.items() if k[1] < last}
+
+        def closed():
+            return {(k, v["window_start"]): v["values"]["n"] for k, v in results(self.r, out)}
+
+        wait_until(lambda: set(backlog) <= set(closed()), WAIT, what="the backlog's windows")
+        self.r.execute_command("PRODUCE", t_in, "", json.dumps({"user": "late-comer"}), "TS",
+                               base + count * 1000 + 3_600_000, "PARTITION", 0)
+        wait_until(lambda: set(want) <= set(closed()), WAIT, what="the newest windows")
+        self.assertEqual({k: n for k, n in closed().items() if k[0] != "late-comer"}, want)
+        metrics = self.node.http_get("/metrics")[1]
+        if isinstance(metrics, bytes):
+            metrics = metrics.decode()
+        self.assertIn('sluice_pipeline_late_records_total{pipeline="%s",op="2"} 0' % name, metrics)
+        # the markers that carried the upstream tasks' progress
+        markers = [rec for rec in fetch_all(self.r, "%s.repartition.1" % name, 0)
+                   if rec[2] is None and rec[3] is None]
+        self.assertTrue(markers)
+        self.assertTrue(all(rec[4][0] == b"sluice.frontier" for rec in markers))
+
+
 class AggregateRecoveryTest(unittest.TestCase):
     """A node of its own per test: killed, restarted, its state deleted."""
 

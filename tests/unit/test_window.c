@@ -233,6 +233,34 @@ static void test_watermark_is_stream_time_minus_grace(void **state)
     assert_false(sl_window_is_closed(INT64_MIN + 1, SL_WATERMARK_NONE));
 }
 
+/* Behind a repartition topic: the stream time waits at the bound (the
+ * slowest busy upstream task), reaches the floor without records, and
+ * never goes back. */
+static void test_watermark_bound_and_floor(void **state)
+{
+    (void)state;
+    sl_watermark_t wm;
+    sl_watermark_init(&wm, 0);
+    sl_watermark_restore(&wm, 100);
+    assert_false(sl_watermark_bound(&wm, SL_WATERMARK_NONE, SL_WATERMARK_NONE)); /* held */
+    assert_false(sl_watermark_observe(&wm, 5000));
+    assert_int_equal(wm.stream_time, 100);
+    assert_true(sl_watermark_bound(&wm, 3000, 3000)); /* the slowest is at 3000 */
+    assert_int_equal(wm.stream_time, 3000);
+    assert_false(sl_watermark_observe(&wm, 6000)); /* a faster upstream's record */
+    assert_int_equal(wm.stream_time, 3000);
+    assert_true(sl_watermark_bound(&wm, 4000, 4000));
+    assert_int_equal(wm.stream_time, 4000);
+    assert_false(sl_watermark_bound(&wm, 2000, 2000)); /* never back */
+    assert_int_equal(wm.stream_time, 4000);
+    assert_true(sl_watermark_bound(&wm, SL_WATERMARK_UNBOUNDED, 5500)); /* all idle */
+    assert_int_equal(wm.stream_time, 6000);                             /* seen wins */
+    assert_true(sl_watermark_bound(&wm, SL_WATERMARK_UNBOUNDED, 9000)); /* said wins */
+    assert_int_equal(wm.stream_time, 9000);
+    assert_true(sl_watermark_observe(&wm, 9500));
+    assert_int_equal(wm.stream_time, 9500);
+}
+
 /* Is a record at t late for window w, after the stream reached `stream`? */
 static bool late_for(const sl_window_t *w, int64_t stream, int64_t grace, int64_t t)
 {
@@ -672,6 +700,7 @@ int main(void)
         cmocka_unit_test(test_assignment_matches_brute_force),
         cmocka_unit_test(test_event_times_out_of_range_are_refused),
         cmocka_unit_test(test_watermark_is_stream_time_minus_grace),
+        cmocka_unit_test(test_watermark_bound_and_floor),
         cmocka_unit_test(test_window_closes_at_end_plus_grace),
         cmocka_unit_test(test_records_at_or_after_the_watermark_are_on_time),
         cmocka_unit_test(test_hopping_record_late_for_one_window_only),
