@@ -1,5 +1,10 @@
 /*
- * frontiers.c - event time through repartition topics.
+ * frontiers.c - the writers of repartition topics, and event time through
+ * them.
+ *
+ * Who writes a repartition topic is known from the DAG: the tasks whose
+ * entries are upstream of its KEY_BY. A group that reads one waits for the
+ * writers outside it (task_t.feeders, pipeline.c's step_group); and:
  *
  * A task reading a repartition topic gets the records of every upstream
  * group (a lead and its members) that writes it, interleaved as they were
@@ -65,8 +70,10 @@ static int add_int(int **list, int *count, int value)
     return 0;
 }
 
-/* For each KEY_BY op: the leads of the groups upstream of it feed it, and
- * every task reading its topic has them as producers. */
+/* For each KEY_BY op, the tasks upstream of it write its topic: their
+ * leads feed it, and every task reading it has them as producers and, in a
+ * group of two or more, the writers outside its group as feeders (its
+ * group waits for them: pipeline.c's step_group). */
 int frontiers_find(pipeline_t *pl)
 {
     const sl_dag_t *dag = pl->dag;
@@ -79,9 +86,9 @@ int frontiers_find(pipeline_t *pl)
             continue;
         memset(seen, 0, (size_t)dag->op_count);
         groups_upstream_entries(dag, dag->ops[k].inputs[0].op, seen);
-        int *leads = NULL, lead_count = 0;
+        int *writers = NULL, writer_count = 0, *leads = NULL, lead_count = 0;
         for (int j = 0; rc == 0 && j < pl->task_count; j++)
-            if (seen[pl->tasks[j].entry] == 2)
+            if (seen[pl->tasks[j].entry] == 2 && (rc = add_int(&writers, &writer_count, j)) == 0)
                 rc = add_int(&leads, &lead_count, pl->tasks[j].lead);
         for (int i = 0; rc == 0 && i < lead_count; i++)
             rc = add_int(&pl->tasks[leads[i]].feeds, &pl->tasks[leads[i]].feed_count, k);
@@ -96,7 +103,13 @@ int frontiers_find(pipeline_t *pl)
             for (int i = 0; i < lead_count; i++)
                 t->producers[i] = (struct producer){leads[i], UNSAID, INT64_MIN};
             t->producer_count = lead_count;
+            for (int i = 0; rc == 0 && pl->tasks[t->lead].member_count > 1 && i < writer_count; i++)
+                if (pl->tasks[writers[i]].lead != t->lead) {
+                    rc = add_int(&t->feeders, &t->feeder_count, writers[i]);
+                    pl->has_feeders = 1;
+                }
         }
+        sl_free(writers);
         sl_free(leads);
     }
     sl_free(seen);
@@ -105,6 +118,7 @@ int frontiers_find(pipeline_t *pl)
 
 void frontiers_free(task_t *t)
 {
+    sl_free(t->feeders);
     sl_free(t->feeds);
     sl_free(t->producers);
 }
@@ -152,8 +166,8 @@ int frontiers_markers(worker_t *w, int (*out)(worker_t *w, sl_partition_t *p, co
                               .headers = &h,
                               .header_count = 1};
         for (int f = 0; rc == 0 && f < t->feed_count; f++) {
-            char name[SL_TOPIC_NAME_MAX + 1];
-            snprintf(name, sizeof name, "%s.repartition.%d", pl->name, t->feeds[f]);
+            char name[SL_TOPIC_NAME_MAX + 64];
+            pipeline_repartition_topic(pl, t->feeds[f], name, sizeof name);
             sl_topic_t *topic = sl_log_topic(pl->log, name);
             if (!topic)
                 return sl_error_set(SL_ENOTFOUND, "pipeline %s: topic %s is gone", pl->name, name);

@@ -7,9 +7,7 @@
  * (union-find over op ids), their topics must have the same partition
  * count, and the tasks of united entries for one partition form a group
  * whose lead (the task of the first entry) holds the state and runs its
- * members (pipeline.c's step_group). A member that reads a repartition
- * topic knows its feeders, the tasks of other groups writing that topic,
- * so its group can wait for them. Leads are dealt out to the workers in
+ * members (pipeline.c's step_group). Leads are dealt out to the workers in
  * turn; members run on their lead's.
  */
 #include "runtime/pipeline_internal.h"
@@ -95,39 +93,6 @@ static int unite_entries(pipeline_t *pl, int *root)
     return rc;
 }
 
-/* The feeders of every group member that reads a repartition topic: the
- * tasks, in other groups, of the entries upstream of its KEY_BY. */
-static int find_feeders(pipeline_t *pl)
-{
-    const sl_dag_t *dag = pl->dag;
-    unsigned char *seen = sl_malloc((size_t)dag->op_count);
-    if (!seen)
-        return -ENOMEM;
-    for (int i = 0; i < pl->task_count; i++) {
-        task_t *m = &pl->tasks[i];
-        const sl_op_t *entry = &dag->ops[m->entry];
-        if (entry->kind != SL_OP_KEY_BY || pl->tasks[m->lead].member_count < 2)
-            continue;
-        memset(seen, 0, (size_t)dag->op_count);
-        groups_upstream_entries(dag, entry->inputs[0].op, seen);
-        for (int j = 0; j < pl->task_count; j++) {
-            task_t *f = &pl->tasks[j];
-            if (seen[f->entry] != 2 || f->lead == m->lead)
-                continue;
-            int *grown = sl_realloc(m->feeders, (size_t)(m->feeder_count + 1) * sizeof *grown);
-            if (!grown) {
-                sl_free(seen);
-                return -ENOMEM;
-            }
-            m->feeders = grown;
-            m->feeders[m->feeder_count++] = j;
-            pl->has_feeders = 1;
-        }
-    }
-    sl_free(seen);
-    return 0;
-}
-
 /* Each task's lead: the task of the same partition whose entry comes
  * first among those united with its own. Leads of two or more list them. */
 static int group_tasks(pipeline_t *pl, int *root)
@@ -154,7 +119,7 @@ static int group_tasks(pipeline_t *pl, int *root)
         lead->members = grown;
         lead->member_count = n + 1;
     }
-    return find_feeders(pl);
+    return 0;
 }
 
 /* Gives each lead a worker in turn; members run on their lead's. Tells

@@ -40,6 +40,11 @@ static int batch_read(task_t *t, sl_record_set_t *b)
 
 /* ---- outputs -------------------------------------------------------------- */
 
+void pipeline_repartition_topic(const pipeline_t *pl, int op, char *out, size_t size)
+{
+    snprintf(out, size, "%s.repartition.%d", pl->name, op);
+}
+
 /* The name of the topic an exit writes: its sink, or its repartition topic. */
 static void exit_topic(const pipeline_t *pl, const sl_op_t *op, char *out, size_t size)
 {
@@ -50,7 +55,7 @@ static void exit_topic(const pipeline_t *pl, const sl_op_t *op, char *out, size_
     else if (op->kind == SL_OP_FEATURES) /* the view's vectors */
         snprintf(out, size, "%s", op->view);
     else
-        snprintf(out, size, "%s.repartition.%d", pl->name, op->id);
+        pipeline_repartition_topic(pl, op->id, out, size);
 }
 
 static out_group_t *group_for(worker_t *w, sl_partition_t *p)
@@ -856,7 +861,7 @@ static int prepare_topics(pipeline_t *pl, int32_t widest)
         else if (op->kind == SL_OP_TO)
             rc = ensure_topic(pl, op->topic, op->partitions, 1);
         else if (op->kind == SL_OP_KEY_BY) {
-            snprintf(name, sizeof name, "%s.repartition.%d", pl->name, op->id);
+            pipeline_repartition_topic(pl, op->id, name, sizeof name);
             rc = ensure_topic(pl, name, widest, 1);
         } else if (op->kind == SL_OP_FEATURES)
             rc = ensure_topic(pl, op->view, widest, 1);
@@ -1196,7 +1201,6 @@ void pipeline_free(pipeline_t *pl)
         sl_free(pl->tasks[i].topic);
         sl_exec_task_free(pl->tasks[i].state);
         sl_free(pl->tasks[i].members);
-        sl_free(pl->tasks[i].feeders);
         frontiers_free(&pl->tasks[i]);
         sl_record_set_free(&pl->tasks[i].in);
     }

@@ -192,13 +192,16 @@ void pipeline_free(pipeline_t *pl); /* stops the thread first */
 void pipeline_drain_and_free(pipeline_t *pl);
 int pipeline_failed(pipeline_t *pl, char *error, size_t size);
 
+/* The name of KEY_BY op's repartition topic, "<pipeline>.repartition.<op>". */
+void pipeline_repartition_topic(const pipeline_t *pl, int op, char *out, size_t size);
+
 /* The topic entry op (SOURCE, TABLE, KEY_BY) reads (NULL if it does not
  * exist), and whether its records are JSON. */
 sl_topic_t *pipeline_entry_topic(const pipeline_t *pl, const sl_op_t *op, int *json);
 
 /* groups.c: co-partitioned stages. build unites the entries of every
  * stateful op, checks their partition counts and makes the groups (task
- * lead, members, feeders); assign_workers deals the leads out to the
+ * lead, members); assign_workers deals the leads out to the
  * workers and tells each exec which entries read JSON; task finds the
  * task of lead's group that reads entry; stores picks the group's stores. */
 int groups_build(pipeline_t *pl);
@@ -214,9 +217,10 @@ int groups_stores(const pipeline_t *pl, const task_t *lead, sl_store_t **out);
  * for another op visited (seen[] has a zero byte per op). */
 void groups_upstream_entries(const sl_dag_t *dag, int op, unsigned char *seen);
 
-/* frontiers.c: how far in event time the writers of a repartition topic
- * are, for the stream time of the tasks reading it (ops/window.h). find
- * sets up feeds and producers (after groups_build); wrote notes a record
+/* frontiers.c: the writers of each repartition topic, and how far in event
+ * time they are, for the stream time of the tasks reading it
+ * (ops/window.h). find sets up feeders, feeds and producers (after
+ * groups_build); wrote notes a record
  * written by a KEY_BY exit; markers gives each lead w runs that has news
  * its marker, one per partition of every repartition topic it feeds, to
  * out (at a commit, after the lead's records); is_marker tells a marker
