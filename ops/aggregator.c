@@ -440,9 +440,11 @@ static int update(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot, const sl_r
     int rc, found;
     if (!a->windowed)
         found = sl_cache_get(a->cache, meta->key, (size_t)meta->key_len, &value, &value_len);
-    else if (a->committed_time != SL_WATERMARK_NONE && start > a->committed_time)
+    else if (!a->wm.bounded && a->committed_time != SL_WATERMARK_NONE && start > a->committed_time)
         /* every committed window starts at or before an event time a commit
-         * saw: this one can only be in the cache */
+         * saw, and the stream time is the largest one (not held back by
+         * upstream tasks: sl_watermark_bound): this one can only be in the
+         * cache */
         found = sl_cache_window_get_cached(a->cache, meta->key, (size_t)meta->key_len, start,
                                            &value, &value_len);
     else

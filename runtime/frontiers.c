@@ -214,19 +214,22 @@ static void task_bound(const task_t *t, int64_t *bound, int64_t *floor)
     *floor = busy < INT64_MAX ? busy : said;
 }
 
-void frontiers_bound(const pipeline_t *pl, const task_t *lead, int64_t *bound, int64_t *floor)
+void frontiers_bound(const pipeline_t *pl, task_t *lead)
 {
-    int n = lead->member_count ? lead->member_count : 1;
-    *bound = INT64_MAX;
-    *floor = INT64_MAX;
+    int n = lead->member_count ? lead->member_count : 1, behind = 0;
+    int64_t bound = INT64_MAX, floor = INT64_MAX;
     for (int i = 0; i < n; i++) {
+        const task_t *m = lead->member_count ? &pl->tasks[lead->members[i]] : lead;
         int64_t b, f;
-        task_bound(lead->member_count ? &pl->tasks[lead->members[i]] : lead, &b, &f);
-        if (b < *bound)
-            *bound = b;
-        if (f < *floor)
-            *floor = f;
+        task_bound(m, &b, &f);
+        behind |= m->producer_count > 0;
+        if (b < bound)
+            bound = b;
+        if (f < floor)
+            floor = f;
     }
+    if (behind && lead->state) /* a group reading topics directly keeps its own time */
+        sl_exec_task_bound(lead->state, bound, floor);
 }
 
 void frontiers_apply(pipeline_t *pl, task_t *t, const sl_record_t *marker)
@@ -247,11 +250,7 @@ void frontiers_apply(pipeline_t *pl, task_t *t, const sl_record_t *marker)
         p->said = idle ? IDLE : BUSY;
         if (time > p->time)
             p->time = time;
-        task_t *lead = &pl->tasks[t->lead];
-        int64_t bound, floor;
-        frontiers_bound(pl, lead, &bound, &floor);
-        if (lead->state)
-            sl_exec_task_bound(lead->state, bound, floor);
+        frontiers_bound(pl, &pl->tasks[t->lead]);
         return;
     }
 }

@@ -1090,11 +1090,8 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
     }
     if (rc == 0)
         rc = sl_exec_task_new(pl->workers[t->worker].exec, stores, times, part, widest, &t->state);
-    if (rc == 0 && t->state) { /* held until its writers say how far they are */
-        int64_t bound, floor;
-        frontiers_bound(pl, t, &bound, &floor);
-        sl_exec_task_bound(t->state, bound, floor);
-    }
+    if (rc == 0) /* behind a repartition: held until its writers say how far they are */
+        frontiers_bound(pl, t);
     sl_free(times);
     sl_free(stores);
     return rc;

@@ -224,8 +224,9 @@ void groups_upstream_entries(const sl_dag_t *dag, int op, unsigned char *seen);
  * written by a KEY_BY exit; markers gives each lead w runs that has news
  * its marker, one per partition of every repartition topic it feeds, to
  * out (at a commit, after the lead's records); is_marker tells a marker
- * from a record; apply takes one into the reading task t; bound is the
- * bound of lead's group, for sl_exec_task_bound. */
+ * from a record; apply takes one into the reading task t; bound gives
+ * the state of lead's group, when it reads a repartition topic, the bound
+ * and floor of its stream time (sl_exec_task_bound). */
 int frontiers_find(pipeline_t *pl);
 void frontiers_free(task_t *t);
 static inline void frontiers_wrote(pipeline_t *pl, const task_t *t, int64_t time)
@@ -238,7 +239,7 @@ int frontiers_markers(worker_t *w,
                       int (*out)(worker_t *w, sl_partition_t *p, const sl_record_t *r));
 int frontiers_is_marker(const sl_record_t *r);
 void frontiers_apply(pipeline_t *pl, task_t *t, const sl_record_t *marker);
-void frontiers_bound(const pipeline_t *pl, const task_t *lead, int64_t *bound, int64_t *floor);
+void frontiers_bound(const pipeline_t *pl, task_t *lead);
 
 /* offsets_log.c: the positions an exactly-once pipeline also logs in its
  * topic "<name>.offsets". open creates it or reads its newest values; get

@@ -3,7 +3,9 @@
  * it makes, every misuse a file:line error, DAG equality), vectors from
  * buckets (which buckets each range covers at AS OF and live ends, merged
  * results, defaults, JSON and float32), and the FEATURES exit writing one
- * vector per changed key at a flush.
+ * vector per changed key at a flush. Also the aggregate under them behind a
+ * repartition: windows committed past a held stream time are found again
+ * after a restart.
  */
 #include "testutil.h"
 
@@ -583,6 +585,69 @@ static void test_exit_writes_a_key_once_when_its_closed_windows_interleave(void 
     tu_rmdir(dir);
 }
 
+/* Behind a repartition topic the stream time is held at the slowest upstream
+ * task (sl_exec_task_bound), so a commit can store windows that start after
+ * the stream time it records. A restarted task, its cache empty, must find
+ * them in the store rather than start them anew. */
+static void test_windows_past_a_held_stream_time_survive_a_restart(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    sl_log_t *log;
+    sl_state_t *st;
+    sl_store_t *store;
+    sl_commit_t *commit;
+    sl_topic_t *topic;
+    sl_topic_config_t cfg;
+    sl_exec_t *x;
+    fixture_t f = compile_view(HEADER "s.pipeline{name = 'p'}\n"
+                                      "s.stream('in'):window(s.tumbling('1m'))\n"
+                                      "  :aggregate{n = s.count(), store = 'st'}:to('out')\n");
+    assert_int_equal(sl_log_open(dir, NULL, &log), 0);
+    assert_int_equal(sl_state_open(dir, NULL, &st), 0);
+    assert_int_equal(sl_log_attach_state(log, st), 0);
+    assert_int_equal(sl_store_open(st, "p", "st", SL_STORE_WINDOW, &store), 0);
+    sl_changelog_topic_config(&cfg, 1, "p");
+    assert_int_equal(sl_log_create_topic(log, sl_store_changelog_topic(store), &cfg, &topic), 0);
+    assert_int_equal(sl_commit_new(st, &commit), 0);
+    assert_int_equal(sl_exec_new(f.dag, &x), 0);
+    sl_store_t *stores[3] = {NULL, store, NULL};
+    int64_t times[3] = {INT64_MIN, INT64_MIN, INT64_MIN};
+    emitted_t e = {0};
+    sl_exec_output_t out = {collect, no_failure, &e};
+    sl_vm_origin_t origin = {"in", 0, 1};
+    for (int run = 0; run < 2; run++) { /* the second run is the restarted task */
+        sl_exec_task_t *task;
+        assert_int_equal(sl_exec_task_new(x, stores, times, 0, 1, &task), 0);
+        sl_exec_task_bound(task, 5 * MINUTE, 5 * MINUTE); /* the slowest upstream task */
+        sl_record_t rec = tu_record("a", "{}", 10 * MINUTE + run);
+        sl_exec_set_task(x, task);
+        assert_int_equal(sl_exec_batch(x, 0, &origin, &rec, 1, &out, NULL), 0);
+        sl_exec_reset(x);
+        assert_int_equal(sl_exec_task_flush(x, task, &out), 0);
+        sl_exec_reset(x);
+        assert_int_equal(sl_commit_begin(commit), 0);
+        assert_int_equal(sl_commit_store(commit, sl_exec_task_cache(task, f.agg->id),
+                                         sl_topic_partition(topic, 0)),
+                         0);
+        assert_int_equal(sl_commit_end(commit), 0);
+        sl_exec_task_committed(task);
+        times[f.agg->id] = sl_exec_task_stream_time(task, f.agg->id);
+        assert_int_equal(times[f.agg->id], 5 * MINUTE); /* held: the window starts at 10m */
+        sl_exec_task_free(task);
+    }
+    assert_int_equal(e.count, 2);
+    assert_non_null(strstr(e.value[0], "\"n\":1"));
+    assert_non_null(strstr(e.value[1], "\"n\":2")); /* not a new window of 1 */
+    sl_exec_free(x);
+    sl_commit_free(commit);
+    sl_store_close(store);
+    sl_log_close(log);
+    sl_state_close(st);
+    release(&f);
+    tu_rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -603,6 +668,7 @@ int main(void)
         cmocka_unit_test(test_bucket_of_another_definition_is_corrupt),
         cmocka_unit_test(test_exit_writes_each_changed_key_once_per_flush),
         cmocka_unit_test(test_exit_writes_a_key_once_when_its_closed_windows_interleave),
+        cmocka_unit_test(test_windows_past_a_held_stream_time_survive_a_restart),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
