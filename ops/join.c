@@ -55,10 +55,9 @@ struct sl_join {
                          * holds the functions (a replaced pipeline's
                          * tasks drain on another worker's VM) */
     sl_cache_t *cache;
-    int json;          /* TABLE: its values are JSON */
-    int side_json[2];  /* STREAM_STREAM: each side's values are JSON */
-    sl_watermark_t wm; /* STREAM_STREAM: its stream time (grace unused) */
-    int64_t flushed_time;
+    int json;                   /* TABLE: its values are JSON */
+    int side_json[2];           /* STREAM_STREAM: each side's values are JSON */
+    sl_watermark_t wm;          /* STREAM_STREAM: its stream time, and the grace */
     sl_window_closer_t *closer; /* STREAM_STREAM with unmatched owed */
     uint64_t late;
     int full;
@@ -186,9 +185,8 @@ int sl_join_new(const sl_op_t *op, sl_store_t *store, int64_t stream_time, int32
     j->json = j->side_json[0] = j->side_json[1] = 1;
     j->partition = partition;
     j->partitions = partitions;
-    sl_watermark_init(&j->wm, 0);
+    sl_watermark_init(&j->wm, op->window_grace);
     sl_watermark_restore(&j->wm, stream_time);
-    j->flushed_time = stream_time;
     int rc = sl_cache_new(store, 0, &j->cache);
     if (rc == 0)
         sl_cache_set_owner(j->cache, owns, j);
@@ -575,7 +573,8 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
     if (t < SL_TIME_MIN || t > SL_TIME_MAX)
         return sl_error_set(SL_EINVALID, "join (%s): event time %lld is out of range", op->where,
                             (long long)t);
-    if (j->wm.stream_time != SL_WATERMARK_NONE && t < j->wm.stream_time - op->window_grace) {
+    int64_t watermark = sl_watermark_get(&j->wm);
+    if (watermark != SL_WATERMARK_NONE && t < watermark) {
         __atomic_fetch_add(&j->late, 1, __ATOMIC_RELAXED);
         return 0;
     }
@@ -648,7 +647,7 @@ static int emit_unmatched(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const uint8_t
         if (found && (rc = sl_buf_append(&j->found, value, value_len)) == 0)
             rc = emit_items(x, j, vm, meta.key, len - 1, side, t, j->found.data, j->found.len, 0,
                             out);
-        if (rc == 0 && (rc = buffer_key(j, side, meta.key, meta.key_len, n, &key_len)) == 0)
+        if (rc == 0) /* j->key is still chunk n's: emit_items runs other ops only */
             rc = wrote(j, sl_cache_window_delete(j->cache, j->key, key_len, t));
     }
     if (rc == 0)
@@ -661,7 +660,6 @@ int sl_join_flush(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const sl_exec_output_
     const sl_op_t *op = j->run = &sl_exec_dag(x)->ops[j->op->id];
     sl_window_closed_t closed;
     int rc = 0;
-    j->flushed_time = j->wm.stream_time;
     if (op->kind != SL_OP_JOIN || op->join_kind != SL_JOIN_STREAM_STREAM ||
         j->wm.stream_time == SL_WATERMARK_NONE)
         return 0;
@@ -671,7 +669,7 @@ int sl_join_flush(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const sl_exec_output_
         memcpy(key, closed.key, len); /* the closer's copy goes at its next call */
         rc = emit_unmatched(x, j, vm, key, len, closed.start, out);
     }
-    int64_t cutoff = j->wm.stream_time - op->join_within - op->window_grace;
+    int64_t cutoff = sl_watermark_get(&j->wm) - op->join_within;
     if (rc == 0 && cutoff > SL_TIME_MIN)
         rc = sl_cache_expire(j->cache, cutoff, EXPIRE_BATCH, NULL);
     return rc;
