@@ -58,7 +58,7 @@ struct sl_cache {
     size_t count, entries_cap, dirty;
     uint32_t *dirty_list; /* indexes of the dirty entries (c->dirty of them) */
     size_t dirty_list_cap;
-    int64_t min_start; /* window stores: no cached window starts before it */
+    int64_t min_start; /* window stores: no live cached window starts before it */
     uint32_t *slots;   /* index + 1 into entries; 0 empty */
     size_t slot_count;
     uint32_t *key_slots; /* window stores: index + 1 of a key's newest entry */
@@ -280,12 +280,8 @@ static int add_entry(sl_cache_t *c, uint32_t *slot, const uint8_t *k, size_t len
     e.value_at = c->arena.len;
     c->entries[c->count] = e;
     *slot = (uint32_t)++c->count;
-    if (c->window) {
+    if (c->window)
         link_window(c, (uint32_t)c->count - 1);
-        int64_t start = window_of(c, &c->entries[c->count - 1]);
-        if (start < c->min_start)
-            c->min_start = start;
-    }
     *out = &c->entries[c->count - 1];
     return 0;
 }
@@ -349,7 +345,9 @@ static int put_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void
         memcpy(c->arena.data + e->value_at, value, value_len);
     }
     e->value_len = (uint32_t)value_len;
-    e->deleted = 0;
+    e->deleted = 0; /* live: min_start covers it (expiry may have passed it when deleted) */
+    if (c->window && window_of(c, e) < c->min_start)
+        c->min_start = window_of(c, e);
     mark_dirty(c, e);
     return sl_cache_is_full(c);
 }
@@ -428,15 +426,21 @@ static int begin_read(sl_cache_t *c)
     return rc;
 }
 
+/* A cached entry's value: 1, or 0 for a deletion. */
+static int cached_value(const sl_cache_t *c, const entry_t *e, const void **value,
+                        size_t *value_len)
+{
+    *value = c->arena.data + e->value_at;
+    *value_len = e->value_len;
+    return !e->deleted;
+}
+
 static int get_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void **value,
                          size_t *value_len)
 {
     const entry_t *e = lookup(c, k, len);
-    if (e) {
-        *value = c->arena.data + e->value_at;
-        *value_len = e->value_len;
-        return !e->deleted;
-    }
+    if (e)
+        return cached_value(c, e, value, value_len);
     int rc = begin_read(c);
     if (rc == 0)
         rc = sl_store_get_key(c->store, c->read, k, len, value, value_len);
@@ -471,11 +475,7 @@ int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, i
     if (rc)
         return rc;
     const entry_t *e = lookup(c, k, len);
-    if (!e)
-        return 0;
-    *value = c->arena.data + e->value_at;
-    *value_len = e->value_len;
-    return !e->deleted;
+    return e ? cached_value(c, e, value, value_len) : 0;
 }
 
 static int compare_windows(const void *a, const void *b)

@@ -471,6 +471,29 @@ static void test_expiry_deletes_only_the_owners_windows(void **state)
     close_fixture(&f);
 }
 
+/* A window expiry deleted from the cache and then put again is live and
+ * old: the next expiry must find it in the cache too. */
+static void test_a_window_put_again_after_expiry_expires_again(void **state)
+{
+    (void)state;
+    fixture_t f;
+    size_t count;
+    const void *v;
+    size_t len;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    window_put(&f, "a1", 100, "v");
+    window_put(&f, "a1", 500, "v");
+    assert_int_equal(sl_cache_expire(f.cache, 300, 0, &count), 0);
+    assert_int_equal(count, 1);
+    window_put(&f, "a1", 100, "again"); /* a late put of the expired window */
+    assert_int_equal(sl_cache_window_get(f.cache, "a1", 2, 100, &v, &len), 1);
+    assert_int_equal(sl_cache_expire(f.cache, 300, 0, &count), 0);
+    assert_int_equal(count, 1);
+    assert_int_equal(sl_cache_window_get(f.cache, "a1", 2, 100, &v, &len), 0);
+    assert_int_equal(sl_cache_window_get(f.cache, "a1", 2, 500, &v, &len), 1);
+    close_fixture(&f);
+}
+
 static void test_expiry_deletes_old_windows_with_tombstones(void **state)
 {
     (void)state;
@@ -885,6 +908,7 @@ int main(void)
         cmocka_unit_test(test_cache_windows_overlay_lmdb),
         cmocka_unit_test(test_cached_window_reads_skip_lmdb),
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
+        cmocka_unit_test(test_a_window_put_again_after_expiry_expires_again),
         cmocka_unit_test(test_expiry_deletes_only_the_owners_windows),
         cmocka_unit_test(test_full_cache_signals_and_is_emptied_after_commit),
         cmocka_unit_test(test_emptied_cache_is_not_full),
