@@ -9,7 +9,6 @@
  *   PIPELINE STOP name            stop and forget -> OK
  */
 #include "runtime/pipeline_internal.h"
-#include "storage/offsets.h"
 
 #include <event2/buffer.h>
 
@@ -94,8 +93,7 @@ static void reply_tasks(sl_reply_t *r, pipeline_t *pl)
         task_t *t = &pl->tasks[i];
         int32_t part = sl_partition_id(t->partition);
         int64_t committed = -1, end = sl_partition_end_offset(t->partition);
-        if (sl_offsets_get(pl->state, pl->group, t->topic, part, &committed) &&
-            offsets_log_get(pl, "in", t->topic, part, &committed)) /* the state was lost */
+        if (offsets_log_committed(pl, "in", t->topic, part, &committed))
             committed = -1;
         int64_t from = committed >= 0 ? committed : sl_partition_start_offset(t->partition);
         sl_reply_array(r, 5);
@@ -208,8 +206,7 @@ static void task_family(sl_pipelines_t *m, struct evbuffer *out)
             task_t *t = &pl->tasks[k];
             int64_t end = sl_partition_end_offset(t->partition), committed;
             int32_t part = sl_partition_id(t->partition);
-            if (sl_offsets_get(pl->state, pl->group, t->topic, part, &committed) &&
-                offsets_log_get(pl, "in", t->topic, part, &committed))
+            if (offsets_log_committed(pl, "in", t->topic, part, &committed))
                 committed = sl_partition_start_offset(t->partition);
             evbuffer_add_printf(
                 out,

@@ -15,6 +15,7 @@
  * topic is used instead.
  */
 #include "runtime/pipeline_internal.h"
+#include "storage/offsets.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -83,8 +84,9 @@ int offsets_log_open(pipeline_t *pl)
     return rc < 0 ? rc : 0;
 }
 
-int offsets_log_get(const pipeline_t *pl, const char *kind, const char *name, int32_t partition,
-                    int64_t *value)
+/* What the offsets topic holds for (kind, name, partition), read at start. */
+static int logged(const pipeline_t *pl, const char *kind, const char *name, int32_t partition,
+                  int64_t *value)
 {
     char key[SL_TOPIC_NAME_MAX + 96];
     snprintf(key, sizeof key, "%s/%s/%d", kind, name, (int)partition);
@@ -94,6 +96,14 @@ int offsets_log_get(const pipeline_t *pl, const char *kind, const char *name, in
             return 0;
         }
     return SL_ENOTFOUND;
+}
+
+int offsets_log_committed(const pipeline_t *pl, const char *kind, const char *name,
+                          int32_t partition, int64_t *value)
+{
+    const char *group = strcmp(kind, "in") == 0 ? pl->group : pl->time_group;
+    int rc = sl_offsets_get(pl->state, group, name, partition, value);
+    return rc == SL_ENOTFOUND ? logged(pl, kind, name, partition, value) : rc;
 }
 
 /* Adds one position to recs (keys and values live in text). */

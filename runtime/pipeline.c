@@ -40,6 +40,11 @@ static int batch_read(task_t *t, sl_record_set_t *b)
 
 /* ---- outputs -------------------------------------------------------------- */
 
+void sl_pipeline_time_group(const char *pipeline, char *out, size_t size)
+{
+    snprintf(out, size, "pipeline.%s.stream-time", pipeline);
+}
+
 void pipeline_repartition_topic(const pipeline_t *pl, int op, char *out, size_t size)
 {
     snprintf(out, size, "%s.repartition.%d", pl->name, op);
@@ -883,9 +888,7 @@ static int add_task(pipeline_t *pl, int entry, sl_topic_t *t, int32_t i, int jso
     task->partition = sl_topic_partition(t, i);
     sl_partition_ref(task->partition);
     pl->task_count++;
-    int rc = sl_offsets_get(pl->state, pl->group, task->topic, i, &committed);
-    if (rc == SL_ENOTFOUND) /* the state was lost? the offsets topic knows */
-        rc = offsets_log_get(pl, "in", task->topic, i, &committed);
+    int rc = offsets_log_committed(pl, "in", task->topic, i, &committed);
     if (rc == SL_ENOTFOUND)
         committed = sl_partition_start_offset(task->partition);
     else if (rc)
@@ -1081,11 +1084,9 @@ static int open_task_state(pipeline_t *pl, task_t *t, int32_t widest)
             rc = sl_store_restore(pl->stores[op], changelog, &opts, NULL);
             atomic_fetch_sub(&pl->manager->restoring, 1);
         }
-        int r = rc ? rc
-                   : sl_offsets_get(pl->state, pl->time_group, sl_store_name(pl->stores[op]), part,
-                                    &times[op]);
-        if (r == SL_ENOTFOUND)
-            r = offsets_log_get(pl, "time", sl_store_name(pl->stores[op]), part, &times[op]);
+        int r =
+            rc ? rc
+               : offsets_log_committed(pl, "time", sl_store_name(pl->stores[op]), part, &times[op]);
         rc = r == SL_ENOTFOUND ? 0 : r;
     }
     if (rc == 0)
@@ -1104,7 +1105,7 @@ static int prepare_state(pipeline_t *pl, int32_t widest)
         any |= has_store(&pl->dag->ops[i]);
     if (!any)
         return 0;
-    snprintf(pl->time_group, sizeof pl->time_group, "pipeline.%s.stream-time", pl->name);
+    sl_pipeline_time_group(pl->name, pl->time_group, sizeof pl->time_group);
     if (!(pl->stores = sl_calloc((size_t)pl->dag->op_count, sizeof *pl->stores)))
         return -ENOMEM;
     for (int i = 0; rc == 0 && i < pl->dag->op_count; i++)

@@ -60,6 +60,10 @@ void sl_pipelines_metrics(void *m, struct evbuffer *out);
  * sl_pipelines_features(m)). Borrowed: valid until the manager closes. */
 struct sl_features *sl_pipelines_features(sl_pipelines_t *m);
 
+/* The group under which pipeline's stream times are committed, one "topic"
+ * per store: "pipeline.<name>.stream-time". */
+void sl_pipeline_time_group(const char *pipeline, char *out, size_t size);
+
 /* The PIPELINE command for the server (sl_server_add_command). */
 int sl_pipelines_command(void *m, size_t argc, const sl_resp_arg_t *argv, sl_reply_t *reply);
 

@@ -242,12 +242,14 @@ void frontiers_apply(pipeline_t *pl, task_t *t, const sl_record_t *marker);
 void frontiers_bound(const pipeline_t *pl, task_t *lead);
 
 /* offsets_log.c: the positions an exactly-once pipeline also logs in its
- * topic "<name>.offsets". open creates it or reads its newest values; get
- * finds one ("in", topic) or ("time", store); append adds the positions of
- * the tasks worker w runs to commit c. */
+ * topic "<name>.offsets". open creates it or reads its newest values;
+ * committed gives the committed input offset ("in", topic) or stream time
+ * ("time", store) of a partition: from LMDB, or when the state has lost it
+ * from the offsets topic (SL_ENOTFOUND if neither has it); append adds the
+ * positions of the tasks worker w runs to commit c. */
 int offsets_log_open(pipeline_t *pl);
-int offsets_log_get(const pipeline_t *pl, const char *kind, const char *name, int32_t partition,
-                    int64_t *value);
+int offsets_log_committed(const pipeline_t *pl, const char *kind, const char *name,
+                          int32_t partition, int64_t *value);
 int offsets_log_append(pipeline_t *pl, sl_commit_t *c, const worker_t *w);
 void offsets_log_free(pipeline_t *pl);
 

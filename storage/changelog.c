@@ -80,10 +80,9 @@ static int read_batch(restore_t *r)
     size_t limit =
         r->options && r->options->batch_records ? r->options->batch_records : RESTORE_BATCH_DEFAULT;
     sl_record_t rec;
-    int rc = 0;
+    int rc = 0, source = r->options && r->options->source;
     sl_record_set_reset(&r->batch);
     while (r->batch.count < limit && (rc = sl_reader_next(r->reader, &rec)) == 1) {
-        int source = r->options && r->options->source;
         if (source && rec.key_len <= 0)
             continue; /* never in the table: it failed there */
         if ((rc = sl_changelog_check(r->store, &rec)))
@@ -165,13 +164,18 @@ static int run_restore(restore_t *r)
     return rc;
 }
 
+/* Where a restore of changelog up to `to` (-1: its end) ends. */
+static int64_t restore_end(sl_partition_t *changelog, int64_t to)
+{
+    int64_t end = sl_partition_end_offset(changelog);
+    return to >= 0 && to < end ? to : end;
+}
+
 int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t to, int64_t *from)
 {
     MDB_txn *txn;
     int64_t checkpoint = 0, start = sl_partition_start_offset(changelog);
-    int64_t end = sl_partition_end_offset(changelog);
-    if (to >= 0 && to < end)
-        end = to;
+    int64_t end = restore_end(changelog, to);
     int rc = sl_state_begin(sl_store_state(s), 0, &txn);
     if (rc)
         return rc;
@@ -209,9 +213,7 @@ int sl_store_restore(sl_store_t *s, sl_partition_t *changelog, const sl_restore_
     r.progress.store = sl_store_name(s);
     r.progress.partition = sl_partition_id(changelog);
     r.progress.from = r.progress.position = from;
-    r.progress.to = sl_partition_end_offset(changelog);
-    if (to >= 0 && to < r.progress.to)
-        r.progress.to = to;
+    r.progress.to = restore_end(changelog, to);
     clock_gettime(CLOCK_MONOTONIC, &r.started);
     if (rc == 1 && (rc = sl_reader_open(changelog, from, &r.reader)) == 0) {
         sl_report(SL_INFO, "state", "restoring store %s partition %d from %s offsets %lld to %lld",

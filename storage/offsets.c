@@ -176,15 +176,27 @@ int sl_offsets_put(sl_state_t *st, MDB_txn *txn, const char *group, const char *
 int sl_offsets_get(sl_state_t *st, const char *group, const char *topic, int32_t partition,
                    int64_t *offset)
 {
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    int rc = offsets_database(st, &dbi); /* made, if new, before the read begins */
+    if (rc || (rc = sl_state_begin(st, 0, &txn)))
+        return rc;
+    rc = sl_offsets_get_txn(st, txn, group, topic, partition, offset);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int sl_offsets_get_txn(sl_state_t *st, MDB_txn *txn, const char *group, const char *topic,
+                       int32_t partition, int64_t *offset)
+{
     uint8_t key_bytes[SL_OFFSETS_KEY_MAX];
     MDB_val key, value;
-    MDB_txn *txn;
     MDB_dbi dbi;
     entry_t e;
     int rc = check_names(group, topic);
     if (rc == 0 && partition < 0)
         rc = sl_error_set(SL_EINVALID, "offsets: partition %d is negative", partition);
-    if (rc || (rc = offsets_database(st, &dbi)) || (rc = sl_state_begin(st, 0, &txn)))
+    if (rc || (rc = offsets_database(st, &dbi)))
         return rc;
     key = (MDB_val){encode_key(key_bytes, group, topic, partition), key_bytes};
     rc = mdb_get(txn, dbi, &key, &value);
@@ -195,7 +207,6 @@ int sl_offsets_get(sl_state_t *st, const char *group, const char *topic, int32_t
         rc = sl_state_error(rc, "reading an offset");
     else if ((rc = decode_entry(&key, &value, &e)) == 0)
         *offset = e.offset;
-    mdb_txn_abort(txn);
     return rc;
 }
 

@@ -66,6 +66,13 @@ int sl_offsets_put(sl_state_t *st, MDB_txn *txn, const char *group, const char *
 int sl_offsets_get(sl_state_t *st, const char *group, const char *topic, int32_t partition,
                    int64_t *offset);
 
+/* The same, inside the caller's transaction txn (read or write): what one
+ * snapshot of the state holds. The offsets database must exist already
+ * (sl_offsets_get, a commit or sl_state_database made it): a read cannot
+ * create it. */
+int sl_offsets_get_txn(sl_state_t *st, MDB_txn *txn, const char *group, const char *topic,
+                       int32_t partition, int64_t *offset);
+
 /* What sl_offsets_foreach() calls per entry. group and topic are borrowed,
  * NUL-terminated, valid only during the call. */
 typedef int (*sl_offsets_fn)(void *arg, const char *group, const char *topic, int32_t partition,

@@ -250,32 +250,41 @@ fail:
     return rc;
 }
 
+/* The database of name opened before: 1 and *out, or 0. */
+static int opened_database(sl_state_t *st, const char *name, MDB_dbi *out)
+{
+    pthread_mutex_lock(&st->databases_lock);
+    const named_database_t *found = find_database(st, name);
+    if (found)
+        *out = found->dbi;
+    pthread_mutex_unlock(&st->databases_lock);
+    return found != NULL;
+}
+
 int sl_state_database(sl_state_t *st, const char *name, MDB_dbi *out)
 {
     if (!name || !*name)
         return sl_error_set(SL_EINVALID, "state: a database name must not be empty");
-    MDB_txn *txn = NULL;
-    int rc = 0;
-    for (;;) {
-        pthread_mutex_lock(&st->databases_lock);
-        const named_database_t *found = find_database(st, name);
-        if (found) {
-            *out = found->dbi;
-            if (txn)
-                mdb_txn_abort(txn);
-        } else if (txn) {
-            rc = open_database(st, txn, name, out);
-        }
-        pthread_mutex_unlock(&st->databases_lock);
-        if (found || txn)
-            return rc;
-        /* Opening takes the write transaction first and the lock second,
-         * the order of a commit that looks a database up while it holds
-         * the transaction; then looks again (another thread may have
-         * opened it meanwhile). */
-        if ((rc = sl_state_begin(st, 1, &txn)))
-            return rc;
+    if (opened_database(st, name, out))
+        return 0;
+    /* Opening takes the write transaction first and the lock second, the
+     * order of a commit that looks a database up while it holds the
+     * transaction; then looks again (another thread may have opened it
+     * meanwhile). */
+    MDB_txn *txn;
+    int rc = sl_state_begin(st, 1, &txn);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&st->databases_lock);
+    const named_database_t *found = find_database(st, name);
+    if (found) {
+        *out = found->dbi;
+        mdb_txn_abort(txn);
+    } else {
+        rc = open_database(st, txn, name, out);
     }
+    pthread_mutex_unlock(&st->databases_lock);
+    return rc;
 }
 
 int sl_state_begin(sl_state_t *st, int write, MDB_txn **txn)
