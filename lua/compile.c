@@ -33,6 +33,11 @@ const char *sl_op_kind_name(sl_op_kind_t kind)
     return kind_names[kind];
 }
 
+int sl_op_kind_is_entry(sl_op_kind_t kind)
+{
+    return kind == SL_OP_SOURCE || kind == SL_OP_KEY_BY || kind == SL_OP_TABLE;
+}
+
 static void check_windows_aggregated(lua_State *L, const sl_builder_t *b)
 {
     for (int i = 0; i < b->window_count; i++)
@@ -82,16 +87,6 @@ static void check_all_used(lua_State *L, const sl_builder_t *b)
     lua_pop(L, 1);
 }
 
-/* The source reading topic, or NULL. */
-static const sl_op_t *source_of(const sl_dag_t *dag, const char *topic)
-{
-    for (int i = 0; i < dag->op_count; i++)
-        if ((dag->ops[i].kind == SL_OP_SOURCE || dag->ops[i].kind == SL_OP_TABLE) &&
-            strcmp(dag->ops[i].topic, topic) == 0)
-            return &dag->ops[i];
-    return NULL;
-}
-
 /* A sink or late topic writing a topic the pipeline reads would feed its
  * own output back in through the log. */
 static void check_no_cycle(lua_State *L, const sl_builder_t *b)
@@ -99,15 +94,15 @@ static void check_no_cycle(lua_State *L, const sl_builder_t *b)
     const sl_dag_t *dag = b->dag;
     for (int i = 0; i < dag->op_count; i++) {
         const sl_op_t *op = &dag->ops[i];
-        if (op->kind == SL_OP_TO && source_of(dag, op->topic))
+        if (op->kind == SL_OP_TO && sl_dsl_source_of(dag, op->topic))
             sl_vm_raise(L, "%s: to('%s') writes a topic this pipeline reads (a cycle)", op->where,
                         op->topic);
-        if (op->kind == SL_OP_FEATURES && source_of(dag, op->view))
+        if (op->kind == SL_OP_FEATURES && sl_dsl_source_of(dag, op->view))
             sl_vm_raise(L,
                         "%s: features('%s') writes its vectors to topic '%s', which this "
                         "pipeline reads (a cycle)",
                         op->where, op->view, op->view);
-        if (op->late_topic && source_of(dag, op->late_topic))
+        if (op->late_topic && sl_dsl_source_of(dag, op->late_topic))
             sl_vm_raise(L, "%s: late = '%s' writes a topic this pipeline reads (a cycle)",
                         op->where, op->late_topic);
     }

@@ -338,20 +338,21 @@ static int dsl_merge(lua_State *L)
     return sl_dsl_leave(b, 1);
 }
 
-void sl_dsl_check_source_unique(lua_State *L, sl_builder_t *b, const char *topic)
+const sl_op_t *sl_dsl_source_of(const sl_dag_t *dag, const char *topic)
 {
-    for (int i = 0; i < b->dag->op_count; i++) {
-        const sl_op_t *op = &b->dag->ops[i];
-        if ((op->kind == SL_OP_SOURCE || op->kind == SL_OP_TABLE) && strcmp(op->topic, topic) == 0)
-            sl_dsl_error(L, b, "topic '%s' is already read by the %s at %s: use that one", topic,
-                         op->kind == SL_OP_TABLE ? "table" : "stream", op->where);
-    }
+    for (int i = 0; i < dag->op_count; i++)
+        if ((dag->ops[i].kind == SL_OP_SOURCE || dag->ops[i].kind == SL_OP_TABLE) &&
+            strcmp(dag->ops[i].topic, topic) == 0)
+            return &dag->ops[i];
+    return NULL;
 }
 
-/* The op's store, for messages: its kind. */
-static const char *store_owner(const sl_op_t *op)
+void sl_dsl_check_source_unique(lua_State *L, sl_builder_t *b, const char *topic)
 {
-    return sl_op_kind_name(op->kind);
+    const sl_op_t *op = sl_dsl_source_of(b->dag, topic);
+    if (op)
+        sl_dsl_error(L, b, "topic '%s' is already read by the %s at %s: use that one", topic,
+                     sl_op_kind_name(op->kind), op->where);
 }
 
 const char *sl_dsl_store_option(lua_State *L, sl_builder_t *b, int idx, const char *what,
@@ -376,9 +377,9 @@ const char *sl_dsl_store_option(lua_State *L, sl_builder_t *b, int idx, const ch
             sl_dsl_error(L, b,
                          "store '%s' (this %s's default name) is already used by the %s at %s: "
                          "give this one store = \"...\"",
-                         store, what, store_owner(op), op->where);
-        sl_dsl_error(L, b, "store '%s' is already used by the %s at %s", store, store_owner(op),
-                     op->where);
+                         store, what, sl_op_kind_name(op->kind), op->where);
+        sl_dsl_error(L, b, "store '%s' is already used by the %s at %s", store,
+                     sl_op_kind_name(op->kind), op->where);
     }
     return store;
 }

@@ -114,6 +114,9 @@ sl_dsl_stream_t *sl_dsl_to_stream(lua_State *L, int idx);
  * SL_FORMAT_RAW, or SL_FORMAT_TOPIC when absent; raises for another. */
 int sl_dsl_format_option(lua_State *L, sl_builder_t *b, int idx, const char *what);
 
+/* The s.stream() or s.table() of dag reading topic, or NULL. */
+const sl_op_t *sl_dsl_source_of(const sl_dag_t *dag, const char *topic);
+
 /* Raises if an earlier s.stream() or s.table() reads topic. */
 void sl_dsl_check_source_unique(lua_State *L, sl_builder_t *b, const char *topic);
 

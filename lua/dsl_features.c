@@ -9,7 +9,8 @@
  * turned into "1d"; a range given as an integer of ms is written in the
  * largest unit that divides it), and one default slot per feature.
  *
- * Everything is checked before the op is appended. The defaults table is
+ * Everything but the defaults' values is checked before the op is appended
+ * (a script that fails to compile leaves no op anyway). The defaults table is
  * read in two passes so that nothing depends on Lua's per-VM hash order: a
  * feature's own default wins over its member's whatever order pairs()
  * gives, and of several unknown names the first in byte order is the one
@@ -210,6 +211,15 @@ static void check_default_names(lua_State *L, sl_builder_t *b, const spec_t *s, 
                      unknown, s->aggregate->where, s->aggregate->aggs[0].name, s->range_names[0]);
 }
 
+/* Features first .. first + count - 1 of op default to v. */
+static void set_defaults(sl_op_t *op, int first, int count, double v)
+{
+    for (int j = first; j < first + count; j++) {
+        op->has_default[j] = 1;
+        op->defaults[j] = v;
+    }
+}
+
 /* options.defaults into op: members' first, then features' own. */
 static void read_defaults(lua_State *L, sl_builder_t *b, const spec_t *s, sl_op_t *op)
 {
@@ -221,18 +231,15 @@ static void read_defaults(lua_State *L, sl_builder_t *b, const spec_t *s, sl_op_
         sl_dsl_error(L, b, "features defaults must be a table of name = number, got %s",
                      sl_vm_describe(L, -1, text, sizeof text));
     check_default_names(L, b, s, idx);
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 2; pass++) { /* a feature's own default wins */
         lua_pushnil(L);
         while (lua_next(L, idx)) {
             const char *name = lua_tostring(L, -2);
             int m = member_index(s, name), k = feature_index(s, name);
-            double v = default_value(L, b, name);
-            int first = pass == 0 ? m * s->range_count : k;
-            int count = pass == 0 ? s->range_count : 1;
-            for (int j = first; (pass == 0 ? m : k) >= 0 && j < first + count; j++) {
-                op->has_default[j] = 1;
-                op->defaults[j] = v;
-            }
+            if (pass == 0 && m >= 0)
+                set_defaults(op, m * s->range_count, s->range_count, default_value(L, b, name));
+            else if (pass == 1 && k >= 0)
+                set_defaults(op, k, 1, default_value(L, b, name));
             lua_pop(L, 1);
         }
     }

@@ -60,11 +60,9 @@ static int table_stream(lua_State *L)
 
 /* Raises unless every record reaching (op, port) is still keyed as its
  * entry's topic partitioned it. side: "left" or "right", for the message. */
-static void check_keyed(lua_State *L, sl_builder_t *b, int op_id, const char *side, int depth)
+static void check_keyed(lua_State *L, sl_builder_t *b, int op_id, const char *side)
 {
     const sl_op_t *op = &b->dag->ops[op_id];
-    if (depth > b->dag->op_count)
-        return;
     switch (op->kind) {
     case SL_OP_MAP:
     case SL_OP_FLAT_MAP:
@@ -79,7 +77,7 @@ static void check_keyed(lua_State *L, sl_builder_t *b, int op_id, const char *si
     case SL_OP_MERGE:
     case SL_OP_AGGREGATE:
         for (int i = 0; i < op->input_count; i++)
-            check_keyed(L, b, op->inputs[i].op, side, depth + 1);
+            check_keyed(L, b, op->inputs[i].op, side); /* inputs come earlier: it ends */
         return;
     default: /* SOURCE, TABLE, KEY_BY, JOIN: keyed as their partitions */
         return;
@@ -167,8 +165,8 @@ static int stream_join(lua_State *L)
         sl_dsl_error(L, b, "join expects a table of options as its third argument, got %s",
                      sl_vm_describe(L, 4, text, sizeof text));
     int kind = join_kind(L, b, self, other);
-    check_keyed(L, b, self->op, "left", 0);
-    check_keyed(L, b, other->op, "right", 0);
+    check_keyed(L, b, self->op, "left");
+    check_keyed(L, b, other->op, "right");
     sl_op_input_t inputs[2] = {{self->op, self->port}, {other->op, other->port}};
     join_options_t o = {0};
     lua_settop(L, 4);

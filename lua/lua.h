@@ -554,6 +554,10 @@ int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b);
  * "route", "features"); static. */
 const char *sl_op_kind_name(sl_op_kind_t kind);
 
+/* 1 if ops of this kind start a stage: SOURCE, TABLE and KEY_BY (whose
+ * records come back through its repartition topic). */
+int sl_op_kind_is_entry(sl_op_kind_t kind);
+
 /* ---- records and batches ------------------------------------------------- */
 
 /*

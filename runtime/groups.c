@@ -17,7 +17,7 @@
 
 static int is_entry(const sl_op_t *op)
 {
-    return op->kind == SL_OP_SOURCE || op->kind == SL_OP_KEY_BY || op->kind == SL_OP_TABLE;
+    return sl_op_kind_is_entry(op->kind);
 }
 
 static int find_root(int *root, int op)
