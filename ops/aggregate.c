@@ -175,18 +175,31 @@ int sl_number_parse(const char *text, size_t n, sl_number_t *out)
     return 0;
 }
 
+/* An integer's digits, without printf: most results are counts. */
+static int integer_json(int64_t i, sl_buf_t *out)
+{
+    char text[24], *p = text + sizeof text;
+    uint64_t u = i < 0 ? (uint64_t)0 - (uint64_t)i : (uint64_t)i;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (i < 0)
+        *--p = '-';
+    return sl_buf_append(out, p, (size_t)(text + sizeof text - p));
+}
+
 int sl_number_json(sl_number_t number, sl_buf_t *out)
 {
     char text[40];
     int n = 0;
     if (!number.is_double)
-        n = snprintf(text, sizeof text, "%lld", (long long)number.i);
-    else
-        for (int digits = 15; digits <= 17; digits++) {
-            n = snprintf(text, sizeof text, "%.*g", digits, number.d);
-            if (strtod(text, NULL) == number.d)
-                break;
-        }
+        return integer_json(number.i, out);
+    for (int digits = 15; digits <= 17; digits++) {
+        n = snprintf(text, sizeof text, "%.*g", digits, number.d);
+        if (strtod(text, NULL) == number.d)
+            break;
+    }
     return sl_buf_append(out, text, (size_t)n);
 }
 
@@ -197,6 +210,11 @@ static const char *const kind_names[] = {
     [SL_AGG_MAX] = "max",           [SL_AGG_AVG] = "avg",       [SL_AGG_LAST] = "last",
     [SL_AGG_DISTINCT] = "distinct", [SL_AGG_REDUCE] = "reduce",
 };
+
+const char *sl_agg_kind_name(sl_agg_kind_t kind)
+{
+    return kind_names[kind];
+}
 
 static bool valid_kind(int kind)
 {

@@ -154,6 +154,9 @@ int sl_aggset_count(const sl_aggset_t *set);
 /* Member i's name, kind and source (NULL if none); i < count. */
 const char *sl_aggset_name(const sl_aggset_t *set, int i);
 sl_agg_kind_t sl_aggset_kind(const sl_aggset_t *set, int i);
+
+/* The DSL name of an aggregate kind ("count", "sum", ...); static. */
+const char *sl_agg_kind_name(sl_agg_kind_t kind);
 const char *sl_aggset_source(const sl_aggset_t *set, int i);
 
 /* ---- states ---------------------------------------------------------- */

@@ -147,6 +147,17 @@ static int make_spec(const sl_op_t *op, agg_t *a)
     }
 }
 
+/* Whether a stored window is of this task's partition (expiry, rebuilds). */
+static int owns(void *arg, const void *store_key, size_t len)
+{
+    const sl_exec_task_t *t = arg;
+    size_t key_len;
+    int64_t start;
+    if (t->partitions <= 0 || sl_store_window_split(store_key, len, &key_len, &start))
+        return 1;
+    return sl_partition_for_key(store_key, key_len, t->partitions) == t->partition;
+}
+
 typedef struct rebuild {
     agg_t *a;
     sl_exec_task_t *t;
@@ -162,10 +173,7 @@ static int rebuild_one(void *arg, const void *store_key, size_t len, const void 
     size_t key_len;
     int64_t start;
     (void)value, (void)value_len;
-    if (sl_store_window_split(store_key, len, &key_len, &start))
-        return 0;
-    if (r->t->partitions > 0 &&
-        sl_partition_for_key(store_key, key_len, r->t->partitions) != r->t->partition)
+    if (sl_store_window_split(store_key, len, &key_len, &start) || !owns(r->t, store_key, len))
         return 0;
     int64_t close = start + r->a->spec.size;
     if (r->a->session) {
@@ -185,17 +193,6 @@ static int rebuild_closer(sl_exec_task_t *t, agg_t *a)
     rebuild_t r = {a, t, 0};
     int rc = sl_store_foreach_committed(sl_cache_store(a->cache), rebuild_one, &r);
     return r.rc ? r.rc : rc < 0 ? rc : 0;
-}
-
-/* Whether a stored window is of this task's partition (expiry). */
-static int owns(void *arg, const void *store_key, size_t len)
-{
-    const sl_exec_task_t *t = arg;
-    size_t key_len;
-    int64_t start;
-    if (t->partitions <= 0 || sl_store_window_split(store_key, len, &key_len, &start))
-        return 1;
-    return sl_partition_for_key(store_key, key_len, t->partitions) == t->partition;
 }
 
 static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *store,
@@ -705,8 +702,8 @@ int sl_exec_task_flush(sl_exec_t *x, sl_exec_task_t *t, const sl_exec_output_t *
         int64_t wm = sl_watermark_get(&a->wm);
         if (rc == 0 && a->windowed && wm != SL_WATERMARK_NONE &&
             wm - a->op->retention > SL_TIME_MIN)
-            rc = sl_cache_expire(a->cache, wm - a->op->retention - a->spec.size + 1, EXPIRE_BATCH,
-                                 NULL);
+            rc = sl_cache_expire(a->cache, sl_window_kept_from(wm, a->op->retention, a->spec.size),
+                                 EXPIRE_BATCH, NULL);
     }
     for (int i = 0; rc == 0 && t && i < t->join_count; i++)
         rc = sl_join_flush(x, t->joins[i], sl_exec_dag(x)->vm, out);

@@ -125,8 +125,7 @@ int sl_exec_entries(const sl_exec_t *x, int *ids, int max)
 {
     int n = 0;
     for (int i = 0; i < x->dag->op_count; i++) {
-        sl_op_kind_t kind = x->dag->ops[i].kind;
-        if (kind != SL_OP_SOURCE && kind != SL_OP_KEY_BY && kind != SL_OP_TABLE)
+        if (!sl_op_kind_is_entry(x->dag->ops[i].kind))
             continue;
         if (n < max)
             ids[n] = i;
@@ -264,11 +263,16 @@ static int join(sl_exec_t *x, const sl_op_t *op, int slot, int from, int port)
 {
     sl_vm_t *vm = x->dag->vm;
     int side = !(op->inputs[0].op == from && op->inputs[0].port == port), out = -1, rc;
-    sl_join_t *j = sl_exec_task_join(x->task, op->id);
-    sl_join_t *left = sl_exec_task_join(x->task, op->inputs[0].op);
-    sl_join_t *right = sl_exec_task_join(x->task, op->inputs[1].op);
     if (op->join_kind == SL_JOIN_STREAM_TABLE && side == 1)
         return 0; /* the table's own change: it is already in its store */
+    /* the state each kind uses: its own, and for tables the tables' */
+    sl_join_t *j =
+        op->join_kind != SL_JOIN_STREAM_TABLE ? sl_exec_task_join(x->task, op->id) : NULL;
+    sl_join_t *left =
+        op->join_kind == SL_JOIN_TABLE_TABLE ? sl_exec_task_join(x->task, op->inputs[0].op) : NULL;
+    sl_join_t *right = op->join_kind != SL_JOIN_STREAM_STREAM
+                           ? sl_exec_task_join(x->task, op->inputs[1].op)
+                           : NULL;
     int ready = op->join_kind == SL_JOIN_STREAM_STREAM  ? j != NULL
                 : op->join_kind == SL_JOIN_STREAM_TABLE ? right != NULL /* the table */
                                                         : j && left && right;
@@ -364,30 +368,14 @@ static void run(sl_exec_t *x, int op_id, int slot, int from, int port)
         fail(x, op, rc);
 }
 
-/* Straight to the sinks when every op reading from op is a TO (the usual
- * :aggregate{...}:to(topic)): the record needs no Lua, only its bytes in the
- * batch arena (as raw, untokenized). 1 if it went. */
-static int deliver_to_sinks(sl_exec_t *x, int op, const sl_record_t *in,
-                            const sl_exec_output_t *out)
+/* 1 if every op reading from op is a TO (the usual :aggregate{...}:to()):
+ * then no Lua reads op's records, which need not be tokenized. */
+static int only_sinks_follow(const sl_exec_t *x, int op)
 {
     const successors_t *s = &x->next[op][0];
-    sl_vm_origin_t raw = {x->dag->ops[op].store, -1, 0};
-    sl_record_t copy, *rec = &copy;
-    int slot;
     for (int i = 0; i < s->count; i++)
         if (x->dag->ops[s->ops[i]].kind != SL_OP_TO)
             return 0;
-    if ((x->stop = sl_vm_record_load(x->dag->vm, in, &raw, &slot)) ||
-        (x->stop = sl_vm_record_get(x->dag->vm, slot, &copy)))
-        return 1;
-    x->stats[op].records_out++;
-    for (int i = 0; i < s->count && !x->stop; i++) {
-        x->stats[s->ops[i]].records_in++;
-        x->stats[s->ops[i]].records_out++;
-        int rc = out->emit(out->arg, &x->dag->ops[s->ops[i]], rec);
-        if (rc)
-            x->stop = rc;
-    }
     return 1;
 }
 
@@ -410,23 +398,9 @@ int sl_exec_deliver_slot(sl_exec_t *x, int op, int slot, const sl_exec_output_t 
 
 int sl_exec_deliver(sl_exec_t *x, int op, const sl_record_t *rec, const sl_exec_output_t *out)
 {
-    x->stop = 0;
-    if (deliver_to_sinks(x, op, rec, out))
-        return x->stop;
-    sl_vm_origin_t origin = {x->dag->ops[op].store, -1, 1};
+    sl_vm_origin_t origin = {x->dag->ops[op].store, -1, !only_sinks_follow(x, op)};
     int slot, rc = sl_vm_record_load(x->dag->vm, rec, &origin, &slot);
-    if (rc)
-        return rc;
-    const sl_exec_output_t *saved = x->out;
-    const sl_record_t *input = x->input;
-    x->out = out;
-    x->input = rec;
-    x->stop = 0;
-    x->stats[op].records_out++;
-    deliver(x, op, 0, slot);
-    x->out = saved;
-    x->input = input;
-    return x->stop;
+    return rc ? rc : sl_exec_deliver_slot(x, op, slot, out);
 }
 
 /* One record into the stage at entry. */
@@ -452,9 +426,7 @@ static void enter(sl_exec_t *x, const sl_op_t *entry, const sl_vm_origin_t *orig
 int sl_exec_batch(sl_exec_t *x, int entry, const sl_vm_origin_t *origin, const sl_record_t *records,
                   size_t n, const sl_exec_output_t *out, size_t *done)
 {
-    if (entry < 0 || entry >= x->dag->op_count ||
-        (x->dag->ops[entry].kind != SL_OP_SOURCE && x->dag->ops[entry].kind != SL_OP_KEY_BY &&
-         x->dag->ops[entry].kind != SL_OP_TABLE))
+    if (entry < 0 || entry >= x->dag->op_count || !sl_op_kind_is_entry(x->dag->ops[entry].kind))
         return sl_error_set(SL_EINVALID, "op %d does not start a stage", entry);
     size_t i;
     x->out = out;

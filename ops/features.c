@@ -23,7 +23,9 @@
  * stage is reset: one vector per key and commit.
  */
 #include "ops/features.h"
+#include "ops/hll.h"
 #include "ops/ops_internal.h"
+#include "ops/window.h"
 
 #include <errno.h>
 #include <math.h>
@@ -154,17 +156,9 @@ void sl_features_calc_free(sl_features_calc_t *c)
     sl_free(c);
 }
 
-static int64_t floor_to(int64_t t, int64_t bucket)
-{
-    int64_t q = t / bucket;
-    if (t % bucket != 0 && t < 0)
-        q--;
-    return q * bucket;
-}
-
 int64_t sl_features_end(int64_t t, int64_t bucket, int as_of)
 {
-    return floor_to(t, bucket) + (as_of ? 0 : bucket);
+    return sl_floor_div(t, bucket) * bucket + (as_of ? 0 : bucket);
 }
 
 void sl_features_begin(sl_features_calc_t *c, int64_t end, int64_t *from, int64_t *to)
@@ -250,33 +244,16 @@ sl_agg_result_t sl_features_value(const sl_features_calc_t *c, int k)
     sl_agg_result_t v = c->results[k];
     int range = k % c->ranges;
     if (c->has_default[k] && (c->empty[range] || v.type != SL_AGG_RESULT_NUMBER))
-        v = (sl_agg_result_t){.type = SL_AGG_RESULT_NUMBER,
-                              .number = default_number(c->defaults[k])};
+        sl_features_default(c, k, &v);
     return v;
 }
 
 /* ---- writing values ---------------------------------------------------------- */
 
-/* An integer's digits, without printf: most features are counts. */
-static int integer_json(int64_t i, sl_buf_t *out)
-{
-    char text[24], *p = text + sizeof text;
-    uint64_t u = i < 0 ? (uint64_t)0 - (uint64_t)i : (uint64_t)i;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (i < 0)
-        *--p = '-';
-    return sl_buf_append(out, p, (size_t)(text + sizeof text - p));
-}
-
 int sl_features_json_value(sl_agg_result_t v, sl_buf_t *out)
 {
     if (v.type != SL_AGG_RESULT_NUMBER)
         return sl_buf_append(out, "null", 4);
-    if (!v.number.is_double)
-        return integer_json(v.number.i, out);
     return sl_number_json(v.number, out);
 }
 
@@ -287,17 +264,21 @@ float sl_features_f32(sl_agg_result_t v)
     return v.number.is_double ? (float)v.number.d : (float)v.number.i;
 }
 
+int sl_features_json_member(const sl_features_calc_t *c, int k, sl_buf_t *out)
+{
+    size_t at = k ? c->key_ends[k - 1] : 0;
+    int rc = sl_buf_append(out, (const char *)c->keys.data + at, c->key_ends[k] - at);
+    return rc ? rc : sl_features_json_value(sl_features_value(c, k), out);
+}
+
 int sl_features_json(const sl_features_calc_t *c, sl_buf_t *out)
 {
     int rc = sl_buf_append(out, "{", 1);
     for (int k = 0; rc == 0 && k < c->count; k++) {
-        size_t at = k ? c->key_ends[k - 1] : 0;
         if (k > 0)
             rc = sl_buf_append(out, ",", 1);
         if (rc == 0)
-            rc = sl_buf_append(out, (const char *)c->keys.data + at, c->key_ends[k] - at);
-        if (rc == 0)
-            rc = sl_features_json_value(sl_features_value(c, k), out);
+            rc = sl_features_json_member(c, k, out);
     }
     return rc ? rc : sl_buf_append(out, "}", 1);
 }
@@ -327,9 +308,10 @@ const sl_aggset_t *sl_features_set(const sl_features_calc_t *c)
     return c->set;
 }
 
-int sl_features_default(const sl_features_calc_t *c, int k, double *value)
+int sl_features_default(const sl_features_calc_t *c, int k, sl_agg_result_t *value)
 {
-    *value = c->defaults[k];
+    *value =
+        (sl_agg_result_t){.type = SL_AGG_RESULT_NUMBER, .number = default_number(c->defaults[k])};
     return c->has_default[k];
 }
 
@@ -361,18 +343,10 @@ typedef struct emitter {
     sl_buf_t json;
 } emitter_t;
 
-static uint64_t hash_key(const uint8_t *key, size_t len)
-{
-    uint64_t h = 14695981039346656037ull; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ key[i]) * 1099511628211ull;
-    return h;
-}
-
 /* The slot of key: the one holding it, or the empty one it would go to. */
 static uint32_t *slot_of(const written_t *w, const uint8_t *key, size_t len)
 {
-    size_t mask = w->slot_cap - 1, i = (size_t)hash_key(key, len) & mask;
+    size_t mask = w->slot_cap - 1, i = (size_t)sl_hash64(key, len, 0) & mask;
     for (;; i = (i + 1) & mask) {
         uint32_t *slot = &w->slots[i];
         const struct span *sp = *slot ? &w->spans[*slot - 1] : NULL;
@@ -508,7 +482,7 @@ int sl_features_emit(sl_features_emitters_t **ep, const sl_dag_t *dag, sl_exec_t
     if (!sl_features_found(m->calc) && !sl_features_any_default(m->calc))
         rec.value = NULL, rec.value_len = -1; /* no vector: FEATURES answers nil */
     rec.timestamp = ts;
-    sl_vm_origin_t origin = {op->view, -1, 1};
+    sl_vm_origin_t origin = {op->view, -1, 0}; /* an exit only reads its bytes */
     return sl_vm_record_load(vm, &rec, &origin, out_slot);
 }
 

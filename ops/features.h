@@ -86,6 +86,10 @@ float sl_features_f32(sl_agg_result_t v);
  * order, named from the op. 0 or -ENOMEM. */
 int sl_features_json(const sl_features_calc_t *c, sl_buf_t *out);
 
+/* Appends feature k as a member of such an object ("clicks_5m":3), for
+ * objects that mix calculators. 0 or -ENOMEM. */
+int sl_features_json_member(const sl_features_calc_t *c, int k, sl_buf_t *out);
+
 /* Feature k's name ("clicks_5m"), the index of its member in the
  * aggregate set, its range in ms; the buckets' size; the set (its members'
  * names and kinds). Owned by the calculator. */
@@ -95,8 +99,10 @@ int64_t sl_features_range(const sl_features_calc_t *c, int k);
 int64_t sl_features_bucket(const sl_features_calc_t *c);
 const sl_aggset_t *sl_features_set(const sl_features_calc_t *c);
 
-/* 1 with *value if feature k has a default, else 0. */
-int sl_features_default(const sl_features_calc_t *c, int k, double *value);
+/* 1 with *value if feature k has a default, else 0 (*value is then
+ * meaningless); the value is a number as the vectors write it (an integer
+ * when it is one). */
+int sl_features_default(const sl_features_calc_t *c, int k, sl_agg_result_t *value);
 
 /* 1 if some feature has a default. */
 int sl_features_any_default(const sl_features_calc_t *c);

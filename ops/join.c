@@ -559,8 +559,6 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
     size_t key_len = 0;
     int matched = 0, out;
     int rc = sl_vm_record_meta(vm, slot, &meta);
-    if (rc == 0)
-        rc = sl_vm_record_get(vm, slot, &rec);
     if (rc)
         return rc;
     if (meta.key_len <= 0) { /* joins nothing, ever */
@@ -578,6 +576,8 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
         __atomic_fetch_add(&j->late, 1, __ATOMIC_RELAXED);
         return 0;
     }
+    if ((rc = sl_vm_record_get(vm, slot, &rec))) /* the bytes to buffer */
+        return rc;
     sl_watermark_observe(&j->wm, t);
     if ((rc = buffer_key(j, !side, meta.key, meta.key_len, 0, &key_len)))
         return rc;

@@ -77,11 +77,15 @@ int sl_window_session(int64_t gap, int64_t grace, sl_window_spec_t *out)
 
 /* ---- assignment ------------------------------------------------------ */
 
-/* floor(a / b) for b > 0, also for negative a. */
-static int64_t floor_div(int64_t a, int64_t b)
+int64_t sl_floor_div(int64_t a, int64_t b)
 {
     int64_t q = a / b;
     return (a % b < 0) ? q - 1 : q;
+}
+
+int64_t sl_window_kept_from(int64_t watermark, int64_t retention, int64_t size)
+{
+    return watermark - retention - size + 1;
 }
 
 static int check_time(int64_t t)
@@ -110,7 +114,7 @@ int sl_window_assign(const sl_window_spec_t *spec, int64_t t, sl_window_t *out, 
     int rc = check_time(t);
     if (rc)
         return rc;
-    int64_t newest = floor_div(t, spec->advance) * spec->advance;
+    int64_t newest = sl_floor_div(t, spec->advance) * spec->advance;
     /* The largest k with newest - k * advance > t - size. */
     int64_t k = (spec->size - (t - newest) - 1) / spec->advance;
     int64_t oldest = newest - k * spec->advance;
@@ -127,7 +131,7 @@ int64_t sl_window_closed_through(const sl_window_spec_t *spec, int64_t watermark
     assert(spec->kind == SL_WINDOW_TUMBLING || spec->kind == SL_WINDOW_HOPPING);
     if (watermark == SL_WATERMARK_NONE)
         return INT64_MIN;
-    return floor_div(watermark - spec->size, spec->advance) * spec->advance;
+    return sl_floor_div(watermark - spec->size, spec->advance) * spec->advance;
 }
 
 /* ---- watermarks ------------------------------------------------------ */

@@ -128,6 +128,14 @@ int sl_window_assign(const sl_window_spec_t *spec, int64_t t, sl_window_t *out, 
  * For scanning a store ordered by window start. Tumbling and hopping. */
 int64_t sl_window_closed_through(const sl_window_spec_t *spec, int64_t watermark);
 
+/* floor(a / b) for b > 0, also for negative a. */
+int64_t sl_floor_div(int64_t a, int64_t b);
+
+/* The start of the oldest window of `size` a store keeps at watermark:
+ * windows expire `retention` after they close (the aggregates' expiry, and
+ * what feature queries may rely on). */
+int64_t sl_window_kept_from(int64_t watermark, int64_t retention, int64_t size);
+
 /* ---- watermarks ------------------------------------------------------ */
 
 /*

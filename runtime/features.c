@@ -9,7 +9,7 @@
  * calculator (ops/features.h) holding copies of the names, ranges and
  * defaults, and what the retention check needs. A view (view_t) is built
  * from the contributions that name it, every time the set changes: its
- * columns in schema order, their FEATURES.SCHEMA rows, their JSON keys.
+ * columns in schema order and their FEATURES.SCHEMA rows.
  * Queries take the registry's lock from open to close, so a view never
  * changes under a query (PIPELINE SUBMIT and STOP run on the server's
  * thread anyway; the lock also covers `sluice run`'s submit at start).
@@ -23,13 +23,15 @@
  *
  * (ops/aggregator.c), the stream time being its task's (the key's
  * partition's), committed in the `offsets` database with the stores
- * (group "pipeline.<name>.stream-time", topic = the store's name). A
+ * (group sl_pipeline_time_group(), topic = the store's name). A
  * vector whose widest range starts before that point would silently miss
  * windows, so it is refused with a message saying so.
  */
 #include "runtime/features.h"
+#include "runtime/pipeline.h"
 
 #include "ops/features.h"
+#include "ops/window.h"
 #include "storage/offsets.h"
 
 #include <errno.h>
@@ -48,10 +50,10 @@ typedef struct part {
     sl_features_calc_t *calc;
     int32_t partitions; /* of the store's changelog: a key's task */
     int64_t widest, retention, grace;
-    uint8_t time_key[SL_OFFSETS_KEY_MAX];
-    size_t time_prefix;        /* bytes of "group\0topic\0" in time_key */
-    char **default_json;       /* per feature; NULL where none */
-    struct stream_time *times; /* per partition, as last read */
+    char time_group[SL_GROUP_NAME_MAX + 1]; /* its stream times': */
+    char time_store[SL_TOPIC_NAME_MAX + 1]; /* their "topic" */
+    char **default_json;                    /* per feature; NULL where none */
+    struct stream_time *times;              /* per partition, as last read */
 } part_t;
 
 /* A partition's stream time as of one committed state: the snapshot's
@@ -76,8 +78,6 @@ typedef struct view {
     column_t *columns;
     sl_feature_info_t *infos;
     int count;
-    sl_buf_t keys;    /* "\"name\":" of each column, in order */
-    size_t *key_ends; /* where each ends in keys */
     int any_default;
 } view_t;
 
@@ -85,16 +85,12 @@ struct sl_features {
     pthread_mutex_t lock;
     sl_state_t *state;
     sl_log_t *log;
-    MDB_dbi offsets;
     part_t **parts;
     int part_count;
     int serial;
     view_t **views;
     int view_count;
 };
-
-static const char *const kind_names[] = {NULL,  "count", "sum",      "min",   "max",
-                                         "avg", "last",  "distinct", "reduce"};
 
 /* ---- contributions ----------------------------------------------------------- */
 
@@ -117,18 +113,13 @@ static void part_free(part_t *p)
 static int default_texts(part_t *p)
 {
     int n = sl_features_count(p->calc);
-    double d;
+    sl_agg_result_t v;
     if (!(p->default_json = sl_calloc((size_t)n, sizeof *p->default_json)))
         return -ENOMEM;
     for (int k = 0; k < n; k++) {
         sl_buf_t text = {0};
-        if (!sl_features_default(p->calc, k, &d))
+        if (!sl_features_default(p->calc, k, &v))
             continue;
-        sl_agg_result_t v = {.type = SL_AGG_RESULT_NUMBER,
-                             .number = d == (double)(int64_t)d && d > -9007199254740992.0 &&
-                                               d < 9007199254740992.0
-                                           ? sl_number_int((int64_t)d)
-                                           : sl_number_double(d)};
         int rc = sl_features_json_value(v, &text);
         if (rc == 0)
             rc = sl_buf_append(&text, "", 1);
@@ -139,18 +130,6 @@ static int default_texts(part_t *p)
         p->default_json[k] = (char *)text.data;
     }
     return 0;
-}
-
-/* "pipeline.<name>.stream-time\0<store>\0", the offsets key of the stream
- * times without its partition (offsets.h has the layout). */
-static void time_key(part_t *p, const char *store)
-{
-    int n = snprintf((char *)p->time_key, SL_GROUP_NAME_MAX + 1, "pipeline.%s.stream-time",
-                     p->pipeline);
-    size_t at = (size_t)n + 1;
-    size_t m = strlen(store);
-    memcpy(p->time_key + at, store, m + 1);
-    p->time_prefix = at + m + 1;
 }
 
 static int part_setup(sl_features_t *f, part_t *p, const sl_op_t *agg, const sl_op_t *fop)
@@ -175,7 +154,8 @@ static int part_setup(sl_features_t *f, part_t *p, const sl_op_t *agg, const sl_
     for (int k = 0; k < fop->range_count; k++)
         if (fop->ranges[k] > p->widest)
             p->widest = fop->ranges[k];
-    time_key(p, store);
+    sl_pipeline_time_group(p->pipeline, p->time_group, sizeof p->time_group);
+    snprintf(p->time_store, sizeof p->time_store, "%s", store);
     return 0;
 }
 
@@ -207,8 +187,6 @@ static void view_free(view_t *v)
     sl_free(v->parts);
     sl_free(v->columns);
     sl_free(v->infos);
-    sl_buf_free(&v->keys);
-    sl_free(v->key_ends);
     sl_free(v);
 }
 
@@ -243,26 +221,22 @@ static sl_feature_info_t info_of(const column_t *c)
     const sl_features_calc_t *calc = c->part->calc;
     int member = sl_features_member(calc, c->k);
     sl_agg_kind_t kind = sl_aggset_kind(sl_features_set(calc), member);
-    return (sl_feature_info_t){sl_features_name(calc, c->k),
-                               type_of(kind),
-                               kind_names[kind],
-                               sl_aggset_name(sl_features_set(calc), member),
-                               sl_features_range(calc, c->k),
-                               sl_features_bucket(calc),
-                               c->part->default_json[c->k],
-                               c->part->pipeline};
+    return (sl_feature_info_t){
+        sl_features_name(calc, c->k),  type_of(kind),
+        sl_agg_kind_name(kind),        sl_aggset_name(sl_features_set(calc), member),
+        sl_features_range(calc, c->k), sl_features_bucket(calc),
+        c->part->default_json[c->k],   c->part->pipeline};
 }
 
-/* Columns, their rows and JSON keys, once the parts are in. */
+/* Columns and their rows, once the parts are in. */
 static int view_columns(view_t *v)
 {
-    int at = 0, rc = 0;
+    int at = 0;
     for (int i = 0; i < v->part_count; i++)
         v->count += sl_features_count(v->parts[i]->calc);
     v->columns = sl_calloc((size_t)v->count, sizeof *v->columns);
     v->infos = sl_calloc((size_t)v->count, sizeof *v->infos);
-    v->key_ends = sl_calloc((size_t)v->count, sizeof *v->key_ends);
-    if (!v->columns || !v->infos || !v->key_ends)
+    if (!v->columns || !v->infos)
         return -ENOMEM;
     for (int i = 0; i < v->part_count; i++) {
         v->any_default |= sl_features_any_default(v->parts[i]->calc);
@@ -270,14 +244,9 @@ static int view_columns(view_t *v)
             v->columns[at++] = (column_t){v->parts[i], k};
     }
     qsort(v->columns, (size_t)v->count, sizeof *v->columns, by_schema);
-    for (int i = 0; rc == 0 && i < v->count; i++) {
+    for (int i = 0; i < v->count; i++)
         v->infos[i] = info_of(&v->columns[i]);
-        rc = sl_buf_json_string(v->infos[i].name, strlen(v->infos[i].name), &v->keys);
-        if (rc == 0)
-            rc = sl_buf_append(&v->keys, ":", 1);
-        v->key_ends[i] = v->keys.len;
-    }
-    return rc;
+    return 0;
 }
 
 /* The view named by parts[first]'s view: every part of that name. */
@@ -343,7 +312,8 @@ int sl_features_new(sl_state_t *state, sl_log_t *log, sl_features_t **out)
     sl_features_t *f = sl_calloc(1, sizeof *f);
     if (!f)
         return -ENOMEM;
-    int rc = sl_state_database(state, SL_OFFSETS_DATABASE, &f->offsets);
+    MDB_dbi offsets; /* made now if new: queries read it in their transactions */
+    int rc = sl_state_database(state, SL_OFFSETS_DATABASE, &offsets);
     if (rc) {
         sl_free(f);
         return rc;
@@ -367,20 +337,17 @@ void sl_features_free(sl_features_t *f)
     sl_free(f);
 }
 
-/* A feature of op (in dag) that another pipeline's part of its view has;
- * lock held. */
-static int collision(sl_features_t *f, const char *pipeline, const sl_dag_t *dag,
-                     const sl_op_t *fop)
+/* A feature of fresh (made of fop) that another pipeline's part of its
+ * view has; lock held. */
+static int collision(sl_features_t *f, const char *pipeline, const sl_op_t *fop,
+                     const part_t *fresh)
 {
-    const sl_op_t *agg = &dag->ops[fop->inputs[0].op];
-    char name[SL_OP_AGG_NAME_MAX + 64];
     for (int i = 0; i < f->part_count; i++) {
         const part_t *p = f->parts[i];
         if (strcmp(p->view, fop->view) || !strcmp(p->pipeline, pipeline))
             continue;
-        for (int k = 0; k < fop->feature_count; k++) {
-            snprintf(name, sizeof name, "%s_%s", agg->aggs[k / fop->range_count].name,
-                     fop->range_names[k % fop->range_count]);
+        for (int k = 0; k < sl_features_count(fresh->calc); k++) {
+            const char *name = sl_features_name(fresh->calc, k);
             for (int j = 0; j < sl_features_count(p->calc); j++)
                 if (!strcmp(name, sl_features_name(p->calc, j)))
                     return sl_error_set(SL_EINVALID,
@@ -392,12 +359,14 @@ static int collision(sl_features_t *f, const char *pipeline, const sl_dag_t *dag
     return 0;
 }
 
-static int check_locked(sl_features_t *f, const char *pipeline, const sl_dag_t *dag)
+/* fresh[]: the parts made of dag's FEATURES ops, in op order. */
+static int check_locked(sl_features_t *f, const char *pipeline, const sl_dag_t *dag,
+                        part_t *const *fresh)
 {
-    int rc = 0;
+    int rc = 0, n = 0;
     for (int i = 0; rc == 0 && i < dag->op_count; i++)
         if (dag->ops[i].kind == SL_OP_FEATURES)
-            rc = collision(f, pipeline, dag, &dag->ops[i]);
+            rc = collision(f, pipeline, &dag->ops[i], fresh[n++]);
     return rc;
 }
 
@@ -453,7 +422,7 @@ int sl_features_register(sl_features_t *f, const char *pipeline, const sl_dag_t 
     pthread_mutex_lock(&f->lock);
     for (int i = 0; i < n; i++)
         fresh[i]->serial = ++f->serial;
-    if (rc == 0 && (rc = check_locked(f, pipeline, dag)) == 0)
+    if (rc == 0 && (rc = check_locked(f, pipeline, dag, fresh)) == 0)
         rc = install(f, pipeline, fresh, n);
     pthread_mutex_unlock(&f->lock);
     for (int i = 0; rc && i < n; i++)
@@ -495,20 +464,19 @@ static void close_view(void *arg)
 }
 
 /* The committed stream time of partition in txn's state, read once per
- * committed state. 0 and *found; an LMDB failure. */
+ * committed state. 0 and *found; a failure reading it (a damaged entry
+ * included). */
 static int stream_time(const part_t *p, MDB_txn *txn, int32_t partition, int *found, int64_t *value)
 {
     struct stream_time *st = &p->times[partition];
-    uint8_t k[SL_OFFSETS_KEY_MAX];
     if (st->txn != mdb_txn_id(txn)) {
-        memcpy(k, p->time_key, p->time_prefix);
-        sl_put_be32(k + p->time_prefix, (uint32_t)partition);
-        MDB_val mk = {p->time_prefix + 4, k}, mv;
-        int rc = mdb_get(txn, p->registry->offsets, &mk, &mv);
-        if (rc && rc != MDB_NOTFOUND)
-            return sl_state_error(rc, "reading a stream time");
-        st->found = rc == 0 && mv.mv_size == 8;
-        st->value = st->found ? (int64_t)sl_get_be64(mv.mv_data) : 0;
+        int64_t t = 0;
+        int rc = sl_offsets_get_txn(p->registry->state, txn, p->time_group, p->time_store,
+                                    partition, &t);
+        if (rc && rc != SL_ENOTFOUND)
+            return rc;
+        st->found = rc == 0;
+        st->value = t;
         st->txn = mdb_txn_id(txn);
     }
     *found = st->found;
@@ -526,7 +494,8 @@ static int check_retention(const part_t *p, MDB_txn *txn, const void *key, size_
     int found, rc = stream_time(p, txn, partition, &found, &stream_time_ms);
     if (rc || !found)
         return rc; /* no stream time committed: nothing expired */
-    int64_t kept = stream_time_ms - p->grace - p->retention - sl_features_bucket(p->calc) + 1;
+    int64_t kept =
+        sl_window_kept_from(stream_time_ms - p->grace, p->retention, sl_features_bucket(p->calc));
     if (end - p->widest >= kept)
         return 0;
     return sl_error_set(SL_EINVALID,
@@ -562,13 +531,10 @@ static int write_json(const view_t *v, sl_buf_t *out)
     int rc = sl_buf_append(out, "{", 1);
     for (int i = 0; rc == 0 && i < v->count; i++) {
         const column_t *c = &v->columns[i];
-        size_t at = i ? v->key_ends[i - 1] : 0;
         if (i > 0)
             rc = sl_buf_append(out, ",", 1);
         if (rc == 0)
-            rc = sl_buf_append(out, v->keys.data + at, v->key_ends[i] - at);
-        if (rc == 0)
-            rc = sl_features_json_value(sl_features_value(c->part->calc, c->k), out);
+            rc = sl_features_json_member(c->part->calc, c->k, out);
     }
     return rc ? rc : sl_buf_append(out, "}", 1);
 }
