@@ -27,7 +27,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <time.h>
 
 #define TIME_LIMIT ((int64_t)1 << 62) /* |AS OF| at most this: no overflow with ranges */
 
@@ -54,13 +53,6 @@ void sl_feature_reads_free(struct sl_feature_reads *r)
         mdb_txn_abort(r->txn);
     sl_buf_free(&r->vector);
     sl_free(r);
-}
-
-static int64_t clock_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- options ----------------------------------------------------------- */
@@ -119,13 +111,12 @@ static int renew(sl_server_t *s, struct sl_feature_reads *r)
     return rc ? sl_state_error(rc, "beginning a read of feature views") : 0;
 }
 
-/* Opens the view argv[1] names and a read transaction. SL_DONE after an
- * error reply. */
-static int begin_query(sl_request_t *req, fquery_t *q)
+/* Opens the view argv[1] names (the views' close() ends it). SL_DONE after
+ * an error reply. */
+static int open_view(sl_request_t *req, fquery_t *q)
 {
     char name[SL_TOPIC_NAME_MAX + 1];
     sl_server_t *s = req->server;
-    struct sl_feature_reads *r = feature_reads(s);
     q->req = req;
     if (sl_arg_name(&req->argv[1], name, sizeof name))
         return sl_request_error(req,
@@ -135,15 +126,25 @@ static int begin_query(sl_request_t *req, fquery_t *q)
     if (!s->features)
         return sl_request_error(req, "NOTFOUND no feature view '%s' (no pipeline defines views)",
                                 name);
-    if (!r)
-        return sl_request_error(req, "out of memory");
     int rc = s->features->open(s->features_arg, name, &q->view);
     if (rc)
         return sl_request_error(req, "%s%s", rc == SL_ENOTFOUND ? "NOTFOUND " : "",
                                 rc == SL_ENOTFOUND ? sl_error_detail() : sl_strerror(rc));
-    if ((rc = renew(s, r))) {
+    return -1;
+}
+
+/* Opens the view argv[1] names and a read transaction. SL_DONE after an
+ * error reply. */
+static int begin_query(sl_request_t *req, fquery_t *q)
+{
+    sl_server_t *s = req->server;
+    struct sl_feature_reads *r = feature_reads(s);
+    if (open_view(req, q) == SL_DONE)
+        return SL_DONE;
+    int rc = r ? renew(s, r) : -ENOMEM;
+    if (rc) {
         s->features->close(q->view);
-        return sl_request_error(req, "%s", sl_error_detail());
+        return sl_request_error(req, "%s", r ? sl_error_detail() : "out of memory");
     }
     q->txn = r->txn;
     return -1;
@@ -193,7 +194,7 @@ static void reply_vector(fquery_t *q, const sl_resp_arg_t *key, int64_t time, in
  * in any range and the view no default. */
 int sl_cmd_features(sl_request_t *req)
 {
-    fquery_t q = {.time = clock_ms()};
+    fquery_t q = {.time = sl_log_now(req->server->log)}; /* the log's clock: PRODUCE's "now" */
     size_t at = 3;
     if (parse_options(req, &at, &q, 1) == SL_DONE)
         return SL_DONE;
@@ -260,7 +261,7 @@ static int parse_mfeatures(sl_request_t *req, fquery_t *q, size_t *first, int *p
  * if that key's vector failed, e.g. beyond the stores' retention). */
 int sl_cmd_mfeatures(sl_request_t *req)
 {
-    fquery_t q = {.time = clock_ms()};
+    fquery_t q = {.time = sl_log_now(req->server->log)}; /* the log's clock: PRODUCE's "now" */
     size_t first;
     int points;
     int64_t t = 0;
@@ -303,7 +304,7 @@ int sl_cmd_features_schema(sl_request_t *req)
     const sl_feature_info_t *features;
     size_t count;
     fquery_t q = {0};
-    if (begin_query(req, &q) == SL_DONE)
+    if (open_view(req, &q) == SL_DONE) /* no read: the schema is the view's */
         return SL_DONE;
     int rc = req->server->features->schema(q.view, &features, &count);
     if (rc)
@@ -313,6 +314,6 @@ int sl_cmd_features_schema(sl_request_t *req)
         for (size_t i = 0; i < count; i++)
             reply_feature(&req->reply, &features[i]);
     }
-    end_query(&q);
+    req->server->features->close(q.view);
     return SL_DONE;
 }

@@ -163,10 +163,8 @@ int cli_features(int argc, char **argv)
     redisContext *c = cli_connect(&o.server);
     if (!c)
         return 1;
-    const char *args[] = {"FEATURES", o.view, o.key, "AS", "OF", o.as_of, "FORMAT", o.format};
-    const char *const plain[] = {"FEATURES", o.view, o.key, "FORMAT", o.format};
-    redisReply *r =
-        o.as_of ? cli_run(c, "features", 8, args, NULL) : cli_run(c, "features", 5, plain, NULL);
+    const char *args[] = {"FEATURES", o.view, o.key, "FORMAT", o.format, "AS", "OF", o.as_of};
+    redisReply *r = cli_run(c, "features", o.as_of ? 8 : 5, args, NULL); /* options: any order */
     rc = r ? 0 : 1;
     if (r && r->type == REDIS_REPLY_NIL)
         puts("null");
