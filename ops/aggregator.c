@@ -67,9 +67,12 @@ typedef struct agg {
     size_t scratch_cap;
     sl_agg_input_t *inputs;
     uint64_t late;
-    int full;               /* the cache said "commit now" */
-    int64_t committed_time; /* stream time at the last commit (restored at start) */
-    int64_t flushed_time;   /* stream time at the last flush, committed next */
+    int full; /* the cache said "commit now" */
+    /* No window the store holds starts after stored_through: the newest
+     * stored at start, then the largest event time of each commit (a
+     * record's windows start at or before its time). */
+    int64_t stored_through; /* INT64_MIN: none */
+    int64_t flushed_seen;   /* the largest event time at the last flush, committed next */
 } agg_t;
 
 struct sl_exec_task {
@@ -209,7 +212,10 @@ static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *
     if (rc == 0 && a->windowed)
         sl_watermark_init(&a->wm, a->spec.grace);
     sl_watermark_restore(&a->wm, stream_time);
-    a->committed_time = a->flushed_time = stream_time;
+    a->stored_through = a->flushed_seen = INT64_MIN;
+    if (rc == 0 && a->windowed &&
+        (rc = sl_store_newest_window(store, &a->stored_through)) == SL_ENOTFOUND)
+        rc = 0;
     if (rc == 0 && (rc = sl_cache_new(store, 0, &a->cache)) == 0)
         sl_cache_set_owner(a->cache, owns, t);
     if (rc == 0 && !(a->inputs = sl_calloc((size_t)op->agg_count, sizeof *a->inputs)))
@@ -350,7 +356,8 @@ void sl_exec_task_committed(sl_exec_task_t *t)
 {
     for (int i = 0; i < t->count; i++) {
         sl_cache_committed(t->aggs[i].cache);
-        t->aggs[i].committed_time = t->aggs[i].flushed_time;
+        if (t->aggs[i].flushed_seen > t->aggs[i].stored_through)
+            t->aggs[i].stored_through = t->aggs[i].flushed_seen;
         t->aggs[i].full = 0;
     }
     for (int i = 0; i < t->join_count; i++)
@@ -437,11 +444,7 @@ static int update(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot, const sl_r
     int rc, found;
     if (!a->windowed)
         found = sl_cache_get(a->cache, meta->key, (size_t)meta->key_len, &value, &value_len);
-    else if (!a->wm.bounded && a->committed_time != SL_WATERMARK_NONE && start > a->committed_time)
-        /* every committed window starts at or before an event time a commit
-         * saw, and the stream time is the largest one (not held back by
-         * upstream tasks: sl_watermark_bound): this one can only be in the
-         * cache */
+    else if (start > a->stored_through) /* never stored: only in the cache, if anywhere */
         found = sl_cache_window_get_cached(a->cache, meta->key, (size_t)meta->key_len, start,
                                            &value, &value_len);
     else
@@ -697,7 +700,7 @@ int sl_exec_task_flush(sl_exec_t *x, sl_exec_task_t *t, const sl_exec_output_t *
     sl_exec_set_task(x, t); /* ops downstream (FEATURES) read this task's state */
     for (int i = 0; rc == 0 && t && i < t->count; i++) {
         agg_t *a = &t->aggs[i];
-        a->flushed_time = a->wm.stream_time;
+        a->flushed_seen = a->wm.seen;
         rc = a->closer ? flush_closed(x, a, out) : flush_updates(x, a, out);
         int64_t wm = sl_watermark_get(&a->wm);
         if (rc == 0 && a->windowed && wm != SL_WATERMARK_NONE &&

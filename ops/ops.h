@@ -131,9 +131,7 @@ int64_t sl_exec_task_stream_time(sl_exec_task_t *t, int op);
 
 /* Bounds the stream time of every stateful op of t by its upstream tasks'
  * progress, and moves it to at least floor (sl_watermark_bound in
- * ops/window.h). Once bounded, t's aggregates look a window the cache
- * lacks up in the store even past the committed stream time: a commit may
- * have stored windows beyond the stream time it recorded. */
+ * ops/window.h). */
 void sl_exec_task_bound(sl_exec_task_t *t, int64_t bound, int64_t floor);
 
 /* Late records AGGREGATE op has counted in this task (safe to read from

@@ -141,7 +141,6 @@ void sl_watermark_init(sl_watermark_t *wm, int64_t grace)
     wm->stream_time = wm->seen = SL_WATERMARK_NONE;
     wm->bound = SL_WATERMARK_UNBOUNDED;
     wm->floor = SL_WATERMARK_NONE;
-    wm->bounded = false;
     wm->grace = grace;
 }
 
@@ -173,7 +172,6 @@ bool sl_watermark_bound(sl_watermark_t *wm, int64_t bound, int64_t floor)
 {
     wm->bound = bound;
     wm->floor = floor;
-    wm->bounded = true;
     return advance(wm);
 }
 

@@ -159,7 +159,6 @@ typedef struct sl_watermark {
     int64_t seen;        /* largest event time observed, or SL_WATERMARK_NONE */
     int64_t bound;       /* SL_WATERMARK_UNBOUNDED unless set */
     int64_t floor;       /* SL_WATERMARK_NONE unless set */
-    bool bounded;        /* ever set: the stream time may lag what was observed */
     int64_t grace;
 } sl_watermark_t;
 

@@ -894,6 +894,11 @@ int sl_store_foreach(sl_store_t *s, MDB_txn *txn, sl_entry_fn fn, void *arg);
  * entries (a task rebuilding what it keeps in memory at start). */
 int sl_store_foreach_committed(sl_store_t *s, sl_entry_fn fn, void *arg);
 
+/* The start of the newest window the store holds, committed (any
+ * partition's), from the end of its time index: 0, SL_ENOTFOUND when it
+ * holds none, or an error. Window stores only. */
+int sl_store_newest_window(sl_store_t *s, int64_t *start);
+
 /* As sl_store_foreach() from the first entry whose store key is at or
  * after from[0..from_len) in LMDB's order (from_len 0: the first entry):
  * a cursor for paging through a store. SL_EINVALID if from_len is over

@@ -385,6 +385,30 @@ int sl_store_foreach_committed(sl_store_t *s, sl_entry_fn fn, void *arg)
     return rc;
 }
 
+int sl_store_newest_window(sl_store_t *s, int64_t *start)
+{
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    MDB_val key, value;
+    int rc = require_kind(s, SL_STORE_WINDOW);
+    if (rc || (rc = sl_state_begin(s->state, 0, &txn)))
+        return rc;
+    if ((rc = mdb_cursor_open(txn, s->by_time, &cursor))) {
+        mdb_txn_abort(txn);
+        return sl_state_error(rc, "opening a cursor on a store's time index");
+    }
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_LAST);
+    if (rc == 0 && key.mv_size < 9)
+        rc = sl_error_set(SL_ECORRUPT, "store: a time-index key of %zu bytes", key.mv_size);
+    else if (rc == 0)
+        *start = (int64_t)(sl_get_be64(key.mv_data) ^ WINDOW_SIGN);
+    else
+        rc = rc == MDB_NOTFOUND ? SL_ENOTFOUND : sl_state_error(rc, "reading a time index");
+    mdb_cursor_close(cursor);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
 /* Visits up to max time-index entries with a start before cutoff, passing
  * each one's store key. */
 static int walk_expired(MDB_cursor *cursor, int64_t cutoff, size_t max, sl_entry_fn fn, void *arg)

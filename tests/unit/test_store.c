@@ -471,6 +471,28 @@ static void test_expiry_deletes_only_the_owners_windows(void **state)
     close_fixture(&f);
 }
 
+/* The newest committed window start, from the end of the time index:
+ * negative starts sort first, a kv store has none to give. */
+static void test_newest_window_is_the_latest_committed_start(void **state)
+{
+    (void)state;
+    fixture_t f;
+    int64_t start = 0;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    assert_int_equal(sl_store_newest_window(f.store, &start), SL_ENOTFOUND);
+    window_put(&f, "b", 500, "v");
+    window_put(&f, "a", -700, "v");
+    window_put(&f, "c", 300, "v");
+    assert_int_equal(sl_store_newest_window(f.store, &start), SL_ENOTFOUND); /* cached only */
+    commit(&f);
+    assert_int_equal(sl_store_newest_window(f.store, &start), 0);
+    assert_int_equal(start, 500);
+    close_fixture(&f);
+    open_fixture(&f, SL_STORE_KV, 0);
+    assert_int_equal(sl_store_newest_window(f.store, &start), SL_EINVALID);
+    close_fixture(&f);
+}
+
 /* A window expiry deleted from the cache and then put again is live and
  * old: the next expiry must find it in the cache too. */
 static void test_a_window_put_again_after_expiry_expires_again(void **state)
@@ -909,6 +931,7 @@ int main(void)
         cmocka_unit_test(test_cached_window_reads_skip_lmdb),
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
         cmocka_unit_test(test_a_window_put_again_after_expiry_expires_again),
+        cmocka_unit_test(test_newest_window_is_the_latest_committed_start),
         cmocka_unit_test(test_expiry_deletes_only_the_owners_windows),
         cmocka_unit_test(test_full_cache_signals_and_is_emptied_after_commit),
         cmocka_unit_test(test_emptied_cache_is_not_full),
