@@ -24,8 +24,9 @@
 #                counts. A grace as long as that disorder keeps them.
 #   CASES        the runs to make (default "field-1 field-2 lua-1 lua-2":
 #                key kind - workers); the restore follows the last field run
-#   PERF_DIR     if set: perf record -g -a (the whole machine) during each run, into
-#                PERF_DIR/<case>.data, and the top of its report printed
+#   PERF_DIR     if set: perf record -g -a (the whole machine) during each run and
+#                the restore, into PERF_DIR/<case>.data (restore.data), and the
+#                top of its report printed
 #                (PERF_ARGS replaces -g, e.g. "--call-graph dwarf")
 #
 # Input (bench/window_load.c): N JSON values of 100 bytes,
@@ -233,10 +234,12 @@ print(sum(p[2] - p[1] for p in d[5]), sum(p[3] for p in d[5]))' "$port" "$change
     rm -rf "$data/state"
     : >"$log"
     local t0 t1
+    perf_start restore
     t0=$(date +%s.%N)
     start_node "$data" "$2"
     wait_log "$log" 'pipeline: wb started' 600
     t1=$(date +%s.%N)
+    perf_stop restore
     # per partition: "restored store S partition P: R records, E entries in T s"
     read -r entries seconds parts < <(grep 'restored store' "$log" |
         sed -n 's/.* partition \([0-9]*\): [0-9]* records, \([0-9]*\) entries in \([0-9.]*\) s$/\1 \2 \3/p' |

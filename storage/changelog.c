@@ -25,7 +25,12 @@
 #include <string.h>
 #include <time.h>
 
-#define RESTORE_BATCH_DEFAULT 262144
+/* A batch ends at this many records or key and value bytes, whichever
+ * comes first: big enough that each write transaction rewrites few pages
+ * twice (every batch touches pages all over the B-tree), small enough to
+ * bound the memory a restore holds. */
+#define RESTORE_BATCH_DEFAULT 1048576
+#define RESTORE_BATCH_BYTES   (128u << 20)
 
 void sl_changelog_topic_config(sl_topic_config_t *cfg, int32_t partitions, const char *owner)
 {
@@ -77,12 +82,15 @@ static double seconds_since(const struct timespec *t)
  * (0 at the end) or an error. */
 static int read_batch(restore_t *r)
 {
-    size_t limit =
-        r->options && r->options->batch_records ? r->options->batch_records : RESTORE_BATCH_DEFAULT;
+    const sl_restore_options_t *o = r->options;
+    size_t limit = o && o->batch_records ? o->batch_records : RESTORE_BATCH_DEFAULT;
+    size_t bytes_limit = o && o->batch_bytes ? o->batch_bytes : RESTORE_BATCH_BYTES;
     sl_record_t rec;
-    int rc = 0, source = r->options && r->options->source;
+    int rc = 0, source = o && o->source;
     sl_record_set_reset(&r->batch);
-    while (r->batch.count < limit && (rc = sl_reader_next(r->reader, &rec)) == 1) {
+    size_t bytes = 0;
+    while (r->batch.count < limit && bytes < bytes_limit &&
+           (rc = sl_reader_next(r->reader, &rec)) == 1) {
         if (source && rec.key_len <= 0)
             continue; /* never in the table: it failed there */
         if ((rc = sl_changelog_check(r->store, &rec)))
@@ -92,6 +100,7 @@ static int read_batch(restore_t *r)
         if ((rc = sl_record_set_add(&r->batch, &rec)))
             return sl_error_set(rc, "restoring %s: out of memory", sl_store_name(r->store));
         r->progress.records++;
+        bytes += (size_t)rec.key_len + (size_t)(rec.value_len > 0 ? rec.value_len : 0);
         r->progress.bytes += rec.key_len + (rec.value_len > 0 ? rec.value_len : 0);
     }
     return rc < 0 ? rc : (int)(r->batch.count > 0);

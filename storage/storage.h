@@ -1094,7 +1094,10 @@ typedef struct sl_restore_progress {
 typedef void (*sl_restore_fn)(void *arg, const sl_restore_progress_t *progress);
 
 typedef struct sl_restore_options {
-    size_t batch_records; /* records per LMDB transaction; 0: 262144 */
+    /* A batch, written in one LMDB transaction, ends at batch_records
+     * records (0: 1048576) or once it holds batch_bytes key and value
+     * bytes (0: 128 MiB), whichever comes first. */
+    size_t batch_records, batch_bytes;
     sl_restore_fn progress;
     void *progress_arg;
     /* A table's source topic serving as its changelog (the topic is

@@ -24,13 +24,15 @@
  *
  * Writes (sl_store_apply) take changes sorted by key: LMDB's B-tree then
  * walks its pages in order, about 5 times faster than random puts. For a
- * window store each put first positions a cursor on its key, so that only a
- * window not yet stored adds a time-index entry; those index changes are
- * collected and applied afterwards, sorted too. The scratch space for that
+ * window store each put tries to add its key first, so that only a window
+ * not yet stored adds a time-index entry; those index changes are
+ * collected and applied afterwards, sorted too (radix-sorted, through one
+ * cursor). The scratch space for that
  * lives in the store: writes hold the node's write transaction, so they
  * never run concurrently.
  */
 #include "storage/buf.h"
+#include "storage/keysort.h"
 #include "storage/state.h"
 
 #include <errno.h>
@@ -59,6 +61,8 @@ struct sl_store {
     sl_buf_t index_bytes; /* scratch of sl_store_apply() */
     index_change_t *index_changes;
     size_t index_count, index_cap;
+    sl_key_item_t *index_order; /* the changes' keys and the sort's scratch */
+    size_t index_order_cap;
 };
 
 static const char *const kind_names[] = {"?", "kv", "window"};
@@ -235,6 +239,7 @@ void sl_store_close(sl_store_t *s)
         return;
     sl_buf_free(&s->index_bytes);
     sl_free(s->index_changes);
+    sl_free(s->index_order);
     sl_free(s);
 }
 
@@ -464,53 +469,61 @@ static int note_index_change(sl_store_t *s, const uint8_t *k, size_t len, int pu
     return 0;
 }
 
-static int compare_index(const void *a, const void *b, void *bytes)
-{
-    const index_change_t *x = a, *y = b;
-    const uint8_t *base = bytes;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(base + x->at, base + y->at, n);
-    return c ? c : (x->len > y->len) - (x->len < y->len);
-}
-
+/* Writes the noted time-index changes, sorted into LMDB's order. */
 static int apply_index(sl_store_t *s, MDB_txn *txn)
 {
     int rc = 0;
-    qsort_r(s->index_changes, s->index_count, sizeof *s->index_changes, compare_index,
-            s->index_bytes.data);
-    for (size_t i = 0; rc == 0 && i < s->index_count; i++) {
+    size_t n = s->index_count;
+    if (sl_array_reserve((void **)&s->index_order, &s->index_order_cap, 2 * n,
+                         sizeof *s->index_order))
+        return sl_error_set(-ENOMEM, "store %s: out of memory writing", s->name);
+    for (size_t i = 0; i < n; i++) {
         const index_change_t *c = &s->index_changes[i];
-        MDB_val k = {c->len, s->index_bytes.data + c->at}, v = {0, NULL};
-        rc = c->put ? mdb_put(txn, s->by_time, &k, &v, 0) : mdb_del(txn, s->by_time, &k, NULL);
+        s->index_order[i] = (sl_key_item_t){0, 0, s->index_bytes.data + c->at, c->len, (uint32_t)i};
+    }
+    sl_key_sort(s->index_order, s->index_order + n, n);
+    MDB_cursor *cursor; /* one cursor: in key order each step stays near the last */
+    if ((rc = mdb_cursor_open(txn, s->by_time, &cursor)))
+        return sl_state_error(rc, "opening a cursor on a store's time index");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const sl_key_item_t *it = &s->index_order[i];
+        MDB_val k = {it->len, (void *)it->key}, v = {0, NULL};
+        if (s->index_changes[it->index].put)
+            rc = mdb_cursor_put(cursor, &k, &v, 0);
+        else if ((rc = mdb_cursor_get(cursor, &k, &v, MDB_SET)) == 0)
+            rc = mdb_cursor_del(cursor, 0);
         if (rc == MDB_NOTFOUND)
             rc = 0;
     }
+    mdb_cursor_close(cursor);
     s->index_count = s->index_bytes.len = 0;
     return sl_state_error(rc, "writing a store's time index");
 }
 
-/* One change through the cursor; new and deleted windows noted. */
+/* One change through the cursor; new and deleted windows noted. A window
+ * put tries to add the key (one search); when the key is there, the cursor
+ * is on it and the value is replaced in place. */
 static int apply_one(sl_store_t *s, MDB_cursor *cursor, const sl_record_t *r)
 {
     MDB_val k = {(size_t)r->key_len, (void *)r->key}, v;
-    int window = s->kind == SL_STORE_WINDOW, rc, exists = 1;
-    if (window || r->value_len < 0) {
-        rc = mdb_cursor_get(cursor, &k, &v, MDB_SET);
-        if (rc && rc != MDB_NOTFOUND)
-            return sl_state_error(rc, "writing a store");
-        exists = rc == 0;
-    }
+    int window = s->kind == SL_STORE_WINDOW, rc;
     if (r->value_len < 0) {
-        rc = exists ? mdb_cursor_del(cursor, 0) : 0;
-        if (rc == 0 && exists && window)
-            rc = note_index_change(s, r->key, (size_t)r->key_len, 0);
-        return rc > 0 ? sl_state_error(rc, "deleting from a store") : rc;
+        rc = mdb_cursor_get(cursor, &k, &v, MDB_SET);
+        if (rc == MDB_NOTFOUND)
+            return 0;
+        if (rc == 0 && (rc = mdb_cursor_del(cursor, 0)) == 0 && window)
+            return note_index_change(s, r->key, (size_t)r->key_len, 0);
+        return sl_state_error(rc, "deleting from a store");
     }
     v = (MDB_val){(size_t)r->value_len, (void *)r->value};
-    rc = mdb_cursor_put(cursor, &k, &v, window && exists ? MDB_CURRENT : 0);
-    if (rc)
-        return sl_state_error(rc, "writing a store");
-    return window && !exists ? note_index_change(s, r->key, (size_t)r->key_len, 1) : 0;
+    rc = mdb_cursor_put(cursor, &k, &v, window ? MDB_NOOVERWRITE : 0);
+    if (rc == 0)
+        return window ? note_index_change(s, r->key, (size_t)r->key_len, 1) : 0;
+    if (rc == MDB_KEYEXIST) { /* v now points at the stored value */
+        v = (MDB_val){(size_t)r->value_len, (void *)r->value};
+        rc = mdb_cursor_put(cursor, &k, &v, MDB_CURRENT);
+    }
+    return sl_state_error(rc, "writing a store");
 }
 
 static int check_change(const sl_store_t *s, const sl_record_t *r)

@@ -167,7 +167,8 @@ static void make_history(node_t *n)
 
 typedef struct seen {
     int calls;
-    int64_t last_position, last_records;
+    int64_t last_position, last_records, last_bytes;
+    int64_t most_bytes; /* the largest batch, in key and value bytes */
 } seen_t;
 
 static void on_progress(void *arg, const sl_restore_progress_t *p)
@@ -178,19 +179,26 @@ static void on_progress(void *arg, const sl_restore_progress_t *p)
     assert_string_equal(p->store, "pipe.agg");
     assert_int_equal(p->partition, 1);
     s->calls++;
+    if (p->bytes - s->last_bytes > s->most_bytes)
+        s->most_bytes = p->bytes - s->last_bytes;
     s->last_position = p->position;
     s->last_records = p->records;
+    s->last_bytes = p->bytes;
 }
 
-/* Restores after losing the state and compares with the original. */
-static void check_restore_is_identical(sl_store_kind_t kind, int compact)
+/* Restores after losing the state, in batches of at most batch_records
+ * records and about batch_bytes bytes, and compares with the original. */
+static seen_t restore_in_batches(sl_store_kind_t kind, int compact, size_t batch_records,
+                                 size_t batch_bytes)
 {
     node_t n = {.dir = tu_mkdtemp()};
     int64_t from;
     seen_t seen = {0};
     sl_restore_progress_t result;
-    sl_restore_options_t opts = {
-        .batch_records = 37, .progress = on_progress, .progress_arg = &seen};
+    sl_restore_options_t opts = {.batch_records = batch_records,
+                                 .batch_bytes = batch_bytes,
+                                 .progress = on_progress,
+                                 .progress_arg = &seen};
     node_open(&n, kind);
     make_history(&n);
     if (compact) {
@@ -211,7 +219,6 @@ static void check_restore_is_identical(sl_store_kind_t kind, int compact)
     assert_int_equal(sl_store_restore(n.store, n.changelog, &opts, &result), 0);
     assert_int_equal(result.position, end);
     assert_int_equal(result.to, end);
-    assert_true(seen.calls > 3);
     assert_int_equal(seen.last_position, end);
     assert_true(result.records >= before.entries);
     assert_true(result.bytes > 0);
@@ -223,6 +230,25 @@ static void check_restore_is_identical(sl_store_kind_t kind, int compact)
     free(after.text);
     node_close(&n);
     tu_rmdir(n.dir);
+    return seen;
+}
+
+static void check_restore_is_identical(sl_store_kind_t kind, int compact)
+{
+    assert_true(restore_in_batches(kind, compact, 37, 0).calls > 3);
+}
+
+/* A batch also ends at batch_bytes: the first record past the limit ends
+ * it (records here are about 40 bytes). */
+static void test_restore_batches_end_at_the_byte_limit(void **state)
+{
+    (void)state;
+    seen_t seen = restore_in_batches(SL_STORE_WINDOW, 0, 0, 200);
+    assert_true(seen.most_bytes >= 200);
+    assert_true(seen.most_bytes < 200 + 100);
+    assert_true(seen.calls > 10);
+    seen_t whole = restore_in_batches(SL_STORE_WINDOW, 0, 0, 0);
+    assert_int_equal(whole.calls, 1); /* the defaults: one batch for it all */
 }
 
 static void test_kv_store_restores_byte_identical(void **state)
@@ -368,6 +394,7 @@ int main(void)
         cmocka_unit_test(test_kv_store_restores_byte_identical),
         cmocka_unit_test(test_window_store_restores_byte_identical),
         cmocka_unit_test(test_compacted_changelog_restores_byte_identical),
+        cmocka_unit_test(test_restore_batches_end_at_the_byte_limit),
         cmocka_unit_test(test_restore_resumes_from_the_checkpoint),
         cmocka_unit_test(test_damaged_changelog_record_stops_the_restore),
         cmocka_unit_test(test_checkpoint_beyond_the_changelog_counts_as_up_to_date),

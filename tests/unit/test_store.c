@@ -439,6 +439,46 @@ static size_t indexed_before(fixture_t *f, int64_t cutoff)
     return count;
 }
 
+/* sl_store_apply on a window store: a new window adds an index entry, a
+ * stored one is replaced in place by a longer or a shorter value (no
+ * second index entry), a deleted one leaves the index, and deleting a
+ * window that is not there changes nothing. */
+static void test_window_apply_replaces_values_and_keeps_the_index(void **state)
+{
+    (void)state;
+    fixture_t f;
+    uint8_t k[3][16];
+    size_t n[3];
+    MDB_txn *txn;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    for (int i = 0; i < 3; i++)
+        n[i] = sl_store_window_key(k[i], i == 2 ? "b" : "a", 1, i == 1 ? 200 : 100);
+    sl_record_t first[2] = {
+        {.key = k[0], .key_len = (int32_t)n[0], .value = (const uint8_t *)"v1", .value_len = 2},
+        {.key = k[1], .key_len = (int32_t)n[1], .value = (const uint8_t *)"v2", .value_len = 2}};
+    sl_record_t second[3] = {
+        {.key = k[0],
+         .key_len = (int32_t)n[0],
+         .value = (const uint8_t *)"a longer value",
+         .value_len = 14},
+        {.key = k[1], .key_len = (int32_t)n[1], .value = NULL, .value_len = -1},
+        {.key = k[2], .key_len = (int32_t)n[2], .value = NULL, .value_len = -1}};
+    sl_record_t third[1] = {
+        {.key = k[0], .key_len = (int32_t)n[0], .value = (const uint8_t *)"s", .value_len = 1}};
+    sl_record_t *batches[3] = {first, second, third};
+    size_t counts[3] = {2, 3, 1};
+    const char *windows[3] = {"100=v1 200=v2 ", "100=a longer value ", "100=s "};
+    for (int b = 0; b < 3; b++) {
+        assert_int_equal(sl_state_begin(f.state, 1, &txn), 0);
+        assert_int_equal(sl_store_apply(f.store, txn, batches[b], counts[b]), 0);
+        assert_int_equal(sl_state_commit(txn), 0);
+        assert_string_equal(stored_windows(&f, "a", 0, 1000), windows[b]);
+        assert_string_equal(stored_windows(&f, "b", 0, 1000), "");
+        assert_int_equal(indexed_before(&f, 1000), b == 0 ? 2 : 1);
+    }
+    close_fixture(&f);
+}
+
 /* Owns the keys starting with "a" (as a task owns its partition's). */
 static int owns_a(void *arg, const void *store_key, size_t len)
 {
@@ -932,6 +972,7 @@ int main(void)
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
         cmocka_unit_test(test_a_window_put_again_after_expiry_expires_again),
         cmocka_unit_test(test_newest_window_is_the_latest_committed_start),
+        cmocka_unit_test(test_window_apply_replaces_values_and_keeps_the_index),
         cmocka_unit_test(test_expiry_deletes_only_the_owners_windows),
         cmocka_unit_test(test_full_cache_signals_and_is_emptied_after_commit),
         cmocka_unit_test(test_emptied_cache_is_not_full),
