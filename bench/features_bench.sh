@@ -11,6 +11,8 @@
 #   EVENTS_PER_KEY   events per key, spread over the last 24 h (default 5)
 #   CLIENTS          redis-benchmark connections (default 50)
 #   SECONDS_PER_RUN  target length of each measured run (default 4)
+#   ROUNDS           FEATURES/HGETALL runs per side, alternating (default 3;
+#                    the rows give medians)
 #   FRESH_SAMPLES    PRODUCE -> visible samples for the freshness figure (default 300)
 #   BENCH_TMP        where the data directories go (default $TMPDIR or /tmp)
 #
@@ -49,6 +51,7 @@ KEYS=${KEYS:-100000}
 EVENTS_PER_KEY=${EVENTS_PER_KEY:-5}
 CLIENTS=${CLIENTS:-50}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-4}
+ROUNDS=${ROUNDS:-3}
 FRESH_SAMPLES=${FRESH_SAMPLES:-300}
 PYTHON=${PYTHON:-/usr/bin/python3}
 
@@ -266,13 +269,25 @@ echo
 
 printf '%-26s %12s %12s %7s %8s %8s %8s %8s %8s %8s\n' case sluice_rps redis_rps ratio \
     s_p50ms s_p99ms r_p50ms r_p99ms s_cpu_us r_cpu_us
+# FEATURES against HGETALL: ROUNDS runs of each, alternating, so that both
+# see the same moments of a noisy machine; the row gives the median of
+# each column and s_p99 the range of sluice's p99 over the rounds.
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for p in 1 16; do
-    read -r s_rps s_p50 s_p99 s_cpu <<<"$(bench "$sluice_port" "$p" FEATURES activity u:__rand_int__)"
-    read -r r_rps r_p50 r_p99 r_cpu <<<"$(bench "$redis_port" "$p" HGETALL u:__rand_int__)"
-    awk -v l="FEATURES/HGETALL -P $p" -v a="$s_rps" -v b="$r_rps" -v c="$s_p50" -v d="$s_p99" \
-        -v e="$r_p50" -v f="$r_p99" -v g="$s_cpu" -v h="$r_cpu" 'BEGIN {
-            printf "%-26s %12.0f %12.0f %7.2f %8.3f %8.3f %8.3f %8.3f %8.2f %8.2f\n",
-                l, a, b, a / b, c, d, e, f, g, h }'
+    sr=() sp50=() sp99=() sc=() rr=() rp50=() rp99=() rc=()
+    for _ in $(seq "$ROUNDS"); do
+        read -r a b c d <<<"$(bench "$sluice_port" "$p" FEATURES activity u:__rand_int__)"
+        sr+=("$a") sp50+=("$b") sp99+=("$c") sc+=("$d")
+        read -r a b c d <<<"$(bench "$redis_port" "$p" HGETALL u:__rand_int__)"
+        rr+=("$a") rp50+=("$b") rp99+=("$c") rc+=("$d")
+    done
+    awk -v l="FEATURES/HGETALL -P $p" -v a="$(median "${sr[@]}")" -v b="$(median "${rr[@]}")" \
+        -v c="$(median "${sp50[@]}")" -v d="$(median "${sp99[@]}")" -v e="$(median "${rp50[@]}")" \
+        -v f="$(median "${rp99[@]}")" -v g="$(median "${sc[@]}")" -v h="$(median "${rc[@]}")" \
+        -v lo="$(printf '%s\n' "${sp99[@]}" | sort -g | head -1)" \
+        -v hi="$(printf '%s\n' "${sp99[@]}" | sort -g | tail -1)" 'BEGIN {
+            printf "%-26s %12.0f %12.0f %7.2f %8.3f %8.3f %8.3f %8.3f %8.2f %8.2f  (s_p99 %.3f-%.3f)\n",
+                l, a, b, a / b, c, d, e, f, g, h, lo, hi }'
 done
 # MFEATURES of 100 keys against Redis answering the same 100 hashes in one
 # round trip (HGETALL -P 100: redis-benchmark times each request of a
@@ -302,5 +317,6 @@ echo "freshness (PRODUCE acknowledged -> new value in FEATURES, $FRESH_SAMPLES s
 echo "  right after the load (write caches full): p50 ${f50} ms, p99 ${f99} ms, max ${fmax} ms"
 echo "  after a restart (caches empty):            p50 ${g50} ms, p99 ${g99} ms, max ${gmax} ms"
 echo "ratio = sluice rps / redis rps; latencies are redis-benchmark's p50/p99 in ms;"
+echo "FEATURES rows: medians of $ROUNDS alternating runs per side (s_p99: sluice's range);"
 echo "MFEATURES rows: redis_rps and r_cpu_us per batch of 100 HGETALLs (-P 100);"
 echo "cpu_us = the server process's CPU time per request in microseconds; nproc = $(nproc)"
