@@ -59,6 +59,10 @@ void cli_script_name(const char *path, char *out, size_t size);
 /* Parses a non-negative decimal integer; 0 on success, -1 otherwise. */
 int cli_parse_int(const char *text, int64_t *out);
 
+/* A signed decimal integer of ms in the len bytes at text (no sign '+', no
+ * space, no overflow); 0, or -1 if it is not one. */
+int cli_parse_time(const char *text, size_t len, int64_t *out);
+
 /* ---- talking to a node (cli_client.c) ---------------------------------- */
 
 /*

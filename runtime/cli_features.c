@@ -67,22 +67,6 @@ static const char features_at_usage[] =
     "  --output FILE     where the rows with features go (required)\n"
     "  --batch N         rows per request (default 500, at most 100000)\n" CLI_SERVER_USAGE;
 
-/* A signed decimal integer of ms; 0, or -1 if text is not one. */
-static int parse_time(const char *text, size_t len, int64_t *out)
-{
-    char buf[32], *end;
-    if (len == 0 || len >= sizeof buf)
-        return -1;
-    memcpy(buf, text, len);
-    buf[len] = 0;
-    errno = 0;
-    long long v = strtoll(buf, &end, 10);
-    if (errno || *end || buf[0] == ' ' || buf[0] == '+')
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* Prints "sluice: features-at: <message>" and returns 1. */
 static int fail_at(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail_at(const char *fmt, ...)
@@ -122,7 +106,7 @@ static int parse_features(int argc, char **argv, one_t *o)
             return cli_option_error("features", "features", c, argv);
         if (server < 0)
             return cli_usage_error("features", "features", "--port needs a number from 1 to 65535");
-        if (c == 'a' && parse_time(optarg, strlen(optarg), &t))
+        if (c == 'a' && cli_parse_time(optarg, strlen(optarg), &t))
             return cli_usage_error("features", "features", "--as-of needs a time in ms");
         if (c == 'a')
             o->as_of = optarg;
@@ -461,7 +445,7 @@ static int take_line(job_t *j, char *line, size_t len)
     int64_t t;
     row_t *row = &j->rows[j->row_count];
     *row = (row_t){.line = line, .len = len, .number = ++j->line};
-    if (split_row(j, row, &why) < 0 || parse_time(row->time, strlen(row->time), &t)) {
+    if (split_row(j, row, &why) < 0 || cli_parse_time(row->time, strlen(row->time), &t)) {
         if (!j->started && !why) { /* a header */
             j->started = 1;
             j->keys_len = row->key_at;

@@ -33,15 +33,6 @@ typedef struct get {
     const char *store, *key, *from, *to;
 } get_t;
 
-static int is_integer(const char *s)
-{
-    char *end;
-    if (!*s)
-        return 0;
-    (void)strtoll(s, &end, 10);
-    return *end == '\0';
-}
-
 static int parse_get(int argc, char **argv, get_t *g)
 {
     static const struct option options[] = {
@@ -60,7 +51,8 @@ static int parse_get(int argc, char **argv, get_t *g)
             return cli_option_error("get", "get", c, argv);
         if (server < 0)
             return cli_usage_error("get", "get", "--port needs a number from 1 to 65535");
-        if ((c == 'f' || c == 't') && !is_integer(optarg))
+        int64_t t;
+        if ((c == 'f' || c == 't') && cli_parse_time(optarg, strlen(optarg), &t))
             return cli_usage_error(
                 "get", "get", c == 'f' ? "--from needs a time in ms" : "--to needs a time in ms");
         if (c == 'f')

@@ -63,6 +63,21 @@ int cli_parse_int(const char *text, int64_t *out)
     return 0;
 }
 
+int cli_parse_time(const char *text, size_t len, int64_t *out)
+{
+    char buf[32], *end;
+    if (len == 0 || len >= sizeof buf)
+        return -1;
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    errno = 0;
+    long long v = strtoll(buf, &end, 10);
+    if (errno || *end || buf[0] == ' ' || buf[0] == '+')
+        return -1;
+    *out = v;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {

@@ -181,6 +181,13 @@ class AggregateTest(NodeTestCase):
         self.assertEqual([json.loads(l[2])["n"] for l in lines], [1, 1])
         late = self.sluice_get(win_name + ".win", "a", "--from", "5000")
         self.assertEqual(len(late.stdout.splitlines()), 1, late.stdout)
+        for bad in ("99999999999999999999", "-99999999999999999999", "1e3", "+5", ""):
+            refused = self.sluice_get(win_name + ".win", "a", "--from", bad)
+            self.assertEqual(refused.returncode, 2, bad)
+            self.assertIn("--from needs a time in ms", refused.stderr)
+        refused = self.sluice_get(win_name + ".win", "a", "--to", "9223372036854775808")
+        self.assertEqual(refused.returncode, 2)
+        self.assertIn("--to needs a time in ms", refused.stderr)
         unknown = self.sluice_get("no.such", "a")
         self.assertEqual(unknown.returncode, 1)
         self.assertIn("no store 'no.such'", unknown.stderr)
