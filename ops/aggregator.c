@@ -694,21 +694,30 @@ static int flush_closed(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
     return rc;
 }
 
+static int flush_aggregate(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
+{
+    a->flushed_seen = a->wm.seen;
+    int rc = a->closer ? flush_closed(x, a, out) : flush_updates(x, a, out);
+    int64_t wm = sl_watermark_get(&a->wm);
+    if (rc == 0 && a->windowed && wm != SL_WATERMARK_NONE && wm - a->op->retention > SL_TIME_MIN)
+        rc = sl_cache_expire(a->cache, sl_window_kept_from(wm, a->op->retention, a->spec.size),
+                             EXPIRE_BATCH, NULL);
+    return rc;
+}
+
+/* The aggregates and joins flush in op order, which is the DAG's (an op's
+ * inputs have smaller ids): what one emits downstream reaches the next
+ * before that one flushes, so a join's unjoined records count in a later
+ * aggregate's results of the same commit. */
 int sl_exec_task_flush(sl_exec_t *x, sl_exec_task_t *t, const sl_exec_output_t *out)
 {
-    int rc = 0;
+    int rc = 0, i = 0, j = 0;
     sl_exec_set_task(x, t); /* ops downstream (FEATURES) read this task's state */
-    for (int i = 0; rc == 0 && t && i < t->count; i++) {
-        agg_t *a = &t->aggs[i];
-        a->flushed_seen = a->wm.seen;
-        rc = a->closer ? flush_closed(x, a, out) : flush_updates(x, a, out);
-        int64_t wm = sl_watermark_get(&a->wm);
-        if (rc == 0 && a->windowed && wm != SL_WATERMARK_NONE &&
-            wm - a->op->retention > SL_TIME_MIN)
-            rc = sl_cache_expire(a->cache, sl_window_kept_from(wm, a->op->retention, a->spec.size),
-                                 EXPIRE_BATCH, NULL);
+    while (rc == 0 && t && (i < t->count || j < t->join_count)) {
+        if (j == t->join_count || (i < t->count && t->aggs[i].op->id < sl_join_op(t->joins[j])->id))
+            rc = flush_aggregate(x, &t->aggs[i++], out);
+        else
+            rc = sl_join_flush(x, t->joins[j++], sl_exec_dag(x)->vm, out);
     }
-    for (int i = 0; rc == 0 && t && i < t->join_count; i++)
-        rc = sl_join_flush(x, t->joins[i], sl_exec_dag(x)->vm, out);
     return rc;
 }

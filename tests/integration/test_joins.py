@@ -952,6 +952,46 @@ class StreamStreamJoinTest(JoinTestCase):
             grace="%dms" % grace, type=join_type, out=out, partitions=partitions))
         self.settle(name, out, want, ss_output)
 
+    def test_an_aggregate_after_an_outer_join_counts_its_unjoined_records(self):
+        """An outer join's unjoined records, emitted when their window
+        closes (at the flush before a commit), reach an aggregate of the
+        same stage, whose results come out without more input (that they
+        leave in that same flush is test_ops.c's
+        test_a_join_flushes_before_the_aggregate_it_feeds)."""
+        name, left, right, out = self.names("clicks", "views", "out")
+        self.create(left, 1)
+        self.create(right, 1)
+        produce_timed(self.r, left, [("d", {"id": 2}, 900), ("a", {"id": 1}, 1000)])
+        produce_timed(self.r, right, [("a", {"id": 11}, 1050), ("c", {"id": 12}, 1200)]
+                      + clock_records(10000, 1))
+        self.submit_ok(name, """
+local s = require("sluice")
+s.pipeline{name = "%s"}
+s.stream("%s"):join(s.stream("%s"), function(l, r)
+    return {both = (l and r) and 1 or 0}
+  end, {within = "100ms", grace = "50ms", type = "outer"})
+  :aggregate{n = s.count(), paired = s.sum("both")}
+  :to("%s", {create = true})
+""" % (name, left, right, out))
+        # a: one pair; d, c: unjoined; the clock record: unjoined, but its
+        # window is still open (nothing later closes it)
+        want = {"a": {"n": 1, "paired": 1}, "c": {"n": 1, "paired": 0},
+                "d": {"n": 1, "paired": 0}}
+        wait_caught_up(self.node, name, WAIT)
+        client = self.node.client()
+        try:
+            got = {}
+
+            def latest():
+                got.clear()
+                got.update({k: v["values"] for k, v in self.latest_per_key(client, out).items()})
+                return got == want
+            wait_until(latest, SETTLE, 0.05, "aggregate results of the join")
+        except AssertionError:
+            self.assertEqual(got, want)
+        finally:
+            client.close()
+
     def test_inner_join_matches_the_reference_on_random_input(self):
         self.run_random("inner", 31)
 

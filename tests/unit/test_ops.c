@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include "ops/ops.h"
+#include "storage/state.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -360,6 +361,62 @@ static void test_route_exit_fails_a_record_it_cannot_send(void **state)
     release(&f);
 }
 
+/* The stateful ops flush in DAG order: an outer join's unjoined record,
+ * emitted when the flush finds its window closed, reaches the aggregate
+ * after the join before that aggregate flushes, so the aggregate's result
+ * leaves in the same flush (the same commit), not one commit later. */
+static void test_a_join_flushes_before_the_aggregate_it_feeds(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "s.stream('l'):join(s.stream('r'), function(a, b) return {x = 1} end,\n"
+                          "  {within = '100ms', grace = '50ms', type = 'outer'})\n"
+                          "  :aggregate{n = s.count()}:to('out')\n");
+    const sl_op_t *join = NULL, *agg = NULL;
+    for (int i = 0; i < f.dag->op_count; i++) {
+        if (f.dag->ops[i].kind == SL_OP_JOIN)
+            join = &f.dag->ops[i];
+        if (f.dag->ops[i].kind == SL_OP_AGGREGATE)
+            agg = &f.dag->ops[i];
+    }
+    assert_non_null(join);
+    assert_non_null(agg);
+    assert_true(join->id < agg->id);
+    char *dir = tu_mkdtemp();
+    sl_state_t *st;
+    sl_store_t *stores[16] = {0};
+    int64_t times[16];
+    for (int i = 0; i < 16; i++)
+        times[i] = INT64_MIN;
+    assert_true(f.dag->op_count <= 16);
+    assert_int_equal(sl_state_open(dir, NULL, &st), 0);
+    assert_int_equal(sl_store_open(st, "p", "j", SL_STORE_WINDOW, &stores[join->id]), 0);
+    assert_int_equal(sl_store_open(st, "p", "a", SL_STORE_KV, &stores[agg->id]), 0);
+    sl_exec_task_t *task;
+    assert_int_equal(sl_exec_task_new(f.exec, stores, times, 0, 1, &task), 0);
+    collected_t c = {0};
+    sl_exec_output_t out = {collect, on_failure, &c};
+    sl_vm_origin_t left = {"l", 0, 1}, right = {"r", 0, 1};
+    sl_record_t d = tu_record("d", "{}", 900), clock = tu_record("z", "{}", 10001);
+    sl_exec_set_task(f.exec, task);
+    assert_int_equal(sl_exec_batch(f.exec, join->inputs[0].op, &left, &d, 1, &out, NULL), 0);
+    assert_int_equal(sl_exec_batch(f.exec, join->inputs[1].op, &right, &clock, 1, &out, NULL), 0);
+    sl_exec_reset(f.exec);
+    assert_int_equal(c.count, 0); /* d waits for its window to close; results go at the flush */
+    assert_int_equal(sl_exec_task_flush(f.exec, task, &out), 0);
+    assert_int_equal(c.failures, 0);
+    assert_int_equal(c.count, 1); /* the clock's window is still open */
+    assert_string_equal(c.key[0], "d");
+    assert_string_equal(c.value[0], "{\"key\":\"d\",\"values\":{\"n\":1}}");
+    sl_exec_reset(f.exec);
+    sl_exec_task_free(task);
+    sl_store_close(stores[join->id]);
+    sl_store_close(stores[agg->id]);
+    sl_state_close(st);
+    tu_rmdir(dir);
+    release(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -373,6 +430,7 @@ int main(void)
         cmocka_unit_test(test_timestamp_extractor_sets_the_time),
         cmocka_unit_test(test_route_exit_emits_the_message),
         cmocka_unit_test(test_route_exit_fails_a_record_it_cannot_send),
+        cmocka_unit_test(test_a_join_flushes_before_the_aggregate_it_feeds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
