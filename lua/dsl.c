@@ -111,6 +111,22 @@ const char *sl_dsl_sink_name(int sink)
     return sink == SL_DSL_SINK_ROUTE ? ":route()" : ":to()";
 }
 
+/* Raises unless method (quoted as `what` in the message) may follow s: no
+ * method after a sink, only those ok allows on a windowed stream or a
+ * table (sl_dsl_check_self's flags). */
+static void check_method(lua_State *L, sl_builder_t *b, const stream_t *s, const char *what, int ok)
+{
+    if (s->sink)
+        sl_dsl_error(L, b, "%s after %s: a sink ends its stream", what, sl_dsl_sink_name(s->sink));
+    if (s->window && !(ok & SL_DSL_WINDOWED_OK))
+        sl_dsl_error(L, b, "%s after :window(): a windowed stream has only :aggregate{...}", what);
+    if (s->table && !(ok & SL_DSL_TABLE_OK))
+        sl_dsl_error(L, b,
+                     "%s on a table: a table has :join, :to and :stream (call :stream() for its "
+                     "changes as a stream)",
+                     what);
+}
+
 stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, int ok)
 {
     char text[64];
@@ -120,17 +136,8 @@ stream_t *sl_dsl_check_self(lua_State *L, sl_builder_t *b, const char *method, i
                      method, sl_vm_describe(L, 1, text, sizeof text));
     memcpy(b->call_where, self->where, SL_WHERE_MAX);
     self->where[0] = '\0';
-    if (self->sink)
-        sl_dsl_error(L, b, "'%s' after %s: a sink ends its stream", method,
-                     sl_dsl_sink_name(self->sink));
-    if (self->window && !(ok & SL_DSL_WINDOWED_OK))
-        sl_dsl_error(L, b, "'%s' after :window(): a windowed stream has only :aggregate{...}",
-                     method);
-    if (self->table && !(ok & SL_DSL_TABLE_OK))
-        sl_dsl_error(L, b,
-                     "'%s' on a table: a table has :join, :to and :stream (call :stream() for "
-                     "its changes as a stream)",
-                     method);
+    snprintf(text, sizeof text, "'%s'", method);
+    check_method(L, b, self, text, ok);
     return self;
 }
 
@@ -475,16 +482,12 @@ static int stream_index(lua_State *L)
     sl_builder_t *b = sl_dsl_builder(L);
     stream_t *s = lua_touserdata(L, 1);
     sl_vm_describe(L, 2, text, sizeof text);
-    if (s->sink)
-        sl_dsl_error(L, b, "%s after %s: a sink ends its stream", text, sl_dsl_sink_name(s->sink));
     const char *name = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
-    if (s->window && strcmp(name, "aggregate") != 0)
-        sl_dsl_error(L, b, "%s after :window(): a windowed stream has only :aggregate{...}", text);
-    if (s->table && strcmp(name, "join") && strcmp(name, "to") && strcmp(name, "stream"))
-        sl_dsl_error(L, b,
-                     "%s on a table: a table has :join, :to and :stream (call :stream() for its "
-                     "changes as a stream)",
-                     text);
+    int ok =
+        (strcmp(name, "aggregate") == 0 ? SL_DSL_WINDOWED_OK : 0) |
+        (!strcmp(name, "join") || !strcmp(name, "to") || !strcmp(name, "stream") ? SL_DSL_TABLE_OK
+                                                                                 : 0);
+    check_method(L, b, s, text, ok);
     if (!s->table && strcmp(name, "stream") == 0)
         sl_dsl_error(L, b, "%s on a stream: only tables have :stream()", text);
     lua_pushvalue(L, 2);
