@@ -107,4 +107,39 @@ int sl_features_default(const sl_features_calc_t *c, int k, sl_agg_result_t *val
 /* 1 if some feature has a default. */
 int sl_features_any_default(const sl_features_calc_t *c);
 
+/*
+ * Vector cache. A live vector (now = t) depends only on the committed
+ * state it is read from and on its ends (one per contributing aggregate:
+ * the bucket holding t), so between commits, and within one bucket, the
+ * same query has the same answer: a view keeps the vectors it computed,
+ * keyed by (key, format), each with the ends it was computed for, all of
+ * one LMDB snapshot (its transaction id). A query in another snapshot
+ * empties the cache before anything is looked up, so an answer is never
+ * from another committed state than the query's. At most max_bytes (keys,
+ * ends, vectors and the table's own entries); reaching it empties the
+ * cache. Not thread-safe (a view's queries hold its registry's lock).
+ */
+typedef struct sl_vector_cache sl_vector_cache_t;
+
+int sl_vector_cache_new(size_t max_bytes, sl_vector_cache_t **out);
+void sl_vector_cache_free(sl_vector_cache_t *c);
+
+/* The vector of (key, format) computed in snapshot txn for these ends:
+ * 1 and *vector, *len (the cache's bytes, valid until its next put); 2
+ * when it was cached as absent (the view has nothing for the key); 0 when
+ * it is not cached. */
+int sl_vector_cache_get(sl_vector_cache_t *c, size_t txn, const void *key, size_t key_len,
+                        int format, const int64_t *ends, int end_count, const void **vector,
+                        size_t *len);
+
+/* Keeps a vector (or, absent set, that there is none) of (key, format)
+ * computed in snapshot txn for ends. 0, also when it is too big to keep;
+ * -ENOMEM (nothing kept). */
+int sl_vector_cache_put(sl_vector_cache_t *c, size_t txn, const void *key, size_t key_len,
+                        int format, const int64_t *ends, int end_count, const void *vector,
+                        size_t len, int absent);
+
+/* Vectors kept now. */
+size_t sl_vector_cache_count(const sl_vector_cache_t *c);
+
 #endif

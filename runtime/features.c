@@ -26,6 +26,10 @@
  * (group sl_pipeline_time_group(), topic = the store's name). A
  * vector whose widest range starts before that point would silently miss
  * windows, so it is refused with a message saying so.
+ *
+ * Live vectors (not AS OF) are kept in the view's vector cache
+ * (ops/features.h) for the next query of the same key in the same snapshot
+ * and bucket: a hot key is answered without reading its windows again.
  */
 #include "runtime/features.h"
 #include "runtime/pipeline.h"
@@ -39,6 +43,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define VECTOR_CACHE_BYTES ((size_t)64 << 20) /* per view, unless set */
+#define VECTOR_CACHE_PARTS 16                 /* views with more parts compute every vector */
 
 /* One :features() sink of one pipeline. */
 typedef struct part {
@@ -79,6 +86,7 @@ typedef struct view {
     sl_feature_info_t *infos;
     int count;
     int any_default;
+    sl_vector_cache_t *cache; /* live vectors of the snapshot last read */
 } view_t;
 
 struct sl_features {
@@ -90,6 +98,7 @@ struct sl_features {
     int serial;
     view_t **views;
     int view_count;
+    size_t cache_bytes; /* each view's vector cache; 0: none */
 };
 
 /* ---- contributions ----------------------------------------------------------- */
@@ -187,6 +196,7 @@ static void view_free(view_t *v)
     sl_free(v->parts);
     sl_free(v->columns);
     sl_free(v->infos);
+    sl_vector_cache_free(v->cache);
     sl_free(v);
 }
 
@@ -264,6 +274,8 @@ static int view_new(part_t **parts, int count, int first, view_t **out)
             v->parts[v->part_count++] = parts[i];
     if (rc == 0)
         rc = view_columns(v);
+    if (rc == 0 && v->registry->cache_bytes)
+        rc = sl_vector_cache_new(v->registry->cache_bytes, &v->cache);
     if (rc) {
         view_free(v);
         return rc;
@@ -321,8 +333,23 @@ int sl_features_new(sl_state_t *state, sl_log_t *log, sl_features_t **out)
     pthread_mutex_init(&f->lock, NULL);
     f->state = state;
     f->log = log;
+    f->cache_bytes = VECTOR_CACHE_BYTES;
     *out = f;
     return 0;
+}
+
+void sl_features_set_cache_bytes(sl_features_t *f, size_t bytes)
+{
+    pthread_mutex_lock(&f->lock);
+    f->cache_bytes = bytes;
+    for (int i = 0; i < f->view_count; i++) {
+        view_t *v = f->views[i];
+        sl_vector_cache_free(v->cache);
+        v->cache = NULL;
+        if (bytes && sl_vector_cache_new(bytes, &v->cache))
+            v->cache = NULL; /* without one, every vector is computed */
+    }
+    pthread_mutex_unlock(&f->lock);
 }
 
 void sl_features_free(sl_features_t *f)
@@ -555,10 +582,10 @@ static int write_f32(const view_t *v, sl_buf_t *out)
     return rc;
 }
 
-static int view_vector(void *arg, MDB_txn *txn, const void *key, size_t key_len, int64_t t,
-                       int as_of, int format, sl_buf_t *out)
+/* The vector of key at t, computed. */
+static int compute_vector(view_t *v, MDB_txn *txn, const void *key, size_t key_len, int64_t t,
+                          int as_of, int format, sl_buf_t *out)
 {
-    view_t *v = arg;
     int found = 0;
     for (int i = 0; i < v->part_count; i++) {
         int rc = part_compute(v->parts[i], txn, key, key_len, t, as_of);
@@ -569,6 +596,32 @@ static int view_vector(void *arg, MDB_txn *txn, const void *key, size_t key_len,
     if (!found && !v->any_default)
         return SL_ENOTFOUND;
     return format == SL_FEATURES_F32 ? write_f32(v, out) : write_json(v, out);
+}
+
+/* A live vector comes from the view's cache when it was computed in this
+ * snapshot for the same buckets (features.h, "Vector cache"). */
+static int view_vector(void *arg, MDB_txn *txn, const void *key, size_t key_len, int64_t t,
+                       int as_of, int format, sl_buf_t *out)
+{
+    view_t *v = arg;
+    int64_t ends[VECTOR_CACHE_PARTS];
+    const void *cached;
+    size_t len, before = out->len, id = mdb_txn_id(txn);
+    if (as_of || !v->cache || v->part_count > VECTOR_CACHE_PARTS)
+        return compute_vector(v, txn, key, key_len, t, as_of, format, out);
+    for (int i = 0; i < v->part_count; i++)
+        ends[i] = sl_features_end(t, sl_features_bucket(v->parts[i]->calc), 0);
+    int hit =
+        sl_vector_cache_get(v->cache, id, key, key_len, format, ends, v->part_count, &cached, &len);
+    if (hit)
+        return hit == 2 ? SL_ENOTFOUND : sl_buf_append(out, cached, len);
+    int rc = compute_vector(v, txn, key, key_len, t, 0, format, out);
+    if (rc == 0 || rc == SL_ENOTFOUND) { /* a cache that cannot grow is only slower */
+        (void)sl_vector_cache_put(v->cache, id, key, key_len, format, ends, v->part_count,
+                                  rc ? NULL : out->data + before, rc ? 0 : out->len - before,
+                                  rc == SL_ENOTFOUND);
+    }
+    return rc;
 }
 
 static int view_schema(void *arg, const sl_feature_info_t **features, size_t *count)

@@ -23,6 +23,10 @@ typedef struct sl_features sl_features_t;
 int sl_features_new(sl_state_t *state, sl_log_t *log, sl_features_t **out);
 void sl_features_free(sl_features_t *f);
 
+/* Each view's vector cache (ops/features.h) holds at most bytes (default
+ * 64 MiB); 0: no cache, every vector is computed. Empties the views'. */
+void sl_features_set_cache_bytes(sl_features_t *f, size_t bytes);
+
 /* Makes dag's :features() sinks pipeline's contributions, replacing the
  * ones it had. Their aggregates' stores must exist (the pipeline has
  * opened them). Returns 0; SL_EINVALID with a detail naming the feature,

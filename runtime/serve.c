@@ -46,6 +46,8 @@ static const char serve_usage[] =
     "  --max-args N            most arguments in one command (default 1048576)\n"
     "  --max-clients N         most connections (default 10000)\n"
     "  --maintenance-ms N      retention/compaction period (default 30000)\n"
+    "  --features-cache-mb N   memory per feature view for live vectors kept\n"
+    "                          until the next commit (default 64; 0 = off)\n"
     "  --log-level LEVEL       debug, info, warn or error (default info)\n"
     "\n"
     "The node logs `serve: ready resp=ADDR:PORT http=ADDR:PORT` once it accepts\n"
@@ -55,6 +57,7 @@ typedef struct node {
     sl_server_options_t server_options;
     const char *data;
     int64_t maintenance_ms;
+    int64_t features_cache_mb;
     int workers;
     sl_log_t *log;
     sl_state_t *state;
@@ -111,6 +114,11 @@ static int set_number(node_t *n, int opt, const char *text)
     case 'M':
         n->maintenance_ms = v;
         break;
+    case 'F':
+        if (v > (int64_t)(SIZE_MAX >> 21))
+            return -1;
+        n->features_cache_mb = v;
+        break;
     }
     return v < 0 && opt != 'H' ? -1 : 0;
 }
@@ -130,6 +138,7 @@ static int parse_serve(int argc, char **argv, node_t *n)
         {"max-args", required_argument, NULL, 'A'},
         {"max-clients", required_argument, NULL, 'C'},
         {"maintenance-ms", required_argument, NULL, 'M'},
+        {"features-cache-mb", required_argument, NULL, 'F'},
         {"log-level", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -253,6 +262,7 @@ static int start_node(node_t *n)
     if ((rc = sl_pipelines_open(n->data, n->log, n->state, n->queues, n->workers, &m)))
         return cli_fail("serve: pipelines", rc);
     atomic_store(&n->pipelines, m);
+    sl_features_set_cache_bytes(sl_pipelines_features(m), (size_t)n->features_cache_mb << 20);
     if ((rc = sl_server_add_command(server, "PIPELINE", -2, sl_pipelines_command, m)))
         return cli_fail("serve", rc);
     sl_server_set_metrics(server, sl_pipelines_metrics, m);
@@ -316,7 +326,8 @@ int cli_serve(int argc, char **argv)
 
 static int serve_main(int argc, char **argv, const char *run_file)
 {
-    node_t n = {.data = "data", .maintenance_ms = 30000, .run_file = run_file};
+    node_t n = {
+        .data = "data", .maintenance_ms = 30000, .features_cache_mb = 64, .run_file = run_file};
     sl_server_options_default(&n.server_options);
     int rc = parse_serve(argc, argv, &n);
     if (rc)

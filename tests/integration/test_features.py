@@ -541,6 +541,27 @@ users:window(s.tumbling("1m")):aggregate{m = s.count(), store = "b"}
   :features("%(view)s", {ranges = {"1h"}})
 """
 
+    def test_live_answers_follow_every_commit(self):
+        """Live vectors are kept for the next query of the same snapshot;
+        each commit's state is answered after it, in both formats, and a
+        key asked for before it had events has a vector once it has."""
+        n = next(_serial)
+        name, view, topic = "live%d" % n, "live%d" % n, "livein%d" % n
+        self.r.execute_command("TOPIC", "CREATE", topic, "PARTITIONS", 2)
+        self.submit(name, self.SCRIPT % {"name": name, "input": topic, "view": view})
+        self.r.execute_command("PRODUCE", topic, "", json.dumps({"user": "other"}))
+        wait_caught_up(self.node, name, WAIT)
+        self.assertIsNone(self.features(view, "k"))  # no events yet
+        self.assertEqual(self.r.execute_command("MFEATURES", view, "k"), [None])
+        for i in range(1, 5):
+            self.r.execute_command("PRODUCE", topic, "", json.dumps({"user": "k"}))
+            wait_caught_up(self.node, name, WAIT)
+            for _ in range(2):  # computed, then kept
+                self.assertEqual(json.loads(self.features(view, "k")), {"n_1h": i, "m_1h": i})
+                self.assertEqual(struct.unpack("<2f", self.features(view, "k", fmt="f32")),
+                                 (i, i))
+            self.assertEqual(json.loads(self.features(view, "other")), {"n_1h": 1, "m_1h": 1})
+
     def test_vectors_never_mix_two_commits(self):
         n = next(_serial)
         name, view, topic = "mix%d" % n, "mix%d" % n, "mixin%d" % n
@@ -593,6 +614,23 @@ users:window(s.tumbling("1m")):aggregate{m = s.count(), store = "b"}
         final = [json.loads(v) for v in self.r.execute_command("MFEATURES", view, *keys)]
         self.assertEqual([v["n_1h"] for v in final], [produced[k] for k in keys])
         self.assertEqual([v["m_1h"] for v in final], [produced[k] for k in keys])
+
+
+class FeatureConsistencyUncachedTest(FeatureConsistencyTest):
+    """The same with `--features-cache-mb 0`: every vector computed."""
+
+    node_args = ("--features-cache-mb", "0")
+
+
+class FeatureCacheOptionTest(unittest.TestCase):
+
+    def test_a_bad_cache_size_is_refused(self):
+        for bad in ("-1", "x", "99999999999999999999"):
+            proc = subprocess.run([sluice_bin(), "serve", "--features-cache-mb", bad, "--port",
+                                   "0", "--http-port", "-1"], capture_output=True, text=True,
+                                  timeout=30)
+            self.assertEqual(proc.returncode, 2, bad)
+            self.assertIn("bad option or value", proc.stderr)
 
 
 class FeatureBackfillTest(FeatureTestCase):

@@ -648,6 +648,104 @@ static void test_windows_past_a_held_stream_time_survive_a_restart(void **state)
     tu_rmdir(dir);
 }
 
+/* ---- the vector cache ----------------------------------------------------------- */
+
+enum { JSON = 0, F32 = 1 }; /* formats, to the cache only numbers */
+
+static const char *cached_vector(sl_vector_cache_t *c, size_t txn, const char *key, int format,
+                                 const int64_t *ends, int n)
+{
+    static char text[8192];
+    const void *v;
+    size_t len;
+    int hit = sl_vector_cache_get(c, txn, key, strlen(key), format, ends, n, &v, &len);
+    if (hit == 0)
+        return "miss";
+    if (hit == 2)
+        return "absent";
+    snprintf(text, sizeof text, "%.*s", (int)len, (const char *)v);
+    return text;
+}
+
+static void keep(sl_vector_cache_t *c, size_t txn, const char *key, int format, const int64_t *ends,
+                 int n, const char *vector)
+{
+    assert_int_equal(sl_vector_cache_put(c, txn, key, strlen(key), format, ends, n, vector,
+                                         vector ? strlen(vector) : 0, vector == NULL),
+                     0);
+}
+
+/* A vector is answered only in the snapshot, for the ends and in the
+ * format it was computed for; another snapshot empties the cache. */
+static void test_vector_cache_answers_only_its_snapshot_and_buckets(void **state)
+{
+    (void)state;
+    sl_vector_cache_t *c;
+    int64_t ends[2] = {MINUTE, 2 * MINUTE}, later[2] = {MINUTE, 3 * MINUTE};
+    assert_int_equal(sl_vector_cache_new(1 << 20, &c), 0);
+    assert_string_equal(cached_vector(c, 7, "a", JSON, ends, 2), "miss");
+    keep(c, 7, "a", JSON, ends, 2, "{\"n\":1}");
+    keep(c, 7, "a", F32, ends, 2, "\x01\x02");
+    keep(c, 7, "gone", JSON, ends, 2, NULL);
+    assert_string_equal(cached_vector(c, 7, "a", JSON, ends, 2), "{\"n\":1}");
+    assert_string_equal(cached_vector(c, 7, "a", F32, ends, 2), "\x01\x02");
+    assert_string_equal(cached_vector(c, 7, "gone", JSON, ends, 2), "absent");
+    assert_string_equal(cached_vector(c, 7, "gone", F32, ends, 2), "miss");
+    assert_string_equal(cached_vector(c, 7, "b", JSON, ends, 2), "miss");
+    assert_string_equal(cached_vector(c, 7, "a", JSON, later, 2), "miss"); /* next bucket */
+    assert_string_equal(cached_vector(c, 7, "a", JSON, ends, 1), "miss");
+    keep(c, 7, "a", JSON, later, 2, "{\"n\":2}"); /* replaces */
+    assert_string_equal(cached_vector(c, 7, "a", JSON, later, 2), "{\"n\":2}");
+    assert_string_equal(cached_vector(c, 7, "a", JSON, ends, 2), "miss");
+    assert_int_equal(sl_vector_cache_count(c), 3);
+    assert_string_equal(cached_vector(c, 8, "a", F32, ends, 2), "miss"); /* a commit */
+    assert_int_equal(sl_vector_cache_count(c), 0);
+    assert_string_equal(cached_vector(c, 7, "a", F32, ends, 2), "miss");
+    sl_vector_cache_free(c);
+}
+
+/* Many keys: the table grows and every one is found; at the byte limit
+ * the cache empties and goes on; a vector over the limit is never kept. */
+static void test_vector_cache_grows_and_empties_at_its_limit(void **state)
+{
+    (void)state;
+    sl_vector_cache_t *c;
+    int64_t end = MINUTE;
+    char key[32], vector[32];
+    assert_int_equal(sl_vector_cache_new(1 << 20, &c), 0);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(vector, sizeof vector, "{\"i\":%d}", i);
+        keep(c, 1, key, JSON, &end, 1, vector);
+    }
+    assert_int_equal(sl_vector_cache_count(c), 5000);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(vector, sizeof vector, "{\"i\":%d}", i);
+        assert_string_equal(cached_vector(c, 1, key, JSON, &end, 1), vector);
+    }
+    char big[4096];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    int emptied = 0;
+    size_t before = sl_vector_cache_count(c);
+    for (int i = 0; i < 400 && !emptied; i++) {
+        snprintf(key, sizeof key, "big%d", i);
+        keep(c, 1, key, JSON, &end, 1, big);
+        emptied = sl_vector_cache_count(c) < before;
+        before = sl_vector_cache_count(c);
+    }
+    assert_true(emptied); /* 1 MiB holds fewer than 400 vectors of 4 KiB beside the rest */
+    assert_string_equal(cached_vector(c, 1, key, JSON, &end, 1), big);
+    assert_string_equal(cached_vector(c, 1, "k0", JSON, &end, 1), "miss");
+    sl_vector_cache_free(c);
+    assert_int_equal(sl_vector_cache_new(100, &c), 0);
+    keep(c, 1, "k", JSON, &end, 1, big); /* over the limit by itself */
+    assert_int_equal(sl_vector_cache_count(c), 0);
+    assert_string_equal(cached_vector(c, 1, "k", JSON, &end, 1), "miss");
+    sl_vector_cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -669,6 +767,8 @@ int main(void)
         cmocka_unit_test(test_exit_writes_each_changed_key_once_per_flush),
         cmocka_unit_test(test_exit_writes_a_key_once_when_its_closed_windows_interleave),
         cmocka_unit_test(test_windows_past_a_held_stream_time_survive_a_restart),
+        cmocka_unit_test(test_vector_cache_answers_only_its_snapshot_and_buckets),
+        cmocka_unit_test(test_vector_cache_grows_and_empties_at_its_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
