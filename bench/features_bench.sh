@@ -35,6 +35,9 @@
 # (the MFEATURES rows count requests of 100 keys on both sides, with 50
 # clients and with 1)
 #
+# (each also with the vector cache off: --features-cache-mb 0, every vector
+# computed; nothing is written during these runs, so with the cache on, a
+# key is computed once and then answered from memory)
 # and freshness: a client PRODUCEs one event (timestamped now) for a key and,
 # as soon as PRODUCE is acknowledged, polls FEATURES activity KEY on a second
 # connection until the key's clicks_5m has grown: the time from the
@@ -106,8 +109,8 @@ start_redis() { # PORT
     wait_for "redis-server on port $1" 20 pong "$1"
 }
 
-start_sluice() { # sets sluice_port
-    "$SLUICE_BIN" serve --data "$work/sluice" --port 0 --http-port -1 \
+start_sluice() { # [SERVE OPTIONS...]; sets sluice_port
+    "$SLUICE_BIN" serve --data "$work/sluice" --port 0 --http-port -1 "$@" \
         </dev/null >/dev/null 2>"$work/sluice.log" &
     pids+=($!)
     local pid=$!
@@ -273,22 +276,26 @@ printf '%-26s %12s %12s %7s %8s %8s %8s %8s %8s %8s\n' case sluice_rps redis_rps
 # see the same moments of a noisy machine; the row gives the median of
 # each column and s_p99 the range of sluice's p99 over the rounds.
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-for p in 1 16; do
-    sr=() sp50=() sp99=() sc=() rr=() rp50=() rp99=() rc=()
-    for _ in $(seq "$ROUNDS"); do
-        read -r a b c d <<<"$(bench "$sluice_port" "$p" FEATURES activity u:__rand_int__)"
-        sr+=("$a") sp50+=("$b") sp99+=("$c") sc+=("$d")
-        read -r a b c d <<<"$(bench "$redis_port" "$p" HGETALL u:__rand_int__)"
-        rr+=("$a") rp50+=("$b") rp99+=("$c") rc+=("$d")
+features_rows() { # LABEL
+    for p in 1 16; do
+        sr=() sp50=() sp99=() sc=() rr=() rp50=() rp99=() rc=()
+        for _ in $(seq "$ROUNDS"); do
+            read -r a b c d <<<"$(bench "$sluice_port" "$p" FEATURES activity u:__rand_int__)"
+            sr+=("$a") sp50+=("$b") sp99+=("$c") sc+=("$d")
+            read -r a b c d <<<"$(bench "$redis_port" "$p" HGETALL u:__rand_int__)"
+            rr+=("$a") rp50+=("$b") rp99+=("$c") rc+=("$d")
+        done
+        awk -v l="$1 -P $p" -v a="$(median "${sr[@]}")" -v b="$(median "${rr[@]}")" \
+            -v c="$(median "${sp50[@]}")" -v d="$(median "${sp99[@]}")" \
+            -v e="$(median "${rp50[@]}")" -v f="$(median "${rp99[@]}")" \
+            -v g="$(median "${sc[@]}")" -v h="$(median "${rc[@]}")" \
+            -v lo="$(printf '%s\n' "${sp99[@]}" | sort -g | head -1)" \
+            -v hi="$(printf '%s\n' "${sp99[@]}" | sort -g | tail -1)" 'BEGIN {
+                printf "%-26s %12.0f %12.0f %7.2f %8.3f %8.3f %8.3f %8.3f %8.2f %8.2f  (s_p99 %.3f-%.3f)\n",
+                    l, a, b, a / b, c, d, e, f, g, h, lo, hi }'
     done
-    awk -v l="FEATURES/HGETALL -P $p" -v a="$(median "${sr[@]}")" -v b="$(median "${rr[@]}")" \
-        -v c="$(median "${sp50[@]}")" -v d="$(median "${sp99[@]}")" -v e="$(median "${rp50[@]}")" \
-        -v f="$(median "${rp99[@]}")" -v g="$(median "${sc[@]}")" -v h="$(median "${rc[@]}")" \
-        -v lo="$(printf '%s\n' "${sp99[@]}" | sort -g | head -1)" \
-        -v hi="$(printf '%s\n' "${sp99[@]}" | sort -g | tail -1)" 'BEGIN {
-            printf "%-26s %12.0f %12.0f %7.2f %8.3f %8.3f %8.3f %8.3f %8.2f %8.2f  (s_p99 %.3f-%.3f)\n",
-                l, a, b, a / b, c, d, e, f, g, h, lo, hi }'
-done
+}
+features_rows "FEATURES/HGETALL"
 # MFEATURES of 100 keys against Redis answering the same 100 hashes in one
 # round trip (HGETALL -P 100: redis-benchmark times each request of a
 # pipelined batch from the batch's send, so its latencies are the batch's):
@@ -311,6 +318,11 @@ kill -TERM "${server_pid[$sluice_port]}"
 wait "${server_pid[$sluice_port]}" || true
 start_sluice # the same data, with the pipeline's write caches empty
 read -r _ g50 g99 gmax <<<"$("$PYTHON" "$work/driver.py" freshness "$sluice_port" "$FRESH_SAMPLES")"
+# again with the vector cache off: every FEATURES computes its vector
+kill -TERM "${server_pid[$sluice_port]}"
+wait "${server_pid[$sluice_port]}" || true
+start_sluice --features-cache-mb 0
+features_rows "uncached FEATURES"
 echo
 echo "freshness (PRODUCE acknowledged -> new value in FEATURES, $FRESH_SAMPLES samples;" \
     "target p99 < 110 ms: 100 ms commits + 10 ms):"
@@ -318,5 +330,7 @@ echo "  right after the load (write caches full): p50 ${f50} ms, p99 ${f99} ms, 
 echo "  after a restart (caches empty):            p50 ${g50} ms, p99 ${g99} ms, max ${gmax} ms"
 echo "ratio = sluice rps / redis rps; latencies are redis-benchmark's p50/p99 in ms;"
 echo "FEATURES rows: medians of $ROUNDS alternating runs per side (s_p99: sluice's range);"
+echo "nothing is written while they run, so the vector cache holds every key once it was"
+echo "asked for (its first rounds fill it); 'uncached': sluice serve --features-cache-mb 0;"
 echo "MFEATURES rows: redis_rps and r_cpu_us per batch of 100 HGETALLs (-P 100);"
 echo "cpu_us = the server process's CPU time per request in microseconds; nproc = $(nproc)"
