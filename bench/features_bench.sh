@@ -13,6 +13,7 @@
 #   SECONDS_PER_RUN  target length of each measured run (default 4)
 #   ROUNDS           FEATURES/HGETALL runs per side, alternating (default 3;
 #                    the rows give medians)
+#   INGEST_RATE      events/s PRODUCEd during the "ingesting" rows (default 5000)
 #   FRESH_SAMPLES    PRODUCE -> visible samples for the freshness figure (default 300)
 #   BENCH_TMP        where the data directories go (default $TMPDIR or /tmp)
 #
@@ -55,6 +56,7 @@ EVENTS_PER_KEY=${EVENTS_PER_KEY:-5}
 CLIENTS=${CLIENTS:-50}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-4}
 ROUNDS=${ROUNDS:-3}
+INGEST_RATE=${INGEST_RATE:-5000}
 FRESH_SAMPLES=${FRESH_SAMPLES:-300}
 PYTHON=${PYTHON:-/usr/bin/python3}
 
@@ -114,7 +116,7 @@ start_sluice() { # [SERVE OPTIONS...]; sets sluice_port
         </dev/null >/dev/null 2>"$work/sluice.log" &
     pids+=($!)
     local pid=$!
-    wait_for "sluice's ready line" 20 grep -q 'serve: ready' "$work/sluice.log"
+    wait_for "sluice's ready line" 20 grep -q 'serve: ready resp=[^ ]*:[0-9]' "$work/sluice.log"
     sluice_port=$(sed -n 's/.*serve: ready resp=[^ ]*:\([0-9]*\) .*/\1/p' "$work/sluice.log" | head -1)
     server_pid[$sluice_port]=$pid
 }
@@ -206,8 +208,26 @@ def freshness(port, samples):
     lat.sort()
     print("freshness %.2f %.2f %.2f" % (lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]))
 
+def ingest(port, keys, per_second):
+    """PRODUCEs per_second events (timestamped now, random keys of the
+    load) in 10 batches a second, until killed."""
+    r = redis.Redis(port=port)
+    rnd = random.Random(2)
+    batch = max(per_second // 10, 1)
+    next_at = time.monotonic()
+    while True:
+        args = []
+        now = int(time.time() * 1000)
+        for _ in range(batch):
+            args += [key(rnd.randrange(keys)), json.dumps({"ts": now, "price": 1})]
+        r.execute_command("PRODUCEBATCH", "clicks", *args)
+        next_at += 0.1
+        time.sleep(max(0.0, next_at - time.monotonic()))
+
 cmd = sys.argv[1]
-if cmd == "load":
+if cmd == "ingest":
+    ingest(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+elif cmd == "load":
     load(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
 elif cmd == "copy":
     copy(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
@@ -296,6 +316,19 @@ features_rows() { # LABEL
     done
 }
 features_rows "FEATURES/HGETALL"
+# FEATURES while events come in: each commit (every 100 ms) empties the
+# vector cache, so most queries compute their vector
+ingest_row() { # LABEL
+    "$PYTHON" "$work/driver.py" ingest "$sluice_port" "$KEYS" "$INGEST_RATE" &
+    local ingest_pid=$!
+    read -r a b c d <<<"$(bench "$sluice_port" 1 FEATURES activity u:__rand_int__)"
+    kill "$ingest_pid" 2>/dev/null
+    wait "$ingest_pid" 2>/dev/null || true
+    awk -v l="$1" -v a="$a" -v c="$b" -v d="$c" -v g="$d" 'BEGIN {
+        printf "%-26s %12.0f %12s %7s %8.3f %8.3f %8s %8s %8.2f %8s\n",
+            l, a, "-", "-", c, d, "-", "-", g, "-" }'
+}
+ingest_row "FEATURES -P 1, ingesting"
 # MFEATURES of 100 keys against Redis answering the same 100 hashes in one
 # round trip (HGETALL -P 100: redis-benchmark times each request of a
 # pipelined batch from the batch's send, so its latencies are the batch's):
@@ -323,6 +356,7 @@ kill -TERM "${server_pid[$sluice_port]}"
 wait "${server_pid[$sluice_port]}" || true
 start_sluice --features-cache-mb 0
 features_rows "uncached FEATURES"
+ingest_row "uncached, ingesting"
 echo
 echo "freshness (PRODUCE acknowledged -> new value in FEATURES, $FRESH_SAMPLES samples;" \
     "target p99 < 110 ms: 100 ms commits + 10 ms):"
@@ -332,5 +366,6 @@ echo "ratio = sluice rps / redis rps; latencies are redis-benchmark's p50/p99 in
 echo "FEATURES rows: medians of $ROUNDS alternating runs per side (s_p99: sluice's range);"
 echo "nothing is written while they run, so the vector cache holds every key once it was"
 echo "asked for (its first rounds fill it); 'uncached': sluice serve --features-cache-mb 0;"
+echo "'ingesting': FEATURES -P 1 while $INGEST_RATE events/s are PRODUCEd (commits empty the cache);"
 echo "MFEATURES rows: redis_rps and r_cpu_us per batch of 100 HGETALLs (-P 100);"
 echo "cpu_us = the server process's CPU time per request in microseconds; nproc = $(nproc)"
