@@ -34,6 +34,7 @@
 #include "ops/ops_internal.h"
 #include "ops/window.h"
 #include "storage/buf.h"
+#include "storage/keysort.h"
 
 #include <stdio.h>
 #include <errno.h>
@@ -43,8 +44,7 @@
 #define EXPIRE_BATCH 10000 /* windows expired per flush, at most */
 
 typedef struct changed {
-    size_t at, len; /* the key in keys */
-    int64_t start;
+    size_t at, len; /* the store key (with a window: key || W) in keys */
 } changed_t;
 
 typedef struct agg {
@@ -63,6 +63,9 @@ typedef struct agg {
     changed_t *changed;
     size_t changed_count, changed_cap;
     sl_buf_t keys;
+    sl_key_item_t *order; /* the changed keys and the sort's scratch */
+    size_t order_cap;
+    sl_buf_t result; /* a result's JSON */
     uint8_t *scratch;
     size_t scratch_cap;
     sl_agg_input_t *inputs;
@@ -238,6 +241,8 @@ static void agg_free(agg_t *a)
     sl_free(a->sessions);
     sl_free(a->changed);
     sl_buf_free(&a->keys);
+    sl_free(a->order);
+    sl_buf_free(&a->result);
     sl_free(a->scratch);
     sl_free(a->inputs);
 }
@@ -402,14 +407,21 @@ static int member_input(sl_vm_t *vm, const sl_op_t *op, const sl_agg_spec_t *m, 
     return 0;
 }
 
+/* Notes that (key, start) changed, by its store key: sorted at the flush,
+ * those are the windows in LMDB's order. */
 static int remember_changed(agg_t *a, const uint8_t *key, size_t len, int64_t start)
 {
+    uint8_t k[SL_STORE_KEY_MAX];
     if (a->op->emit != SL_EMIT_ON_UPDATE)
         return 0;
+    if (a->windowed) { /* put in the cache already, so it fits */
+        len = sl_store_window_key(k, key, len, start);
+        key = k;
+    }
     if (sl_array_reserve((void **)&a->changed, &a->changed_cap, a->changed_count + 1,
                          sizeof *a->changed))
         return -ENOMEM;
-    a->changed[a->changed_count++] = (changed_t){a->keys.len, len, start};
+    a->changed[a->changed_count++] = (changed_t){a->keys.len, len};
     return sl_buf_append(&a->keys, key, len);
 }
 
@@ -609,8 +621,6 @@ static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_le
 {
     const void *value;
     size_t value_len;
-    char number[64];
-    sl_buf_t json = {0};
     int found = a->windowed ? sl_cache_window_get(a->cache, key, key_len, start, &value, &value_len)
                             : sl_cache_get(a->cache, key, key_len, &value, &value_len);
     if (found <= 0)
@@ -624,61 +634,58 @@ static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_le
         value = (const uint8_t *)value + 8;
         value_len -= 8;
     }
+    sl_buf_t *json = &a->result;
+    json->len = 0;
     int rc = sl_aggstate_decode(a->state, value, value_len);
     if (rc == 0)
-        rc = sl_buf_append(&json, "{\"key\":", 7);
+        rc = sl_buf_append(json, "{\"key\":", 7);
     if (rc == 0)
-        rc = sl_buf_json_string(key, key_len, &json);
-    if (rc == 0 && a->windowed) {
-        int n = snprintf(number, sizeof number, ",\"window_start\":%lld,\"window_end\":%lld",
-                         (long long)start, (long long)end);
-        rc = sl_buf_append(&json, number, (size_t)n);
-    }
+        rc = sl_buf_json_string(key, key_len, json);
+    if (rc == 0 && a->windowed && (rc = sl_buf_append(json, ",\"window_start\":", 16)) == 0 &&
+        (rc = sl_number_json(sl_number_int(start), json)) == 0 &&
+        (rc = sl_buf_append(json, ",\"window_end\":", 14)) == 0)
+        rc = sl_number_json(sl_number_int(end), json);
     if (rc == 0)
-        rc = sl_buf_append(&json, ",\"values\":", 10);
+        rc = sl_buf_append(json, ",\"values\":", 10);
     if (rc == 0)
-        rc = sl_aggstate_json(a->state, &json);
+        rc = sl_aggstate_json(a->state, json);
     if (rc == 0)
-        rc = sl_buf_append(&json, "}", 1);
+        rc = sl_buf_append(json, "}", 1);
     int64_t ts = a->wm.stream_time == SL_WATERMARK_NONE ? 0 : a->wm.stream_time;
     if (a->windowed && ts > end - !a->session)
         ts = end - !a->session;
     sl_record_t rec = {.key = key,
                        .key_len = (int32_t)key_len,
-                       .value = (const uint8_t *)json.data,
-                       .value_len = (int32_t)json.len,
+                       .value = (const uint8_t *)json->data,
+                       .value_len = (int32_t)json->len,
                        .timestamp = ts,
                        .offset = -1};
-    if (rc == 0)
-        rc = sl_exec_deliver(x, a->op->id, &rec, out);
-    sl_buf_free(&json);
-    return rc;
+    return rc ? rc : sl_exec_deliver(x, a->op->id, &rec, out);
 }
 
-static int by_key_then_start(const void *pa, const void *pb, void *keys)
-{
-    const changed_t *x = pa, *y = pb;
-    const uint8_t *k = keys;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int order = memcmp(k + x->at, k + y->at, n);
-    if (order)
-        return order;
-    if (x->len != y->len)
-        return x->len < y->len ? -1 : 1;
-    return x->start < y->start ? -1 : x->start > y->start;
-}
-
+/* The changed windows' results, each once, in store key order. */
 static int flush_updates(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
 {
+    size_t n = a->changed_count;
     int rc = 0;
-    if (a->changed_count == 0)
+    if (n == 0)
         return 0;
-    qsort_r(a->changed, a->changed_count, sizeof *a->changed, by_key_then_start, a->keys.data);
-    for (size_t i = 0; rc == 0 && i < a->changed_count; i++) {
-        const changed_t *c = &a->changed[i];
-        if (i + 1 < a->changed_count && by_key_then_start(c, c + 1, a->keys.data) == 0)
-            continue;
-        rc = emit_result(x, a, (const uint8_t *)a->keys.data + c->at, c->len, c->start, out);
+    if (sl_array_reserve((void **)&a->order, &a->order_cap, 2 * n, sizeof *a->order))
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        a->order[i] = (sl_key_item_t){0, 0, a->keys.data + a->changed[i].at,
+                                      (uint32_t)a->changed[i].len, (uint32_t)i};
+    sl_key_sort(a->order, a->order + n, n);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const sl_key_item_t *it = &a->order[i], *next = i + 1 < n ? it + 1 : NULL;
+        if (next && next->len == it->len && !memcmp(next->key, it->key, it->len))
+            continue; /* the same window again */
+        size_t key_len = it->len;
+        int64_t start = 0;
+        if (a->windowed)
+            rc = sl_store_window_split(it->key, it->len, &key_len, &start);
+        if (rc == 0)
+            rc = emit_result(x, a, it->key, key_len, start, out);
     }
     a->changed_count = 0;
     a->keys.len = 0;

@@ -1,7 +1,8 @@
 /*
  * keysort.h - sorting keys into LMDB's order, fast: a radix sort on 8-byte
- * digits. Private to storage (the write cache and restore sort every
- * commit's and every batch's keys with it).
+ * digits. The write cache and restore sort every commit's and every
+ * batch's keys with it, a store's time index its changes, and the
+ * aggregator (ops/) the windows it owes results for.
  *
  * LMDB orders keys as memcmp over the shorter length, then the shorter
  * first. Here a key is read 8 bytes at a time, big-endian, zero-padded

@@ -417,6 +417,64 @@ static void test_a_join_flushes_before_the_aggregate_it_feeds(void **state)
     release(&f);
 }
 
+/* emit = "on_update": a flush gives each window changed since the last
+ * flush once, with its latest value, keys in order and a key's windows by
+ * start; the next flush gives only what changed after. */
+static void test_updated_windows_come_out_once_per_flush(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "s.stream('in'):window(s.tumbling('10s'))\n"
+                          "  :aggregate{n = s.count()}:to('out')\n");
+    const sl_op_t *agg = NULL;
+    for (int i = 0; i < f.dag->op_count; i++)
+        if (f.dag->ops[i].kind == SL_OP_AGGREGATE)
+            agg = &f.dag->ops[i];
+    assert_non_null(agg);
+    char *dir = tu_mkdtemp();
+    sl_state_t *st;
+    sl_store_t *stores[8] = {0};
+    int64_t times[8] = {INT64_MIN, INT64_MIN, INT64_MIN, INT64_MIN,
+                        INT64_MIN, INT64_MIN, INT64_MIN, INT64_MIN};
+    assert_int_equal(sl_state_open(dir, NULL, &st), 0);
+    assert_int_equal(sl_store_open(st, "p", "a", SL_STORE_WINDOW, &stores[agg->id]), 0);
+    sl_exec_task_t *task;
+    assert_int_equal(sl_exec_task_new(f.exec, stores, times, 0, 1, &task), 0);
+    collected_t c = {0};
+    sl_exec_output_t out = {collect, on_failure, &c};
+    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_record_t recs[] = {tu_record("b", "{}", 1000), tu_record("a", "{}", 1000),
+                          tu_record("a", "{}", 2000), tu_record("b", "{}", 3000),
+                          tu_record("a", "{}", 3000), tu_record("a", "{}", 9999),
+                          tu_record("a", "{}", 10000)};
+    sl_exec_set_task(f.exec, task);
+    assert_int_equal(sl_exec_batch(f.exec, 0, &origin, recs, 7, &out, NULL), 0);
+    sl_exec_reset(f.exec);
+    assert_int_equal(sl_exec_task_flush(f.exec, task, &out), 0);
+    assert_int_equal(c.failures, 0);
+    assert_int_equal(c.count, 3);
+    assert_string_equal(c.value[0], "{\"key\":\"a\",\"window_start\":0,\"window_end\":10000,"
+                                    "\"values\":{\"n\":4}}");
+    assert_string_equal(c.value[1], "{\"key\":\"a\",\"window_start\":10000,"
+                                    "\"window_end\":20000,\"values\":{\"n\":1}}");
+    assert_string_equal(c.value[2], "{\"key\":\"b\",\"window_start\":0,\"window_end\":10000,"
+                                    "\"values\":{\"n\":2}}");
+    sl_exec_reset(f.exec);
+    sl_record_t later = tu_record("b", "{}", 11000);
+    assert_int_equal(sl_exec_batch(f.exec, 0, &origin, &later, 1, &out, NULL), 0);
+    sl_exec_reset(f.exec);
+    assert_int_equal(sl_exec_task_flush(f.exec, task, &out), 0);
+    assert_int_equal(c.count, 4); /* only b's new window */
+    assert_string_equal(c.value[3], "{\"key\":\"b\",\"window_start\":10000,"
+                                    "\"window_end\":20000,\"values\":{\"n\":1}}");
+    sl_exec_reset(f.exec);
+    sl_exec_task_free(task);
+    sl_store_close(stores[agg->id]);
+    sl_state_close(st);
+    tu_rmdir(dir);
+    release(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -431,6 +489,7 @@ int main(void)
         cmocka_unit_test(test_route_exit_emits_the_message),
         cmocka_unit_test(test_route_exit_fails_a_record_it_cannot_send),
         cmocka_unit_test(test_a_join_flushes_before_the_aggregate_it_feeds),
+        cmocka_unit_test(test_updated_windows_come_out_once_per_flush),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
