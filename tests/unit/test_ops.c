@@ -361,6 +361,61 @@ static void test_route_exit_fails_a_record_it_cannot_send(void **state)
     release(&f);
 }
 
+/* ---- stateful ops ------------------------------------------------------- */
+
+/* A task of a fixture's DAG with a store for each stateful op, in a new
+ * state directory. */
+typedef struct stateful {
+    char *dir;
+    sl_state_t *st;
+    sl_store_t *stores[16];
+    sl_exec_task_t *task;
+} stateful_t;
+
+static const sl_op_t *find_op(const fixture_t *f, sl_op_kind_t kind)
+{
+    for (int i = 0; i < f->dag->op_count; i++)
+        if (f->dag->ops[i].kind == kind)
+            return &f->dag->ops[i];
+    fail_msg("no op of kind %d", (int)kind);
+    return NULL;
+}
+
+static void stateful_open(fixture_t *f, stateful_t *s)
+{
+    int64_t times[16];
+    assert_true(f->dag->op_count <= 16);
+    memset(s, 0, sizeof *s);
+    s->dir = tu_mkdtemp();
+    assert_int_equal(sl_state_open(s->dir, NULL, &s->st), 0);
+    for (int i = 0; i < 16; i++)
+        times[i] = INT64_MIN;
+    for (int i = 0; i < f->dag->op_count; i++) {
+        const sl_op_t *op = &f->dag->ops[i];
+        char name[16];
+        snprintf(name, sizeof name, "s%d", i);
+        if (op->kind == SL_OP_JOIN || op->kind == SL_OP_AGGREGATE)
+            assert_int_equal(sl_store_open(s->st, "p", name,
+                                           op->kind == SL_OP_JOIN || op->window_kind
+                                               ? SL_STORE_WINDOW
+                                               : SL_STORE_KV,
+                                           &s->stores[i]),
+                             0);
+    }
+    assert_int_equal(sl_exec_task_new(f->exec, s->stores, times, 0, 1, &s->task), 0);
+    sl_exec_set_task(f->exec, s->task);
+}
+
+static void stateful_close(fixture_t *f, stateful_t *s)
+{
+    sl_exec_reset(f->exec);
+    sl_exec_task_free(s->task);
+    for (int i = 0; i < 16; i++)
+        sl_store_close(s->stores[i]);
+    sl_state_close(s->st);
+    tu_rmdir(s->dir);
+}
+
 /* The stateful ops flush in DAG order: an outer join's unjoined record,
  * emitted when the flush finds its window closed, reaches the aggregate
  * after the join before that aggregate flushes, so the aggregate's result
@@ -372,48 +427,24 @@ static void test_a_join_flushes_before_the_aggregate_it_feeds(void **state)
                           "s.stream('l'):join(s.stream('r'), function(a, b) return {x = 1} end,\n"
                           "  {within = '100ms', grace = '50ms', type = 'outer'})\n"
                           "  :aggregate{n = s.count()}:to('out')\n");
-    const sl_op_t *join = NULL, *agg = NULL;
-    for (int i = 0; i < f.dag->op_count; i++) {
-        if (f.dag->ops[i].kind == SL_OP_JOIN)
-            join = &f.dag->ops[i];
-        if (f.dag->ops[i].kind == SL_OP_AGGREGATE)
-            agg = &f.dag->ops[i];
-    }
-    assert_non_null(join);
-    assert_non_null(agg);
-    assert_true(join->id < agg->id);
-    char *dir = tu_mkdtemp();
-    sl_state_t *st;
-    sl_store_t *stores[16] = {0};
-    int64_t times[16];
-    for (int i = 0; i < 16; i++)
-        times[i] = INT64_MIN;
-    assert_true(f.dag->op_count <= 16);
-    assert_int_equal(sl_state_open(dir, NULL, &st), 0);
-    assert_int_equal(sl_store_open(st, "p", "j", SL_STORE_WINDOW, &stores[join->id]), 0);
-    assert_int_equal(sl_store_open(st, "p", "a", SL_STORE_KV, &stores[agg->id]), 0);
-    sl_exec_task_t *task;
-    assert_int_equal(sl_exec_task_new(f.exec, stores, times, 0, 1, &task), 0);
+    const sl_op_t *join = find_op(&f, SL_OP_JOIN);
+    assert_true(join->id < find_op(&f, SL_OP_AGGREGATE)->id);
+    stateful_t st;
+    stateful_open(&f, &st);
     collected_t c = {0};
     sl_exec_output_t out = {collect, on_failure, &c};
     sl_vm_origin_t left = {"l", 0, 1}, right = {"r", 0, 1};
     sl_record_t d = tu_record("d", "{}", 900), clock = tu_record("z", "{}", 10001);
-    sl_exec_set_task(f.exec, task);
     assert_int_equal(sl_exec_batch(f.exec, join->inputs[0].op, &left, &d, 1, &out, NULL), 0);
     assert_int_equal(sl_exec_batch(f.exec, join->inputs[1].op, &right, &clock, 1, &out, NULL), 0);
     sl_exec_reset(f.exec);
     assert_int_equal(c.count, 0); /* d waits for its window to close; results go at the flush */
-    assert_int_equal(sl_exec_task_flush(f.exec, task, &out), 0);
+    assert_int_equal(sl_exec_task_flush(f.exec, st.task, &out), 0);
     assert_int_equal(c.failures, 0);
     assert_int_equal(c.count, 1); /* the clock's window is still open */
     assert_string_equal(c.key[0], "d");
     assert_string_equal(c.value[0], "{\"key\":\"d\",\"values\":{\"n\":1}}");
-    sl_exec_reset(f.exec);
-    sl_exec_task_free(task);
-    sl_store_close(stores[join->id]);
-    sl_store_close(stores[agg->id]);
-    sl_state_close(st);
-    tu_rmdir(dir);
+    stateful_close(&f, &st);
     release(&f);
 }
 
@@ -426,20 +457,8 @@ static void test_updated_windows_come_out_once_per_flush(void **state)
     fixture_t f = compile("local s = require('sluice')\n"
                           "s.stream('in'):window(s.tumbling('10s'))\n"
                           "  :aggregate{n = s.count()}:to('out')\n");
-    const sl_op_t *agg = NULL;
-    for (int i = 0; i < f.dag->op_count; i++)
-        if (f.dag->ops[i].kind == SL_OP_AGGREGATE)
-            agg = &f.dag->ops[i];
-    assert_non_null(agg);
-    char *dir = tu_mkdtemp();
-    sl_state_t *st;
-    sl_store_t *stores[8] = {0};
-    int64_t times[8] = {INT64_MIN, INT64_MIN, INT64_MIN, INT64_MIN,
-                        INT64_MIN, INT64_MIN, INT64_MIN, INT64_MIN};
-    assert_int_equal(sl_state_open(dir, NULL, &st), 0);
-    assert_int_equal(sl_store_open(st, "p", "a", SL_STORE_WINDOW, &stores[agg->id]), 0);
-    sl_exec_task_t *task;
-    assert_int_equal(sl_exec_task_new(f.exec, stores, times, 0, 1, &task), 0);
+    stateful_t st;
+    stateful_open(&f, &st);
     collected_t c = {0};
     sl_exec_output_t out = {collect, on_failure, &c};
     sl_vm_origin_t origin = {"in", 0, 1};
@@ -447,10 +466,9 @@ static void test_updated_windows_come_out_once_per_flush(void **state)
                           tu_record("a", "{}", 2000), tu_record("b", "{}", 3000),
                           tu_record("a", "{}", 3000), tu_record("a", "{}", 9999),
                           tu_record("a", "{}", 10000)};
-    sl_exec_set_task(f.exec, task);
     assert_int_equal(sl_exec_batch(f.exec, 0, &origin, recs, 7, &out, NULL), 0);
     sl_exec_reset(f.exec);
-    assert_int_equal(sl_exec_task_flush(f.exec, task, &out), 0);
+    assert_int_equal(sl_exec_task_flush(f.exec, st.task, &out), 0);
     assert_int_equal(c.failures, 0);
     assert_int_equal(c.count, 3);
     assert_string_equal(c.value[0], "{\"key\":\"a\",\"window_start\":0,\"window_end\":10000,"
@@ -463,15 +481,11 @@ static void test_updated_windows_come_out_once_per_flush(void **state)
     sl_record_t later = tu_record("b", "{}", 11000);
     assert_int_equal(sl_exec_batch(f.exec, 0, &origin, &later, 1, &out, NULL), 0);
     sl_exec_reset(f.exec);
-    assert_int_equal(sl_exec_task_flush(f.exec, task, &out), 0);
+    assert_int_equal(sl_exec_task_flush(f.exec, st.task, &out), 0);
     assert_int_equal(c.count, 4); /* only b's new window */
     assert_string_equal(c.value[3], "{\"key\":\"b\",\"window_start\":10000,"
                                     "\"window_end\":20000,\"values\":{\"n\":1}}");
-    sl_exec_reset(f.exec);
-    sl_exec_task_free(task);
-    sl_store_close(stores[agg->id]);
-    sl_state_close(st);
-    tu_rmdir(dir);
+    stateful_close(&f, &st);
     release(&f);
 }
 
