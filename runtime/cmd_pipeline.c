@@ -8,6 +8,7 @@
  *                                    [[topic, partition, committed, end, lag], ...]]
  *   PIPELINE STOP name            stop and forget -> OK
  */
+#include "runtime/features.h"
 #include "runtime/pipeline_internal.h"
 
 #include <event2/buffer.h>
@@ -264,6 +265,18 @@ void sl_pipelines_metrics(void *arg, struct evbuffer *out)
                         "# TYPE sluice_pipeline_restoring gauge\n"
                         "sluice_pipeline_restoring %d\n",
                         (long long)atomic_load(&m->restore_records), atomic_load(&m->restoring));
+    long long hits, misses;
+    sl_features_cache_counts(m->features, &hits, &misses);
+    evbuffer_add_printf(out,
+                        "# HELP sluice_features_cache_hits_total Live feature vectors answered "
+                        "from a view's vector cache.\n"
+                        "# TYPE sluice_features_cache_hits_total counter\n"
+                        "sluice_features_cache_hits_total %lld\n"
+                        "# HELP sluice_features_cache_misses_total Live feature vectors computed "
+                        "(and kept) with the vector cache on.\n"
+                        "# TYPE sluice_features_cache_misses_total counter\n"
+                        "sluice_features_cache_misses_total %lld\n",
+                        hits, misses);
     evbuffer_add_printf(out, "# HELP sluice_pipeline_failed 1 if the pipeline stopped on an "
                              "error.\n# TYPE sluice_pipeline_failed gauge\n");
     for (int i = 0; i < m->count; i++)

@@ -40,6 +40,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,7 +99,8 @@ struct sl_features {
     int serial;
     view_t **views;
     int view_count;
-    size_t cache_bytes; /* each view's vector cache; 0: none */
+    size_t cache_bytes;                    /* each view's vector cache; 0: none */
+    atomic_llong cache_hits, cache_misses; /* live vectors answered from it, computed */
 };
 
 /* ---- contributions ----------------------------------------------------------- */
@@ -336,6 +338,12 @@ int sl_features_new(sl_state_t *state, sl_log_t *log, sl_features_t **out)
     f->cache_bytes = VECTOR_CACHE_BYTES;
     *out = f;
     return 0;
+}
+
+void sl_features_cache_counts(sl_features_t *f, long long *hits, long long *misses)
+{
+    *hits = atomic_load(&f->cache_hits);
+    *misses = atomic_load(&f->cache_misses);
 }
 
 void sl_features_set_cache_bytes(sl_features_t *f, size_t bytes)
@@ -613,6 +621,7 @@ static int view_vector(void *arg, MDB_txn *txn, const void *key, size_t key_len,
         ends[i] = sl_features_end(t, sl_features_bucket(v->parts[i]->calc), 0);
     int hit =
         sl_vector_cache_get(v->cache, id, key, key_len, format, ends, v->part_count, &cached, &len);
+    atomic_fetch_add(hit ? &v->registry->cache_hits : &v->registry->cache_misses, 1);
     if (hit)
         return hit == 2 ? SL_ENOTFOUND : sl_buf_append(out, cached, len);
     int rc = compute_vector(v, txn, key, key_len, t, 0, format, out);

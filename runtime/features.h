@@ -27,6 +27,10 @@ void sl_features_free(sl_features_t *f);
  * 64 MiB); 0: no cache, every vector is computed. Empties the views'. */
 void sl_features_set_cache_bytes(sl_features_t *f, size_t bytes);
 
+/* Live vectors answered from the views' caches and computed (with a cache
+ * on), since the registry was made. */
+void sl_features_cache_counts(sl_features_t *f, long long *hits, long long *misses);
+
 /* Makes dag's :features() sinks pipeline's contributions, replacing the
  * ones it had. Their aggregates' stores must exist (the pipeline has
  * opened them). Returns 0; SL_EINVALID with a detail naming the feature,

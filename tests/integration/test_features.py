@@ -553,14 +553,30 @@ users:window(s.tumbling("1m")):aggregate{m = s.count(), store = "b"}
         wait_caught_up(self.node, name, WAIT)
         self.assertIsNone(self.features(view, "k"))  # no events yet
         self.assertEqual(self.r.execute_command("MFEATURES", view, "k"), [None])
+        cached = "--features-cache-mb" not in self.node_args
         for i in range(1, 5):
             self.r.execute_command("PRODUCE", topic, "", json.dumps({"user": "k"}))
             wait_caught_up(self.node, name, WAIT)
+            hits = self.cache_counter("hits")
             for _ in range(2):  # computed, then kept
                 self.assertEqual(json.loads(self.features(view, "k")), {"n_1h": i, "m_1h": i})
                 self.assertEqual(struct.unpack("<2f", self.features(view, "k", fmt="f32")),
                                  (i, i))
             self.assertEqual(json.loads(self.features(view, "other")), {"n_1h": 1, "m_1h": 1})
+            # the second round was answered from the cache (the node commits only its
+            # pipelines here, so no commit came between; /metrics counts it)
+            if cached:
+                self.assertGreaterEqual(self.cache_counter("hits") - hits, 2)
+        if not cached:
+            self.assertEqual((self.cache_counter("hits"), self.cache_counter("misses")), (0, 0))
+
+    def cache_counter(self, which):
+        metrics = self.node.http_get("/metrics")[1]
+        metrics = metrics.decode() if isinstance(metrics, bytes) else metrics
+        line = [l for l in metrics.splitlines()
+                if l.startswith("sluice_features_cache_%s_total " % which)]
+        self.assertEqual(len(line), 1, metrics)
+        return int(line[0].split()[1])
 
     def test_vectors_never_mix_two_commits(self):
         n = next(_serial)
