@@ -152,7 +152,7 @@ static size_t cost(size_t bytes)
 
 static size_t used(const sl_vector_cache_t *c)
 {
-    return c->arena.len + c->count * (sizeof(entry_t) + 2 * sizeof(uint32_t));
+    return c->arena.len + c->count * cost(0);
 }
 
 int sl_vector_cache_put(sl_vector_cache_t *c, size_t txn, const void *key, size_t key_len,

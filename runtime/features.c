@@ -353,9 +353,9 @@ void sl_features_set_cache_bytes(sl_features_t *f, size_t bytes)
     for (int i = 0; i < f->view_count; i++) {
         view_t *v = f->views[i];
         sl_vector_cache_free(v->cache);
-        v->cache = NULL;
-        if (bytes && sl_vector_cache_new(bytes, &v->cache))
-            v->cache = NULL; /* without one, every vector is computed */
+        v->cache = NULL; /* stays so when no cache can be made: every vector computed */
+        if (bytes)
+            (void)sl_vector_cache_new(bytes, &v->cache);
     }
     pthread_mutex_unlock(&f->lock);
 }

@@ -57,7 +57,7 @@ typedef struct node {
     sl_server_options_t server_options;
     const char *data;
     int64_t maintenance_ms;
-    int64_t features_cache_mb;
+    int64_t features_cache_mb; /* -1: not given */
     int workers;
     sl_log_t *log;
     sl_state_t *state;
@@ -262,7 +262,8 @@ static int start_node(node_t *n)
     if ((rc = sl_pipelines_open(n->data, n->log, n->state, n->queues, n->workers, &m)))
         return cli_fail("serve: pipelines", rc);
     atomic_store(&n->pipelines, m);
-    sl_features_set_cache_bytes(sl_pipelines_features(m), (size_t)n->features_cache_mb << 20);
+    if (n->features_cache_mb >= 0) /* else the registry's default */
+        sl_features_set_cache_bytes(sl_pipelines_features(m), (size_t)n->features_cache_mb << 20);
     if ((rc = sl_server_add_command(server, "PIPELINE", -2, sl_pipelines_command, m)))
         return cli_fail("serve", rc);
     sl_server_set_metrics(server, sl_pipelines_metrics, m);
@@ -327,7 +328,7 @@ int cli_serve(int argc, char **argv)
 static int serve_main(int argc, char **argv, const char *run_file)
 {
     node_t n = {
-        .data = "data", .maintenance_ms = 30000, .features_cache_mb = 64, .run_file = run_file};
+        .data = "data", .maintenance_ms = 30000, .features_cache_mb = -1, .run_file = run_file};
     sl_server_options_default(&n.server_options);
     int rc = parse_serve(argc, argv, &n);
     if (rc)

@@ -99,9 +99,10 @@ static int read_batch(restore_t *r)
         rec.header_count = 0;
         if ((rc = sl_record_set_add(&r->batch, &rec)))
             return sl_error_set(rc, "restoring %s: out of memory", sl_store_name(r->store));
+        size_t n = (size_t)rec.key_len + (size_t)(rec.value_len > 0 ? rec.value_len : 0);
         r->progress.records++;
-        bytes += (size_t)rec.key_len + (size_t)(rec.value_len > 0 ? rec.value_len : 0);
-        r->progress.bytes += rec.key_len + (rec.value_len > 0 ? rec.value_len : 0);
+        r->progress.bytes += (int64_t)n;
+        bytes += n;
     }
     return rc < 0 ? rc : (int)(r->batch.count > 0);
 }

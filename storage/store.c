@@ -26,10 +26,9 @@
  * walks its pages in order, about 5 times faster than random puts. For a
  * window store each put tries to add its key first, so that only a window
  * not yet stored adds a time-index entry; those index changes are
- * collected and applied afterwards, sorted too (radix-sorted, through one
- * cursor). The scratch space for that
- * lives in the store: writes hold the node's write transaction, so they
- * never run concurrently.
+ * collected and applied afterwards, radix-sorted, through one cursor. The
+ * scratch space for that lives in the store: writes hold the node's write
+ * transaction, so they never run concurrently.
  */
 #include "storage/buf.h"
 #include "storage/keysort.h"
