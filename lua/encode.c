@@ -29,6 +29,7 @@
  * refused with a sentence naming what was wrong.
  */
 #include "lua/vm.h"
+#include "storage/dtoa.h"
 
 #include <lua5.4/lauxlib.h>
 
@@ -145,14 +146,8 @@ static void put_number(writer_t *w, int idx)
     }
     if (put_short_decimal(w, d))
         return;
-    char text[40];
-    int n = 0;
-    for (int precision = 15; precision <= 17; precision++) {
-        n = snprintf(text, sizeof text, "%.*g", precision, d);
-        if (strtod(text, NULL) == d)
-            break;
-    }
-    put(w, text, (size_t)n);
+    char text[SL_DOUBLE_TEXT_MAX];
+    put(w, text, (size_t)sl_double_text(d, text));
 }
 
 static void put_string(writer_t *w, const char *s, size_t n)

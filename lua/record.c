@@ -24,6 +24,7 @@
  * have changed a table since.
  */
 #include "lua/vm.h"
+#include "storage/dtoa.h"
 
 #include <lua5.4/lauxlib.h>
 
@@ -137,7 +138,7 @@ static const void *arena_copy(lua_State *L, sl_vm_t *vm, const void *data, int32
  * integral values print as integers. */
 static void push_number_text(lua_State *L, int idx)
 {
-    char text[40];
+    char text[SL_DOUBLE_TEXT_MAX];
     lua_Integer integer;
     double v = lua_tonumber(L, idx);
     if (lua_isinteger(L, idx))
@@ -147,9 +148,7 @@ static void push_number_text(lua_State *L, int idx)
     else if (!isfinite(v))
         sl_vm_raise(L, "%g is not a finite number", v);
     else
-        for (int digits = 15; digits <= 17; digits++)
-            if (snprintf(text, sizeof text, "%.*g", digits, v) > 0 && strtod(text, NULL) == v)
-                break;
+        sl_double_text(v, text);
     lua_pushstring(L, text);
 }
 

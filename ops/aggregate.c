@@ -16,6 +16,7 @@
 #include "ops/aggregate.h"
 #include "ops/hll.h"
 #include "storage/buf.h"
+#include "storage/dtoa.h"
 #include "storage/storage.h"
 
 #include <errno.h>
@@ -191,16 +192,10 @@ static int integer_json(int64_t i, sl_buf_t *out)
 
 int sl_number_json(sl_number_t number, sl_buf_t *out)
 {
-    char text[40];
-    int n = 0;
+    char text[SL_DOUBLE_TEXT_MAX];
     if (!number.is_double)
         return integer_json(number.i, out);
-    for (int digits = 15; digits <= 17; digits++) {
-        n = snprintf(text, sizeof text, "%.*g", digits, number.d);
-        if (strtod(text, NULL) == number.d)
-            break;
-    }
-    return sl_buf_append(out, text, (size_t)n);
+    return sl_buf_append(out, text, (size_t)sl_double_text(number.d, text));
 }
 
 /* ---- sets ------------------------------------------------------------ */
