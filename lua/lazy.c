@@ -29,6 +29,7 @@
  * them (they are shared by every pipeline on the VM).
  */
 #include "lua/vm.h"
+#include "storage/dtoa.h"
 
 #include <lua5.4/lauxlib.h>
 
@@ -180,15 +181,17 @@ static int read_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out)
             return 0;
         }
     }
-    char small[64];
-    char *copy = (size_t)len < sizeof small ? small : malloc((size_t)len + 1);
-    if (!copy)
-        return -ENOMEM;
-    memcpy(copy, s, (size_t)len);
-    copy[len] = '\0';
-    out->number = strtod(copy, NULL);
-    if (copy != small)
-        free(copy);
+    if (!sl_decimal_double(s, (size_t)len, &out->number)) {
+        char small[64];
+        char *copy = (size_t)len < sizeof small ? small : malloc((size_t)len + 1);
+        if (!copy)
+            return -ENOMEM;
+        memcpy(copy, s, (size_t)len);
+        copy[len] = '\0';
+        out->number = strtod(copy, NULL);
+        if (copy != small)
+            free(copy);
+    }
     lua_Integer integer;
     if (sl_json_integral(out->number, &integer)) {
         out->is_integer = 1;

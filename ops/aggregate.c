@@ -164,12 +164,17 @@ int sl_number_parse(const char *text, size_t n, sl_number_t *out)
         *out = sl_number_int(i);
         return 0;
     }
+    double d;
+    if (sl_decimal_double(text, n, &d)) {
+        *out = sl_number_double(d);
+        return 0;
+    }
     if (n >= sizeof copy)
         return sl_error_set(SL_EINVALID, "number \"%.32s...\" is over %zu characters", text,
                             sizeof copy - 1);
     memcpy(copy, text, n);
     copy[n] = '\0';
-    double d = strtod(copy, NULL);
+    d = strtod(copy, NULL);
     if (!isfinite(d))
         return sl_error_set(SL_EINVALID, "number %.64s is out of the range of a double", copy);
     *out = sl_number_double(d);

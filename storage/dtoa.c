@@ -22,6 +22,11 @@
  *
  * Anything else (zero, subnormals, the very small and the large) goes to
  * the printf loop.
+ *
+ * The other way, sl_decimal_double() is Clinger's fast path: digits that
+ * make an integer w <= 2^53 (exact in a double) and a decimal exponent e
+ * with |e| <= 22 (10^e exact too) give w * 10^e or w / 10^-e, one IEEE
+ * operation and so correctly rounded, the same double strtod() returns.
  */
 #include "storage/dtoa.h"
 
@@ -177,4 +182,45 @@ int sl_double_text(double d, char out[SL_DOUBLE_TEXT_MAX])
             return layout(d < 0, q, p, x, out);
     }
     return printf_text(d, out); /* not reached: 17 digits always read back */
+}
+
+int sl_decimal_double(const char *text, size_t len, double *out)
+{
+    static const double EXACT[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    const char *p = text, *end = text + len;
+    int negative = p < end && *p == '-', significant = 0, exponent = 0;
+    uint64_t w = 0;
+    p += negative;
+    for (; p < end && *p >= '0' && *p <= '9'; p++)
+        if (w || *p != '0') {
+            if (++significant > 19)
+                return 0;
+            w = w * 10 + (uint64_t)(*p - '0');
+        }
+    if (p < end && *p == '.')
+        for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
+            exponent--;
+            if (w || *p != '0') {
+                if (++significant > 19)
+                    return 0;
+                w = w * 10 + (uint64_t)(*p - '0');
+            }
+        }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        int minus = 0, e = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            minus = *p++ == '-';
+        for (; p < end && *p >= '0' && *p <= '9'; p++)
+            if ((e = e * 10 + (*p - '0')) > 1000)
+                return 0;
+        exponent += minus ? -e : e;
+    }
+    if (p != end || w > (1ull << 53) || exponent < -22 || exponent > 22)
+        return 0;
+    double d = exponent < 0 ? (double)w / EXACT[-exponent] : (double)w * EXACT[exponent];
+    *out = negative ? -d : d;
+    return 1;
 }

@@ -1,8 +1,11 @@
 /*
- * dtoa.h - a double as the shortest "%.*g" text that reads back as it.
+ * dtoa.h - doubles to text and back, without printf and strtod where exact
+ * integer arithmetic gives the same answer.
  */
 #ifndef SL_DTOA_H
 #define SL_DTOA_H
+
+#include <stddef.h>
 
 #define SL_DOUBLE_TEXT_MAX 32 /* bytes of sl_double_text()'s out, '\0' included */
 
@@ -15,5 +18,15 @@
  * largest), and by that loop for the rest.
  */
 int sl_double_text(double d, char out[SL_DOUBLE_TEXT_MAX]);
+
+/*
+ * Reads a JSON number's text (RFC 8259 syntax, already checked) as strtod()
+ * would, without it when the result is exact by construction: at most 19
+ * significant digits making an integer up to 2^53, scaled by a power of
+ * ten up to 10^22 (one correctly rounded multiplication or division of
+ * exact operands, as strtod's result is the correctly rounded value too).
+ * Returns 1 and *out then, 0 for texts the caller must give to strtod().
+ */
+int sl_decimal_double(const char *text, size_t len, double *out);
 
 #endif

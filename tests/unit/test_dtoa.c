@@ -1,7 +1,8 @@
 /*
  * test_dtoa.c - sl_double_text() gives exactly the text of the printf and
  * strtod loop it replaces, for the numbers results are made of and at the
- * edges of its integer arithmetic.
+ * edges of its integer arithmetic; sl_decimal_double() reads exactly what
+ * strtod() does whenever it answers, and leaves the rest to strtod().
  */
 #include "testutil.h"
 
@@ -132,12 +133,75 @@ static void test_edges(void **state)
     }
 }
 
+/* sl_decimal_double() of text: 1 and strtod's double (sign of zero
+ * included), or 0 where fast says it must not answer. */
+static void check_decimal(const char *text, int fast)
+{
+    double got = 0, want = strtod(text, NULL);
+    int rc = sl_decimal_double(text, strlen(text), &got);
+    if (rc != fast)
+        fail_msg("\"%s\": answered %d, expected %d", text, rc, fast);
+    if (rc && memcmp(&got, &want, sizeof got) != 0)
+        fail_msg("\"%s\": got %a, strtod %a", text, got, want);
+}
+
+static void test_decimals_read_as_strtod_reads_them(void **state)
+{
+    (void)state;
+    uint64_t s = 0xdecafbad;
+    char text[64];
+    for (int i = 0; i < 300000; i++) {
+        uint64_t w = next_random(&s) % ((1ull << 53) + 1);
+        int digits = snprintf(text, sizeof text, "%llu", (unsigned long long)w);
+        int point = (int)(next_random(&s) % (uint64_t)(digits + 1)), e = (int)(next_random(&s) % 9);
+        char out[80];
+        int n = 0;
+        if (next_random(&s) & 1)
+            out[n++] = '-';
+        if (point == 0) { /* 0.000ddd */
+            out[n++] = '0';
+            out[n++] = '.';
+            memset(out + n, '0', (size_t)e);
+            n += e;
+            n += sprintf(out + n, "%s", text);
+        } else {
+            memcpy(out + n, text, (size_t)point);
+            n += point;
+            if (point < digits)
+                n += sprintf(out + n, ".%s", text + point);
+        }
+        if (next_random(&s) % 3 == 0)
+            n += sprintf(out + n, "e%s%d", next_random(&s) & 1 ? "-" : "+",
+                         (int)(next_random(&s) % 12));
+        out[n] = '\0';
+        double exact;
+        int answered = sl_decimal_double(out, (size_t)n, &exact);
+        check_decimal(out, answered); /* whenever it answers, it agrees */
+    }
+    check_decimal("12.5", 1);
+    check_decimal("-0.0", 1);
+    check_decimal("0", 1);
+    check_decimal("9007199254740992", 1);
+    check_decimal("0.1", 1);
+    check_decimal("1e22", 1);
+    check_decimal("1e-22", 1);
+    check_decimal("123.456e-3", 1);
+    check_decimal("9007199254740993", 0);     /* over 2^53 */
+    check_decimal("1e23", 0);                 /* 10^23 is not exact */
+    check_decimal("1.5e-23", 0);              /* nor 10^-24 */
+    check_decimal("12345678901234567890", 0); /* 20 digits */
+    check_decimal("0.30000000000000004", 0);  /* 17 digits over 2^53 */
+    check_decimal("1e99999", 0);
+    check_decimal("12a", 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quotients_and_sums),
         cmocka_unit_test(test_random_doubles),
         cmocka_unit_test(test_edges),
+        cmocka_unit_test(test_decimals_read_as_strtod_reads_them),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
