@@ -233,6 +233,24 @@ static void put_key(writer_t *w, int idx)
     }
 }
 
+/* Writes the table at idx as an object; lua_next has pushed its first key
+ * and value. */
+static void put_object(writer_t *w, int idx, int depth)
+{
+    lua_State *L = w->L;
+    put_char(w, '{');
+    for (;;) {
+        put_key(w, lua_gettop(L) - 1);
+        put_char(w, ':');
+        put_value(w, lua_gettop(L), depth + 1);
+        lua_pop(L, 1);
+        if (!lua_next(L, idx))
+            break;
+        put_char(w, ',');
+    }
+    put_char(w, '}');
+}
+
 static void put_table(writer_t *w, int idx, int depth)
 {
     lua_State *L = w->L;
@@ -241,10 +259,19 @@ static void put_table(writer_t *w, int idx, int depth)
         sl_vm_raise(L, "the value is nested deeper than %d levels", MAX_DEPTH);
     luaL_checkstack(L, 4, "JSON nested too deep");
     sl_lazy_materialize(L, w->vm, idx);
-    max = array_extent(L, idx, &count);
-    if (count == 0) {
+    int top = lua_gettop(L);
+    lua_pushnil(L);
+    if (!lua_next(L, idx)) {
         put(w, "{}", 2);
-    } else if (max > 0) {
+        return;
+    }
+    if (lua_type(L, -2) == LUA_TSTRING) { /* not an array: no need to look at every key first */
+        put_object(w, idx, depth);
+        return;
+    }
+    lua_settop(L, top);
+    max = array_extent(L, idx, &count);
+    if (max > 0) {
         if (max > 2 * count && max > 10)
             sl_vm_raise(L,
                         "an excessively sparse array (largest index %lld, %lld items) cannot "
@@ -260,19 +287,9 @@ static void put_table(writer_t *w, int idx, int depth)
         }
         put_char(w, ']');
     } else {
-        int first = 1;
-        put_char(w, '{');
         lua_pushnil(L);
-        while (lua_next(L, idx)) {
-            if (!first)
-                put_char(w, ',');
-            first = 0;
-            put_key(w, lua_gettop(L) - 1);
-            put_char(w, ':');
-            put_value(w, lua_gettop(L), depth + 1);
-            lua_pop(L, 1);
-        }
-        put_char(w, '}');
+        lua_next(L, idx); /* there is a first key: the table is not empty */
+        put_object(w, idx, depth);
     }
 }
 

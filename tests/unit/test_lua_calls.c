@@ -516,6 +516,7 @@ static void test_values_are_written_as_json_exactly(void **state)
               "  ['str'] = {s = 'a\"b\\\\c\\n\\1/\\127'}, ['list'] = {1, 's', true},\n"
               "  ['holes'] = {1, nil, 3}, ['empty'] = {}, ['null'] = {s.null},\n"
               "  ['numkey'] = {[1.5] = 'x'}, ['nested'] = {a = {b = {false}}},\n"
+              "  ['mixed'] = {1, 2, x = 'y'},\n"
               "}\n"
               "s.stream('in'):map(function(r) return {v = cases[r.key]} end)"
               ":to('out')\n",
@@ -537,6 +538,7 @@ static void test_values_are_written_as_json_exactly(void **state)
         {"null", "{\"v\":[null]}"},
         {"numkey", "{\"v\":{\"1.5\":\"x\"}}"},
         {"nested", "{\"v\":{\"a\":{\"b\":[false]}}}"},
+        {"mixed", "{\"v\":{\"1\":1,\"2\":2,\"x\":\"y\"}}"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         sl_record_t out = get(state, map(state, op, load(state, cases[i][0], SUBJECT, 1)));
