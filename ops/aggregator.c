@@ -76,6 +76,12 @@ typedef struct agg {
      * record's windows start at or before its time). */
     int64_t stored_through; /* INT64_MIN: none */
     int64_t flushed_seen;   /* the largest event time at the last flush, committed next */
+    /* Every window the store holds that starts after cached_through is in
+     * the cache too: it got there through the cache, which has not been
+     * emptied since (sl_cache_clears() == clears_seen). At start and at
+     * each emptying, cached_through is what stored_through is then. */
+    int64_t cached_through;
+    uint64_t clears_seen;
 } agg_t;
 
 struct sl_exec_task {
@@ -219,6 +225,7 @@ static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *
     if (rc == 0 && a->windowed &&
         (rc = sl_store_newest_window(store, &a->stored_through)) == SL_ENOTFOUND)
         rc = 0;
+    a->cached_through = a->stored_through;
     if (rc == 0 && (rc = sl_cache_new(store, 0, &a->cache)) == 0)
         sl_cache_set_owner(a->cache, owns, t);
     if (rc == 0 && !(a->inputs = sl_calloc((size_t)op->agg_count, sizeof *a->inputs)))
@@ -454,9 +461,13 @@ static int update(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot, const sl_r
     const void *value;
     size_t value_len;
     int rc, found;
+    if (a->windowed && sl_cache_clears(a->cache) != a->clears_seen) {
+        a->clears_seen = sl_cache_clears(a->cache); /* emptied: some windows are only stored */
+        a->cached_through = a->stored_through;
+    }
     if (!a->windowed)
         found = sl_cache_get(a->cache, meta->key, (size_t)meta->key_len, &value, &value_len);
-    else if (start > a->stored_through) /* never stored: only in the cache, if anywhere */
+    else if (start > a->cached_through) /* not in the cache: not stored either */
         found = sl_cache_window_get_cached(a->cache, meta->key, (size_t)meta->key_len, start,
                                            &value, &value_len);
     else

@@ -75,6 +75,7 @@ struct sl_cache {
     int read_live;
     sl_owner_fn owner; /* which stored keys expiry may delete; NULL: all */
     void *owner_arg;
+    uint64_t clears; /* times emptied */
 };
 
 static uint64_t hash_bytes(const uint8_t *p, size_t n)
@@ -133,7 +134,13 @@ void sl_cache_clear(sl_cache_t *c)
     if (c->key_slots)
         memset(c->key_slots, 0, c->key_slot_count * sizeof *c->key_slots);
     c->changes_valid = 0;
+    c->clears++;
     end_read(c);
+}
+
+uint64_t sl_cache_clears(const sl_cache_t *c)
+{
+    return c->clears;
 }
 
 void sl_cache_free(sl_cache_t *c)

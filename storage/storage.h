@@ -1044,6 +1044,13 @@ void sl_cache_committed(sl_cache_t *c);
  * task that starts over from the committed state. */
 void sl_cache_clear(sl_cache_t *c);
 
+/* How many times the cache has been emptied (sl_cache_clear(), or by
+ * sl_cache_committed() once over half its budget). Until it is next
+ * emptied, everything the store gets from the cache's flushes stays in the
+ * cache, so a caller that knows what the store held before can tell a
+ * cache miss means "not stored" without asking LMDB. */
+uint64_t sl_cache_clears(const sl_cache_t *c);
+
 /*
  * Changelogs. Every change a commit writes to a store is also appended,
  * under the same commit, to partition p of the store's changelog topic

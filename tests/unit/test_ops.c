@@ -489,6 +489,44 @@ static void test_updated_windows_come_out_once_per_flush(void **state)
     release(&f);
 }
 
+/* A window committed to the store and then dropped from the task's cache
+ * (emptied after a commit, as when it outgrows its budget) is read back
+ * from the store: each record adds to it. (The aggregate asks only its
+ * cache for windows it knows were never stored without passing through
+ * it; emptying the cache must end that.) */
+static void test_a_window_dropped_from_the_cache_is_read_from_the_store(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "s.stream('in'):window(s.tumbling('10s'))\n"
+                          "  :aggregate{n = s.count()}:to('out')\n");
+    stateful_t st;
+    stateful_open(&f, &st);
+    collected_t c = {0};
+    sl_exec_output_t out = {collect, on_failure, &c};
+    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_cache_t *cache = sl_exec_task_cache(st.task, find_op(&f, SL_OP_AGGREGATE)->id);
+    for (int round = 0; round < 3; round++) {
+        sl_record_t rec = tu_record("a", "{}", 1000 + round);
+        MDB_txn *txn;
+        assert_int_equal(sl_exec_batch(f.exec, 0, &origin, &rec, 1, &out, NULL), 0);
+        sl_exec_reset(f.exec);
+        assert_int_equal(sl_exec_task_flush(f.exec, st.task, &out), 0);
+        sl_exec_reset(f.exec);
+        assert_int_equal(sl_state_begin(st.st, 1, &txn), 0);
+        assert_int_equal(sl_cache_flush(cache, txn), 0);
+        assert_int_equal(sl_state_commit(txn), 0);
+        sl_exec_task_committed(st.task);
+        sl_cache_clear(cache);
+    }
+    assert_int_equal(c.failures, 0);
+    assert_int_equal(c.count, 3);
+    assert_string_equal(c.value[2], "{\"key\":\"a\",\"window_start\":0,\"window_end\":10000,"
+                                    "\"values\":{\"n\":3}}");
+    stateful_close(&f, &st);
+    release(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -504,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_route_exit_fails_a_record_it_cannot_send),
         cmocka_unit_test(test_a_join_flushes_before_the_aggregate_it_feeds),
         cmocka_unit_test(test_updated_windows_come_out_once_per_flush),
+        cmocka_unit_test(test_a_window_dropped_from_the_cache_is_read_from_the_store),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
