@@ -76,6 +76,16 @@ struct sl_cache {
     sl_owner_fn owner; /* which stored keys expiry may delete; NULL: all */
     void *owner_arg;
     uint64_t clears; /* times emptied */
+    /* What the last lookup found for its key (found_len bytes of found_key;
+     * 0: none): the slot holding its entry or the empty one where it would
+     * go, while no entry has been added since (count == found_count) and
+     * the table kept its size (found_slots). So the put that follows a get
+     * of the same key (an aggregate's read-modify-write) does not search
+     * again, for a new key either. */
+    uint32_t found_len;
+    size_t found_slot, found_slots, found_count;
+    uint64_t found_hash;
+    uint8_t found_key[SL_STORE_KEY_MAX];
 };
 
 static uint64_t hash_bytes(const uint8_t *p, size_t n)
@@ -135,6 +145,7 @@ void sl_cache_clear(sl_cache_t *c)
         memset(c->key_slots, 0, c->key_slot_count * sizeof *c->key_slots);
     c->changes_valid = 0;
     c->clears++;
+    c->found_len = 0;
     end_read(c);
 }
 
@@ -296,8 +307,11 @@ static int add_entry(sl_cache_t *c, uint32_t *slot, const uint8_t *k, size_t len
 /* The entry of store key k, created (empty, clean, deleted) if missing. */
 static int entry_for(sl_cache_t *c, const uint8_t *k, size_t len, entry_t **out)
 {
-    uint64_t h = hash_bytes(k, len);
-    uint32_t *slot = c->slot_count ? find_slot(c, k, len, h) : NULL;
+    int known = c->found_len == len && c->found_count == c->count && !memcmp(c->found_key, k, len);
+    uint64_t h = known ? c->found_hash : hash_bytes(k, len);
+    uint32_t *slot = known           ? &c->slots[c->found_slot]
+                     : c->slot_count ? find_slot(c, k, len, h)
+                                     : NULL;
     if (slot && *slot) {
         *out = &c->entries[*slot - 1];
         return 0;
@@ -306,18 +320,26 @@ static int entry_for(sl_cache_t *c, const uint8_t *k, size_t len, entry_t **out)
     if (rc)
         return sl_error_set(rc, "store %s: the cache cannot grow: %s", sl_store_name(c->store),
                             sl_strerror(rc));
-    slot = find_slot(c, k, len, h);
+    if (!known || c->slot_count != c->found_slots) /* the table grew: its slots moved */
+        slot = find_slot(c, k, len, h);
     if ((rc = add_entry(c, slot, k, len, h, out)))
         return sl_error_set(rc, "store %s: out of memory in the cache", sl_store_name(c->store));
     (*out)->deleted = 1; /* nothing known yet: the caller sets it */
     return 0;
 }
 
-static entry_t *lookup(const sl_cache_t *c, const uint8_t *k, size_t len)
+static entry_t *lookup(sl_cache_t *c, const uint8_t *k, size_t len)
 {
     if (!c->slot_count)
         return NULL;
-    uint32_t *slot = find_slot(c, k, len, hash_bytes(k, len));
+    uint64_t h = hash_bytes(k, len);
+    uint32_t *slot = find_slot(c, k, len, h);
+    c->found_len = (uint32_t)len;
+    c->found_slot = (size_t)(slot - c->slots);
+    c->found_slots = c->slot_count;
+    c->found_count = c->count;
+    c->found_hash = h;
+    memcpy(c->found_key, k, len);
     return *slot ? &c->entries[*slot - 1] : NULL;
 }
 

@@ -182,6 +182,46 @@ static void test_reads_see_the_cache_then_lmdb_after_commit(void **state)
     close_fixture(&f);
 }
 
+/* Reads then writes of the same key, as aggregates do them: a put right
+ * after a get (found or not, while the table grows and after it is
+ * emptied) lands on that key, and the other keys keep their values. */
+static void test_a_put_after_a_get_of_the_same_key(void **state)
+{
+    (void)state;
+    fixture_t f;
+    const void *v;
+    size_t n;
+    char key[32], value[32];
+    open_fixture(&f, SL_STORE_KV, 0);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 5000; i++) {
+            snprintf(key, sizeof key, "k%d", i);
+            snprintf(value, sizeof value, "%d.%d", i, round);
+            assert_int_equal(sl_cache_get(f.cache, key, strlen(key), &v, &n), round > 0);
+            if (i % 7 == 0) /* another key read in between */
+                assert_int_equal(sl_cache_get(f.cache, "k0", 2, &v, &n), round > 0 || i > 0);
+            if (i % 5 == 0) /* another key added in between (the table grows now and then) */
+                assert_true(sl_cache_put(f.cache, value, strlen(value), "x", 1) >= 0);
+            assert_true(sl_cache_put(f.cache, key, strlen(key), value, strlen(value)) >= 0);
+        }
+        for (int i = 0; i < 5000; i++) { /* before the commit: from the cache alone */
+            snprintf(key, sizeof key, "k%d", i);
+            snprintf(value, sizeof value, "%d.%d", i, round);
+            assert_string_equal(cached(&f, key), value);
+        }
+        commit(&f);
+        if (round == 1)
+            sl_cache_clear(f.cache);
+        for (int i = 0; i < 5000; i++) {
+            snprintf(key, sizeof key, "k%d", i);
+            snprintf(value, sizeof value, "%d.%d", i, round);
+            assert_string_equal(cached(&f, key), value);
+            assert_string_equal(stored(&f, key), value);
+        }
+    }
+    close_fixture(&f);
+}
+
 static void test_keys_over_lmdb_limit_are_refused(void **state)
 {
     (void)state;
@@ -962,6 +1002,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_and_kinds),
         cmocka_unit_test(test_reads_see_the_cache_then_lmdb_after_commit),
+        cmocka_unit_test(test_a_put_after_a_get_of_the_same_key),
         cmocka_unit_test(test_keys_over_lmdb_limit_are_refused),
         cmocka_unit_test(test_changes_are_sorted_in_lmdb_key_order),
         cmocka_unit_test(test_key_sort_matches_lmdb_order),
