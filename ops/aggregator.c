@@ -44,7 +44,8 @@
 #define EXPIRE_BATCH 10000 /* windows expired per flush, at most */
 
 typedef struct changed {
-    size_t at, len; /* the store key (with a window: key || W) in keys */
+    size_t at, len;     /* the store key (with a window: key || W) in keys */
+    sl_cache_ref_t ref; /* its cache entry, read again at the flush */
 } changed_t;
 
 typedef struct agg {
@@ -414,8 +415,8 @@ static int member_input(sl_vm_t *vm, const sl_op_t *op, const sl_agg_spec_t *m, 
     return 0;
 }
 
-/* Notes that (key, start) changed, by its store key: sorted at the flush,
- * those are the windows in LMDB's order. */
+/* Notes that (key, start) changed, just put in the cache, by its store key:
+ * sorted at the flush, those are the windows in LMDB's order. */
 static int remember_changed(agg_t *a, const uint8_t *key, size_t len, int64_t start)
 {
     uint8_t k[SL_STORE_KEY_MAX];
@@ -428,7 +429,7 @@ static int remember_changed(agg_t *a, const uint8_t *key, size_t len, int64_t st
     if (sl_array_reserve((void **)&a->changed, &a->changed_cap, a->changed_count + 1,
                          sizeof *a->changed))
         return -ENOMEM;
-    a->changed[a->changed_count++] = (changed_t){a->keys.len, len};
+    a->changed[a->changed_count++] = (changed_t){a->keys.len, len, sl_cache_last_put(a->cache)};
     return sl_buf_append(&a->keys, key, len);
 }
 
@@ -628,11 +629,13 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
 /* The result of (key, start) from its stored state, through the op's
  * downstream ops. A window expired meanwhile owes nothing. */
 static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_len, int64_t start,
-                       const sl_exec_output_t *out)
+                       sl_cache_ref_t ref, const sl_exec_output_t *out)
 {
     const void *value;
     size_t value_len;
-    int found = a->windowed ? sl_cache_window_get(a->cache, key, key_len, start, &value, &value_len)
+    int found = sl_cache_read(a->cache, ref, &value, &value_len); /* no search, if it can */
+    if (found < 0)
+        found = a->windowed ? sl_cache_window_get(a->cache, key, key_len, start, &value, &value_len)
                             : sl_cache_get(a->cache, key, key_len, &value, &value_len);
     if (found <= 0)
         return found;
@@ -696,7 +699,7 @@ static int flush_updates(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
         if (a->windowed)
             rc = sl_store_window_split(it->key, it->len, &key_len, &start);
         if (rc == 0)
-            rc = emit_result(x, a, it->key, key_len, start, out);
+            rc = emit_result(x, a, it->key, key_len, start, a->changed[it->index].ref, out);
     }
     a->changed_count = 0;
     a->keys.len = 0;
@@ -708,7 +711,7 @@ static int flush_closed(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
     sl_window_closed_t closed;
     int rc = 0;
     while (rc == 0 && sl_window_closer_pop(a->closer, sl_watermark_get(&a->wm), &closed))
-        rc = emit_result(x, a, closed.key, closed.key_len, closed.start, out);
+        rc = emit_result(x, a, closed.key, closed.key_len, closed.start, (sl_cache_ref_t){0}, out);
     return rc;
 }
 

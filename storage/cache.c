@@ -75,7 +75,8 @@ struct sl_cache {
     int read_live;
     sl_owner_fn owner; /* which stored keys expiry may delete; NULL: all */
     void *owner_arg;
-    uint64_t clears; /* times emptied */
+    uint64_t clears;   /* times emptied */
+    uint32_t last_put; /* index + 1 of the entry the last put wrote; 0: none */
     /* What the last lookup found for its key (found_len bytes of found_key;
      * 0: none): the slot holding its entry or the empty one where it would
      * go, while no entry has been added since (count == found_count) and
@@ -146,12 +147,18 @@ void sl_cache_clear(sl_cache_t *c)
     c->changes_valid = 0;
     c->clears++;
     c->found_len = 0;
+    c->last_put = 0;
     end_read(c);
 }
 
 uint64_t sl_cache_clears(const sl_cache_t *c)
 {
     return c->clears;
+}
+
+sl_cache_ref_t sl_cache_last_put(const sl_cache_t *c)
+{
+    return (sl_cache_ref_t){c->last_put, c->clears};
 }
 
 void sl_cache_free(sl_cache_t *c)
@@ -378,6 +385,7 @@ static int put_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void
     if (c->window && window_of(c, e) < c->min_start)
         c->min_start = window_of(c, e);
     mark_dirty(c, e);
+    c->last_put = (uint32_t)(e - c->entries) + 1;
     return sl_cache_is_full(c);
 }
 
@@ -462,6 +470,13 @@ static int cached_value(const sl_cache_t *c, const entry_t *e, const void **valu
     *value = c->arena.data + e->value_at;
     *value_len = e->value_len;
     return !e->deleted;
+}
+
+int sl_cache_read(const sl_cache_t *c, sl_cache_ref_t ref, const void **value, size_t *value_len)
+{
+    if (!ref.entry || ref.clears != c->clears || ref.entry > c->count)
+        return -1;
+    return cached_value(c, &c->entries[ref.entry - 1], value, value_len);
 }
 
 static int get_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void **value,

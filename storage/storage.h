@@ -980,6 +980,19 @@ int sl_cache_window_delete(sl_cache_t *c, const void *key, size_t key_len, int64
 int sl_cache_window_get(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
                         const void **value, size_t *value_len);
 
+/* The entry the last put wrote, to read again later without a search
+ * (sl_cache_read()): valid until the cache is next emptied. */
+typedef struct sl_cache_ref {
+    uint32_t entry; /* index + 1; 0: none */
+    uint64_t clears;
+} sl_cache_ref_t;
+
+sl_cache_ref_t sl_cache_last_put(const sl_cache_t *c);
+
+/* The value of the entry ref names: 1 with *value and *value_len, 0 if it
+ * has been deleted since, -1 if the cache was emptied since (ask by key). */
+int sl_cache_read(const sl_cache_t *c, sl_cache_ref_t ref, const void **value, size_t *value_len);
+
 /* As sl_cache_window_get() without looking in LMDB: for a window the caller
  * knows was never committed (e.g. one starting after every event time a
  * commit has seen). 1 with the value, 0 if the cache has none. */

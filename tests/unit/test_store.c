@@ -222,6 +222,40 @@ static void test_a_put_after_a_get_of_the_same_key(void **state)
     close_fixture(&f);
 }
 
+/* A reference to the entry a put wrote reads its value as it is now,
+ * moved or deleted since, until the cache is emptied. */
+static void test_a_reference_reads_the_entry_a_put_wrote(void **state)
+{
+    (void)state;
+    fixture_t f;
+    const void *v;
+    size_t n;
+    open_fixture(&f, SL_STORE_KV, 0);
+    put(&f, "alice", "1");
+    sl_cache_ref_t alice = sl_cache_last_put(f.cache);
+    put(&f, "bob", "2");
+    sl_cache_ref_t bob = sl_cache_last_put(f.cache);
+    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), 1);
+    assert_int_equal(n, 1);
+    assert_memory_equal(v, "1", 1);
+    put(&f, "alice", "a value too long to stay where it was");
+    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), 1);
+    assert_int_equal(n, strlen("a value too long to stay where it was"));
+    assert_memory_equal(v, "a value too long to stay where it was", n);
+    assert_int_equal(sl_cache_read(f.cache, bob, &v, &n), 1);
+    assert_memory_equal(v, "2", 1);
+    assert_int_equal(sl_cache_delete(f.cache, "bob", 3), 0);
+    assert_int_equal(sl_cache_read(f.cache, bob, &v, &n), 0);
+    commit(&f); /* committing keeps the entries */
+    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), 1);
+    sl_cache_clear(f.cache);
+    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), -1);
+    put(&f, "carol", "3"); /* entry 1 again, for another key: the old reference stays stale */
+    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), -1);
+    assert_int_equal(sl_cache_read(f.cache, (sl_cache_ref_t){0}, &v, &n), -1);
+    close_fixture(&f);
+}
+
 static void test_keys_over_lmdb_limit_are_refused(void **state)
 {
     (void)state;
@@ -1003,6 +1037,7 @@ int main(void)
         cmocka_unit_test(test_names_and_kinds),
         cmocka_unit_test(test_reads_see_the_cache_then_lmdb_after_commit),
         cmocka_unit_test(test_a_put_after_a_get_of_the_same_key),
+        cmocka_unit_test(test_a_reference_reads_the_entry_a_put_wrote),
         cmocka_unit_test(test_keys_over_lmdb_limit_are_refused),
         cmocka_unit_test(test_changes_are_sorted_in_lmdb_key_order),
         cmocka_unit_test(test_key_sort_matches_lmdb_order),
