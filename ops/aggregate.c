@@ -644,31 +644,72 @@ static uint64_t number_bits(sl_number_t n)
     return bits;
 }
 
+static size_t uvarint_size(uint64_t v)
+{
+    size_t n = 1;
+    for (; v >= 0x80; v >>= 7)
+        n++;
+    return n;
+}
+
+static uint8_t *put_uvarint(uint8_t *p, uint64_t v)
+{
+    for (; v >= 0x80; v >>= 7)
+        *p++ = (uint8_t)(v | 0x80);
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static uint64_t zigzag(int64_t v)
+{
+    return (uint64_t)v << 1 ^ (uint64_t)(v >> 63);
+}
+
+static int64_t unzigzag(uint64_t u)
+{
+    return (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+}
+
 /* A number with tag 0 integer / 1 double; an optional one with 0 empty /
- * 1 integer / 2 double. */
+ * 1 integer / 2 double; then a zigzag varint or the double's 8 bytes
+ * (nothing when empty). */
 static uint8_t *put_number(uint8_t *p, sl_number_t n, bool optional, bool present)
 {
-    *p = !present ? 0 : (uint8_t)(n.is_double + optional);
-    put_le64(p + 1, present ? number_bits(n) : 0);
-    return p + NUMBER_BYTES;
+    *p++ = !present ? 0 : (uint8_t)(n.is_double + optional);
+    if (!present)
+        return p;
+    if (!n.is_double)
+        return put_uvarint(p, zigzag(n.i));
+    put_le64(p, number_bits(n));
+    return p + 8;
+}
+
+static size_t number_size(sl_number_t n, bool present)
+{
+    return 1 + (!present ? 0 : n.is_double ? 8 : uvarint_size(zigzag(n.i)));
 }
 
 static size_t payload_size(const slot_t *slot, sl_agg_kind_t kind)
 {
+    const member_t *m = &slot->m;
     switch (kind) {
     case SL_AGG_COUNT:
-        return 8;
+        return uvarint_size(m->count);
     case SL_AGG_SUM:
+        return number_size(m->value, true);
     case SL_AGG_MIN:
     case SL_AGG_MAX:
-        return NUMBER_BYTES;
+        return number_size(m->value, m->count > 0);
     case SL_AGG_AVG:
+        return uvarint_size(m->count) + number_size(m->value, true);
     case SL_AGG_LAST:
-        return 8 + NUMBER_BYTES;
+        return number_size(m->value, m->count > 0) +
+               (m->count > 0 ? uvarint_size(zigzag(m->time)) : 0);
     case SL_AGG_DISTINCT:
-        return 4 + sl_hll_encoded_size(&slot->sketch);
+        return uvarint_size(sl_hll_encoded_size(&slot->sketch)) +
+               sl_hll_encoded_size(&slot->sketch);
     case SL_AGG_REDUCE:
-        return 4 + slot->reduced.len;
+        return uvarint_size(slot->reduced.len) + slot->reduced.len;
     }
     return 0;
 }
@@ -687,29 +728,26 @@ static uint8_t *encode_member(const slot_t *slot, sl_agg_kind_t kind, uint8_t *p
     *p++ = (uint8_t)kind;
     switch (kind) {
     case SL_AGG_COUNT:
-        put_le64(p, m->count);
-        return p + 8;
+        return put_uvarint(p, m->count);
     case SL_AGG_SUM:
         return put_number(p, m->value, false, true);
     case SL_AGG_MIN:
     case SL_AGG_MAX:
         return put_number(p, m->value, true, m->count > 0);
     case SL_AGG_AVG:
-        put_le64(p, m->count);
-        return put_number(p + 8, m->value, false, true);
+        return put_number(put_uvarint(p, m->count), m->value, false, true);
     case SL_AGG_LAST:
         p = put_number(p, m->value, true, m->count > 0);
-        put_le64(p, m->count ? (uint64_t)m->time : 0);
-        return p + 8;
+        return m->count ? put_uvarint(p, zigzag(m->time)) : p;
     case SL_AGG_DISTINCT:
-        put_le32(p, (uint32_t)sl_hll_encoded_size(&slot->sketch));
-        sl_hll_encode(&slot->sketch, p + 4);
-        return p + 4 + sl_hll_encoded_size(&slot->sketch);
+        p = put_uvarint(p, sl_hll_encoded_size(&slot->sketch));
+        sl_hll_encode(&slot->sketch, p);
+        return p + sl_hll_encoded_size(&slot->sketch);
     case SL_AGG_REDUCE:
-        put_le32(p, (uint32_t)slot->reduced.len);
+        p = put_uvarint(p, slot->reduced.len);
         if (slot->reduced.len)
-            memcpy(p + 4, slot->reduced.data, slot->reduced.len);
-        return p + 4 + slot->reduced.len;
+            memcpy(p, slot->reduced.data, slot->reduced.len);
+        return p + slot->reduced.len;
     }
     return p;
 }
@@ -730,6 +768,7 @@ typedef struct reader {
     const uint8_t *end;
     const sl_aggset_t *set;
     int member;
+    int version; /* 1: fixed-width fields; 2: varints (as encoded now) */
 } reader_t;
 
 static int corrupt(const reader_t *r, const char *what)
@@ -750,9 +789,59 @@ static const uint8_t *take(reader_t *r, size_t n)
     return p;
 }
 
+/* An unsigned LEB128 varint in its shortest form, at most 64 bits. */
+static int read_uvarint(reader_t *r, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        const uint8_t *p = take(r, 1);
+        if (!p)
+            return SL_ECORRUPT;
+        if (shift == 63 && *p > 1)
+            return corrupt(r, "a varint over 64 bits");
+        v |= (uint64_t)(*p & 0x7f) << shift;
+        if (!(*p & 0x80)) {
+            if (*p == 0 && shift > 0)
+                return corrupt(r, "a varint not in its shortest form");
+            *out = v;
+            return 0;
+        }
+    }
+    return SL_ECORRUPT; /* not reached: the tenth byte ends it or is refused */
+}
+
+/* Version 2: tag, then a zigzag varint or 8 bytes of double (nothing when
+ * empty). */
+static int read_number_v2(reader_t *r, bool optional, sl_number_t *n, bool *present)
+{
+    const uint8_t *p = take(r, 1);
+    uint64_t u;
+    if (!p)
+        return SL_ECORRUPT;
+    int tag = p[0] - optional;
+    *present = !(optional && p[0] == 0);
+    if (!*present)
+        return 0;
+    if (tag != 0 && tag != 1)
+        return corrupt(r, "bad number tag");
+    if (tag == 0) {
+        int rc = read_uvarint(r, &u);
+        *n = sl_number_int(unzigzag(u));
+        return rc;
+    }
+    if (!(p = take(r, 8)))
+        return SL_ECORRUPT;
+    u = get_le64(p);
+    *n = sl_number_double(0);
+    memcpy(&n->d, &u, 8);
+    return isfinite(n->d) ? 0 : corrupt(r, "a double is not finite");
+}
+
 /* Reads a number (optional: may be empty); *present says which. */
 static int read_number(reader_t *r, bool optional, sl_number_t *n, bool *present)
 {
+    if (r->version >= 2)
+        return read_number_v2(r, optional, n, present);
     const uint8_t *p = take(r, NUMBER_BYTES);
     if (!p)
         return SL_ECORRUPT;
@@ -774,10 +863,16 @@ static int read_number(reader_t *r, bool optional, sl_number_t *n, bool *present
 
 static int read_count(reader_t *r, uint64_t *count)
 {
-    const uint8_t *p = take(r, 8);
-    if (!p)
-        return SL_ECORRUPT;
-    *count = get_le64(p);
+    if (r->version >= 2) {
+        int rc = read_uvarint(r, count);
+        if (rc)
+            return rc;
+    } else {
+        const uint8_t *p = take(r, 8);
+        if (!p)
+            return SL_ECORRUPT;
+        *count = get_le64(p);
+    }
     return *count > COUNT_LIMIT ? corrupt(r, "count over 2^63 - 1") : 0;
 }
 
@@ -798,21 +893,35 @@ static int read_last(reader_t *r, member_t *m)
     int rc = read_number(r, true, &m->value, &present);
     if (rc)
         return rc;
+    m->count = present;
+    if (r->version >= 2) { /* the time only when there is a value */
+        uint64_t u = 0;
+        rc = present ? read_uvarint(r, &u) : 0;
+        m->time = unzigzag(u);
+        return rc;
+    }
     const uint8_t *p = take(r, 8);
     if (!p)
         return SL_ECORRUPT;
-    m->count = present;
     m->time = (int64_t)get_le64(p);
     return present || m->time == 0 ? 0 : corrupt(r, "an empty last has a time");
 }
 
-/* Reads a uint32 length and that many bytes. */
+/* Reads a length (version 1: uint32; 2: varint) and that many bytes. */
 static int read_blob(reader_t *r, size_t max, const uint8_t **data, size_t *len)
 {
-    const uint8_t *p = take(r, 4);
-    if (!p)
-        return SL_ECORRUPT;
-    *len = get_le32(p);
+    if (r->version >= 2) {
+        uint64_t n;
+        int rc = read_uvarint(r, &n);
+        if (rc)
+            return rc;
+        *len = n > max ? max + 1 : (size_t)n;
+    } else {
+        const uint8_t *p = take(r, 4);
+        if (!p)
+            return SL_ECORRUPT;
+        *len = get_le32(p);
+    }
     if (*len > max)
         return corrupt(r, "length over the limit");
     *data = take(r, *len);
@@ -856,8 +965,9 @@ static int read_header(reader_t *r)
     const sl_aggset_t *set = r->set;
     if (r->end - r->p < HEADER_BYTES)
         return sl_error_set(SL_ECORRUPT, "aggregate state: truncated header");
-    if (r->p[0] != SL_AGGSTATE_VERSION)
+    if (r->p[0] != SL_AGGSTATE_VERSION && r->p[0] != 1) /* 1: read, written as 2 next time */
         return sl_error_set(SL_ECORRUPT, "aggregate state: unknown version %u", r->p[0]);
+    r->version = r->p[0];
     if (r->p[1] != set->count)
         return sl_error_set(SL_ECORRUPT, "aggregate state: %u members, the set has %d", r->p[1],
                             set->count);
@@ -909,7 +1019,7 @@ int sl_aggstate_decode(sl_aggstate_t *state, const uint8_t *data, size_t n)
 {
     decoded_t d;
     int count = state->set->count;
-    reader_t r = {data, data + n, state->set, 0};
+    reader_t r = {data, data + n, state->set, 0, 0};
     for (int i = 0; i < count; i++)
         sl_hll_init(&d.sketches[i]);
     int rc = read_header(&r);

@@ -37,35 +37,45 @@
  * distinct hashes a value with its type: the string "3" and the number 3
  * are different values; the numbers 3 and 3.0 are the same.
  *
- * State encoding (platform independent, integers little-endian, doubles
- * IEEE-754 binary64 little-endian):
+ * State encoding (platform independent; varints are unsigned LEB128, 7
+ * bits a byte, low groups first, in their shortest form, at most 64 bits;
+ * signed values zigzag-encoded first; doubles IEEE-754 binary64
+ * little-endian):
  *
  *   offset  size  field
- *   0       1     format version, 1
+ *   0       1     format version, 2 (1 is read too, see below)
  *   1       1     member count n, 1..SL_AGGSET_MAX
- *   2       4     fingerprint of the set: low 32 bits of xxHash64 over
- *                 every member's kind, name and source; a state written for
- *                 another definition is refused
+ *   2       4     fingerprint of the set (little-endian): low 32 bits of
+ *                 xxHash64 over every member's kind, name and source; a
+ *                 state written for another definition is refused
  *   6       ...   n member states in set order, each a kind byte (the
  *                 SL_AGG_* value) and then:
  *
- *   kind      bytes  payload
- *   count     8      uint64 records
- *   sum       9      number: tag (0 integer, 1 double), 8 bytes value
- *   min, max  9      optional number: tag (0 empty, 1 integer, 2 double),
- *                    8 bytes value (all zero when empty)
- *   avg       17     uint64 values, then the sum as a number (9); with 0
- *                    values the sum is integer 0
- *   last      17     optional number (9), then int64 event time (0 when
- *                    empty)
- *   distinct  4+k    uint32 k, then a k-byte HyperLogLog (hll.h)
- *   reduce    4+k    uint32 k, then k bytes of JSON text; k = 0: unset
+ *   kind      payload
+ *   count     varint records
+ *   sum       number: tag (0 integer, 1 double), then a zigzag varint or
+ *             the double's 8 bytes
+ *   min, max  optional number: tag (0 empty, 1 integer, 2 double), then as
+ *             above; nothing more when empty
+ *   avg       varint values, then the sum as a number; with 0 values the
+ *             sum is integer 0
+ *   last      optional number, then (when not empty) the event time as a
+ *             zigzag varint
+ *   distinct  varint k, then a k-byte HyperLogLog (hll.h)
+ *   reduce    varint k, then k bytes of JSON text; k = 0: unset
+ *
+ * Version 1 (states written before 2026-11-27) has the same header and
+ * fixed-width fields: counts, times and lengths as 8/8/4 little-endian
+ * bytes, every number as a tag and 8 bytes (all zero when empty, and an
+ * empty last's time 0): count+sum+avg of integers took 43 bytes, 17 in
+ * version 2, so more windows share an LMDB page and a commit dirties
+ * fewer. Version 1 is decoded; whatever is encoded is version 2.
  *
  * The decoder checks every byte against this layout and the set (version,
- * count, fingerprint, kinds, tags, finiteness, zero padding, lengths, no
- * trailing bytes) and returns SL_ECORRUPT with a detail, never reading out
- * of bounds. A state's encoding depends only on its contents: equal states
- * encode to equal bytes (restores can be compared byte for byte).
+ * count, fingerprint, kinds, tags, finiteness, shortest varints, zero
+ * padding in version 1, lengths, no trailing bytes) and returns SL_ECORRUPT
+ * with a detail, never reading out of bounds. A state's encoding depends only on its contents:
+ * equal states encode to equal bytes (restores can be compared byte for byte).
  *
  * Errors: SL_EINVALID (a bad definition or a bad input value, with a
  * sentence naming the member), SL_ECORRUPT (bad bytes), -ENOMEM. Functions
@@ -85,7 +95,7 @@
 #define SL_AGG_NAME_MAX     255     /* bytes in a member's name */
 #define SL_AGG_SOURCE_MAX   255     /* bytes in a member's source */
 #define SL_AGG_REDUCE_MAX   1048576 /* bytes in a reducer's JSON value */
-#define SL_AGGSTATE_VERSION 1
+#define SL_AGGSTATE_VERSION 2
 
 typedef enum sl_agg_kind {
     SL_AGG_COUNT = 1,

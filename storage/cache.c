@@ -6,7 +6,7 @@
  * key || W for a window store, as in store.c). Key and value bytes live in
  * one arena addressed by offsets, so that growing it never invalidates an
  * entry; a value rewritten with the same size or smaller is overwritten in
- * place (aggregates keep a fixed-size value), a larger one moves to the end
+ * place (an aggregate's state seldom grows), a larger one moves to the end
  * of the arena. Entries are never removed one by one: a delete is an entry
  * marked deleted, and eviction empties the whole cache. So the table needs
  * no tombstones, and entry indexes are stable until the cache is emptied.

@@ -297,24 +297,37 @@ class StatelessCrashTest(CrashTestCase):
         self.node.stop()
 
 
+def read_varint(state, at):
+    """An unsigned LEB128 varint at `at`: (value, the offset after it)."""
+    value, shift = 0, 0
+    while True:
+        byte = state[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+
+
 def decode_count_sum(state):
     """{"n":, "total":} from an aggregate state holding a count and an
-    integer sum, in the encoding of ops/aggregate.h: version 1, member
-    count, 4-byte fingerprint, then per member a kind byte (1 count: uint64;
-    2 sum: tag 0 and int64), little-endian."""
-    if state[0] != 1 or len(state) != 6 + 9 * 2 + 1 or state[1] != 2:
+    integer sum, in the encoding of ops/aggregate.h: version 2, member
+    count, 4-byte fingerprint, then per member a kind byte (1 count: a
+    varint; 2 sum: tag 0 and a zigzag varint)."""
+    if state[0] != 2 or state[1] != 2:
         raise AssertionError("not a count + sum state: %r" % state)
     out, at = {}, 6
     for _ in range(2):
         kind = state[at]
         if kind == 1:
-            out["n"] = struct.unpack_from("<Q", state, at + 1)[0]
-            at += 9
+            out["n"], at = read_varint(state, at + 1)
         elif kind == 2 and state[at + 1] == 0:
-            out["total"] = struct.unpack_from("<q", state, at + 2)[0]
-            at += 10
+            zigzag, at = read_varint(state, at + 2)
+            out["total"] = (zigzag >> 1) ^ -(zigzag & 1)
         else:
             raise AssertionError("unexpected member kind %d in %r" % (kind, state))
+    if at != len(state):
+        raise AssertionError("trailing bytes in %r" % state)
     return out
 
 

@@ -661,28 +661,46 @@ static void test_encoding_round_trips(void **state)
     sl_aggset_free(set);
 }
 
-static void test_count_sum_avg_state_is_43_bytes(void **state)
+/* The layout of version 2 (varints), and a state written by version 1
+ * (fixed-width fields, 43 bytes) read back the same and rewritten as 2. */
+static void test_count_sum_avg_state_layout_and_version_1(void **state)
 {
     (void)state;
     sl_aggset_t *set = make_set((const char *[]){"n", "s", "a"},
                                 (sl_agg_kind_t[]){SL_AGG_COUNT, SL_AGG_SUM, SL_AGG_AVG}, 3);
-    sl_aggstate_t *st = new_state(set);
+    sl_aggstate_t *st = new_state(set), *back = new_state(set);
     sl_agg_input_t in[3] = {none, int_input(258), int_input(258)};
     assert_int_equal(sl_aggstate_add(st, in, 0), 0);
     size_t n;
     uint8_t *bytes = encode(st, &n);
-    assert_int_equal(n, 43);
+    assert_int_equal(n, 17);
     /* layout: version, count, fingerprint, then kind + payload each */
-    assert_int_equal(bytes[0], 1);
+    assert_int_equal(bytes[0], 2);
     assert_int_equal(bytes[1], 3);
+    const uint8_t members[] = {SL_AGG_COUNT, 1,                    /* 1 record */
+                               SL_AGG_SUM,   0, 0x84, 0x04,        /* integer, zigzag 258 */
+                               SL_AGG_AVG,   1, 0,    0x84, 0x04}; /* 1 value, sum 258 */
+    assert_memory_equal(bytes + 6, members, sizeof members);
+    uint8_t v1[43] = {1, 3};
+    memcpy(v1 + 2, bytes + 2, 4); /* the fingerprint */
     const uint8_t count[] = {SL_AGG_COUNT, 1, 0, 0, 0, 0, 0, 0, 0};
-    assert_memory_equal(bytes + 6, count, 9);
     const uint8_t sum[] = {SL_AGG_SUM, 0, 2, 1, 0, 0, 0, 0, 0, 0};
-    assert_memory_equal(bytes + 15, sum, 10);
     const uint8_t avg[] = {SL_AGG_AVG, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0};
-    assert_memory_equal(bytes + 25, avg, 18);
+    memcpy(v1 + 6, count, 9);
+    memcpy(v1 + 15, sum, 10);
+    memcpy(v1 + 25, avg, 18);
+    assert_int_equal(sl_aggstate_decode(back, v1, sizeof v1), 0);
+    char *want = strdup(json_of(st));
+    assert_string_equal(json_of(back), want);
+    size_t m;
+    uint8_t *again = encode(back, &m);
+    assert_int_equal(m, n);
+    assert_memory_equal(again, bytes, n);
+    free(want);
+    free(again);
     free(bytes);
     sl_aggstate_free(st);
+    sl_aggstate_free(back);
     sl_aggset_free(set);
 }
 
@@ -702,17 +720,35 @@ static void assert_corrupt(const sl_aggset_t *set, const uint8_t *bytes, size_t 
     sl_aggstate_free(st);
 }
 
-/* Offsets of the member payloads in the encoding of the full set (after
- * each member's kind byte). */
+/* Offsets of the member payloads in the encoding of the full set's empty
+ * state (after each member's kind byte): count 0 (one varint byte), sum
+ * integer 0 (tag, varint), min and max empty (tag), avg (count, tag,
+ * varint), last empty (tag), distinct (length 4, the empty sketch). */
 enum {
     AT_COUNT = 7,
-    AT_SUM = 16,
-    AT_MIN = 26,
-    AT_MAX = 36,
-    AT_AVG = 46,
-    AT_LAST = 64,
-    AT_DISTINCT = 82
+    AT_SUM = 9,
+    AT_MIN = 12,
+    AT_MAX = 14,
+    AT_AVG = 16,
+    AT_LAST = 20,
+    AT_DISTINCT = 22
 };
+
+/* bytes = the 6-byte header of a one-member state of set, then kind and
+ * payload (n bytes); returns the length. */
+static size_t one_member(const sl_aggset_t *set, sl_agg_kind_t kind, const uint8_t *payload,
+                         size_t n, uint8_t *bytes)
+{
+    sl_aggstate_t *st = new_state(set);
+    size_t len;
+    uint8_t *good = encode(st, &len);
+    memcpy(bytes, good, 6);
+    bytes[6] = (uint8_t)kind;
+    memcpy(bytes + 7, payload, n);
+    free(good);
+    sl_aggstate_free(st);
+    return 7 + n;
+}
 
 static void test_damaged_encodings_are_rejected(void **state)
 {
@@ -721,7 +757,7 @@ static void test_damaged_encodings_are_rejected(void **state)
     sl_aggstate_t *empty = new_state(set);
     size_t n;
     uint8_t *good = encode(empty, &n);
-    assert_int_equal(n, AT_DISTINCT + 4 + 4);
+    assert_int_equal(n, AT_DISTINCT + 1 + 4);
     uint8_t bad[256];
     for (size_t cut = 0; cut < n; cut++)
         assert_corrupt(set, good, cut, NULL);
@@ -731,24 +767,16 @@ static void test_damaged_encodings_are_rejected(void **state)
         bad[offset] = (uint8_t)(value);                                                            \
         assert_corrupt(set, bad, n, why);                                                          \
     } while (0)
-    DAMAGE(0, 2, "unknown version 2");
+    DAMAGE(0, 3, "unknown version 3");
+    DAMAGE(0, 0, "unknown version 0");
     DAMAGE(1, 6, "6 members, the set has 7");
     DAMAGE(2, good[2] ^ 1, "another aggregate definition");
     DAMAGE(AT_COUNT - 1, SL_AGG_SUM, "kind differs");
-    DAMAGE(AT_COUNT + 7, 0x80, "count over");
     DAMAGE(AT_SUM, 2, "bad number tag");
-    DAMAGE(AT_MIN + 3, 1, "empty value has non-zero bytes");
     DAMAGE(AT_MAX, 3, "bad number tag");
-    DAMAGE(AT_AVG + 9, 1, "average of nothing");
-    DAMAGE(AT_LAST + 9, 1, "empty last has a time");
+    DAMAGE(AT_AVG + 2, 2, "average of nothing"); /* the sum's varint: 1 */
     DAMAGE(AT_DISTINCT, 5, "truncated");
-    DAMAGE(AT_DISTINCT + 4, 13, "precision");
-    DAMAGE(AT_DISTINCT + 2, 1, "length over the limit");
-    /* a NaN double in the sum */
-    memcpy(bad, good, n);
-    bad[AT_SUM] = 1;
-    memset(bad + AT_SUM + 1, 0xff, 8);
-    assert_corrupt(set, bad, n, "not finite");
+    DAMAGE(AT_DISTINCT + 1, 13, "precision");
     /* trailing bytes */
     memcpy(bad, good, n);
     bad[n] = 0;
@@ -759,6 +787,36 @@ static void test_damaged_encodings_are_rejected(void **state)
     assert_corrupt(renamed, good, n, "another aggregate definition");
     sl_aggset_free(renamed);
 #undef DAMAGE
+    /* varints: shortest form only, at most 64 bits, a count below 2^63 */
+    sl_aggset_t *counts = make_set((const char *[]){"n"}, (sl_agg_kind_t[]){SL_AGG_COUNT}, 1);
+    static const struct {
+        uint8_t payload[11];
+        size_t n;
+        const char *why;
+    } varints[] = {
+        {{0x80, 0x00}, 2, "shortest form"},
+        {{0x81, 0x80, 0x00}, 3, "shortest form"},
+        {{0x80}, 1, "truncated"},
+        {{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02}, 10, "over 64 bits"},
+        {{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x81, 0x00}, 11, "over 64 bits"},
+        {{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, 10, "count over"},
+    };
+    for (size_t i = 0; i < sizeof varints / sizeof varints[0]; i++) {
+        size_t len = one_member(counts, SL_AGG_COUNT, varints[i].payload, varints[i].n, bad);
+        assert_corrupt(counts, bad, len, varints[i].why);
+    }
+    sl_aggset_free(counts);
+    /* a NaN double in a sum */
+    sl_aggset_t *sums = make_set((const char *[]){"s"}, (sl_agg_kind_t[]){SL_AGG_SUM}, 1);
+    const uint8_t nan[] = {1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    assert_corrupt(sums, bad, one_member(sums, SL_AGG_SUM, nan, sizeof nan, bad), "not finite");
+    sl_aggset_free(sums);
+    /* a distinct sketch's length over the limit */
+    sl_aggset_t *distinct = make_set((const char *[]){"d"}, (sl_agg_kind_t[]){SL_AGG_DISTINCT}, 1);
+    const uint8_t huge[] = {0xff, 0xff, 0x7f};
+    assert_corrupt(distinct, bad, one_member(distinct, SL_AGG_DISTINCT, huge, sizeof huge, bad),
+                   "length over the limit");
+    sl_aggset_free(distinct);
     free(good);
     sl_aggstate_free(empty);
     sl_aggset_free(set);
@@ -889,7 +947,7 @@ int main(void)
         cmocka_unit_test(test_merge_overflow_is_refused),
         cmocka_unit_test(test_reduce_values_are_kept_and_rendered_verbatim),
         cmocka_unit_test(test_encoding_round_trips),
-        cmocka_unit_test(test_count_sum_avg_state_is_43_bytes),
+        cmocka_unit_test(test_count_sum_avg_state_layout_and_version_1),
         cmocka_unit_test(test_damaged_encodings_are_rejected),
         cmocka_unit_test(test_decoder_survives_random_damage),
         cmocka_unit_test(test_out_of_memory_paths_return_enomem),
