@@ -74,22 +74,10 @@ static void put_char(writer_t *w, char ch)
     w->len++;
 }
 
-/* Decimal digits of v into the end of buf; returns where they start. */
-static char *digits(char *end, uint64_t v)
-{
-    do {
-        *--end = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return end;
-}
-
 static void put_integer(writer_t *w, int64_t v)
 {
-    char buf[24], *end = buf + sizeof buf;
-    char *s = digits(end, v < 0 ? 0 - (uint64_t)v : (uint64_t)v);
-    if (v < 0)
-        *--s = '-';
+    char buf[SL_INT64_TEXT_MAX], *end = buf + sizeof buf;
+    char *s = sl_int64_digits(end, v);
     put(w, s, (size_t)(end - s));
 }
 
@@ -104,8 +92,8 @@ static int put_short_decimal(writer_t *w, double d)
         double m = d * scale[k - 1];
         if (fabs(m) >= 9007199254740992.0 || m != floor(m) || m / scale[k - 1] != d)
             continue;
-        char buf[24], *end = buf + sizeof buf, text[40];
-        char *s = digits(end, (uint64_t)fabs(m));
+        char buf[SL_INT64_TEXT_MAX], *end = buf + sizeof buf, text[40];
+        char *s = sl_int64_digits(end, (int64_t)fabs(m)); /* below 2^53 */
         int nd = (int)(end - s), n = 0;
         if (d < 0)
             text[n++] = '-';

@@ -181,25 +181,13 @@ int sl_number_parse(const char *text, size_t n, sl_number_t *out)
     return 0;
 }
 
-/* An integer's digits, without printf: most results are counts. */
-static int integer_json(int64_t i, sl_buf_t *out)
-{
-    char text[24], *p = text + sizeof text;
-    uint64_t u = i < 0 ? (uint64_t)0 - (uint64_t)i : (uint64_t)i;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (i < 0)
-        *--p = '-';
-    return sl_buf_append(out, p, (size_t)(text + sizeof text - p));
-}
-
 int sl_number_json(sl_number_t number, sl_buf_t *out)
 {
-    char text[SL_DOUBLE_TEXT_MAX];
-    if (!number.is_double)
-        return integer_json(number.i, out);
+    char text[SL_DOUBLE_TEXT_MAX], *end = text + sizeof text;
+    if (!number.is_double) { /* most results are counts */
+        char *start = sl_int64_digits(end, number.i);
+        return sl_buf_append(out, start, (size_t)(end - start));
+    }
     return sl_buf_append(out, text, (size_t)sl_double_text(number.d, text));
 }
 
@@ -644,30 +632,9 @@ static uint64_t number_bits(sl_number_t n)
     return bits;
 }
 
-static size_t uvarint_size(uint64_t v)
-{
-    size_t n = 1;
-    for (; v >= 0x80; v >>= 7)
-        n++;
-    return n;
-}
-
 static uint8_t *put_uvarint(uint8_t *p, uint64_t v)
 {
-    for (; v >= 0x80; v >>= 7)
-        *p++ = (uint8_t)(v | 0x80);
-    *p++ = (uint8_t)v;
-    return p;
-}
-
-static uint64_t zigzag(int64_t v)
-{
-    return (uint64_t)v << 1 ^ (uint64_t)(v >> 63);
-}
-
-static int64_t unzigzag(uint64_t u)
-{
-    return (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+    return p + sl_put_uvarint(p, v);
 }
 
 /* A number with tag 0 integer / 1 double; an optional one with 0 empty /
@@ -679,14 +646,14 @@ static uint8_t *put_number(uint8_t *p, sl_number_t n, bool optional, bool presen
     if (!present)
         return p;
     if (!n.is_double)
-        return put_uvarint(p, zigzag(n.i));
+        return put_uvarint(p, sl_zigzag(n.i));
     put_le64(p, number_bits(n));
     return p + 8;
 }
 
 static size_t number_size(sl_number_t n, bool present)
 {
-    return 1 + (!present ? 0 : n.is_double ? 8 : uvarint_size(zigzag(n.i)));
+    return 1 + (!present ? 0 : n.is_double ? 8 : sl_uvarint_size(sl_zigzag(n.i)));
 }
 
 static size_t payload_size(const slot_t *slot, sl_agg_kind_t kind)
@@ -694,22 +661,22 @@ static size_t payload_size(const slot_t *slot, sl_agg_kind_t kind)
     const member_t *m = &slot->m;
     switch (kind) {
     case SL_AGG_COUNT:
-        return uvarint_size(m->count);
+        return sl_uvarint_size(m->count);
     case SL_AGG_SUM:
         return number_size(m->value, true);
     case SL_AGG_MIN:
     case SL_AGG_MAX:
         return number_size(m->value, m->count > 0);
     case SL_AGG_AVG:
-        return uvarint_size(m->count) + number_size(m->value, true);
+        return sl_uvarint_size(m->count) + number_size(m->value, true);
     case SL_AGG_LAST:
         return number_size(m->value, m->count > 0) +
-               (m->count > 0 ? uvarint_size(zigzag(m->time)) : 0);
+               (m->count > 0 ? sl_uvarint_size(sl_zigzag(m->time)) : 0);
     case SL_AGG_DISTINCT:
-        return uvarint_size(sl_hll_encoded_size(&slot->sketch)) +
+        return sl_uvarint_size(sl_hll_encoded_size(&slot->sketch)) +
                sl_hll_encoded_size(&slot->sketch);
     case SL_AGG_REDUCE:
-        return uvarint_size(slot->reduced.len) + slot->reduced.len;
+        return sl_uvarint_size(slot->reduced.len) + slot->reduced.len;
     }
     return 0;
 }
@@ -738,7 +705,7 @@ static uint8_t *encode_member(const slot_t *slot, sl_agg_kind_t kind, uint8_t *p
         return put_number(put_uvarint(p, m->count), m->value, false, true);
     case SL_AGG_LAST:
         p = put_number(p, m->value, true, m->count > 0);
-        return m->count ? put_uvarint(p, zigzag(m->time)) : p;
+        return m->count ? put_uvarint(p, sl_zigzag(m->time)) : p;
     case SL_AGG_DISTINCT:
         p = put_uvarint(p, sl_hll_encoded_size(&slot->sketch));
         sl_hll_encode(&slot->sketch, p);
@@ -826,7 +793,7 @@ static int read_number_v2(reader_t *r, bool optional, sl_number_t *n, bool *pres
         return corrupt(r, "bad number tag");
     if (tag == 0) {
         int rc = read_uvarint(r, &u);
-        *n = sl_number_int(unzigzag(u));
+        *n = sl_number_int(sl_unzigzag(u));
         return rc;
     }
     if (!(p = take(r, 8)))
@@ -897,7 +864,7 @@ static int read_last(reader_t *r, member_t *m)
     if (r->version >= 2) { /* the time only when there is a value */
         uint64_t u = 0;
         rc = present ? read_uvarint(r, &u) : 0;
-        m->time = unzigzag(u);
+        m->time = sl_unzigzag(u);
         return rc;
     }
     const uint8_t *p = take(r, 8);

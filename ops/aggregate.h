@@ -74,8 +74,9 @@
  * The decoder checks every byte against this layout and the set (version,
  * count, fingerprint, kinds, tags, finiteness, shortest varints, zero
  * padding in version 1, lengths, no trailing bytes) and returns SL_ECORRUPT
- * with a detail, never reading out of bounds. A state's encoding depends only on its contents:
- * equal states encode to equal bytes (restores can be compared byte for byte).
+ * with a detail, never reading out of bounds. A state's encoding depends
+ * only on its contents: equal states encode to equal bytes (restores can be
+ * compared byte for byte).
  *
  * Errors: SL_EINVALID (a bad definition or a bad input value, with a
  * sentence naming the member), SL_ECORRUPT (bad bytes), -ENOMEM. Functions

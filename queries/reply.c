@@ -7,6 +7,7 @@
  * they are replaced so that a user's bytes cannot break the framing.
  */
 #include "queries/reply.h"
+#include "storage/dtoa.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,16 +17,10 @@
  * on every reply's path). */
 static void add_number_line(struct evbuffer *out, char prefix, int64_t v)
 {
-    char text[24], *p = text + sizeof text;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    char text[SL_INT64_TEXT_MAX + 3], *p = text + sizeof text;
     *--p = '\n';
     *--p = '\r';
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0)
-        *--p = '-';
+    p = sl_int64_digits(p, v);
     *--p = prefix;
     evbuffer_add(out, p, (size_t)(text + sizeof text - p));
 }

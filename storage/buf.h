@@ -68,17 +68,42 @@ static inline uint64_t sl_get_be64(const uint8_t *p)
     return ((uint64_t)sl_get_be32(p) << 32) | sl_get_be32(p + 4);
 }
 
+static inline uint64_t sl_zigzag(int64_t v)
+{
+    return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+
+static inline int64_t sl_unzigzag(uint64_t z)
+{
+    return (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+}
+
+/* Writes v as an unsigned varint (no zigzag) at p (room for 10 bytes);
+ * returns bytes used. */
+static inline size_t sl_put_uvarint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* The bytes sl_put_uvarint() writes for v. */
+static inline size_t sl_uvarint_size(uint64_t v)
+{
+    size_t n = 1;
+    for (; v >= 0x80; v >>= 7)
+        n++;
+    return n;
+}
+
 /* Writes v as a zigzag varint at p (room for 10 bytes); returns bytes used. */
 static inline size_t sl_put_varlong(uint8_t *p, int64_t v)
 {
-    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-    size_t n = 0;
-    while (z >= 0x80) {
-        p[n++] = (uint8_t)(z | 0x80);
-        z >>= 7;
-    }
-    p[n++] = (uint8_t)z;
-    return n;
+    return sl_put_uvarint(p, sl_zigzag(v));
 }
 
 /* Reads a zigzag varint of at most max_bytes (5 for varint, 10 for
@@ -93,7 +118,7 @@ static inline int sl_get_varint(const uint8_t **p, const uint8_t *end, int max_b
         z |= (uint64_t)(byte & 0x7f) << shift;
         if (!(byte & 0x80)) {
             *p = q;
-            *out = (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+            *out = sl_unzigzag(z);
             return 0;
         }
     }

@@ -184,6 +184,18 @@ int sl_double_text(double d, char out[SL_DOUBLE_TEXT_MAX])
     return printf_text(d, out); /* not reached: 17 digits always read back */
 }
 
+char *sl_int64_digits(char *end, int64_t v)
+{
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--end = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--end = '-';
+    return end;
+}
+
 int sl_decimal_double(const char *text, size_t len, double *out)
 {
     static const double EXACT[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,

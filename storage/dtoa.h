@@ -6,8 +6,17 @@
 #define SL_DTOA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define SL_DOUBLE_TEXT_MAX 32 /* bytes of sl_double_text()'s out, '\0' included */
+#define SL_INT64_TEXT_MAX  20 /* bytes of an int64's decimal text, '-' included */
+
+/*
+ * Writes v in decimal ('-' first when negative) so that the text ends just
+ * before end, and returns where it starts: the digits without printf, for
+ * the paths that write counts and offsets per record or per reply.
+ */
+char *sl_int64_digits(char *end, int64_t v);
 
 /*
  * Writes d (finite) as printf's "%.15g", or "%.16g", or "%.17g", the first

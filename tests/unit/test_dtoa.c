@@ -195,6 +195,23 @@ static void test_decimals_read_as_strtod_reads_them(void **state)
     check_decimal("12a", 0);
 }
 
+/* sl_int64_digits() writes what printf's %lld does, ending at end. */
+static void test_int64_digits_are_printfs(void **state)
+{
+    (void)state;
+    const int64_t values[] = {0, 1, -1, 9, 10, -10, 123456789, INT64_MAX, INT64_MIN, INT64_MIN + 1};
+    char buf[SL_INT64_TEXT_MAX + 1], want[32];
+    uint64_t s = 99;
+    for (int i = 0; i < 10 + 100000; i++) {
+        int64_t v = i < 10 ? values[i] : (int64_t)next_random(&s) >> (next_random(&s) % 64);
+        char *end = buf + SL_INT64_TEXT_MAX, *start = sl_int64_digits(end, v);
+        snprintf(want, sizeof want, "%lld", (long long)v);
+        assert_true(start >= buf);
+        assert_int_equal(end - start, strlen(want));
+        assert_memory_equal(start, want, strlen(want));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -202,6 +219,7 @@ int main(void)
         cmocka_unit_test(test_random_doubles),
         cmocka_unit_test(test_edges),
         cmocka_unit_test(test_decimals_read_as_strtod_reads_them),
+        cmocka_unit_test(test_int64_digits_are_printfs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
