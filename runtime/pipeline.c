@@ -317,29 +317,15 @@ static int64_t monotonic_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The largest append a commit makes: below the default max.batch.bytes. */
-#define COMMIT_CHUNK_BYTES (512 << 10)
-
-/* Appends a held partition's records in batches the topic accepts. */
+/* Appends a held partition's records (sl_commit_append splits them into
+ * batches the topic accepts). */
 static int append_held(sl_commit_t *c, held_t *h)
 {
-    sl_record_t *recs = sl_record_set_array(&h->records);
-    size_t n = h->records.count, from = 0;
-    while (from < n) {
-        size_t to = from, bytes = 0;
-        while (to < n && (to == from || bytes < COMMIT_CHUNK_BYTES)) {
-            bytes += (size_t)(recs[to].key_len > 0 ? recs[to].key_len : 0) +
-                     (size_t)(recs[to].value_len > 0 ? recs[to].value_len : 0) + 64;
-            to++;
-        }
-        int rc = sl_commit_append(c, h->partition, recs + from, to - from, NULL);
-        if (rc == SL_EDELETED)
-            rc = sl_error_set(rc, "topic %s is gone", sl_partition_topic_name(h->partition));
-        if (rc)
-            return rc;
-        from = to;
-    }
-    return 0;
+    int rc =
+        sl_commit_append(c, h->partition, sl_record_set_array(&h->records), h->records.count, NULL);
+    if (rc == SL_EDELETED)
+        rc = sl_error_set(rc, "topic %s is gone", sl_partition_topic_name(h->partition));
+    return rc;
 }
 
 static void drop_held(worker_t *w)

@@ -1212,8 +1212,9 @@ int sl_commit_begin(sl_commit_t *c);
 MDB_txn *sl_commit_txn(sl_commit_t *c);
 
 /*
- * Step 2: appends records to the transactional partition p as one batch
- * (not yet durable, not visible); *first_offset (if not NULL) receives the
+ * Step 2: appends records to the transactional partition p in batches of
+ * at most 512 KiB and half p's max.batch.bytes (one record may be more;
+ * not yet durable, not visible); *first_offset (if not NULL) receives the
  * first one's offset. p's new lso will be the end of its last append in
  * this commit. SL_EINVALID for a partition that is not transactional;
  * otherwise as sl_partition_append_nowait(). After a failure, abort.

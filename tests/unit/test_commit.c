@@ -1,7 +1,8 @@
 /*
  * test_commit.c - the exactly-once commit: outputs, changelog, state,
  * offsets and lso land together and become visible only after the LMDB
- * commit; an abort and a failing fsync cut everything back and keep the
+ * commit; a commit larger than a partition's batch limit is split into
+ * batches; an abort and a failing fsync cut everything back and keep the
  * cache's changes for a retry; misuse is refused; leftovers of a failed cut
  * are cut by the next commit; concurrent commits to one partition; a crash
  * between the LMDB commit and visibility; and a crash harness that kills a
@@ -205,6 +206,71 @@ static void test_commit_lands_everything_together(void **state)
     check_consistent(&n);
     commit_inputs(&n, 25, 40);
     check_consistent(&n);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+/* Outputs and changes over a partition's max.batch.bytes go in as several
+ * batches, all of them under the one commit. */
+static void test_a_commit_larger_than_a_batch_is_split(void **state)
+{
+    (void)state;
+    enum { N = 2000 };
+    node_t n = {.dir = tu_mkdtemp()};
+    node_open(&n);
+    sl_topic_config_t cfg;
+    sl_topic_t *t;
+    sl_topic_config_default(&cfg);
+    cfg.transactional = 1;
+    cfg.max_batch_bytes = 4096;
+    assert_int_equal(sl_log_create_topic(n.log, "small", &cfg, &t), 0);
+    sl_partition_t *small = sl_topic_partition(t, 0);
+    sl_store_t *store;
+    sl_cache_t *cache;
+    assert_int_equal(sl_store_open(n.state, GROUP, "wide", SL_STORE_KV, &store), 0);
+    assert_int_equal(sl_cache_new(store, 0, &cache), 0);
+    sl_changelog_topic_config(&cfg, 1, GROUP);
+    cfg.max_batch_bytes = 4096;
+    assert_int_equal(sl_log_create_topic(n.log, sl_store_changelog_topic(store), &cfg, &t), 0);
+    sl_partition_t *changelog = sl_topic_partition(t, 0);
+    static char values[N][100];
+    static sl_record_t recs[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(values[i], sizeof values[i], "%099d", i);
+        recs[i] = tu_record(NULL, values[i], i);
+        char k[16];
+        snprintf(k, sizeof k, "k%d", i);
+        assert_int_equal(sl_cache_put(cache, k, strlen(k), values[i], 99), 0);
+    }
+    int64_t first = -1;
+    assert_int_equal(sl_commit_begin(n.commit), 0);
+    assert_int_equal(sl_commit_append(n.commit, small, recs, N, &first), 0);
+    assert_int_equal(sl_commit_store(n.commit, cache, changelog), 0);
+    assert_int_equal(sl_partition_end_offset(small), 0); /* not visible before the end */
+    assert_int_equal(sl_commit_end(n.commit), 0);
+    assert_int_equal(first, 0);
+    assert_int_equal(sl_partition_end_offset(small), N);
+    assert_int_equal(sl_partition_end_offset(changelog), N);
+    assert_int_equal(tu_count(small, 0), N);
+    assert_int_equal(tu_count(changelog, 0), N);
+    sl_reader_t *r;
+    sl_record_t rec;
+    assert_int_equal(sl_reader_open(small, 0, &r), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sl_reader_next(r, &rec), 1);
+        assert_int_equal(rec.offset, i);
+        assert_int_equal(rec.value_len, 99);
+        assert_memory_equal(rec.value, values[i], 99);
+    }
+    sl_reader_close(r);
+    MDB_txn *txn;
+    int64_t checkpoint;
+    assert_int_equal(sl_state_begin(n.state, 0, &txn), 0);
+    assert_int_equal(sl_store_checkpoint_get(store, txn, 0, &checkpoint), 0);
+    mdb_txn_abort(txn);
+    assert_int_equal(checkpoint, N);
+    sl_cache_free(cache);
+    sl_store_close(store);
     node_close(&n);
     tu_rmdir(n.dir);
 }
@@ -540,6 +606,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_source_serves_as_a_tables_changelog),
         cmocka_unit_test(test_commit_lands_everything_together),
+        cmocka_unit_test(test_a_commit_larger_than_a_batch_is_split),
         cmocka_unit_test(test_abort_cuts_back_and_keeps_the_changes),
         cmocka_unit_test(test_failed_fsync_aborts_the_commit),
         cmocka_unit_test(test_misuse_is_refused),
