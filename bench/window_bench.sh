@@ -22,6 +22,8 @@
 #                order (with 2 workers, far out of it); records whose window
 #                has closed by then are dropped as late, which the output
 #                counts. A grace as long as that disorder keeps them.
+#   SINK         "out" (default): the results go :to("out"); "none": the
+#                aggregate ends the pipeline, its store is the only output
 #   CASES        the runs to make (default "field-1 field-2 lua-1 lua-2":
 #                key kind - workers); the restore follows the last field run
 #   PERF_DIR     if set: perf record -g -a (the whole machine) during each run and
@@ -142,7 +144,10 @@ busy = sorted(((s1[t][0] - s0.get(t, (0, 0))[0], s1[t][1] - s0.get(t, (0, 0))[1]
                if t not in s0), reverse=True)[:workers]
 run = sum(b[0] for b in busy) / 1e9 / max(len(busy), 1)
 wait = sum(b[1] for b in busy) / 1e9 / max(len(busy), 1)
-out = sum(p[2] - p[1] for p in r.execute_command("TOPIC", "DESCRIBE", "out")[5])
+try:  # no topic "out" when the results are not sent anywhere (SINK=none)
+    out = sum(p[2] - p[1] for p in r.execute_command("TOPIC", "DESCRIBE", "out")[5])
+except redis.ResponseError:
+    out = 0
 metrics = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % http_port).read().decode()
 late = sum(int(float(line.split()[-1])) for line in metrics.splitlines()  # dropped as late
            if line.startswith('sluice_pipeline_late_records_total{pipeline="%s"' % name))
@@ -156,14 +161,16 @@ BENCH=window_bench
 GRACE_OPTION=""
 [ -z "${GRACE:-}" ] || GRACE_OPTION=", {grace = \"$GRACE\"}"
 AGGREGATE="window(s.tumbling(\"1m\"$GRACE_OPTION)):aggregate{n = s.count(), total = s.sum(\"amount\"), mean = s.avg(\"amount\")}"
+SINK_CALL=':to("out", {create = true})'
+[ "${SINK:-out}" = out ] || SINK_CALL=""
 script() { # KIND: the pipeline of a case
     echo 'local s = require("sluice")'
     echo "s.pipeline{processing = \"exactly_once\", commit_interval = \"$COMMIT_INTERVAL\"}"
     if [ "$1" = field ]; then
-        echo "s.stream(\"in\"):$AGGREGATE:to(\"out\", {create = true})"
+        echo "s.stream(\"in\"):$AGGREGATE$SINK_CALL"
     else
         echo "s.stream(\"in\"):key_by(function(r) return r.value.user end):$AGGREGATE"
-        echo '  :to("out", {create = true})'
+        echo "  $SINK_CALL"
     fi
 }
 

@@ -53,14 +53,21 @@ static int is_sink(const sl_op_t *op)
     return op->kind == SL_OP_TO || op->kind == SL_OP_ROUTE || op->kind == SL_OP_FEATURES;
 }
 
+/* A table or an aggregate is an output too: a store queried over RESP. */
+static int is_store(const sl_op_t *op)
+{
+    return op->kind == SL_OP_TABLE || op->kind == SL_OP_AGGREGATE ||
+           (op->kind == SL_OP_JOIN && op->join_kind == SL_JOIN_TABLE_TABLE);
+}
+
 static void check_has_sink(lua_State *L, const sl_builder_t *b)
 {
     for (int i = 0; i < b->dag->op_count; i++)
-        if (is_sink(&b->dag->ops[i]) || b->dag->ops[i].kind == SL_OP_TABLE)
-            return; /* a table is an output too: a queryable store */
+        if (is_sink(&b->dag->ops[i]) || is_store(&b->dag->ops[i]))
+            return;
     sl_vm_raise(L,
-                "%s: the pipeline has no sink: end a stream with :to(topic) or "
-                ":route(exchange)",
+                "%s: the pipeline has no sink: end a stream with :to(topic), "
+                ":route(exchange) or :aggregate{...}",
                 b->chunkname);
 }
 
@@ -76,9 +83,7 @@ static void check_all_used(lua_State *L, const sl_builder_t *b)
             used[dag->ops[i].inputs[j].op] = 1;
     for (int i = 0; i < dag->op_count; i++) {
         const sl_op_t *op = &dag->ops[i];
-        int table = op->kind == SL_OP_TABLE ||
-                    (op->kind == SL_OP_JOIN && op->join_kind == SL_JOIN_TABLE_TABLE);
-        if (!used[i] && !is_sink(op) && op->kind != SL_OP_BRANCH && !table)
+        if (!used[i] && !is_sink(op) && op->kind != SL_OP_BRANCH && !is_store(op))
             sl_vm_raise(L,
                         "%s: the stream from %s is never used: end it with :to(topic) or "
                         ":route(exchange)",

@@ -60,6 +60,7 @@ typedef struct agg {
     sl_session_t *sessions;
     size_t session_count, session_cap;
     sl_watermark_t wm;
+    int unread; /* no op reads the results: the store is the only output */
     sl_window_closer_t *closer;
     changed_t *changed;
     size_t changed_count, changed_cap;
@@ -208,10 +209,21 @@ static int rebuild_closer(sl_exec_task_t *t, agg_t *a)
     return r.rc ? r.rc : rc < 0 ? rc : 0;
 }
 
-static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *store,
-                    int64_t stream_time)
+/* Whether an op of dag reads op's output. */
+static int has_reader(const sl_dag_t *dag, const sl_op_t *op)
+{
+    for (int i = 0; i < dag->op_count; i++)
+        for (int j = 0; j < dag->ops[i].input_count; j++)
+            if (dag->ops[i].inputs[j].op == op->id)
+                return 1;
+    return 0;
+}
+
+static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_dag_t *dag, const sl_op_t *op,
+                    sl_store_t *store, int64_t stream_time)
 {
     a->op = op;
+    a->unread = !has_reader(dag, op);
     int rc = sl_aggregate_set(op, &a->set);
     if (rc == 0)
         rc = sl_aggstate_new(a->set, &a->state);
@@ -231,7 +243,7 @@ static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_op_t *op, sl_store_t *
         sl_cache_set_owner(a->cache, owns, t);
     if (rc == 0 && !(a->inputs = sl_calloc((size_t)op->agg_count, sizeof *a->inputs)))
         rc = -ENOMEM;
-    if (rc == 0 && a->windowed && op->emit == SL_EMIT_ON_CLOSE) {
+    if (rc == 0 && a->windowed && op->emit == SL_EMIT_ON_CLOSE && !a->unread) {
         rc = sl_window_closer_new(&a->closer);
         if (rc == 0)
             rc = rebuild_closer(t, a);
@@ -299,7 +311,7 @@ int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *str
     }
     for (int i = 0; rc == 0 && i < dag->op_count; i++) {
         if (dag->ops[i].kind == SL_OP_AGGREGATE && stores[i])
-            rc = agg_init(t, &t->aggs[t->count++], &dag->ops[i], stores[i], stream_times[i]);
+            rc = agg_init(t, &t->aggs[t->count++], dag, &dag->ops[i], stores[i], stream_times[i]);
     }
     if (rc) {
         sl_exec_task_free(t);
@@ -420,7 +432,7 @@ static int member_input(sl_vm_t *vm, const sl_op_t *op, const sl_agg_spec_t *m, 
 static int remember_changed(agg_t *a, const uint8_t *key, size_t len, int64_t start)
 {
     uint8_t k[SL_STORE_KEY_MAX];
-    if (a->op->emit != SL_EMIT_ON_UPDATE)
+    if (a->op->emit != SL_EMIT_ON_UPDATE || a->unread)
         return 0;
     if (a->windowed) { /* put in the cache already, so it fits */
         len = sl_store_window_key(k, key, len, start);

@@ -374,6 +374,34 @@ class StateQueryLiveTest(NodeTestCase):
         print("\n    %d WINDOWS answers, %d while producing; slowest %.1f ms"
               % (seen["replies"], seen["during"], seen["slowest"] * 1000), end=" ")
 
+    def test_aggregates_without_a_sink_fill_their_stores(self):
+        """A pipeline may end in aggregates: the stores are its output
+        (on_update and on_close windows, running totals), no topic."""
+        name = "nosink%d" % next(_serial)
+        topic = name + "-in"
+        self.r.execute_command("TOPIC", "CREATE", topic, "PARTITIONS", 2)
+        script = SCRIPT.substitute(input=topic, name=name)
+        script = "\n".join(line for line in script.splitlines() if ":to(" not in line)
+        script += ('\npay:key_by("user"):window(s.tumbling("1m", {grace = "1d"}))'
+                   ':aggregate{n = s.count(), total = s.sum("amount"), emit = "on_close", '
+                   'store = "closed"}\n')
+        self.assertEqual(self.r.execute_command("PIPELINE", "SUBMIT", name, script), b"OK")
+        evs = events(13, 3000, users=7)
+        totals, windows = reference(evs)
+        produce(self.r, topic, evs)
+        wait_caught_up(self.node, name, WAIT)
+        for user, want in totals.items():
+            self.assertEqual(json.loads(self.r.execute_command("GET", name + ".tot", user)), want)
+            for store in (".win", ".closed"):
+                got = self.r.execute_command("WINDOWS", name + store, user, 0, 1 << 62)
+                self.assertEqual({s: json.loads(v) for s, _, v in got}, windows[user],
+                                 (store, user))
+        made = {t.decode() for t in self.r.execute_command("TOPIC", "LIST")}
+        self.assertEqual({t for t in made if t.startswith(name)},
+                         {topic, name + ".offsets", name + ".repartition.1",
+                          name + ".repartition.3", name + ".repartition.5", name + ".win.changelog",
+                          name + ".tot.changelog", name + ".closed.changelog"})
+
     def test_a_stopped_pipelines_store_shows_its_stored_bytes(self):
         name = "stop%d" % next(_serial)
         topic = self.start_pipeline(name)

@@ -291,8 +291,23 @@ static void test_unknown_operator_is_an_error(void **state)
 static void test_script_without_a_sink_is_an_error(void **state)
 {
     expect_error(state, HEADER,
-                 "script.lua: the pipeline has no sink: end a stream with :to(topic) or "
-                 ":route(exchange)");
+                 "script.lua: the pipeline has no sink: end a stream with :to(topic), "
+                 ":route(exchange) or :aggregate{...}");
+}
+
+/* An aggregate's store is an output of its own: queried, not sent on. */
+static void test_aggregate_may_end_a_pipeline(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "s.stream('a'):window(s.tumbling('1m'))"
+                                           ":aggregate{n = s.count()}\n"
+                                           "s.stream('b'):aggregate{n = s.count()}\n");
+    assert_int_equal(dag->op_count, 4);
+    assert_int_equal(dag->ops[1].kind, SL_OP_AGGREGATE);
+    assert_int_equal(dag->ops[3].kind, SL_OP_AGGREGATE);
+    sl_dag_free(dag);
+    expect_error(state, HEADER "s.stream('a'):window(s.tumbling('1m'))\n",
+                 "script.lua:2: the windowed stream from :window() is never aggregated: follow "
+                 "it with :aggregate{...}");
 }
 
 static void test_stream_never_used_is_an_error(void **state)
@@ -1298,8 +1313,8 @@ static void test_route_is_a_sink(void **state)
     expect_error(state, HEADER "local a = s.stream('a')\ns.merge(a, a:route('e')):to('c')\n",
                  "script.lua:3: merge argument 2 is not a stream, got the sink of :route()");
     expect_error(state, HEADER "s.exchange('e', 'direct')\n",
-                 "script.lua: the pipeline has no sink: end a stream with :to(topic) or "
-                 ":route(exchange)");
+                 "script.lua: the pipeline has no sink: end a stream with :to(topic), "
+                 ":route(exchange) or :aggregate{...}");
     expect_error(state, HEADER "s.stream('a'):window(s.tumbling('1m')):route('e')\n",
                  "script.lua:2: 'route' after :window(): a windowed stream has only "
                  ":aggregate{...}");
@@ -1512,6 +1527,7 @@ int main(void)
         T(test_join_errors_name_the_line),
         T(test_join_sides_must_keep_their_keys),
         T(test_script_without_a_sink_is_an_error),
+        T(test_aggregate_may_end_a_pipeline),
         T(test_stream_never_used_is_an_error),
         T(test_unused_branch_output_is_allowed),
         T(test_merge_of_nothing_is_an_error),
