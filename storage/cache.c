@@ -16,10 +16,17 @@
  * deleted entry remembers that the key is absent) until the cache holds
  * more than half its budget after a commit, when it is emptied.
  *
- * Window stores add a second table keyed by the key alone, giving the most
- * recently added entry of each key; entries of one key are chained through
- * next_window, so the windows of a key in the cache are found without a
- * scan (session windows ask for them on every record).
+ * A slot holds the top half of its key's hash beside the entry's index, so
+ * a probe passes other keys' slots without reading their entries (a
+ * cache miss each, in a cache of millions).
+ *
+ * Window stores asked for a key's windows (sl_cache_windows: sessions,
+ * stream-stream joins, feature views) add a second table keyed by the key
+ * alone, giving the most recently added entry of each key; entries of one
+ * key are chained through next_window, so the windows of a key in the
+ * cache are found without a scan. It is built at the first ask and kept
+ * from then on: a store only ever read by window (tumbling and hopping
+ * aggregates) pays nothing for it.
  *
  * Reads that miss go to LMDB through one read transaction the cache keeps,
  * renewed after each commit (a long-lived snapshot would keep LMDB from
@@ -59,10 +66,14 @@ struct sl_cache {
     uint32_t *dirty_list; /* indexes of the dirty entries (c->dirty of them) */
     size_t dirty_list_cap;
     int64_t min_start; /* window stores: no live cached window starts before it */
-    uint32_t *slots;   /* index + 1 into entries; 0 empty */
+    uint64_t *slots;   /* a slot: the hash's top 32 bits, index + 1 into entries; 0 empty */
     size_t slot_count;
-    uint32_t *key_slots; /* window stores: index + 1 of a key's newest entry */
+    /* Window stores, once asked for a key's windows (sl_cache_windows;
+     * chained): the same for a key's newest entry, which heads the chain
+     * of its windows through next_window. */
+    uint64_t *key_slots;
     size_t key_slot_count, key_count;
+    int chained;
     sl_buf_t arena;
     sl_key_item_t *order, *order_tmp; /* dirty entries, to sort */
     size_t order_cap, order_tmp_cap;
@@ -101,6 +112,18 @@ static uint64_t hash_bytes(const uint8_t *p, size_t n)
     memcpy(&w, p, n);
     h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
     return h ^ (h >> 29);
+}
+
+/* A hash table slot of entry i, its key's hash h: h's top half beside the
+ * index, so that a probe passes other keys without reading their entries. */
+static uint64_t slot_make(uint64_t h, size_t i)
+{
+    return (h & 0xffffffff00000000ull) | ((uint64_t)i + 1);
+}
+
+static uint32_t slot_entry(uint64_t slot)
+{
+    return (uint32_t)slot - 1;
 }
 
 static const uint8_t *key_of(const sl_cache_t *c, const entry_t *e)
@@ -207,33 +230,41 @@ size_t sl_cache_dirty_count(const sl_cache_t *c)
 
 /* The slot of store key k: holding its entry, or the empty one where it
  * would go. */
-static uint32_t *find_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
+static uint64_t *find_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
 {
     size_t mask = c->slot_count - 1;
     for (size_t i = h & mask;; i = (i + 1) & mask) {
-        uint32_t *slot = &c->slots[i];
-        const entry_t *e = *slot ? &c->entries[*slot - 1] : NULL;
-        if (!e || (e->hash == h && e->key_len == len && !memcmp(key_of(c, e), k, len)))
+        uint64_t *slot = &c->slots[i];
+        if (!*slot)
+            return slot;
+        if ((*slot >> 32) != (h >> 32)) /* not it: the entry stays untouched */
+            continue;
+        const entry_t *e = &c->entries[slot_entry(*slot)];
+        if (e->hash == h && e->key_len == len && !memcmp(key_of(c, e), k, len))
             return slot;
     }
 }
 
 /* The key-table slot of window key k (user key bytes, len of them). */
-static uint32_t *find_key_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
+static uint64_t *find_key_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
 {
     size_t mask = c->key_slot_count - 1;
     for (size_t i = h & mask;; i = (i + 1) & mask) {
-        uint32_t *slot = &c->key_slots[i];
-        const entry_t *e = *slot ? &c->entries[*slot - 1] : NULL;
-        if (!e || (e->key_len - 8 == len && !memcmp(key_of(c, e), k, len)))
+        uint64_t *slot = &c->key_slots[i];
+        if (!*slot)
+            return slot;
+        if ((*slot >> 32) != (h >> 32))
+            continue;
+        const entry_t *e = &c->entries[slot_entry(*slot)];
+        if (e->key_len - 8 == len && !memcmp(key_of(c, e), k, len))
             return slot;
     }
 }
 
-static int rehash(sl_cache_t *c, uint32_t **slots, size_t *slot_count, int by_key)
+static int rehash(sl_cache_t *c, uint64_t **slots, size_t *slot_count, int by_key)
 {
     size_t n = *slot_count ? *slot_count * 2 : 1024;
-    uint32_t *fresh = sl_calloc(n, sizeof *fresh), *old = *slots;
+    uint64_t *fresh = sl_calloc(n, sizeof *fresh), *old = *slots;
     if (!fresh)
         return -ENOMEM;
     *slots = fresh;
@@ -241,13 +272,14 @@ static int rehash(sl_cache_t *c, uint32_t **slots, size_t *slot_count, int by_ke
     for (size_t i = 0; old && i < c->count; i++) {
         const entry_t *e = &c->entries[i];
         if (!by_key)
-            *find_slot(c, key_of(c, e), e->key_len, e->hash) = (uint32_t)i + 1;
+            *find_slot(c, key_of(c, e), e->key_len, e->hash) = slot_make(e->hash, i);
     }
     if (by_key) /* the newest entry of each key heads its chain: visit oldest first */
         for (size_t i = 0; old && i < c->count; i++) {
             const entry_t *e = &c->entries[i];
             size_t len = e->key_len - 8;
-            *find_key_slot(c, key_of(c, e), len, hash_bytes(key_of(c, e), len)) = (uint32_t)i + 1;
+            uint64_t h = hash_bytes(key_of(c, e), len);
+            *find_key_slot(c, key_of(c, e), len, h) = slot_make(h, i);
         }
     sl_free(old);
     return 0;
@@ -264,7 +296,7 @@ static int reserve_entry(sl_cache_t *c)
         return -ENOMEM;
     if ((c->count + 1) * 2 > c->slot_count && rehash(c, &c->slots, &c->slot_count, 0))
         return -ENOMEM;
-    if (c->window && (c->key_count + 1) * 2 > c->key_slot_count &&
+    if (c->chained && (c->key_count + 1) * 2 > c->key_slot_count &&
         rehash(c, &c->key_slots, &c->key_slot_count, 1))
         return -ENOMEM;
     return 0;
@@ -287,16 +319,17 @@ static void link_window(sl_cache_t *c, uint32_t i)
 {
     entry_t *e = &c->entries[i];
     size_t len = e->key_len - 8;
-    uint32_t *slot = find_key_slot(c, key_of(c, e), len, hash_bytes(key_of(c, e), len));
+    uint64_t h = hash_bytes(key_of(c, e), len);
+    uint64_t *slot = find_key_slot(c, key_of(c, e), len, h);
     if (!*slot)
         c->key_count++;
-    e->next_window = *slot;
-    *slot = i + 1;
+    e->next_window = *slot ? slot_entry(*slot) + 1 : 0;
+    *slot = slot_make(h, i);
 }
 
 /* Adds the entry for store key k at slot (from find_slot, tables already
  * grown); *out receives it. */
-static int add_entry(sl_cache_t *c, uint32_t *slot, const uint8_t *k, size_t len, uint64_t h,
+static int add_entry(sl_cache_t *c, uint64_t *slot, const uint8_t *k, size_t len, uint64_t h,
                      entry_t **out)
 {
     entry_t e = {.hash = h, .key_len = (uint32_t)len};
@@ -304,8 +337,8 @@ static int add_entry(sl_cache_t *c, uint32_t *slot, const uint8_t *k, size_t len
         return -ENOMEM;
     e.value_at = c->arena.len;
     c->entries[c->count] = e;
-    *slot = (uint32_t)++c->count;
-    if (c->window)
+    *slot = slot_make(h, c->count++);
+    if (c->chained)
         link_window(c, (uint32_t)c->count - 1);
     *out = &c->entries[c->count - 1];
     return 0;
@@ -316,11 +349,11 @@ static int entry_for(sl_cache_t *c, const uint8_t *k, size_t len, entry_t **out)
 {
     int known = c->found_len == len && c->found_count == c->count && !memcmp(c->found_key, k, len);
     uint64_t h = known ? c->found_hash : hash_bytes(k, len);
-    uint32_t *slot = known           ? &c->slots[c->found_slot]
+    uint64_t *slot = known           ? &c->slots[c->found_slot]
                      : c->slot_count ? find_slot(c, k, len, h)
                                      : NULL;
     if (slot && *slot) {
-        *out = &c->entries[*slot - 1];
+        *out = &c->entries[slot_entry(*slot)];
         return 0;
     }
     int rc = reserve_entry(c);
@@ -340,14 +373,14 @@ static entry_t *lookup(sl_cache_t *c, const uint8_t *k, size_t len)
     if (!c->slot_count)
         return NULL;
     uint64_t h = hash_bytes(k, len);
-    uint32_t *slot = find_slot(c, k, len, h);
+    uint64_t *slot = find_slot(c, k, len, h);
     c->found_len = (uint32_t)len;
     c->found_slot = (size_t)(slot - c->slots);
     c->found_slots = c->slot_count;
     c->found_count = c->count;
     c->found_hash = h;
     memcpy(c->found_key, k, len);
-    return *slot ? &c->entries[*slot - 1] : NULL;
+    return *slot ? &c->entries[slot_entry(*slot)] : NULL;
 }
 
 /* ---- writes -------------------------------------------------------------- */
@@ -533,9 +566,22 @@ static int collect_windows(sl_cache_t *c, const uint8_t *key, size_t key_len, in
                            int64_t to, size_t *n)
 {
     *n = 0;
-    if (!c->key_slot_count)
-        return 0;
-    uint32_t at = *find_key_slot(c, key, key_len, hash_bytes(key, key_len));
+    if (!c->chained) { /* the first ask: chain the windows cached so far */
+        size_t slots = 1024;
+        while (slots < 2 * (c->count + 1))
+            slots *= 2;
+        sl_free(c->key_slots);
+        if (!(c->key_slots = sl_calloc(slots, sizeof *c->key_slots)))
+            return sl_error_set(-ENOMEM, "store %s: out of memory reading windows",
+                                sl_store_name(c->store));
+        c->key_slot_count = slots;
+        c->key_count = 0;
+        for (size_t i = 0; i < c->count; i++)
+            link_window(c, (uint32_t)i);
+        c->chained = 1;
+    }
+    uint64_t head = *find_key_slot(c, key, key_len, hash_bytes(key, key_len));
+    uint32_t at = head ? slot_entry(head) + 1 : 0;
     for (; at; at = c->entries[at - 1].next_window) {
         int64_t start = window_of(c, &c->entries[at - 1]);
         if (start < from || start > to)

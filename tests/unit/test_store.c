@@ -470,6 +470,53 @@ static void test_cache_windows_overlay_lmdb(void **state)
     close_fixture(&f);
 }
 
+/* A key's windows are chained from the first ask on: those cached before
+ * it, those added after it while the key table grows, and after an
+ * emptying. Each key k has windows 10 * w for w < k % 7 + 1 (value
+ * "k:w"), checked against that. */
+static void check_key_windows(fixture_t *f, int keys, int from_key)
+{
+    for (int k = from_key; k < keys; k += 97) {
+        char key[16], want[256] = "";
+        snprintf(key, sizeof key, "key%d", k);
+        for (int w = 0; w < k % 7 + 1; w++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%d=%d:%d ", 10 * w, k, w);
+        assert_string_equal(cached_windows(f, key, 0, 1000), want);
+    }
+}
+
+static void put_key_windows(fixture_t *f, int from, int to)
+{
+    for (int k = from; k < to; k++)
+        for (int w = k % 7; w >= 0; w--) { /* newest start first: the chain sorts */
+            char key[16], value[32];
+            snprintf(key, sizeof key, "key%d", k);
+            snprintf(value, sizeof value, "%d:%d", k, w);
+            window_put(f, key, 10 * w, value);
+        }
+}
+
+static void test_cache_windows_chain_before_and_after_the_first_ask(void **state)
+{
+    (void)state;
+    fixture_t f;
+    open_fixture(&f, SL_STORE_WINDOW, (size_t)1 << 30);
+    put_key_windows(&f, 0, 3000);
+    check_key_windows(&f, 3000, 0);  /* the first ask chains 12000 windows */
+    put_key_windows(&f, 3000, 9000); /* the key table grows twice */
+    check_key_windows(&f, 9000, 1);
+    window_put(&f, "key5", 990, "late one");
+    assert_string_equal(cached_windows(&f, "key5", 500, 1000), "990=late one ");
+    assert_string_equal(cached_windows(&f, "nobody", 0, 1000), "");
+    commit(&f);
+    sl_cache_clear(f.cache);
+    assert_string_equal(cached_windows(&f, "key5", 0, 1000), "0=5:0 10=5:1 20=5:2 30=5:3 "
+                                                             "40=5:4 50=5:5 990=late one ");
+    put_key_windows(&f, 9000, 9100); /* chained at once after an emptying */
+    check_key_windows(&f, 9100, 9000);
+    close_fixture(&f);
+}
+
 /* The cache-only read finds what the cache holds and never LMDB's. */
 static void test_cached_window_reads_skip_lmdb(void **state)
 {
@@ -1044,6 +1091,7 @@ int main(void)
         cmocka_unit_test(test_many_changes_come_out_in_lmdb_order),
         cmocka_unit_test(test_window_ranges),
         cmocka_unit_test(test_cache_windows_overlay_lmdb),
+        cmocka_unit_test(test_cache_windows_chain_before_and_after_the_first_ask),
         cmocka_unit_test(test_cached_window_reads_skip_lmdb),
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
         cmocka_unit_test(test_a_window_put_again_after_expiry_expires_again),
