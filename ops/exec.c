@@ -203,10 +203,13 @@ static void emit(sl_exec_t *x, const sl_op_t *op, int slot)
         fail(x, op, rc);
         return;
     }
-    x->stats[op->id].records_out++;
     rc = x->out->emit(x->out->arg, op, &rec);
-    if (rc)
+    if (rc == SL_ETOOBIG) /* this record cannot be written: its error */
+        fail(x, op, rc);
+    else if (rc)
         x->stop = rc;
+    else
+        x->stats[op->id].records_out++;
 }
 
 const sl_vm_route_t *sl_exec_route(const sl_exec_t *x)

@@ -41,7 +41,9 @@ typedef struct sl_op_stats {
 /* Where a stage's records go, and what to do with failures. */
 typedef struct sl_exec_output {
     /* An exit (TO, KEY_BY, ROUTE, FEATURES) produced rec; its bytes stay valid until
-     * sl_exec_reset(). Returns 0, or an error that stops the batch. */
+     * sl_exec_reset(). Returns 0; SL_ETOOBIG for a record its topic cannot
+     * take, which fails that record (failed() below, as a Lua error does);
+     * or an error that stops the batch. */
     int (*emit)(void *arg, const sl_op_t *exit, const sl_record_t *rec);
     /* op failed on input (the record that entered the stage); why names
      * the op and the script line. 0: go on; non-zero: stop the batch. */

@@ -110,7 +110,7 @@ static int route_for(worker_t *w, const sl_op_t *exit, route_t **out)
         sl_partition_ref(parts[i]);
     }
     route_t *r = &w->routes[w->route_count++];
-    *r = (route_t){exit, parts, n};
+    *r = (route_t){exit, parts, n, (size_t)sl_topic_config(t)->max_batch_bytes};
     *out = r;
     return 0;
 }
@@ -133,6 +133,11 @@ static int queue_record(worker_t *w, const sl_op_t *exit, const sl_record_t *rec
     int rc = route_for(w, exit, &r);
     if (rc)
         return rc;
+    if (sl_record_batch_bytes(rec) > r->max_record) /* this record's error, not the pipeline's */
+        return sl_error_set(SL_ETOOBIG,
+                            "%s: a record of %zu bytes is over topic %s's max.batch.bytes %zu",
+                            exit ? exit->where : "dead letter", sl_record_batch_bytes(rec),
+                            sl_partition_topic_name(r->partitions[0]), r->max_record);
     int32_t part = rec->key_len >= 0
                        ? sl_partition_for_key(rec->key, (size_t)rec->key_len, r->count)
                        : (int32_t)(w->round_robin % (uint32_t)r->count);
@@ -263,14 +268,14 @@ static int flush_outputs(worker_t *w)
     for (int i = 0; rc == 0 && w->pl->exactly_once && i < w->out_count; i++)
         rc = hold(w, &w->outs[i]);
     for (int i = 0; rc == 0 && !w->pl->exactly_once && i < w->out_count; i++) {
-        int64_t first;
+        int64_t end;
         out_group_t *g = &w->outs[i];
-        rc = sl_partition_append_nowait(g->partition, g->recs, g->count, &first);
+        rc = sl_partition_append_split(g->partition, g->recs, g->count, NULL, &end);
         if (rc == SL_EDELETED)
             rc = sl_error_set(rc, "pipeline %s: topic %s is gone", w->pl->name,
                               sl_partition_topic_name(g->partition));
         if (rc == 0)
-            rc = pend(w, g->partition, first + (int64_t)g->count);
+            rc = pend(w, g->partition, end);
     }
     drop_routes(w);
     for (int i = 0; i < w->out_count; i++) {

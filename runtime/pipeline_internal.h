@@ -68,6 +68,7 @@ typedef struct route {
     const sl_op_t *exit; /* NULL: the dead-letter topic */
     sl_partition_t **partitions;
     int32_t count;
+    size_t max_record; /* the topic's max.batch.bytes: no record may be larger */
 } route_t;
 
 /* Exactly-once: copies of the records bound for one partition since the

@@ -158,20 +158,6 @@ static int written_for(sl_commit_t *c, sl_partition_t *p, written_t **out)
     return 0;
 }
 
-/* The most a commit puts in one batch: well below the default
- * max.batch.bytes, and no more than a partition with a smaller one takes. */
-#define CHUNK_BYTES (512 << 10)
-
-static size_t record_bytes(const sl_record_t *r)
-{
-    size_t n = 64 + (size_t)(r->key_len > 0 ? r->key_len : 0) +
-               (size_t)(r->value_len > 0 ? r->value_len : 0);
-    for (uint32_t i = 0; i < r->header_count; i++)
-        n += 16 + (size_t)(r->headers[i].name_len > 0 ? r->headers[i].name_len : 0) +
-             (size_t)(r->headers[i].value_len > 0 ? r->headers[i].value_len : 0);
-    return n;
-}
-
 int sl_commit_append(sl_commit_t *c, sl_partition_t *p, const sl_record_t *records, size_t count,
                      int64_t *first_offset)
 {
@@ -179,22 +165,7 @@ int sl_commit_append(sl_commit_t *c, sl_partition_t *p, const sl_record_t *recor
     int rc = check_open(c);
     if (rc || (rc = written_for(c, p, &w)) || count == 0)
         return rc;
-    size_t limit = (size_t)p->config.max_batch_bytes / 2;
-    if (limit > CHUNK_BYTES)
-        limit = CHUNK_BYTES;
-    for (size_t from = 0; from < count;) {
-        size_t to = from + 1, bytes = record_bytes(&records[from]);
-        while (to < count && bytes + record_bytes(&records[to]) <= limit)
-            bytes += record_bytes(&records[to++]);
-        int64_t first;
-        if ((rc = sl_partition_append_nowait(p, records + from, to - from, &first)))
-            return rc;
-        if (from == 0 && first_offset)
-            *first_offset = first;
-        w->end = first + (int64_t)(to - from);
-        from = to;
-    }
-    return 0;
+    return sl_partition_append_split(p, records, count, first_offset, &w->end);
 }
 
 /* Checks cache is not in c yet and makes room for it. */

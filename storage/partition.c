@@ -375,6 +375,50 @@ int sl_partition_append_nowait(sl_partition_t *p, const sl_record_t *records, si
     return 0;
 }
 
+/* The most a pipeline's append puts in one batch: well below the default
+ * max.batch.bytes, so that readers get batches of a sensible size. */
+#define SPLIT_BYTES (512 << 10)
+
+size_t sl_record_batch_bytes(const sl_record_t *r)
+{
+    size_t n = SL_BATCH_HEADER_SIZE + 64 + (size_t)(r->key_len > 0 ? r->key_len : 0) +
+               (size_t)(r->value_len > 0 ? r->value_len : 0);
+    for (uint32_t i = 0; i < r->header_count; i++)
+        n += 16 + (size_t)(r->headers[i].name_len > 0 ? r->headers[i].name_len : 0) +
+             (size_t)(r->headers[i].value_len > 0 ? r->headers[i].value_len : 0);
+    return n;
+}
+
+int sl_partition_append_split(sl_partition_t *p, const sl_record_t *records, size_t count,
+                              int64_t *first_offset, int64_t *end_offset)
+{
+    size_t max = (size_t)p->config.max_batch_bytes, limit = max / 2;
+    if (limit > SPLIT_BYTES)
+        limit = SPLIT_BYTES;
+    for (size_t i = 0; i < count; i++)
+        if (sl_record_batch_bytes(&records[i]) > max)
+            return sl_error_set(SL_ETOOBIG,
+                                "%s/%d: a record of %zu bytes is over the topic's max.batch.bytes "
+                                "%zu",
+                                p->topic_name, p->id, sl_record_batch_bytes(&records[i]), max);
+    for (size_t from = 0; from < count;) {
+        size_t to = from + 1, bytes = sl_record_batch_bytes(&records[from]);
+        while (to < count &&
+               bytes + sl_record_batch_bytes(&records[to]) - SL_BATCH_HEADER_SIZE <= limit)
+            bytes += sl_record_batch_bytes(&records[to++]) - SL_BATCH_HEADER_SIZE;
+        int64_t first;
+        int rc = sl_partition_append_nowait(p, records + from, to - from, &first);
+        if (rc)
+            return rc;
+        if (from == 0 && first_offset)
+            *first_offset = first;
+        if (end_offset)
+            *end_offset = first + (int64_t)(to - from);
+        from = to;
+    }
+    return 0;
+}
+
 int sl_partition_append(sl_partition_t *p, const sl_record_t *records, size_t count,
                         int64_t *first_offset)
 {

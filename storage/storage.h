@@ -293,6 +293,22 @@ int sl_partition_append(sl_partition_t *p, const sl_record_t *records, size_t co
 int sl_partition_append_nowait(sl_partition_t *p, const sl_record_t *records, size_t count,
                                int64_t *first_offset);
 
+/* The bytes record r may take in a batch of its own (header included,
+ * uncompressed): what a partition's max.batch.bytes must allow for it. */
+size_t sl_record_batch_bytes(const sl_record_t *r);
+
+/*
+ * As sl_partition_append_nowait(), for records a pipeline made, however
+ * many: in batches of at most 512 KiB and half p's max.batch.bytes (a
+ * larger record alone in its batch). A record over max.batch.bytes fails
+ * the call with SL_ETOOBIG before anything is appended; a later failure
+ * may leave the batches before it appended. *first_offset (if not NULL)
+ * receives the first record's offset, *end_offset (if not NULL) the end of
+ * the last batch (other writers' batches may lie between them).
+ */
+int sl_partition_append_split(sl_partition_t *p, const sl_record_t *records, size_t count,
+                              int64_t *first_offset, int64_t *end_offset);
+
 /* Waits until every offset below end_offset is durable. timeout_ms < 0
  * waits without bound. Returns 0, SL_ETIMEDOUT, or the write/fsync error
  * that lost those records (they are then no longer in the partition). */
@@ -1212,12 +1228,12 @@ int sl_commit_begin(sl_commit_t *c);
 MDB_txn *sl_commit_txn(sl_commit_t *c);
 
 /*
- * Step 2: appends records to the transactional partition p in batches of
- * at most 512 KiB and half p's max.batch.bytes (one record may be more;
- * not yet durable, not visible); *first_offset (if not NULL) receives the
+ * Step 2: appends records to the transactional partition p as
+ * sl_partition_append_split() does (not yet durable, not visible);
+ * *first_offset (if not NULL) receives the
  * first one's offset. p's new lso will be the end of its last append in
  * this commit. SL_EINVALID for a partition that is not transactional;
- * otherwise as sl_partition_append_nowait(). After a failure, abort.
+ * otherwise as sl_partition_append_split(). After a failure, abort.
  */
 int sl_commit_append(sl_commit_t *c, sl_partition_t *p, const sl_record_t *records, size_t count,
                      int64_t *first_offset);

@@ -483,6 +483,42 @@ class OnErrorTest(PipelineTestCase):
         self.assertIn("JSON", error)
 
 
+class OutputSizeTest(PipelineTestCase):
+    """What a pipeline writes is cut into batches its topic takes; a record
+    larger than the topic's max.batch.bytes is that record's error."""
+
+    def check(self, processing):
+        t_in = self.new_topic(1)
+        options = ("SET", "max.batch.bytes", 8192)
+        out = (self.new_sink(1, *options) if processing == "exactly_once"
+               else self.new_topic(1, *options))
+        name = self.pipeline_name()
+        self.submit_ok(name, fixture("sizes", processing=processing, **{"in": t_in, "out": out}))
+        self.produce(t_in, {"many": 3})
+        bad = self.produce(t_in, {"big": 9000}, "big")
+        self.produce(t_in, {"many": 2000})  # ~450 KB from one record
+        self.wait_caught_up(name)
+        self.assertRunning(name)
+        got = self.values(self.records(out))
+        self.assertEqual([v["i"] for v in got], [1, 2, 3] + list(range(1, 2001)))
+        dead = self.records(name + ".dlq")
+        self.assertEqual(len(dead), 1, dead)
+        self.assertEqual(dead[0][2], b"big")
+        h = {text(k): text(v) for k, v in zip(dead[0][4][0::2], dead[0][4][1::2])}
+        self.assertEqual(h["source.offset"], str(bad[1]))
+        self.assertRegex(h["error"], r"\.lua:10: a record of \d+ bytes is over topic %s's "
+                         r"max\.batch\.bytes 8192$" % out)
+        ops = self.describe(name)["ops"]
+        sink = [op for op in ops if text(op[1]) == "to"][0]
+        self.assertEqual(sink[5], 1, "the record counted as the sink's error: %r" % (ops,))
+
+    def test_exactly_once(self):
+        self.check("exactly_once")
+
+    def test_at_least_once(self):
+        self.check("at_least_once")
+
+
 # ---- submitting, replacing, stopping -------------------------------------------------
 
 
