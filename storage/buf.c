@@ -6,6 +6,8 @@
 #include "storage/storage.h"
 
 #include <errno.h>
+#include <stdint.h>
+#include <string.h>
 
 int sl_buf_reserve(sl_buf_t *b, size_t extra)
 {
@@ -22,32 +24,36 @@ int sl_buf_reserve(sl_buf_t *b, size_t extra)
     return 0;
 }
 
-int sl_buf_append(sl_buf_t *b, const void *data, size_t n)
-{
-    int rc = sl_buf_reserve(b, n);
-    if (rc)
-        return rc;
-    if (n)
-        memcpy(b->data + b->len, data, n);
-    b->len += n;
-    return 0;
-}
-
 int sl_buf_json_string(const void *text, size_t len, sl_buf_t *out)
 {
     static const char hex[] = "0123456789abcdef";
     const uint8_t *s = text;
-    int rc = sl_buf_append(out, "\"", 1);
-    for (size_t i = 0; rc == 0 && i < len; i++) {
-        char esc[6] = {'\\', 'u', '0', '0', hex[s[i] >> 4], hex[s[i] & 15]};
-        if (s[i] == '"' || s[i] == '\\')
-            rc = sl_buf_append(out, esc, 1) ? -ENOMEM : sl_buf_append(out, &s[i], 1);
-        else if (s[i] < 0x20)
-            rc = sl_buf_append(out, esc, 6);
-        else
-            rc = sl_buf_append(out, &s[i], 1);
+    if (len > (SIZE_MAX - 2) / 6 || sl_buf_reserve(out, 6 * len + 2)) /* each byte: 6 at most */
+        return -ENOMEM;
+    char *o = (char *)out->data + out->len, *start = o;
+    *o++ = '"';
+    for (size_t i = 0; i < len;) {
+        size_t run = i; /* the bytes that go as they are, copied at once */
+        while (run < len && s[run] >= 0x20 && s[run] != '"' && s[run] != '\\')
+            run++;
+        memcpy(o, s + i, run - i);
+        o += run - i;
+        if ((i = run) == len)
+            break;
+        if (s[i] == '"' || s[i] == '\\') {
+            *o++ = '\\';
+            *o++ = (char)s[i];
+        } else {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[s[i] >> 4];
+            o[5] = hex[s[i] & 15];
+            o += 6;
+        }
+        i++;
     }
-    return rc ? rc : sl_buf_append(out, "\"", 1);
+    *o++ = '"';
+    out->len += (size_t)(o - start);
+    return 0;
 }
 
 void sl_buf_free(sl_buf_t *b)

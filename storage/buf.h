@@ -22,8 +22,20 @@ typedef struct sl_buf {
 /* Makes room for extra more bytes. Returns 0 or -ENOMEM. */
 int sl_buf_reserve(sl_buf_t *b, size_t extra);
 
-/* Appends n bytes. Returns 0 or -ENOMEM. */
-int sl_buf_append(sl_buf_t *b, const void *data, size_t n);
+/* Appends n bytes. Returns 0 or -ENOMEM. Inline: results and encodings
+ * are built of many small appends, most of them of constant size. */
+static inline int sl_buf_append(sl_buf_t *b, const void *data, size_t n)
+{
+    if (b->cap - b->len < n) {
+        int rc = sl_buf_reserve(b, n);
+        if (rc)
+            return rc;
+    }
+    if (n)
+        memcpy(b->data + b->len, data, n);
+    b->len += n;
+    return 0;
+}
 
 /* Frees the storage and zeroes the buffer. */
 void sl_buf_free(sl_buf_t *b);

@@ -52,8 +52,10 @@
 #include <stdint.h>
 
 /* Address space reserved for the data file; the file itself only grows
- * with use. */
-#if SIZE_MAX > 0xffffffffu
+ * with use. A build may set it (e.g. 1 GiB to run the node under valgrind,
+ * which cannot map 64 GiB). */
+#ifdef SL_STATE_MAP_SIZE_DEFAULT
+#elif SIZE_MAX > 0xffffffffu
 #define SL_STATE_MAP_SIZE_DEFAULT ((size_t)64 << 30) /* 64 GiB */
 #else
 #define SL_STATE_MAP_SIZE_DEFAULT ((size_t)1 << 30) /* 1 GiB */
