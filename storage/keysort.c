@@ -39,14 +39,17 @@ static void insertion_sort(sl_key_item_t *a, size_t n, size_t depth)
     }
 }
 
-/* Stable LSD radix sort of a[0..n) by digit, through tmp. */
+/* Stable LSD radix sort of a[0..n) by digit, through tmp: each pass that
+ * moves items goes from one array to the other, and the items are copied
+ * back into a once, at the end, if they ended in tmp. */
 static void sort_by_digit(sl_key_item_t *a, sl_key_item_t *tmp, size_t n)
 {
+    sl_key_item_t *from = a, *to = tmp;
     for (int shift = 0; shift < 64; shift += 8) {
         size_t count[256] = {0};
         for (size_t i = 0; i < n; i++)
-            count[(a[i].digit >> shift) & 0xff]++;
-        if (count[(a[0].digit >> shift) & 0xff] == n)
+            count[(from[i].digit >> shift) & 0xff]++;
+        if (count[(from[0].digit >> shift) & 0xff] == n)
             continue; /* every item has this byte: nothing moves */
         size_t at = 0;
         for (int b = 0; b < 256; b++) {
@@ -55,9 +58,13 @@ static void sort_by_digit(sl_key_item_t *a, sl_key_item_t *tmp, size_t n)
             at += c;
         }
         for (size_t i = 0; i < n; i++)
-            tmp[count[(a[i].digit >> shift) & 0xff]++] = a[i];
-        memcpy(a, tmp, n * sizeof *a);
+            to[count[(from[i].digit >> shift) & 0xff]++] = from[i];
+        sl_key_item_t *t = from;
+        from = to;
+        to = t;
     }
+    if (from != a)
+        memcpy(a, from, n * sizeof *a);
 }
 
 static void sort_from(sl_key_item_t *a, sl_key_item_t *tmp, size_t n, size_t depth);
