@@ -10,8 +10,9 @@
  *   watermark  stream time (the largest event time seen) - grace; the
  *              runtime commits the stream time with the input offsets, so a
  *              restarted task judges lateness as the one before it did
- *   changed    (key, window) pairs updated since the last flush, for
- *              emit = "on_update"
+ *   changes    for emit = "on_update", the cache's: each window changed
+ *              since the last flush is taken once (sl_cache_take_changed),
+ *              in store key order
  *   closer     the open windows in close order, for emit = "on_close";
  *              rebuilt from the store when the task starts
  *
@@ -34,7 +35,6 @@
 #include "ops/ops_internal.h"
 #include "ops/window.h"
 #include "storage/buf.h"
-#include "storage/keysort.h"
 
 #include <stdio.h>
 #include <errno.h>
@@ -42,11 +42,6 @@
 #include <string.h>
 
 #define EXPIRE_BATCH 10000 /* windows expired per flush, at most */
-
-typedef struct changed {
-    size_t at, len;     /* the store key (with a window: key || W) in keys */
-    sl_cache_ref_t ref; /* its cache entry, read again at the flush */
-} changed_t;
 
 typedef struct agg {
     const sl_op_t *op;
@@ -62,11 +57,6 @@ typedef struct agg {
     sl_watermark_t wm;
     int unread; /* no op reads the results: the store is the only output */
     sl_window_closer_t *closer;
-    changed_t *changed;
-    size_t changed_count, changed_cap;
-    sl_buf_t keys;
-    sl_key_item_t *order; /* the changed keys and the sort's scratch */
-    size_t order_cap;
     sl_buf_t result; /* a result's JSON */
     uint8_t *scratch;
     size_t scratch_cap;
@@ -259,9 +249,6 @@ static void agg_free(agg_t *a)
     sl_aggset_free(a->set);
     sl_window_closer_free(a->closer);
     sl_free(a->sessions);
-    sl_free(a->changed);
-    sl_buf_free(&a->keys);
-    sl_free(a->order);
     sl_buf_free(&a->result);
     sl_free(a->scratch);
     sl_free(a->inputs);
@@ -427,24 +414,6 @@ static int member_input(sl_vm_t *vm, const sl_op_t *op, const sl_agg_spec_t *m, 
     return 0;
 }
 
-/* Notes that (key, start) changed, just put in the cache, by its store key:
- * sorted at the flush, those are the windows in LMDB's order. */
-static int remember_changed(agg_t *a, const uint8_t *key, size_t len, int64_t start)
-{
-    uint8_t k[SL_STORE_KEY_MAX];
-    if (a->op->emit != SL_EMIT_ON_UPDATE || a->unread)
-        return 0;
-    if (a->windowed) { /* put in the cache already, so it fits */
-        len = sl_store_window_key(k, key, len, start);
-        key = k;
-    }
-    if (sl_array_reserve((void **)&a->changed, &a->changed_cap, a->changed_count + 1,
-                         sizeof *a->changed))
-        return -ENOMEM;
-    a->changed[a->changed_count++] = (changed_t){a->keys.len, len, sl_cache_last_put(a->cache)};
-    return sl_buf_append(&a->keys, key, len);
-}
-
 /* Reduce members: one step of each reducer with this window's acc. */
 static int run_reducers(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot)
 {
@@ -513,7 +482,7 @@ static int update(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot, const sl_r
         if (r)
             return r;
     }
-    return remember_changed(a, meta->key, (size_t)meta->key_len, start);
+    return 0;
 }
 
 /* Collects a key's stored sessions (those starting up to t + gap). */
@@ -588,7 +557,7 @@ static int update_session(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot,
     if (a->closer && (rc = sl_window_closer_add(a->closer, key, key_len, place.session.first,
                                                 sl_session_close_time(&a->spec, &place.session))))
         return rc;
-    return remember_changed(a, key, key_len, place.session.first);
+    return 0;
 }
 
 int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int slot, int *late)
@@ -638,19 +607,11 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
 
 /* ---- results out -------------------------------------------------------------- */
 
-/* The result of (key, start) from its stored state, through the op's
- * downstream ops. A window expired meanwhile owes nothing. */
+/* The result of (key, start) from its state (value), through the op's
+ * downstream ops. */
 static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_len, int64_t start,
-                       sl_cache_ref_t ref, const sl_exec_output_t *out)
+                       const void *value, size_t value_len, const sl_exec_output_t *out)
 {
-    const void *value;
-    size_t value_len;
-    int found = sl_cache_read(a->cache, ref, &value, &value_len); /* no search, if it can */
-    if (found < 0)
-        found = a->windowed ? sl_cache_window_get(a->cache, key, key_len, start, &value, &value_len)
-                            : sl_cache_get(a->cache, key, key_len, &value, &value_len);
-    if (found <= 0)
-        return found;
     int64_t end = start + a->spec.size;
     if (a->session) {
         if (value_len < 8)
@@ -689,41 +650,50 @@ static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_le
     return rc ? rc : sl_exec_deliver(x, a->op->id, &rec, out);
 }
 
-/* The changed windows' results, each once, in store key order. */
+typedef struct taking {
+    sl_exec_t *x;
+    agg_t *a;
+    const sl_exec_output_t *out;
+} taking_t;
+
+/* One changed window's result (sl_cache_take_changed); a deleted one (a
+ * session merged into another, a window expired) owes none. */
+static int take_change(void *arg, const sl_record_t *change)
+{
+    taking_t *t = arg;
+    size_t key_len = (size_t)change->key_len;
+    int64_t start = 0;
+    if (!change->value)
+        return 0;
+    int rc = t->a->windowed ? sl_store_window_split(change->key, key_len, &key_len, &start) : 0;
+    return rc ? rc
+              : emit_result(t->x, t->a, change->key, key_len, start, change->value,
+                            (size_t)change->value_len, t->out);
+}
+
+/* The windows changed since the last flush: their results, each once, in
+ * store key order. */
 static int flush_updates(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
 {
-    size_t n = a->changed_count;
-    int rc = 0;
-    if (n == 0)
+    taking_t t = {x, a, out};
+    if (a->op->emit != SL_EMIT_ON_UPDATE || a->unread)
         return 0;
-    if (sl_array_reserve((void **)&a->order, &a->order_cap, 2 * n, sizeof *a->order))
-        return -ENOMEM;
-    for (size_t i = 0; i < n; i++)
-        a->order[i] = (sl_key_item_t){0, 0, a->keys.data + a->changed[i].at,
-                                      (uint32_t)a->changed[i].len, (uint32_t)i};
-    sl_key_sort(a->order, a->order + n, n);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        const sl_key_item_t *it = &a->order[i], *next = i + 1 < n ? it + 1 : NULL;
-        if (next && next->len == it->len && !memcmp(next->key, it->key, it->len))
-            continue; /* the same window again */
-        size_t key_len = it->len;
-        int64_t start = 0;
-        if (a->windowed)
-            rc = sl_store_window_split(it->key, it->len, &key_len, &start);
-        if (rc == 0)
-            rc = emit_result(x, a, it->key, key_len, start, a->changed[it->index].ref, out);
-    }
-    a->changed_count = 0;
-    a->keys.len = 0;
-    return rc;
+    return sl_cache_take_changed(a->cache, take_change, &t);
 }
 
 static int flush_closed(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
 {
     sl_window_closed_t closed;
     int rc = 0;
-    while (rc == 0 && sl_window_closer_pop(a->closer, sl_watermark_get(&a->wm), &closed))
-        rc = emit_result(x, a, closed.key, closed.key_len, closed.start, (sl_cache_ref_t){0}, out);
+    while (rc == 0 && sl_window_closer_pop(a->closer, sl_watermark_get(&a->wm), &closed)) {
+        const void *value;
+        size_t value_len;
+        int found = sl_cache_window_get(a->cache, closed.key, closed.key_len, closed.start, &value,
+                                        &value_len); /* 0: expired meanwhile, nothing owed */
+        rc = found <= 0 ? found
+                        : emit_result(x, a, closed.key, closed.key_len, closed.start, value,
+                                      value_len, out);
+    }
     return rc;
 }
 

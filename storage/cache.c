@@ -48,6 +48,7 @@ typedef struct entry {
     uint32_t key_len, value_len, value_cap;
     uint32_t next_window; /* index + 1 of the key's previous window entry; 0 none */
     uint8_t dirty, deleted;
+    uint8_t fresh; /* changed since the last sl_cache_take_changed() */
 } entry_t;
 
 /* One window of a key, while merging with LMDB's. */
@@ -86,8 +87,7 @@ struct sl_cache {
     int read_live;
     sl_owner_fn owner; /* which stored keys expiry may delete; NULL: all */
     void *owner_arg;
-    uint64_t clears;   /* times emptied */
-    uint32_t last_put; /* index + 1 of the entry the last put wrote; 0: none */
+    uint64_t clears; /* times emptied */
     /* What the last lookup found for its key (found_len bytes of found_key;
      * 0: none): the slot holding its entry or the empty one where it would
      * go, while no entry has been added since (count == found_count) and
@@ -170,18 +170,12 @@ void sl_cache_clear(sl_cache_t *c)
     c->changes_valid = 0;
     c->clears++;
     c->found_len = 0;
-    c->last_put = 0;
     end_read(c);
 }
 
 uint64_t sl_cache_clears(const sl_cache_t *c)
 {
     return c->clears;
-}
-
-sl_cache_ref_t sl_cache_last_put(const sl_cache_t *c)
-{
-    return (sl_cache_ref_t){c->last_put, c->clears};
 }
 
 void sl_cache_free(sl_cache_t *c)
@@ -390,6 +384,7 @@ static void mark_dirty(sl_cache_t *c, entry_t *e)
     if (!e->dirty) /* room: dirty_list has a place per entry */
         c->dirty_list[c->dirty++] = (uint32_t)(e - c->entries);
     e->dirty = 1;
+    e->fresh = 1;
     c->changes_valid = 0;
 }
 
@@ -418,7 +413,6 @@ static int put_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void
     if (c->window && window_of(c, e) < c->min_start)
         c->min_start = window_of(c, e);
     mark_dirty(c, e);
-    c->last_put = (uint32_t)(e - c->entries) + 1;
     return sl_cache_is_full(c);
 }
 
@@ -503,13 +497,6 @@ static int cached_value(const sl_cache_t *c, const entry_t *e, const void **valu
     *value = c->arena.data + e->value_at;
     *value_len = e->value_len;
     return !e->deleted;
-}
-
-int sl_cache_read(const sl_cache_t *c, sl_cache_ref_t ref, const void **value, size_t *value_len)
-{
-    if (!ref.entry || ref.clears != c->clears || ref.entry > c->count)
-        return -1;
-    return cached_value(c, &c->entries[ref.entry - 1], value, value_len);
 }
 
 static int get_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void **value,
@@ -744,6 +731,21 @@ int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count)
     *records = c->changes;
     *count = c->change_count;
     return 0;
+}
+
+int sl_cache_take_changed(sl_cache_t *c, sl_change_fn fn, void *arg)
+{
+    const sl_record_t *changes;
+    size_t n;
+    int rc = sl_cache_changes(c, &changes, &n);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        entry_t *e = &c->entries[c->order[i].index];
+        if (!e->fresh)
+            continue;
+        e->fresh = 0;
+        rc = fn(arg, &changes[i]);
+    }
+    return rc;
 }
 
 int sl_cache_flush(sl_cache_t *c, MDB_txn *txn)

@@ -996,19 +996,6 @@ int sl_cache_window_delete(sl_cache_t *c, const void *key, size_t key_len, int64
 int sl_cache_window_get(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
                         const void **value, size_t *value_len);
 
-/* The entry the last put wrote, to read again later without a search
- * (sl_cache_read()): valid until the cache is next emptied. */
-typedef struct sl_cache_ref {
-    uint32_t entry; /* index + 1; 0: none */
-    uint64_t clears;
-} sl_cache_ref_t;
-
-sl_cache_ref_t sl_cache_last_put(const sl_cache_t *c);
-
-/* The value of the entry ref names: 1 with *value and *value_len, 0 if it
- * has been deleted since, -1 if the cache was emptied since (ask by key). */
-int sl_cache_read(const sl_cache_t *c, sl_cache_ref_t ref, const void **value, size_t *value_len);
-
 /* As sl_cache_window_get() without looking in LMDB: for a window the caller
  * knows was never committed (e.g. one starting after every event time a
  * commit has seen). 1 with the value, 0 if the cache has none. */
@@ -1059,6 +1046,20 @@ size_t sl_cache_dirty_count(const sl_cache_t *c);
  * its bytes belong to the cache, valid until it is next changed.
  */
 int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count);
+
+/* Called with one change of sl_cache_changes(); non-zero stops the walk. */
+typedef int (*sl_change_fn)(void *arg, const sl_record_t *change);
+
+/*
+ * Calls fn for every entry changed since the last call (put, or deleted:
+ * value NULL), once, in store key order, as sl_cache_changes() lists them,
+ * and forgets that they changed: what an operator that reports each change
+ * once (an aggregate's on_update results) takes before each commit. The
+ * walk reads the changes in place: fn must not change the cache. Returns
+ * 0, a sort's -ENOMEM, or what fn returned (the entries after it stay
+ * changed).
+ */
+int sl_cache_take_changed(sl_cache_t *c, sl_change_fn fn, void *arg);
 
 /* Writes the changes into the caller's write transaction
  * (sl_store_apply()). The entries stay dirty until sl_cache_committed(). */

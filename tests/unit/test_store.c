@@ -222,37 +222,52 @@ static void test_a_put_after_a_get_of_the_same_key(void **state)
     close_fixture(&f);
 }
 
-/* A reference to the entry a put wrote reads its value as it is now,
- * moved or deleted since, until the cache is emptied. */
-static void test_a_reference_reads_the_entry_a_put_wrote(void **state)
+static int take_one(void *arg, const sl_record_t *change)
+{
+    char *text = arg;
+    size_t used = strlen(text);
+    snprintf(text + used, 512 - used, "%.*s=%.*s ", (int)change->key_len, (const char *)change->key,
+             change->value ? (int)change->value_len : 1,
+             change->value ? (const char *)change->value : "-");
+    return strncmp((const char *)change->key, "stop", 4) == 0 ? 7 : 0;
+}
+
+static const char *take_changed(fixture_t *f, int want_rc)
+{
+    static char text[512];
+    text[0] = '\0';
+    assert_int_equal(sl_cache_take_changed(f->cache, take_one, text), want_rc);
+    return text;
+}
+
+/* Each change is taken once, in key order, whether or not a commit came
+ * between; a change after the take is taken again; a stopped walk leaves
+ * the rest for the next. */
+static void test_changes_are_taken_once(void **state)
 {
     (void)state;
     fixture_t f;
-    const void *v;
-    size_t n;
     open_fixture(&f, SL_STORE_KV, 0);
-    put(&f, "alice", "1");
-    sl_cache_ref_t alice = sl_cache_last_put(f.cache);
     put(&f, "bob", "2");
-    sl_cache_ref_t bob = sl_cache_last_put(f.cache);
-    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), 1);
-    assert_int_equal(n, 1);
-    assert_memory_equal(v, "1", 1);
-    put(&f, "alice", "a value too long to stay where it was");
-    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), 1);
-    assert_int_equal(n, strlen("a value too long to stay where it was"));
-    assert_memory_equal(v, "a value too long to stay where it was", n);
-    assert_int_equal(sl_cache_read(f.cache, bob, &v, &n), 1);
-    assert_memory_equal(v, "2", 1);
-    assert_int_equal(sl_cache_delete(f.cache, "bob", 3), 0);
-    assert_int_equal(sl_cache_read(f.cache, bob, &v, &n), 0);
-    commit(&f); /* committing keeps the entries */
-    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), 1);
+    put(&f, "alice", "1");
+    put(&f, "bob", "two");
+    assert_string_equal(take_changed(&f, 0), "alice=1 bob=two ");
+    assert_string_equal(take_changed(&f, 0), "");
+    put(&f, "carol", "3");
+    assert_int_equal(sl_cache_delete(f.cache, "alice", 5), 0);
+    assert_string_equal(take_changed(&f, 0), "alice=- carol=3 ");
+    commit(&f);
+    assert_string_equal(take_changed(&f, 0), "");
+    put(&f, "bob", "b");
+    put(&f, "stop", "s");
+    put(&f, "zed", "z");
+    assert_string_equal(take_changed(&f, 7), "bob=b stop=s ");
+    assert_string_equal(take_changed(&f, 0), "zed=z ");
+    commit(&f);
+    put(&f, "dave", "4"); /* changed after the commit: only this */
+    assert_string_equal(take_changed(&f, 0), "dave=4 ");
     sl_cache_clear(f.cache);
-    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), -1);
-    put(&f, "carol", "3"); /* entry 1 again, for another key: the old reference stays stale */
-    assert_int_equal(sl_cache_read(f.cache, alice, &v, &n), -1);
-    assert_int_equal(sl_cache_read(f.cache, (sl_cache_ref_t){0}, &v, &n), -1);
+    assert_string_equal(take_changed(&f, 0), "");
     close_fixture(&f);
 }
 
@@ -1084,7 +1099,7 @@ int main(void)
         cmocka_unit_test(test_names_and_kinds),
         cmocka_unit_test(test_reads_see_the_cache_then_lmdb_after_commit),
         cmocka_unit_test(test_a_put_after_a_get_of_the_same_key),
-        cmocka_unit_test(test_a_reference_reads_the_entry_a_put_wrote),
+        cmocka_unit_test(test_changes_are_taken_once),
         cmocka_unit_test(test_keys_over_lmdb_limit_are_refused),
         cmocka_unit_test(test_changes_are_sorted_in_lmdb_key_order),
         cmocka_unit_test(test_key_sort_matches_lmdb_order),
