@@ -33,6 +33,7 @@ typedef struct member_def {
     char *name;
     char *source; /* NULL if none */
     sl_agg_kind_t kind;
+    sl_buf_t label; /* "name": as results write it, made once */
 } member_def_t;
 
 struct sl_aggset {
@@ -225,6 +226,7 @@ void sl_aggset_free(sl_aggset_t *set)
     for (int i = 0; i < set->count; i++) {
         sl_free(set->members[i].name);
         sl_free(set->members[i].source);
+        sl_buf_free(&set->members[i].label);
     }
     sl_free(set);
 }
@@ -297,10 +299,12 @@ int sl_aggset_add(sl_aggset_t *set, const char *name, sl_agg_kind_t kind, const 
     int rc = check_member(set, name, (int)kind, source);
     if (rc)
         return rc;
-    member_def_t def = {sl_strdup(name), source ? sl_strdup(source) : NULL, kind};
-    if (!def.name || (source && !def.source)) {
+    member_def_t def = {sl_strdup(name), source ? sl_strdup(source) : NULL, kind, {0}};
+    if (!def.name || (source && !def.source) ||
+        sl_buf_json_string(name, strlen(name), &def.label) || sl_buf_append(&def.label, ":", 1)) {
         sl_free(def.name);
         sl_free(def.source);
+        sl_buf_free(&def.label);
         return -ENOMEM;
     }
     set->fingerprint = fingerprint_member(set->fingerprint, &def);
@@ -1054,13 +1058,11 @@ int sl_aggstate_json(const sl_aggstate_t *state, sl_buf_t *out)
 {
     int rc = sl_buf_append(out, "{", 1);
     for (int i = 0; rc == 0 && i < state->set->count; i++) {
+        const sl_buf_t *label = &state->set->members[i].label;
         if (i > 0)
             rc = sl_buf_append(out, ",", 1);
         if (rc == 0)
-            rc = sl_buf_json_string(state->set->members[i].name,
-                                    strlen(state->set->members[i].name), out);
-        if (rc == 0)
-            rc = sl_buf_append(out, ":", 1);
+            rc = sl_buf_append(out, label->data, label->len);
         if (rc == 0)
             rc = json_result(sl_aggstate_result(state, i), out);
     }

@@ -186,11 +186,21 @@ int sl_double_text(double d, char out[SL_DOUBLE_TEXT_MAX])
 
 char *sl_int64_digits(char *end, int64_t v)
 {
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324"
+                                "25262728293031323334353637383940414243444546474849"
+                                "50515253545556575859606162636465666768697071727374"
+                                "75767778798081828384858687888990919293949596979899";
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        *--end = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    for (; u >= 100; u /= 100) { /* two digits a division */
+        end -= 2;
+        memcpy(end, pairs + 2 * (u % 100), 2);
+    }
+    if (u >= 10) {
+        end -= 2;
+        memcpy(end, pairs + 2 * u, 2);
+    } else {
+        *--end = (char)('0' + u);
+    }
     if (v < 0)
         *--end = '-';
     return end;

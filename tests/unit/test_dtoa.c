@@ -199,11 +199,27 @@ static void test_decimals_read_as_strtod_reads_them(void **state)
 static void test_int64_digits_are_printfs(void **state)
 {
     (void)state;
-    const int64_t values[] = {0, 1, -1, 9, 10, -10, 123456789, INT64_MAX, INT64_MIN, INT64_MIN + 1};
+    const int64_t values[] = {0,
+                              1,
+                              -1,
+                              9,
+                              10,
+                              -10,
+                              99,
+                              100,
+                              -100,
+                              999,
+                              1000,
+                              123456789,
+                              100000000000000000,
+                              INT64_MAX,
+                              INT64_MIN,
+                              INT64_MIN + 1};
+    enum { EDGES = sizeof values / sizeof values[0] };
     char buf[SL_INT64_TEXT_MAX + 1], want[32];
     uint64_t s = 99;
-    for (int i = 0; i < 10 + 100000; i++) {
-        int64_t v = i < 10 ? values[i] : (int64_t)next_random(&s) >> (next_random(&s) % 64);
+    for (int i = 0; i < EDGES + 100000; i++) {
+        int64_t v = i < EDGES ? values[i] : (int64_t)next_random(&s) >> (next_random(&s) % 64);
         char *end = buf + SL_INT64_TEXT_MAX, *start = sl_int64_digits(end, v);
         snprintf(want, sizeof want, "%lld", (long long)v);
         assert_true(start >= buf);
