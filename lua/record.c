@@ -115,9 +115,16 @@ void sl_vm_batch_reset(sl_vm_t *vm)
 {
     lua_State *L = vm->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->batch_ref);
-    for (int i = 2 * vm->slot_count; i > 0; i--) {
-        lua_pushnil(L);
-        lua_rawseti(L, -2, i);
+    for (int i = vm->slot_count - 1; i >= 0; i--) { /* only what slots put there */
+        const sl_slot_t *s = &vm->slots[i];
+        if (s->has_table) {
+            lua_pushnil(L);
+            lua_rawseti(L, -2, TABLE_AT(i));
+        }
+        if (s->kind != SL_SLOT_LOADED) {
+            lua_pushnil(L);
+            lua_rawseti(L, -2, VALUE_AT(i));
+        }
     }
     lua_pop(L, 1);
     vm->slot_count = 0;

@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include "lua/lua.h"
+#include "lua/vm.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -810,6 +811,30 @@ static void test_batch_reset_frees_every_slot(void **state)
     expect_written_value(state, 0, SUBJECT);
 }
 
+/* A reset lets go of the Lua values the batch's slots held (the records
+ * made and their tables): after a full collection their memory is free. */
+static void test_batch_reset_lets_the_batchs_values_go(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "s.stream('in'):map(function(r) return {s = string.rep('x', 20000)} end):to('out')\n",
+              SL_OP_MAP);
+    sl_vm_t *vm = vm_of(state);
+    lua_gc(vm->L, LUA_GCCOLLECT);
+    size_t before = sl_vm_memory(vm);
+    for (int i = 0; i < 200; i++) {
+        int loaded = load(state, "k", SUBJECT, 1);
+        sl_slot_push(vm->L, vm, loaded); /* r as a table too */
+        lua_pop(vm->L, 1);
+        map(state, op, loaded);
+    }
+    lua_gc(vm->L, LUA_GCCOLLECT);
+    assert_true(sl_vm_memory(vm) > before + 200 * 20000); /* held by the batch */
+    sl_vm_batch_reset(vm);
+    lua_gc(vm->L, LUA_GCCOLLECT);
+    assert_true(sl_vm_memory(vm) < before + (1 << 20));
+}
+
 static void test_warm_batches_keep_memory_flat(void **state)
 {
     const sl_op_t *op = op_of(
@@ -1076,6 +1101,7 @@ int main(void)
         T(test_memory_hog_hits_the_cap_and_the_vm_goes_on),
         T(test_dsl_is_refused_while_records_flow),
         T(test_batch_reset_frees_every_slot),
+        T(test_batch_reset_lets_the_batchs_values_go),
         T(test_warm_batches_keep_memory_flat),
         T(test_out_of_memory_during_calls_is_enomem),
         T(test_record_decoding_past_the_cap_is_an_error),
