@@ -2,6 +2,7 @@
  * keysort.c - radix sort of keys into LMDB's order (see keysort.h).
  */
 #include "storage/keysort.h"
+#include "storage/buf.h"
 
 #include <string.h>
 
@@ -9,15 +10,12 @@
 
 static uint64_t digit_at(const sl_key_item_t *it, size_t depth)
 {
-    uint8_t bytes[8] = {0};
-    if (depth < it->len) {
-        size_t n = it->len - depth;
-        memcpy(bytes, it->key + depth, n < 8 ? n : 8);
-    }
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | bytes[i];
-    return v;
+    if (it->len >= depth + 8) /* a whole digit: one big-endian load */
+        return sl_get_be64(it->key + depth);
+    uint8_t bytes[8] = {0}; /* the key's end, zero-padded */
+    if (depth < it->len)
+        memcpy(bytes, it->key + depth, it->len - depth);
+    return sl_get_be64(bytes);
 }
 
 /* LMDB's order for keys equal in their first depth bytes. */
