@@ -284,6 +284,38 @@ static void test_every_kind_of_invalid_json_is_refused(void **state)
     assert_non_null(strstr(sl_error_detail(), "nested deeper than 1000 levels"));
 }
 
+/* Strings are checked many bytes at a time: a control character is
+ * refused at every position of a long string, and UTF-8 bytes, escapes and
+ * 0x7f anywhere in it are fine. */
+static void test_long_strings_are_checked_at_every_position(void **state)
+{
+    char text[64];
+    for (int at = 0; at < 40; at++) {
+        for (int kind = 0; kind < 4; kind++) {
+            memset(text, 0, sizeof text);
+            memcpy(text, "{\"s\":\"", 6);
+            memset(text + 6, 'a', 40);
+            memcpy(text + 46, "\"}", 2);
+            static const char *const put[] = {"\x1f", "\xc3\xa9", "\\n", "\x7f"};
+            if (at + strlen(put[kind]) > 40)
+                continue;
+            memcpy(text + 6 + at, put[kind], strlen(put[kind]));
+            sl_record_t rec = tu_record("k", text, 1000);
+            sl_vm_origin_t origin = {"clicks", 2, 1};
+            int slot = -1, rc = sl_vm_record_load(vm_of(state), &rec, &origin, &slot);
+            if (kind == 0) {
+                assert_int_equal(rc, SL_EINVALID);
+                assert_non_null(strstr(sl_error_detail(), "control character in a string"));
+                char where[32];
+                snprintf(where, sizeof where, "at byte %d", 7 + at);
+                assert_non_null(strstr(sl_error_detail(), where));
+            } else if (rc != 0) {
+                fail_msg("refused <%s>: %s", text, sl_error_detail());
+            }
+        }
+    }
+}
+
 static void test_valid_json_of_every_shape_reads_back(void **state)
 {
     const sl_op_t *op =
@@ -1101,6 +1133,7 @@ int main(void)
         T(test_memory_hog_hits_the_cap_and_the_vm_goes_on),
         T(test_dsl_is_refused_while_records_flow),
         T(test_batch_reset_frees_every_slot),
+        T(test_long_strings_are_checked_at_every_position),
         T(test_batch_reset_lets_the_batchs_values_go),
         T(test_warm_batches_keep_memory_flat),
         T(test_out_of_memory_during_calls_is_enomem),
