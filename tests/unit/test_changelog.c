@@ -165,6 +165,22 @@ static void make_history(node_t *n)
     }
 }
 
+/* 150 commits of two puts (and a delete every fifth), keys going down:
+ * every change starts a new sorted run (restore radix-sorts such a batch
+ * instead of merging its runs), and keys change many times. */
+static void make_scattered_history(node_t *n)
+{
+    for (int round = 0; round < 150; round++) {
+        put_value(n, 199 - round, round % 3, round);
+        put_value(n, 199 - (round * 7) % 150, round % 3, round + 1000);
+        if (round % 5 == 0)
+            delete_value(n, 199 - (round * 11) % 150, round % 3);
+        commit(n);
+    }
+}
+
+static void (*g_history)(node_t *n) = make_history;
+
 typedef struct seen {
     int calls;
     int64_t last_position, last_records, last_bytes;
@@ -200,7 +216,7 @@ static seen_t restore_in_batches(sl_store_kind_t kind, int compact, size_t batch
                                  .progress = on_progress,
                                  .progress_arg = &seen};
     node_open(&n, kind);
-    make_history(&n);
+    g_history(&n);
     if (compact) {
         assert_int_equal(sl_partition_roll(n.changelog), 0);
         assert_int_equal(sl_partition_compact(n.changelog, INT64_MAX / 4), 0);
@@ -268,6 +284,20 @@ static void test_compacted_changelog_restores_byte_identical(void **state)
     (void)state;
     check_restore_is_identical(SL_STORE_KV, 1);
     check_restore_is_identical(SL_STORE_WINDOW, 1);
+}
+
+/* A changelog of many short runs (a batch radix-sorted) and of a few long
+ * ones (merged), in one batch and in batches of 37. */
+static void test_unsorted_changelog_restores_byte_identical(void **state)
+{
+    (void)state;
+    g_history = make_scattered_history;
+    for (int kind = 0; kind < 2; kind++) {
+        sl_store_kind_t k = kind ? SL_STORE_WINDOW : SL_STORE_KV;
+        check_restore_is_identical(k, 0);
+        assert_int_equal(restore_in_batches(k, 0, 0, 0).calls, 1);
+    }
+    g_history = make_history;
 }
 
 /* A store behind its changelog (here: changes committed by a node whose
@@ -394,6 +424,7 @@ int main(void)
         cmocka_unit_test(test_kv_store_restores_byte_identical),
         cmocka_unit_test(test_window_store_restores_byte_identical),
         cmocka_unit_test(test_compacted_changelog_restores_byte_identical),
+        cmocka_unit_test(test_unsorted_changelog_restores_byte_identical),
         cmocka_unit_test(test_restore_batches_end_at_the_byte_limit),
         cmocka_unit_test(test_restore_resumes_from_the_checkpoint),
         cmocka_unit_test(test_damaged_changelog_record_stops_the_restore),
