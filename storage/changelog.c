@@ -10,9 +10,7 @@
  *
  * Restore reads the changelog partition from the store's checkpoint to the
  * partition's visible end in batches. Each batch is copied, sorted by key
- * (offset breaking ties: a merge of its sorted runs when it has few, as a
- * batch of commits' changes does, else a radix sort), reduced to the last
- * change of each key, written
+ * (offset breaking ties), reduced to the last change of each key, written
  * in key order in one write transaction together with the checkpoint of
  * where the batch ended, and committed. A crash mid-restore therefore
  * resumes from the last batch committed; replaying changes that are
@@ -58,13 +56,6 @@ int sl_changelog_check(const sl_store_t *s, const sl_record_t *r)
 }
 
 /* ---- restore ----------------------------------------------------------- */
-
-#define MERGE_RUNS 64 /* a batch of at most this many sorted runs is merged */
-
-typedef struct run {
-    size_t at, end; /* the run's next record and its end, in the batch */
-    size_t run;     /* its place among the runs: the order of its changes */
-} run_t;
 
 typedef struct restore {
     sl_store_t *store;
@@ -116,95 +107,15 @@ static int read_batch(restore_t *r)
     return rc < 0 ? rc : (int)(r->batch.count > 0);
 }
 
-/* LMDB's order of two records' keys. */
-static int key_order(const sl_record_t *a, const sl_record_t *b)
-{
-    size_t n = (size_t)(a->key_len < b->key_len ? a->key_len : b->key_len);
-    int c = memcmp(a->key, b->key, n);
-    return c ? c : (a->key_len > b->key_len) - (a->key_len < b->key_len);
-}
-
-/* A commit writes its changes in key order, so a batch is mostly a few
- * sorted runs: where each starts (a key not after the one before starts
- * one), or 0 if there are more than MERGE_RUNS. */
-static size_t find_runs(const sl_record_t *recs, size_t n, run_t *runs)
-{
-    size_t count = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && key_order(&recs[i - 1], &recs[i]) < 0)
-            continue;
-        if (count == MERGE_RUNS)
-            return 0;
-        if (count > 0)
-            runs[count - 1].end = i;
-        runs[count] = (run_t){i, n, count};
-        count++;
-    }
-    return count;
-}
-
-/* Heap order: the smaller key first, the earlier run on a tie (so a key's
- * changes come out in offset order). */
-static int heap_before(const sl_record_t *recs, const run_t *a, const run_t *b)
-{
-    int c = key_order(&recs[a->at], &recs[b->at]);
-    return c ? c < 0 : a->run < b->run;
-}
-
-static void sift_down(const sl_record_t *recs, run_t *heap, size_t n, size_t i)
-{
-    for (;;) {
-        size_t least = i, l = 2 * i + 1, rt = l + 1;
-        if (l < n && heap_before(recs, &heap[l], &heap[least]))
-            least = l;
-        if (rt < n && heap_before(recs, &heap[rt], &heap[least]))
-            least = rt;
-        if (least == i)
-            return;
-        run_t t = heap[i];
-        heap[i] = heap[least];
-        heap[least] = t;
-        i = least;
-    }
-}
-
-/* Merges the sorted runs into r->changes, keeping the last change of each
- * key; returns how many. */
-static size_t merge_runs(restore_t *r, const sl_record_t *recs, run_t *heap, size_t n)
-{
-    size_t kept = 0;
-    for (size_t i = n; i-- > 0;)
-        sift_down(recs, heap, n, i);
-    while (n > 0) {
-        const sl_record_t *next = &recs[heap[0].at];
-        if (kept > 0 && key_order(&r->changes[kept - 1], next) == 0)
-            r->changes[kept - 1] = *next; /* a later change of the same key */
-        else
-            r->changes[kept++] = *next;
-        if (++heap[0].at == heap[0].end)
-            heap[0] = heap[--n];
-        sift_down(recs, heap, n, 0);
-    }
-    return kept;
-}
-
 /* Sorts the batch and keeps the last change of each key, into r->changes;
- * returns how many. A batch of a few sorted runs is merged; any other is
- * radix-sorted. */
+ * returns how many. */
 static int reduce_batch(restore_t *r, size_t *count)
 {
     sl_record_t *recs = sl_record_set_array(&r->batch);
     size_t n = r->batch.count, kept = 0;
-    run_t runs[MERGE_RUNS];
-    if (sl_array_reserve((void **)&r->changes, &r->changes_cap, n, sizeof *r->changes))
-        return sl_error_set(-ENOMEM, "restoring %s: out of memory", sl_store_name(r->store));
-    size_t run_count = find_runs(recs, n, runs);
-    if (run_count > 0) {
-        *count = merge_runs(r, recs, runs, run_count);
-        return 0;
-    }
     if (sl_array_reserve((void **)&r->order, &r->order_cap, n, sizeof *r->order) ||
-        sl_array_reserve((void **)&r->order_tmp, &r->order_tmp_cap, n, sizeof *r->order_tmp))
+        sl_array_reserve((void **)&r->order_tmp, &r->order_tmp_cap, n, sizeof *r->order_tmp) ||
+        sl_array_reserve((void **)&r->changes, &r->changes_cap, n, sizeof *r->changes))
         return sl_error_set(-ENOMEM, "restoring %s: out of memory", sl_store_name(r->store));
     for (size_t i = 0; i < n; i++)
         r->order[i] = (sl_key_item_t){0, 0, recs[i].key, (uint32_t)recs[i].key_len, (uint32_t)i};

@@ -166,8 +166,7 @@ static void make_history(node_t *n)
 }
 
 /* 150 commits of two puts (and a delete every fifth), keys going down:
- * every change starts a new sorted run (restore radix-sorts such a batch
- * instead of merging its runs), and keys change many times. */
+ * a changelog of many short sorted runs, keys changing many times. */
 static void make_scattered_history(node_t *n)
 {
     for (int round = 0; round < 150; round++) {
@@ -286,8 +285,8 @@ static void test_compacted_changelog_restores_byte_identical(void **state)
     check_restore_is_identical(SL_STORE_WINDOW, 1);
 }
 
-/* A changelog of many short runs (a batch radix-sorted) and of a few long
- * ones (merged), in one batch and in batches of 37. */
+/* A changelog of many short runs, restored in one batch and in batches of
+ * 37 (the other tests' changelogs are a few long runs). */
 static void test_unsorted_changelog_restores_byte_identical(void **state)
 {
     (void)state;
