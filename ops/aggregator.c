@@ -199,21 +199,11 @@ static int rebuild_closer(sl_exec_task_t *t, agg_t *a)
     return r.rc ? r.rc : rc < 0 ? rc : 0;
 }
 
-/* Whether an op of dag reads op's output. */
-static int has_reader(const sl_dag_t *dag, const sl_op_t *op)
-{
-    for (int i = 0; i < dag->op_count; i++)
-        for (int j = 0; j < dag->ops[i].input_count; j++)
-            if (dag->ops[i].inputs[j].op == op->id)
-                return 1;
-    return 0;
-}
-
-static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_dag_t *dag, const sl_op_t *op,
+static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_exec_t *x, const sl_op_t *op,
                     sl_store_t *store, int64_t stream_time)
 {
     a->op = op;
-    a->unread = !has_reader(dag, op);
+    a->unread = !sl_exec_op_read(x, op->id);
     int rc = sl_aggregate_set(op, &a->set);
     if (rc == 0)
         rc = sl_aggstate_new(a->set, &a->state);
@@ -298,7 +288,7 @@ int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *str
     }
     for (int i = 0; rc == 0 && i < dag->op_count; i++) {
         if (dag->ops[i].kind == SL_OP_AGGREGATE && stores[i])
-            rc = agg_init(t, &t->aggs[t->count++], dag, &dag->ops[i], stores[i], stream_times[i]);
+            rc = agg_init(t, &t->aggs[t->count++], x, &dag->ops[i], stores[i], stream_times[i]);
     }
     if (rc) {
         sl_exec_task_free(t);

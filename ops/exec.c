@@ -371,6 +371,14 @@ static void run(sl_exec_t *x, int op_id, int slot, int from, int port)
         fail(x, op, rc);
 }
 
+int sl_exec_op_read(const sl_exec_t *x, int op)
+{
+    for (int port = 0; port < ports(&x->dag->ops[op]); port++)
+        if (x->next[op][port].count > 0)
+            return 1;
+    return 0;
+}
+
 /* 1 if every op reading from op is a TO (the usual :aggregate{...}:to()):
  * then no Lua reads op's records, which need not be tokenized. */
 static int only_sinks_follow(const sl_exec_t *x, int op)

@@ -19,6 +19,9 @@ int sl_exec_deliver(sl_exec_t *x, int op, const sl_record_t *rec, const sl_exec_
  * its output: what a join's results made at commit do. */
 int sl_exec_deliver_slot(sl_exec_t *x, int op, int slot, const sl_exec_output_t *out);
 
+/* 1 if some op reads what op passes on (its successors, any port). */
+int sl_exec_op_read(const sl_exec_t *x, int op);
+
 /* 1 if the records op passes on have JSON values as far as the runtime
  * said of the entries (sl_exec_set_entry_json): an entry's own, an
  * AGGREGATE's and a JOIN's always, others their first input's. */

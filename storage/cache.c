@@ -222,37 +222,36 @@ size_t sl_cache_dirty_count(const sl_cache_t *c)
 
 /* ---- the tables ---------------------------------------------------------- */
 
-/* The slot of store key k: holding its entry, or the empty one where it
- * would go. */
-static uint64_t *find_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
+/* The slot of key k (len bytes, hash h) in a table of count slots:
+ * holding its entry, or the empty one where it would go. The entries table
+ * is keyed by whole store keys; by_key, the key table of a window store,
+ * by a store key's user key (all but its 8 window bytes). */
+static uint64_t *probe(const sl_cache_t *c, uint64_t *table, size_t count, const uint8_t *k,
+                       size_t len, uint64_t h, int by_key)
 {
-    size_t mask = c->slot_count - 1;
+    size_t mask = count - 1;
     for (size_t i = h & mask;; i = (i + 1) & mask) {
-        uint64_t *slot = &c->slots[i];
+        uint64_t *slot = &table[i];
         if (!*slot)
             return slot;
         if ((*slot >> 32) != (h >> 32)) /* not it: the entry stays untouched */
             continue;
         const entry_t *e = &c->entries[slot_entry(*slot)];
-        if (e->hash == h && e->key_len == len && !memcmp(key_of(c, e), k, len))
+        if ((by_key || e->hash == h) && e->key_len - (by_key ? 8 : 0) == len &&
+            !memcmp(key_of(c, e), k, len))
             return slot;
     }
+}
+
+static uint64_t *find_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
+{
+    return probe(c, c->slots, c->slot_count, k, len, h, 0);
 }
 
 /* The key-table slot of window key k (user key bytes, len of them). */
 static uint64_t *find_key_slot(const sl_cache_t *c, const uint8_t *k, size_t len, uint64_t h)
 {
-    size_t mask = c->key_slot_count - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
-        uint64_t *slot = &c->key_slots[i];
-        if (!*slot)
-            return slot;
-        if ((*slot >> 32) != (h >> 32))
-            continue;
-        const entry_t *e = &c->entries[slot_entry(*slot)];
-        if (e->key_len - 8 == len && !memcmp(key_of(c, e), k, len))
-            return slot;
-    }
+    return probe(c, c->key_slots, c->key_slot_count, k, len, h, 1);
 }
 
 static int rehash(sl_cache_t *c, uint64_t **slots, size_t *slot_count, int by_key)

@@ -403,9 +403,12 @@ int sl_partition_append_split(sl_partition_t *p, const sl_record_t *records, siz
                                 p->topic_name, p->id, sl_record_batch_bytes(&records[i]), max);
     for (size_t from = 0; from < count;) {
         size_t to = from + 1, bytes = sl_record_batch_bytes(&records[from]);
-        while (to < count &&
-               bytes + sl_record_batch_bytes(&records[to]) - SL_BATCH_HEADER_SIZE <= limit)
-            bytes += sl_record_batch_bytes(&records[to++]) - SL_BATCH_HEADER_SIZE;
+        for (; to < count; to++) { /* the header once a batch */
+            size_t more = sl_record_batch_bytes(&records[to]) - SL_BATCH_HEADER_SIZE;
+            if (bytes + more > limit)
+                break;
+            bytes += more;
+        }
         int64_t first;
         int rc = sl_partition_append_nowait(p, records + from, to - from, &first);
         if (rc)
