@@ -7,7 +7,7 @@
 
 DEBIAN_PACKAGES := build-essential cmake pkg-config clang clang-format libclang-rt-14-dev \
                    liblmdb-dev liblua5.4-dev libzstd-dev libevent-dev libcmocka-dev \
-                   lua-cjson-dev libjsmn-dev libhiredis-dev redis-server redis-tools python3-redis curl
+                   lua-cjson-dev libjsmn-dev libsimdjson-dev libhiredis-dev redis-server redis-tools python3-redis curl
 BUILD      := build
 ASAN_BUILD := build-asan
 FUZZ_BUILD := build-fuzz
@@ -55,7 +55,7 @@ integration-asan: build-asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 bash tests/integration/run.sh
 
 format-check:
-	@files=$$(git ls-files '*.c' '*.h' 2>/dev/null || find . -name '*.[ch]' -not -path './build*'); \
+	@files=$$(git ls-files '*.c' '*.h' '*.cc' 2>/dev/null || find . \( -name '*.[ch]' -o -name '*.cc' \) -not -path './build*'); \
 	clang-format --dry-run --Werror $$files && echo "format: ok"
 
 fuzz:

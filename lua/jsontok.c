@@ -1,19 +1,28 @@
 /*
  * jsontok.c - JSON record values as checked tokens (see vm.h, "Tokens").
  *
- * A loaded JSON value is tokenized once with Debian's jsmn (strict mode) and
- * then checked here, because jsmn is a tokenizer, not a validator: it
- * accepts missing commas and colons, bad numbers, misspelled literals,
- * control characters in strings and lone surrogates. The check walks the
- * tokens in document order and looks at the bytes between them, so that
- * exactly the texts RFC 8259 allows get through; anything else is refused
- * with the byte where it went wrong, and the record goes to the pipeline's
- * on_error policy as before.
+ * Two ways to the same tokens. The fast way (most texts) lets simdjson's
+ * first stage (jsonscan.h) list where the structural characters are, and
+ * walks that list once with the grammar as a state machine, checking each
+ * string, number and literal between them and making the tokens. It takes
+ * only what it can prove valid: at any doubt (a grammar error, a bad
+ * number or escape, bytes that are not UTF-8, nesting past 1000, a text too
+ * long for the scanner) it gives up and the slow way decides.
  *
- * The checked tokens keep, per token, the index just past its subtree, so a
- * field lookup skips nested values without walking them. Nothing here
- * touches Lua: turning tokens into Lua values is lazy.c's business.
+ * The slow way tokenizes with Debian's jsmn (strict mode) and then checks
+ * here, because jsmn is a tokenizer, not a validator: it accepts missing
+ * commas and colons, bad numbers, misspelled literals, control characters
+ * in strings and lone surrogates. The check walks the tokens in document
+ * order and looks at the bytes between them, so that exactly the texts RFC
+ * 8259 allows get through; anything else is refused with the byte where it
+ * went wrong, and the record goes to the pipeline's on_error policy as
+ * before. (It lets bytes that are not UTF-8 through, as lua-cjson did.)
+ *
+ * Both make, per token, the index just past its subtree, so a field lookup
+ * skips nested values without walking them. Nothing here touches Lua:
+ * turning tokens into Lua values is lazy.c's business.
  */
+#include "lua/jsonscan.h"
 #include "lua/vm.h"
 
 #define JSMN_STATIC
@@ -144,67 +153,82 @@ static int hex4(const char *s, unsigned *out)
 }
 
 #ifdef __SSE2__
-/* Sixteen bytes at a time while none is a control character (<= 0x1f,
- * unsigned) or a backslash: the usual case in long texts. Returns where
- * that stopped. */
-static int32_t skip_plain16(const char *s, int32_t at, int32_t end)
+/* The bytes of s[0..16) that are a control character (<= 0x1f, unsigned),
+ * a backslash or a quote, as a bit mask. */
+static unsigned special16(const char *s)
 {
-    const __m128i last_control = _mm_set1_epi8(0x1f), backslash = _mm_set1_epi8('\\');
-    for (; end - at >= 16; at += 16) {
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + at));
-        __m128i hit = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(x, last_control), x),
-                                   _mm_cmpeq_epi8(x, backslash));
-        if (_mm_movemask_epi8(hit))
-            break;
-    }
-    return at;
+    const __m128i last_control = _mm_set1_epi8(0x1f), backslash = _mm_set1_epi8('\\'),
+                  quote = _mm_set1_epi8('"');
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)s);
+    __m128i hit =
+        _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(x, last_control), x),
+                     _mm_or_si128(_mm_cmpeq_epi8(x, backslash), _mm_cmpeq_epi8(x, quote)));
+    return (unsigned)_mm_movemask_epi8(hit);
 }
 #endif
 
-/* Control characters and lone surrogates are not allowed in strings (jsmn
- * has checked the escape letters and the \u hex digits). */
+/* Where the plain bytes of a string from at on end: at the first control
+ * character, backslash or quote, or at end (its closing quote). Reads
+ * sixteen bytes at a time where the text has them, past end too. */
+static int32_t skip_plain(const check_t *c, int32_t at, int32_t end)
+{
+    const char *s = c->text;
+#ifdef __SSE2__
+    for (; c->len - at >= 16 && at < end; at += 16) {
+        unsigned hit = special16(s + at);
+        if (hit) {
+            at += __builtin_ctz(hit);
+            return at < end ? at : end;
+        }
+    }
+#endif
+    while (at < end && (unsigned char)s[at] >= 0x20 && s[at] != '\\' && s[at] != '"')
+        at++;
+    return at < end ? at : end;
+}
+
+/* The \u escape whose 'u' is at `at`: one code unit, or a surrogate pair.
+ * Returns the index of its last hex digit, or -1 (refused). */
+static int32_t check_unicode_escape(check_t *c, int32_t at, int32_t end)
+{
+    const char *s = c->text;
+    unsigned unit, low;
+    if (end - at < 5 || hex4(s + at + 1, &unit))
+        return refuse(c, at, "bad \\u escape");
+    at += 4;
+    if (unit >= 0xdc00 && unit <= 0xdfff)
+        return refuse(c, at - 5, "lone low surrogate in a string");
+    if (unit < 0xd800 || unit > 0xdbff)
+        return at;
+    if (end - at < 7 || s[at + 1] != '\\' || s[at + 2] != 'u' || hex4(s + at + 3, &low) ||
+        low < 0xdc00 || low > 0xdfff)
+        return refuse(c, at - 5, "high surrogate without its low half in a string");
+    return at + 6;
+}
+
+/* The string text[at..end) (between its quotes): no control characters,
+ * no unescaped quote, only the escapes RFC 8259 names, no lone surrogates. */
 static int check_string(check_t *c, int32_t at, int32_t end, sl_jtok_t *out)
 {
     const char *s = c->text;
     out->type = SL_JTOK_STRING;
     out->escaped = 0;
-#ifdef __SSE2__
-    if (end - at >= 16)
-        at = skip_plain16(s, at, end);
-#endif
-    /* Eight bytes at a time while none is a control character or a
-     * backslash (the usual case): a byte below 0x20 or equal to 0x5c sets
-     * its top bit in `special`. */
-    for (; end - at >= 8; at += 8) {
-        uint64_t x;
-        memcpy(&x, s + at, 8);
-        const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-        uint64_t slash = x ^ (ones * '\\');
-        uint64_t special = ((x - ones * 0x20) & ~x) | ((slash - ones) & ~slash);
-        if (special & high)
-            break;
-    }
-    for (; at < end; at++) {
-        unsigned char ch = (unsigned char)s[at];
-        if (ch < 0x20)
-            return refuse(c, at, "control character in a string");
-        if (ch != '\\')
-            continue;
+    while ((at = skip_plain(c, at, end)) < end) {
+        if (s[at] != '\\')
+            return refuse(c, at,
+                          s[at] == '"' ? "unescaped quote in a string"
+                                       : "control character in a string");
         out->escaped = 1;
-        if (s[++at] != 'u')
-            continue;
-        unsigned unit, low;
-        if (hex4(s + at + 1, &unit))
-            return refuse(c, at, "bad \\u escape");
-        at += 4;
-        if (unit >= 0xdc00 && unit <= 0xdfff)
-            return refuse(c, at - 5, "lone low surrogate in a string");
-        if (unit < 0xd800 || unit > 0xdbff)
-            continue;
-        if (end - at < 7 || s[at + 1] != '\\' || s[at + 2] != 'u' || hex4(s + at + 3, &low) ||
-            low < 0xdc00 || low > 0xdfff)
-            return refuse(c, at - 5, "high surrogate without its low half in a string");
-        at += 6;
+        if (++at == end)
+            return refuse(c, at, "bad escape");
+        char ch = s[at];
+        if (ch == 'u')
+            at = check_unicode_escape(c, at, end);
+        else if (!ch || !strchr("\"\\/bfnrt", ch))
+            return refuse(c, at, "bad escape");
+        if (at < 0)
+            return -1;
+        at++;
     }
     return 0;
 }
@@ -369,7 +393,175 @@ static int scalar_doc(sl_vm_t *vm, check_t *c, int32_t at, int *doc)
     return 0;
 }
 
-int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc)
+/* ---- the fast way ----------------------------------------------------------- */
+
+/*
+ * The walk reads the structural positions once, in order, as a parser
+ * would read tokens: the grammar is in where the code goes next (a value,
+ * a key and its colon, what may follow a value), the open containers are a
+ * stack of their tokens. A string or a scalar runs from its position to the
+ * last non-space byte before the next position; a string's closing quote
+ * must be that byte and the first unescaped quote after its opening one.
+ * Tokens come out as check_value makes them from jsmn's: containers span
+ * their brackets and count keys or items, keys have size 1 and their value
+ * as next.
+ */
+typedef struct walk {
+    check_t c;
+    const uint32_t *at; /* the structural positions */
+    int32_t count;
+    int made; /* tokens */
+    int depth;
+    int open[MAX_DEPTH]; /* the token of each open container */
+} walk_t;
+
+/* Where the structure at position i ends: the next position, or the end. */
+static int32_t limit_of(const walk_t *w, int32_t i)
+{
+    return i + 1 < w->count ? (int32_t)w->at[i + 1] : w->c.len;
+}
+
+/* The last non-space byte before limit, plus one. */
+static int32_t trim_end(const check_t *c, int32_t at, int32_t limit)
+{
+    while (limit > at && is_space(c->text[limit - 1]))
+        limit--;
+    return limit;
+}
+
+/* The string whose opening quote is position i, as the next token. */
+static int walk_string(walk_t *w, int32_t i)
+{
+    int32_t quote = (int32_t)w->at[i];
+    int32_t end = trim_end(&w->c, quote + 1, limit_of(w, i)) - 1; /* the closing quote */
+    sl_jtok_t *t = &w->c.out[w->made];
+    if (end <= quote || w->c.text[end] != '"')
+        return -1;
+    *t = (sl_jtok_t){.start = quote + 1, .end = end, .next = ++w->made};
+    return check_string(&w->c, quote + 1, end, t);
+}
+
+static int walk_scalar(walk_t *w, int32_t i)
+{
+    int32_t at = (int32_t)w->at[i];
+    sl_jtok_t *t = &w->c.out[w->made];
+    *t = (sl_jtok_t){.start = at, .end = trim_end(&w->c, at, limit_of(w, i)), .next = ++w->made};
+    return check_primitive(&w->c, at, t->end, t);
+}
+
+static int walk_open(walk_t *w, int32_t i, uint8_t type)
+{
+    if (w->depth == MAX_DEPTH)
+        return -1;
+    w->c.out[w->made] = (sl_jtok_t){.start = (int32_t)w->at[i], .type = type};
+    w->open[w->depth++] = w->made++;
+    return 0;
+}
+
+static sl_jtok_t *innermost(walk_t *w)
+{
+    return &w->c.out[w->open[w->depth - 1]];
+}
+
+static void walk_close(walk_t *w, int32_t i)
+{
+    sl_jtok_t *t = innermost(w);
+    t->end = (int32_t)w->at[i] + 1;
+    t->next = w->made;
+    w->depth--;
+}
+
+/* The whole walk, a deliberate state machine of gotos: 0 when the text is
+ * one valid value, else -1. */
+static int walk(walk_t *w)
+{
+    const char *text = w->c.text;
+    int32_t i = 0, n = w->count;
+#define CH(k) text[w->at[k]]
+value:
+    if (i >= n)
+        return -1;
+    switch (CH(i)) {
+    case '{':
+        if (walk_open(w, i++, SL_JTOK_OBJECT))
+            return -1;
+        if (i < n && CH(i) == '}')
+            goto close;
+        goto key;
+    case '[':
+        if (walk_open(w, i++, SL_JTOK_ARRAY))
+            return -1;
+        if (i < n && CH(i) == ']')
+            goto close;
+        innermost(w)->size++;
+        goto value;
+    case '"':
+        if (walk_string(w, i++))
+            return -1;
+        goto after_value;
+    case '}':
+    case ']':
+    case ':':
+    case ',':
+        return -1;
+    default:
+        if (walk_scalar(w, i++))
+            return -1;
+        goto after_value;
+    }
+key:
+    if (i + 1 >= n || CH(i) != '"' || CH(i + 1) != ':' || walk_string(w, i))
+        return -1;
+    w->c.out[w->made - 1].size = 1;
+    innermost(w)->size++;
+    i += 2;
+    goto value;
+close:
+    walk_close(w, i++);
+after_value:
+    if (w->depth == 0)
+        return i == n ? 0 : -1;
+    if (i >= n)
+        return -1;
+    if (CH(i) == ',') {
+        i++;
+        if (innermost(w)->type == SL_JTOK_OBJECT)
+            goto key;
+        innermost(w)->size++;
+        goto value;
+    }
+    if (CH(i) == (innermost(w)->type == SL_JTOK_OBJECT ? '}' : ']'))
+        goto close;
+    return -1;
+#undef CH
+}
+
+int sl_json_tokenize_fast(sl_vm_t *vm, const char *text, int32_t len, int *doc)
+{
+    check_t c = {.text = text, .len = len};
+    int32_t first = skip_space(&c, 0);
+    if (first == len || (text[first] != '{' && text[first] != '[' && text[first] != '"') ||
+        len > SL_JSONSCAN_MAX || (!vm->jsonscan && !(vm->jsonscan = sl_jsonscan_new())))
+        return 1;
+    walk_t w; /* open[] is written before it is read: not cleared */
+    w.count = sl_jsonscan_run(vm->jsonscan, text, len, &w.at);
+    if (w.count <= 0 || (int32_t)w.at[0] != first)
+        return 1;
+    if (grow_tokens(vm, vm->jtok_count + (size_t)w.count))
+        return -ENOMEM;
+    w.c = c;
+    w.c.out = vm->jtoks + vm->jtok_count;
+    w.made = 0;
+    w.depth = 0;
+    if (walk(&w))
+        return 1;
+    if (add_doc(vm, text, (int32_t)vm->jtok_count, doc))
+        return -ENOMEM;
+    vm->jtok_count += (size_t)w.made;
+    return 0;
+}
+
+int sl_json_tokenize_slow(sl_vm_t *vm, const char *text, int32_t len, int *doc)
 {
     check_t c = {.text = text, .len = len};
     int32_t at = skip_space(&c, 0);
@@ -402,4 +594,10 @@ int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc)
         return -ENOMEM;
     vm->jtok_count += (size_t)n;
     return 0;
+}
+
+int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc)
+{
+    int rc = sl_json_tokenize_fast(vm, text, len, doc);
+    return rc <= 0 ? rc : sl_json_tokenize_slow(vm, text, len, doc);
 }

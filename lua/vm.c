@@ -18,6 +18,7 @@
  * sl_vm_protect() is the one door into Lua: it resets the budget, runs a C
  * function under lua_pcall and turns the outcome into a sluice error code.
  */
+#include "lua/jsonscan.h"
 #include "lua/vm.h"
 
 #include <lua5.4/lauxlib.h>
@@ -330,6 +331,7 @@ void sl_vm_free(sl_vm_t *vm)
     lua_close(vm->L);
     free_chunks(vm);
     sl_free(vm->slots);
+    sl_jsonscan_free(vm->jsonscan);
     sl_free(vm->jsmn);
     sl_free(vm->jtoks);
     sl_free(vm->docs);

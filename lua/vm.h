@@ -112,8 +112,9 @@ struct sl_vm {
     int slot_count;
     int slot_capacity;
     sl_arena_t arena;
-    uint32_t generation; /* of the batch: counts sl_vm_batch_reset() calls */
-    void *jsmn;          /* jsmn's tokens, scratch for one value */
+    uint32_t generation;          /* of the batch: counts sl_vm_batch_reset() calls */
+    struct sl_jsonscan *jsonscan; /* simdjson's scanner, made on first use */
+    void *jsmn;                   /* jsmn's tokens, scratch for one value */
     size_t jsmn_capacity;
     sl_jtok_t *jtoks; /* checked tokens of the batch's documents */
     size_t jtok_count, jtok_capacity;
@@ -173,6 +174,13 @@ void sl_json_write(lua_State *L, sl_vm_t *vm, int idx, const uint8_t **out, int3
  * stay valid until the batch ends) into a new document *doc. Returns 0;
  * SL_EINVALID with "what at byte N" in sl_error_detail(); -ENOMEM. */
 int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc);
+
+/* The two ways sl_json_tokenize takes, apart (for tests): the fast one
+ * returns 0 (a document), 1 (the text is not proven valid, nothing made)
+ * or -ENOMEM; the slow one answers as sl_json_tokenize does. Both make the
+ * same tokens for a text the fast one takes. */
+int sl_json_tokenize_fast(sl_vm_t *vm, const char *text, int32_t len, int *doc);
+int sl_json_tokenize_slow(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 
 /* lazy.c: init makes the metatables; push_value pushes a document's value
  * (a lazy table for an object); push_record pushes a new lazy record table

@@ -316,6 +316,185 @@ static void test_long_strings_are_checked_at_every_position(void **state)
     }
 }
 
+/* ---- the fast tokenizer against the slow one -------------------------------- */
+
+typedef struct gen {
+    uint64_t seed;
+    char *text;
+    size_t len, cap;
+} gen_t;
+
+static uint32_t gen_next(gen_t *g)
+{
+    g->seed ^= g->seed << 13;
+    g->seed ^= g->seed >> 7;
+    g->seed ^= g->seed << 17;
+    return (uint32_t)(g->seed >> 11);
+}
+
+static void gen_put(gen_t *g, const char *s)
+{
+    size_t n = strlen(s);
+    assert_true(g->len + n < g->cap);
+    memcpy(g->text + g->len, s, n);
+    g->len += n;
+}
+
+static void gen_space(gen_t *g)
+{
+    static const char *const spaces[] = {"", "", "", " ", "\n", "\t ", "\r\n  "};
+    gen_put(g, spaces[gen_next(g) % 7]);
+}
+
+static void gen_string(gen_t *g)
+{
+    static const char *const pieces[] = {"a",
+                                         "Zq",
+                                         " ",
+                                         "\xc3\xa9",
+                                         "\xe2\x82\xac",
+                                         "\xf0\x9f\x98\x80",
+                                         "\\n",
+                                         "\\\"",
+                                         "\\\\",
+                                         "\\/",
+                                         "\\b\\f\\r\\t",
+                                         "\\u00e9",
+                                         "\\ud83d\\ude00",
+                                         "\x7f",
+                                         "0123456789abcdef"};
+    int n = (int)(gen_next(g) % 8 == 0 ? gen_next(g) % 60 : gen_next(g) % 8);
+    gen_put(g, "\"");
+    for (int i = 0; i < n; i++)
+        gen_put(g, pieces[gen_next(g) % 15]);
+    gen_put(g, "\"");
+}
+
+static void gen_value(gen_t *g, int depth)
+{
+    static const char *const scalars[] = {"0",      "-0",    "7",
+                                          "-123",   "45.67", "1e10",
+                                          "2.5E-3", "1E+2",  "12345678901234567890123",
+                                          "true",   "false", "null"};
+    unsigned kind = gen_next(g) % 8;
+    gen_space(g);
+    if (kind < 2 && depth < 6) {
+        int n = (int)(gen_next(g) % 5);
+        gen_put(g, "{");
+        for (int i = 0; i < n; i++) {
+            if (i)
+                gen_put(g, ",");
+            gen_space(g);
+            gen_string(g);
+            gen_space(g);
+            gen_put(g, ":");
+            gen_value(g, depth + 1);
+        }
+        gen_space(g);
+        gen_put(g, "}");
+    } else if (kind < 4 && depth < 6) {
+        int n = (int)(gen_next(g) % 5);
+        gen_put(g, "[");
+        for (int i = 0; i < n; i++) {
+            if (i)
+                gen_put(g, ",");
+            gen_value(g, depth + 1);
+        }
+        gen_space(g);
+        gen_put(g, "]");
+    } else if (kind < 6) {
+        gen_string(g);
+    } else {
+        gen_put(g, scalars[gen_next(g) % 12]);
+    }
+    gen_space(g);
+}
+
+/* Replaces, inserts or deletes a byte, or doubles a slice, at random. */
+static void gen_mutate(gen_t *g)
+{
+    static const char bytes[] = "{}[]:,\"\\ 01e.-+tnu\x01\x1f\x7f\xff\xc3";
+    size_t at = g->len ? gen_next(g) % g->len : 0;
+    char b = bytes[gen_next(g) % (sizeof bytes - 1)];
+    switch (gen_next(g) % 4) {
+    case 0:
+        if (g->len)
+            g->text[at] = b;
+        break;
+    case 1:
+        memmove(g->text + at + 1, g->text + at, g->len - at);
+        g->text[at] = b;
+        g->len++;
+        break;
+    case 2:
+        if (g->len) {
+            memmove(g->text + at, g->text + at + 1, g->len - at - 1);
+            g->len--;
+        }
+        break;
+    default: {
+        size_t n = (g->len - at) % 9;
+        memmove(g->text + at + n, g->text + at, g->len - at);
+        g->len += n;
+        break;
+    }
+    }
+}
+
+/* Both ways over one text: a text the fast way takes, the slow way takes
+ * with the same tokens. Returns whether the fast way took it. */
+static int tokenize_both(sl_vm_t *vm, const char *text, size_t len)
+{
+    int fast_doc = -1, slow_doc = -1;
+    sl_vm_batch_reset(vm);
+    int slow = sl_json_tokenize_slow(vm, text, (int32_t)len, &slow_doc);
+    size_t slow_end = vm->jtok_count;
+    int fast = sl_json_tokenize_fast(vm, text, (int32_t)len, &fast_doc);
+    assert_true(fast == 0 || fast == 1);
+    if (fast)
+        return 0;
+    if (slow != 0)
+        fail_msg("the fast way took <%.*s>, the slow one says %s", (int)len, text,
+                 sl_error_detail());
+    const sl_jtok_t *a = vm->jtoks + vm->docs[slow_doc].first;
+    const sl_jtok_t *b = vm->jtoks + vm->docs[fast_doc].first;
+    assert_int_equal(vm->jtok_count - slow_end, slow_end - (size_t)vm->docs[slow_doc].first);
+    for (size_t i = 0; i < slow_end - (size_t)vm->docs[slow_doc].first; i++)
+        if (a[i].start != b[i].start || a[i].end != b[i].end || a[i].size != b[i].size ||
+            a[i].next != b[i].next || a[i].type != b[i].type || a[i].escaped != b[i].escaped)
+            fail_msg("token %zu of <%.*s> differs", i, (int)len, text);
+    return 1;
+}
+
+/* Random JSON texts (nested, escaped, UTF-8, every kind of number and
+ * space) and mutants of them: every valid text with a container or string
+ * at its root goes the fast way with jsmn's tokens, and no mutant the slow
+ * way refuses gets through the fast one. */
+static void test_the_fast_tokenizer_agrees_with_the_slow_one(void **state)
+{
+    static char text[1 << 16];
+    gen_t g = {.seed = 0x9e3779b97f4a7c15ull, .text = text, .cap = sizeof text - 64};
+    int fast_mutants = 0;
+    for (int i = 0; i < 20000; i++) {
+        g.len = 0;
+        gen_value(&g, 0);
+        char first = text[strspn(text, " \t\r\n")];
+        int tried = tokenize_both(vm_of(state), text, g.len);
+        if ((first == '{' || first == '[' || first == '"') && !tried)
+            fail_msg("the fast way did not take <%.*s>", (int)g.len, text);
+        for (int m = 0; m < 3; m++) {
+            gen_mutate(&g);
+            fast_mutants += tokenize_both(vm_of(state), text, g.len);
+        }
+    }
+    assert_true(fast_mutants > 1000); /* mutants that stay valid: compared too */
+    static const char *const bad[] = {"[\"abc\"\"def\"]", "[\"abc\"x]",     "{\"a\":\"b\\\"}",
+                                      "[\"a\\\\\"\"]",    "[1 2]",          "{\"a\":1 \"b\":2}",
+                                      "[\"\\ud800\"]",    "{\"a\":\"\\q\"}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(tokenize_both(vm_of(state), bad[i], strlen(bad[i])), 0);
+}
+
 static void test_valid_json_of_every_shape_reads_back(void **state)
 {
     const sl_op_t *op =
@@ -1134,6 +1313,7 @@ int main(void)
         T(test_dsl_is_refused_while_records_flow),
         T(test_batch_reset_frees_every_slot),
         T(test_long_strings_are_checked_at_every_position),
+        T(test_the_fast_tokenizer_agrees_with_the_slow_one),
         T(test_batch_reset_lets_the_batchs_values_go),
         T(test_warm_batches_keep_memory_flat),
         T(test_out_of_memory_during_calls_is_enomem),
