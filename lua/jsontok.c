@@ -116,21 +116,29 @@ static int check_number(check_t *c, int32_t at, int32_t end)
     return at == end ? 0 : refuse(c, at > start ? at : start, "not a number");
 }
 
+static int check_literal(check_t *c, int32_t at, int32_t end, const char *word, uint8_t type,
+                         sl_jtok_t *out)
+{
+    size_t n = strlen(word);
+    if ((size_t)(end - at) != n || memcmp(c->text + at, word, n) != 0)
+        return refuse(c, at, "not a value");
+    out->type = type;
+    return 0;
+}
+
 static int check_primitive(check_t *c, int32_t at, int32_t end, sl_jtok_t *out)
 {
-    static const char *const literals[] = {"true", "false", "null"};
-    static const uint8_t types[] = {SL_JTOK_TRUE, SL_JTOK_FALSE, SL_JTOK_NULL};
-    for (int i = 0; i < 3; i++) {
-        size_t n = strlen(literals[i]);
-        if (c->text[at] == literals[i][0]) {
-            if ((size_t)(end - at) != n || memcmp(c->text + at, literals[i], n) != 0)
-                return refuse(c, at, "not a value");
-            out->type = types[i];
-            return 0;
-        }
+    switch (c->text[at]) {
+    case 't':
+        return check_literal(c, at, end, "true", SL_JTOK_TRUE, out);
+    case 'f':
+        return check_literal(c, at, end, "false", SL_JTOK_FALSE, out);
+    case 'n':
+        return check_literal(c, at, end, "null", SL_JTOK_NULL, out);
+    default:
+        out->type = SL_JTOK_NUMBER;
+        return check_number(c, at, end);
     }
-    out->type = SL_JTOK_NUMBER;
-    return check_number(c, at, end);
 }
 
 static int hex4(const char *s, unsigned *out)
@@ -429,16 +437,21 @@ static int32_t trim_end(const check_t *c, int32_t at, int32_t limit)
     return limit;
 }
 
-/* The string whose opening quote is position i, as the next token. */
+/* The string whose opening quote is position i, as the next token. The
+ * scanner has refused control characters in strings, and the closing quote
+ * found here is the first unescaped one (any quote after it would open a
+ * string, itself a structural position): only escapes are left to check. */
 static int walk_string(walk_t *w, int32_t i)
 {
-    int32_t quote = (int32_t)w->at[i];
-    int32_t end = trim_end(&w->c, quote + 1, limit_of(w, i)) - 1; /* the closing quote */
+    int32_t quote = (int32_t)w->at[i], end = limit_of(w, i) - 1; /* the closing quote */
     sl_jtok_t *t = &w->c.out[w->made];
+    if (w->c.text[end] != '"') /* spaces before the next structure */
+        end = trim_end(&w->c, quote + 1, end + 1) - 1;
     if (end <= quote || w->c.text[end] != '"')
         return -1;
-    *t = (sl_jtok_t){.start = quote + 1, .end = end, .next = ++w->made};
-    return check_string(&w->c, quote + 1, end, t);
+    *t = (sl_jtok_t){.start = quote + 1, .end = end, .next = ++w->made, .type = SL_JTOK_STRING};
+    const char *slash = memchr(w->c.text + quote + 1, '\\', (size_t)(end - quote - 1));
+    return slash ? check_string(&w->c, (int32_t)(slash - w->c.text), end, t) : 0;
 }
 
 static int walk_scalar(walk_t *w, int32_t i)
