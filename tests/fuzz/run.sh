@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 #
-# run.sh - builds the fuzz targets (the batch decoder and the RESP request
-# parser) and runs each for a while.
+# run.sh - builds the fuzz targets (the batch decoder, the RESP request
+# parser and the JSON tokenizer's two ways) and runs each for a while.
 #
 # Usage: tests/fuzz/run.sh [BUILD_DIR] [SECONDS]
 #   BUILD_DIR  where binaries, the working corpus and any crash reproducer
 #              go (default: <repo>/build-fuzz)
 #   SECONDS    how long to fuzz each target (default: 30)
 #
-# Needs clang with libFuzzer (Debian: clang, libclang-rt-14-dev) and
-# libzstd-dev. The fuzzer runs over a copy of tests/fuzz/corpus kept in
+# Needs clang with libFuzzer (Debian: clang, libclang-rt-14-dev),
+# libzstd-dev, liblua5.4-dev, libjsmn-dev and libsimdjson-dev. The fuzzer runs over a copy of tests/fuzz/corpus kept in
 # BUILD_DIR, so new inputs never land in the committed seeds. Exits non-zero
 # if the build fails or the fuzzer finds a crash, leak or undefined behaviour;
 # the reproducer is then BUILD_DIR/crash-* (replay: BUILD_DIR/fuzz_batch FILE).
@@ -20,6 +20,7 @@ root=$(cd "$here/../.." && pwd)
 build=${1:-$root/build-fuzz}
 seconds=${2:-30}
 cc=${CC:-clang}
+cxx=${CXX:-clang++}
 
 # pkg-config is optional: plain -lzstd works wherever libzstd-dev is.
 read -ra zstd_cflags <<<"$(pkg-config --cflags libzstd 2>/dev/null || true)"
@@ -30,7 +31,7 @@ libs=("${zstd_libs[@]}" -lpthread)
 # Only what the targets use: the rest of storage needs LMDB and more.
 storage=("$root"/storage/{alloc,error,report,crc32c,buf,batch}.c)
 
-mkdir -p "$build/corpus" "$build/corpus_resp"
+mkdir -p "$build/corpus" "$build/corpus_resp" "$build/corpus_json"
 build=$(cd "$build" && pwd)
 
 "$cc" "${cflags[@]}" -fsanitize=fuzzer,address,undefined \
@@ -42,6 +43,15 @@ build=$(cd "$build" && pwd)
     "$root/queries/resp.c" "$root"/storage/{alloc,error}.c "$here/fuzz_resp.c" \
     -o "$build/fuzz_resp"
 
+# The JSON target: jsontok.c alone (what tokenizing needs of a VM is in
+# sl_vm_t), simdjson's scan through jsonscan.cc, linked as C++.
+for src in "$root/lua/jsontok.c" "$here/fuzz_json.c" "$root"/storage/{alloc,error}.c; do
+    "$cc" "${cflags[@]}" -fsanitize=fuzzer,address,undefined -c "$src" \
+        -o "$build/json_$(basename "$src" .c).o"
+done
+"$cxx" -std=c++17 -I "$root" -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
+    "$root/lua/jsonscan.cc" "$build"/json_*.o -lsimdjson -o "$build/fuzz_json"
+
 cp "$here"/corpus/* "$build/corpus/"
 "$build/fuzz_batch" "$build/corpus" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 \
@@ -50,5 +60,10 @@ cp "$here"/corpus/* "$build/corpus/"
 # The RESP target reads its first 4 bytes as settings (limits, chunking).
 cp "$here"/corpus_resp/* "$build/corpus_resp/"
 "$build/fuzz_resp" "$build/corpus_resp" \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=4096 \
+    -artifact_prefix="$build/" -print_final_stats=1
+
+cp "$here"/corpus_json/* "$build/corpus_json/"
+"$build/fuzz_json" "$build/corpus_json" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=4096 \
     -artifact_prefix="$build/" -print_final_stats=1
