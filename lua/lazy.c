@@ -14,8 +14,8 @@
  *
  * Each read field is stored in the table (rawset), so it is converted once
  * and later reads are plain table reads; writes go to the table and win.
- * The table's hidden entry [0] is its handle: the batch generation and the
- * slot or document it reads from. pairs(), # and json.encode() see whole
+ * The VM knows, by the table's address, the slot or document it reads
+ * from (see make_lazy). pairs(), # and json.encode() see whole
  * tables: they first fill in every field (materialize), which also drops
  * the metatable, after which the table is an ordinary one. Setting a field
  * that was never read to nil materializes first, so the nil sticks.
@@ -23,7 +23,7 @@
  * A record's bytes and tokens live until the end of its batch. A table kept
  * longer (in a global) still has what was read or materialized; reading a
  * field that never was raises an error saying so, instead of reading freed
- * memory: handles carry the batch generation and are checked on each use.
+ * memory: the VM's entries carry the batch generation, checked on each use.
  *
  * The metatables say __metatable = false, so scripts cannot see or change
  * them (they are shared by every pipeline on the VM).
@@ -38,33 +38,84 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HANDLE_KEY 0 /* t[0]: the handle of a lazy table */
-
-static lua_Integer make_handle(const sl_vm_t *vm, int index)
+/*
+ * Which slot or document a lazy table reads from is kept outside it, in the
+ * VM's table of the batch's lazy tables, by the table's address (Lua never
+ * moves an object, and a live table's address is its own): so making a
+ * lazy table writes nothing into it, and scripts see only its fields.
+ * Entries carry the batch generation; those of earlier batches count as
+ * empty, so a batch reset clears nothing. A table kept past its batch is
+ * not found there, which is how a late read is caught. An address seen
+ * twice in one batch belongs to a table made after the first was collected:
+ * the new entry replaces the old.
+ */
+static size_t address_hash(const void *table)
 {
-    return (lua_Integer)(((uint64_t)vm->generation << 32) | (uint32_t)index);
+    uint64_t x = (uint64_t)(uintptr_t)table;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (size_t)x;
 }
 
-/* The index a lazy table at idx reads from; raises if its batch is over.
- * Returns -1 for a table that is no longer lazy. */
+static int entry_live(const sl_vm_t *vm, const sl_lazy_entry_t *e)
+{
+    return e->table && e->generation == vm->generation;
+}
+
+/* The entry for table, or the empty one where it would go. */
+static sl_lazy_entry_t *entry_for(sl_vm_t *vm, const void *table)
+{
+    size_t mask = vm->lazy_capacity - 1, i = address_hash(table) & mask;
+    while (entry_live(vm, &vm->lazy[i]) && vm->lazy[i].table != table)
+        i = (i + 1) & mask;
+    return &vm->lazy[i];
+}
+
+static int grow_entries(sl_vm_t *vm)
+{
+    size_t capacity = vm->lazy_capacity ? 2 * vm->lazy_capacity : 1024;
+    sl_lazy_entry_t *old = vm->lazy, *grown = sl_calloc(capacity, sizeof *grown);
+    size_t old_capacity = vm->lazy_capacity;
+    if (!grown)
+        return -ENOMEM;
+    vm->lazy = grown;
+    vm->lazy_capacity = capacity;
+    for (size_t i = 0; i < old_capacity; i++)
+        if (entry_live(vm, &old[i]))
+            *entry_for(vm, old[i].table) = old[i];
+    sl_free(old);
+    return 0;
+}
+
+/* Makes the table at the top lazy over index (a slot or a document). */
+static void make_lazy(lua_State *L, sl_vm_t *vm, int index, int metatable_ref)
+{
+    if (2 * (vm->lazy_count + 1) > vm->lazy_capacity && grow_entries(vm))
+        sl_vm_need(L, NULL);
+    const void *table = lua_topointer(L, -1);
+    sl_lazy_entry_t *e = entry_for(vm, table);
+    if (!entry_live(vm, e))
+        vm->lazy_count++;
+    *e = (sl_lazy_entry_t){table, vm->generation, index};
+    lua_rawgeti(L, LUA_REGISTRYINDEX, metatable_ref);
+    lua_setmetatable(L, -2);
+}
+
+/* The index the lazy table at idx reads from; raises if its batch is over. */
 static int handle_of(lua_State *L, sl_vm_t *vm, int idx)
 {
-    if (lua_rawgeti(L, idx, HANDLE_KEY) != LUA_TNUMBER) {
-        lua_pop(L, 1);
-        return -1;
-    }
-    uint64_t handle = (uint64_t)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    if ((uint32_t)(handle >> 32) != vm->generation)
+    const void *table = lua_topointer(L, idx);
+    const sl_lazy_entry_t *e = vm->lazy_capacity ? entry_for(vm, table) : NULL;
+    if (!e || !entry_live(vm, e))
         luaL_error(L, "a record (or its value) was kept after its batch ended and a field "
                       "it never read is gone: copy what you need while the record is processed");
-    return (int)(uint32_t)handle;
+    return e->index;
 }
 
+/* The table at idx is complete: an ordinary table from now on. */
 static void drop_lazy(lua_State *L, int idx)
 {
-    lua_pushnil(L);
-    lua_rawseti(L, idx, HANDLE_KEY);
     lua_pushnil(L);
     lua_setmetatable(L, idx);
 }
@@ -298,8 +349,6 @@ void sl_lazy_push_found(lua_State *L, sl_vm_t *vm, int doc, int token)
 static void materialize_doc(lua_State *L, sl_vm_t *vm, int idx)
 {
     int doc = handle_of(L, vm, idx);
-    if (doc < 0)
-        return;
     const sl_jtok_t *base = doc_tokens(vm, doc);
     const char *text = vm->docs[doc].text;
     int child = 1;
@@ -326,8 +375,6 @@ static int doc_index(lua_State *L)
     if (lua_type(L, 2) != LUA_TSTRING)
         return 0;
     int doc = handle_of(L, vm, 1);
-    if (doc < 0)
-        return 0;
     const char *name = lua_tolstring(L, 2, &len);
     int token = sl_lazy_find(L, vm, doc, name, len);
     if (token < 0)
@@ -404,9 +451,7 @@ static const char *const record_fields[] = {"key",       "ts",     "headers", "t
 
 static void materialize_record(lua_State *L, sl_vm_t *vm, int idx)
 {
-    int slot = handle_of(L, vm, idx);
-    if (slot < 0)
-        return;
+    handle_of(L, vm, idx); /* raises for a record of an earlier batch */
     for (const char *const *name = record_fields; *name; name++) {
         lua_getfield(L, idx, *name); /* an absent field is filled in by record_index */
         lua_pop(L, 1);
@@ -420,7 +465,7 @@ static int record_index(lua_State *L)
     if (lua_type(L, 2) != LUA_TSTRING)
         return 0;
     int slot = handle_of(L, vm, 1);
-    if (slot < 0 || !push_record_field(L, vm, slot, lua_tostring(L, 2)))
+    if (!push_record_field(L, vm, slot, lua_tostring(L, 2)))
         return 0;
     lua_pushvalue(L, 2);
     lua_pushvalue(L, -2);
@@ -521,19 +566,13 @@ void sl_lazy_push_value(lua_State *L, sl_vm_t *vm, int doc)
         return;
     }
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, make_handle(vm, doc));
-    lua_rawseti(L, -2, HANDLE_KEY);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->doc_mt_ref);
-    lua_setmetatable(L, -2);
+    make_lazy(L, vm, doc, vm->doc_mt_ref);
 }
 
 void sl_lazy_push_record(lua_State *L, sl_vm_t *vm, int slot)
 {
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, make_handle(vm, slot));
-    lua_rawseti(L, -2, HANDLE_KEY);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->record_mt_ref);
-    lua_setmetatable(L, -2);
+    make_lazy(L, vm, slot, vm->record_mt_ref);
 }
 
 /* ---- fields for stateful operators ------------------------------------------- */

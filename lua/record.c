@@ -130,7 +130,9 @@ void sl_vm_batch_reset(sl_vm_t *vm)
     vm->slot_count = 0;
     vm->jtok_count = 0;
     vm->doc_count = 0;
-    vm->generation++;
+    vm->lazy_count = 0;
+    if (++vm->generation == 0 && vm->lazy) /* after 2^32 batches: old entries must not revive */
+        memset(vm->lazy, 0, vm->lazy_capacity * sizeof *vm->lazy);
     sl_arena_reset(&vm->arena);
 }
 

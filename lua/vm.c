@@ -332,6 +332,7 @@ void sl_vm_free(sl_vm_t *vm)
     free_chunks(vm);
     sl_free(vm->slots);
     sl_jsonscan_free(vm->jsonscan);
+    sl_free(vm->lazy);
     sl_free(vm->jsmn);
     sl_free(vm->jtoks);
     sl_free(vm->docs);

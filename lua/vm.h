@@ -80,6 +80,13 @@ typedef struct sl_jdoc {
     int32_t first; /* in vm->jtoks */
 } sl_jdoc_t;
 
+/* A lazy table of the batch (lazy.c): by its address, what it reads from. */
+typedef struct sl_lazy_entry {
+    const void *table;
+    uint32_t generation; /* the batch's; other batches' entries are empty */
+    int32_t index;       /* a slot (record tables) or a document (values) */
+} sl_lazy_entry_t;
+
 /* The small-block allocator of a VM (vm.c). */
 #define SL_VM_SMALL_STEP  16
 #define SL_VM_SMALL_MAX   256
@@ -112,7 +119,9 @@ struct sl_vm {
     int slot_count;
     int slot_capacity;
     sl_arena_t arena;
-    uint32_t generation;          /* of the batch: counts sl_vm_batch_reset() calls */
+    uint32_t generation;   /* of the batch: counts sl_vm_batch_reset() calls */
+    sl_lazy_entry_t *lazy; /* open addressing, a power of two in size */
+    size_t lazy_capacity, lazy_count;
     struct sl_jsonscan *jsonscan; /* simdjson's scanner, made on first use */
     void *jsmn;                   /* jsmn's tokens, scratch for one value */
     size_t jsmn_capacity;

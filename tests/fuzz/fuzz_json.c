@@ -61,8 +61,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(slow == 0);
         size_t n = slow_end - (size_t)vm.docs[slow_doc].first;
         CHECK(vm.jtok_count - slow_end == n);
-        CHECK(same_tokens(vm.jtoks + vm.docs[slow_doc].first, vm.jtoks + vm.docs[fast_doc].first,
-                          n));
+        CHECK(
+            same_tokens(vm.jtoks + vm.docs[slow_doc].first, vm.jtoks + vm.docs[fast_doc].first, n));
     }
     CHECK(sl_json_tokenize(&vm, fast_text, (int32_t)size, &doc) == slow);
     free(slow_text);

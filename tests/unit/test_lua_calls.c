@@ -581,18 +581,22 @@ static void test_records_kept_past_their_batch_fail_clearly(void **state)
                               "s.stream('in'):filter(function(r)\n"
                               "  if kept then\n"
                               "    assert(kept.value.seen == 1 and kept.key == 'k1')\n"
-                              "    return kept.value.unseen == 2\n"
+                              "    if r.key == 'k2' then return kept.value.unseen == 2 end\n"
+                              "    return kept.offset ~= nil\n"
                               "  end\n"
                               "  kept = r\n"
-                              "  return r.value.seen == 1 and r.key == 'k1'\n"
+                              "  return r.value.seen == 1 and r.key == 'k1' and r[0] == nil and\n"
+                              "         r.value[0] == nil\n"
                               "end):to('out')\n",
                               SL_OP_FILTER);
     assert_int_equal(filter(state, op, load(state, "k1", "{\"seen\":1,\"unseen\":2}", 1)), 1);
-    sl_vm_batch_reset(vm_of(state));
-    int keep = -1;
-    int slot = load(state, "k2", "{\"seen\":5}", 1);
-    assert_int_equal(sl_vm_call_filter(vm_of(state), op, slot, &keep), SL_EINVALID);
-    assert_non_null(strstr(sl_error_detail(), "was kept after its batch ended"));
+    for (int batch = 0; batch < 3; batch++) { /* the value, then the record, twice */
+        sl_vm_batch_reset(vm_of(state));
+        int keep = -1;
+        int slot = load(state, batch == 0 ? "k2" : "k3", "{\"seen\":5}", 1);
+        assert_int_equal(sl_vm_call_filter(vm_of(state), op, slot, &keep), SL_EINVALID);
+        assert_non_null(strstr(sl_error_detail(), "was kept after its batch ended"));
+    }
 }
 
 /* ---- map ---------------------------------------------------------------- */
