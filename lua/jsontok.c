@@ -408,11 +408,10 @@ static int scalar_doc(sl_vm_t *vm, check_t *c, int32_t at, int *doc)
  * would read tokens: the grammar is in where the code goes next (a value,
  * a key and its colon, what may follow a value), the open containers are a
  * stack of their tokens. A string or a scalar runs from its position to the
- * last non-space byte before the next position; a string's closing quote
- * must be that byte and the first unescaped quote after its opening one.
- * Tokens come out as check_value makes them from jsmn's: containers span
- * their brackets and count keys or items, keys have size 1 and their value
- * as next.
+ * last non-space byte before the next position, which for a string must be
+ * its closing quote (see walk_string). Tokens come out as check_value makes
+ * them from jsmn's: containers span their brackets and count keys or
+ * items, keys have size 1 and their value as next.
  */
 typedef struct walk {
     check_t c;
