@@ -27,7 +27,7 @@
  *              read+copy      reader -> batch arena only
  *              +load raw      sl_vm_record_load() with json = 0: the slot
  *                             and the bytes copied, no JSON (informational)
- *              +load json     sl_vm_record_load(): slot + jsmn tokens checked
+ *              +load json     sl_vm_record_load(): slot + JSON tokens checked
  *                             (the Lua record and its fields are made
  *                             lazily, inside the calls below)
  *              +filter        sl_vm_call_filter() on every record
@@ -662,7 +662,7 @@ int main(int argc, char **argv)
         } stages[] = {
             {"read + copy batch (log I/O in)", -1, M_READ},
             {"record load (bytes into a slot)", M_READ, M_LOAD_RAW},
-            {"JSON tokenize + check (jsmn)", M_LOAD_RAW, M_LOAD},
+            {"JSON tokenize + check", M_LOAD_RAW, M_LOAD},
             {"filter call: r, r.value, field (all)", M_LOAD, M_FILTER},
             {"map call (kept records)", M_FILTER, M_MAP},
             {"encode (record_get, kept)", M_MAP, M_ENCODE},
