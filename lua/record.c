@@ -424,13 +424,22 @@ int sl_vm_record_get(sl_vm_t *vm, int slot, sl_record_t *out)
 
 /* ---- results of user functions -> new slots ----------------------------------- */
 
-static int is_record_field(const char *name)
+static int is_record_field(const char *name, size_t len)
 {
-    static const char *const fields[] = {"key",   "value",     "ts",     "headers",
-                                         "topic", "partition", "offset", NULL};
-    for (const char *const *f = fields; *f; f++)
-        if (strcmp(name, *f) == 0)
-            return 1;
+    switch (len) { /* by length first: most tables a map returns are values */
+    case 2:
+        return memcmp(name, "ts", 2) == 0;
+    case 3:
+        return memcmp(name, "key", 3) == 0;
+    case 5:
+        return memcmp(name, "value", 5) == 0 || memcmp(name, "topic", 5) == 0;
+    case 6:
+        return memcmp(name, "offset", 6) == 0;
+    case 7:
+        return memcmp(name, "headers", 7) == 0;
+    case 9:
+        return memcmp(name, "partition", 9) == 0;
+    }
     return 0;
 }
 
@@ -442,13 +451,14 @@ static int is_record_table(lua_State *L, int idx)
         return 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
+        size_t len;
         lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING || !is_record_field(lua_tostring(L, -1))) {
+        const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (!name || !is_record_field(name, len)) {
             lua_pop(L, 1);
             return 0;
         }
-        const char *name = lua_tostring(L, -1);
-        has_key_or_value |= strcmp(name, "key") == 0 || strcmp(name, "value") == 0;
+        has_key_or_value |= len == 3 || (len == 5 && name[0] == 'v'); /* key, value */
     }
     return has_key_or_value;
 }

@@ -657,6 +657,30 @@ static void test_map_record_table_fields_default(void **state)
     assert_int_equal(out.header_count, 0);
 }
 
+/* A table is a record table when all its keys are record fields and key
+ * or value is one of them; any other table is a value. */
+static void test_map_record_tables_are_told_by_their_keys(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "s.stream('in'):map(function(r)\n"
+              "  if r.key == 'origin' then\n"
+              "    return {value = 'v', topic = 'x', partition = 3, offset = 9, headers = {}}\n"
+              "  end\n"
+              "  if r.key == 'near' then return {valu = 1} end\n"
+              "  if r.key == 'ts' then return {ts = 5} end\n"
+              "  return {key = 'k', offsets = 1}\n"
+              "end):to('out')\n",
+              SL_OP_MAP);
+    expect_written_value(state, map(state, op, load(state, "origin", SUBJECT, 1)), "v");
+    expect_written_value(state, map(state, op, load(state, "near", SUBJECT, 1)), "{\"valu\":1}");
+    expect_written_value(state, map(state, op, load(state, "ts", SUBJECT, 1)), "{\"ts\":5}");
+    int slot = map(state, op, load(state, "other", SUBJECT, 1));
+    sl_record_t out = get(state, slot);
+    expect_bytes(out.key, out.key_len, "other");
+    assert_non_null(memmem(out.value, (size_t)out.value_len, "\"offsets\":1", 11));
+}
+
 static void test_map_returning_changed_r_writes_the_change(void **state)
 {
     const sl_op_t *op = op_of(
@@ -1295,6 +1319,7 @@ int main(void)
         T(test_map_string_passes_through_and_numbers_are_json),
         T(test_map_record_table_sets_every_field),
         T(test_map_record_table_fields_default),
+        T(test_map_record_tables_are_told_by_their_keys),
         T(test_map_returning_changed_r_writes_the_change),
         T(test_map_keeps_a_tombstone_a_tombstone),
         T(test_map_returning_nil_is_an_error),
