@@ -44,12 +44,16 @@ void sl_jsonscan_free(sl_jsonscan_t *scan)
     delete scan;
 }
 
-/* Capacity for len bytes: doubling, so a run of growing texts costs little. */
+/* Capacity for len bytes: doubling, so a run of growing texts costs little.
+ * A failed grow leaves simdjson's capacity at 0 (and no buffer): the next
+ * call starts again from FIRST_CAPACITY. */
 static bool reserve(sl_jsonscan_t *scan, size_t len)
 {
     size_t capacity = scan->impl->capacity();
     if (len < capacity)
         return true;
+    if (capacity < FIRST_CAPACITY)
+        capacity = FIRST_CAPACITY;
     while (capacity <= len)
         capacity *= 2;
     if (capacity > SL_JSONSCAN_MAX + 1)

@@ -495,6 +495,30 @@ static void test_the_fast_tokenizer_agrees_with_the_slow_one(void **state)
         assert_int_equal(tokenize_both(vm_of(state), bad[i], strlen(bad[i])), 0);
 }
 
+/* Long texts: the scanner grows past its first 64 KiB for a 200 KiB text,
+ * and a text over its 1 MiB limit goes the slow way, with the same tokens
+ * and both accepted. */
+static void test_long_json_texts_are_tokenized_either_way(void **state)
+{
+    for (size_t len = 200 << 10; len <= (3 << 20); len *= 15) {
+        char *text = malloc(len + 1);
+        assert_non_null(text);
+        size_t at = 0;
+        text[at++] = '[';
+        while (at + 40 < len)
+            at += (size_t)sprintf(text + at, "{\"k\":\"%010zu\",\"n\":%zu},", at, at);
+        text[at - 1] = ']';
+        int fast_doc = -1;
+        sl_vm_batch_reset(vm_of(state));
+        assert_int_equal(sl_json_tokenize_fast(vm_of(state), text, (int32_t)(at), &fast_doc),
+                         len > (1 << 20) ? 1 : 0);
+        assert_true(tokenize_both(vm_of(state), text, at) == (len <= (1 << 20)));
+        int doc = -1;
+        assert_int_equal(sl_json_tokenize(vm_of(state), text, (int32_t)at, &doc), 0);
+        free(text);
+    }
+}
+
 static void test_valid_json_of_every_shape_reads_back(void **state)
 {
     const sl_op_t *op =
@@ -1343,6 +1367,7 @@ int main(void)
         T(test_batch_reset_frees_every_slot),
         T(test_long_strings_are_checked_at_every_position),
         T(test_the_fast_tokenizer_agrees_with_the_slow_one),
+        T(test_long_json_texts_are_tokenized_either_way),
         T(test_batch_reset_lets_the_batchs_values_go),
         T(test_warm_batches_keep_memory_flat),
         T(test_out_of_memory_during_calls_is_enomem),
