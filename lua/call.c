@@ -85,6 +85,9 @@ static int filter_body(lua_State *L)
 int sl_vm_call_filter(sl_vm_t *vm, const sl_op_t *op, int slot, int *keep)
 {
     assert(op->kind == SL_OP_FILTER);
+    assert(slot >= 0 && slot < vm->slot_count);
+    if (op->native && sl_native_filter_run(vm, op->native, slot, keep) == 0)
+        return 0;
     call_t call = {.op = op, .slot = slot};
     int rc = run(vm, &call, filter_body);
     if (rc == 0)

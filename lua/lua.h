@@ -417,6 +417,8 @@ typedef struct sl_agg_spec {
     char *init;
 } sl_agg_spec_t;
 
+typedef struct sl_native_filter sl_native_filter_t; /* lua/native.c */
+
 typedef struct sl_op {
     int id; /* its index in dag->ops */
     sl_op_kind_t kind;
@@ -427,6 +429,10 @@ typedef struct sl_op {
      * the registry of the VM that compiled the DAG; SL_NO_FUNCTION if none
      * (an AGGREGATE's functions are in its members). */
     int fn;
+    /* FILTER: its function's answer computed in C for the records where
+     * that is certain (`return r.value.f == constant`, lua/native.c);
+     * NULL when the function is of another shape. */
+    sl_native_filter_t *native;
     char *topic;              /* SOURCE, TO */
     char *field;              /* KEY_BY by field name; NULL otherwise */
     char **branch_names;      /* BRANCH, in byte order */

@@ -191,6 +191,14 @@ int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 int sl_json_tokenize_fast(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 int sl_json_tokenize_slow(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 
+/* native.c: compile recognises the function at idx (a filter's) when it is
+ * `return r.value.<field> == <constant>` (or ~=) and returns its native
+ * form, else NULL (never raises); run answers it for slot into *keep and
+ * returns 0, or returns 1 where only Lua can answer. */
+sl_native_filter_t *sl_native_filter_compile(lua_State *L, int idx);
+void sl_native_filter_free(sl_native_filter_t *f);
+int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int *keep);
+
 /* lazy.c: init makes the metatables; push_value pushes a document's value
  * (a lazy table for an object); push_record pushes a new lazy record table
  * for slot (the caller sets its value); find returns the token of the

@@ -623,6 +623,93 @@ static void test_records_kept_past_their_batch_fail_clearly(void **state)
     }
 }
 
+/* ---- filters answered without Lua ------------------------------------------ */
+
+/* The FILTER ops of dag, in order. */
+static const sl_op_t *nth_filter(const sl_dag_t *dag, int n)
+{
+    for (int i = 0; i < dag->op_count; i++)
+        if (dag->ops[i].kind == SL_OP_FILTER && n-- == 0)
+            return &dag->ops[i];
+    fail_msg("no filter %d", n);
+    return NULL;
+}
+
+/* `return r.value.f == K` (and ~=) is answered from the tokens: for every
+ * condition and record below, the same answer (or the same error) as the
+ * same test written so that Lua must run it, and answered without Lua
+ * (no table built) wherever the value is an object without escapes. */
+static void test_simple_filters_answer_as_lua_does(void **state)
+{
+    static const char *const conditions[] = {
+        "kind == 'click'", "kind ~= 'click'", "n == 10",   "n ~= 10",    "n == -5",
+        "n == 300",        "n == 2.5",        "n == 1e20", "kind == ''", "n ~= 2.5"};
+    static const char *const values[] = {"{\"kind\":\"click\",\"n\":10}",
+                                         "{\"kind\":\"view\",\"n\":10.0}",
+                                         "{\"kind\":\"clicks\",\"n\":1e1}",
+                                         "{\"n\":-5,\"kind\":\"\"}",
+                                         "{\"kind\":null,\"n\":null}",
+                                         "{\"kind\":true,\"n\":false}",
+                                         "{\"kind\":{\"a\":1},\"n\":[10]}",
+                                         "{\"kind\":\"cl\\u0069ck\",\"n\":300}",
+                                         "{\"k\\u0069nd\":\"click\",\"n\":300.0}",
+                                         "{\"kind\":\"click\",\"kind\":\"view\"}",
+                                         "{\"kind\":\"view\",\"kind\":\"click\"}",
+                                         "{\"n\":2.5}",
+                                         "{\"n\":1e20}",
+                                         "{\"n\":100000000000000000000}",
+                                         "{\"n\":2.50}",
+                                         "{}",
+                                         "[1,2]",
+                                         "\"click\"",
+                                         "10",
+                                         "{\"n\":-0,\"kind\":\"click\"}"};
+    fixture_t *f = *state;
+    for (size_t c = 0; c < sizeof conditions / sizeof *conditions; c++) {
+        char source[512];
+        snprintf(source, sizeof source,
+                 HEADER "s.stream('in'):filter(function(r) return r.value.%s end)\n"
+                        "  :filter(function(r) local v = r.value return v.%s end):to('out')\n",
+                 conditions[c], conditions[c]);
+        sl_dag_t *dag = NULL;
+        if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
+            fail_msg("%s", sl_error_detail());
+        const sl_op_t *native = nth_filter(dag, 0), *lua = nth_filter(dag, 1);
+        if (!native->native || lua->native)
+            fail_msg("<%s>: recognised %d, its twin %d", conditions[c], native->native != NULL,
+                     lua->native != NULL);
+        int answered = 0;
+        for (size_t v = 0; v < sizeof values / sizeof *values; v++) {
+            sl_vm_batch_reset(f->vm);
+            int a = load(state, "k", values[v], 1), b = load(state, "k", values[v], 1);
+            int keep_a = -1, keep_b = -1;
+            int rc_a = sl_vm_call_filter(f->vm, native, a, &keep_a);
+            int rc_b = sl_vm_call_filter(f->vm, lua, b, &keep_b);
+            if (rc_a != rc_b || keep_a != keep_b)
+                fail_msg("<%s> on %s: %d/%d natively, %d/%d in Lua", conditions[c], values[v], rc_a,
+                         keep_a, rc_b, keep_b);
+            answered += !f->vm->slots[a].has_table;
+        }
+        assert_true(answered >= 12); /* the objects without escapes */
+        sl_dag_free(dag);
+    }
+}
+
+/* An earlier op that changed r.value decides: the filter reads the table. */
+static void test_a_filter_sees_what_an_earlier_op_changed(void **state)
+{
+    const sl_op_t *op =
+        op_of(state,
+              "s.stream('in'):peek(function(r) r.value.kind = 'click' end)\n"
+              "  :filter(function(r) return r.value.kind == 'click' end):to('out')\n",
+              SL_OP_PEEK);
+    const sl_op_t *check = nth_filter(((fixture_t *)*state)->dag, 0);
+    assert_non_null(check->native);
+    int slot = load(state, "k", "{\"kind\":\"view\"}", 1);
+    assert_int_equal(sl_vm_call_peek(vm_of(state), op, slot), 0);
+    assert_int_equal(filter(state, check, slot), 1);
+}
+
 /* ---- map ---------------------------------------------------------------- */
 
 static void test_map_value_keeps_key_ts_and_headers(void **state)
@@ -1339,6 +1426,8 @@ int main(void)
         T(test_lazy_records_behave_like_tables),
         T(test_setting_an_unread_field_to_nil_sticks),
         T(test_records_kept_past_their_batch_fail_clearly),
+        T(test_simple_filters_answer_as_lua_does),
+        T(test_a_filter_sees_what_an_earlier_op_changed),
         T(test_map_value_keeps_key_ts_and_headers),
         T(test_map_string_passes_through_and_numbers_are_json),
         T(test_map_record_table_sets_every_field),

@@ -1,0 +1,363 @@
+/*
+ * native.c - filters of one common shape, run on the tokens without Lua.
+ *
+ * A filter such as
+ *
+ *     :filter(function(r) return r.value.kind == "click" end)
+ *
+ * costs, through Lua, two tables (r and r.value), a metamethod call for the
+ * field and a protected call: most of a record's time in a filter -> map
+ * pipeline. Its answer depends on one field of the value and a constant,
+ * so it is recognised when the script is compiled, from the function's
+ * bytecode (lua_dump, stripped), and answered from the record's tokens.
+ *
+ * The shape, exactly (Lua 5.4's code for it; any other code, a different
+ * Lua version or dump format, upvalues or globals: not recognised):
+ *
+ *     GETFIELD   1 0 K"value"     r.value
+ *     GETFIELD   1 1 K<field>     .field
+ *     EQK 1 K<c> k | EQI 1 sB k   == or ~= a constant (string or number)
+ *     JMP        +1
+ *     LFALSESKIP 1
+ *     LOADTRUE   1
+ *     RETURN1    1
+ *     RETURN0
+ *
+ * The native answer is given only where it is Lua's for certain: a record
+ * read from the log whose value is a JSON object, no table built for it
+ * yet (an earlier op could have changed r.value), the field's key and a
+ * string field's text without escapes. Everything else runs the function.
+ * Lua's == is mirrored: strings by bytes, numbers by value across integers
+ * and floats, a string never equal to a number, absent and null fields
+ * equal to nothing.
+ *
+ * Dump format (lundump.c, 5.4): a header (signature, version 0x54, format
+ * 0, LUAC_DATA, the sizes of Instruction, lua_Integer and lua_Number, then
+ * LUAC_INT and LUAC_NUM as this build writes them), the number of
+ * upvalues, then the function: source, line defined, last line, parameter
+ * count, vararg flag, stack size, the code (a count, then 4-byte
+ * instructions), the constants (a count, then per constant its type tag
+ * and value). Counts and sizes are 7-bit groups, most significant first,
+ * the last byte marked with 0x80.
+ */
+#include "lua/vm.h"
+#include "storage/buf.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Lua 5.4 opcodes and constant tags used here (lopcodes.h, lobject.h). */
+enum {
+    OP_GETFIELD = 14,
+    OP_JMP = 56,
+    OP_EQK = 60,
+    OP_EQI = 61,
+    OP_LFALSESKIP = 6,
+    OP_LOADTRUE = 7,
+    OP_RETURN0 = 71,
+    OP_RETURN1 = 72
+};
+enum { TAG_INTEGER = 0x03, TAG_FLOAT = 0x13, TAG_SHORT_STRING = 0x04, TAG_LONG_STRING = 0x14 };
+
+#define OFFSET_SC     127      /* EQI's signed B */
+#define OFFSET_SJ     16777215 /* JMP's signed jump: (1 << 24) - 1 */
+#define CODE_LENGTH   8        /* instructions of the shape */
+#define CONSTANTS_MAX 4
+
+struct sl_native_filter {
+    char *field;
+    int not_equal; /* ~= */
+    int type;      /* SL_VM_VALUE_STRING or SL_VM_VALUE_NUMBER */
+    char *bytes;   /* a string constant */
+    size_t len;
+    int is_integer;
+    int64_t integer;
+    double number;
+};
+
+/* ---- reading the dump ------------------------------------------------------ */
+
+typedef struct dump {
+    sl_buf_t bytes;
+    int failed;
+} dump_t;
+
+static int write_dump(lua_State *L, const void *p, size_t n, void *ud)
+{
+    (void)L;
+    dump_t *d = ud;
+    if (sl_buf_append(&d->bytes, p, n))
+        d->failed = 1;
+    return d->failed;
+}
+
+typedef struct reader {
+    const uint8_t *at, *end;
+    int bad;
+} reader_t;
+
+static uint8_t read_byte(reader_t *r)
+{
+    if (r->at >= r->end) {
+        r->bad = 1;
+        return 0;
+    }
+    return *r->at++;
+}
+
+static size_t read_size(reader_t *r)
+{
+    size_t x = 0;
+    uint8_t b;
+    do {
+        b = read_byte(r);
+        if (x >> 56)
+            r->bad = 1;
+        x = (x << 7) | (b & 0x7f);
+    } while (!r->bad && !(b & 0x80));
+    return x;
+}
+
+static const uint8_t *read_bytes(reader_t *r, size_t n)
+{
+    if ((size_t)(r->end - r->at) < n) {
+        r->bad = 1;
+        return NULL;
+    }
+    const uint8_t *p = r->at;
+    r->at += n;
+    return p;
+}
+
+/* The header this Lua build writes: anything else is not read. */
+static int header_matches(reader_t *r)
+{
+    uint8_t expected[31] = {0x1b, 'L',  'u',  'a',  0x54, 0, 0x19, 0x93,
+                            '\r', '\n', 0x1a, '\n', 4,    8, 8};
+    lua_Integer check_int = 0x5678;
+    lua_Number check_num = 370.5;
+    if (sizeof(lua_Integer) != 8 || sizeof(lua_Number) != 8)
+        return 0;
+    memcpy(expected + 15, &check_int, 8);
+    memcpy(expected + 23, &check_num, 8);
+    const uint8_t *h = read_bytes(r, sizeof expected);
+    return h && memcmp(h, expected, sizeof expected) == 0;
+}
+
+typedef struct constant {
+    int tag;
+    const uint8_t *bytes; /* strings */
+    size_t len;
+    int64_t integer;
+    double number;
+} constant_t;
+
+static void read_constant(reader_t *r, constant_t *k)
+{
+    k->tag = read_byte(r);
+    if (k->tag == TAG_INTEGER || k->tag == TAG_FLOAT) {
+        const uint8_t *p = read_bytes(r, 8);
+        if (p && k->tag == TAG_INTEGER)
+            memcpy(&k->integer, p, 8);
+        else if (p)
+            memcpy(&k->number, p, 8);
+    } else if (k->tag == TAG_SHORT_STRING || k->tag == TAG_LONG_STRING) {
+        size_t n = read_size(r);
+        k->len = n ? n - 1 : 0;
+        k->bytes = n ? read_bytes(r, n - 1) : NULL;
+        if (!k->bytes)
+            r->bad = 1;
+    } else {
+        r->bad = 1; /* nil, booleans: not in the shape */
+    }
+}
+
+/* The function's code and constants; 0 if it is not a one-parameter,
+ * no-upvalue function of CODE_LENGTH instructions. */
+static int read_function(reader_t *r, uint32_t code[CODE_LENGTH], constant_t *k, size_t *nk)
+{
+    if (!header_matches(r) || read_byte(r) != 0) /* upvalues */
+        return 0;
+    size_t source = read_size(r);
+    if (source)
+        read_bytes(r, source - 1);
+    read_size(r);                               /* line defined */
+    read_size(r);                               /* last line */
+    if (read_byte(r) != 1 || read_byte(r) != 0) /* one parameter, not vararg */
+        return 0;
+    read_byte(r); /* stack size */
+    if (read_size(r) != CODE_LENGTH)
+        return 0;
+    const uint8_t *p = read_bytes(r, 4 * CODE_LENGTH);
+    if (!p)
+        return 0;
+    memcpy(code, p, 4 * CODE_LENGTH);
+    *nk = read_size(r);
+    if (*nk > CONSTANTS_MAX)
+        return 0;
+    for (size_t i = 0; i < *nk && !r->bad; i++)
+        read_constant(r, &k[i]);
+    return !r->bad && read_size(r) == 0; /* the upvalues' descriptions */
+}
+
+/* ---- the shape ------------------------------------------------------------- */
+
+static unsigned op_of(uint32_t i)
+{
+    return i & 0x7f;
+}
+
+static unsigned a_of(uint32_t i)
+{
+    return (i >> 7) & 0xff;
+}
+
+static unsigned k_of(uint32_t i)
+{
+    return (i >> 15) & 1;
+}
+
+static unsigned b_of(uint32_t i)
+{
+    return (i >> 16) & 0xff;
+}
+
+static unsigned c_of(uint32_t i)
+{
+    return (i >> 24) & 0xff;
+}
+
+static const constant_t *string_constant(const constant_t *k, size_t nk, unsigned index)
+{
+    if (index >= nk || (k[index].tag != TAG_SHORT_STRING && k[index].tag != TAG_LONG_STRING))
+        return NULL;
+    return &k[index];
+}
+
+/* Is code the shape's, up to the field and the comparison? */
+static int code_matches(const uint32_t code[CODE_LENGTH])
+{
+    return op_of(code[0]) == OP_GETFIELD && a_of(code[0]) == 1 && b_of(code[0]) == 0 &&
+           op_of(code[1]) == OP_GETFIELD && a_of(code[1]) == 1 && b_of(code[1]) == 1 &&
+           (op_of(code[2]) == OP_EQK || op_of(code[2]) == OP_EQI) && a_of(code[2]) == 1 &&
+           code[3] == (OP_JMP | (uint32_t)(OFFSET_SJ + 1) << 7) &&
+           code[4] == (OP_LFALSESKIP | 1u << 7) && code[5] == (OP_LOADTRUE | 1u << 7) &&
+           code[6] == (OP_RETURN1 | 1u << 7 | 2u << 16) && op_of(code[7]) == OP_RETURN0;
+}
+
+/* The constant compared with, into f; 0 if not a string or number. */
+static int set_constant(sl_native_filter_t *f, uint32_t eq, const constant_t *k, size_t nk)
+{
+    if (op_of(eq) == OP_EQI) {
+        if (c_of(eq) != 0) /* written as a float: 1.0 */
+            return 0;
+        f->type = SL_VM_VALUE_NUMBER;
+        f->is_integer = 1;
+        f->integer = (int64_t)b_of(eq) - OFFSET_SC;
+        return 1;
+    }
+    unsigned index = b_of(eq);
+    if (index >= nk)
+        return 0;
+    if (k[index].tag == TAG_INTEGER || k[index].tag == TAG_FLOAT) {
+        f->type = SL_VM_VALUE_NUMBER;
+        f->is_integer = k[index].tag == TAG_INTEGER;
+        f->integer = k[index].integer;
+        f->number = k[index].number;
+        return 1;
+    }
+    f->type = SL_VM_VALUE_STRING;
+    f->len = k[index].len;
+    f->bytes = sl_malloc(f->len + 1);
+    if (!f->bytes)
+        return 0;
+    memcpy(f->bytes, k[index].bytes, f->len);
+    f->bytes[f->len] = '\0';
+    return 1;
+}
+
+static sl_native_filter_t *recognise(const uint8_t *dump, size_t len)
+{
+    reader_t r = {dump, dump + len, 0};
+    uint32_t code[CODE_LENGTH];
+    constant_t k[CONSTANTS_MAX] = {{0}};
+    size_t nk = 0;
+    if (!read_function(&r, code, k, &nk) || !code_matches(code))
+        return NULL;
+    const constant_t *value = string_constant(k, nk, c_of(code[0]));
+    const constant_t *field = string_constant(k, nk, c_of(code[1]));
+    if (!value || value->len != 5 || memcmp(value->bytes, "value", 5) != 0 || !field ||
+        memchr(field->bytes, '\0', field->len))
+        return NULL;
+    sl_native_filter_t *f = sl_calloc(1, sizeof *f);
+    if (!f)
+        return NULL;
+    f->not_equal = !k_of(code[2]);
+    f->field = sl_malloc(field->len + 1);
+    if (!f->field || !set_constant(f, code[2], k, nk)) {
+        sl_native_filter_free(f);
+        return NULL;
+    }
+    memcpy(f->field, field->bytes, field->len);
+    f->field[field->len] = '\0';
+    return f;
+}
+
+sl_native_filter_t *sl_native_filter_compile(lua_State *L, int idx)
+{
+    dump_t d = {0};
+    lua_pushvalue(L, idx);
+    int rc = lua_dump(L, write_dump, &d, 1);
+    lua_pop(L, 1);
+    sl_native_filter_t *f = rc || d.failed ? NULL : recognise(d.bytes.data, d.bytes.len);
+    sl_buf_free(&d.bytes);
+    return f;
+}
+
+void sl_native_filter_free(sl_native_filter_t *f)
+{
+    if (!f)
+        return;
+    sl_free(f->field);
+    sl_free(f->bytes);
+    sl_free(f);
+}
+
+/* ---- running it ------------------------------------------------------------ */
+
+/* Lua's == between an integer and a float: equal when the float is that
+ * integer exactly. */
+static int integer_equals_float(int64_t i, double d)
+{
+    return d >= -9223372036854775808.0 && d < 9223372036854775808.0 && floor(d) == d &&
+           (int64_t)d == i;
+}
+
+static int numbers_equal(const sl_vm_value_t *v, const sl_native_filter_t *f)
+{
+    if (v->is_integer && f->is_integer)
+        return v->integer == f->integer;
+    if (v->is_integer)
+        return integer_equals_float(v->integer, f->number);
+    if (f->is_integer)
+        return integer_equals_float(f->integer, v->number);
+    return v->number == f->number;
+}
+
+int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int *keep)
+{
+    const sl_slot_t *s = &vm->slots[slot];
+    sl_vm_value_t v;
+    if (s->kind != SL_SLOT_LOADED || s->has_table || s->doc < 0 ||
+        vm->jtoks[vm->docs[s->doc].first].type != SL_JTOK_OBJECT ||
+        sl_lazy_field(vm, s->doc, f->field, &v))
+        return 1;
+    int equal = 0;
+    if (v.type == SL_VM_VALUE_STRING && f->type == SL_VM_VALUE_STRING)
+        equal = v.len == f->len && memcmp(v.bytes, f->bytes, f->len) == 0;
+    else if (v.type == SL_VM_VALUE_NUMBER && f->type == SL_VM_VALUE_NUMBER)
+        equal = numbers_equal(&v, f);
+    *keep = equal != f->not_equal;
+    return 0;
+}
