@@ -4,12 +4,15 @@
  * A filter such as
  *
  *     :filter(function(r) return r.value.kind == "click" end)
+ *     :filter(function(r) return r.value.amount >= 100 end)
  *
  * costs, through Lua, two tables (r and r.value), a metamethod call for the
  * field and a protected call: most of a record's time in a filter -> map
  * pipeline. Its answer depends on one field of the value and a constant,
  * so it is recognised when the script is compiled, from the function's
  * bytecode (lua_dump, stripped), and answered from the record's tokens.
+ * Comparisons are == and ~= with a string or number constant, and <, <=,
+ * >, >= with an integer Lua writes into the instruction (-127 to 128).
  *
  * The shape, exactly (Lua 5.4's code for it; any other code, a different
  * Lua version or dump format, upvalues or globals: not recognised):
@@ -17,6 +20,7 @@
  *     GETFIELD   1 0 K"value"     r.value
  *     GETFIELD   1 1 K<field>     .field
  *     EQK 1 K<c> k | EQI 1 sB k   == or ~= a constant (string or number)
+ *     | LTI, LEI, GTI, GEI 1 sB k  <, <=, >, >= an integer
  *     JMP        +1
  *     LFALSESKIP 1
  *     LOADTRUE   1
@@ -29,7 +33,8 @@
  * string field's text without escapes. Everything else runs the function.
  * Lua's == is mirrored: strings by bytes, numbers by value across integers
  * and floats, a string never equal to a number, absent and null fields
- * equal to nothing.
+ * equal to nothing. An order comparison is answered only for a number
+ * field: on anything else Lua raises, so Lua runs.
  *
  * Dump format (lundump.c, 5.4): a header (signature, version 0x54, format
  * 0, LUAC_DATA, the sizes of Instruction, lua_Integer and lua_Number, then
@@ -53,6 +58,10 @@ enum {
     OP_JMP = 56,
     OP_EQK = 60,
     OP_EQI = 61,
+    OP_LTI = 62,
+    OP_LEI = 63,
+    OP_GTI = 64,
+    OP_GEI = 65,
     OP_LFALSESKIP = 6,
     OP_LOADTRUE = 7,
     OP_RETURN0 = 71,
@@ -67,9 +76,10 @@ enum { TAG_INTEGER = 0x03, TAG_FLOAT = 0x13, TAG_SHORT_STRING = 0x04, TAG_LONG_S
 
 struct sl_native_filter {
     char *field;
-    int not_equal; /* ~= */
-    int type;      /* SL_VM_VALUE_STRING or SL_VM_VALUE_NUMBER */
-    char *bytes;   /* a string constant */
+    int compare; /* OP_EQK (for EQK and EQI), OP_LTI, OP_LEI, OP_GTI, OP_GEI */
+    int want;    /* the instruction's k: keep when the comparison is this */
+    int type;    /* SL_VM_VALUE_STRING or SL_VM_VALUE_NUMBER */
+    char *bytes; /* a string constant */
     size_t len;
     int is_integer;
     int64_t integer;
@@ -240,7 +250,7 @@ static int code_matches(const uint32_t code[CODE_LENGTH])
 {
     return op_of(code[0]) == OP_GETFIELD && a_of(code[0]) == 1 && b_of(code[0]) == 0 &&
            op_of(code[1]) == OP_GETFIELD && a_of(code[1]) == 1 && b_of(code[1]) == 1 &&
-           (op_of(code[2]) == OP_EQK || op_of(code[2]) == OP_EQI) && a_of(code[2]) == 1 &&
+           op_of(code[2]) >= OP_EQK && op_of(code[2]) <= OP_GEI && a_of(code[2]) == 1 &&
            code[3] == (OP_JMP | (uint32_t)(OFFSET_SJ + 1) << 7) &&
            code[4] == (OP_LFALSESKIP | 1u << 7) && code[5] == (OP_LOADTRUE | 1u << 7) &&
            code[6] == (OP_RETURN1 | 1u << 7 | 2u << 16) && op_of(code[7]) == OP_RETURN0;
@@ -249,9 +259,7 @@ static int code_matches(const uint32_t code[CODE_LENGTH])
 /* The constant compared with, into f; 0 if not a string or number. */
 static int set_constant(sl_native_filter_t *f, uint32_t eq, const constant_t *k, size_t nk)
 {
-    if (op_of(eq) == OP_EQI) {
-        if (c_of(eq) != 0) /* written as a float: 1.0 */
-            return 0;
+    if (op_of(eq) != OP_EQK) { /* an immediate (C: written as a float, 1.0: same order) */
         f->type = SL_VM_VALUE_NUMBER;
         f->is_integer = 1;
         f->integer = (int64_t)b_of(eq) - OFFSET_SC;
@@ -293,7 +301,8 @@ static sl_native_filter_t *recognise(const uint8_t *dump, size_t len)
     sl_native_filter_t *f = sl_calloc(1, sizeof *f);
     if (!f)
         return NULL;
-    f->not_equal = !k_of(code[2]);
+    f->compare = op_of(code[2]) == OP_EQI ? OP_EQK : (int)op_of(code[2]);
+    f->want = (int)k_of(code[2]);
     f->field = sl_malloc(field->len + 1);
     if (!f->field || !set_constant(f, code[2], k, nk)) {
         sl_native_filter_free(f);
@@ -345,6 +354,23 @@ static int numbers_equal(const sl_vm_value_t *v, const sl_native_filter_t *f)
     return v->number == f->number;
 }
 
+/* The order of a number and an integer constant, as Lua's LTI and
+ * friends compute it (the constant is small, so exact as a double). */
+static int order_holds(const sl_vm_value_t *v, const sl_native_filter_t *f)
+{
+    double x = v->is_integer ? 0 : v->number, y = (double)f->integer;
+    switch (f->compare) {
+    case OP_LTI:
+        return v->is_integer ? v->integer < f->integer : x < y;
+    case OP_LEI:
+        return v->is_integer ? v->integer <= f->integer : x <= y;
+    case OP_GTI:
+        return v->is_integer ? v->integer > f->integer : x > y;
+    default:
+        return v->is_integer ? v->integer >= f->integer : x >= y;
+    }
+}
+
 int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int *keep)
 {
     const sl_slot_t *s = &vm->slots[slot];
@@ -353,11 +379,16 @@ int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int
         vm->jtoks[vm->docs[s->doc].first].type != SL_JTOK_OBJECT ||
         sl_lazy_field(vm, s->doc, f->field, &v))
         return 1;
-    int equal = 0;
-    if (v.type == SL_VM_VALUE_STRING && f->type == SL_VM_VALUE_STRING)
-        equal = v.len == f->len && memcmp(v.bytes, f->bytes, f->len) == 0;
-    else if (v.type == SL_VM_VALUE_NUMBER && f->type == SL_VM_VALUE_NUMBER)
-        equal = numbers_equal(&v, f);
-    *keep = equal != f->not_equal;
+    int holds = 0;
+    if (f->compare != OP_EQK) {
+        if (v.type != SL_VM_VALUE_NUMBER)
+            return 1; /* Lua raises: attempt to compare */
+        holds = order_holds(&v, f);
+    } else if (v.type == SL_VM_VALUE_STRING && f->type == SL_VM_VALUE_STRING) {
+        holds = v.len == f->len && memcmp(v.bytes, f->bytes, f->len) == 0;
+    } else if (v.type == SL_VM_VALUE_NUMBER && f->type == SL_VM_VALUE_NUMBER) {
+        holds = numbers_equal(&v, f);
+    }
+    *keep = holds == f->want;
     return 0;
 }

@@ -635,15 +635,17 @@ static const sl_op_t *nth_filter(const sl_dag_t *dag, int n)
     return NULL;
 }
 
-/* `return r.value.f == K` (and ~=) is answered from the tokens: for every
- * condition and record below, the same answer (or the same error) as the
- * same test written so that Lua must run it, and answered without Lua
- * (no table built) wherever the value is an object without escapes. */
+/* `return r.value.f == K` (~=, and <, <=, >, >= a small integer) is
+ * answered from the tokens: for every condition and record below, the same
+ * answer (or the same error) as the same test written so that Lua must
+ * run it, and answered without Lua (no table built) for the objects
+ * without escapes (whose field is a number, for an order). */
 static void test_simple_filters_answer_as_lua_does(void **state)
 {
     static const char *const conditions[] = {
-        "kind == 'click'", "kind ~= 'click'", "n == 10",   "n ~= 10",    "n == -5",
-        "n == 300",        "n == 2.5",        "n == 1e20", "kind == ''", "n ~= 2.5"};
+        "kind == 'click'", "kind ~= 'click'", "n == 10",    "n ~= 10",   "n == -5",   "n == 300",
+        "n == 2.5",        "n == 1e20",       "kind == ''", "n ~= 2.5",  "n == 10.0", "n >= 10",
+        "n > 5",           "n < -3",          "n <= 0",     "n >= 10.0", "n > -3"};
     static const char *const values[] = {"{\"kind\":\"click\",\"n\":10}",
                                          "{\"kind\":\"view\",\"n\":10.0}",
                                          "{\"kind\":\"clicks\",\"n\":1e1}",
@@ -662,6 +664,12 @@ static void test_simple_filters_answer_as_lua_does(void **state)
                                          "{}",
                                          "[1,2]",
                                          "\"click\"",
+                                         "{\"n\":9.5}",
+                                         "{\"n\":\"10\"}",
+                                         "{\"n\":-3.5}",
+                                         "{\"n\":5.0000001}",
+                                         "{\"n\":-3}",
+                                         "{\"n\":0}",
                                          "10",
                                          "{\"n\":-0,\"kind\":\"click\"}"};
     fixture_t *f = *state;
@@ -690,7 +698,7 @@ static void test_simple_filters_answer_as_lua_does(void **state)
                          keep_a, rc_b, keep_b);
             answered += !f->vm->slots[a].has_table;
         }
-        assert_true(answered >= 12); /* the objects without escapes */
+        assert_true(answered >= 14); /* objects without escapes (a number, to order) */
         sl_dag_free(dag);
     }
 }
