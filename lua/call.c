@@ -186,15 +186,34 @@ static void push_field(lua_State *L, sl_vm_t *vm, int slot, const char *field)
         sl_vm_raise(L, "the value has no field '%s' (or it is null)", field);
 }
 
+/* Pushes r.value[field] when it is a string or a number of a loaded JSON
+ * object, read from the tokens (as the function `return r.value.<field>`
+ * would return it); returns 0, pushing nothing, anywhere else. */
+static int push_native_key(lua_State *L, sl_vm_t *vm, int slot, const char *field)
+{
+    const sl_slot_t *s = &vm->slots[slot];
+    if (s->kind != SL_SLOT_LOADED || s->doc < 0 || s->has_table)
+        return 0;
+    const sl_jtok_t *base = vm->jtoks + vm->docs[s->doc].first;
+    if (base[0].type != SL_JTOK_OBJECT)
+        return 0;
+    int token = sl_lazy_find(L, vm, s->doc, field, strlen(field));
+    if (token < 0 || (base[token].type != SL_JTOK_STRING && base[token].type != SL_JTOK_NUMBER))
+        return 0;
+    sl_lazy_push_found(L, vm, s->doc, token);
+    return 1;
+}
+
 static int key_body(lua_State *L)
 {
     call_t *call = lua_touserdata(L, 1);
     sl_vm_t *vm = sl_vm_of(L);
-    if (call->op->field)
-        push_field(L, vm, call->slot, call->op->field);
-    else
-        call_user(L, vm, call->op->fn, call->slot);
-    sl_record_push_keyed(L, vm, call->slot, lua_gettop(L), call->op, &call->out_slot);
+    const sl_op_t *op = call->op;
+    if (op->field)
+        push_field(L, vm, call->slot, op->field);
+    else if (!op->native_key || !push_native_key(L, vm, call->slot, op->native_key))
+        call_user(L, vm, op->fn, call->slot);
+    sl_record_push_keyed(L, vm, call->slot, lua_gettop(L), op, &call->out_slot);
     return 0;
 }
 

@@ -211,6 +211,7 @@ static void op_release(sl_vm_t *vm, sl_op_t *op)
     sl_free(op->topic);
     sl_free(op->field);
     sl_native_filter_free(op->native);
+    sl_free(op->native_key);
     sl_free(op->exchange);
     sl_free(op->route_key_field);
     release(vm, op->route_key_fn);

@@ -219,10 +219,12 @@ static int stream_key_by(lua_State *L)
                      sl_vm_describe(L, 2, text, sizeof text));
     sl_op_input_t input = {self->op, self->port};
     sl_op_t *op = sl_dsl_op_append(L, b, SL_OP_KEY_BY, &input, 1);
-    if (by_field)
+    if (by_field) {
         op->field = sl_vm_need(L, sl_strdup(lua_tostring(L, 2)));
-    else
+    } else {
         op->fn = sl_dsl_ref(L, 2);
+        op->native_key = sl_native_key_compile(L, 2);
+    }
     sl_dsl_push_stream(L, op->id, 0, 0);
     return sl_dsl_leave(b, 1);
 }

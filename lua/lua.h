@@ -433,6 +433,9 @@ typedef struct sl_op {
      * that is certain (`return r.value.f == constant`, lua/native.c);
      * NULL when the function is of another shape. */
     sl_native_filter_t *native;
+    /* KEY_BY by a function that is `return r.value.<native_key>`: read
+     * from the tokens where that gives a string or a number; NULL else. */
+    char *native_key;
     char *topic;              /* SOURCE, TO */
     char *field;              /* KEY_BY by field name; NULL otherwise */
     char **branch_names;      /* BRANCH, in byte order */

@@ -14,6 +14,11 @@
  * Comparisons are == and ~= with a string or number constant, and <, <=,
  * >, >= with an integer Lua writes into the instruction (-127 to 128).
  *
+ * A key_by function `return r.value.<field>` is recognised the same way
+ * (GETFIELD, GETFIELD, RETURN1, RETURN0); call.c then reads the field from
+ * the tokens as r.value.<field> would give it, where that is a string or a
+ * number, and runs the function otherwise (its errors included).
+ *
  * The shape, exactly (Lua 5.4's code for it; any other code, a different
  * Lua version or dump format, upvalues or globals: not recognised):
  *
@@ -184,8 +189,8 @@ static void read_constant(reader_t *r, constant_t *k)
 }
 
 /* The function's code and constants; 0 if it is not a one-parameter,
- * no-upvalue function of CODE_LENGTH instructions. */
-static int read_function(reader_t *r, uint32_t code[CODE_LENGTH], constant_t *k, size_t *nk)
+ * no-upvalue function of n instructions. */
+static int read_function(reader_t *r, uint32_t *code, size_t n, constant_t *k, size_t *nk)
 {
     if (!header_matches(r) || read_byte(r) != 0) /* upvalues */
         return 0;
@@ -197,12 +202,12 @@ static int read_function(reader_t *r, uint32_t code[CODE_LENGTH], constant_t *k,
     if (read_byte(r) != 1 || read_byte(r) != 0) /* one parameter, not vararg */
         return 0;
     read_byte(r); /* stack size */
-    if (read_size(r) != CODE_LENGTH)
+    if (read_size(r) != n)
         return 0;
-    const uint8_t *p = read_bytes(r, 4 * CODE_LENGTH);
+    const uint8_t *p = read_bytes(r, 4 * n);
     if (!p)
         return 0;
-    memcpy(code, p, 4 * CODE_LENGTH);
+    memcpy(code, p, 4 * n);
     *nk = read_size(r);
     if (*nk > CONSTANTS_MAX)
         return 0;
@@ -245,13 +250,30 @@ static const constant_t *string_constant(const constant_t *k, size_t nk, unsigne
     return &k[index];
 }
 
+/* Do the first two instructions read r.value.<field> into register 1? */
+static int reads_a_value_field(const uint32_t *code)
+{
+    return op_of(code[0]) == OP_GETFIELD && a_of(code[0]) == 1 && b_of(code[0]) == 0 &&
+           op_of(code[1]) == OP_GETFIELD && a_of(code[1]) == 1 && b_of(code[1]) == 1;
+}
+
+/* The field of r.value.<field> read by reads_a_value_field's code: NULL if
+ * the first name is not "value" or the field's holds a zero byte. */
+static const constant_t *value_field(const uint32_t *code, const constant_t *k, size_t nk)
+{
+    const constant_t *value = string_constant(k, nk, c_of(code[0]));
+    const constant_t *field = string_constant(k, nk, c_of(code[1]));
+    if (!value || value->len != 5 || memcmp(value->bytes, "value", 5) != 0 || !field ||
+        memchr(field->bytes, '\0', field->len))
+        return NULL;
+    return field;
+}
+
 /* Is code the shape's, up to the field and the comparison? */
 static int code_matches(const uint32_t code[CODE_LENGTH])
 {
-    return op_of(code[0]) == OP_GETFIELD && a_of(code[0]) == 1 && b_of(code[0]) == 0 &&
-           op_of(code[1]) == OP_GETFIELD && a_of(code[1]) == 1 && b_of(code[1]) == 1 &&
-           op_of(code[2]) >= OP_EQK && op_of(code[2]) <= OP_GEI && a_of(code[2]) == 1 &&
-           code[3] == (OP_JMP | (uint32_t)(OFFSET_SJ + 1) << 7) &&
+    return reads_a_value_field(code) && op_of(code[2]) >= OP_EQK && op_of(code[2]) <= OP_GEI &&
+           a_of(code[2]) == 1 && code[3] == (OP_JMP | (uint32_t)(OFFSET_SJ + 1) << 7) &&
            code[4] == (OP_LFALSESKIP | 1u << 7) && code[5] == (OP_LOADTRUE | 1u << 7) &&
            code[6] == (OP_RETURN1 | 1u << 7 | 2u << 16) && op_of(code[7]) == OP_RETURN0;
 }
@@ -291,12 +313,10 @@ static sl_native_filter_t *recognise(const uint8_t *dump, size_t len)
     uint32_t code[CODE_LENGTH];
     constant_t k[CONSTANTS_MAX] = {{0}};
     size_t nk = 0;
-    if (!read_function(&r, code, k, &nk) || !code_matches(code))
+    if (!read_function(&r, code, CODE_LENGTH, k, &nk) || !code_matches(code))
         return NULL;
-    const constant_t *value = string_constant(k, nk, c_of(code[0]));
-    const constant_t *field = string_constant(k, nk, c_of(code[1]));
-    if (!value || value->len != 5 || memcmp(value->bytes, "value", 5) != 0 || !field ||
-        memchr(field->bytes, '\0', field->len))
+    const constant_t *field = value_field(code, k, nk);
+    if (!field)
         return NULL;
     sl_native_filter_t *f = sl_calloc(1, sizeof *f);
     if (!f)
@@ -313,15 +333,45 @@ static sl_native_filter_t *recognise(const uint8_t *dump, size_t len)
     return f;
 }
 
+/* The stripped dump of the function at idx into d; 0 if there is none. */
+static int dump_function(lua_State *L, int idx, dump_t *d)
+{
+    lua_pushvalue(L, idx);
+    int rc = lua_dump(L, write_dump, d, 1);
+    lua_pop(L, 1);
+    return rc == 0 && !d->failed;
+}
+
 sl_native_filter_t *sl_native_filter_compile(lua_State *L, int idx)
 {
     dump_t d = {0};
-    lua_pushvalue(L, idx);
-    int rc = lua_dump(L, write_dump, &d, 1);
-    lua_pop(L, 1);
-    sl_native_filter_t *f = rc || d.failed ? NULL : recognise(d.bytes.data, d.bytes.len);
+    sl_native_filter_t *f = dump_function(L, idx, &d) ? recognise(d.bytes.data, d.bytes.len) : NULL;
     sl_buf_free(&d.bytes);
     return f;
+}
+
+/* A key_by function `return r.value.<field>`: GETFIELD, GETFIELD, RETURN1,
+ * RETURN0. */
+char *sl_native_key_compile(lua_State *L, int idx)
+{
+    dump_t d = {0};
+    uint32_t code[4];
+    constant_t k[CONSTANTS_MAX] = {{0}};
+    size_t nk = 0;
+    const constant_t *field = NULL;
+    if (dump_function(L, idx, &d)) {
+        reader_t r = {d.bytes.data, d.bytes.data + d.bytes.len, 0};
+        if (read_function(&r, code, 4, k, &nk) && reads_a_value_field(code) &&
+            code[2] == (OP_RETURN1 | 1u << 7 | 2u << 16) && op_of(code[3]) == OP_RETURN0)
+            field = value_field(code, k, nk);
+    }
+    char *name = field ? sl_malloc(field->len + 1) : NULL;
+    if (name) {
+        memcpy(name, field->bytes, field->len);
+        name[field->len] = '\0';
+    }
+    sl_buf_free(&d.bytes);
+    return name;
 }
 
 void sl_native_filter_free(sl_native_filter_t *f)

@@ -199,6 +199,10 @@ sl_native_filter_t *sl_native_filter_compile(lua_State *L, int idx);
 void sl_native_filter_free(sl_native_filter_t *f);
 int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int *keep);
 
+/* native.c: the field of a key_by function that is `return r.value.<field>`
+ * (sl_malloc'd, the caller frees it), else NULL (never raises). */
+char *sl_native_key_compile(lua_State *L, int idx);
+
 /* lazy.c: init makes the metatables; push_value pushes a document's value
  * (a lazy table for an object); push_record pushes a new lazy record table
  * for slot (the caller sets its value); find returns the token of the

@@ -703,6 +703,70 @@ static void test_simple_filters_answer_as_lua_does(void **state)
     }
 }
 
+/* The KEY_BY ops of dag, in order. */
+static const sl_op_t *nth_key_by(const sl_dag_t *dag, int n)
+{
+    for (int i = 0; i < dag->op_count; i++)
+        if (dag->ops[i].kind == SL_OP_KEY_BY && n-- == 0)
+            return &dag->ops[i];
+    fail_msg("no key_by %d", n);
+    return NULL;
+}
+
+/* key_by(function(r) return r.value.f end) gives every record the key (or
+ * the error) the same function written so that Lua must run it gives, and
+ * reads strings and numbers of plain objects without building a table. */
+static void test_simple_key_functions_key_as_lua_does(void **state)
+{
+    static const char *const values[] = {"{\"user\":\"u1\"}",
+                                         "{\"user\":\"u\\u0031\"}",
+                                         "{\"us\\u0065r\":\"u1\"}",
+                                         "{\"user\":42}",
+                                         "{\"user\":4.5}",
+                                         "{\"user\":10.0}",
+                                         "{\"user\":null}",
+                                         "{}",
+                                         "{\"user\":true}",
+                                         "{\"user\":{\"a\":1}}",
+                                         "{\"user\":[1]}",
+                                         "{\"user\":\"a\",\"user\":\"b\"}",
+                                         "[\"user\"]",
+                                         "\"user\"",
+                                         "7",
+                                         "{\"user\":\"\"}"};
+    fixture_t *f = *state;
+    const char *source = HEADER "s.stream('in'):key_by(function(r) return r.value.user end)\n"
+                                "  :key_by(function(r) local v = r.value return v.user end)"
+                                ":to('out')\n";
+    sl_dag_t *dag = NULL;
+    if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
+        fail_msg("%s", sl_error_detail());
+    const sl_op_t *native = nth_key_by(dag, 0), *lua = nth_key_by(dag, 1);
+    assert_non_null(native->native_key);
+    assert_string_equal(native->native_key, "user");
+    assert_null(lua->native_key);
+    int answered = 0;
+    for (size_t v = 0; v < sizeof values / sizeof *values; v++) {
+        sl_vm_batch_reset(f->vm);
+        int a = load(state, "k", values[v], 1), b = load(state, "k", values[v], 1);
+        int out_a = -1, out_b = -1;
+        int rc_a = sl_vm_call_key(f->vm, native, a, &out_a);
+        int rc_b = sl_vm_call_key(f->vm, lua, b, &out_b);
+        if (rc_a != rc_b)
+            fail_msg("%s: %d natively, %d in Lua", values[v], rc_a, rc_b);
+        if (rc_a) { /* the function itself ran, and raised */
+            assert_true(f->vm->slots[a].has_table);
+            continue;
+        }
+        const sl_record_t *ka = &f->vm->slots[out_a].record, *kb = &f->vm->slots[out_b].record;
+        assert_int_equal(ka->key_len, kb->key_len);
+        assert_memory_equal(ka->key, kb->key, (size_t)ka->key_len);
+        answered += !f->vm->slots[a].has_table;
+    }
+    assert_true(answered >= 5); /* strings and numbers of plain objects */
+    sl_dag_free(dag);
+}
+
 /* An earlier op that changed r.value decides: the filter reads the table. */
 static void test_a_filter_sees_what_an_earlier_op_changed(void **state)
 {
@@ -716,6 +780,20 @@ static void test_a_filter_sees_what_an_earlier_op_changed(void **state)
     int slot = load(state, "k", "{\"kind\":\"view\"}", 1);
     assert_int_equal(sl_vm_call_peek(vm_of(state), op, slot), 0);
     assert_int_equal(filter(state, check, slot), 1);
+}
+
+/* The same for a key function: the key is the changed field. */
+static void test_a_key_function_sees_what_an_earlier_op_changed(void **state)
+{
+    const sl_op_t *op = op_of(state,
+                              "s.stream('in'):peek(function(r) r.value.user = 'changed' end)\n"
+                              "  :key_by(function(r) return r.value.user end):to('out')\n",
+                              SL_OP_PEEK);
+    const sl_op_t *keyed = nth_key_by(((fixture_t *)*state)->dag, 0);
+    assert_non_null(keyed->native_key);
+    int slot = load(state, "k", "{\"user\":\"u1\"}", 1);
+    assert_int_equal(sl_vm_call_peek(vm_of(state), op, slot), 0);
+    expect_written_key(state, key(state, keyed, slot), "changed");
 }
 
 /* ---- map ---------------------------------------------------------------- */
@@ -1435,7 +1513,9 @@ int main(void)
         T(test_setting_an_unread_field_to_nil_sticks),
         T(test_records_kept_past_their_batch_fail_clearly),
         T(test_simple_filters_answer_as_lua_does),
+        T(test_simple_key_functions_key_as_lua_does),
         T(test_a_filter_sees_what_an_earlier_op_changed),
+        T(test_a_key_function_sees_what_an_earlier_op_changed),
         T(test_map_value_keeps_key_ts_and_headers),
         T(test_map_string_passes_through_and_numbers_are_json),
         T(test_map_record_table_sets_every_field),
