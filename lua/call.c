@@ -108,6 +108,11 @@ static int map_body(lua_State *L)
 int sl_vm_call_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot)
 {
     assert(op->kind == SL_OP_MAP);
+    const uint8_t *value;
+    int32_t len;
+    if (op->native_map && sl_native_map_run(vm, op->native_map, slot, &value, &len) == 0 &&
+        sl_record_derive_json(vm, slot, op, value, len, out_slot) == 0)
+        return 0;
     call_t call = {.op = op, .slot = slot};
     int rc = run(vm, &call, map_body);
     if (rc == 0)

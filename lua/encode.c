@@ -74,25 +74,19 @@ static void put_char(writer_t *w, char ch)
     w->len++;
 }
 
-static void put_integer(writer_t *w, int64_t v)
-{
-    char buf[SL_INT64_TEXT_MAX], *end = buf + sizeof buf;
-    char *s = sl_int64_digits(end, v);
-    put(w, s, (size_t)(end - s));
-}
-
 /* d = m / 10^k with m an integer below 2^53 and 1 <= k <= 6 (the smallest
  * such k): m's digits with the point put in are the shortest text that
  * reads back as d, since m / 10^k and strtod() both round the same exact
- * quotient. Returns 0 when d is not such a number. */
-static int put_short_decimal(writer_t *w, double d)
+ * quotient. Writes it into text and returns its length; 0 when d is not
+ * such a number. */
+static size_t short_decimal(double d, char *text)
 {
     static const double scale[] = {1e1, 1e2, 1e3, 1e4, 1e5, 1e6};
     for (int k = 1; k <= 6; k++) {
         double m = d * scale[k - 1];
         if (fabs(m) >= 9007199254740992.0 || m != floor(m) || m / scale[k - 1] != d)
             continue;
-        char buf[SL_INT64_TEXT_MAX], *end = buf + sizeof buf, text[40];
+        char buf[SL_INT64_TEXT_MAX], *end = buf + sizeof buf;
         char *s = sl_int64_digits(end, (int64_t)fabs(m)); /* below 2^53 */
         int nd = (int)(end - s), n = 0;
         if (d < 0)
@@ -111,31 +105,40 @@ static int put_short_decimal(writer_t *w, double d)
             memcpy(text + n, s + nd - k, (size_t)k);
             n += k;
         }
-        put(w, text, (size_t)n);
-        return 1;
+        return (size_t)n;
     }
     return 0;
+}
+
+size_t sl_json_number_text(int is_integer, int64_t integer, double d, char *text)
+{
+    lua_Integer whole;
+    if (!is_integer && sl_json_integral(d, &whole)) {
+        is_integer = 1;
+        integer = whole;
+    }
+    if (is_integer) {
+        char buf[SL_INT64_TEXT_MAX], *end = buf + sizeof buf;
+        char *s = sl_int64_digits(end, integer);
+        memcpy(text, s, (size_t)(end - s));
+        return (size_t)(end - s);
+    }
+    size_t n = short_decimal(d, text);
+    return n ? n : (size_t)sl_double_text(d, text);
 }
 
 static void put_number(writer_t *w, int idx)
 {
     lua_State *L = w->L;
-    lua_Integer integer;
+    char text[SL_JSON_NUMBER_TEXT_MAX];
     if (lua_isinteger(L, idx)) {
-        put_integer(w, lua_tointeger(L, idx));
+        put(w, text, sl_json_number_text(1, lua_tointeger(L, idx), 0, text));
         return;
     }
     double d = lua_tonumber(L, idx);
     if (!isfinite(d))
         sl_vm_raise(L, "%g cannot be written as JSON (NaN and infinities have no JSON text)", d);
-    if (sl_json_integral(d, &integer)) {
-        put_integer(w, integer);
-        return;
-    }
-    if (put_short_decimal(w, d))
-        return;
-    char text[SL_DOUBLE_TEXT_MAX];
-    put(w, text, (size_t)sl_double_text(d, text));
+    put(w, text, sl_json_number_text(0, 0, d, text));
 }
 
 static void put_string(writer_t *w, const char *s, size_t n)

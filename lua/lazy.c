@@ -215,7 +215,7 @@ static void push_string(lua_State *L, const char *text, const sl_jtok_t *t)
 /* The number of a checked token: an integer when integral and in int64
  * range (as lua.h promises; up to 18 digits read exactly), else a double.
  * 0, or -ENOMEM copying a very long number for strtod. */
-static int read_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out)
+int sl_token_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out)
 {
     const char *s = text + t->start;
     int32_t len = t->end - t->start, i = 0;
@@ -254,7 +254,7 @@ static int read_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out)
 static void push_number(lua_State *L, const char *text, const sl_jtok_t *t)
 {
     sl_vm_value_t v;
-    if (read_number(text, t, &v))
+    if (sl_token_number(text, t, &v))
         sl_vm_need(L, NULL);
     if (v.is_integer)
         lua_pushinteger(L, v.integer);
@@ -602,7 +602,7 @@ int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out)
         out->bytes = text + t->start;
         out->len = (size_t)(t->end - t->start);
     } else if (t->type == SL_JTOK_NUMBER) {
-        if (read_number(text, t, out))
+        if (sl_token_number(text, t, out))
             return -1; /* out of memory: let the Lua path say so */
     } else {
         out->type = SL_VM_VALUE_OTHER;

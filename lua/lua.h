@@ -418,6 +418,7 @@ typedef struct sl_agg_spec {
 } sl_agg_spec_t;
 
 typedef struct sl_native_filter sl_native_filter_t; /* lua/native.c */
+typedef struct sl_native_map sl_native_map_t;       /* lua/native.c */
 
 typedef struct sl_op {
     int id; /* its index in dag->ops */
@@ -436,6 +437,9 @@ typedef struct sl_op {
     /* KEY_BY by a function that is `return r.value.<native_key>`: read
      * from the tokens where that gives a string or a number; NULL else. */
     char *native_key;
+    /* MAP by `return {k = r.value.f, ...}`: its JSON written from the
+     * tokens where every field allows (lua/native.c); NULL else. */
+    sl_native_map_t *native_map;
     char *topic;              /* SOURCE, TO */
     char *field;              /* KEY_BY by field name; NULL otherwise */
     char **branch_names;      /* BRANCH, in byte order */

@@ -14,6 +14,15 @@
  * Comparisons are == and ~= with a string or number constant, and <, <=,
  * >, >= with an integer Lua writes into the instruction (-127 to 128).
  *
+ * A map function `return {k1 = r.value.f1, ..., kn = r.value.fn}` (1 to 8
+ * fields; NEWTABLE, EXTRAARG, then GETFIELD, GETFIELD, SETFIELD per field,
+ * RETURN1, RETURN0) writes its JSON object from the tokens, where every
+ * field is absent, null, a boolean, a number or a string without escapes
+ * or DEL (which the encoder would escape); the keys (no two alike, none a
+ * record field's name, none needing an escape) in the order the script
+ * names them, each value as encode.c writes it. Object key order is not
+ * defined (docs/lua.md), so only the order differs from Lua's output.
+ *
  * A key_by function `return r.value.<field>` is recognised the same way
  * (GETFIELD, GETFIELD, RETURN1, RETURN0); call.c then reads the field from
  * the tokens as r.value.<field> would give it, where that is a string or a
@@ -60,6 +69,9 @@
 /* Lua 5.4 opcodes and constant tags used here (lopcodes.h, lobject.h). */
 enum {
     OP_GETFIELD = 14,
+    OP_SETFIELD = 18,
+    OP_NEWTABLE = 19,
+    OP_EXTRAARG = 82,
     OP_JMP = 56,
     OP_EQK = 60,
     OP_EQI = 61,
@@ -74,10 +86,17 @@ enum {
 };
 enum { TAG_INTEGER = 0x03, TAG_FLOAT = 0x13, TAG_SHORT_STRING = 0x04, TAG_LONG_STRING = 0x14 };
 
-#define OFFSET_SC     127      /* EQI's signed B */
-#define OFFSET_SJ     16777215 /* JMP's signed jump: (1 << 24) - 1 */
-#define CODE_LENGTH   8        /* instructions of the shape */
-#define CONSTANTS_MAX 4
+#define OFFSET_SC      127      /* EQI's signed B */
+#define OFFSET_SJ      16777215 /* JMP's signed jump: (1 << 24) - 1 */
+#define CODE_LENGTH    8        /* instructions of the shape */
+#define CONSTANTS_MAX  20       /* a map of MAP_FIELDS_MAX fields: 2 per field and "value" */
+#define MAP_FIELDS_MAX 8
+#define MAP_TEXT_MAX   1024 /* longer outputs: Lua writes them */
+
+struct sl_native_map {
+    int count;
+    char *keys[MAP_FIELDS_MAX], *fields[MAP_FIELDS_MAX];
+};
 
 struct sl_native_filter {
     char *field;
@@ -440,5 +459,203 @@ int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int
         holds = numbers_equal(&v, f);
     }
     *keep = holds == f->want;
+    return 0;
+}
+
+/* ---- maps ------------------------------------------------------------------ */
+
+void sl_native_map_free(sl_native_map_t *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->count; i++) {
+        sl_free(m->keys[i]);
+        sl_free(m->fields[i]);
+    }
+    sl_free(m);
+}
+
+static char *copy_constant(const constant_t *k)
+{
+    char *s = sl_malloc(k->len + 1);
+    if (s) {
+        memcpy(s, k->bytes, k->len);
+        s[k->len] = '\0';
+    }
+    return s;
+}
+
+/* A key the native map may write as it is: plain bytes, not a record
+ * field's name (a table of those is a record table), not seen before. */
+static int plain_key(const sl_native_map_t *m, const constant_t *key)
+{
+    static const char *const record_fields[] = {"key",   "value",     "ts",     "headers",
+                                                "topic", "partition", "offset", NULL};
+    for (size_t i = 0; i < key->len; i++)
+        if (key->bytes[i] < 0x20 || key->bytes[i] == '"' || key->bytes[i] == '\\' ||
+            key->bytes[i] == 0x7f)
+            return 0;
+    for (const char *const *f = record_fields; *f; f++)
+        if (strlen(*f) == key->len && memcmp(*f, key->bytes, key->len) == 0)
+            return 0;
+    for (int i = 0; i < m->count; i++)
+        if (strlen(m->keys[i]) == key->len && memcmp(m->keys[i], key->bytes, key->len) == 0)
+            return 0;
+    return 1;
+}
+
+/* Field i's three instructions at code: r.value.<field> into register 2,
+ * then table[<key>] = it. */
+static int add_map_field(sl_native_map_t *m, const uint32_t *code, const constant_t *k, size_t nk)
+{
+    if (op_of(code[0]) != OP_GETFIELD || a_of(code[0]) != 2 || b_of(code[0]) != 0 ||
+        op_of(code[1]) != OP_GETFIELD || a_of(code[1]) != 2 || b_of(code[1]) != 2 ||
+        op_of(code[2]) != OP_SETFIELD || a_of(code[2]) != 1 || k_of(code[2]) || c_of(code[2]) != 2)
+        return 0;
+    const constant_t *value = string_constant(k, nk, c_of(code[0]));
+    const constant_t *field = string_constant(k, nk, c_of(code[1]));
+    const constant_t *key = string_constant(k, nk, b_of(code[2]));
+    if (!value || value->len != 5 || memcmp(value->bytes, "value", 5) != 0 || !field ||
+        memchr(field->bytes, '\0', field->len) || !key || !plain_key(m, key))
+        return 0;
+    m->keys[m->count] = copy_constant(key);
+    m->fields[m->count] = copy_constant(field);
+    m->count++;
+    return m->keys[m->count - 1] && m->fields[m->count - 1];
+}
+
+sl_native_map_t *sl_native_map_compile(lua_State *L, int idx)
+{
+    dump_t d = {0};
+    uint32_t code[4 + 3 * MAP_FIELDS_MAX];
+    constant_t k[CONSTANTS_MAX] = {{0}};
+    size_t nk = 0;
+    sl_native_map_t *m = NULL;
+    if (!dump_function(L, idx, &d))
+        goto done;
+    for (int n = 1; n <= MAP_FIELDS_MAX && !m; n++) {
+        reader_t r = {d.bytes.data, d.bytes.data + d.bytes.len, 0};
+        size_t length = 4 + 3 * (size_t)n;
+        if (!read_function(&r, code, length, k, &nk))
+            continue;
+        if (op_of(code[0]) != OP_NEWTABLE || a_of(code[0]) != 1 || op_of(code[1]) != OP_EXTRAARG ||
+            code[length - 2] != (OP_RETURN1 | 1u << 7 | 2u << 16) ||
+            op_of(code[length - 1]) != OP_RETURN0 || !(m = sl_calloc(1, sizeof *m)))
+            goto done;
+        for (int i = 0; i < n; i++)
+            if (!add_map_field(m, code + 2 + 3 * i, k, nk)) {
+                sl_native_map_free(m);
+                m = NULL;
+                goto done;
+            }
+    }
+done:
+    sl_buf_free(&d.bytes);
+    return m;
+}
+
+/* The value token of field in the JSON object doc, without Lua: its index,
+ * -1 when absent, -2 when a key is written with escapes (Lua compares
+ * those unescaped). The last of equal keys wins, as in a decoder. */
+static int find_field(const sl_vm_t *vm, int doc, const char *field)
+{
+    const sl_jtok_t *base = vm->jtoks + vm->docs[doc].first;
+    const char *text = vm->docs[doc].text;
+    size_t len = strlen(field);
+    int found = -1, child = 1;
+    for (int i = 0; i < base[0].size; i++) {
+        const sl_jtok_t *key = &base[child];
+        if (key->escaped)
+            return -2;
+        if ((size_t)(key->end - key->start) == len && memcmp(text + key->start, field, len) == 0)
+            found = child + 1;
+        child = base[child + 1].next;
+    }
+    return found;
+}
+
+/* Appends token t's value as encode.c writes it; 0, or -1 where only Lua
+ * can (objects, arrays, escapes, DEL, no room). */
+static int put_token(char *out, size_t *at, const char *text, const sl_jtok_t *t)
+{
+    char number[SL_JSON_NUMBER_TEXT_MAX];
+    const char *s = number;
+    size_t n = 0, quotes = 0;
+    switch (t->type) {
+    case SL_JTOK_STRING:
+        s = text + t->start;
+        n = (size_t)(t->end - t->start);
+        if (t->escaped || memchr(s, 0x7f, n))
+            return -1;
+        quotes = 2;
+        break;
+    case SL_JTOK_NUMBER: {
+        sl_vm_value_t v;
+        if (sl_token_number(text, t, &v) || (!v.is_integer && !isfinite(v.number)))
+            return -1;
+        n = sl_json_number_text(v.is_integer, v.integer, v.number, number);
+        break;
+    }
+    case SL_JTOK_TRUE:
+        s = "true", n = 4;
+        break;
+    case SL_JTOK_FALSE:
+        s = "false", n = 5;
+        break;
+    case SL_JTOK_NULL:
+        s = "null", n = 4;
+        break;
+    default:
+        return -1;
+    }
+    if (*at + n + quotes > MAP_TEXT_MAX)
+        return -1;
+    if (quotes)
+        out[(*at)++] = '"';
+    memcpy(out + *at, s, n);
+    *at += n;
+    if (quotes)
+        out[(*at)++] = '"';
+    return 0;
+}
+
+int sl_native_map_run(sl_vm_t *vm, const sl_native_map_t *m, int slot, const uint8_t **value,
+                      int32_t *len)
+{
+    const sl_slot_t *s = &vm->slots[slot];
+    char out[MAP_TEXT_MAX];
+    size_t at = 0;
+    if (s->kind != SL_SLOT_LOADED || s->has_table || s->doc < 0 ||
+        vm->jtoks[vm->docs[s->doc].first].type != SL_JTOK_OBJECT)
+        return 1;
+    const sl_jtok_t *base = vm->jtoks + vm->docs[s->doc].first;
+    out[at++] = '{';
+    for (int i = 0; i < m->count; i++) {
+        int token = find_field(vm, s->doc, m->fields[i]);
+        if (token == -2)
+            return 1;
+        if (token < 0)
+            continue; /* nil: absent from the table */
+        size_t key = strlen(m->keys[i]);
+        if (at + key + 4 > MAP_TEXT_MAX)
+            return 1;
+        if (at > 1)
+            out[at++] = ',';
+        out[at++] = '"';
+        memcpy(out + at, m->keys[i], key);
+        at += key;
+        out[at++] = '"';
+        out[at++] = ':';
+        if (put_token(out, &at, vm->docs[s->doc].text, &base[token]))
+            return 1;
+    }
+    if (at + 1 > MAP_TEXT_MAX)
+        return 1;
+    out[at++] = '}';
+    uint8_t *copy = sl_arena_copy(&vm->arena, out, at);
+    if (!copy)
+        return 1;
+    *value = copy;
+    *len = (int32_t)at;
     return 0;
 }

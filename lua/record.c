@@ -344,13 +344,16 @@ static void encode_value(lua_State *L, sl_vm_t *vm, int t, sl_record_t *out)
 }
 
 /* The headers a VALUE slot keeps from its input, as a Lua table would
- * write them: sorted by name, a repeated name keeping its last value. */
-static void sort_headers(lua_State *L, sl_vm_t *vm, sl_record_t *rec)
+ * write them: sorted by name, a repeated name keeping its last value.
+ * 0, or -ENOMEM with rec unchanged. */
+static int sorted_headers(sl_vm_t *vm, sl_record_t *rec)
 {
     uint32_t n = rec->header_count, kept = 0;
     if (n < 2)
-        return;
-    sl_header_t *h = sl_vm_need(L, sl_arena_alloc(&vm->arena, n * sizeof *h));
+        return 0;
+    sl_header_t *h = sl_arena_alloc(&vm->arena, n * sizeof *h);
+    if (!h)
+        return -ENOMEM;
     memcpy(h, rec->headers, n * sizeof *h);
     for (uint32_t i = 1; i < n; i++) /* insertion sort: stable, and n is small */
         for (uint32_t j = i; j > 0 && by_header_name(&h[j - 1], &h[j]) > 0; j--) {
@@ -365,6 +368,13 @@ static void sort_headers(lua_State *L, sl_vm_t *vm, sl_record_t *rec)
     }
     rec->headers = h;
     rec->header_count = kept;
+    return 0;
+}
+
+static void sort_headers(lua_State *L, sl_vm_t *vm, sl_record_t *rec)
+{
+    if (sorted_headers(vm, rec))
+        sl_vm_need(L, NULL);
 }
 
 static void encode_value_slot(lua_State *L, sl_vm_t *vm, int slot)
@@ -538,6 +548,30 @@ static int derived_slot(lua_State *L, sl_vm_t *vm, int input_slot, sl_slot_kind_
     m->has_table = 0;
     m->producer = producer;
     return made;
+}
+
+int sl_record_derive_json(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
+                          const uint8_t *value, int32_t len, int *slot)
+{
+    int doc;
+    int rc = sl_json_tokenize(vm, (const char *)value, len, &doc);
+    int made = rc ? rc : add_slot(vm, producer);
+    if (made < 0)
+        return made;
+    sl_slot_t *m = &vm->slots[made];
+    *m = vm->slots[input_slot];
+    m->producer = producer;
+    m->has_table = 0;
+    m->has_bytes = 1;
+    m->doc = doc;
+    m->record.value = value;
+    m->record.value_len = len;
+    if (sorted_headers(vm, &m->record)) { /* as a map's output writes them */
+        vm->slot_count--;
+        return -ENOMEM;
+    }
+    *slot = made;
+    return 0;
 }
 
 void sl_record_push_result(lua_State *L, sl_vm_t *vm, int input, int input_slot, int result,

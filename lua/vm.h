@@ -179,6 +179,11 @@ int sl_json_integral(double v, lua_Integer *out);
  * *len); raises with a sentence when it cannot be written. */
 void sl_json_write(lua_State *L, sl_vm_t *vm, int idx, const uint8_t **out, int32_t *len);
 
+/* encode.c: the JSON text sl_json_write gives a number (an integer, or a
+ * finite double d) into text; returns its length. */
+#define SL_JSON_NUMBER_TEXT_MAX 48
+size_t sl_json_number_text(int is_integer, int64_t integer, double d, char *text);
+
 /* jsontok.c: tokenizes and checks len bytes of JSON at text (which must
  * stay valid until the batch ends) into a new document *doc. Returns 0;
  * SL_EINVALID with "what at byte N" in sl_error_detail(); -ENOMEM. */
@@ -198,6 +203,24 @@ int sl_json_tokenize_slow(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 sl_native_filter_t *sl_native_filter_compile(lua_State *L, int idx);
 void sl_native_filter_free(sl_native_filter_t *f);
 int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int *keep);
+
+/* native.c: compile recognises a map function `return {k = r.value.f, ...}`
+ * (never raises; NULL if not that); run writes its output value for slot
+ * into the batch arena and returns 0, or returns 1 where only Lua can. */
+sl_native_map_t *sl_native_map_compile(lua_State *L, int idx);
+void sl_native_map_free(sl_native_map_t *m);
+int sl_native_map_run(sl_vm_t *vm, const sl_native_map_t *m, int slot, const uint8_t **value,
+                      int32_t *len);
+
+/* lazy.c: the number of a checked number token (as Lua reads it: an
+ * integer when integral and in range); 0, or -ENOMEM. */
+int sl_token_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out);
+
+/* record.c: a new LOADED slot like input_slot but for its JSON value
+ * (value, len: in the batch arena), made by producer, tokenized; 0, or
+ * -ENOMEM or SL_EINVALID with nothing made. */
+int sl_record_derive_json(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
+                          const uint8_t *value, int32_t len, int *slot);
 
 /* native.c: the field of a key_by function that is `return r.value.<field>`
  * (sl_malloc'd, the caller frees it), else NULL (never raises). */

@@ -767,6 +767,110 @@ static void test_simple_key_functions_key_as_lua_does(void **state)
     sl_dag_free(dag);
 }
 
+/* A flat JSON object's members as sorted "key:value" lines, for comparing
+ * outputs whose key order may differ. */
+static void members_of(sl_vm_t *vm, const uint8_t *text, int32_t len, char *out, size_t size)
+{
+    int doc = -1;
+    char lines[16][128];
+    int n = 0;
+    assert_int_equal(sl_json_tokenize(vm, (const char *)text, len, &doc), 0);
+    const sl_jtok_t *base = vm->jtoks + vm->docs[doc].first;
+    assert_int_equal(base[0].type, SL_JTOK_OBJECT);
+    for (int i = 0, child = 1; i < base[0].size && n < 16; i++, n++) {
+        const sl_jtok_t *k = &base[child], *v = &base[child + 1];
+        snprintf(lines[n], sizeof lines[n], "%.*s:%d:%.*s", (int)(k->end - k->start),
+                 (const char *)text + k->start, v->type, (int)(v->end - v->start),
+                 (const char *)text + v->start);
+        child = v->next;
+    }
+    qsort(lines, (size_t)n, sizeof lines[0], (int (*)(const void *, const void *))strcmp);
+    out[0] = '\0';
+    for (int i = 0; i < n; i++)
+        snprintf(out + strlen(out), size - strlen(out), "%s\n", lines[i]);
+}
+
+/* map(function(r) return {k = r.value.f, ...} end) writes, for every record
+ * below, the members (or the error) the same function written so Lua must
+ * run it writes, without a table for plain values; tables Lua would read
+ * as records, or with a key twice, are not taken. */
+static void test_simple_maps_write_what_lua_writes(void **state)
+{
+    static const char *const values[] = {"{\"user\":\"ann\",\"price\":12.5,\"flag\":true}",
+                                         "{\"user\":\"ann\"}",
+                                         "{\"user\":null,\"price\":10.0,\"flag\":false}",
+                                         "{\"price\":1e2}",
+                                         "{\"price\":-0.0}",
+                                         "{\"price\":0.1,\"user\":\"\"}",
+                                         "{\"price\":123456789012345678}",
+                                         "{\"price\":1.5e300}",
+                                         "{\"price\":1e400}",
+                                         "{\"price\":-2.5e-7}",
+                                         "{\"user\":\"a\\u00e9\"}",
+                                         "{\"user\":\"x\x7fy\"}",
+                                         "{\"user\":{\"a\":1}}",
+                                         "{\"user\":[1]}",
+                                         "{\"us\\u0065r\":\"ann\"}",
+                                         "{\"user\":\"a\",\"user\":\"b\"}",
+                                         "{\"user\":\"caf\xc3\xa9\"}",
+                                         "{}",
+                                         "[1]",
+                                         "\"str\""};
+    fixture_t *f = *state;
+    const char *source =
+        HEADER "s.stream('in'):map(function(r)\n"
+               "  return {u = r.value.user, p = r.value.price, f = r.value.flag} end)\n"
+               "  :map(function(r) local v = r.value return {u = v.user, p = v.price, f = v.flag} "
+               "end)\n"
+               "  :map(function(r) return {value = r.value.user} end)\n"
+               "  :map(function(r) return {a = r.value.x, a = r.value.y} end):to('out')\n";
+    sl_dag_t *dag = NULL;
+    if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
+        fail_msg("%s", sl_error_detail());
+    const sl_op_t *maps[4];
+    for (int i = 0, n = 0; i < dag->op_count; i++)
+        if (dag->ops[i].kind == SL_OP_MAP)
+            maps[n++] = &dag->ops[i];
+    assert_non_null(maps[0]->native_map);
+    assert_null(maps[1]->native_map);
+    assert_null(maps[2]->native_map); /* a record table */
+    assert_null(maps[3]->native_map); /* a key twice */
+    int answered = 0;
+    for (size_t v = 0; v < sizeof values / sizeof *values; v++) {
+        sl_vm_batch_reset(f->vm);
+        int a = load(state, "k", values[v], 1), b = load(state, "k", values[v], 1);
+        int out_a = -1, out_b = -1;
+        int rc_a = sl_vm_call_map(f->vm, maps[0], a, &out_a);
+        int rc_b = sl_vm_call_map(f->vm, maps[1], b, &out_b);
+        sl_record_t ra, rb;
+        if (rc_a == 0)
+            rc_a = sl_vm_record_get(f->vm, out_a, &ra);
+        if (rc_b == 0)
+            rc_b = sl_vm_record_get(f->vm, out_b, &rb);
+        if (rc_a != rc_b)
+            fail_msg("%s: %d natively, %d in Lua", values[v], rc_a, rc_b);
+        if (rc_a)
+            continue;
+        char members_a[2048], members_b[2048];
+        members_of(f->vm, ra.value, ra.value_len, members_a, sizeof members_a);
+        members_of(f->vm, rb.value, rb.value_len, members_b, sizeof members_b);
+        if (strcmp(members_a, members_b) != 0)
+            fail_msg("%s: natively %.*s, in Lua %.*s", values[v], (int)ra.value_len, ra.value,
+                     (int)rb.value_len, rb.value);
+        assert_int_equal(ra.header_count, rb.header_count);
+        for (uint32_t h = 0; h < ra.header_count; h++) {
+            assert_int_equal(ra.headers[h].name_len, rb.headers[h].name_len);
+            assert_memory_equal(ra.headers[h].name, rb.headers[h].name,
+                                (size_t)ra.headers[h].name_len);
+        }
+        assert_int_equal(ra.timestamp, rb.timestamp);
+        expect_bytes(ra.key, ra.key_len, "k");
+        answered += !f->vm->slots[a].has_table;
+    }
+    assert_true(answered >= 12); /* the plain values */
+    sl_dag_free(dag);
+}
+
 /* An earlier op that changed r.value decides: the filter reads the table. */
 static void test_a_filter_sees_what_an_earlier_op_changed(void **state)
 {
@@ -1514,6 +1618,7 @@ int main(void)
         T(test_records_kept_past_their_batch_fail_clearly),
         T(test_simple_filters_answer_as_lua_does),
         T(test_simple_key_functions_key_as_lua_does),
+        T(test_simple_maps_write_what_lua_writes),
         T(test_a_filter_sees_what_an_earlier_op_changed),
         T(test_a_key_function_sees_what_an_earlier_op_changed),
         T(test_map_value_keeps_key_ts_and_headers),
