@@ -171,14 +171,13 @@ int sl_vm_call_flat_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *first_slo
 static void push_field(lua_State *L, sl_vm_t *vm, int slot, const char *field)
 {
     char text[64];
-    const sl_slot_t *s = &vm->slots[slot];
-    if (s->kind == SL_SLOT_LOADED && s->doc >= 0 && !s->has_table &&
-        vm->jtoks[vm->docs[s->doc].first].type == SL_JTOK_OBJECT) {
-        int token = sl_lazy_find(L, vm, s->doc, field, strlen(field));
+    int doc = sl_lazy_object_doc(vm, slot);
+    if (doc >= 0) {
+        int token = sl_lazy_find(L, vm, doc, field, strlen(field));
         if (token < 0)
             lua_pushnil(L);
         else
-            sl_lazy_push_found(L, vm, s->doc, token);
+            sl_lazy_push_found(L, vm, doc, token);
     } else {
         sl_slot_push(L, vm, slot);
         if (lua_getfield(L, -1, "value") != LUA_TTABLE)
@@ -196,16 +195,14 @@ static void push_field(lua_State *L, sl_vm_t *vm, int slot, const char *field)
  * would return it); returns 0, pushing nothing, anywhere else. */
 static int push_native_key(lua_State *L, sl_vm_t *vm, int slot, const char *field)
 {
-    const sl_slot_t *s = &vm->slots[slot];
-    if (s->kind != SL_SLOT_LOADED || s->doc < 0 || s->has_table)
+    int doc = sl_lazy_object_doc(vm, slot);
+    if (doc < 0)
         return 0;
-    const sl_jtok_t *base = vm->jtoks + vm->docs[s->doc].first;
-    if (base[0].type != SL_JTOK_OBJECT)
-        return 0;
-    int token = sl_lazy_find(L, vm, s->doc, field, strlen(field));
+    const sl_jtok_t *base = vm->jtoks + vm->docs[doc].first;
+    int token = sl_lazy_find(L, vm, doc, field, strlen(field));
     if (token < 0 || (base[token].type != SL_JTOK_STRING && base[token].type != SL_JTOK_NUMBER))
         return 0;
-    sl_lazy_push_found(L, vm, s->doc, token);
+    sl_lazy_push_found(L, vm, doc, token);
     return 1;
 }
 
@@ -389,13 +386,9 @@ static int field_body(lua_State *L)
 
 int sl_vm_field(sl_vm_t *vm, const sl_op_t *op, int slot, const char *field, sl_vm_value_t *out)
 {
-    const sl_slot_t *s = &vm->slots[slot];
-    if (s->kind == SL_SLOT_LOADED && s->doc >= 0 && !s->has_table &&
-        vm->jtoks[vm->docs[s->doc].first].type == SL_JTOK_OBJECT) {
-        int found = sl_lazy_field(vm, s->doc, field, out);
-        if (found >= 0)
-            return 0;
-    }
+    int doc = sl_lazy_object_doc(vm, slot);
+    if (doc >= 0 && sl_lazy_field(vm, doc, field, out) == 0)
+        return 0;
     value_call_t call = {.op = op, .slot = slot, .field = field, .out = out};
     int rc = sl_vm_protect(vm, field_body, &call);
     return rc ? sl_error_set(rc, "%s (%s): field '%s': %s", sl_op_kind_name(op->kind), op->where,

@@ -577,21 +577,40 @@ void sl_lazy_push_record(lua_State *L, sl_vm_t *vm, int slot)
 
 /* ---- fields for stateful operators ------------------------------------------- */
 
-int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out)
+int sl_lazy_object_doc(const sl_vm_t *vm, int slot)
+{
+    const sl_slot_t *s = &vm->slots[slot];
+    if (s->kind != SL_SLOT_LOADED || s->doc < 0 || s->has_table ||
+        doc_tokens(vm, s->doc)[0].type != SL_JTOK_OBJECT)
+        return -1;
+    return s->doc;
+}
+
+int sl_lazy_find_plain(const sl_vm_t *vm, int doc, const char *name)
 {
     const sl_jtok_t *base = doc_tokens(vm, doc);
     const char *text = vm->docs[doc].text;
     size_t len = strlen(name);
     int found = -1, child = 1;
-    memset(out, 0, sizeof *out);
     for (int k = 0; k < base[0].size; k++) {
         const sl_jtok_t *key = &base[child];
         if (key->escaped)
-            return -1; /* compared after unescaping, in Lua */
+            return -2; /* compared after unescaping, in Lua */
         if ((size_t)(key->end - key->start) == len && memcmp(text + key->start, name, len) == 0)
             found = child + 1;
         child = base[child + 1].next;
     }
+    return found;
+}
+
+int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out)
+{
+    const sl_jtok_t *base = doc_tokens(vm, doc);
+    const char *text = vm->docs[doc].text;
+    int found = sl_lazy_find_plain(vm, doc, name);
+    memset(out, 0, sizeof *out);
+    if (found == -2)
+        return -1;
     const sl_jtok_t *t = found < 0 ? NULL : &base[found];
     if (!t || t->type == SL_JTOK_NULL) {
         out->type = SL_VM_VALUE_NONE;

@@ -442,11 +442,9 @@ static int order_holds(const sl_vm_value_t *v, const sl_native_filter_t *f)
 
 int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int *keep)
 {
-    const sl_slot_t *s = &vm->slots[slot];
+    int doc = sl_lazy_object_doc(vm, slot);
     sl_vm_value_t v;
-    if (s->kind != SL_SLOT_LOADED || s->has_table || s->doc < 0 ||
-        vm->jtoks[vm->docs[s->doc].first].type != SL_JTOK_OBJECT ||
-        sl_lazy_field(vm, s->doc, f->field, &v))
+    if (doc < 0 || sl_lazy_field(vm, doc, f->field, &v))
         return 1;
     int holds = 0;
     if (f->compare != OP_EQK) {
@@ -489,14 +487,11 @@ static char *copy_constant(const constant_t *k)
  * field's name (a table of those is a record table), not seen before. */
 static int plain_key(const sl_native_map_t *m, const constant_t *key)
 {
-    static const char *const record_fields[] = {"key",   "value",     "ts",     "headers",
-                                                "topic", "partition", "offset", NULL};
+    if (sl_is_record_field((const char *)key->bytes, key->len))
+        return 0;
     for (size_t i = 0; i < key->len; i++)
         if (key->bytes[i] < 0x20 || key->bytes[i] == '"' || key->bytes[i] == '\\' ||
             key->bytes[i] == 0x7f)
-            return 0;
-    for (const char *const *f = record_fields; *f; f++)
-        if (strlen(*f) == key->len && memcmp(*f, key->bytes, key->len) == 0)
             return 0;
     for (int i = 0; i < m->count; i++)
         if (strlen(m->keys[i]) == key->len && memcmp(m->keys[i], key->bytes, key->len) == 0)
@@ -554,26 +549,6 @@ done:
     return m;
 }
 
-/* The value token of field in the JSON object doc, without Lua: its index,
- * -1 when absent, -2 when a key is written with escapes (Lua compares
- * those unescaped). The last of equal keys wins, as in a decoder. */
-static int find_field(const sl_vm_t *vm, int doc, const char *field)
-{
-    const sl_jtok_t *base = vm->jtoks + vm->docs[doc].first;
-    const char *text = vm->docs[doc].text;
-    size_t len = strlen(field);
-    int found = -1, child = 1;
-    for (int i = 0; i < base[0].size; i++) {
-        const sl_jtok_t *key = &base[child];
-        if (key->escaped)
-            return -2;
-        if ((size_t)(key->end - key->start) == len && memcmp(text + key->start, field, len) == 0)
-            found = child + 1;
-        child = base[child + 1].next;
-    }
-    return found;
-}
-
 /* Appends token t's value as encode.c writes it; 0, or -1 where only Lua
  * can (objects, arrays, escapes, DEL, no room). */
 static int put_token(char *out, size_t *at, const char *text, const sl_jtok_t *t)
@@ -622,16 +597,15 @@ static int put_token(char *out, size_t *at, const char *text, const sl_jtok_t *t
 int sl_native_map_run(sl_vm_t *vm, const sl_native_map_t *m, int slot, const uint8_t **value,
                       int32_t *len)
 {
-    const sl_slot_t *s = &vm->slots[slot];
+    int doc = sl_lazy_object_doc(vm, slot);
     char out[MAP_TEXT_MAX];
     size_t at = 0;
-    if (s->kind != SL_SLOT_LOADED || s->has_table || s->doc < 0 ||
-        vm->jtoks[vm->docs[s->doc].first].type != SL_JTOK_OBJECT)
+    if (doc < 0)
         return 1;
-    const sl_jtok_t *base = vm->jtoks + vm->docs[s->doc].first;
+    const sl_jtok_t *base = vm->jtoks + vm->docs[doc].first;
     out[at++] = '{';
     for (int i = 0; i < m->count; i++) {
-        int token = find_field(vm, s->doc, m->fields[i]);
+        int token = sl_lazy_find_plain(vm, doc, m->fields[i]);
         if (token == -2)
             return 1;
         if (token < 0)
@@ -646,7 +620,7 @@ int sl_native_map_run(sl_vm_t *vm, const sl_native_map_t *m, int slot, const uin
         at += key;
         out[at++] = '"';
         out[at++] = ':';
-        if (put_token(out, &at, vm->docs[s->doc].text, &base[token]))
+        if (put_token(out, &at, vm->docs[doc].text, &base[token]))
             return 1;
     }
     if (at + 1 > MAP_TEXT_MAX)

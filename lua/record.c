@@ -434,7 +434,7 @@ int sl_vm_record_get(sl_vm_t *vm, int slot, sl_record_t *out)
 
 /* ---- results of user functions -> new slots ----------------------------------- */
 
-static int is_record_field(const char *name, size_t len)
+int sl_is_record_field(const char *name, size_t len)
 {
     switch (len) { /* by length first: most tables a map returns are values */
     case 2:
@@ -464,7 +464,7 @@ static int is_record_table(lua_State *L, int idx)
         size_t len;
         lua_pop(L, 1);
         const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-        if (!name || !is_record_field(name, len)) {
+        if (!name || !sl_is_record_field(name, len)) {
             lua_pop(L, 1);
             return 0;
         }

@@ -247,6 +247,17 @@ int sl_lazy_is_record(lua_State *L, sl_vm_t *vm, int idx);
  * (escapes, long numbers); push_json pushes the whole value of a JSON text
  * (raising on invalid JSON). */
 int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out);
+
+/* lazy.c, for reading fields without Lua: object_doc is the document of a
+ * slot whose r.value is exactly its tokens' JSON object (read from the log,
+ * no table built that an op could have changed), else -1; find_plain is
+ * the value token of name in an object document (the last, if repeated),
+ * -1 if none, -2 if a key has escapes (only Lua compares those). */
+int sl_lazy_object_doc(const sl_vm_t *vm, int slot);
+int sl_lazy_find_plain(const sl_vm_t *vm, int doc, const char *name);
+
+/* record.c: is name one of a record table's fields (key, value, ts, ...)? */
+int sl_is_record_field(const char *name, size_t len);
 void sl_lazy_push_json(lua_State *L, sl_vm_t *vm, const char *text, size_t len);
 
 /* record.c, for call.c. sl_slot_push pushes the record table r of a slot
