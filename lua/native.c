@@ -86,10 +86,11 @@ enum {
 };
 enum { TAG_INTEGER = 0x03, TAG_FLOAT = 0x13, TAG_SHORT_STRING = 0x04, TAG_LONG_STRING = 0x14 };
 
-#define OFFSET_SC      127      /* EQI's signed B */
-#define OFFSET_SJ      16777215 /* JMP's signed jump: (1 << 24) - 1 */
-#define CODE_LENGTH    8        /* instructions of the shape */
-#define CONSTANTS_MAX  20       /* a map of MAP_FIELDS_MAX fields: 2 per field and "value" */
+#define OFFSET_SC      127                               /* EQI's signed B */
+#define OFFSET_SJ      16777215                          /* JMP's signed jump: (1 << 24) - 1 */
+#define RETURN_R1      (OP_RETURN1 | 1u << 7 | 2u << 16) /* return register 1 */
+#define CODE_LENGTH    8                                 /* instructions of the shape */
+#define CONSTANTS_MAX  20 /* a map of MAP_FIELDS_MAX fields: 2 per field and "value" */
 #define MAP_FIELDS_MAX 8
 #define MAP_TEXT_MAX   1024 /* longer outputs: Lua writes them */
 
@@ -269,6 +270,17 @@ static const constant_t *string_constant(const constant_t *k, size_t nk, unsigne
     return &k[index];
 }
 
+/* A string constant as a C string (sl_malloc'd), or NULL. */
+static char *copy_constant(const constant_t *k)
+{
+    char *s = sl_malloc(k->len + 1);
+    if (s) {
+        memcpy(s, k->bytes, k->len);
+        s[k->len] = '\0';
+    }
+    return s;
+}
+
 /* Do the first two instructions read r.value.<field> into register 1? */
 static int reads_a_value_field(const uint32_t *code)
 {
@@ -294,7 +306,7 @@ static int code_matches(const uint32_t code[CODE_LENGTH])
     return reads_a_value_field(code) && op_of(code[2]) >= OP_EQK && op_of(code[2]) <= OP_GEI &&
            a_of(code[2]) == 1 && code[3] == (OP_JMP | (uint32_t)(OFFSET_SJ + 1) << 7) &&
            code[4] == (OP_LFALSESKIP | 1u << 7) && code[5] == (OP_LOADTRUE | 1u << 7) &&
-           code[6] == (OP_RETURN1 | 1u << 7 | 2u << 16) && op_of(code[7]) == OP_RETURN0;
+           code[6] == RETURN_R1 && op_of(code[7]) == OP_RETURN0;
 }
 
 /* The constant compared with, into f; 0 if not a string or number. */
@@ -318,12 +330,8 @@ static int set_constant(sl_native_filter_t *f, uint32_t eq, const constant_t *k,
     }
     f->type = SL_VM_VALUE_STRING;
     f->len = k[index].len;
-    f->bytes = sl_malloc(f->len + 1);
-    if (!f->bytes)
-        return 0;
-    memcpy(f->bytes, k[index].bytes, f->len);
-    f->bytes[f->len] = '\0';
-    return 1;
+    f->bytes = copy_constant(&k[index]);
+    return f->bytes != NULL;
 }
 
 static sl_native_filter_t *recognise(const uint8_t *dump, size_t len)
@@ -342,13 +350,11 @@ static sl_native_filter_t *recognise(const uint8_t *dump, size_t len)
         return NULL;
     f->compare = op_of(code[2]) == OP_EQI ? OP_EQK : (int)op_of(code[2]);
     f->want = (int)k_of(code[2]);
-    f->field = sl_malloc(field->len + 1);
+    f->field = copy_constant(field);
     if (!f->field || !set_constant(f, code[2], k, nk)) {
         sl_native_filter_free(f);
         return NULL;
     }
-    memcpy(f->field, field->bytes, field->len);
-    f->field[field->len] = '\0';
     return f;
 }
 
@@ -381,14 +387,10 @@ char *sl_native_key_compile(lua_State *L, int idx)
     if (dump_function(L, idx, &d)) {
         reader_t r = {d.bytes.data, d.bytes.data + d.bytes.len, 0};
         if (read_function(&r, code, 4, k, &nk) && reads_a_value_field(code) &&
-            code[2] == (OP_RETURN1 | 1u << 7 | 2u << 16) && op_of(code[3]) == OP_RETURN0)
+            code[2] == RETURN_R1 && op_of(code[3]) == OP_RETURN0)
             field = value_field(code, k, nk);
     }
-    char *name = field ? sl_malloc(field->len + 1) : NULL;
-    if (name) {
-        memcpy(name, field->bytes, field->len);
-        name[field->len] = '\0';
-    }
+    char *name = field ? copy_constant(field) : NULL;
     sl_buf_free(&d.bytes);
     return name;
 }
@@ -473,16 +475,6 @@ void sl_native_map_free(sl_native_map_t *m)
     sl_free(m);
 }
 
-static char *copy_constant(const constant_t *k)
-{
-    char *s = sl_malloc(k->len + 1);
-    if (s) {
-        memcpy(s, k->bytes, k->len);
-        s[k->len] = '\0';
-    }
-    return s;
-}
-
 /* A key the native map may write as it is: plain bytes, not a record
  * field's name (a table of those is a record table), not seen before. */
 static int plain_key(const sl_native_map_t *m, const constant_t *key)
@@ -534,8 +526,8 @@ sl_native_map_t *sl_native_map_compile(lua_State *L, int idx)
         if (!read_function(&r, code, length, k, &nk))
             continue;
         if (op_of(code[0]) != OP_NEWTABLE || a_of(code[0]) != 1 || op_of(code[1]) != OP_EXTRAARG ||
-            code[length - 2] != (OP_RETURN1 | 1u << 7 | 2u << 16) ||
-            op_of(code[length - 1]) != OP_RETURN0 || !(m = sl_calloc(1, sizeof *m)))
+            code[length - 2] != RETURN_R1 || op_of(code[length - 1]) != OP_RETURN0 ||
+            !(m = sl_calloc(1, sizeof *m)))
             goto done;
         for (int i = 0; i < n; i++)
             if (!add_map_field(m, code + 2 + 3 * i, k, nk)) {
