@@ -236,7 +236,7 @@ static void worker_setup(worker_t *w)
     static int said;
     if (!said++)
         printf("filter %s, map %s\n", w->filter->native ? "answered from the tokens" : "in Lua",
-               w->map->native_map ? "written from the tokens" : "in Lua");
+               w->map->native ? "written from the tokens" : "in Lua");
 }
 
 static void worker_teardown(worker_t *w)

@@ -210,9 +210,8 @@ static void op_release(sl_vm_t *vm, sl_op_t *op)
     sl_free(op->inputs);
     sl_free(op->topic);
     sl_free(op->field);
-    sl_native_filter_free(op->native);
+    sl_native_free(op->native);
     sl_free(op->native_key);
-    sl_native_map_free(op->native_map);
     sl_free(op->exchange);
     sl_free(op->route_key_field);
     release(vm, op->route_key_fn);

@@ -181,10 +181,8 @@ static int function_op(lua_State *L, sl_op_kind_t kind)
     sl_op_input_t input = {self->op, self->port};
     sl_op_t *op = sl_dsl_op_append(L, b, kind, &input, 1);
     op->fn = sl_dsl_ref(L, 2);
-    if (kind == SL_OP_FILTER)
-        op->native = sl_native_filter_compile(L, 2);
-    else if (kind == SL_OP_MAP)
-        op->native_map = sl_native_map_compile(L, 2);
+    if (kind == SL_OP_FILTER || kind == SL_OP_MAP)
+        op->native = sl_native_compile(L, 2, 1);
     sl_dsl_push_stream(L, op->id, 0, 0);
     return sl_dsl_leave(b, 1);
 }

@@ -179,6 +179,7 @@ static int stream_join(lua_State *L)
     op->join_within = o.within;
     op->window_grace = o.grace;
     op->fn = sl_dsl_ref(L, 3);
+    op->native = sl_native_compile(L, 3, 2);
     stream_t *s = sl_dsl_push_stream(L, op->id, 0, 0);
     s->table = kind == SL_JOIN_TABLE_TABLE;
     return sl_dsl_leave(b, 1);

@@ -586,13 +586,12 @@ int sl_lazy_object_doc(const sl_vm_t *vm, int slot)
     return s->doc;
 }
 
-int sl_lazy_find_plain(const sl_vm_t *vm, int doc, const char *name)
+int sl_lazy_find_member(const sl_vm_t *vm, int doc, int object, const char *name, size_t len)
 {
     const sl_jtok_t *base = doc_tokens(vm, doc);
     const char *text = vm->docs[doc].text;
-    size_t len = strlen(name);
-    int found = -1, child = 1;
-    for (int k = 0; k < base[0].size; k++) {
+    int found = -1, child = object + 1;
+    for (int k = 0; k < base[object].size; k++) {
         const sl_jtok_t *key = &base[child];
         if (key->escaped)
             return -2; /* compared after unescaping, in Lua */
@@ -601,6 +600,11 @@ int sl_lazy_find_plain(const sl_vm_t *vm, int doc, const char *name)
         child = base[child + 1].next;
     }
     return found;
+}
+
+int sl_lazy_find_plain(const sl_vm_t *vm, int doc, const char *name)
+{
+    return sl_lazy_find_member(vm, doc, 0, name, strlen(name));
 }
 
 int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out)

@@ -417,8 +417,7 @@ typedef struct sl_agg_spec {
     char *init;
 } sl_agg_spec_t;
 
-typedef struct sl_native_filter sl_native_filter_t; /* lua/native.c */
-typedef struct sl_native_map sl_native_map_t;       /* lua/native.c */
+typedef struct sl_native sl_native_t; /* lua/native.c */
 
 typedef struct sl_op {
     int id; /* its index in dag->ops */
@@ -430,16 +429,14 @@ typedef struct sl_op {
      * the registry of the VM that compiled the DAG; SL_NO_FUNCTION if none
      * (an AGGREGATE's functions are in its members). */
     int fn;
-    /* FILTER: its function's answer computed in C for the records where
-     * that is certain (`return r.value.f == constant`, lua/native.c);
-     * NULL when the function is of another shape. */
-    sl_native_filter_t *native;
+    /* FILTER, MAP, JOIN: the function run without Lua where its answer is
+     * certainly Lua's (a function without calls, loops or globals over
+     * fields, constants and arithmetic: lua/native.c); NULL when the
+     * function is of another kind. */
+    sl_native_t *native;
     /* KEY_BY by a function that is `return r.value.<native_key>`: read
      * from the tokens where that gives a string or a number; NULL else. */
     char *native_key;
-    /* MAP by `return {k = r.value.f, ...}`: its JSON written from the
-     * tokens where every field allows (lua/native.c); NULL else. */
-    sl_native_map_t *native_map;
     char *topic;              /* SOURCE, TO */
     char *field;              /* KEY_BY by field name; NULL otherwise */
     char **branch_names;      /* BRANCH, in byte order */

@@ -196,21 +196,21 @@ int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 int sl_json_tokenize_fast(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 int sl_json_tokenize_slow(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 
-/* native.c: compile recognises the function at idx (a filter's) when it is
- * `return r.value.<field> == <constant>` (or ~=) and returns its native
- * form, else NULL (never raises); run answers it for slot into *keep and
- * returns 0, or returns 1 where only Lua can answer. */
-sl_native_filter_t *sl_native_filter_compile(lua_State *L, int idx);
-void sl_native_filter_free(sl_native_filter_t *f);
-int sl_native_filter_run(sl_vm_t *vm, const sl_native_filter_t *f, int slot, int *keep);
-
-/* native.c: compile recognises a map function `return {k = r.value.f, ...}`
- * (never raises; NULL if not that); run writes its output value for slot
- * into the batch arena and returns 0, or returns 1 where only Lua can. */
-sl_native_map_t *sl_native_map_compile(lua_State *L, int idx);
-void sl_native_map_free(sl_native_map_t *m);
-int sl_native_map_run(sl_vm_t *vm, const sl_native_map_t *m, int slot, const uint8_t **value,
-                      int32_t *len);
+/* native.c: compile recognises the function at idx, of `params` (1 or 2)
+ * parameters, when native.c can run it (no calls, loops, globals or
+ * upvalues) and returns its native form (sl_native_free frees it), else
+ * NULL; never raises.
+ * filter_run answers a filter for slot into *keep; value_run runs a map
+ * (slots {slot, -1}) or join function (the sides' slots, -1 for nil;
+ * values[p]: parameter p is the slot's r.value, not the record) and writes
+ * the JSON object of the table it returns into the batch arena. Both
+ * return 0, or 1 where only Lua gives the answer (the caller runs the
+ * function: nothing was changed). */
+sl_native_t *sl_native_compile(lua_State *L, int idx, int params);
+void sl_native_free(sl_native_t *n);
+int sl_native_filter_run(sl_vm_t *vm, const sl_native_t *n, int slot, int *keep);
+int sl_native_value_run(sl_vm_t *vm, const sl_native_t *n, const int slots[2], const int values[2],
+                        const uint8_t **value, int32_t *len);
 
 /* lazy.c: the number of a checked number token (as Lua reads it: an
  * integer when integral and in range); 0, or -ENOMEM. */
@@ -252,9 +252,12 @@ int sl_lazy_field(sl_vm_t *vm, int doc, const char *name, sl_vm_value_t *out);
  * slot whose r.value is exactly its tokens' JSON object (read from the log,
  * no table built that an op could have changed), else -1; find_plain is
  * the value token of name in an object document (the last, if repeated),
- * -1 if none, -2 if a key has escapes (only Lua compares those). */
+ * -1 if none, -2 if a key has escapes (only Lua compares those);
+ * find_member is the same in the object at token `object` of doc, for a
+ * name of len bytes. */
 int sl_lazy_object_doc(const sl_vm_t *vm, int slot);
 int sl_lazy_find_plain(const sl_vm_t *vm, int doc, const char *name);
+int sl_lazy_find_member(const sl_vm_t *vm, int doc, int object, const char *name, size_t len);
 
 /* record.c: is name one of a record table's fields (key, value, ts, ...)? */
 int sl_is_record_field(const char *name, size_t len);
