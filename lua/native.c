@@ -323,7 +323,8 @@ static int read_function(reader_t *r, sl_native_t *n, int params)
     int ok = n->nk <= CONSTANTS_MAX && !r->bad && read_size(r) == 0 && read_size(r) == 0;
     n->strings = ok ? sl_malloc(strings.len + 1) : NULL;
     if (n->strings) {
-        memcpy(n->strings, strings.data, strings.len);
+        if (strings.len)
+            memcpy(n->strings, strings.data, strings.len);
         for (size_t i = 0; i < n->nk; i++)
             if (n->k[i].type == V_STR) {
                 n->k[i].s = n->strings + n->k[i].token;
