@@ -14,8 +14,11 @@
  * whichever VM made it (a Lua table's order is not).
  */
 #include "lua/vm.h"
+#include "storage/dtoa.h"
 
 #include <assert.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -192,20 +195,49 @@ static void push_field(lua_State *L, sl_vm_t *vm, int slot, const char *field)
         sl_vm_raise(L, "the value has no field '%s' (or it is null)", field);
 }
 
-/* Pushes r.value[field] when it is a string or a number of a loaded JSON
- * object, read from the tokens (as the function `return r.value.<field>`
- * would return it); returns 0, pushing nothing, anywhere else. */
-static int push_native_key(lua_State *L, sl_vm_t *vm, int slot, const char *field)
+/* The key text of a number, as record.c makes it from a Lua number
+ * (integers and integral floats in decimal, others in shortest form);
+ * 0 for a NaN or an infinity (an error, in Lua). */
+static int number_text(const sl_vm_value_t *v, char text[SL_DOUBLE_TEXT_MAX])
 {
-    int doc = sl_lazy_object_doc(vm, slot);
-    if (doc < 0)
+    lua_Integer integer;
+    if (v->is_integer || sl_json_integral(v->number, &integer))
+        snprintf(text, SL_DOUBLE_TEXT_MAX, "%lld",
+                 (long long)(v->is_integer ? v->integer : integer));
+    else if (!isfinite(v->number))
         return 0;
-    const sl_jtok_t *base = vm->jtoks + vm->docs[doc].first;
-    int token = sl_lazy_find(L, vm, doc, field, strlen(field));
-    if (token < 0 || (base[token].type != SL_JTOK_STRING && base[token].type != SL_JTOK_NUMBER))
-        return 0;
-    sl_lazy_push_found(L, vm, doc, token);
+    else
+        sl_double_text(v->number, text);
     return 1;
+}
+
+/* Keys the record in slot by r.value[field] without Lua, where that is a
+ * string without escapes or a number of a loaded JSON object (the key text
+ * Lua would make); 0 with the new slot, or 1 anywhere else. */
+static int native_key(sl_vm_t *vm, const sl_op_t *op, const char *field, int slot, int *out_slot)
+{
+    char number[SL_DOUBLE_TEXT_MAX];
+    const uint8_t *key;
+    sl_vm_value_t v;
+    int32_t len;
+    int doc = sl_lazy_object_doc(vm, slot);
+    int token = doc < 0 ? -1 : sl_lazy_find_plain(vm, doc, field);
+    if (token < 0)
+        return 1;
+    const sl_jtok_t *t = vm->jtoks + vm->docs[doc].first + token;
+    const char *text = vm->docs[doc].text;
+    if (t->type == SL_JTOK_STRING && !t->escaped) {
+        key = (const uint8_t *)text + t->start; /* lives as long as the batch */
+        len = t->end - t->start;
+    } else if (t->type == SL_JTOK_NUMBER && sl_token_number(text, t, &v) == 0 &&
+               number_text(&v, number)) {
+        len = (int32_t)strlen(number);
+        if (!(key = sl_arena_copy(&vm->arena, number, (size_t)len)))
+            return 1;
+    } else {
+        return 1;
+    }
+    return sl_record_derive_keyed(vm, slot, op, key, len, out_slot) == 0 ? 0 : 1;
 }
 
 static int key_body(lua_State *L)
@@ -215,7 +247,7 @@ static int key_body(lua_State *L)
     const sl_op_t *op = call->op;
     if (op->field)
         push_field(L, vm, call->slot, op->field);
-    else if (!op->native_key || !push_native_key(L, vm, call->slot, op->native_key))
+    else
         call_user(L, vm, op->fn, call->slot);
     sl_record_push_keyed(L, vm, call->slot, lua_gettop(L), op, &call->out_slot);
     return 0;
@@ -224,6 +256,9 @@ static int key_body(lua_State *L)
 int sl_vm_call_key(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot)
 {
     assert(op->kind == SL_OP_KEY_BY);
+    const char *field = op->field ? op->field : op->native_key;
+    if (field && native_key(vm, op, field, slot, out_slot) == 0)
+        return 0;
     call_t call = {.op = op, .slot = slot};
     int rc = run(vm, &call, key_body);
     if (rc == 0)

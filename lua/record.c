@@ -550,6 +550,22 @@ static int derived_slot(lua_State *L, sl_vm_t *vm, int input_slot, sl_slot_kind_
     return made;
 }
 
+int sl_record_derive_keyed(sl_vm_t *vm, int input_slot, const sl_op_t *producer, const uint8_t *key,
+                           int32_t key_len, int *slot)
+{
+    int made = add_slot(vm, producer);
+    if (made < 0)
+        return made;
+    sl_slot_t *m = &vm->slots[made];
+    *m = vm->slots[input_slot];
+    assert(m->kind == SL_SLOT_LOADED && !m->has_table);
+    m->producer = producer;
+    m->record.key = key;
+    m->record.key_len = key_len;
+    *slot = made;
+    return 0;
+}
+
 int sl_record_derive_json(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
                           const uint8_t *value, int32_t len, int *slot)
 {

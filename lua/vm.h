@@ -222,6 +222,12 @@ int sl_token_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out);
 int sl_record_derive_json(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
                           const uint8_t *value, int32_t len, int *slot);
 
+/* record.c: a new LOADED slot like input_slot (LOADED, no table built) but
+ * keyed key (key_len bytes that live as long as the batch), made by
+ * producer; 0, or -ENOMEM with nothing made. */
+int sl_record_derive_keyed(sl_vm_t *vm, int input_slot, const sl_op_t *producer, const uint8_t *key,
+                           int32_t key_len, int *slot);
+
 /* native.c: the field of a key_by function that is `return r.value.<field>`
  * (sl_malloc'd, the caller frees it), else NULL (never raises). */
 char *sl_native_key_compile(lua_State *L, int idx);

@@ -717,9 +717,10 @@ static const sl_op_t *nth_key_by(const sl_dag_t *dag, int n)
     return NULL;
 }
 
-/* key_by(function(r) return r.value.f end) gives every record the key (or
- * the error) the same function written so that Lua must run it gives, and
- * reads strings and numbers of plain objects without building a table. */
+/* key_by(function(r) return r.value.f end) and key_by("f") give every
+ * record the key (or an error) the same function written so that Lua must
+ * run it gives, and read strings and numbers of plain objects without
+ * building a table or calling Lua. */
 static void test_simple_key_functions_key_as_lua_does(void **state)
 {
     static const char *const values[] = {"{\"user\":\"u1\"}",
@@ -728,6 +729,11 @@ static void test_simple_key_functions_key_as_lua_does(void **state)
                                          "{\"user\":42}",
                                          "{\"user\":4.5}",
                                          "{\"user\":10.0}",
+                                         "{\"user\":-0.0}",
+                                         "{\"user\":1e400}",
+                                         "{\"user\":1.5e300}",
+                                         "{\"user\":123456789012345678901}",
+                                         "{\"user\":-9223372036854775808}",
                                          "{\"user\":null}",
                                          "{}",
                                          "{\"user\":true}",
@@ -739,35 +745,40 @@ static void test_simple_key_functions_key_as_lua_does(void **state)
                                          "7",
                                          "{\"user\":\"\"}"};
     fixture_t *f = *state;
-    const char *source = HEADER "s.stream('in'):key_by(function(r) return r.value.user end)\n"
-                                "  :key_by(function(r) " LUA_RUNS "return r.value.user end)"
-                                ":to('out')\n";
+    const char *source = HEADER "local c = s.stream('in')\n"
+                                "c:key_by(function(r) return r.value.user end):to('a')\n"
+                                "c:key_by('user'):to('b')\n"
+                                "c:key_by(function(r) " LUA_RUNS "return r.value.user end)"
+                                ":to('c')\n";
     sl_dag_t *dag = NULL;
     if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
         fail_msg("%s", sl_error_detail());
-    const sl_op_t *native = nth_key_by(dag, 0), *lua = nth_key_by(dag, 1);
-    assert_non_null(native->native_key);
-    assert_string_equal(native->native_key, "user");
+    const sl_op_t *natives[2] = {nth_key_by(dag, 0), nth_key_by(dag, 1)}, *lua = nth_key_by(dag, 2);
+    assert_non_null(natives[0]->native_key);
+    assert_string_equal(natives[0]->native_key, "user");
     assert_null(lua->native_key);
-    int answered = 0;
-    for (size_t v = 0; v < sizeof values / sizeof *values; v++) {
-        sl_vm_batch_reset(f->vm);
-        int a = load(state, "k", values[v], 1), b = load(state, "k", values[v], 1);
-        int out_a = -1, out_b = -1;
-        int rc_a = sl_vm_call_key(f->vm, native, a, &out_a);
-        int rc_b = sl_vm_call_key(f->vm, lua, b, &out_b);
-        if (rc_a != rc_b)
-            fail_msg("%s: %d natively, %d in Lua", values[v], rc_a, rc_b);
-        if (rc_a) { /* the function itself ran, and raised */
-            assert_true(f->vm->slots[a].has_table);
-            continue;
+    for (int n = 0; n < 2; n++) {
+        int answered = 0;
+        for (size_t v = 0; v < sizeof values / sizeof *values; v++) {
+            sl_vm_batch_reset(f->vm);
+            int a = load(state, "k", values[v], 1), b = load(state, "k", values[v], 1);
+            int out_a = -1, out_b = -1, slots = f->vm->slot_count;
+            int rc_a = sl_vm_call_key(f->vm, natives[n], a, &out_a);
+            int rc_b = sl_vm_call_key(f->vm, lua, b, &out_b);
+            if (rc_a != rc_b)
+                fail_msg("%s: %d natively, %d in Lua", values[v], rc_a, rc_b);
+            if (rc_a) /* Lua ran, and raised */
+                continue;
+            const sl_record_t *ka = &f->vm->slots[out_a].record, *kb = &f->vm->slots[out_b].record;
+            if (ka->key_len != kb->key_len || memcmp(ka->key, kb->key, (size_t)ka->key_len) != 0)
+                fail_msg("%s: key %.*s natively, %.*s in Lua", values[v], (int)ka->key_len,
+                         (const char *)ka->key, (int)kb->key_len, (const char *)kb->key);
+            assert_memory_equal(f->vm->slots[out_a].record.value, f->vm->slots[a].record.value,
+                                (size_t)f->vm->slots[a].record.value_len);
+            answered += !f->vm->slots[a].has_table && out_a == slots; /* no Lua value made */
         }
-        const sl_record_t *ka = &f->vm->slots[out_a].record, *kb = &f->vm->slots[out_b].record;
-        assert_int_equal(ka->key_len, kb->key_len);
-        assert_memory_equal(ka->key, kb->key, (size_t)ka->key_len);
-        answered += !f->vm->slots[a].has_table;
+        assert_true(answered >= 9); /* strings and numbers of plain objects */
     }
-    assert_true(answered >= 5); /* strings and numbers of plain objects */
     sl_dag_free(dag);
 }
 
