@@ -59,7 +59,7 @@ EOF
 chmod +x "$work/sluice"
 
 export SLUICE_BIN="$work/sluice" BENCH_TMP="$work" RUN_TIMEOUT=3600
-export COMMIT_INTERVAL=${COMMIT_INTERVAL:-6s}
+export COMMIT_INTERVAL=${COMMIT_INTERVAL:-6s} RESTORE_COMPACTED=0
 if [ "$kind" = window ]; then
     WINDOW_LOAD=$loader CASES=$case_name "$root/bench/window_bench.sh" "$N" >"$work/bench.log" 2>&1 ||
         { tail -20 "$work/bench.log" >&2; exit 1; }

@@ -10,11 +10,13 @@ free_port() {
 
 # start_node DIR WORKERS: a node on DIR, logging to DIR.log; sets node_pid,
 # port and http_port (for /metrics).
-start_node() {
+start_node() { # DATA WORKERS [SERVE OPTIONS...]
+    local data=$1 workers=$2
+    shift 2
     port=$(free_port)
     http_port=$(free_port)
-    "$SLUICE_BIN" serve --data "$1" --port "$port" --http-port "$http_port" --workers "$2" \
-        </dev/null >/dev/null 2>>"$1.log" &
+    "$SLUICE_BIN" serve --data "$data" --port "$port" --http-port "$http_port" --workers "$workers" \
+        "$@" </dev/null >/dev/null 2>>"$data.log" &
     node_pid=$!
 }
 

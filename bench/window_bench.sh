@@ -30,6 +30,10 @@
 #                the restore, into PERF_DIR/<case>.data (restore.data), and the
 #                top of its report printed
 #                (PERF_ARGS replaces -g, e.g. "--call-graph dwarf")
+#   RESTORE_COMPACTED  1 (default): the changelog is compacted before the
+#                restore, as a node running longer than its maintenance
+#                period compacts it; 0: the restore reads every change the
+#                run wrote
 #
 # Input (bench/window_load.c): N JSON values of 100 bytes,
 # {"user":"u<5 digits>","amount":<1..1000>,"ts":...,"pad":"..."}, 100 K
@@ -50,12 +54,13 @@
 #               records/s counts each input record once (the whole pipeline)
 #
 # each with --workers 1 and --workers 2. Then, on the data of the last
-# field-key run: the node is stopped, DATA/state deleted, the node started
+# field-key run: the node is stopped, restarted to compact the changelog
+# (see RESTORE_COMPACTED) and stopped, DATA/state deleted, the node started
 # again; it rebuilds the store from its changelog partitions (on parallel
 # threads) before the pipeline starts ("restoring <store> partition p: ..."
 # log lines), which gives, over the wall time from the first partition's
-# start to the last one's end, changelog records/s, MB/s (changelog bytes
-# from TOPIC DESCRIBE) and distinct entries/s. LMDB's
+# start to the last one's end, changelog records/s and MB/s (of the records
+# and segment bytes it read) and distinct entries/s. LMDB's
 # size (DATA/state/data.mdb, du) is taken after the run and after the restore.
 set -euo pipefail
 
@@ -225,6 +230,32 @@ run_case() { # KIND WORKERS
     fi
 }
 
+# Unless RESTORE_COMPACTED=0: restarts the node of DATA (its state intact:
+# nothing to restore) with a short maintenance period until every partition
+# of CHANGELOG reports its compaction (what a node that has run longer than
+# its maintenance period, 30 s by default, has done on its own), and stops
+# it: the restore then reads the compacted changelog.
+compact_changelog() { # DATA WORKERS CHANGELOG
+    [ "${RESTORE_COMPACTED:-1}" = 1 ] || return 0
+    local log="$1.log" deadline=$((SECONDS + 300)) closed=0 part
+    for part in "$1/topics/$3"/*/; do # partitions with a closed segment
+        [ "$(find "$part" -name '*.log' | wc -l)" -lt 2 ] || closed=$((closed + 1))
+    done
+    [ "$closed" -gt 0 ] || return 0
+    : >"$log"
+    start_node "$1" "$2" --maintenance-ms 200
+    until [ "$(grep -c "$3/[0-9]*: compaction rewrote" "$log")" -ge "$closed" ]; do
+        kill -0 "$node_pid" 2>/dev/null || { echo "$BENCH: the node died:" >&2; tail "$log" >&2; exit 1; }
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "$BENCH: $3 not compacted in 300 s: restoring it as it is" >&2
+            break
+        fi
+        sleep 0.1
+    done
+    grep "$3/[0-9]*: compaction rewrote" "$log" | sed 's/^/  /'
+    stop_node
+}
+
 # Stops the node of DATA, deletes DATA/state and times the restore.
 restore() { # DATA WORKERS
     local data=$1 log="$1.log"
@@ -240,6 +271,9 @@ import sys, redis
 d = redis.Redis(port=int(sys.argv[1])).execute_command("TOPIC", "DESCRIBE", sys.argv[2])
 print(sum(p[2] - p[1] for p in d[5]), sum(p[3] for p in d[5]))' "$port" "$changelog")
     stop_node
+    compact_changelog "$data" "$2" "$changelog"
+    local read_bytes
+    read_bytes=$(find "$data/topics/$changelog" -name '*.log' -printf '%s\n' | awk '{ b += $1 } END { print b + 0 }')
     rm -rf "$data/state"
     : >"$log"
     local t0 t1
@@ -252,9 +286,9 @@ print(sum(p[2] - p[1] for p in d[5]), sum(p[3] for p in d[5]))' "$port" "$change
     # per partition: "restored store S partition P: R records, E entries in T s";
     # the partitions restore on parallel threads, so the time is the wall
     # clock from the first "restoring store" line to the last "restored store"
-    read -r entries parts < <(grep 'restored store' "$log" |
-        sed -n 's/.* partition \([0-9]*\): [0-9]* records, \([0-9]*\) entries in [0-9.]* s$/\1 \2/p' |
-        awk '{ E += $2; n++ } END { printf "%d %d\n", E, n }')
+    read -r entries parts read_records < <(grep 'restored store' "$log" |
+        sed -n 's/.* partition \([0-9]*\): \([0-9]*\) records, \([0-9]*\) entries in [0-9.]* s$/\1 \3 \2/p' |
+        awk '{ E += $2; R += $3; n++ } END { printf "%d %d %d\n", E, n, R }')
     seconds=$(grep -E 'restoring store|restored store' "$log" | cut -d' ' -f1 | "$PYTHON" -c '
 import sys, datetime
 t = [datetime.datetime.strptime(l.strip(), "%Y-%m-%dT%H:%M:%S.%fZ") for l in sys.stdin if l.strip()]
@@ -263,14 +297,16 @@ print("%.3f" % (max(t) - min(t)).total_seconds() if t else 0)')
     du_after=$(($(du -sk "$data/state/data.mdb" | cut -f1) * 1024))
     stop_node
     local line
-    line=$(awk -v e="$entries" -v d="$pairs" -v s="$seconds" -v p="$parts" -v r="$cl_records" -v b="$cl_bytes" \
+    line=$(awk -v e="$entries" -v d="$pairs" -v s="$seconds" -v p="$parts" -v r="$read_records" \
+        -v b="$read_bytes" -v wr="$cl_records" -v wb="$cl_bytes" \
         -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v c="$changelog" 'BEGIN {
         if (s <= 0) s = 1e-9
-        printf "restore of %s (%d partitions, %d records, %.1f MB) in %.2f s (wall, first " \
-            "partition started to last done): %.0f changelog records/s, %.1f MB/s, %.0f " \
-            "distinct entries/s (%d distinct entries; %d puts, the last change per key per " \
-            "batch); node start to pipeline started %.2f s", c, p, r, b / 1048576, s, r / s,
-            b / 1048576 / s, d / s, d, e, w }')
+        printf "restore of %s (%d partitions; %d records, %.1f MB read of the %d records, " \
+            "%.1f MB written) in %.2f s (wall, first partition started to last done): %.0f " \
+            "changelog records/s, %.1f MB/s, %.0f distinct entries/s (%d distinct entries; " \
+            "%d puts, the last change per key per batch); node start to pipeline started " \
+            "%.2f s", c, p, r, b / 1048576, wr, wb / 1048576, s, r / s, b / 1048576 / s,
+            d / s, d, e, w }')
     echo "$line"
     results+=("$line")
     line="LMDB DATA/state/data.mdb: $(mb "$du_run") MB (du) / $(mb "$apparent_run") MB (file size)"

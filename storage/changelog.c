@@ -32,11 +32,17 @@
 #define RESTORE_BATCH_DEFAULT 1048576
 #define RESTORE_BATCH_BYTES   (128u << 20)
 
+/* A changelog's segments: compaction rewrites closed segments only, so a
+ * topic's default (1 GiB) would leave a store's whole changelog
+ * uncompacted, and a restore reading every change ever made. */
+#define CHANGELOG_SEGMENT_BYTES (16 << 20)
+
 void sl_changelog_topic_config(sl_topic_config_t *cfg, int32_t partitions, const char *owner)
 {
     sl_topic_config_default(cfg);
     cfg->partitions = partitions > 0 ? partitions : 1;
     cfg->cleanup = SL_CLEANUP_COMPACT;
+    cfg->segment_bytes = CHANGELOG_SEGMENT_BYTES;
     cfg->transactional = 1;
     cfg->format = SL_FORMAT_RAW;
     snprintf(cfg->owner, sizeof cfg->owner, "%s", owner ? owner : "");

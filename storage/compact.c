@@ -292,14 +292,22 @@ int sl_partition_compact(sl_partition_t *p, int64_t now_ms)
     cleaner_t c = {.p = p, .now = now_ms};
     sl_segment_t **segments;
     int32_t n = closed_segments(p, &segments);
-    int rc = n < 0 ? n : n == 0 ? 0 : build_map(p, &c.map);
+    int rc = n < 0 ? n : n == 0 ? 0 : build_map(p, &c.map), rewritten = 0;
+    int64_t before = 0, after = 0;
     for (int32_t i = 0; rc == 0 && i < n; i++) {
         int changed;
         int64_t kept_bytes;
         rc = clean_segment(&c, segments[i], &changed, &kept_bytes);
-        if (rc == 0 && changed)
+        if (rc == 0 && changed) {
+            rewritten++;
+            before += segments[i]->size;
+            after += kept_bytes;
             rc = swap_in(p, segments[i], kept_bytes);
+        }
     }
+    if (rc == 0 && rewritten)
+        sl_report(SL_INFO, "log", "%s/%d: compaction rewrote %d segment(s), %lld -> %lld bytes",
+                  p->topic_name, p->id, rewritten, (long long)before, (long long)after);
     for (int32_t i = 0; i < n; i++)
         sl_segment_unref(segments[i]);
     if (n >= 0)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 #
 # run.sh - builds the fuzz targets (the batch decoder, the RESP request
-# parser and the JSON tokenizer's two ways) and runs each for a while.
+# parser, the JSON tokenizer's two ways, and user functions run without
+# Lua against the same functions run by Lua) and runs each for a while.
 #
 # Usage: tests/fuzz/run.sh [BUILD_DIR] [SECONDS]
 #   BUILD_DIR  where binaries, the working corpus and any crash reproducer
@@ -9,10 +10,13 @@
 #   SECONDS    how long to fuzz each target (default: 30)
 #
 # Needs clang with libFuzzer (Debian: clang, libclang-rt-14-dev),
-# libzstd-dev, liblua5.4-dev, libjsmn-dev and libsimdjson-dev. The fuzzer runs over a copy of tests/fuzz/corpus kept in
-# BUILD_DIR, so new inputs never land in the committed seeds. Exits non-zero
-# if the build fails or the fuzzer finds a crash, leak or undefined behaviour;
-# the reproducer is then BUILD_DIR/crash-* (replay: BUILD_DIR/fuzz_batch FILE).
+# libzstd-dev, liblmdb-dev, liblua5.4-dev, lua-cjson-dev, libjsmn-dev and
+# libsimdjson-dev. Each fuzzer runs over a copy of its tests/fuzz/corpus*
+# directory kept in BUILD_DIR, so new inputs never land in the committed
+# seeds. Exits non-zero if the build fails or a fuzzer finds a crash, leak,
+# undefined behaviour or (fuzz_native) a disagreement between native.c and
+# Lua; the reproducer is then BUILD_DIR/crash-* (replay: BUILD_DIR/<target>
+# FILE).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,7 +35,7 @@ libs=("${zstd_libs[@]}" -lpthread)
 # Only what the targets use: the rest of storage needs LMDB and more.
 storage=("$root"/storage/{alloc,error,report,crc32c,buf,batch}.c)
 
-mkdir -p "$build/corpus" "$build/corpus_resp" "$build/corpus_json"
+mkdir -p "$build/corpus" "$build/corpus_resp" "$build/corpus_json" "$build/corpus_native"
 build=$(cd "$build" && pwd)
 
 "$cc" "${cflags[@]}" -fsanitize=fuzzer,address,undefined \
@@ -52,6 +56,27 @@ done
 "$cxx" -std=c++17 -I "$root" -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
     "$root/lua/jsonscan.cc" "$build"/json_*.o -lsimdjson -o "$build/fuzz_json"
 
+# The native target: the whole lua module, Lua and lua-cjson. storage/ goes
+# in as an archive, so that only what lua/ reaches is linked (its state
+# and queue registry bring LMDB).
+read -ra lua_cflags <<<"$(pkg-config --cflags lua5.4 lua5.4-cjson)"
+read -ra lua_libs <<<"$(pkg-config --libs lua5.4 lua5.4-cjson)"
+rm -rf "$build/native_lua" "$build/native_storage" "$build/native_storage.a"
+mkdir -p "$build/native_lua" "$build/native_storage"
+for src in "$root"/storage/*.c; do
+    "$cc" "${cflags[@]}" -fsanitize=address,undefined -c "$src" \
+        -o "$build/native_storage/$(basename "$src" .c).o"
+done
+ar rcs "$build/native_storage.a" "$build"/native_storage/*.o
+for src in "$root"/lua/*.c "$here/fuzz_native.c"; do
+    "$cc" "${cflags[@]}" "${lua_cflags[@]}" -fsanitize=fuzzer,address,undefined -c "$src" \
+        -o "$build/native_lua/$(basename "$src" .c).o"
+done
+"$cxx" -std=c++17 -I "$root" -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
+    "$root/lua/jsonscan.cc" "$build"/native_lua/*.o "$build/native_storage.a" \
+    "${lua_libs[@]}" -lsimdjson -llmdb "${zstd_libs[@]}" -lm -lpthread \
+    -o "$build/fuzz_native"
+
 cp "$here"/corpus/* "$build/corpus/"
 "$build/fuzz_batch" "$build/corpus" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 \
@@ -65,5 +90,11 @@ cp "$here"/corpus_resp/* "$build/corpus_resp/"
 
 cp "$here"/corpus_json/* "$build/corpus_json/"
 "$build/fuzz_json" "$build/corpus_json" \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=4096 \
+    -artifact_prefix="$build/" -print_final_stats=1
+
+# The native target reads "value [0x00 partner [0x00 key]]" (fuzz_native.c).
+cp "$here"/corpus_native/* "$build/corpus_native/"
+"$build/fuzz_native" "$build/corpus_native" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=4096 \
     -artifact_prefix="$build/" -print_final_stats=1

@@ -417,6 +417,40 @@ static void test_restored_window_store_expires_like_the_original(void **state)
     tu_rmdir(n.dir);
 }
 
+/* A changelog topic made with the changelog defaults rolls segments small
+ * enough that compaction reaches all but the newest of a store's changes:
+ * 24 MiB of changes to 4 keys compact to under half. */
+static void test_a_changelog_is_compacted_beyond_its_newest_segment(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    static char value[8192];
+    sl_log_t *log;
+    sl_topic_t *t;
+    sl_topic_config_t cfg;
+    memset(value, 'v', sizeof value - 1);
+    assert_int_equal(sl_log_open(dir, NULL, &log), 0);
+    sl_changelog_topic_config(&cfg, 1, "pipe");
+    assert_int_equal(sl_log_create_topic(log, "pipe.agg.changelog", &cfg, &t), 0);
+    sl_partition_t *p = sl_topic_partition(t, 0);
+    static const char *const keys[] = {"k0", "k1", "k2", "k3"};
+    for (int batch = 0; batch < 48; batch++) { /* 64 changes each */
+        sl_record_t recs[64];
+        int64_t first;
+        for (int i = 0; i < 64; i++)
+            recs[i] = tu_record(keys[i % 4], value, 0);
+        assert_int_equal(sl_partition_append(p, recs, 64, &first), 0);
+        assert_int_equal(sl_partition_set_visible_end(p, first + 64), 0);
+    }
+    int64_t before = sl_partition_size_bytes(p);
+    assert_true(before > (24 << 20));
+    assert_int_equal(sl_partition_compact(p, 0), 0);
+    assert_true(sl_partition_size_bytes(p) < before / 2);
+    assert_int_equal(tu_count(p, 0) > 4, 1); /* the newest segment is left as it is */
+    sl_log_close(log);
+    tu_rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -429,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_damaged_changelog_record_stops_the_restore),
         cmocka_unit_test(test_checkpoint_beyond_the_changelog_counts_as_up_to_date),
         cmocka_unit_test(test_restored_window_store_expires_like_the_original),
+        cmocka_unit_test(test_a_changelog_is_compacted_beyond_its_newest_segment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
