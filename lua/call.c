@@ -113,10 +113,11 @@ int sl_vm_call_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot)
     assert(op->kind == SL_OP_MAP);
     const uint8_t *value;
     int32_t len;
+    int doc;
     const int slots[2] = {slot, -1}, values[2] = {0, 0};
     if (op->native && sl_lazy_object_doc(vm, slot) >= 0 && /* its key, ts, headers: as loaded */
-        sl_native_value_run(vm, op->native, slots, values, &value, &len) == 0 &&
-        sl_record_derive_json(vm, slot, op, value, len, out_slot) == 0)
+        sl_native_value_run(vm, op->native, slots, values, &value, &len, &doc) == 0 &&
+        sl_record_derive_json(vm, slot, op, value, len, doc, out_slot) == 0)
         return 0;
     call_t call = {.op = op, .slot = slot};
     int rc = run(vm, &call, map_body);
@@ -347,12 +348,13 @@ int sl_vm_call_join(sl_vm_t *vm, const sl_op_t *op, int base, int left, int righ
     assert(op->kind == SL_OP_JOIN && base >= 0);
     const uint8_t *value;
     int32_t len;
+    int doc;
     const int slots[2] = {left, right};
     const int values[2] = {op->join_kind == SL_JOIN_TABLE_TABLE,
                            op->join_kind != SL_JOIN_STREAM_STREAM};
     if (op->native && sl_lazy_object_doc(vm, base) >= 0 && /* its key, ts, headers: as loaded */
-        sl_native_value_run(vm, op->native, slots, values, &value, &len) == 0 &&
-        sl_record_derive_json(vm, base, op, value, len, out_slot) == 0)
+        sl_native_value_run(vm, op->native, slots, values, &value, &len, &doc) == 0 &&
+        sl_record_derive_json(vm, base, op, value, len, doc, out_slot) == 0)
         return 0;
     call_t call = {.op = op, .slot = base, .sides = {left, right}};
     int rc = run(vm, &call, join_body);

@@ -608,6 +608,16 @@ int sl_json_tokenize_slow(sl_vm_t *vm, const char *text, int32_t len, int *doc)
     return 0;
 }
 
+int sl_json_add_doc(sl_vm_t *vm, const char *text, const sl_jtok_t *tokens, int count, int *doc)
+{
+    if (grow_tokens(vm, vm->jtok_count + (size_t)count) ||
+        add_doc(vm, text, (int32_t)vm->jtok_count, doc))
+        return -ENOMEM;
+    memcpy(vm->jtoks + vm->jtok_count, tokens, (size_t)count * sizeof *tokens);
+    vm->jtok_count += (size_t)count;
+    return 0;
+}
+
 int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc)
 {
     int rc = sl_json_tokenize_fast(vm, text, len, doc);

@@ -939,80 +939,102 @@ int sl_native_filter_run(sl_vm_t *vm, const sl_native_t *n, int slot, int *keep)
 
 /* ---- writing the table ------------------------------------------------------ */
 
-/* Appends n bytes, quoted or not; -1 if the text would be too long. */
-static int put(char *out, size_t *at, const char *s, size_t n, int quoted)
+/* The text of the table's JSON object and its tokens, as jsontok.c would
+ * make them: the object (its keys counted, next past its last token), then
+ * per field its key (size 1) and its value, strings without their quotes. */
+typedef struct writer {
+    char text[TEXT_MAX];
+    size_t at;
+    sl_jtok_t tokens[1 + 2 * FIELDS_MAX];
+    int count;
+} writer_t;
+
+/* Appends n bytes, quoted or not, as a token of type (size: 1 for a key)
+ * unless type is 0; -1 if the text would be too long. */
+static int put(writer_t *w, const char *s, size_t n, int quoted, uint8_t type, int32_t size)
 {
-    if (*at + n + 2 > TEXT_MAX)
+    if (w->at + n + 2 > TEXT_MAX)
         return -1;
     if (quoted)
-        out[(*at)++] = '"';
-    memcpy(out + *at, s, n);
-    *at += n;
+        w->text[w->at++] = '"';
+    if (type) {
+        w->tokens[w->count] = (sl_jtok_t){.start = (int32_t)w->at,
+                                          .end = (int32_t)(w->at + n),
+                                          .size = size,
+                                          .next = w->count + 1,
+                                          .type = type};
+        w->count++;
+    }
+    memcpy(w->text + w->at, s, n);
+    w->at += n;
     if (quoted)
-        out[(*at)++] = '"';
+        w->text[w->at++] = '"';
     return 0;
 }
 
 /* Appends v as encode.c writes it; -1 where only Lua can. */
-static int put_value(char *out, size_t *at, const nval_t *v)
+static int put_value(writer_t *w, const nval_t *v)
 {
     char text[SL_JSON_NUMBER_TEXT_MAX];
     switch (v->type) {
     case V_NULL:
-        return put(out, at, "null", 4, 0);
+        return put(w, "null", 4, 0, SL_JTOK_NULL, 0);
     case V_TRUE:
-        return put(out, at, "true", 4, 0);
+        return put(w, "true", 4, 0, SL_JTOK_TRUE, 0);
     case V_FALSE:
-        return put(out, at, "false", 5, 0);
+        return put(w, "false", 5, 0, SL_JTOK_FALSE, 0);
     case V_INT:
-        return put(out, at, text, sl_json_number_text(1, v->i, 0, text), 0);
+        return put(w, text, sl_json_number_text(1, v->i, 0, text), 0, SL_JTOK_NUMBER, 0);
     case V_FLT:
         if (!isfinite(v->d))
             return -1; /* Lua raises */
-        return put(out, at, text, sl_json_number_text(0, 0, v->d, text), 0);
+        return put(w, text, sl_json_number_text(0, 0, v->d, text), 0, SL_JTOK_NUMBER, 0);
     case V_STR:
-        return v->plain ? put(out, at, v->s, v->len, 1) : -1;
+        return v->plain ? put(w, v->s, v->len, 1, SL_JTOK_STRING, 0) : -1;
     default:
         return -1;
     }
 }
 
-/* The JSON object of t into out; -1 where only Lua can write it. */
-static int write_table(const table_t *t, char *out, size_t *at)
+/* The JSON object of t into w; -1 where only Lua can write it. */
+static int write_table(const table_t *t, writer_t *w)
 {
     int values = 0;
-    out[(*at)++] = '{';
+    w->tokens[0] = (sl_jtok_t){.size = t->count, .type = SL_JTOK_OBJECT};
+    w->text[0] = '{';
+    w->at = w->count = 1;
     for (int f = 0; f < t->count; f++) {
         const nval_t *name = t->names[f];
         values += !sl_is_record_field(name->s, name->len);
-        if ((f > 0 && put(out, at, ",", 1, 0)) || !name->plain ||
-            put(out, at, name->s, name->len, 1) || put(out, at, ":", 1, 0) ||
-            put_value(out, at, &t->values[f]))
+        if ((f > 0 && put(w, ",", 1, 0, 0, 0)) || !name->plain ||
+            put(w, name->s, name->len, 1, SL_JTOK_STRING, 1) || put(w, ":", 1, 0, 0, 0) ||
+            put_value(w, &t->values[f]))
             return -1;
     }
-    out[(*at)++] = '}';
+    w->text[w->at++] = '}';
+    w->tokens[0].end = (int32_t)w->at;
+    w->tokens[0].next = w->count;
     return values > 0 ? 0 : -1; /* record field names only: a record table */
 }
 
 int sl_native_value_run(sl_vm_t *vm, const sl_native_t *n, const int slots[2], const int values[2],
-                        const uint8_t **value, int32_t *len)
+                        const uint8_t **value, int32_t *len, int *doc)
 {
     run_t x;
+    writer_t w;
     nval_t args[2] = {{0}}, result;
-    char out[TEXT_MAX];
-    size_t at = 0;
     for (int p = 0; p < n->params && p < 2; p++)
         if (slots[p] >= 0) {
             args[p].type = values[p] ? V_VALUE : V_RECORD;
             args[p].slot = slots[p];
         }
-    if (run(&x, vm, n, args, &result) || result.type != V_TABLE || write_table(&x.table, out, &at))
+    if (run(&x, vm, n, args, &result) || result.type != V_TABLE || write_table(&x.table, &w))
         return GIVE_UP;
-    uint8_t *copy = sl_arena_copy(&vm->arena, out, at);
-    if (!copy)
+    uint8_t *copy = sl_arena_copy(&vm->arena, w.text, w.at);
+    if (!copy || sl_json_add_doc(vm, (const char *)copy, w.tokens, w.count, doc))
         return GIVE_UP;
     *value = copy;
-    *len = (int32_t)at;
+    *len = (int32_t)w.at;
     return 0;
 }
 

@@ -567,11 +567,9 @@ int sl_record_derive_keyed(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
 }
 
 int sl_record_derive_json(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
-                          const uint8_t *value, int32_t len, int *slot)
+                          const uint8_t *value, int32_t len, int doc, int *slot)
 {
-    int doc;
-    int rc = sl_json_tokenize(vm, (const char *)value, len, &doc);
-    int made = rc ? rc : add_slot(vm, producer);
+    int made = add_slot(vm, producer);
     if (made < 0)
         return made;
     sl_slot_t *m = &vm->slots[made];

@@ -189,6 +189,10 @@ size_t sl_json_number_text(int is_integer, int64_t integer, double d, char *text
  * SL_EINVALID with "what at byte N" in sl_error_detail(); -ENOMEM. */
 int sl_json_tokenize(sl_vm_t *vm, const char *text, int32_t len, int *doc);
 
+/* jsontok.c: a new document *doc of text whose tokens the caller made, as
+ * sl_json_tokenize would make them (copied); 0 or -ENOMEM. */
+int sl_json_add_doc(sl_vm_t *vm, const char *text, const sl_jtok_t *tokens, int count, int *doc);
+
 /* The two ways sl_json_tokenize takes, apart (for tests): the fast one
  * returns 0 (a document), 1 (the text is not proven valid, nothing made)
  * or -ENOMEM; the slow one answers as sl_json_tokenize does. Both make the
@@ -203,24 +207,25 @@ int sl_json_tokenize_slow(sl_vm_t *vm, const char *text, int32_t len, int *doc);
  * filter_run answers a filter for slot into *keep; value_run runs a map
  * (slots {slot, -1}) or join function (the sides' slots, -1 for nil;
  * values[p]: parameter p is the slot's r.value, not the record) and writes
- * the JSON object of the table it returns into the batch arena. Both
+ * the JSON object of the table it returns into the batch arena, with its
+ * tokens as the document *doc. Both
  * return 0, or 1 where only Lua gives the answer (the caller runs the
  * function: nothing was changed). */
 sl_native_t *sl_native_compile(lua_State *L, int idx, int params);
 void sl_native_free(sl_native_t *n);
 int sl_native_filter_run(sl_vm_t *vm, const sl_native_t *n, int slot, int *keep);
 int sl_native_value_run(sl_vm_t *vm, const sl_native_t *n, const int slots[2], const int values[2],
-                        const uint8_t **value, int32_t *len);
+                        const uint8_t **value, int32_t *len, int *doc);
 
 /* lazy.c: the number of a checked number token (as Lua reads it: an
  * integer when integral and in range); 0, or -ENOMEM. */
 int sl_token_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out);
 
 /* record.c: a new LOADED slot like input_slot but for its JSON value
- * (value, len: in the batch arena), made by producer, tokenized; 0, or
- * -ENOMEM or SL_EINVALID with nothing made. */
+ * (value, len: in the batch arena; doc: its tokens), made by producer; 0,
+ * or -ENOMEM with nothing made. */
 int sl_record_derive_json(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
-                          const uint8_t *value, int32_t len, int *slot);
+                          const uint8_t *value, int32_t len, int doc, int *slot);
 
 /* record.c: a new LOADED slot like input_slot (LOADED, no table built) but
  * keyed key (key_len bytes that live as long as the batch), made by

@@ -52,40 +52,44 @@
 #define SCRIPT_MAX    (32 << 10)
 #define LUA_RUNS      "local _ = next "
 
-/* Filters: `return <condition>`. */
+/* Filters: the function's body. */
 static const char *const filters[] = {
-    "r.value.n > 1 and r.value.kind == 'click'",
-    "r.value.kind == 'a' or r.value.kind == 'click' or r.value.n == 0",
-    "not r.value.flag",
-    "r.value.flag == nil or r.value.user ~= nil",
-    "r.value.n // 10 == 1 or r.value.n // r.value.m == -3",
-    "r.value.m % 2 == 1 or r.value.n % -2 == -0.5 or r.value.n % r.value.m > 0",
-    "r.value.n / 4 > 2.5 or r.value.n / r.value.m <= -1",
-    "r.value.n * 2 + 1 >= 21 and r.value.n - r.value.m ~= 7",
-    "-r.value.n < 0 or -r.value.price == 0",
-    "r.value.n ^ 2 > 50 or r.value.m ^ 0.5 < 3",
-    "r.value.n == r.value.m or r.value.n ~= r.value.price",
-    "r.value.n < r.value.m or r.value.price <= r.value.n",
-    "r.value.kind < 'm' or r.value.user >= r.value.kind",
-    "r.value.kind == r.value.other or r.value.user == r.value.kind",
-    "r.value.nested ~= nil and r.value.nested.x == 1",
-    "r.value.nested and r.value.nested.y.z == 'deep'",
-    "#r.value.kind == 5 or #r.value.user > 3",
-    "(r.value.n or 0) > 3 and (r.value.m or r.value.price) ~= nil",
-    "r.ts > 500 and r.key == 'k' and r.partition == 2 and r.offset == 17",
-    "r.value.n == 9007199254740993 or r.value.price == 1e300 or r.value.m == -0.0",
-    "r.value.n + 1 > r.value.n and r.value.n - r.value.n == 0",
-    "r.value",
-    "r.value.n >= -3 and r.value.n <= 200 and r.value.m > -1.5 and r.value.m < 1e15",
-    "r.value.n * 3 == r.value.n + r.value.n + r.value.n",
-    "r.value.price // 0.5 == 3 or r.value.price % 0 ~= r.value.price",
-    "r.value.n // 0 == 1 or r.value.n % 0 == 1",
-    "r.value.user == 'ann' and not (r.value.price > 10)",
-    "#r.key + r.ts - r.offset * 2 == 967 or r.key == r.value.user",
-    "r.value.nested.x == r.value.n",
-    "r.headers ~= nil and r.topic == 'clicks'",
-    "r.value.n == 3 or r.value.n == 3.0 or r.value.n == 1e20 or r.value.n == 'x'",
-    "r.value.n > 127 or r.value.n < -128 or r.value.n >= 65536.5",
+    "return r.value.n > 1 and r.value.kind == 'click'",
+    "return r.value.kind == 'a' or r.value.kind == 'click' or r.value.n == 0",
+    "return not r.value.flag",
+    "return r.value.flag == nil or r.value.user ~= nil",
+    "return r.value.n // 10 == 1 or r.value.n // r.value.m == -3",
+    "return r.value.m % 2 == 1 or r.value.n % -2 == -0.5 or r.value.n % r.value.m > 0",
+    "return r.value.n / 4 > 2.5 or r.value.n / r.value.m <= -1",
+    "return r.value.n * 2 + 1 >= 21 and r.value.n - r.value.m ~= 7",
+    "return -r.value.n < 0 or -r.value.price == 0",
+    "return r.value.n ^ 2 > 50 or r.value.m ^ 0.5 < 3",
+    "return r.value.n == r.value.m or r.value.n ~= r.value.price",
+    "return r.value.n < r.value.m or r.value.price <= r.value.n",
+    "return r.value.kind < 'm' or r.value.user >= r.value.kind",
+    "return r.value.kind == r.value.other or r.value.user == r.value.kind",
+    "return r.value.nested ~= nil and r.value.nested.x == 1",
+    "return r.value.nested and r.value.nested.y.z == 'deep'",
+    "return #r.value.kind == 5 or #r.value.user > 3",
+    "return (r.value.n or 0) > 3 and (r.value.m or r.value.price) ~= nil",
+    "return r.ts > 500 and r.key == 'k' and r.partition == 2 and r.offset == 17",
+    "return r.value.n == 9007199254740993 or r.value.price == 1e300 or r.value.m == -0.0",
+    "return r.value.n + 1 > r.value.n and r.value.n - r.value.n == 0",
+    "return r.value",
+    "return r.value.n >= -3 and r.value.n <= 200 and r.value.m > -1.5 and r.value.m < 1e15",
+    "return r.value.n * 3 == r.value.n + r.value.n + r.value.n",
+    "return r.value.price // 0.5 == 3 or r.value.price % 0 ~= r.value.price",
+    "return r.value.n // 0 == 1 or r.value.n % 0 == 1",
+    "return r.value.user == 'ann' and not (r.value.price > 10)",
+    "return #r.key + r.ts - r.offset * 2 == 967 or r.key == r.value.user",
+    "return r.value.nested.x == r.value.n",
+    "return r.headers ~= nil and r.topic == 'clicks'",
+    "return r.value.n == 3 or r.value.n == 3.0 or r.value.n == 1e20 or r.value.n == 'x'",
+    "return r.value.n > 127 or r.value.n < -128 or r.value.n >= 65536.5",
+    "return r.value.n, r.value.m",
+    "if r.value.flag then return true end",
+    "if r.value.n == nil then return false end local n = r.value.n local m = n return m > 2",
+    "local x, y if r.value.kind then x = r.value.kind else y = r.value.n end return x or y",
 };
 
 /* Maps: the function's body. */
@@ -111,6 +115,8 @@ static const char *const maps[] = {
     "return {a = 1, b = 2, c = 3, d = 4, e = 5, f = 6, g = 7, h = 8, i = 9, j = 10, k = 11,\n"
     "        l = 12, m = 13, n = 14, o = 15, p = r.value.n, q = r.value.user}",
     "return {t = true, f = false, z = 0, m = -0.0, h = 0.1, big = 1e300, none = r.value.n == nil}",
+    "local t = {a = r.value.n} local u = {b = 1} return t",
+    "local u, k = r.value.user, r.value.kind return {u = u, k = k, uk = u == k, v = u ~= nil}",
 };
 
 /* Key functions: the native op's argument of :key_by(), by function or
@@ -130,6 +136,7 @@ static const char *const table_joins[] = {
     "return {name = b.user, n = b.n, id = a.value.n, ts = a.ts, k = a.key}",
     "if b == nil then return {alone = a.value.n} end\n"
     "return {n = a.value.n + b.m, s = b.user, same = b.kind == a.value.kind}",
+    "return {x = b and b.n or a.value.n, y = not b}",
 };
 static const char *const stream_joins[] = {
     "return {x = a.value.user, y = b and b.value.user, d = b and b.ts - a.ts,\n"
@@ -194,8 +201,8 @@ static void script_write(script_t *s)
                               "local s = require('sluice')\nlocal c = s.stream('in')\n"
                               "local t = s.table('people')\nlocal v = s.stream('views')\n");
     for (size_t i = 0; i < COUNT(filters); i++) {
-        script_put(s, "c:filter(function(r) return ", filters[i], " end)");
-        script_put(s, "c:filter(function(r) " LUA_RUNS "return ", filters[i], " end)");
+        script_put(s, "c:filter(function(r) ", filters[i], " end)");
+        script_put(s, "c:filter(function(r) " LUA_RUNS, filters[i], " end)");
     }
     for (size_t i = 0; i < COUNT(maps); i++) {
         script_put(s, "c:map(function(r) ", maps[i], " end)");

@@ -808,6 +808,26 @@ static void members_of(sl_vm_t *vm, const uint8_t *text, int32_t len, char *out,
         snprintf(out + strlen(out), size - strlen(out), "%s\n", lines[i]);
 }
 
+/* A slot holding tokens it did not get from the tokenizer (a native map's
+ * or join's output) holds what the tokenizer makes of its value. */
+static void expect_tokens_as_tokenized(sl_vm_t *vm, int slot)
+{
+    const sl_slot_t *s = &vm->slots[slot];
+    int doc = -1;
+    if (s->doc < 0)
+        return;
+    size_t before = vm->jtok_count;
+    assert_int_equal(sl_json_tokenize(vm, (const char *)s->record.value, s->record.value_len, &doc),
+                     0);
+    const sl_jtok_t *a = vm->jtoks + vm->docs[s->doc].first, *b = vm->jtoks + vm->docs[doc].first;
+    assert_int_equal(a[0].next, (int32_t)(vm->jtok_count - before));
+    for (int32_t i = 0; i < a[0].next; i++)
+        if (a[i].start != b[i].start || a[i].end != b[i].end || a[i].size != b[i].size ||
+            a[i].next != b[i].next || a[i].type != b[i].type || a[i].escaped != b[i].escaped)
+            fail_msg("token %d of %.*s differs", (int)i, (int)s->record.value_len,
+                     (const char *)s->record.value);
+}
+
 /* The outputs of the same function run natively (rc_a, slot a) and in
  * Lua (rc_b, slot b) agree: both failed, or the same members, headers,
  * timestamp and key. */
@@ -822,6 +842,7 @@ static void expect_same_output(sl_vm_t *vm, const char *what, int rc_a, int a, i
         fail_msg("%s: %d natively, %d in Lua (%s)", what, rc_a, rc_b, sl_error_detail());
     if (rc_a)
         return;
+    expect_tokens_as_tokenized(vm, a);
     char members_a[2048], members_b[2048];
     members_of(vm, ra.value, ra.value_len, members_a, sizeof members_a);
     members_of(vm, rb.value, rb.value_len, members_b, sizeof members_b);
