@@ -595,7 +595,8 @@ int sl_lazy_find_member(const sl_vm_t *vm, int doc, int object, const char *name
         const sl_jtok_t *key = &base[child];
         if (key->escaped)
             return -2; /* compared after unescaping, in Lua */
-        if ((size_t)(key->end - key->start) == len && memcmp(text + key->start, name, len) == 0)
+        if ((size_t)(key->end - key->start) == len && (len == 0 || text[key->start] == name[0]) &&
+            memcmp(text + key->start, name, len) == 0)
             found = child + 1;
         child = base[child + 1].next;
     }

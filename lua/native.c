@@ -949,22 +949,20 @@ typedef struct writer {
     int count;
 } writer_t;
 
-/* Appends n bytes, quoted or not, as a token of type (size: 1 for a key)
- * unless type is 0; -1 if the text would be too long. */
+/* Appends n bytes, quoted or not, as a token of type (size: 1 for a key);
+ * -1 if the text and two more bytes would not fit. */
 static int put(writer_t *w, const char *s, size_t n, int quoted, uint8_t type, int32_t size)
 {
     if (w->at + n + 2 > TEXT_MAX)
         return -1;
     if (quoted)
         w->text[w->at++] = '"';
-    if (type) {
-        w->tokens[w->count] = (sl_jtok_t){.start = (int32_t)w->at,
-                                          .end = (int32_t)(w->at + n),
-                                          .size = size,
-                                          .next = w->count + 1,
-                                          .type = type};
-        w->count++;
-    }
+    w->tokens[w->count] = (sl_jtok_t){.start = (int32_t)w->at,
+                                      .end = (int32_t)(w->at + n),
+                                      .size = size,
+                                      .next = w->count + 1,
+                                      .type = type};
+    w->count++;
     memcpy(w->text + w->at, s, n);
     w->at += n;
     if (quoted)
@@ -1006,9 +1004,12 @@ static int write_table(const table_t *t, writer_t *w)
     for (int f = 0; f < t->count; f++) {
         const nval_t *name = t->names[f];
         values += !sl_is_record_field(name->s, name->len);
-        if ((f > 0 && put(w, ",", 1, 0, 0, 0)) || !name->plain ||
-            put(w, name->s, name->len, 1, SL_JTOK_STRING, 1) || put(w, ":", 1, 0, 0, 0) ||
-            put_value(w, &t->values[f]))
+        if (f > 0)
+            w->text[w->at++] = ','; /* each put leaves room for two bytes */
+        if (!name->plain || put(w, name->s, name->len, 1, SL_JTOK_STRING, 1))
+            return -1;
+        w->text[w->at++] = ':';
+        if (put_value(w, &t->values[f]))
             return -1;
     }
     w->text[w->at++] = '}';

@@ -105,15 +105,15 @@ static const char *const maps[] = {
     "local t = {} t.a = 1 t.b = r.value.kind t.a = nil t.c = r.value.n t.a = 3 return t",
     "return {obj = r.value.nested, y = r.value.nested.y}",
     "return {s = 'a\"b', n = r.value.n, e = ''}",
-    "return {d = r.value.n / r.value.m, e = r.value.n % r.value.m, neg = -r.value.price,\n"
-    "        p = r.value.m ^ 2, q = r.value.n // r.value.m, u = -r.value.n}",
+    ("return {d = r.value.n / r.value.m, e = r.value.n % r.value.m, neg = -r.value.price,\n"
+     "        p = r.value.m ^ 2, q = r.value.n // r.value.m, u = -r.value.n}"),
     "return {}",
     "return {both = r.value.user and r.value.kind or 'none', len = #r.value.kind}",
     "return {key = r.value.user, ts = r.value.n}",
     "return {value = r.value, partition = r.partition, offset = r.offset}",
     "return r.value.n",
-    "return {a = 1, b = 2, c = 3, d = 4, e = 5, f = 6, g = 7, h = 8, i = 9, j = 10, k = 11,\n"
-    "        l = 12, m = 13, n = 14, o = 15, p = r.value.n, q = r.value.user}",
+    ("return {a = 1, b = 2, c = 3, d = 4, e = 5, f = 6, g = 7, h = 8, i = 9, j = 10, k = 11,\n"
+     "        l = 12, m = 13, n = 14, o = 15, p = r.value.n, q = r.value.user}"),
     "return {t = true, f = false, z = 0, m = -0.0, h = 0.1, big = 1e300, none = r.value.n == nil}",
     "local t = {a = r.value.n} local u = {b = 1} return t",
     "local u, k = r.value.user, r.value.kind return {u = u, k = k, uk = u == k, v = u ~= nil}",
@@ -131,18 +131,18 @@ static const struct {
 };
 
 /* Join functions of (a, b): stream-table (b: the table's value) and
- * stream-stream (b: the other record), both left joins. */
+ * stream-stream (b: the other record; a left, an outer join). */
 static const char *const table_joins[] = {
     "return {name = b.user, n = b.n, id = a.value.n, ts = a.ts, k = a.key}",
-    "if b == nil then return {alone = a.value.n} end\n"
-    "return {n = a.value.n + b.m, s = b.user, same = b.kind == a.value.kind}",
+    ("if b == nil then return {alone = a.value.n} end\n"
+     "return {n = a.value.n + b.m, s = b.user, same = b.kind == a.value.kind}"),
     "return {x = b and b.n or a.value.n, y = not b}",
 };
 static const char *const stream_joins[] = {
-    "return {x = a.value.user, y = b and b.value.user, d = b and b.ts - a.ts,\n"
-    "        p = b and b.partition}",
-    "if a == nil then return {only = b.value.n} end\n"
-    "return {sum = a.value.n + (b and b.value.m or 0), k = b and b.key}",
+    ("return {x = a.value.user, y = b and b.value.user, d = b and b.ts - a.ts,\n"
+     "        p = b and b.partition}"),
+    ("if a == nil then return {only = b.value.n} end\n"
+     "return {sum = a.value.n + (b and b.value.m or 0), k = b and b.key}"),
 };
 
 #define COUNT(a) (sizeof(a) / sizeof *(a))
@@ -426,6 +426,27 @@ static int same_headers(const sl_record_t *a, const sl_record_t *b)
     return 1;
 }
 
+/* A record made with its tokens (a document: what later ops read without
+ * Lua) has the tokens sl_json_tokenize makes of its bytes. */
+static void expect_own_tokens(const char *kind, const char *body, int slot)
+{
+    const sl_slot_t *s = &vm->slots[slot];
+    int doc = s->doc, again = -1;
+    if (s->kind != SL_SLOT_LOADED || doc < 0)
+        return;
+    if (sl_json_tokenize(vm, (const char *)s->record.value, s->record.value_len, &again) != 0)
+        disagree(kind, body, "its output %.*s is not valid JSON", (int)s->record.value_len,
+                 s->record.value);
+    const sl_jtok_t *made = vm->jtoks + vm->docs[doc].first;
+    const sl_jtok_t *want = vm->jtoks + vm->docs[again].first;
+    for (int32_t i = 0; i < want[0].next; i++)
+        if (made[i].start != want[i].start || made[i].end != want[i].end ||
+            made[i].size != want[i].size || made[i].next != want[i].next ||
+            made[i].type != want[i].type || made[i].escaped != want[i].escaped)
+            disagree(kind, body, "token %d of its output %.*s is not the tokenizer's", (int)i,
+                     (int)s->record.value_len, s->record.value);
+}
+
 /* The records two ops made (rc_a: native, slot a; rc_b: Lua, slot b) are
  * the same: both failed, or the same members, key, ts and headers. */
 static void expect_same_output(const char *kind, const char *body, int rc_a, int a, int rc_b, int b)
@@ -438,6 +459,7 @@ static void expect_same_output(const char *kind, const char *body, int rc_a, int
         disagree(kind, body, "return code %d natively, %d in Lua", rc_a, rc_b);
     if (rc_a)
         return;
+    expect_own_tokens(kind, body, a);
     value_text(&ra, &ta);
     value_text(&rb, &tb);
     if (by_text(&ta, &tb) != 0)
