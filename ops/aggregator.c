@@ -404,6 +404,22 @@ static int member_input(sl_vm_t *vm, const sl_op_t *op, const sl_agg_spec_t *m, 
     return 0;
 }
 
+/* An earlier member that reads the same field as member i (sum and avg of
+ * one field: read once), or -1. */
+static int read_before(const sl_op_t *op, int i)
+{
+    const sl_agg_spec_t *m = &op->aggs[i];
+    if (!m->field || m->kind == SL_OP_AGG_COUNT || m->kind == SL_OP_AGG_REDUCE)
+        return -1;
+    for (int j = 0; j < i; j++) {
+        const sl_agg_spec_t *e = &op->aggs[j];
+        if (e->field && e->kind != SL_OP_AGG_COUNT && e->kind != SL_OP_AGG_REDUCE &&
+            strcmp(e->field, m->field) == 0)
+            return j;
+    }
+    return -1;
+}
+
 /* Reduce members: one step of each reducer with this window's acc. */
 static int run_reducers(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot)
 {
@@ -565,9 +581,13 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
                             "aggregate (%s): the record has no key (aggregates are per key: "
                             "key_by first)",
                             op->where);
-    for (int i = 0; i < op->agg_count; i++)
-        if ((rc = member_input(vm, op, &op->aggs[i], slot, &a->inputs[i])))
+    for (int i = 0; i < op->agg_count; i++) {
+        int same = read_before(op, i);
+        if (same >= 0)
+            a->inputs[i] = a->inputs[same];
+        else if ((rc = member_input(vm, op, &op->aggs[i], slot, &a->inputs[i])))
             return rc;
+    }
     sl_watermark_observe(&a->wm, meta.timestamp);
     if (!a->windowed)
         return update(a, op, vm, slot, &meta, 0);

@@ -15,7 +15,7 @@
 typedef struct collected {
     int exit_op[64];
     char key[64][32];
-    char value[64][96];
+    char value[64][160];
     int64_t ts[64];
     int count;
     int failures;
@@ -30,7 +30,8 @@ static int collect(void *arg, const sl_op_t *exit, const sl_record_t *rec)
     c->exit_op[c->count] = exit->id;
     snprintf(c->key[c->count], 32, "%.*s", rec->key_len > 0 ? rec->key_len : 0,
              rec->key_len > 0 ? (const char *)rec->key : "");
-    snprintf(c->value[c->count], 96, "%.*s", rec->value_len > 0 ? rec->value_len : 0,
+    snprintf(c->value[c->count], sizeof c->value[0], "%.*s",
+             rec->value_len > 0 ? rec->value_len : 0,
              rec->value_len > 0 ? (const char *)rec->value : "");
     c->ts[c->count++] = rec->timestamp;
     return 0;
@@ -527,6 +528,35 @@ static void test_a_window_dropped_from_the_cache_is_read_from_the_store(void **s
     release(&f);
 }
 
+/* Members reading fields: each gets its own field, and several members of
+ * one field (read once) all see it. */
+static void test_aggregate_members_read_their_own_fields(void **state)
+{
+    (void)state;
+    fixture_t f =
+        compile("local s = require('sluice')\n"
+                "s.stream('in'):window(s.tumbling('10s'))\n"
+                "  :aggregate{n = s.count(), a = s.sum('x'), b = s.max('y'),\n"
+                "             c = s.avg('x'), d = s.min('y'), e = s.last('x')}:to('out')\n");
+    stateful_t st;
+    stateful_open(&f, &st);
+    collected_t c = {0};
+    sl_exec_output_t out = {collect, on_failure, &c};
+    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_record_t recs[2] = {tu_record("k", "{\"x\":1,\"y\":10}", 1000),
+                           tu_record("k", "{\"x\":3,\"y\":-5}", 2000)};
+    assert_int_equal(sl_exec_batch(f.exec, 0, &origin, recs, 2, &out, NULL), 0);
+    sl_exec_reset(f.exec);
+    assert_int_equal(sl_exec_task_flush(f.exec, st.task, &out), 0);
+    assert_int_equal(c.failures, 0);
+    assert_int_equal(c.count, 1);
+    assert_string_equal(c.value[0], "{\"key\":\"k\",\"window_start\":0,\"window_end\":10000,"
+                                    "\"values\":{\"a\":4,\"b\":10,\"c\":2,\"d\":-5,\"e\":3,"
+                                    "\"n\":2}}");
+    stateful_close(&f, &st);
+    release(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -543,6 +573,7 @@ int main(void)
         cmocka_unit_test(test_a_join_flushes_before_the_aggregate_it_feeds),
         cmocka_unit_test(test_updated_windows_come_out_once_per_flush),
         cmocka_unit_test(test_a_window_dropped_from_the_cache_is_read_from_the_store),
+        cmocka_unit_test(test_aggregate_members_read_their_own_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
