@@ -950,10 +950,11 @@ typedef struct writer {
 } writer_t;
 
 /* Appends n bytes, quoted or not, as a token of type (size: 1 for a key);
- * -1 if the text and two more bytes would not fit. */
+ * -1 unless the text, its quotes and two more bytes (a separator, the
+ * closing brace) fit. */
 static int put(writer_t *w, const char *s, size_t n, int quoted, uint8_t type, int32_t size)
 {
-    if (w->at + n + 2 > TEXT_MAX)
+    if (w->at + n + 4 > TEXT_MAX)
         return -1;
     if (quoted)
         w->text[w->at++] = '"';

@@ -1027,6 +1027,33 @@ static void test_straight_line_maps_write_what_lua_writes(void **state)
     assert_true(answered * 4 > total); /* the rest: errors, escapes, not objects */
 }
 
+/* Outputs about as long as the native writer takes (1 KiB) are written
+ * whole, by it or by Lua, never past its buffer (ASan watches). */
+static void test_native_outputs_at_the_length_limit(void **state)
+{
+    fixture_t *f = *state;
+    const char *source =
+        HEADER "s.stream('in'):map(function(r) return {s = r.value.s} end)\n"
+               "  :map(function(r) " LUA_RUNS "return {s = r.value.s} end):to('out')\n";
+    sl_dag_t *dag = NULL;
+    if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
+        fail_msg("%s", sl_error_detail());
+    const sl_op_t *ops[2];
+    assert_int_equal(ops_of_kind(dag, SL_OP_MAP, ops, 2), 2);
+    for (int n = 1000; n < 1030; n++) {
+        char value[1100], what[64];
+        snprintf(value, sizeof value, "{\"s\":\"%0*d\"}", n, 7);
+        snprintf(what, sizeof what, "a string of %d bytes", n);
+        sl_vm_batch_reset(f->vm);
+        int a = load(state, "k", value, 1), b = load(state, "k", value, 1);
+        int out_a = -1, out_b = -1;
+        int rc_a = sl_vm_call_map(f->vm, ops[0], a, &out_a);
+        int rc_b = sl_vm_call_map(f->vm, ops[1], b, &out_b);
+        expect_same_output(f->vm, what, rc_a, out_a, rc_b, out_b);
+    }
+    sl_dag_free(dag);
+}
+
 /* Join functions of the straight-line kind, stream-table (the table side
  * is a value) and stream-stream (both records), write what their twins
  * that Lua runs write, for every pair of the records above and for a
@@ -1837,6 +1864,7 @@ int main(void)
         T(test_straight_line_filters_answer_as_lua_does),
         T(test_straight_line_maps_write_what_lua_writes),
         T(test_straight_line_join_functions_write_what_lua_writes),
+        T(test_native_outputs_at_the_length_limit),
         T(test_a_filter_sees_what_an_earlier_op_changed),
         T(test_a_key_function_sees_what_an_earlier_op_changed),
         T(test_map_value_keeps_key_ts_and_headers),
