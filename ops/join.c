@@ -28,6 +28,12 @@
  * deleted; then every buffer entry older than stream time - within -
  * grace is expired (none can join a record still accepted). A restarted
  * task rebuilds the closer from the store.
+ *
+ * Lookups skip LMDB where the cache holds all there is, as the aggregator's
+ * do: no entry the store holds starts after stored_through (the newest at
+ * start, then the largest event time of each commit: an entry starts at
+ * its record's time); every one starting after cached_through is in the
+ * cache too (it got there through the cache, not emptied since).
  */
 #include "ops/ops_internal.h"
 #include "ops/window.h"
@@ -61,6 +67,8 @@ struct sl_join {
     sl_window_closer_t *closer; /* STREAM_STREAM with unmatched owed */
     uint64_t late;
     int full;
+    int64_t stored_through, flushed_seen, cached_through; /* INT64_MIN: none */
+    uint64_t clears_seen;
     int32_t partition;
     int partitions;
     sl_buf_t found; /* matches collected from the other side */
@@ -107,7 +115,28 @@ int sl_join_full(const sl_join_t *j)
 void sl_join_committed(sl_join_t *j)
 {
     sl_cache_committed(j->cache);
+    if (j->flushed_seen > j->stored_through)
+        j->stored_through = j->flushed_seen;
     j->full = 0;
+}
+
+/* Does the cache hold every buffer entry starting at or after from? */
+static int cached_from(sl_join_t *j, int64_t from)
+{
+    if (sl_cache_clears(j->cache) != j->clears_seen) { /* emptied: some are only stored */
+        j->clears_seen = sl_cache_clears(j->cache);
+        j->cached_through = j->stored_through;
+    }
+    return from > j->cached_through;
+}
+
+/* A buffer entry (store key k, time t), from the cache alone when that
+ * holds all there is. */
+static int window_get(sl_join_t *j, size_t key_len, int64_t t, const void **value, size_t *len)
+{
+    if (cached_from(j, t))
+        return sl_cache_window_get_cached(j->cache, j->key, key_len, t, value, len);
+    return sl_cache_window_get(j->cache, j->key, key_len, t, value, len);
 }
 
 void sl_join_set_json(sl_join_t *j, int json, int left_json, int right_json)
@@ -187,7 +216,15 @@ int sl_join_new(const sl_op_t *op, sl_store_t *store, int64_t stream_time, int32
     j->partitions = partitions;
     sl_watermark_init(&j->wm, op->window_grace);
     sl_watermark_restore(&j->wm, stream_time);
-    int rc = sl_cache_new(store, 0, &j->cache);
+    j->stored_through = j->flushed_seen = INT64_MIN;
+    int rc = sl_store_kind(store) == SL_STORE_WINDOW
+                 ? sl_store_newest_window(store, &j->stored_through)
+                 : 0;
+    if (rc == SL_ENOTFOUND)
+        rc = 0;
+    j->cached_through = j->stored_through;
+    if (rc == 0)
+        rc = sl_cache_new(store, 0, &j->cache);
     if (rc == 0)
         sl_cache_set_owner(j->cache, owns, j);
     if (rc == 0 && op->kind == SL_OP_JOIN && op->join_kind == SL_JOIN_STREAM_STREAM &&
@@ -384,8 +421,7 @@ static int collect_chunks(sl_join_t *j, int side, const sl_record_t *meta, size_
             const void *value;
             size_t value_len, key_len = 0;
             int rc = buffer_key(j, side, meta->key, meta->key_len, n, &key_len);
-            int found =
-                rc ? rc : sl_cache_window_get(j->cache, j->key, key_len, t, &value, &value_len);
+            int found = rc ? rc : window_get(j, key_len, t, &value, &value_len);
             if (found < 0)
                 return found;
             if (found && (rc = found_add(j, t, n, value, value_len)))
@@ -509,7 +545,7 @@ static int buffer_record(sl_join_t *j, int side, const sl_record_t *meta, const 
     int64_t t = meta->timestamp;
     size_t item = ITEM_HEADER + (rec->value_len > 0 ? (size_t)rec->value_len : 0);
     int rc = buffer_key(j, side, meta->key, meta->key_len, 0, &key_len);
-    int found = rc ? rc : sl_cache_window_get(j->cache, j->key, key_len, t, &base, &len);
+    int found = rc ? rc : window_get(j, key_len, t, &base, &len);
     if (found < 0)
         return found;
     if (found && len < ENTRY_HEADER)
@@ -532,7 +568,7 @@ static int buffer_record(sl_join_t *j, int side, const sl_record_t *meta, const 
         int has = 0;
         if (chunks > 0 &&
             ((rc = buffer_key(j, side, meta->key, meta->key_len, chunks, &chunk_key)) ||
-             (has = sl_cache_window_get(j->cache, j->key, chunk_key, t, &last, &last_len)) < 0))
+             (has = window_get(j, chunk_key, t, &last, &last_len)) < 0))
             return rc ? rc : has;
         if (!has || last_len + item > ENTRY_BYTES_MAX) { /* the base counts one chunk more */
             sl_put_be32(j->value.data, ++chunks);
@@ -582,8 +618,10 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
     if ((rc = buffer_key(j, !side, meta.key, meta.key_len, 0, &key_len)))
         return rc;
     j->found.len = 0;
-    rc = sl_cache_windows(j->cache, j->key, key_len, t - op->join_within, t + op->join_within,
-                          collect, j);
+    int64_t from = t - op->join_within, to = t + op->join_within;
+    rc = cached_from(j, from)
+             ? sl_cache_windows_cached(j->cache, j->key, key_len, from, to, collect, j)
+             : sl_cache_windows(j->cache, j->key, key_len, from, to, collect, j);
     if (rc == 0)
         rc = collect_chunks(j, !side, &meta, j->found.len);
     if (rc == 0)
@@ -660,6 +698,7 @@ int sl_join_flush(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const sl_exec_output_
     const sl_op_t *op = j->run = &sl_exec_dag(x)->ops[j->op->id];
     sl_window_closed_t closed;
     int rc = 0;
+    j->flushed_seen = j->wm.seen; /* what this flush writes starts no later */
     if (op->kind != SL_OP_JOIN || op->join_kind != SL_JOIN_STREAM_STREAM ||
         j->wm.stream_time == SL_WATERMARK_NONE)
         return 0;

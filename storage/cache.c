@@ -633,6 +633,18 @@ int sl_cache_windows(sl_cache_t *c, const void *key, size_t key_len, int64_t fro
     return rc ? rc : emit_cached(&m, INT64_MAX, 1);
 }
 
+int sl_cache_windows_cached(sl_cache_t *c, const void *key, size_t key_len, int64_t from,
+                            int64_t to, sl_window_fn fn, void *arg)
+{
+    merge_t m = {.c = c, .fn = fn, .arg = arg};
+    uint8_t k[SL_STORE_KEY_MAX];
+    size_t len;
+    int rc = window_key(c, key, key_len, from, k, &len);
+    if (rc || from > to || (rc = collect_windows(c, key, key_len, from, to, &m.n)))
+        return rc;
+    return emit_cached(&m, INT64_MAX, 1);
+}
+
 /* ---- expiry ------------------------------------------------------------ */
 
 typedef struct expiry {

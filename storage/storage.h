@@ -1008,6 +1008,12 @@ int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, i
 int sl_cache_windows(sl_cache_t *c, const void *key, size_t key_len, int64_t from, int64_t to,
                      sl_window_fn fn, void *arg);
 
+/* As sl_cache_windows() without looking in LMDB: for a range the caller
+ * knows holds no window that was committed without staying in the cache
+ * (see sl_cache_clears()). */
+int sl_cache_windows_cached(sl_cache_t *c, const void *key, size_t key_len, int64_t from,
+                            int64_t to, sl_window_fn fn, void *arg);
+
 /*
  * Deletes, as ordinary cached deletes (so the next commit writes them and
  * their changelog tombstones), every window starting before cutoff: those
