@@ -419,6 +419,7 @@ typedef struct walk {
     int32_t count;
     int made; /* tokens */
     int depth;
+    int backslashes;     /* the text has a backslash: strings may have escapes */
     int open[MAX_DEPTH]; /* the token of each open container */
 } walk_t;
 
@@ -449,6 +450,8 @@ static int walk_string(walk_t *w, int32_t i)
     if (end <= quote || w->c.text[end] != '"')
         return -1;
     *t = (sl_jtok_t){.start = quote + 1, .end = end, .next = ++w->made, .type = SL_JTOK_STRING};
+    if (!w->backslashes)
+        return 0;
     const char *slash = memchr(w->c.text + quote + 1, '\\', (size_t)(end - quote - 1));
     return slash ? check_string(&w->c, (int32_t)(slash - w->c.text), end, t) : 0;
 }
@@ -565,6 +568,7 @@ int sl_json_tokenize_fast(sl_vm_t *vm, const char *text, int32_t len, int *doc)
     w.c.out = vm->jtoks + vm->jtok_count;
     w.made = 0;
     w.depth = 0;
+    w.backslashes = memchr(text, '\\', (size_t)len) != NULL; /* most texts: none */
     if (walk(&w))
         return 1;
     if (add_doc(vm, text, (int32_t)vm->jtok_count, doc))
