@@ -708,7 +708,7 @@ static int64_t integer_mod(int64_t m, int64_t n)
 static double float_mod(double a, double b)
 {
     double m = fmod(a, b);
-    return ((m > 0) ? b < 0 : (m < 0 && b != m)) ? m + b : m;
+    return ((m > 0) ? b < 0 : (m < 0 && b > 0)) ? m + b : m; /* luai_nummod */
 }
 
 /* x <arith> y as Lua computes it, into *out; GIVE_UP for non-numbers and
