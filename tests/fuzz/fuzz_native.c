@@ -10,7 +10,8 @@
  *   value    the record value every function runs on
  *   partner  the join partner's value (absent, or not valid JSON: the
  *            value is its own partner)
- *   key      the records' key bytes, any bytes (absent: "k")
+ *   key      the records' key bytes, any bytes (absent: "k"); a single
+ *            0x00 byte stands for a null key
  *
  * Every record is loaded as the unit tests load one (topic clicks,
  * partition 2, offset 17, ts 1000, two headers, a JSON origin); a value
@@ -23,8 +24,9 @@
  * shows to the other), and every op's answer must equal its twin's: the
  * same return code; for filters the same keep; for maps and joins the same
  * JSON members (object key order aside, at every depth), key, ts and
- * headers; for key_by the same key and value bytes. Anything else aborts,
- * naming the function and the bytes.
+ * headers, and a record made natively with its tokens must have the ones
+ * the tokenizer makes of its bytes; for key_by the same key and value
+ * bytes. Anything else aborts, naming the function and the bytes.
  *
  * The batch is reset after each input; then the VM's Lua memory after a
  * full collection, and its arena, must stay below fixed ceilings: what
@@ -105,8 +107,9 @@ static const char *const maps[] = {
     "local t = {} t.a = 1 t.b = r.value.kind t.a = nil t.c = r.value.n t.a = 3 return t",
     "return {obj = r.value.nested, y = r.value.nested.y}",
     "return {s = 'a\"b', n = r.value.n, e = ''}",
-    ("return {d = r.value.n / r.value.m, e = r.value.n % r.value.m, neg = -r.value.price,\n"
-     "        p = r.value.m ^ 2, q = r.value.n // r.value.m, u = -r.value.n}"),
+    "return {d = r.value.n / r.value.m, e = r.value.n % r.value.m, q = r.value.n // r.value.m}",
+    "return {p = r.value.m ^ 2, u = -r.value.n, e = r.value.n % -2, f = r.value.n % 2.5}",
+    "return {neg = -r.value.price, q = r.value.price // -3, h = r.value.price ^ 0.5}",
     "return {}",
     "return {both = r.value.user and r.value.kind or 'none', len = #r.value.kind}",
     "return {key = r.value.user, ts = r.value.n}",
@@ -130,19 +133,31 @@ static const struct {
     {"'n'", "n"},
 };
 
-/* Join functions of (a, b): stream-table (b: the table's value) and
- * stream-stream (b: the other record; a left, an outer join). */
-static const char *const table_joins[] = {
-    "return {name = b.user, n = b.n, id = a.value.n, ts = a.ts, k = a.key}",
-    ("if b == nil then return {alone = a.value.n} end\n"
-     "return {n = a.value.n + b.m, s = b.user, same = b.kind == a.value.kind}"),
-    "return {x = b and b.n or a.value.n, y = not b}",
+/* Join functions of (a, b), by the join they are in: stream-table (b: the
+ * table's value; a left join), stream-stream (b: the other record; an
+ * outer join, so either side may be nil) and table-table (both values; a
+ * left join). */
+enum { STREAM_TABLE, STREAM_STREAM, TABLE_TABLE };
+static const char *const join_calls[][2] = {
+    [STREAM_TABLE] = {"c:join(t, function(a, b) ", " end, {type = 'left'})"},
+    [STREAM_STREAM] = {"c:join(v, function(a, b) ", " end, {type = 'outer', within = '5s'})"},
+    [TABLE_TABLE] = {"t:join(u, function(a, b) ", " end, {type = 'left'})"},
 };
-static const char *const stream_joins[] = {
-    ("return {x = a.value.user, y = b and b.value.user, d = b and b.ts - a.ts,\n"
-     "        p = b and b.partition}"),
-    ("if a == nil then return {only = b.value.n} end\n"
-     "return {sum = a.value.n + (b and b.value.m or 0), k = b and b.key}"),
+static const struct {
+    int kind;
+    const char *body;
+} joins[] = {
+    {STREAM_TABLE, "return {name = b.user, n = b.n, id = a.value.n, ts = a.ts, k = a.key}"},
+    {STREAM_TABLE, ("if b == nil then return {alone = a.value.n} end\n"
+                    "return {n = a.value.n + b.m, s = b.user, same = b.kind == a.value.kind}")},
+    {STREAM_TABLE, "return {x = b and b.n or a.value.n, y = not b}"},
+    {STREAM_TABLE, "return {y = not b, n = a.value.n}"},
+    {STREAM_TABLE, "local x = b or a.value.n return {x = x}"},
+    {STREAM_STREAM, ("return {x = a.value.user, y = b and b.value.user, d = b and b.ts - a.ts,\n"
+                     "        p = b and b.partition}")},
+    {STREAM_STREAM, ("if a == nil then return {only = b.value.n} end\n"
+                     "return {sum = a.value.n + (b and b.value.m or 0), k = b and b.key}")},
+    {TABLE_TABLE, "return {x = a.n, y = b.m, same = a.user == b.user, k = a.kind}"},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof *(a))
@@ -152,7 +167,7 @@ typedef struct ops {
     const sl_op_t *filters[2 * COUNT(filters)];
     const sl_op_t *maps[2 * COUNT(maps)];
     const sl_op_t *keys[2 * COUNT(keys)];
-    const sl_op_t *joins[2 * (COUNT(table_joins) + COUNT(stream_joins))];
+    const sl_op_t *joins[2 * COUNT(joins)];
 } ops_t;
 
 typedef struct piece {
@@ -160,7 +175,8 @@ typedef struct piece {
     size_t len;
 } piece_t;
 
-/* One input, split: the values the functions run on (1 or 2) and the key. */
+/* One input, split: the values the functions run on (1 or 2) and the key
+ * (NULL data: a null key). */
 typedef struct input {
     piece_t values[2];
     int count;
@@ -186,10 +202,12 @@ typedef struct script {
     int sinks;
 } script_t;
 
-static void script_put(script_t *s, const char *head, const char *body, const char *tail)
+/* Appends head, body and tail (an op's call) and a sink; a twin's body
+ * comes after LUA_RUNS. */
+static void script_put(script_t *s, const char *head, int twin, const char *body, const char *tail)
 {
-    int n = snprintf(s->text + s->len, sizeof s->text - s->len, "%s%s%s:to('o%d')\n", head, body,
-                     tail, s->sinks++);
+    int n = snprintf(s->text + s->len, sizeof s->text - s->len, "%s%s%s%s:to('o%d')\n", head,
+                     twin ? LUA_RUNS : "", body, tail, s->sinks++);
     CHECK(n > 0 && (size_t)n < sizeof s->text - s->len);
     s->len += (size_t)n;
 }
@@ -197,31 +215,23 @@ static void script_put(script_t *s, const char *head, const char *body, const ch
 /* Each function, then its twin that Lua runs. */
 static void script_write(script_t *s)
 {
+    char body[64];
     s->len = (size_t)snprintf(s->text, sizeof s->text,
                               "local s = require('sluice')\nlocal c = s.stream('in')\n"
-                              "local t = s.table('people')\nlocal v = s.stream('views')\n");
-    for (size_t i = 0; i < COUNT(filters); i++) {
-        script_put(s, "c:filter(function(r) ", filters[i], " end)");
-        script_put(s, "c:filter(function(r) " LUA_RUNS, filters[i], " end)");
-    }
-    for (size_t i = 0; i < COUNT(maps); i++) {
-        script_put(s, "c:map(function(r) ", maps[i], " end)");
-        script_put(s, "c:map(function(r) " LUA_RUNS, maps[i], " end)");
-    }
+                              "local v = s.stream('views')\nlocal t = s.table('people')\n"
+                              "local u = s.table('scores')\n");
+    for (int twin = 0; twin < 2 * (int)COUNT(filters); twin++)
+        script_put(s, "c:filter(function(r) ", twin % 2, filters[twin / 2], " end)");
+    for (int twin = 0; twin < 2 * (int)COUNT(maps); twin++)
+        script_put(s, "c:map(function(r) ", twin % 2, maps[twin / 2], " end)");
     for (size_t i = 0; i < COUNT(keys); i++) {
-        script_put(s, "c:key_by(", keys[i].by, ")");
-        script_put(s, "c:key_by(function(r) " LUA_RUNS "return r.value.", keys[i].field, " end)");
+        snprintf(body, sizeof body, "return r.value.%s", keys[i].field);
+        script_put(s, "c:key_by(", 0, keys[i].by, ")");
+        script_put(s, "c:key_by(function(r) ", 1, body, " end)");
     }
-    for (size_t i = 0; i < COUNT(table_joins); i++) {
-        script_put(s, "c:join(t, function(a, b) ", table_joins[i], " end, {type = 'left'})");
-        script_put(s, "c:join(t, function(a, b) " LUA_RUNS, table_joins[i],
-                   " end, {type = 'left'})");
-    }
-    for (size_t i = 0; i < COUNT(stream_joins); i++) {
-        script_put(s, "c:join(v, function(a, b) ", stream_joins[i],
-                   " end, {type = 'outer', within = '5s'})");
-        script_put(s, "c:join(v, function(a, b) " LUA_RUNS, stream_joins[i],
-                   " end, {type = 'outer', within = '5s'})");
+    for (int twin = 0; twin < 2 * (int)COUNT(joins); twin++) {
+        const char *const *call = join_calls[joins[twin / 2].kind];
+        script_put(s, call[0], twin % 2, joins[twin / 2].body, call[1]);
     }
 }
 
@@ -312,7 +322,10 @@ static void disagree(const char *kind, const char *body, const char *fmt, ...)
     fprintf(stderr, "native and Lua disagree: %s <%s>\n", kind, body);
     for (int v = 0; v < current->count; v++)
         print_bytes(v ? "partner" : "value", current->values[v].data, current->values[v].len);
-    print_bytes("key", current->key.data, current->key.len);
+    if (current->key.data)
+        print_bytes("key", current->key.data, current->key.len);
+    else
+        fprintf(stderr, "  key: null\n");
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -456,7 +469,8 @@ static void expect_same_output(const char *kind, const char *body, int rc_a, int
     rc_a = rc_a ? rc_a : sl_vm_record_get(vm, a, &ra);
     rc_b = rc_b ? rc_b : sl_vm_record_get(vm, b, &rb);
     if (rc_a != rc_b)
-        disagree(kind, body, "return code %d natively, %d in Lua", rc_a, rc_b);
+        disagree(kind, body, "return code %d natively, %d in Lua (%s)", rc_a, rc_b,
+                 sl_error_detail());
     if (rc_a)
         return;
     expect_own_tokens(kind, body, a);
@@ -480,7 +494,7 @@ static int load(const piece_t *value, int *slot)
     sl_record_t rec = {.offset = 17, .timestamp = 1000, .headers = headers, .header_count = 2};
     sl_vm_origin_t origin = {"clicks", 2, 1};
     rec.key = current->key.data;
-    rec.key_len = (int32_t)current->key.len;
+    rec.key_len = current->key.data ? (int32_t)current->key.len : -1;
     rec.value = value->data;
     rec.value_len = (int32_t)value->len;
     return sl_vm_record_load(vm, &rec, &origin, slot);
@@ -524,7 +538,8 @@ static void check_keys(const piece_t *value)
         int rc_a = sl_vm_call_key(vm, ops.keys[2 * i], loaded(value), &out_a);
         int rc_b = sl_vm_call_key(vm, ops.keys[2 * i + 1], loaded(value), &out_b);
         if (rc_a != rc_b)
-            disagree("key_by", keys[i].by, "%d natively, %d in Lua", rc_a, rc_b);
+            disagree("key_by", keys[i].by, "%d natively, %d in Lua (%s)", rc_a, rc_b,
+                     sl_error_detail());
         if (rc_a)
             continue;
         CHECK(sl_vm_record_get(vm, out_a, &ra) == 0 && sl_vm_record_get(vm, out_b, &rb) == 0);
@@ -549,17 +564,15 @@ static void check_join(size_t j, const char *body, const piece_t *left, const pi
     expect_same_output("join", body, rc[0], out[0], rc[1], out[1]);
 }
 
+/* Every join function on (a, b) and (a, nil); an outer join also on
+ * (nil, b). */
 static void check_joins(const piece_t *a, const piece_t *b)
 {
-    for (size_t i = 0; i < COUNT(table_joins); i++) {
-        check_join(i, table_joins[i], a, b);
-        check_join(i, table_joins[i], a, NULL);
-    }
-    for (size_t i = 0; i < COUNT(stream_joins); i++) {
-        size_t j = COUNT(table_joins) + i;
-        check_join(j, stream_joins[i], a, b);
-        check_join(j, stream_joins[i], a, NULL);
-        check_join(j, stream_joins[i], NULL, b);
+    for (size_t i = 0; i < COUNT(joins); i++) {
+        check_join(i, joins[i].body, a, b);
+        check_join(i, joins[i].body, a, NULL);
+        if (joins[i].kind == STREAM_STREAM)
+            check_join(i, joins[i].body, NULL, b);
     }
 }
 
@@ -585,6 +598,8 @@ static void split(const uint8_t *data, size_t size, input_t *in)
     if (cut2) {
         in->key.data = cut2 + 1;
         in->key.len = (size_t)(end - cut2 - 1);
+        if (in->key.len == 1 && in->key.data[0] == 0)
+            in->key.data = NULL;
     }
 }
 
