@@ -870,6 +870,22 @@ static int ops_of_kind(const sl_dag_t *dag, sl_op_kind_t kind, const sl_op_t **o
     return n;
 }
 
+/* Compiles source, whose first two ops of kind are a function and its twin
+ * that Lua must run, into ops; fails unless native.c took the function and
+ * not its twin. The caller frees the DAG. */
+static sl_dag_t *compile_twins(sl_vm_t *vm, const char *source, sl_op_kind_t kind, const char *what,
+                               const sl_op_t *ops[2])
+{
+    sl_dag_t *dag = NULL;
+    if (sl_vm_compile(vm, "script.lua", source, strlen(source), &dag) != 0)
+        fail_msg("%s", sl_error_detail());
+    assert_int_equal(ops_of_kind(dag, kind, ops, 2), 2);
+    if (!ops[0]->native || ops[1]->native)
+        fail_msg("<%s>: recognised %d, its twin %d", what, ops[0]->native != NULL,
+                 ops[1]->native != NULL);
+    return dag;
+}
+
 /* Records of every kind of value the functions below read. */
 static const char *const native_values[] = {
     "{\"user\":\"ann\",\"price\":12.5,\"flag\":true,\"n\":10,\"m\":3,\"kind\":\"click\"}",
@@ -949,14 +965,8 @@ static void test_straight_line_filters_answer_as_lua_does(void **state)
                  HEADER "s.stream('in'):filter(function(r) return %s end)\n"
                         "  :filter(function(r) " LUA_RUNS "return %s end):to('out')\n",
                  conditions[c], conditions[c]);
-        sl_dag_t *dag = NULL;
-        if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
-            fail_msg("%s", sl_error_detail());
         const sl_op_t *ops[2];
-        assert_int_equal(ops_of_kind(dag, SL_OP_FILTER, ops, 2), 2);
-        if (!ops[0]->native || ops[1]->native)
-            fail_msg("<%s>: recognised %d, its twin %d", conditions[c], ops[0]->native != NULL,
-                     ops[1]->native != NULL);
+        sl_dag_t *dag = compile_twins(f->vm, source, SL_OP_FILTER, conditions[c], ops);
         for (size_t v = 0; v < sizeof native_values / sizeof *native_values; v++) {
             sl_vm_batch_reset(f->vm);
             int a = load(state, "k", native_values[v], 1),
@@ -1003,14 +1013,8 @@ static void test_straight_line_maps_write_what_lua_writes(void **state)
                  HEADER "s.stream('in'):map(function(r) %s end)\n"
                         "  :map(function(r) " LUA_RUNS "%s end):to('out')\n",
                  bodies[c], bodies[c]);
-        sl_dag_t *dag = NULL;
-        if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
-            fail_msg("%s", sl_error_detail());
         const sl_op_t *ops[2];
-        assert_int_equal(ops_of_kind(dag, SL_OP_MAP, ops, 2), 2);
-        if (!ops[0]->native || ops[1]->native)
-            fail_msg("<%s>: recognised %d, its twin %d", bodies[c], ops[0]->native != NULL,
-                     ops[1]->native != NULL);
+        sl_dag_t *dag = compile_twins(f->vm, source, SL_OP_MAP, bodies[c], ops);
         for (size_t v = 0; v < sizeof native_values / sizeof *native_values; v++) {
             char what[512];
             snprintf(what, sizeof what, "<%s> on %s", bodies[c], native_values[v]);
@@ -1037,11 +1041,8 @@ static void test_native_outputs_at_the_length_limit(void **state)
     const char *source =
         HEADER "s.stream('in'):map(function(r) return {s = r.value.s} end)\n"
                "  :map(function(r) " LUA_RUNS "return {s = r.value.s} end):to('out')\n";
-    sl_dag_t *dag = NULL;
-    if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
-        fail_msg("%s", sl_error_detail());
     const sl_op_t *ops[2];
-    assert_int_equal(ops_of_kind(dag, SL_OP_MAP, ops, 2), 2);
+    sl_dag_t *dag = compile_twins(f->vm, source, SL_OP_MAP, "a long map", ops);
     for (int n = 1000; n < 1030; n++) {
         char value[1100], what[64];
         snprintf(value, sizeof value, "{\"s\":\"%0*d\"}", n, 7);
@@ -1087,13 +1088,8 @@ static void test_straight_line_join_functions_write_what_lua_writes(void **state
                             "c:join(t, function(a, b) " LUA_RUNS
                             "%s end, {type = 'left'}):to('y')\n",
                      bodies[c], bodies[c]);
-        sl_dag_t *dag = NULL;
-        if (sl_vm_compile(f->vm, "script.lua", source, strlen(source), &dag) != 0)
-            fail_msg("%s", sl_error_detail());
         const sl_op_t *ops[2];
-        assert_int_equal(ops_of_kind(dag, SL_OP_JOIN, ops, 2), 2);
-        assert_non_null(ops[0]->native);
-        assert_null(ops[1]->native);
+        sl_dag_t *dag = compile_twins(f->vm, source, SL_OP_JOIN, bodies[c], ops);
         size_t n = sizeof native_values / sizeof *native_values;
         for (size_t v = 0; v < n; v++)
             for (size_t w = 0; w <= n; w++) { /* w == n: no partner */
