@@ -212,6 +212,20 @@ static int number_text(const sl_vm_value_t *v, char text[SL_DOUBLE_TEXT_MAX])
     return 1;
 }
 
+/* Is the number text s (n bytes) an integer Lua reads as one and writes
+ * back as the same text: digits, perhaps a minus, not -0, at most 18
+ * digits (so within int64)? */
+static int plain_integer(const char *s, int32_t n)
+{
+    int32_t i = n > 0 && s[0] == '-';
+    if (n - i < 1 || n - i > 18 || (i && s[1] == '0'))
+        return 0;
+    for (; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    return 1;
+}
+
 /* Keys the record in slot by r.value[field] without Lua, where that is a
  * string without escapes or a number of a loaded JSON object (the key text
  * Lua would make); 0 with the new slot, or 1 anywhere else. */
@@ -229,6 +243,9 @@ static int native_key(sl_vm_t *vm, const sl_op_t *op, const char *field, int slo
     const char *text = vm->docs[doc].text;
     if (t->type == SL_JTOK_STRING && !t->escaped) {
         key = (const uint8_t *)text + t->start; /* lives as long as the batch */
+        len = t->end - t->start;
+    } else if (t->type == SL_JTOK_NUMBER && plain_integer(text + t->start, t->end - t->start)) {
+        key = (const uint8_t *)text + t->start; /* its text is the one Lua writes */
         len = t->end - t->start;
     } else if (t->type == SL_JTOK_NUMBER && sl_token_number(text, t, &v) == 0 &&
                number_text(&v, number)) {
