@@ -17,8 +17,6 @@
 #include "storage/dtoa.h"
 
 #include <assert.h>
-#include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,16 +106,28 @@ static int map_body(lua_State *L)
     return 0;
 }
 
-int sl_vm_call_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot)
+/* A map's or join's output without Lua (sl_native_value_run on slots and
+ * values), keeping base's key, ts and headers: 0 with *out_slot, or 1
+ * where Lua must run the function. */
+static int native_value(sl_vm_t *vm, const sl_op_t *op, int base, const int slots[2],
+                        const int values[2], int *out_slot)
 {
-    assert(op->kind == SL_OP_MAP);
     const uint8_t *value;
     int32_t len;
     int doc;
+    if (!op->native || sl_lazy_object_doc(vm, base) < 0) /* base's C side: as loaded */
+        return 1;
+    return sl_native_value_run(vm, op->native, slots, values, &value, &len, &doc) == 0 &&
+                   sl_record_derive_json(vm, base, op, value, len, doc, out_slot) == 0
+               ? 0
+               : 1;
+}
+
+int sl_vm_call_map(sl_vm_t *vm, const sl_op_t *op, int slot, int *out_slot)
+{
+    assert(op->kind == SL_OP_MAP);
     const int slots[2] = {slot, -1}, values[2] = {0, 0};
-    if (op->native && sl_lazy_object_doc(vm, slot) >= 0 && /* its key, ts, headers: as loaded */
-        sl_native_value_run(vm, op->native, slots, values, &value, &len, &doc) == 0 &&
-        sl_record_derive_json(vm, slot, op, value, len, doc, out_slot) == 0)
+    if (native_value(vm, op, slot, slots, values, out_slot) == 0)
         return 0;
     call_t call = {.op = op, .slot = slot};
     int rc = run(vm, &call, map_body);
@@ -196,22 +206,6 @@ static void push_field(lua_State *L, sl_vm_t *vm, int slot, const char *field)
         sl_vm_raise(L, "the value has no field '%s' (or it is null)", field);
 }
 
-/* The key text of a number, as record.c makes it from a Lua number
- * (integers and integral floats in decimal, others in shortest form);
- * 0 for a NaN or an infinity (an error, in Lua). */
-static int number_text(const sl_vm_value_t *v, char text[SL_DOUBLE_TEXT_MAX])
-{
-    lua_Integer integer;
-    if (v->is_integer || sl_json_integral(v->number, &integer))
-        snprintf(text, SL_DOUBLE_TEXT_MAX, "%lld",
-                 (long long)(v->is_integer ? v->integer : integer));
-    else if (!isfinite(v->number))
-        return 0;
-    else
-        sl_double_text(v->number, text);
-    return 1;
-}
-
 /* Is the number text s (n bytes) an integer Lua reads as one and writes
  * back as the same text: digits, perhaps a minus, not -0, at most 18
  * digits (so within int64)? */
@@ -248,7 +242,7 @@ static int native_key(sl_vm_t *vm, const sl_op_t *op, const char *field, int slo
         key = (const uint8_t *)text + t->start; /* its text is the one Lua writes */
         len = t->end - t->start;
     } else if (t->type == SL_JTOK_NUMBER && sl_token_number(text, t, &v) == 0 &&
-               number_text(&v, number)) {
+               sl_number_key_text(v.is_integer, v.integer, v.number, number)) {
         len = (int32_t)strlen(number);
         if (!(key = sl_arena_copy(&vm->arena, number, (size_t)len)))
             return 1;
@@ -363,15 +357,10 @@ static int join_body(lua_State *L)
 int sl_vm_call_join(sl_vm_t *vm, const sl_op_t *op, int base, int left, int right, int *out_slot)
 {
     assert(op->kind == SL_OP_JOIN && base >= 0);
-    const uint8_t *value;
-    int32_t len;
-    int doc;
     const int slots[2] = {left, right};
     const int values[2] = {op->join_kind == SL_JOIN_TABLE_TABLE,
                            op->join_kind != SL_JOIN_STREAM_STREAM};
-    if (op->native && sl_lazy_object_doc(vm, base) >= 0 && /* its key, ts, headers: as loaded */
-        sl_native_value_run(vm, op->native, slots, values, &value, &len, &doc) == 0 &&
-        sl_record_derive_json(vm, base, op, value, len, doc, out_slot) == 0)
+    if (native_value(vm, op, base, slots, values, out_slot) == 0)
         return 0;
     call_t call = {.op = op, .slot = base, .sides = {left, right}};
     int rc = run(vm, &call, join_body);

@@ -55,15 +55,6 @@ static int add_slot(sl_vm_t *vm, const sl_op_t *producer)
     return vm->slot_count++;
 }
 
-/* add_slot for protected code: raises on failure. */
-static int new_slot(lua_State *L, sl_vm_t *vm, const sl_op_t *producer)
-{
-    int slot = add_slot(vm, producer);
-    if (slot < 0)
-        sl_vm_need(L, NULL);
-    return slot;
-}
-
 /* batch[index] = the value at the top (popped). */
 static void batch_set(lua_State *L, sl_vm_t *vm, int index)
 {
@@ -143,21 +134,26 @@ static const void *arena_copy(lua_State *L, sl_vm_t *vm, const void *data, int32
     return len < 0 ? NULL : sl_vm_need(L, sl_arena_copy(&vm->arena, data, (size_t)len));
 }
 
+int sl_number_key_text(int is_integer, int64_t integer, double d, char *text)
+{
+    lua_Integer whole;
+    if (is_integer || sl_json_integral(d, &whole))
+        snprintf(text, SL_DOUBLE_TEXT_MAX, "%lld", (long long)(is_integer ? integer : whole));
+    else if (!isfinite(d))
+        return 0;
+    else
+        sl_double_text(d, text);
+    return 1;
+}
+
 /* Pushes the shortest decimal text that reads back as the number at idx;
  * integral values print as integers. */
 static void push_number_text(lua_State *L, int idx)
 {
     char text[SL_DOUBLE_TEXT_MAX];
-    lua_Integer integer;
     double v = lua_tonumber(L, idx);
-    if (lua_isinteger(L, idx))
-        snprintf(text, sizeof text, "%lld", (long long)lua_tointeger(L, idx));
-    else if (sl_json_integral(v, &integer))
-        snprintf(text, sizeof text, "%lld", (long long)integer);
-    else if (!isfinite(v))
+    if (!sl_number_key_text(lua_isinteger(L, idx), lua_tointeger(L, idx), v, text))
         sl_vm_raise(L, "%g is not a finite number", v);
-    else
-        sl_double_text(v, text);
     lua_pushstring(L, text);
 }
 
@@ -536,30 +532,40 @@ static void fill_from_record_table(lua_State *L, int input, int result, int out)
     lua_pop(L, 1);
 }
 
-/* A new slot of kind made by producer from input_slot, for the caller to
- * finish; the input's C side (key, ts, headers, origin) is kept. */
-static int derived_slot(lua_State *L, sl_vm_t *vm, int input_slot, sl_slot_kind_t kind,
-                        const sl_op_t *producer)
-{
-    int made = new_slot(L, vm, producer);
-    sl_slot_t *m = &vm->slots[made];
-    *m = vm->slots[input_slot];
-    m->kind = kind;
-    m->has_table = 0;
-    m->producer = producer;
-    return made;
-}
-
-int sl_record_derive_keyed(sl_vm_t *vm, int input_slot, const sl_op_t *producer, const uint8_t *key,
-                           int32_t key_len, int *slot)
+/* A new slot made by producer as a copy of input_slot (its C side: kind,
+ * key, ts, headers, origin), no table built for it yet; or -ENOMEM. */
+static int copy_slot(sl_vm_t *vm, int input_slot, const sl_op_t *producer)
 {
     int made = add_slot(vm, producer);
     if (made < 0)
         return made;
     sl_slot_t *m = &vm->slots[made];
     *m = vm->slots[input_slot];
-    assert(m->kind == SL_SLOT_LOADED && !m->has_table);
+    m->has_table = 0;
     m->producer = producer;
+    return made;
+}
+
+/* A new slot of kind made by producer from input_slot, for the caller to
+ * finish; the input's C side (key, ts, headers, origin) is kept. */
+static int derived_slot(lua_State *L, sl_vm_t *vm, int input_slot, sl_slot_kind_t kind,
+                        const sl_op_t *producer)
+{
+    int made = copy_slot(vm, input_slot, producer);
+    if (made < 0)
+        sl_vm_need(L, NULL);
+    vm->slots[made].kind = kind;
+    return made;
+}
+
+int sl_record_derive_keyed(sl_vm_t *vm, int input_slot, const sl_op_t *producer, const uint8_t *key,
+                           int32_t key_len, int *slot)
+{
+    assert(vm->slots[input_slot].kind == SL_SLOT_LOADED && !vm->slots[input_slot].has_table);
+    int made = copy_slot(vm, input_slot, producer);
+    if (made < 0)
+        return made;
+    sl_slot_t *m = &vm->slots[made];
     m->record.key = key;
     m->record.key_len = key_len;
     *slot = made;
@@ -569,13 +575,10 @@ int sl_record_derive_keyed(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
 int sl_record_derive_json(sl_vm_t *vm, int input_slot, const sl_op_t *producer,
                           const uint8_t *value, int32_t len, int doc, int *slot)
 {
-    int made = add_slot(vm, producer);
+    int made = copy_slot(vm, input_slot, producer);
     if (made < 0)
         return made;
     sl_slot_t *m = &vm->slots[made];
-    *m = vm->slots[input_slot];
-    m->producer = producer;
-    m->has_table = 0;
     m->has_bytes = 1;
     m->doc = doc;
     m->record.value = value;

@@ -270,6 +270,11 @@ int sl_lazy_object_doc(const sl_vm_t *vm, int slot);
 int sl_lazy_find_plain(const sl_vm_t *vm, int doc, const char *name);
 int sl_lazy_find_member(const sl_vm_t *vm, int doc, int object, const char *name, size_t len);
 
+/* record.c: the text a number keys a record by (integers and integral
+ * floats in decimal, others in shortest form) into text, SL_DOUBLE_TEXT_MAX
+ * bytes (storage/dtoa.h); 0 for a NaN or an infinity, which key nothing. */
+int sl_number_key_text(int is_integer, int64_t integer, double d, char *text);
+
 /* record.c: is name one of a record table's fields (key, value, ts, ...)? */
 int sl_is_record_field(const char *name, size_t len);
 void sl_lazy_push_json(lua_State *L, sl_vm_t *vm, const char *text, size_t len);
