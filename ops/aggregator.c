@@ -61,19 +61,10 @@ typedef struct agg {
     uint8_t *scratch;
     size_t scratch_cap;
     sl_agg_input_t *inputs;
+    int *read_by; /* per member: an earlier member reading its field, or -1 */
     uint64_t late;
-    int full; /* the cache said "commit now" */
-    /* No window the store holds starts after stored_through: the newest
-     * stored at start, then the largest event time of each commit (a
-     * record's windows start at or before its time). */
-    int64_t stored_through; /* INT64_MIN: none */
-    int64_t flushed_seen;   /* the largest event time at the last flush, committed next */
-    /* Every window the store holds that starts after cached_through is in
-     * the cache too: it got there through the cache, which has not been
-     * emptied since (sl_cache_clears() == clears_seen). At start and at
-     * each emptying, cached_through is what stored_through is then. */
-    int64_t cached_through;
-    uint64_t clears_seen;
+    int full;             /* the cache said "commit now" */
+    sl_cache_span_t span; /* windows: what the cache holds all of */
 } agg_t;
 
 struct sl_exec_task {
@@ -199,6 +190,22 @@ static int rebuild_closer(sl_exec_task_t *t, agg_t *a)
     return r.rc ? r.rc : rc < 0 ? rc : 0;
 }
 
+/* An earlier member that reads the same field as member i (sum and avg of
+ * one field: read once), or -1. */
+static int read_before(const sl_op_t *op, int i)
+{
+    const sl_agg_spec_t *m = &op->aggs[i];
+    if (!m->field || m->kind == SL_OP_AGG_COUNT || m->kind == SL_OP_AGG_REDUCE)
+        return -1;
+    for (int j = 0; j < i; j++) {
+        const sl_agg_spec_t *e = &op->aggs[j];
+        if (e->field && e->kind != SL_OP_AGG_COUNT && e->kind != SL_OP_AGG_REDUCE &&
+            strcmp(e->field, m->field) == 0)
+            return j;
+    }
+    return -1;
+}
+
 static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_exec_t *x, const sl_op_t *op,
                     sl_store_t *store, int64_t stream_time)
 {
@@ -214,15 +221,15 @@ static int agg_init(sl_exec_task_t *t, agg_t *a, const sl_exec_t *x, const sl_op
     if (rc == 0 && a->windowed)
         sl_watermark_init(&a->wm, a->spec.grace);
     sl_watermark_restore(&a->wm, stream_time);
-    a->stored_through = a->flushed_seen = INT64_MIN;
-    if (rc == 0 && a->windowed &&
-        (rc = sl_store_newest_window(store, &a->stored_through)) == SL_ENOTFOUND)
-        rc = 0;
-    a->cached_through = a->stored_through;
+    if (rc == 0)
+        rc = sl_cache_span_init(&a->span, store);
     if (rc == 0 && (rc = sl_cache_new(store, 0, &a->cache)) == 0)
         sl_cache_set_owner(a->cache, owns, t);
-    if (rc == 0 && !(a->inputs = sl_calloc((size_t)op->agg_count, sizeof *a->inputs)))
+    if (rc == 0 && (!(a->inputs = sl_calloc((size_t)op->agg_count, sizeof *a->inputs)) ||
+                    !(a->read_by = sl_calloc((size_t)op->agg_count, sizeof *a->read_by))))
         rc = -ENOMEM;
+    for (int i = 0; rc == 0 && i < op->agg_count; i++)
+        a->read_by[i] = read_before(op, i);
     if (rc == 0 && a->windowed && op->emit == SL_EMIT_ON_CLOSE && !a->unread) {
         rc = sl_window_closer_new(&a->closer);
         if (rc == 0)
@@ -242,6 +249,7 @@ static void agg_free(agg_t *a)
     sl_buf_free(&a->result);
     sl_free(a->scratch);
     sl_free(a->inputs);
+    sl_free(a->read_by);
 }
 
 /* TABLE ops, and JOIN ops but stream-table ones, keep state in a store. */
@@ -358,8 +366,7 @@ void sl_exec_task_committed(sl_exec_task_t *t)
 {
     for (int i = 0; i < t->count; i++) {
         sl_cache_committed(t->aggs[i].cache);
-        if (t->aggs[i].flushed_seen > t->aggs[i].stored_through)
-            t->aggs[i].stored_through = t->aggs[i].flushed_seen;
+        sl_cache_span_committed(&t->aggs[i].span);
         t->aggs[i].full = 0;
     }
     for (int i = 0; i < t->join_count; i++)
@@ -404,22 +411,6 @@ static int member_input(sl_vm_t *vm, const sl_op_t *op, const sl_agg_spec_t *m, 
     return 0;
 }
 
-/* An earlier member that reads the same field as member i (sum and avg of
- * one field: read once), or -1. */
-static int read_before(const sl_op_t *op, int i)
-{
-    const sl_agg_spec_t *m = &op->aggs[i];
-    if (!m->field || m->kind == SL_OP_AGG_COUNT || m->kind == SL_OP_AGG_REDUCE)
-        return -1;
-    for (int j = 0; j < i; j++) {
-        const sl_agg_spec_t *e = &op->aggs[j];
-        if (e->field && e->kind != SL_OP_AGG_COUNT && e->kind != SL_OP_AGG_REDUCE &&
-            strcmp(e->field, m->field) == 0)
-            return j;
-    }
-    return -1;
-}
-
 /* Reduce members: one step of each reducer with this window's acc. */
 static int run_reducers(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot)
 {
@@ -449,13 +440,9 @@ static int update(agg_t *a, const sl_op_t *op, sl_vm_t *vm, int slot, const sl_r
     const void *value;
     size_t value_len;
     int rc, found;
-    if (a->windowed && sl_cache_clears(a->cache) != a->clears_seen) {
-        a->clears_seen = sl_cache_clears(a->cache); /* emptied: some windows are only stored */
-        a->cached_through = a->stored_through;
-    }
     if (!a->windowed)
         found = sl_cache_get(a->cache, meta->key, (size_t)meta->key_len, &value, &value_len);
-    else if (start > a->cached_through) /* not in the cache: not stored either */
+    else if (sl_cache_span_holds(&a->span, a->cache, start)) /* not cached: not stored either */
         found = sl_cache_window_get_cached(a->cache, meta->key, (size_t)meta->key_len, start,
                                            &value, &value_len);
     else
@@ -582,9 +569,8 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
                             "key_by first)",
                             op->where);
     for (int i = 0; i < op->agg_count; i++) {
-        int same = read_before(op, i);
-        if (same >= 0)
-            a->inputs[i] = a->inputs[same];
+        if (a->read_by[i] >= 0)
+            a->inputs[i] = a->inputs[a->read_by[i]];
         else if ((rc = member_input(vm, op, &op->aggs[i], slot, &a->inputs[i])))
             return rc;
     }
@@ -709,7 +695,7 @@ static int flush_closed(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
 
 static int flush_aggregate(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
 {
-    a->flushed_seen = a->wm.seen;
+    sl_cache_span_flushed(&a->span, a->wm.seen);
     int rc = a->closer ? flush_closed(x, a, out) : flush_updates(x, a, out);
     int64_t wm = sl_watermark_get(&a->wm);
     if (rc == 0 && a->windowed && wm != SL_WATERMARK_NONE && wm - a->op->retention > SL_TIME_MIN)

@@ -29,11 +29,8 @@
  * grace is expired (none can join a record still accepted). A restarted
  * task rebuilds the closer from the store.
  *
- * Lookups skip LMDB where the cache holds all there is, as the aggregator's
- * do: no entry the store holds starts after stored_through (the newest at
- * start, then the largest event time of each commit: an entry starts at
- * its record's time); every one starting after cached_through is in the
- * cache too (it got there through the cache, not emptied since).
+ * Lookups skip LMDB where the cache holds all there is (cache_span.c, as
+ * the aggregator's do): a buffer entry starts at its record's time.
  */
 #include "ops/ops_internal.h"
 #include "ops/window.h"
@@ -67,8 +64,7 @@ struct sl_join {
     sl_window_closer_t *closer; /* STREAM_STREAM with unmatched owed */
     uint64_t late;
     int full;
-    int64_t stored_through, flushed_seen, cached_through; /* INT64_MIN: none */
-    uint64_t clears_seen;
+    sl_cache_span_t span; /* STREAM_STREAM: what the cache holds all of */
     int32_t partition;
     int partitions;
     sl_buf_t found; /* matches collected from the other side */
@@ -115,26 +111,15 @@ int sl_join_full(const sl_join_t *j)
 void sl_join_committed(sl_join_t *j)
 {
     sl_cache_committed(j->cache);
-    if (j->flushed_seen > j->stored_through)
-        j->stored_through = j->flushed_seen;
+    sl_cache_span_committed(&j->span);
     j->full = 0;
-}
-
-/* Does the cache hold every buffer entry starting at or after from? */
-static int cached_from(sl_join_t *j, int64_t from)
-{
-    if (sl_cache_clears(j->cache) != j->clears_seen) { /* emptied: some are only stored */
-        j->clears_seen = sl_cache_clears(j->cache);
-        j->cached_through = j->stored_through;
-    }
-    return from > j->cached_through;
 }
 
 /* A buffer entry (store key k, time t), from the cache alone when that
  * holds all there is. */
 static int window_get(sl_join_t *j, size_t key_len, int64_t t, const void **value, size_t *len)
 {
-    if (cached_from(j, t))
+    if (sl_cache_span_holds(&j->span, j->cache, t))
         return sl_cache_window_get_cached(j->cache, j->key, key_len, t, value, len);
     return sl_cache_window_get(j->cache, j->key, key_len, t, value, len);
 }
@@ -216,13 +201,7 @@ int sl_join_new(const sl_op_t *op, sl_store_t *store, int64_t stream_time, int32
     j->partitions = partitions;
     sl_watermark_init(&j->wm, op->window_grace);
     sl_watermark_restore(&j->wm, stream_time);
-    j->stored_through = j->flushed_seen = INT64_MIN;
-    int rc = sl_store_kind(store) == SL_STORE_WINDOW
-                 ? sl_store_newest_window(store, &j->stored_through)
-                 : 0;
-    if (rc == SL_ENOTFOUND)
-        rc = 0;
-    j->cached_through = j->stored_through;
+    int rc = sl_cache_span_init(&j->span, store);
     if (rc == 0)
         rc = sl_cache_new(store, 0, &j->cache);
     if (rc == 0)
@@ -619,7 +598,7 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
         return rc;
     j->found.len = 0;
     int64_t from = t - op->join_within, to = t + op->join_within;
-    rc = cached_from(j, from)
+    rc = sl_cache_span_holds(&j->span, j->cache, from)
              ? sl_cache_windows_cached(j->cache, j->key, key_len, from, to, collect, j)
              : sl_cache_windows(j->cache, j->key, key_len, from, to, collect, j);
     if (rc == 0)
@@ -698,7 +677,7 @@ int sl_join_flush(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const sl_exec_output_
     const sl_op_t *op = j->run = &sl_exec_dag(x)->ops[j->op->id];
     sl_window_closed_t closed;
     int rc = 0;
-    j->flushed_seen = j->wm.seen; /* what this flush writes starts no later */
+    sl_cache_span_flushed(&j->span, j->wm.seen); /* what this flush writes starts no later */
     if (op->kind != SL_OP_JOIN || op->join_kind != SL_JOIN_STREAM_STREAM ||
         j->wm.stream_time == SL_WATERMARK_NONE)
         return 0;

@@ -48,6 +48,24 @@ void sl_features_emitters_free(sl_features_emitters_t *e);
 /* ---- TABLE and JOIN state (join.c) ----------------------------------------- */
 
 /* A task's state of one TABLE op, or of one JOIN op with a store. */
+/* cache_span.c: which windows of a task's window store (an aggregate's, a
+ * stream-stream join's buffers) its cache holds all of. init reads the
+ * store's newest window (a kv store: none); flushed notes the largest event
+ * time seen at a flush, committed makes it the store's bound once that
+ * flush is committed; holds says whether every stored window starting at
+ * or after from is in the cache (0: LMDB may hold more). */
+typedef struct sl_cache_span {
+    int64_t stored_through; /* no stored window starts after it; INT64_MIN: none */
+    int64_t flushed_seen;   /* the largest event time at the last flush */
+    int64_t cached_through; /* every stored window starting after it is cached */
+    uint64_t clears_seen;   /* sl_cache_clears() when cached_through was set */
+} sl_cache_span_t;
+
+int sl_cache_span_init(sl_cache_span_t *s, sl_store_t *store);
+void sl_cache_span_flushed(sl_cache_span_t *s, int64_t seen);
+void sl_cache_span_committed(sl_cache_span_t *s);
+int sl_cache_span_holds(sl_cache_span_t *s, const sl_cache_t *cache, int64_t from);
+
 typedef struct sl_join sl_join_t;
 
 /* Task t's state of TABLE or JOIN op (NULL if it has none). */
