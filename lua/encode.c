@@ -141,6 +141,20 @@ static void put_number(writer_t *w, int idx)
     put(w, text, sl_json_number_text(0, 0, d, text));
 }
 
+/* Does put_string write ch as it is? */
+static int plain_char(unsigned char ch)
+{
+    return ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f;
+}
+
+int sl_json_plain(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!plain_char((unsigned char)s[i]))
+            return 0;
+    return 1;
+}
+
 static void put_string(writer_t *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -148,7 +162,7 @@ static void put_string(writer_t *w, const char *s, size_t n)
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f)
+        if (plain_char(ch))
             continue;
         put(w, s + run, i - run);
         run = i + 1;

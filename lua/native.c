@@ -248,17 +248,6 @@ static int header_matches(reader_t *r)
     return h && memcmp(h, expected, sizeof expected) == 0;
 }
 
-/* Is byte string s written in JSON as it is (encode.c's put_string)? */
-static int plain_bytes(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch < 0x20 || ch == '"' || ch == '\\' || ch == 0x7f)
-            return 0;
-    }
-    return 1;
-}
-
 /* Reads one constant into *k; a string's bytes go to *strings (grown). */
 static void read_constant(reader_t *r, nval_t *k, sl_buf_t *strings)
 {
@@ -328,7 +317,7 @@ static int read_function(reader_t *r, sl_native_t *n, int params)
         for (size_t i = 0; i < n->nk; i++)
             if (n->k[i].type == V_STR) {
                 n->k[i].s = n->strings + n->k[i].token;
-                n->k[i].plain = (uint8_t)plain_bytes(n->k[i].s, n->k[i].len);
+                n->k[i].plain = (uint8_t)sl_json_plain(n->k[i].s, n->k[i].len);
             }
     }
     sl_buf_free(&strings);
@@ -542,7 +531,7 @@ static int record_field(sl_vm_t *vm, int slot, const nval_t *name, nval_t *out)
             out->type = V_STR;
             out->s = (const char *)rec->key;
             out->len = (size_t)rec->key_len;
-            out->plain = (uint8_t)plain_bytes(out->s, out->len);
+            out->plain = (uint8_t)sl_json_plain(out->s, out->len);
         }
     } else if (name->len == 9 && memcmp(name->s, "partition", 9) == 0) {
         out->type = V_INT;

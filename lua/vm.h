@@ -179,6 +179,10 @@ int sl_json_integral(double v, lua_Integer *out);
  * *len); raises with a sentence when it cannot be written. */
 void sl_json_write(lua_State *L, sl_vm_t *vm, int idx, const uint8_t **out, int32_t *len);
 
+/* encode.c: does sl_json_write write the string s (n bytes) between its
+ * quotes as it is, escaping nothing? */
+int sl_json_plain(const char *s, size_t n);
+
 /* encode.c: the JSON text sl_json_write gives a number (an integer, or a
  * finite double d) into text; returns its length. */
 #define SL_JSON_NUMBER_TEXT_MAX 48
