@@ -385,7 +385,7 @@ static void fill(bench_t *b, sl_store_kind_t kind, const char *name, size_t k, i
             if (++pending < 500000 && !(w == windows - 1 && i == k - 1))
                 continue;
             check(sl_state_begin(b->state, 1, &txn), "beginning");
-            check(sl_cache_flush(s.cache, txn), "flushing");
+            check(sl_cache_flush(s.cache, txn, 1, &(int){0}), "flushing");
             check(sl_state_commit(txn), "committing");
             sl_cache_committed(s.cache);
             sl_cache_clear(s.cache);

@@ -169,6 +169,7 @@ int sl_vm_compile(sl_vm_t *vm, const char *chunkname, const char *source, size_t
     b.dag->vm = vm;
     b.dag->processing = SL_PROCESSING_DEFAULT;
     b.dag->commit_interval = SL_COMMIT_INTERVAL_DEFAULT;
+    b.dag->flush_interval = SL_FLUSH_INTERVAL_DEFAULT;
     vm->dag_count++;
     compile_t c = {&b, source, len};
     vm->compiling = &b;
@@ -372,7 +373,8 @@ int sl_dag_equal(const sl_dag_t *a, const sl_dag_t *b)
 {
     if (!same_string(a->name, b->name) || a->on_error != b->on_error ||
         a->processing != b->processing || a->commit_interval != b->commit_interval ||
-        a->op_count != b->op_count || a->declaration_count != b->declaration_count)
+        a->flush_interval != b->flush_interval || a->op_count != b->op_count ||
+        a->declaration_count != b->declaration_count)
         return 0;
     for (int i = 0; i < a->op_count; i++)
         if (!same_op(&a->ops[i], &b->ops[i]))

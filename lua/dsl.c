@@ -450,10 +450,11 @@ static sl_processing_t processing(lua_State *L, sl_builder_t *b)
     return mode < 0 ? SL_PROCESSING_DEFAULT : values[mode];
 }
 
-/* s.pipeline{name =, on_error =, processing =, commit_interval =} */
+/* s.pipeline{name =, on_error =, processing =, commit_interval =, flush_interval =} */
 static int dsl_pipeline(lua_State *L)
 {
-    static const char *const names[] = {"name", "on_error", "processing", "commit_interval", NULL};
+    static const char *const names[] = {
+        "name", "on_error", "processing", "commit_interval", "flush_interval", NULL};
     static const char *const policies[] = {"stop", "skip", "dead_letter", NULL};
     char text[64];
     sl_builder_t *b = sl_dsl_enter(L);
@@ -471,6 +472,11 @@ static int dsl_pipeline(lua_State *L)
     if (interval < 1 || interval > SL_COMMIT_INTERVAL_MAX)
         sl_dsl_error(L, b, "commit_interval must be 1 ms to 1 h, got %lld ms", (long long)interval);
     b->dag->commit_interval = interval;
+    interval =
+        sl_dsl_option_duration(L, b, 1, "pipeline", "flush_interval", SL_FLUSH_INTERVAL_DEFAULT);
+    if (interval < 0 || interval > SL_FLUSH_INTERVAL_MAX)
+        sl_dsl_error(L, b, "flush_interval must be 0 to 1 h, got %lld ms", (long long)interval);
+    b->dag->flush_interval = interval;
     if (name)
         b->dag->name = sl_vm_need(L, sl_strdup(name));
     b->dag->on_error = (sl_on_error_t)policy;

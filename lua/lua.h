@@ -37,7 +37,12 @@
  *       "at_least_once"; absent = SL_PROCESSING_DEFAULT. commit_interval: a
  *       duration ("100ms", "1s") between commits, 1 ms to 1 h (default
  *       SL_COMMIT_INTERVAL_DEFAULT); longer ones batch more state changes
- *       per LMDB commit at the cost of output latency.
+ *       per LMDB commit at the cost of output latency. flush_interval: a
+ *       duration, 0 to 1 h (default SL_FLUSH_INTERVAL_DEFAULT), between the
+ *       commits that also write the state's changed entries into LMDB (the
+ *       others write them to the changelog only; queries see every commit);
+ *       longer ones write less, and a crash restores more from the
+ *       changelog.
  *   s.stream(topic, {partitions=, format=, timestamp=})   a source, once per
  *       topic. partitions: the count the script expects (absent: any);
  *       format: "json" or "raw" (absent: the topic's own); timestamp: a
@@ -342,6 +347,11 @@ typedef enum { SL_PROCESSING_AT_LEAST_ONCE, SL_PROCESSING_EXACTLY_ONCE } sl_proc
 #define SL_COMMIT_INTERVAL_DEFAULT 100
 #define SL_COMMIT_INTERVAL_MAX     3600000
 
+/* s.pipeline{flush_interval =}: how often a task writes its state into
+ * LMDB, in ms (0: every commit; sl_cache_set_flush_interval). */
+#define SL_FLUSH_INTERVAL_DEFAULT 1000
+#define SL_FLUSH_INTERVAL_MAX     3600000
+
 /* The processing mode of a script that names none. */
 #define SL_PROCESSING_DEFAULT SL_PROCESSING_EXACTLY_ONCE
 
@@ -534,6 +544,7 @@ typedef struct sl_dag {
     sl_on_error_t on_error;
     sl_processing_t processing;
     int64_t commit_interval; /* ms between commits (SL_COMMIT_INTERVAL_DEFAULT) */
+    int64_t flush_interval;  /* ms between state flushes into LMDB (SL_FLUSH_INTERVAL_DEFAULT) */
     sl_op_t *ops;            /* in id order; every input precedes its op */
     int op_count;
     sl_declaration_t *declarations; /* in script order */

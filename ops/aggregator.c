@@ -298,6 +298,11 @@ int sl_exec_task_new(sl_exec_t *x, sl_store_t *const *stores, const int64_t *str
         if (dag->ops[i].kind == SL_OP_AGGREGATE && stores[i])
             rc = agg_init(t, &t->aggs[t->count++], x, &dag->ops[i], stores[i], stream_times[i]);
     }
+    for (int i = 0; rc == 0 && i < dag->op_count; i++) {
+        sl_cache_t *cache = sl_exec_task_cache(t, i);
+        if (cache)
+            sl_cache_set_flush_interval(cache, dag->flush_interval);
+    }
     if (rc) {
         sl_exec_task_free(t);
         return rc;

@@ -141,7 +141,13 @@ static int begin_query(sl_request_t *req, fquery_t *q)
     struct sl_feature_reads *r = feature_reads(s);
     if (open_view(req, q) == SL_DONE)
         return SL_DONE;
+    if (r)
+        sl_store_views_lock(s->state);
     int rc = r ? renew(s, r) : -ENOMEM;
+    if (rc == 0)
+        s->features->begin(q->view, r->txn);
+    if (r)
+        sl_store_views_unlock(s->state);
     if (rc) {
         s->features->close(q->view);
         return sl_request_error(req, "%s", r ? sl_error_detail() : "out of memory");

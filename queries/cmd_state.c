@@ -140,7 +140,11 @@ static int begin_query(sl_request_t *req, sl_store_kind_t want, query_t *q)
     if (want && sl_store_kind(q->store) != want)
         return sl_request_error(req, "WRONGTYPE store '%s' is %s", sl_store_name(q->store),
                                 kind_hint(sl_store_kind(q->store)));
+    sl_store_views_lock(s->state);
     int rc = sl_state_begin(s->state, 0, &q->txn);
+    if (rc == 0)
+        sl_store_view_take(q->store, q->txn);
+    sl_store_views_unlock(s->state);
     if (rc)
         return sl_request_error(req, "cannot read the state: %s", sl_error_detail());
     if (s->renderer &&
@@ -158,6 +162,8 @@ static void end_query(query_t *q)
 {
     if (q->view)
         q->req->server->renderer->close(q->view);
+    if (q->store)
+        sl_store_read_done(q->store);
     mdb_txn_abort(q->txn);
 }
 
@@ -172,6 +178,7 @@ static int read_failed(query_t *q, int rc)
         return sl_request_error(q->req, "cannot show store '%s': %s", name,
                                 sl_strerror(q->render_rc));
     forget_store(q->req->server, q->store);
+    q->store = NULL; /* closed */
     return sl_request_error(q->req, "reading store '%s' failed: %s", name,
                             rc == SL_EINVALID ? sl_error_detail() : sl_strerror(rc));
 }

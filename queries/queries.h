@@ -123,6 +123,9 @@ void sl_server_set_store_renderer(sl_server_t *s, const sl_store_renderer_t *r, 
  *
  *   open(arg, view, &v)   0 and *v; SL_ENOTFOUND with a detail if there is
  *       no such view; -ENOMEM. Every open is followed by one close.
+ *   begin(v, txn)   the command reads in txn, just begun, from now on:
+ *       called with the stores' views lock held (sl_store_views_lock), so
+ *       that every store the view reads shows txn's committed state.
  *   vector(v, txn, key, key_len, t, as_of, format, out)   appends key's
  *       vector to out: as JSON (SL_FEATURES_JSON: one object, feature
  *       name -> number or null, in schema order) or as little-endian
@@ -151,6 +154,7 @@ typedef struct sl_feature_info {
 
 typedef struct sl_feature_views {
     int (*open)(void *arg, const char *view, void **v);
+    void (*begin)(void *v, MDB_txn *txn);
     int (*vector)(void *v, MDB_txn *txn, const void *key, size_t key_len, int64_t t, int as_of,
                   int format, sl_buf_t *out);
     int (*schema)(void *v, const sl_feature_info_t **features, size_t *count);

@@ -493,9 +493,19 @@ static int open_view(void *arg, const char *name, void **out)
                         name);
 }
 
+static void begin_view(void *arg, MDB_txn *txn)
+{
+    view_t *v = arg;
+    for (int i = 0; i < v->part_count; i++) /* one committed state for all of them */
+        sl_store_view_take(v->parts[i]->store, txn);
+}
+
 static void close_view(void *arg)
 {
-    pthread_mutex_unlock(&((view_t *)arg)->registry->lock);
+    view_t *v = arg;
+    for (int i = 0; i < v->part_count; i++) /* the query's reads are over */
+        sl_store_read_done(v->parts[i]->store);
+    pthread_mutex_unlock(&v->registry->lock);
 }
 
 /* The committed stream time of partition in txn's state, read once per
@@ -641,4 +651,5 @@ static int view_schema(void *arg, const sl_feature_info_t **features, size_t *co
     return 0;
 }
 
-const sl_feature_views_t sl_feature_views = {open_view, view_vector, view_schema, close_view};
+const sl_feature_views_t sl_feature_views = {open_view, begin_view, view_vector, view_schema,
+                                             close_view};

@@ -315,13 +315,6 @@ int pipeline_failed(pipeline_t *pl, char *error, size_t size)
 
 #define HELD_BYTES_MAX (32 << 20) /* exactly-once: commit early past this much output */
 
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Appends a held partition's records (sl_commit_append splits them into
  * batches the topic accepts). */
 static int append_held(sl_commit_t *c, held_t *h)
@@ -365,13 +358,32 @@ static int flush_states(worker_t *w)
     return rc;
 }
 
-static int states_dirty(const pipeline_t *pl, task_t *t)
+/* Whether a cache of t has changes to commit: to the changelog, or into
+ * LMDB (its flush is due, or flush_all and it has any). */
+static int states_dirty(const pipeline_t *pl, task_t *t, int flush_all)
 {
     for (int op = 0; t->state && op < pl->dag->op_count; op++) {
         sl_cache_t *cache = sl_exec_task_cache(t->state, op);
-        if (cache && sl_cache_dirty_count(cache))
+        if (cache &&
+            (sl_cache_dirty_count(cache) ||
+             (flush_all ? sl_cache_unflushed_count(cache) > 0 : sl_cache_flush_due(cache))))
             return 1;
     }
+    return 0;
+}
+
+/* Whether w's tasks hold state LMDB lacks (a flush to come). */
+static int states_unflushed(worker_t *w)
+{
+    pipeline_t *pl = w->pl;
+    for (int i = 0; i < pl->task_count; i++)
+        for (int op = 0;
+             pipeline_runs(w, &pl->tasks[i]) && pl->tasks[i].state && op < pl->dag->op_count;
+             op++) {
+            sl_cache_t *cache = sl_exec_task_cache(pl->tasks[i].state, op);
+            if (cache && sl_cache_unflushed_count(cache))
+                return 1;
+        }
     return 0;
 }
 
@@ -423,8 +435,9 @@ static int commit_states(worker_t *w, task_t *t)
 
 /* Exactly-once (DESIGN.md section 7): the held outputs and the input
  * offsets of w's tasks in one commit; readers see the outputs once it is
- * durable. */
-static int commit_exactly_once(worker_t *w)
+ * durable. flush_all: every state change goes into LMDB now, whatever the
+ * flush interval (the worker is idle or stopping). */
+static int commit_exactly_once(worker_t *w, int flush_all)
 {
     pipeline_t *pl = w->pl;
     int rc = flush_states(w);
@@ -433,10 +446,12 @@ static int commit_exactly_once(worker_t *w)
     int any = w->held_count > 0 || route_pending(w);
     for (int i = 0; !any && i < pl->task_count; i++)
         any = pipeline_runs(w, &pl->tasks[i]) &&
-              (pl->tasks[i].uncommitted >= 0 || states_dirty(pl, &pl->tasks[i]));
+              (pl->tasks[i].uncommitted >= 0 || states_dirty(pl, &pl->tasks[i], flush_all));
     if (rc || !any)
         return rc;
     rc = sl_commit_begin(w->committer);
+    if (flush_all)
+        sl_commit_flush_all(w->committer);
     for (int i = 0; rc == 0 && i < w->held_count; i++)
         rc = append_held(w->committer, &w->held[i]);
     for (int i = 0; rc == 0 && i < pl->task_count; i++)
@@ -480,14 +495,14 @@ static int commit_exactly_once(worker_t *w)
 
 /* Commits w's tasks: waits until every output appended since the last
  * commit is durable, then records their input offsets in LMDB. Nothing is
- * committed if an output failed. */
-static int commit(worker_t *w)
+ * committed if an output failed. flush_all as for commit_exactly_once(). */
+static int commit(worker_t *w, int flush_all)
 {
     pipeline_t *pl = w->pl;
     int rc = 0;
     if (pl->exactly_once) {
-        rc = commit_exactly_once(w);
-        w->committed_ms = monotonic_ms();
+        rc = commit_exactly_once(w, flush_all);
+        w->committed_ms = sl_monotonic_ms();
         return rc;
     }
     rc = frontiers_markers(w, append_marker);
@@ -509,7 +524,7 @@ static int commit(worker_t *w)
             t->uncommitted = -1;
         pipeline_task_show(t);
     }
-    w->committed_ms = monotonic_ms();
+    w->committed_ms = sl_monotonic_ms();
     return rc;
 }
 
@@ -557,9 +572,9 @@ static int end_batch(worker_t *w, task_t *lead, int stopped)
         t->ran_to = -1;
         pipeline_task_show(t);
     }
-    if (rc == 0 && (stopped || monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
+    if (rc == 0 && (stopped || sl_monotonic_ms() - w->committed_ms >= w->dag->commit_interval ||
                     w->held_bytes >= HELD_BYTES_MAX || sl_exec_task_full(lead->state)))
-        rc = commit(w);
+        rc = commit(w, 0);
     return rc == 0 ? stopped : rc;
 }
 
@@ -624,8 +639,8 @@ static int step_group(worker_t *w, task_t *lead, int keyed_only)
     if (!waiting)
         lead->waiting_since = 0;
     else if (!lead->waiting_since)
-        lead->waiting_since = monotonic_ms();
-    if (waiting && monotonic_ms() - lead->waiting_since < FEEDER_WAIT_MS)
+        lead->waiting_since = sl_monotonic_ms();
+    if (waiting && sl_monotonic_ms() - lead->waiting_since < FEEDER_WAIT_MS)
         return 0; /* a commit of the feeders wakes this worker */
     sl_exec_set_task(w->exec, lead->state);
     w->round_robin++;
@@ -665,13 +680,21 @@ static int step_group(worker_t *w, task_t *lead, int keyed_only)
 
 /* Waits for a notify: data became visible somewhere, or a stop. The seq
  * was read before the tasks were scanned, so no notify is missed; the
- * minute's timeout is only a safety net (an idle pipeline uses no CPU). */
-static void wait_for_input(pipeline_t *pl, uint64_t seen)
+ * minute's timeout is only a safety net (an idle pipeline uses no CPU),
+ * unless the state has a flush to come: then the flush interval. */
+static void wait_for_input(worker_t *w, uint64_t seen)
 {
+    pipeline_t *pl = w->pl;
     sl_pipelines_t *m = pl->manager;
     struct timespec ts;
+    int64_t ms = states_unflushed(w) ? w->dag->flush_interval + 1 : 60000;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 60;
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
     pthread_mutex_lock(&m->wake_lock);
     while (m->wake_seq == seen && !atomic_load(&pl->stop) && !atomic_load(&pl->failed_flag))
         if (pthread_cond_timedwait(&m->wake, &m->wake_lock, &ts))
@@ -709,16 +732,16 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&pl->manager->wake_lock);
         int rc = pass(w, 0);
         if (rc == 0)
-            rc = commit(w); /* idle: commit now */
+            rc = commit(w, 0); /* idle: commit now */
         if (rc < 0) {
             set_failed(pl, sl_error_detail());
             sl_pipelines_notify(pl->manager); /* the other workers stop too */
             break;
         }
         if (rc == 0)
-            wait_for_input(pl, seen);
+            wait_for_input(w, seen);
     }
-    if (commit(w)) /* stopping: what was done */
+    if (commit(w, 1)) /* stopping: what was done */
         set_failed(pl, sl_error_detail());
     return NULL;
 }
@@ -1223,7 +1246,7 @@ void pipeline_drain_and_free(pipeline_t *pl)
         if (rc <= 0)
             break;
     }
-    if (was_running && commit(&pl->workers[0]))
+    if (was_running && commit(&pl->workers[0], 1))
         set_failed(pl, sl_error_detail());
     pipeline_free(pl);
 }

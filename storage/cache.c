@@ -48,7 +48,8 @@ typedef struct entry {
     uint32_t key_len, value_len, value_cap;
     uint32_t next_window; /* index + 1 of the key's previous window entry; 0 none */
     uint8_t dirty, deleted;
-    uint8_t fresh; /* changed since the last sl_cache_take_changed() */
+    uint8_t fresh;     /* changed since the last sl_cache_take_changed() */
+    uint8_t unflushed; /* changed since the last flush into LMDB */
 } entry_t;
 
 /* One window of a key, while merging with LMDB's. */
@@ -66,8 +67,14 @@ struct sl_cache {
     size_t count, entries_cap, dirty;
     uint32_t *dirty_list; /* indexes of the dirty entries (c->dirty of them) */
     size_t dirty_list_cap;
-    int64_t min_start; /* window stores: no live cached window starts before it */
-    uint64_t *slots;   /* a slot: the hash's top 32 bits, index + 1 into entries; 0 empty */
+    uint32_t *unflushed_list; /* indexes of the unflushed entries */
+    size_t unflushed, unflushed_cap;
+    int64_t flush_interval, flushed_ms; /* ms; when the last flush committed */
+    size_t published;                   /* bytes of the commits since then (the overlay's) */
+    int flushing;                       /* this commit writes LMDB */
+    int64_t expired_below;              /* every stored window starting before it is deleted here */
+    int64_t min_start;                  /* window stores: no live cached window starts before it */
+    uint64_t *slots; /* a slot: the hash's top 32 bits, index + 1 into entries; 0 empty */
     size_t slot_count;
     /* Window stores, once asked for a key's windows (sl_cache_windows;
      * chained): the same for a key's newest entry, which heads the chain
@@ -148,6 +155,8 @@ int sl_cache_new(sl_store_t *store, size_t max_bytes, sl_cache_t **out)
     c->window = sl_store_kind(store) == SL_STORE_WINDOW;
     c->max_bytes = max_bytes ? max_bytes : CACHE_DEFAULT_BYTES;
     c->min_start = INT64_MAX;
+    c->expired_below = INT64_MIN;
+    c->flushed_ms = sl_monotonic_ms();
     *out = c;
     return 0;
 }
@@ -161,8 +170,9 @@ static void end_read(sl_cache_t *c)
 
 void sl_cache_clear(sl_cache_t *c)
 {
-    c->count = c->dirty = c->key_count = c->arena.len = 0;
+    c->count = c->dirty = c->unflushed = c->key_count = c->arena.len = 0;
     c->min_start = INT64_MAX;
+    c->expired_below = INT64_MIN; /* the deletes it knew of may be gone with it */
     if (c->slots)
         memset(c->slots, 0, c->slot_count * sizeof *c->slots);
     if (c->key_slots)
@@ -186,6 +196,7 @@ void sl_cache_free(sl_cache_t *c)
         mdb_txn_abort(c->read);
     sl_free(c->entries);
     sl_free(c->dirty_list);
+    sl_free(c->unflushed_list);
     sl_free(c->slots);
     sl_free(c->key_slots);
     sl_buf_free(&c->arena);
@@ -218,6 +229,16 @@ int sl_cache_is_full(const sl_cache_t *c)
 size_t sl_cache_dirty_count(const sl_cache_t *c)
 {
     return c->dirty;
+}
+
+size_t sl_cache_unflushed_count(const sl_cache_t *c)
+{
+    return c->unflushed;
+}
+
+void sl_cache_set_flush_interval(sl_cache_t *c, int64_t ms)
+{
+    c->flush_interval = ms;
 }
 
 /* ---- the tables ---------------------------------------------------------- */
@@ -285,7 +306,9 @@ static int reserve_entry(sl_cache_t *c)
         return -ENOBUFS;
     if (sl_array_reserve((void **)&c->entries, &c->entries_cap, c->count + 1, sizeof(entry_t)) ||
         sl_array_reserve((void **)&c->dirty_list, &c->dirty_list_cap, c->count + 1,
-                         sizeof *c->dirty_list))
+                         sizeof *c->dirty_list) ||
+        sl_array_reserve((void **)&c->unflushed_list, &c->unflushed_cap, c->count + 1,
+                         sizeof *c->unflushed_list))
         return -ENOMEM;
     if ((c->count + 1) * 2 > c->slot_count && rehash(c, &c->slots, &c->slot_count, 0))
         return -ENOMEM;
@@ -380,9 +403,11 @@ static entry_t *lookup(sl_cache_t *c, const uint8_t *k, size_t len)
 
 static void mark_dirty(sl_cache_t *c, entry_t *e)
 {
-    if (!e->dirty) /* room: dirty_list has a place per entry */
+    if (!e->dirty) /* room: dirty_list has a place per entry, as unflushed_list */
         c->dirty_list[c->dirty++] = (uint32_t)(e - c->entries);
-    e->dirty = 1;
+    if (!e->unflushed)
+        c->unflushed_list[c->unflushed++] = (uint32_t)(e - c->entries);
+    e->dirty = e->unflushed = 1;
     e->fresh = 1;
     c->changes_valid = 0;
 }
@@ -411,6 +436,8 @@ static int put_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void
     e->deleted = 0; /* live: min_start covers it (expiry may have passed it when deleted) */
     if (c->window && window_of(c, e) < c->min_start)
         c->min_start = window_of(c, e);
+    if (c->window && window_of(c, e) < c->expired_below) /* expiry must look at it again */
+        c->expired_below = window_of(c, e);
     mark_dirty(c, e);
     return sl_cache_is_full(c);
 }
@@ -696,8 +723,10 @@ int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count)
         }
         c->min_start = min;
     }
-    if (rc == 0 && (rc = begin_read(c)) == 0)
-        rc = sl_store_expired(c->store, c->read, cutoff, SIZE_MAX, expire_stored, &x);
+    if (rc == 0 && cutoff > c->expired_below && (rc = begin_read(c)) == 0 &&
+        (rc = sl_store_expired(c->store, c->read, c->expired_below, cutoff, SIZE_MAX, expire_stored,
+                               &x)) == 0)
+        c->expired_below = cutoff; /* all deleted here: the next pass starts after them */
     if (rc == 1)
         rc = x.error;
     if (count)
@@ -707,29 +736,21 @@ int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count)
 
 /* ---- commits ------------------------------------------------------------- */
 
-static int sort_dirty(sl_cache_t *c)
+/* Fills c->changes with the n entries listed (indexes into entries),
+ * sorted by store key; c->order holds their indexes in that order. */
+static int sort_changes(sl_cache_t *c, const uint32_t *list, size_t n)
 {
-    size_t n = 0;
-    if (sl_array_reserve((void **)&c->order, &c->order_cap, c->dirty, sizeof *c->order) ||
-        sl_array_reserve((void **)&c->order_tmp, &c->order_tmp_cap, c->dirty,
-                         sizeof *c->order_tmp) ||
-        sl_array_reserve((void **)&c->changes, &c->changes_cap, c->dirty, sizeof *c->changes))
+    if (sl_array_reserve((void **)&c->order, &c->order_cap, n, sizeof *c->order) ||
+        sl_array_reserve((void **)&c->order_tmp, &c->order_tmp_cap, n, sizeof *c->order_tmp) ||
+        sl_array_reserve((void **)&c->changes, &c->changes_cap, n, sizeof *c->changes))
         return sl_error_set(-ENOMEM, "store %s: out of memory sorting changes",
                             sl_store_name(c->store));
-    for (size_t i = 0; i < c->dirty; i++) {
-        const entry_t *e = &c->entries[c->dirty_list[i]];
-        c->order[n++] = (sl_key_item_t){0, 0, key_of(c, e), e->key_len, c->dirty_list[i]};
+    for (size_t i = 0; i < n; i++) {
+        const entry_t *e = &c->entries[list[i]];
+        c->order[i] = (sl_key_item_t){0, 0, key_of(c, e), e->key_len, list[i]};
     }
     sl_key_sort(c->order, c->order_tmp, n);
-    return 0;
-}
-
-int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count)
-{
-    int rc = c->changes_valid ? 0 : sort_dirty(c);
-    if (rc)
-        return rc;
-    for (size_t i = 0; !c->changes_valid && i < c->dirty; i++) {
+    for (size_t i = 0; i < n; i++) {
         const entry_t *e = &c->entries[c->order[i].index];
         c->changes[i] = (sl_record_t){.timestamp = -1,
                                       .key = key_of(c, e),
@@ -737,7 +758,15 @@ int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count)
                                       .value = e->deleted ? NULL : c->arena.data + e->value_at,
                                       .value_len = e->deleted ? -1 : (int32_t)e->value_len};
     }
-    c->change_count = c->dirty;
+    c->change_count = n;
+    return 0;
+}
+
+int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count)
+{
+    int rc = c->changes_valid ? 0 : sort_changes(c, c->dirty_list, c->dirty);
+    if (rc)
+        return rc;
     c->changes_valid = 1;
     *records = c->changes;
     *count = c->change_count;
@@ -759,11 +788,43 @@ int sl_cache_take_changed(sl_cache_t *c, sl_change_fn fn, void *arg)
     return rc;
 }
 
-int sl_cache_flush(sl_cache_t *c, MDB_txn *txn)
+/* Whether this commit writes the entries into LMDB (see sl_cache_flush()):
+ * its interval is up, or the cache or the overlay holds over half the
+ * cache's budget (the cache is emptied after it). */
+static int flush_due(const sl_cache_t *c, int force)
+{
+    size_t changed = 0;
+    for (size_t i = 0; i < c->dirty && c->published <= c->max_bytes / 2; i++)
+        changed += c->entries[c->dirty_list[i]].key_len + c->entries[c->dirty_list[i]].value_len;
+    return force || c->flush_interval <= 0 ||
+           sl_monotonic_ms() - c->flushed_ms >= c->flush_interval ||
+           sl_cache_bytes(c) > c->max_bytes / 2 || c->published + changed > c->max_bytes / 2;
+}
+
+int sl_cache_flush_due(const sl_cache_t *c)
+{
+    return c->unflushed > 0 && flush_due(c, 0);
+}
+
+int sl_cache_flush(sl_cache_t *c, MDB_txn *txn, int force, int *wrote)
 {
     const sl_record_t *changes;
     size_t n;
-    int rc = sl_cache_changes(c, &changes, &n);
+    int rc = 0;
+    *wrote = c->flushing = c->unflushed > 0 && flush_due(c, force);
+    if (!c->flushing) { /* the commit shows the changes through the overlay */
+        for (size_t i = 0; i < c->dirty; i++)
+            c->published +=
+                c->entries[c->dirty_list[i]].key_len + c->entries[c->dirty_list[i]].value_len;
+        return 0;
+    }
+    if (c->unflushed == c->dirty) /* the same entries: sorted already for the changelog */
+        rc = sl_cache_changes(c, &changes, &n);
+    else if ((rc = sort_changes(c, c->unflushed_list, c->unflushed)) == 0) {
+        c->changes_valid = 0; /* c->changes holds the unflushed entries now */
+        changes = c->changes;
+        n = c->change_count;
+    }
     return rc ? rc : sl_store_apply(c->store, txn, changes, n);
 }
 
@@ -774,6 +835,13 @@ void sl_cache_committed(sl_cache_t *c)
     c->dirty = 0;
     c->changes_valid = 0;
     end_read(c);
+    if (!c->flushing)
+        return;
+    for (size_t i = 0; i < c->unflushed; i++)
+        c->entries[c->unflushed_list[i]].unflushed = 0;
+    c->unflushed = c->published = 0;
+    c->flushing = 0;
+    c->flushed_ms = sl_monotonic_ms();
     if (sl_cache_bytes(c) > c->max_bytes / 2)
         sl_cache_clear(c);
 }

@@ -75,6 +75,7 @@ typedef struct restore {
     sl_record_t *changes;
     size_t changes_cap;
     struct timespec started;
+    uint64_t committed_txn; /* the last batch's transaction; 0 before */
 } restore_t;
 
 static double seconds_since(const struct timespec *t)
@@ -149,8 +150,11 @@ static int write_batch(restore_t *r, int64_t upto)
         mdb_txn_abort(txn);
         return rc;
     }
-    if ((rc = sl_state_commit(txn)) == 0)
+    uint64_t id = mdb_txn_id(txn);
+    if ((rc = sl_state_commit(txn)) == 0) {
         r->progress.entries += (int64_t)count;
+        r->committed_txn = id;
+    }
     return rc;
 }
 
@@ -236,7 +240,12 @@ int sl_store_restore(sl_store_t *s, sl_partition_t *changelog, const sl_restore_
                   r.progress.store, r.progress.partition, sl_partition_topic_name(changelog),
                   (long long)from, (long long)r.progress.to);
         sl_reader_set_limit(r.reader, r.progress.to);
-        if ((rc = run_restore(&r)) == 0)
+        if ((rc = run_restore(&r)) == 0 && r.committed_txn) { /* LMDB has what the runs had */
+            sl_store_views_lock(sl_store_state(s));
+            sl_overlay_drop(sl_store_overlay(s), r.progress.partition, 0, r.committed_txn);
+            sl_store_views_unlock(sl_store_state(s));
+        }
+        if (rc == 0)
             sl_report(SL_INFO, "state",
                       "restored store %s partition %d: %lld records, %lld entries in %.3f s",
                       r.progress.store, r.progress.partition, (long long)r.progress.records,

@@ -28,9 +28,11 @@ typedef struct written {
 
 typedef struct flushed {
     sl_cache_t *cache;
-    sl_partition_t *changelog; /* NULL if the cache had no changes */
-    int32_t partition;         /* sl_commit_store_at: the checkpoint's */
-    int64_t checkpoint;        /* ... and its offset; -1 otherwise */
+    sl_partition_t *changelog; /* NULL: sl_commit_store_at */
+    int32_t partition;         /* the task's (changelog's, or the checkpoint's) */
+    int64_t checkpoint;        /* sl_commit_store_at: the offset; -1 otherwise */
+    int wrote;                 /* the entries went into LMDB: the overlay's runs go */
+    int published;             /* the changes went into the overlay instead */
 } flushed_t;
 
 struct sl_commit {
@@ -40,6 +42,8 @@ struct sl_commit {
     size_t written_count, written_cap;
     flushed_t *flushed;
     size_t flushed_count, flushed_cap;
+    uint64_t txn_id; /* the write transaction's */
+    int flush_all;   /* sl_commit_flush_all() */
 };
 
 int sl_commit_new(sl_state_t *st, sl_commit_t **out)
@@ -81,8 +85,25 @@ int sl_commit_begin(sl_commit_t *c)
     if (rc) {
         c->txn = NULL;
         sl_state_unlock_commits(c->state);
+    } else {
+        c->txn_id = mdb_txn_id(c->txn);
     }
     return rc;
+}
+
+void sl_commit_flush_all(sl_commit_t *c)
+{
+    c->flush_all = 1;
+}
+
+/* Takes back the overlay runs of a commit that did not happen (the next
+ * commit reuses its transaction id). */
+static void unpublish(sl_commit_t *c)
+{
+    for (size_t i = 0; i < c->flushed_count; i++)
+        if (c->flushed[i].published)
+            sl_overlay_drop(sl_store_overlay(sl_cache_store(c->flushed[i].cache)),
+                            c->flushed[i].partition, c->txn_id, 0);
 }
 
 /* Forgets what the commit touched and lets the next one in. */
@@ -91,6 +112,7 @@ static void finish(sl_commit_t *c)
     for (size_t i = 0; i < c->written_count; i++)
         sl_partition_unref(c->written[i].partition);
     c->written_count = c->flushed_count = 0;
+    c->flush_all = 0;
     c->txn = NULL;
     sl_state_unlock_commits(c->state);
 }
@@ -116,6 +138,7 @@ void sl_commit_abort(sl_commit_t *c)
         return;
     mdb_txn_abort(c->txn);
     roll_back(c);
+    unpublish(c);
     finish(c);
 }
 
@@ -191,7 +214,8 @@ int sl_commit_store(sl_commit_t *c, sl_cache_t *cache, sl_partition_t *changelog
         return rc;
     if (count && (rc = sl_commit_append(c, changelog, changes, count, NULL)))
         return rc;
-    c->flushed[c->flushed_count++] = (flushed_t){cache, count ? changelog : NULL, -1, -1};
+    c->flushed[c->flushed_count++] =
+        (flushed_t){cache, changelog, sl_partition_id(changelog), -1, 0, 0};
     return 0;
 }
 
@@ -202,7 +226,7 @@ int sl_commit_store_at(sl_commit_t *c, sl_cache_t *cache, int32_t partition, int
         rc = sl_error_set(SL_EINVALID, "commit: checkpoint %d/%lld", (int)partition,
                           (long long)offset);
     if (rc == 0)
-        c->flushed[c->flushed_count++] = (flushed_t){cache, NULL, partition, offset};
+        c->flushed[c->flushed_count++] = (flushed_t){cache, NULL, partition, offset, 0, 0};
     return rc;
 }
 
@@ -237,19 +261,33 @@ static int64_t end_of(const sl_commit_t *c, const sl_partition_t *p)
     return -1;
 }
 
+/* Step 3 for one cache: its entries and checkpoint when it flushes, else
+ * its changes into the store's overlay. */
+static int write_cache(sl_commit_t *c, flushed_t *f)
+{
+    sl_store_t *store = sl_cache_store(f->cache);
+    const sl_record_t *changes;
+    size_t count;
+    int rc = sl_cache_flush(f->cache, c->txn, c->flush_all, &f->wrote);
+    if (rc == 0 && f->wrote) {
+        int64_t end = f->changelog ? end_of(c, f->changelog) : f->checkpoint;
+        if (end < 0) /* nothing appended this commit: the changelog's end */
+            end = sl_partition_written_end(f->changelog);
+        return sl_store_checkpoint_put(store, c->txn, f->partition, end);
+    }
+    if (rc || (rc = sl_cache_changes(f->cache, &changes, &count)) || count == 0)
+        return rc;
+    rc = sl_overlay_publish(sl_store_overlay(store), f->partition, c->txn_id, changes, count);
+    f->published = rc == 0;
+    return rc;
+}
+
 /* Step 3: the caches, their checkpoints and every written partition's lso. */
 static int write_state(sl_commit_t *c)
 {
     int rc = 0;
-    for (size_t i = 0; rc == 0 && i < c->flushed_count; i++) {
-        const flushed_t *f = &c->flushed[i];
-        if ((rc = sl_cache_flush(f->cache, c->txn)) == 0 && f->changelog)
-            rc = sl_store_checkpoint_put(sl_cache_store(f->cache), c->txn,
-                                         sl_partition_id(f->changelog), end_of(c, f->changelog));
-        else if (rc == 0 && f->checkpoint >= 0)
-            rc = sl_store_checkpoint_put(sl_cache_store(f->cache), c->txn, f->partition,
-                                         f->checkpoint);
-    }
+    for (size_t i = 0; rc == 0 && i < c->flushed_count; i++)
+        rc = write_cache(c, &c->flushed[i]);
     for (size_t i = 0; rc == 0 && i < c->written_count; i++)
         rc = sl_lso_put(c->state, c->txn, c->written[i].partition, c->written[i].end);
     return rc;
@@ -266,8 +304,17 @@ static void publish(sl_commit_t *c)
                       sl_partition_topic_name(w->partition), sl_partition_id(w->partition),
                       sl_error_detail());
     }
-    for (size_t i = 0; i < c->flushed_count; i++)
-        sl_cache_committed(c->flushed[i].cache);
+    int locked = 0;
+    for (size_t i = 0; i < c->flushed_count; i++) {
+        const flushed_t *f = &c->flushed[i];
+        if (f->wrote && !locked++) /* no reader between its view and its transaction */
+            sl_store_views_lock(c->state);
+        if (f->wrote) /* LMDB holds the partition's entries: its runs are done */
+            sl_overlay_drop(sl_store_overlay(sl_cache_store(f->cache)), f->partition, 0, c->txn_id);
+        sl_cache_committed(f->cache);
+    }
+    if (locked)
+        sl_store_views_unlock(c->state);
 }
 
 int sl_commit_end(sl_commit_t *c)
@@ -281,9 +328,10 @@ int sl_commit_end(sl_commit_t *c)
     }
     rc = sl_state_commit(c->txn); /* frees the transaction, committed or not */
     c->txn = NULL;
-    if (rc)
+    if (rc) {
         roll_back(c);
-    else
+        unpublish(c);
+    } else
         publish(c);
     finish(c);
     return rc;

@@ -1,7 +1,8 @@
 /*
  * duration.c - durations written as text ("500ms", "10s", "1m", "1h",
  * "1d", or bare milliseconds), for every module that reads them: the Lua
- * DSL (window sizes, grace, retention) and the operators.
+ * DSL (window sizes, grace, retention) and the operators; and the
+ * monotonic clock that intervals are measured on.
  *
  * The grammar is deliberately small: decimal digits, then nothing or one
  * unit. Values are checked against SL_DURATION_MAX while the digits are
@@ -10,6 +11,7 @@
 #include "storage/storage.h"
 
 #include <string.h>
+#include <time.h>
 
 static const struct {
     const char *name;
@@ -55,4 +57,11 @@ int sl_duration_parse(const char *text, int64_t *ms)
         return duration_error(text, "too long (the limit is 1e13 ms, about 317 years)");
     *ms = n * unit;
     return 0;
+}
+
+int64_t sl_monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

@@ -22,13 +22,6 @@ struct sl_flusher {
     int stopping;
 };
 
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 #define TAKE_MAX 64
 
 /* Unlinks up to TAKE_MAX partitions that are due into due[] (they cannot
@@ -73,7 +66,7 @@ static void *flusher_main(void *arg)
     pthread_mutex_lock(&f->lock);
     while (!f->stopping) {
         int64_t next_due;
-        int n = take_due(f, monotonic_ms(), due, &next_due);
+        int n = take_due(f, sl_monotonic_ms(), due, &next_due);
         if (n == 0) {
             wait_until(f, next_due);
             continue;
@@ -136,7 +129,7 @@ void sl_flusher_schedule(sl_flusher_t *f, sl_partition_t *p)
     if (!p->flush_queued) {
         int64_t delay = p->config.fsync == SL_FSYNC_ALWAYS ? 0 : p->config.fsync_interval_ms;
         p->flush_queued = 1;
-        p->flush_due_ms = monotonic_ms() + delay;
+        p->flush_due_ms = sl_monotonic_ms() + delay;
         p->flush_next = f->queue;
         f->queue = p;
         sl_partition_ref(p);

@@ -37,8 +37,14 @@ struct sl_state {
     char dir[PATH_MAX]; /* DATA/state */
     pthread_mutex_t databases_lock;
     pthread_mutex_t commit_lock; /* see sl_state_lock_commits() */
+    pthread_mutex_t views_lock;  /* see sl_store_views_lock() */
     named_database_t *databases; /* in opening order */
     size_t database_count, database_capacity;
+    struct overlay_slot {
+        char *name;
+        sl_overlay_t *overlay;
+    } * overlays; /* by store name, under databases_lock */
+    size_t overlay_count, overlay_cap;
 };
 
 static int sluice_code(int mdb_code)
@@ -161,6 +167,13 @@ int sl_state_open(const char *data_dir, const sl_state_options_t *opts, sl_state
         sl_free(st);
         return sl_error_set(rc, "state: cannot create a mutex");
     }
+    if ((rc = -pthread_mutex_init(&st->views_lock, NULL))) {
+        pthread_mutex_destroy(&st->commit_lock);
+        pthread_mutex_destroy(&st->views_lock);
+        pthread_mutex_destroy(&st->databases_lock);
+        sl_free(st);
+        return sl_error_set(rc, "state: cannot create a mutex");
+    }
     if ((rc = make_dirs(data_dir, st)) || (rc = take_directory_lock(st)) ||
         (rc = open_environment(st, opts)) || (rc = open_system_databases(st)) ||
         (rc = sync_dirs(data_dir, st)))
@@ -183,6 +196,11 @@ void sl_state_close(sl_state_t *st)
     for (size_t i = 0; i < st->database_count; i++)
         sl_free(st->databases[i].name);
     sl_free(st->databases);
+    for (size_t i = 0; i < st->overlay_count; i++) {
+        sl_free(st->overlays[i].name);
+        sl_overlay_free(st->overlays[i].overlay);
+    }
+    sl_free(st->overlays);
     pthread_mutex_destroy(&st->databases_lock);
     pthread_mutex_destroy(&st->commit_lock);
     sl_free(st);
@@ -283,6 +301,42 @@ int sl_state_database(sl_state_t *st, const char *name, MDB_dbi *out)
     } else {
         rc = open_database(st, txn, name, out);
     }
+    pthread_mutex_unlock(&st->databases_lock);
+    return rc;
+}
+
+void sl_store_views_lock(sl_state_t *st)
+{
+    pthread_mutex_lock(&st->views_lock);
+}
+
+void sl_store_views_unlock(sl_state_t *st)
+{
+    pthread_mutex_unlock(&st->views_lock);
+}
+
+int sl_state_overlay(sl_state_t *st, const char *name, sl_overlay_t **out)
+{
+    int rc = 0;
+    pthread_mutex_lock(&st->databases_lock);
+    size_t i = 0;
+    while (i < st->overlay_count && strcmp(st->overlays[i].name, name))
+        i++;
+    if (i == st->overlay_count) {
+        char *copy = sl_strdup(name);
+        sl_overlay_t *o = NULL;
+        if (!copy ||
+            sl_array_reserve((void **)&st->overlays, &st->overlay_cap, st->overlay_count + 1,
+                             sizeof *st->overlays) ||
+            (rc = sl_overlay_new(&o))) {
+            sl_free(copy);
+            rc = sl_error_set(-ENOMEM, "state: out of memory opening store %s", name);
+        } else {
+            st->overlays[st->overlay_count++] = (struct overlay_slot){copy, o};
+        }
+    }
+    if (rc == 0)
+        *out = st->overlays[i].overlay;
     pthread_mutex_unlock(&st->databases_lock);
     return rc;
 }

@@ -142,4 +142,65 @@ int sl_state_commit(MDB_txn *txn);
  */
 int sl_state_error(int mdb_code, const char *what);
 
+/*
+ * Overlays (overlay.c): a store's committed changes that LMDB does not hold
+ * yet, shared by every handle of the store in the process (storage.h,
+ * "state stores and commits", flush interval). Runs are published by
+ * commits and dropped by flushes and restores; readers take views.
+ */
+typedef struct sl_overlay sl_overlay_t;
+typedef struct sl_overlay_view sl_overlay_view_t;
+
+/* The overlay of the store named name (created at the first ask, freed by
+ * sl_state_close()). Returns 0 or -ENOMEM. */
+int sl_state_overlay(sl_state_t *st, const char *name, sl_overlay_t **out);
+
+/* The overlay of store s (store.c). */
+sl_overlay_t *sl_store_overlay(const sl_store_t *s);
+
+int sl_overlay_new(sl_overlay_t **out);
+void sl_overlay_free(sl_overlay_t *o);
+
+/* Keeps count changes (sorted by store key, keys unique, value NULL for a
+ * delete) of partition's task, committed by write transaction txn. */
+int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const sl_record_t *changes,
+                       size_t count);
+
+/* Drops the runs of partition (-1: every partition) published by
+ * transaction min_txn or later; dropped, if newer than what the overlay
+ * has, becomes its newest dropping transaction (0: none, for runs that
+ * were never committed). */
+void sl_overlay_drop(sl_overlay_t *o, int32_t partition, uint64_t min_txn, uint64_t dropped);
+
+/* A reference to the current runs, read without locks until released. */
+sl_overlay_view_t *sl_overlay_view(sl_overlay_t *o);
+void sl_overlay_view_release(sl_overlay_view_t *v);
+uint64_t sl_overlay_view_dropped(const sl_overlay_view_t *v);
+size_t sl_overlay_view_runs(const sl_overlay_view_t *v);
+
+/* The newest change of store key key[0..len) among the runs of
+ * transaction txn or earlier: 1 with *value (NULL and -1 for a delete),
+ * valid while v is held; 0 if the runs have none. */
+int sl_overlay_view_get(const sl_overlay_view_t *v, uint64_t txn, const void *key, size_t len,
+                        const void **value, int32_t *value_len);
+
+/* A walk over a view's changes in store-key order from `from` (from_len 0:
+ * the first), the newest change of each key once. */
+typedef struct sl_overlay_walk {
+    const sl_overlay_view_t *view;
+    size_t *pos; /* per run */
+} sl_overlay_walk_t;
+
+/* v may be NULL (an empty walk). Returns 0 or -ENOMEM. */
+int sl_overlay_walk_start(sl_overlay_walk_t *w, const sl_overlay_view_t *v, uint64_t txn,
+                          const void *from, size_t from_len);
+/* The walk's current change: 1 with it, 0 at the end. */
+int sl_overlay_walk_peek(sl_overlay_walk_t *w, const uint8_t **key, size_t *key_len,
+                         const void **value, int32_t *value_len);
+void sl_overlay_walk_next(sl_overlay_walk_t *w);
+void sl_overlay_walk_end(sl_overlay_walk_t *w);
+
+/* LMDB's default key order: < 0, 0, > 0. */
+int sl_overlay_compare_keys(const void *a, size_t a_len, const void *b, size_t b_len);
+
 #endif

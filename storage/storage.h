@@ -873,9 +873,38 @@ size_t sl_store_window_key(uint8_t *out, const void *key, size_t key_len, int64_
 int sl_store_window_split(const void *store_key, size_t len, size_t *key_len,
                           int64_t *window_start);
 
-/* Reads a kv store's value of key in txn: 0 with *value (LMDB's, valid
- * until txn ends) and *value_len; SL_ENOTFOUND; SL_EINVALID for a bad key
- * or a window store; or an LMDB failure. */
+/*
+ * Reads. A task's own handle (sl_store_open) reads LMDB as of txn. A
+ * reader's handle (sl_store_open_existing: queries, feature views) reads
+ * the store as committed by txn's time: LMDB's entries and, over them, the
+ * commits whose changes LMDB does not hold yet (tasks write their entries
+ * into LMDB only every flush interval; see sl_cache_set_flush_interval).
+ * Values read are valid until txn ends, the handle's next read in another
+ * transaction, or sl_store_read_done(); a reader's handle is used by one
+ * thread at a time.
+ */
+
+/* Lets go of what a reader's handle keeps for the reads of its last
+ * transaction (call it when the transaction ends; else its next read or
+ * sl_store_close() does). */
+void sl_store_read_done(sl_store_t *s);
+
+/*
+ * Reads of several stores that must show one committed state (a feature
+ * vector over two aggregates) begin together: sl_store_views_lock(),
+ * begin or renew the read transaction, sl_store_view_take() for every
+ * store it will read, sl_store_views_unlock(). (A store read without it
+ * still shows one committed state of its own, maybe a newer one than the
+ * transaction's.) The lock is held only that long; commits take it to drop
+ * what they flushed.
+ */
+void sl_store_views_lock(sl_state_t *st);
+void sl_store_views_unlock(sl_state_t *st);
+void sl_store_view_take(sl_store_t *s, MDB_txn *txn);
+
+/* Reads a kv store's value of key in txn: 0 with *value and *value_len;
+ * SL_ENOTFOUND; SL_EINVALID for a bad key or a window store; or an LMDB
+ * failure. */
 int sl_store_get(sl_store_t *s, MDB_txn *txn, const void *key, size_t key_len, const void **value,
                  size_t *value_len);
 
@@ -923,10 +952,11 @@ int sl_store_foreach_from(sl_store_t *s, MDB_txn *txn, const void *from, size_t 
                           sl_entry_fn fn, void *arg);
 
 /* Calls fn (value NULL) with the store key of up to max windows whose start
- * is before cutoff, oldest first, as of txn: what expiry deletes. Window
- * stores only. Returns as sl_store_foreach(). */
-int sl_store_expired(sl_store_t *s, MDB_txn *txn, int64_t cutoff, size_t max, sl_entry_fn fn,
-                     void *arg);
+ * is from `from` (INT64_MIN: the oldest) to before cutoff, oldest first, as
+ * of txn: what expiry deletes. Window stores only. Returns as
+ * sl_store_foreach(). */
+int sl_store_expired(sl_store_t *s, MDB_txn *txn, int64_t from, int64_t cutoff, size_t max,
+                     sl_entry_fn fn, void *arg);
 
 /*
  * Writes count changes into the caller's write transaction: record i's key
@@ -960,11 +990,14 @@ int sl_store_checkpoint_put(sl_store_t *s, MDB_txn *txn, int32_t partition, int6
 
 /*
  * A per-task write cache over one store. Operators put and delete into it
- * and read through it (the cache first, then LMDB as of the last commit);
+ * and read through it (the cache first, then LMDB as of the last flush);
  * nothing reaches LMDB until a commit flushes it. Dirty entries stay until
- * the commit that wrote them; then they stay as a read cache until the
- * cache holds more than half its budget after a commit, when it is
- * emptied. A cache belongs to one thread at a time.
+ * the commit that wrote them to the changelog; unflushed ones until the
+ * commit that also wrote them into LMDB (every commit, or every flush
+ * interval: sl_cache_set_flush_interval()); then they stay as a read cache
+ * until the cache holds more than half its budget after a flush, when it
+ * is emptied. So the cache always holds every change LMDB lacks. A cache
+ * belongs to one thread at a time.
  *
  * Pointers returned by reads are valid until the next call on the cache.
  */
@@ -1067,17 +1100,40 @@ typedef int (*sl_change_fn)(void *arg, const sl_record_t *change);
  */
 int sl_cache_take_changed(sl_cache_t *c, sl_change_fn fn, void *arg);
 
-/* Writes the changes into the caller's write transaction
- * (sl_store_apply()). The entries stay dirty until sl_cache_committed(). */
-int sl_cache_flush(sl_cache_t *c, MDB_txn *txn);
+/*
+ * The flush interval, in ms: commits write the entries changed since the
+ * last flush into LMDB (with the checkpoint) only once it has passed since
+ * then; the commits between write the changes to the changelog alone, and
+ * readers see them through the store's overlay (sl_store_read_done()). A
+ * crash then leaves LMDB behind its changelog, and the store is restored
+ * from its checkpoint on: state costs one LMDB write per entry per
+ * interval instead of per commit. Flushes come earlier when the cache or
+ * the changes since the last flush pass half the cache's budget, and when
+ * the commit asks (a task that stops). 0 (the default): every commit.
+ */
+void sl_cache_set_flush_interval(sl_cache_t *c, int64_t ms);
+
+/* Changed entries LMDB lacks (0 after a flush). */
+size_t sl_cache_unflushed_count(const sl_cache_t *c);
+
+/* 1 if the next commit would write the unflushed entries into LMDB
+ * unasked (see above), else 0. */
+int sl_cache_flush_due(const sl_cache_t *c);
+
+/* Step 3 of a commit for the cache: writes the entries changed since the
+ * last flush into the caller's write transaction (sl_store_apply()) if a
+ * flush is due or force is set, and says so in *wrote (the checkpoint may
+ * then move). The entries stay dirty and unflushed until
+ * sl_cache_committed(). */
+int sl_cache_flush(sl_cache_t *c, MDB_txn *txn, int force, int *wrote);
 
 /* Tells the cache that the transaction its flush went into committed: the
  * entries become clean. Not calling it after a failed commit keeps them
  * dirty for the next attempt. */
 void sl_cache_committed(sl_cache_t *c);
 
-/* Empties the cache, dirty entries too (their changes are dropped): for a
- * task that starts over from the committed state. */
+/* Empties the cache, dirty and unflushed entries too (their changes are
+ * dropped): for a task that starts over from the state in LMDB. */
 void sl_cache_clear(sl_cache_t *c);
 
 /* How many times the cache has been emptied (sl_cache_clear(), or by
@@ -1179,10 +1235,11 @@ int sl_store_restore(sl_store_t *s, sl_partition_t *changelog, const sl_restore_
  *      the store's changelog (sl_commit_store); then fsync every partition
  *      appended to and wait until all is durable (inside sl_commit_end).
  *      Nothing of it is visible to readers yet.
- *   3. In the same transaction write the caches' entries, each store's
- *      checkpoint (the changelog end just reached), the task's input
- *      offsets (sl_commit_offset) and each appended partition's new end
- *      into `lso` (sl_commit_end).
+ *   3. In the same transaction write the caches' entries and each store's
+ *      checkpoint (the changelog end just reached) where a flush is due
+ *      (sl_cache_set_flush_interval; else the changes go into the store's
+ *      overlay, for readers), the task's input offsets (sl_commit_offset)
+ *      and each appended partition's new end into `lso` (sl_commit_end).
  *   4. Commit the transaction (LMDB fsyncs it); then make each partition
  *      visible up to its new lso, mark the caches clean and release the
  *      lock (sl_commit_end).
@@ -1201,6 +1258,12 @@ int sl_store_restore(sl_store_t *s, sl_partition_t *changelog, const sl_restore_
  *   LMDB commit   exactly the records appended (they were durable before
  *                 the commit): recovery makes them visible (if step 4 had
  *                 not yet) and the task continues from the new offsets.
+ *
+ * The state a commit that did not flush leaves in LMDB is the last flush's;
+ * the checkpoint says so, and the changes since are in the changelog up to
+ * lso: the store is behind its changelog after a crash, and restoring it
+ * from the checkpoint (sl_store_restore) before its task starts gives the
+ * state of the last commit exactly.
  *
  * A failure that is no crash (a full disk, an fsync or LMDB error) aborts
  * the commit: the transaction is aborted and every partition is cut back to
@@ -1257,6 +1320,10 @@ int sl_commit_store(sl_commit_t *c, sl_cache_t *cache, sl_partition_t *changelog
  * commit records) for `partition`. Each cache at most once per commit. */
 int sl_commit_store_at(sl_commit_t *c, sl_cache_t *cache, int32_t partition, int64_t offset);
 
+/* Has step 3 write every cache's unflushed entries into LMDB, whatever
+ * their flush intervals (a task that stops: it then needs no restore). */
+void sl_commit_flush_all(sl_commit_t *c);
+
 /* Step 3: records the task's input offset (the next offset to read) of
  * (topic, partition) for group, as sl_offsets_put(). */
 int sl_commit_offset(sl_commit_t *c, const char *group, const char *topic, int32_t partition,
@@ -1288,5 +1355,8 @@ void sl_commit_abort(sl_commit_t *c);
  * unknown unit, over SL_DURATION_MAX); *ms is then unchanged.
  */
 int sl_duration_parse(const char *text, int64_t *ms);
+
+/* The monotonic clock in ms (duration.c): for intervals, never dates. */
+int64_t sl_monotonic_ms(void);
 
 #endif

@@ -62,6 +62,16 @@ struct sl_store {
     size_t index_count, index_cap;
     sl_key_item_t *index_order; /* the changes' keys and the sort's scratch */
     size_t index_order_cap;
+    sl_overlay_t *overlay; /* the store's committed changes LMDB lacks (overlay.c) */
+    /* Reader handles (sl_store_open_existing) read through the overlay: the
+     * view taken for the caller's read transaction `view_for` (of id
+     * view_for_id), and the transaction whose LMDB data goes with it: the
+     * caller's, or `fresh` when a flush the caller's read does not see
+     * dropped runs before the view was taken. */
+    int reader;
+    sl_overlay_view_t *view;
+    MDB_txn *view_for, *fresh;
+    uint64_t view_for_id, view_txn;
 };
 
 static const char *const kind_names[] = {"?", "kv", "window"};
@@ -169,8 +179,9 @@ int sl_store_open(sl_state_t *st, const char *pipeline, const char *name, sl_sto
     s->kind = kind;
     if (kind != SL_STORE_KV && kind != SL_STORE_WINDOW)
         rc = sl_error_set(SL_EINVALID, "store: unknown kind %d", (int)kind);
-    else if ((rc = check_names(pipeline, name, s)) == 0 && (rc = open_databases(s)) == 0)
-        rc = check_kind(s);
+    else if ((rc = check_names(pipeline, name, s)) == 0 && (rc = open_databases(s)) == 0 &&
+             (rc = check_kind(s)) == 0)
+        rc = sl_state_overlay(st, s->name, &s->overlay);
     if (rc) {
         sl_free(s);
         return rc;
@@ -222,8 +233,10 @@ int sl_store_open_existing(sl_state_t *st, const char *name, sl_store_t **out)
     if (!s)
         return sl_error_set(-ENOMEM, "store: out of memory opening %s", name ? name : "");
     s->state = st;
-    if ((rc = set_full_name(s, name)) == 0 && (rc = read_kind(s)) == 0)
-        rc = open_databases(s);
+    s->reader = 1;
+    if ((rc = set_full_name(s, name)) == 0 && (rc = read_kind(s)) == 0 &&
+        (rc = open_databases(s)) == 0)
+        rc = sl_state_overlay(st, s->name, &s->overlay);
     if (rc) {
         sl_free(s);
         return rc;
@@ -236,6 +249,7 @@ void sl_store_close(sl_store_t *s)
 {
     if (!s)
         return;
+    sl_store_read_done(s);
     sl_buf_free(&s->index_bytes);
     sl_free(s->index_changes);
     sl_free(s->index_order);
@@ -252,6 +266,11 @@ const char *sl_store_changelog_topic(const sl_store_t *s)
     return s->changelog;
 }
 
+sl_overlay_t *sl_store_overlay(const sl_store_t *s)
+{
+    return s->overlay;
+}
+
 sl_store_kind_t sl_store_kind(const sl_store_t *s)
 {
     return s->kind;
@@ -264,11 +283,65 @@ sl_state_t *sl_store_state(const sl_store_t *s)
 
 /* ---- reads ------------------------------------------------------------- */
 
+void sl_store_read_done(sl_store_t *s)
+{
+    sl_overlay_view_release(s->view);
+    if (s->fresh)
+        mdb_txn_abort(s->fresh);
+    s->view = NULL;
+    s->fresh = s->view_for = NULL;
+}
+
+void sl_store_view_take(sl_store_t *s, MDB_txn *txn)
+{
+    sl_store_read_done(s);
+    if (!s->reader)
+        return;
+    s->view = sl_overlay_view(s->overlay);
+    s->view_for = txn;
+    s->view_for_id = s->view_txn = mdb_txn_id(txn);
+}
+
+/* A reader handle's view for reads in txn, and the transaction to read
+ * LMDB in with it (*use): the one sl_store_view_take() took for txn, else
+ * taken now. A view taken after txn began may lack runs a flush that txn
+ * does not see dropped meanwhile: LMDB is then read in a newer read. */
+static int reader_view(sl_store_t *s, MDB_txn *txn, MDB_txn **use)
+{
+    *use = txn;
+    if (!s->reader)
+        return 0;
+    uint64_t id = mdb_txn_id(txn);
+    if (!s->view || s->view_for != txn || s->view_for_id != id) {
+        sl_store_view_take(s, txn);
+        if (sl_overlay_view_dropped(s->view) > id) { /* runs txn cannot see in LMDB are gone */
+            int rc = sl_state_begin(s->state, 0, &s->fresh);
+            if (rc) {
+                s->fresh = NULL;
+                sl_store_read_done(s);
+                return rc;
+            }
+            s->view_txn = mdb_txn_id(s->fresh);
+        }
+    }
+    if (s->fresh)
+        *use = s->fresh;
+    return 0;
+}
+
 static int get_store_key(sl_store_t *s, MDB_txn *txn, const void *key, size_t key_len,
                          const void **value, size_t *value_len)
 {
     MDB_val k = {key_len, (void *)key}, v;
-    int rc = mdb_get(txn, s->data, &k, &v);
+    int32_t len;
+    int rc = reader_view(s, txn, &txn);
+    if (rc)
+        return rc;
+    if (s->view && sl_overlay_view_get(s->view, s->view_txn, key, key_len, value, &len)) {
+        *value_len = len < 0 ? 0 : (size_t)len;
+        return len < 0 ? SL_ENOTFOUND : 0;
+    }
+    rc = mdb_get(txn, s->data, &k, &v);
     if (rc == MDB_NOTFOUND)
         return SL_ENOTFOUND;
     if (rc)
@@ -314,63 +387,98 @@ int sl_store_get_window(sl_store_t *s, MDB_txn *txn, const void *key, size_t key
     return get_store_key(s, txn, k, n, value, value_len);
 }
 
-/* Visits the windows of key with from <= start <= to. Other keys that
- * share key's bytes and are longer can sort among them (their ninth byte
- * after key falls between two window starts): skipped by length. */
-static int walk_windows(MDB_cursor *cursor, const void *key, size_t key_len, int64_t from,
-                        int64_t to, sl_window_fn fn, void *arg)
+/* Calls fn for each entry from the first at or after from[0..from_len) in
+ * store-key order: LMDB's as of txn and, for a reader handle, the
+ * overlay's changes its view shows, which win where both have a key (a
+ * delete hides LMDB's entry). Returns 0, fn's non-zero return, or an error. */
+static int walk(sl_store_t *s, MDB_txn *txn, const void *from, size_t from_len, sl_entry_fn fn,
+                void *arg)
 {
-    uint8_t k[SL_STORE_KEY_MAX];
-    MDB_val seek = {sl_store_window_key(k, key, key_len, from), k}, v;
-    int rc = mdb_cursor_get(cursor, &seek, &v, MDB_SET_RANGE);
-    for (; rc == 0; rc = mdb_cursor_get(cursor, &seek, &v, MDB_NEXT)) {
-        if (seek.mv_size < key_len || memcmp(seek.mv_data, key, key_len) != 0)
-            break;
-        if (seek.mv_size != key_len + 8)
-            continue;
-        int64_t start = (int64_t)(sl_get_be64((uint8_t *)seek.mv_data + key_len) ^ WINDOW_SIGN);
-        if (start > to)
-            break;
-        if ((rc = fn(arg, start, v.mv_data, v.mv_size)))
-            return rc;
+    MDB_cursor *cursor;
+    MDB_val k = {from_len, (void *)from}, v;
+    sl_overlay_walk_t w;
+    int stop = 0, rc = reader_view(s, txn, &txn);
+    if (rc || (rc = sl_overlay_walk_start(&w, s->view, s->view_txn, from, from_len)))
+        return rc;
+    if ((rc = mdb_cursor_open(txn, s->data, &cursor))) {
+        sl_overlay_walk_end(&w);
+        return sl_state_error(rc, "opening a cursor on a store");
     }
-    return rc == MDB_NOTFOUND || rc == 0 ? 0 : sl_state_error(rc, "reading windows");
+    rc = mdb_cursor_get(cursor, &k, &v, from_len ? MDB_SET_RANGE : MDB_FIRST);
+    while (!stop && (rc == 0 || rc == MDB_NOTFOUND)) {
+        const uint8_t *key;
+        size_t len;
+        const void *value;
+        int32_t value_len;
+        int changed = sl_overlay_walk_peek(&w, &key, &len, &value, &value_len);
+        if (!changed && rc)
+            break;
+        int c = !changed ? -1 : rc ? 1 : sl_overlay_compare_keys(k.mv_data, k.mv_size, key, len);
+        if (c < 0) {
+            stop = fn(arg, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
+            rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+            continue;
+        }
+        if (value_len >= 0)
+            stop = fn(arg, key, len, value, (size_t)value_len);
+        sl_overlay_walk_next(&w);
+        if (c == 0 && !stop)
+            rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cursor);
+    sl_overlay_walk_end(&w);
+    if (stop)
+        return stop;
+    return rc == MDB_NOTFOUND || rc == 0 ? 0 : sl_state_error(rc, "walking a store");
+}
+
+typedef struct window_walk {
+    const void *key;
+    size_t key_len;
+    int64_t to;
+    sl_window_fn fn;
+    void *arg;
+    int past; /* beyond the range: the walk ends */
+} window_walk_t;
+
+/* One entry of a windows walk. Other keys that share key's bytes and are
+ * longer can sort among its windows (their ninth byte after key falls
+ * between two window starts): skipped by length. */
+static int window_entry(void *arg, const void *store_key, size_t len, const void *value,
+                        size_t value_len)
+{
+    window_walk_t *ww = arg;
+    if (len < ww->key_len || memcmp(store_key, ww->key, ww->key_len) != 0)
+        return ww->past = 1;
+    if (len != ww->key_len + 8)
+        return 0;
+    int64_t start = (int64_t)(sl_get_be64((const uint8_t *)store_key + ww->key_len) ^ WINDOW_SIGN);
+    if (start > ww->to)
+        return ww->past = 1;
+    return ww->fn(ww->arg, start, value, value_len);
 }
 
 int sl_store_windows(sl_store_t *s, MDB_txn *txn, const void *key, size_t key_len, int64_t from,
                      int64_t to, sl_window_fn fn, void *arg)
 {
-    MDB_cursor *cursor;
+    uint8_t k[SL_STORE_KEY_MAX];
+    window_walk_t ww = {key, key_len, to, fn, arg, 0};
     int rc = require_kind(s, SL_STORE_WINDOW);
     if (rc || (rc = check_key(s, key_len, SL_WINDOW_KEY_MAX)))
         return rc;
     if (from > to)
         return 0;
-    if ((rc = mdb_cursor_open(txn, s->data, &cursor)))
-        return sl_state_error(rc, "opening a cursor on a store");
-    rc = walk_windows(cursor, key, key_len, from, to, fn, arg);
-    mdb_cursor_close(cursor);
-    return rc;
+    rc = walk(s, txn, k, sl_store_window_key(k, key, key_len, from), window_entry, &ww);
+    return ww.past ? 0 : rc;
 }
 
 int sl_store_foreach_from(sl_store_t *s, MDB_txn *txn, const void *from, size_t from_len,
                           sl_entry_fn fn, void *arg)
 {
-    MDB_cursor *cursor;
-    MDB_val k = {from_len, (void *)from}, v;
-    int stop = 0, rc;
     if (from_len > SL_STORE_KEY_MAX)
         return sl_error_set(SL_EINVALID, "store %s: a start key of %zu bytes (at most %d)", s->name,
                             from_len, SL_STORE_KEY_MAX);
-    if ((rc = mdb_cursor_open(txn, s->data, &cursor)))
-        return sl_state_error(rc, "opening a cursor on a store");
-    for (rc = mdb_cursor_get(cursor, &k, &v, from_len ? MDB_SET_RANGE : MDB_FIRST);
-         rc == 0 && !stop; rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT))
-        stop = fn(arg, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
-    mdb_cursor_close(cursor);
-    if (stop)
-        return stop;
-    return rc == MDB_NOTFOUND ? 0 : sl_state_error(rc, "walking a store");
+    return walk(s, txn, from, from_len, fn, arg);
 }
 
 int sl_store_foreach(sl_store_t *s, MDB_txn *txn, sl_entry_fn fn, void *arg)
@@ -415,13 +523,16 @@ int sl_store_newest_window(sl_store_t *s, int64_t *start)
 
 /* Visits up to max time-index entries with a start before cutoff, passing
  * each one's store key. */
-static int walk_expired(MDB_cursor *cursor, int64_t cutoff, size_t max, sl_entry_fn fn, void *arg)
+static int walk_expired(MDB_cursor *cursor, int64_t from, int64_t cutoff, size_t max,
+                        sl_entry_fn fn, void *arg)
 {
-    uint8_t k[SL_STORE_KEY_MAX];
-    MDB_val key, value;
+    uint8_t k[SL_STORE_KEY_MAX], seek[8];
+    sl_put_be64(seek, (uint64_t)from ^ WINDOW_SIGN);
+    MDB_val key = {8, seek}, value;
     size_t seen = 0;
     int rc, stop = 0;
-    for (rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST); rc == 0 && !stop && seen < max;
+    for (rc = mdb_cursor_get(cursor, &key, &value, from == INT64_MIN ? MDB_FIRST : MDB_SET_RANGE);
+         rc == 0 && !stop && seen < max;
          rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT), seen++) {
         const uint8_t *t = key.mv_data;
         if (key.mv_size < 9 || key.mv_size > SL_STORE_KEY_MAX)
@@ -437,8 +548,8 @@ static int walk_expired(MDB_cursor *cursor, int64_t cutoff, size_t max, sl_entry
     return rc == MDB_NOTFOUND || rc == 0 ? 0 : sl_state_error(rc, "walking a time index");
 }
 
-int sl_store_expired(sl_store_t *s, MDB_txn *txn, int64_t cutoff, size_t max, sl_entry_fn fn,
-                     void *arg)
+int sl_store_expired(sl_store_t *s, MDB_txn *txn, int64_t from, int64_t cutoff, size_t max,
+                     sl_entry_fn fn, void *arg)
 {
     MDB_cursor *cursor;
     int rc = require_kind(s, SL_STORE_WINDOW);
@@ -446,7 +557,7 @@ int sl_store_expired(sl_store_t *s, MDB_txn *txn, int64_t cutoff, size_t max, sl
         return rc;
     if ((rc = mdb_cursor_open(txn, s->by_time, &cursor)))
         return sl_state_error(rc, "opening a cursor on a store's time index");
-    rc = walk_expired(cursor, cutoff, max, fn, arg);
+    rc = walk_expired(cursor, from, cutoff, max, fn, arg);
     mdb_cursor_close(cursor);
     return rc;
 }

@@ -405,6 +405,40 @@ class AggregateRecoveryTest(unittest.TestCase):
         desc = self.r.execute_command("PIPELINE", "DESCRIBE", "p")
         self.assertEqual(dict(zip(desc[0::2], desc[1::2]))[b"tasks"], committed)
 
+    def window_counts(self, store, keys):
+        """{(key, window_start): (n, total)} as WINDOWS answers it."""
+        got = {}
+        for key in keys:
+            for start, _end, value in self.r.execute_command("WINDOWS", store, key, 0, 1 << 62):
+                v = json.loads(value)
+                got[(key, start)] = (v["n"], v["total"])
+        return got
+
+    def test_state_between_flushes_is_queried_and_restored_after_sigkill(self):
+        """flush_interval = 1h: commits write the state to the changelog
+        only, LMDB gets nothing; queries still answer every commit, and a
+        node killed with SIGKILL restores the state from the changelog."""
+        events = AggregateTest.events(self, 8, 400)
+        t_in, out = "in", "out"
+        self.r.execute_command("TOPIC", "CREATE", t_in, "PARTITIONS", 2)
+        script = SCRIPT % dict(name="p", input=t_in, output=out,
+                               window=':window(s.tumbling("10s", {grace = "1h"}))',
+                               options=', store = "spend"')
+        script = script.replace('processing = "exactly_once"',
+                                'processing = "exactly_once", flush_interval = "1h"')
+        self.assertEqual(self.r.execute_command("PIPELINE", "SUBMIT", "p", script), b"OK")
+        for part, upto in ((events[:200], 200), (events[200:], 400)):
+            AggregateTest.produce(self, t_in, part)
+            want = {(k, w): (v["n"], v["total"])
+                    for (k, w), v in reference(events[:upto], 10000).items()}
+            keys = sorted({k for k, _ in want})
+            wait_until(lambda: self.window_counts("p.spend", keys) == want, WAIT,
+                       what="the store's windows")
+            self.node.kill()
+            self.start()
+            self.assertIn("restoring store p.spend partition", self.node.log())
+            self.assertEqual(self.window_counts("p.spend", keys), want)
+
     def test_state_is_restored_from_changelogs_after_deleting_the_state_directory(self):
         events = AggregateTest.events(self, 5, 300)
         def lose_state():

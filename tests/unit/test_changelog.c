@@ -72,7 +72,7 @@ static void commit(node_t *n)
     assert_int_equal(sl_partition_append(n->changelog, changes, count, &first), 0);
     int64_t end = first + (int64_t)count;
     assert_int_equal(sl_state_begin(n->state, 1, &txn), 0);
-    assert_int_equal(sl_cache_flush(n->cache, txn), 0);
+    assert_int_equal(sl_cache_flush(n->cache, txn, 1, &(int){0}), 0);
     assert_int_equal(sl_store_checkpoint_put(n->store, txn, p, end), 0);
     assert_int_equal(sl_lso_put(n->state, txn, n->changelog, end), 0);
     assert_int_equal(sl_state_commit(txn), 0);

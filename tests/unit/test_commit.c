@@ -7,12 +7,18 @@
  * are cut by the next commit; concurrent commits to one partition; a crash
  * between the LMDB commit and visibility; and a crash harness that kills a
  * committing child with SIGKILL twenty times and checks after every restart
- * that outputs, store and offsets agree exactly (no loss, no duplicate).
+ * that outputs, store and offsets agree exactly (no loss, no duplicate),
+ * its task writing state into LMDB only every fifth commit. Commits between
+ * flushes: the changelog has them and LMDB not, readers see them through
+ * the overlay (gets, walks, a read older than a flush), a failed commit's
+ * changes are never seen, and a restore brings LMDB up to date; the
+ * overlay's runs by partition and transaction.
  */
 #include "testutil.h"
 
 #include "storage/io.h"
 #include "storage/offsets.h"
+#include "storage/state.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -63,6 +69,13 @@ static void node_open(node_t *n)
     n->out = ensure_topic(n, "out", 0);
     n->changelog = ensure_topic(n, sl_store_changelog_topic(n->store), 1);
     assert_int_equal(sl_commit_new(n->state, &n->commit), 0);
+}
+
+/* What the runtime does before a task starts: LMDB caught up with the
+ * changelog (the commits since the last flush). */
+static void node_restore(node_t *n)
+{
+    assert_int_equal(sl_store_restore(n->store, n->changelog, NULL, NULL), 0);
 }
 
 static void node_close(node_t *n)
@@ -437,7 +450,7 @@ static void test_crash_after_the_lmdb_commit_keeps_the_commit(void **state)
         assert_int_equal(sl_partition_append(n.out, recs, 10, NULL), 0);
         assert_int_equal(sl_partition_append(n.changelog, changes, count, &first), 0);
         assert_int_equal(sl_state_begin(n.state, 1, &txn), 0);
-        assert_int_equal(sl_cache_flush(n.cache, txn), 0);
+        assert_int_equal(sl_cache_flush(n.cache, txn, 1, &(int){0}), 0);
         assert_int_equal(sl_store_checkpoint_put(n.store, txn, 0, first + (int64_t)count), 0);
         assert_int_equal(sl_offsets_put(n.state, txn, GROUP, INPUT, 0, 20), 0);
         assert_int_equal(sl_lso_put(n.state, txn, n.out, 20), 0);
@@ -464,12 +477,17 @@ static void run_task(const char *dir, int fd)
 {
     node_t n = {.dir = (char *)dir};
     node_open(&n);
+    node_restore(&n);
+    sl_cache_set_flush_interval(n.cache, 3600000); /* into LMDB only when asked */
     int64_t at = committed_offset(&n);
-    while (at < HARNESS_INPUTS) {
+    for (int commits = 1; at < HARNESS_INPUTS; commits++) {
         int64_t to = at + 1 + (at * 7919) % 37;
         if (to > HARNESS_INPUTS)
             to = HARNESS_INPUTS;
-        commit_inputs(&n, at, to);
+        commit_start(&n, at, to);
+        if (commits % 5 == 0)
+            sl_commit_flush_all(n.commit);
+        assert_int_equal(sl_commit_end(n.commit), 0);
         at = to;
         if (write(fd, "c", 1) != 1)
             _exit(3);
@@ -494,10 +512,222 @@ static pid_t start_task(const char *dir, int *fd)
     return child;
 }
 
+/* key's count as a reader (a query) sees it, in txn or a read of its own;
+ * 0 if it has none. */
+static int64_t read_count(sl_store_t *reader, sl_state_t *st, MDB_txn *txn, int key)
+{
+    char k[8], text[32];
+    const void *v;
+    size_t len;
+    MDB_txn *own = NULL;
+    if (!txn)
+        assert_int_equal(sl_state_begin(st, 0, &own), 0);
+    snprintf(k, sizeof k, "k%d", key);
+    int rc = sl_store_get(reader, txn ? txn : own, k, strlen(k), &v, &len);
+    assert_true(rc == 0 || rc == SL_ENOTFOUND);
+    snprintf(text, sizeof text, "%.*s", rc ? 1 : (int)len, rc ? "0" : (const char *)v);
+    if (own) {
+        sl_store_read_done(reader);
+        mdb_txn_abort(own);
+    }
+    return atoll(text);
+}
+
+static size_t overlay_runs(node_t *n)
+{
+    sl_overlay_view_t *v = sl_overlay_view(sl_store_overlay(n->store));
+    size_t runs = sl_overlay_view_runs(v);
+    sl_overlay_view_release(v);
+    return runs;
+}
+
+/* The entries a reader walks, as "key=value ". */
+static int walk_entry(void *arg, const void *key, size_t key_len, const void *value, size_t len)
+{
+    char *text = arg;
+    size_t at = strlen(text);
+    snprintf(text + at, 512 - at, "%.*s=%.*s ", (int)key_len, (const char *)key, (int)len,
+             (const char *)value);
+    return 0;
+}
+
+static void walk_reader(sl_store_t *reader, sl_state_t *st, const char *from, char *text)
+{
+    MDB_txn *txn;
+    text[0] = 0;
+    assert_int_equal(sl_state_begin(st, 0, &txn), 0);
+    assert_int_equal(sl_store_foreach_from(reader, txn, from, strlen(from), walk_entry, text), 0);
+    sl_store_read_done(reader);
+    mdb_txn_abort(txn);
+}
+
+/* Between flushes the changes go to the changelog and the overlay, not
+ * LMDB: the task's handle reads the last flush, a reader every commit; a
+ * lost node restores them; a flush writes them and empties the overlay. */
+static void test_commits_between_flushes_are_read_through_the_overlay(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    sl_store_t *reader;
+    int64_t from;
+    char text[512];
+    node_open(&n);
+    sl_cache_set_flush_interval(n.cache, 3600000);
+    assert_int_equal(sl_store_open_existing(n.state, "pipe.counts", &reader), 0);
+    commit_inputs(&n, 0, 25); /* k3: 3 13 23 */
+    assert_int_equal(stored_count(&n, 3), 0);
+    assert_int_equal(read_count(reader, n.state, NULL, 3), 3);
+    assert_int_equal(sl_cache_unflushed_count(n.cache), KEYS);
+    assert_int_equal(sl_store_restore_needed(n.store, n.changelog, -1, &from), 1);
+    assert_int_equal(from, 0);
+    commit_inputs(&n, 25, 30); /* k5 .. k9 once more */
+    assert_int_equal(read_count(reader, n.state, NULL, 3), 3);
+    assert_int_equal(read_count(reader, n.state, NULL, 7), 3);
+    assert_int_equal(overlay_runs(&n), 2);
+    walk_reader(reader, n.state, "k4", text);
+    assert_string_equal(text, "k4=3 k5=3 k6=3 k7=3 k8=3 k9=3 ");
+    /* the node dies: a new one restores the commits since the last flush */
+    sl_store_close(reader);
+    node_close(&n);
+    node_open(&n);
+    assert_int_equal(sl_store_open_existing(n.state, "pipe.counts", &reader), 0);
+    assert_int_equal(read_count(reader, n.state, NULL, 7), 0); /* LMDB alone: nothing */
+    node_restore(&n);
+    check_consistent(&n);
+    assert_int_equal(read_count(reader, n.state, NULL, 7), 3);
+    /* the next commit goes to the overlay; a flush writes LMDB, drops the runs */
+    sl_cache_set_flush_interval(n.cache, 3600000);
+    commit_inputs(&n, 30, 31);
+    assert_int_equal(stored_count(&n, 0), 3); /* LMDB as restored */
+    assert_int_equal(read_count(reader, n.state, NULL, 0), 4);
+    walk_reader(reader, n.state, "", text);
+    assert_string_equal(text, "k0=4 k1=3 k2=3 k3=3 k4=3 k5=3 k6=3 k7=3 k8=3 k9=3 ");
+    commit_start(&n, 31, 32);
+    sl_commit_flush_all(n.commit);
+    assert_int_equal(sl_commit_end(n.commit), 0);
+    assert_int_equal(stored_count(&n, 0), 4);
+    assert_int_equal(stored_count(&n, 1), 4);
+    assert_int_equal(sl_cache_unflushed_count(n.cache), 0);
+    assert_int_equal(overlay_runs(&n), 0);
+    check_consistent(&n);
+    sl_store_close(reader);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+/* A read begun before a flush, reading after it dropped the runs, still
+ * sees the flushed commits (from a newer read of LMDB). */
+static void test_a_read_older_than_a_flush_sees_what_it_flushed(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    sl_store_t *reader;
+    MDB_txn *old;
+    node_open(&n);
+    sl_cache_set_flush_interval(n.cache, 3600000);
+    assert_int_equal(sl_store_open_existing(n.state, "pipe.counts", &reader), 0);
+    commit_inputs(&n, 0, 10);
+    commit_inputs(&n, 10, 20);
+    assert_int_equal(sl_state_begin(n.state, 0, &old), 0);
+    commit_start(&n, 20, 30);
+    sl_commit_flush_all(n.commit);
+    assert_int_equal(sl_commit_end(n.commit), 0);
+    assert_int_equal(overlay_runs(&n), 0);
+    assert_int_equal(read_count(reader, n.state, old, 4), 3); /* LMDB as the flush left it */
+    sl_store_read_done(reader);
+    mdb_txn_abort(old);
+    sl_store_close(reader);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+/* A commit that fails shows nothing; its retry shows everything once. */
+static void test_a_failed_commit_is_not_read(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    sl_store_t *reader;
+    node_open(&n);
+    sl_cache_set_flush_interval(n.cache, 3600000);
+    assert_int_equal(sl_store_open_existing(n.state, "pipe.counts", &reader), 0);
+    commit_inputs(&n, 0, 10);
+    commit_start(&n, 10, 20);
+    sl_io_fail_next_sync(EIO);
+    assert_int_equal(sl_commit_end(n.commit), -EIO);
+    sl_io_fail_next_sync(0);
+    assert_int_equal(read_count(reader, n.state, NULL, 4), 1);
+    assert_int_equal(overlay_runs(&n), 1);
+    assert_int_equal(sl_commit_begin(n.commit), 0); /* the retry, of the state alone */
+    assert_int_equal(sl_commit_store(n.commit, n.cache, n.changelog), 0);
+    assert_int_equal(sl_commit_end(n.commit), 0);
+    assert_int_equal(read_count(reader, n.state, NULL, 4), 2);
+    assert_int_equal(overlay_runs(&n), 2);
+    sl_store_close(reader);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
+/* Runs are seen by the reads of their transaction and later, newest first;
+ * drops go by partition and transaction, and remember the newest flush. */
+static void test_overlay_runs_by_partition_and_transaction(void **state)
+{
+    (void)state;
+    sl_overlay_t *o;
+    const void *value;
+    int32_t len;
+    sl_record_t a[2] = {
+        {.key = (const uint8_t *)"a", .key_len = 1, .value = (const uint8_t *)"1", .value_len = 1},
+        {.key = (const uint8_t *)"c", .key_len = 1, .value = (const uint8_t *)"1", .value_len = 1}};
+    sl_record_t b[2] = {
+        {.key = (const uint8_t *)"a", .key_len = 1, .value = NULL, .value_len = -1},
+        {.key = (const uint8_t *)"b", .key_len = 1, .value = (const uint8_t *)"2", .value_len = 1}};
+    sl_record_t other = {
+        .key = (const uint8_t *)"z", .key_len = 1, .value = (const uint8_t *)"9", .value_len = 1};
+    assert_int_equal(sl_overlay_new(&o), 0);
+    assert_int_equal(sl_overlay_publish(o, 0, 5, a, 2), 0);
+    assert_int_equal(sl_overlay_publish(o, 1, 5, &other, 1), 0);
+    assert_int_equal(sl_overlay_publish(o, 0, 6, b, 2), 0);
+    sl_overlay_view_t *v = sl_overlay_view(o);
+    assert_int_equal(sl_overlay_view_get(v, 4, "a", 1, &value, &len), 0);
+    assert_int_equal(sl_overlay_view_get(v, 5, "a", 1, &value, &len), 1);
+    assert_memory_equal(value, "1", 1);
+    assert_int_equal(sl_overlay_view_get(v, 6, "a", 1, &value, &len), 1);
+    assert_null(value);
+    assert_int_equal(len, -1);
+    sl_overlay_walk_t w;
+    const uint8_t *key;
+    size_t key_len;
+    char seen[64] = "";
+    assert_int_equal(sl_overlay_walk_start(&w, v, 6, "a", 1), 0);
+    while (sl_overlay_walk_peek(&w, &key, &key_len, &value, &len)) {
+        size_t at = strlen(seen);
+        snprintf(seen + at, sizeof seen - at, "%c%c", key[0], len < 0 ? '-' : *(const char *)value);
+        sl_overlay_walk_next(&w);
+    }
+    sl_overlay_walk_end(&w);
+    assert_string_equal(seen, "a-b2c1z9");
+    sl_overlay_drop(o, 0, 6, 0); /* a commit that failed */
+    sl_overlay_view_t *after = sl_overlay_view(o);
+    assert_int_equal(sl_overlay_view_runs(after), 2);
+    assert_int_equal(sl_overlay_view_dropped(after), 0);
+    assert_int_equal(sl_overlay_view_get(after, 9, "b", 1, &value, &len), 0);
+    sl_overlay_view_release(after);
+    sl_overlay_drop(o, 0, 0, 7); /* partition 0 flushed by transaction 7 */
+    after = sl_overlay_view(o);
+    assert_int_equal(sl_overlay_view_runs(after), 1);
+    assert_int_equal(sl_overlay_view_dropped(after), 7);
+    assert_int_equal(sl_overlay_view_get(after, 9, "z", 1, &value, &len), 1);
+    sl_overlay_view_release(after);
+    assert_int_equal(sl_overlay_view_get(v, 6, "b", 1, &value, &len), 1); /* v is as taken */
+    sl_overlay_view_release(v);
+    sl_overlay_free(o);
+}
+
 static void check_after_restart(const char *dir)
 {
     node_t n = {.dir = (char *)dir};
     node_open(&n);
+    node_restore(&n);
     check_consistent(&n);
     node_close(&n);
 }
@@ -530,6 +760,7 @@ static void test_kill_9_at_random_moments_loses_and_duplicates_nothing(void **st
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     node_t n = {.dir = dir};
     node_open(&n);
+    node_restore(&n);
     assert_int_equal(committed_offset(&n), HARNESS_INPUTS);
     check_consistent(&n);
     node_close(&n);
@@ -614,6 +845,10 @@ int main(void)
         cmocka_unit_test(test_concurrent_commits_to_one_partition),
         cmocka_unit_test(test_crash_after_the_lmdb_commit_keeps_the_commit),
         cmocka_unit_test(test_kill_9_at_random_moments_loses_and_duplicates_nothing),
+        cmocka_unit_test(test_commits_between_flushes_are_read_through_the_overlay),
+        cmocka_unit_test(test_a_read_older_than_a_flush_sees_what_it_flushed),
+        cmocka_unit_test(test_a_failed_commit_is_not_read),
+        cmocka_unit_test(test_overlay_runs_by_partition_and_transaction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -168,7 +168,7 @@ static void test_unknown_pipeline_option_is_an_error(void **state)
 {
     expect_error(state, HEADER "s.pipeline{nmae = 'x'}\n",
                  "script.lua:2: unknown option 'nmae' for pipeline (expected name, on_error, "
-                 "processing, commit_interval)");
+                 "processing, commit_interval, flush_interval)");
 }
 
 static void test_bad_on_error_is_an_error(void **state)
@@ -190,6 +190,20 @@ static void test_commit_interval_is_recorded_and_checked(void **state)
     sl_dag_free(other);
     expect_error(state, HEADER "s.pipeline{commit_interval = '2h'}\ns.stream('a'):to('b')\n",
                  "script.lua:2: commit_interval must be 1 ms to 1 h, got 7200000 ms");
+}
+
+static void test_flush_interval_is_recorded_and_checked(void **state)
+{
+    sl_dag_t *dag = compile(*state, HEADER "s.stream('a'):to('b')\n");
+    assert_int_equal(dag->flush_interval, SL_FLUSH_INTERVAL_DEFAULT);
+    sl_dag_t *other = compile(*state, HEADER "s.pipeline{flush_interval = 0}\n"
+                                             "s.stream('a'):to('b')\n");
+    assert_int_equal(other->flush_interval, 0);
+    assert_false(sl_dag_equal(dag, other));
+    sl_dag_free(dag);
+    sl_dag_free(other);
+    expect_error(state, HEADER "s.pipeline{flush_interval = '2h'}\ns.stream('a'):to('b')\n",
+                 "script.lua:2: flush_interval must be 0 to 1 h, got 7200000 ms");
 }
 
 static void test_processing_mode_is_recorded(void **state)
@@ -1512,6 +1526,7 @@ int main(void)
         T(test_unknown_pipeline_option_is_an_error),
         T(test_bad_on_error_is_an_error),
         T(test_commit_interval_is_recorded_and_checked),
+        T(test_flush_interval_is_recorded_and_checked),
         T(test_processing_mode_is_recorded),
         T(test_pipeline_options_twice_is_an_error),
         T(test_bad_pipeline_name_is_an_error),

@@ -515,7 +515,7 @@ static void test_a_window_dropped_from_the_cache_is_read_from_the_store(void **s
         assert_int_equal(sl_exec_task_flush(f.exec, st.task, &out), 0);
         sl_exec_reset(f.exec);
         assert_int_equal(sl_state_begin(st.st, 1, &txn), 0);
-        assert_int_equal(sl_cache_flush(cache, txn), 0);
+        assert_int_equal(sl_cache_flush(cache, txn, 1, &(int){0}), 0);
         assert_int_equal(sl_state_commit(txn), 0);
         sl_exec_task_committed(st.task);
         sl_cache_clear(cache);
@@ -553,7 +553,7 @@ static void test_a_buffered_record_dropped_from_the_cache_still_joins(void **sta
     sl_exec_reset(f.exec);
     assert_int_equal(sl_exec_task_flush(f.exec, st.task, &out), 0);
     assert_int_equal(sl_state_begin(st.st, 1, &txn), 0);
-    assert_int_equal(sl_cache_flush(cache, txn), 0);
+    assert_int_equal(sl_cache_flush(cache, txn, 1, &(int){0}), 0);
     assert_int_equal(sl_state_commit(txn), 0);
     sl_exec_task_committed(st.task);
     sl_cache_clear(cache);

@@ -46,7 +46,7 @@ static void commit(fixture_t *f)
 {
     MDB_txn *txn;
     assert_int_equal(sl_state_begin(f->state, 1, &txn), 0);
-    assert_int_equal(sl_cache_flush(f->cache, txn), 0);
+    assert_int_equal(sl_cache_flush(f->cache, txn, 1, &(int){0}), 0);
     assert_int_equal(sl_state_commit(txn), 0);
     sl_cache_committed(f->cache);
 }
@@ -570,7 +570,8 @@ static size_t indexed_before(fixture_t *f, int64_t cutoff)
     size_t count = 0;
     MDB_txn *txn;
     assert_int_equal(sl_state_begin(f->state, 0, &txn), 0);
-    assert_int_equal(sl_store_expired(f->store, txn, cutoff, SIZE_MAX, count_entry, &count), 0);
+    assert_int_equal(
+        sl_store_expired(f->store, txn, INT64_MIN, cutoff, SIZE_MAX, count_entry, &count), 0);
     mdb_txn_abort(txn);
     return count;
 }
@@ -790,7 +791,7 @@ static void test_failed_commit_keeps_the_changes(void **state)
     open_fixture(&f, SL_STORE_KV, 0);
     put(&f, "a", "1");
     assert_int_equal(sl_state_begin(f.state, 1, &txn), 0);
-    assert_int_equal(sl_cache_flush(f.cache, txn), 0);
+    assert_int_equal(sl_cache_flush(f.cache, txn, 1, &(int){0}), 0);
     mdb_txn_abort(txn); /* the commit failed */
     assert_int_equal(sl_cache_dirty_count(f.cache), 1);
     assert_string_equal(stored(&f, "a"), "-");
@@ -829,7 +830,7 @@ static void test_reads_from_another_thread_never_wait_for_a_commit(void **state)
     open_fixture(&f, SL_STORE_KV, 0);
     put(&f, "a", "1");
     assert_int_equal(sl_state_begin(f.state, 1, &txn), 0);
-    assert_int_equal(sl_cache_flush(f.cache, txn), 0);
+    assert_int_equal(sl_cache_flush(f.cache, txn, 1, &(int){0}), 0);
     reader_call_t call = {&f, -1};
     assert_int_equal(pthread_create(&thread, NULL, read_during_commit, &call), 0);
     pthread_join(thread, NULL);
