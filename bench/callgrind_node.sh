@@ -16,6 +16,8 @@
 #   LOADERS      the Release build that holds bench/window_load and
 #                bench/nexmark_load (default build)
 #   BENCH_TMP    where the data directories go (as for the benches)
+#   FLUSH_INTERVAL   the pipelines' flush interval (default 60s, the
+#                default's ratio to the commit interval, for the same reason)
 #   COMMIT_INTERVAL  the pipelines' commit interval (default 6s: under
 #                valgrind a node runs ~50 times slower, so a commit holds
 #                about as many records as a 100 ms commit at full speed)
@@ -59,7 +61,7 @@ EOF
 chmod +x "$work/sluice"
 
 export SLUICE_BIN="$work/sluice" BENCH_TMP="$work" RUN_TIMEOUT=3600
-export COMMIT_INTERVAL=${COMMIT_INTERVAL:-6s} RESTORE_COMPACTED=0
+export COMMIT_INTERVAL=${COMMIT_INTERVAL:-6s} FLUSH_INTERVAL=${FLUSH_INTERVAL:-60s} RESTORE_COMPACTED=0
 if [ "$kind" = window ]; then
     WINDOW_LOAD=$loader CASES=$case_name "$root/bench/window_bench.sh" "$N" >"$work/bench.log" 2>&1 ||
         { tail -20 "$work/bench.log" >&2; exit 1; }

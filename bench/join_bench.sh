@@ -15,6 +15,8 @@
 #                 disk, not a tmpfs)
 #   RUN_TIMEOUT   seconds a run may take before the bench gives up (default 1800)
 #   COMMIT_INTERVAL  the pipelines' commit_interval (default 100ms)
+#   FLUSH_INTERVAL   the pipelines' flush_interval (default: the pipeline's,
+#                1s): how often state goes into LMDB
 #   GRACE         if set, the q8 join's grace (e.g. "60s"; default: none, 0).
 #                 The auctions reach the join through the key_by's
 #                 repartition topic, at that stage's commits, while the
@@ -79,6 +81,8 @@ NEXMARK_LOAD=${NEXMARK_LOAD:-$(dirname "$SLUICE_BIN")/../bench/nexmark_load}
 PARTITIONS=${PARTITIONS:-2}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
 COMMIT_INTERVAL=${COMMIT_INTERVAL:-100ms}
+FLUSH_OPTION=""
+[ -z "${FLUSH_INTERVAL:-}" ] || FLUSH_OPTION=", flush_interval = \"$FLUSH_INTERVAL\""
 PYTHON=${PYTHON:-/usr/bin/python3}
 CASES=${CASES:-q3-1 q3-2 q8s-1 q8s-2 q8-1 q8-2}
 N=${1:-10000000}
@@ -202,7 +206,7 @@ BENCH=join_bench
 
 script() { # QUERY: the pipeline of a case
     echo 'local s = require("sluice")'
-    echo "s.pipeline{processing = \"exactly_once\", commit_interval = \"$COMMIT_INTERVAL\"}"
+    echo "s.pipeline{processing = \"exactly_once\", commit_interval = \"$COMMIT_INTERVAL\"$FLUSH_OPTION}"
     if [ "$1" = q3 ]; then
         cat <<'EOF'
 local people = s.table("person")

@@ -15,6 +15,8 @@
 #                disk, not a tmpfs)
 #   RUN_TIMEOUT  seconds a run may take before the bench gives up (default 1800)
 #   COMMIT_INTERVAL  the pipeline's commit_interval (default 100ms)
+#   FLUSH_INTERVAL   the pipeline's flush_interval (default: the pipeline's,
+#                1s): how often state goes into LMDB
 #   GRACE        if set, the windows' grace (e.g. "2m"; default none). The
 #                lua-key cases aggregate what the key_by stage wrote to its
 #                repartition topic: the records of both input partitions in
@@ -70,6 +72,8 @@ WINDOW_LOAD=${WINDOW_LOAD:-$(dirname "$SLUICE_BIN")/../bench/window_load}
 PARTITIONS=${PARTITIONS:-2}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
 COMMIT_INTERVAL=${COMMIT_INTERVAL:-100ms}
+FLUSH_OPTION=""
+[ -z "${FLUSH_INTERVAL:-}" ] || FLUSH_OPTION=", flush_interval = \"$FLUSH_INTERVAL\""
 PYTHON=${PYTHON:-/usr/bin/python3}
 CASES=${CASES:-field-1 field-2 lua-1 lua-2}
 N=${1:-10000000}
@@ -170,7 +174,7 @@ SINK_CALL=':to("out", {create = true})'
 [ "${SINK:-out}" = out ] || SINK_CALL=""
 script() { # KIND: the pipeline of a case
     echo 'local s = require("sluice")'
-    echo "s.pipeline{processing = \"exactly_once\", commit_interval = \"$COMMIT_INTERVAL\"}"
+    echo "s.pipeline{processing = \"exactly_once\", commit_interval = \"$COMMIT_INTERVAL\"$FLUSH_OPTION}"
     if [ "$1" = field ]; then
         echo "s.stream(\"in\"):$AGGREGATE$SINK_CALL"
     else

@@ -835,13 +835,13 @@ void sl_cache_committed(sl_cache_t *c)
     c->dirty = 0;
     c->changes_valid = 0;
     end_read(c);
-    if (!c->flushing)
-        return;
-    for (size_t i = 0; i < c->unflushed; i++)
-        c->entries[c->unflushed_list[i]].unflushed = 0;
-    c->unflushed = c->published = 0;
-    c->flushing = 0;
-    c->flushed_ms = sl_monotonic_ms();
-    if (sl_cache_bytes(c) > c->max_bytes / 2)
+    if (c->flushing) {
+        for (size_t i = 0; i < c->unflushed; i++)
+            c->entries[c->unflushed_list[i]].unflushed = 0;
+        c->unflushed = c->published = 0;
+        c->flushing = 0;
+        c->flushed_ms = sl_monotonic_ms();
+    }
+    if (c->unflushed == 0 && sl_cache_bytes(c) > c->max_bytes / 2) /* LMDB has it all */
         sl_cache_clear(c);
 }

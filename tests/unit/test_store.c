@@ -762,6 +762,85 @@ static void test_full_cache_signals_and_is_emptied_after_commit(void **state)
     close_fixture(&f);
 }
 
+/* A commit with the cache's flush interval not yet up: 1 if it wrote the
+ * entries into LMDB. */
+static int commit_unforced(fixture_t *f)
+{
+    MDB_txn *txn;
+    int wrote = -1;
+    assert_int_equal(sl_state_begin(f->state, 1, &txn), 0);
+    assert_int_equal(sl_cache_flush(f->cache, txn, 0, &wrote), 0);
+    assert_int_equal(sl_state_commit(txn), 0);
+    sl_cache_committed(f->cache);
+    return wrote;
+}
+
+/* With a flush interval, commits leave LMDB alone until the interval is up,
+ * the cache passes half its budget (then it is emptied after writing), or
+ * the commit asks; the cache keeps every change LMDB lacks meanwhile. */
+static void test_a_flush_interval_defers_writes_until_due_or_full(void **state)
+{
+    (void)state;
+    fixture_t f;
+    char key[32];
+    open_fixture(&f, SL_STORE_KV, 256 << 10);
+    sl_cache_set_flush_interval(f.cache, 3600000);
+    put(&f, "a", "1");
+    assert_int_equal(commit_unforced(&f), 0);
+    put(&f, "a", "2");
+    put(&f, "b", "1");
+    assert_int_equal(sl_cache_flush_due(f.cache), 0);
+    assert_int_equal(commit_unforced(&f), 0);
+    assert_string_equal(stored(&f, "a"), "-");
+    assert_string_equal(cached(&f, "a"), "2");
+    assert_int_equal(sl_cache_unflushed_count(f.cache), 2);
+    assert_int_equal(sl_cache_dirty_count(f.cache), 0);
+    commit(&f); /* forced */
+    assert_string_equal(stored(&f, "a"), "2");
+    assert_string_equal(stored(&f, "b"), "1");
+    assert_int_equal(sl_cache_unflushed_count(f.cache), 0);
+    int puts = 0;
+    while (sl_cache_bytes(f.cache) <= (128 << 10)) {
+        snprintf(key, sizeof key, "key-%06d", puts++);
+        put(&f, key, "x");
+    }
+    assert_int_equal(sl_cache_flush_due(f.cache), 1); /* over half the budget */
+    assert_int_equal(commit_unforced(&f), 1);
+    assert_true(sl_cache_bytes(f.cache) < (128 << 10)); /* written, then emptied */
+    assert_string_equal(stored(&f, "key-000000"), "x");
+    snprintf(key, sizeof key, "key-%06d", puts - 1);
+    assert_string_equal(stored(&f, key), "x");
+    close_fixture(&f);
+}
+
+/* Expiry between flushes: windows deleted in the cache but still in LMDB
+ * are not deleted again, later passes find the newly expired ones, and the
+ * flush deletes them all from LMDB. */
+static void test_expiry_before_a_flush_deletes_each_window_once(void **state)
+{
+    (void)state;
+    fixture_t f;
+    size_t count;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    for (int64_t w = 0; w < 10; w++)
+        window_put(&f, "k", w * 100, "v");
+    commit(&f);
+    sl_cache_clear(f.cache); /* the windows are in LMDB alone */
+    sl_cache_set_flush_interval(f.cache, 3600000);
+    assert_int_equal(sl_cache_expire(f.cache, 500, 0, &count), 0);
+    assert_int_equal(count, 5);
+    assert_int_equal(commit_unforced(&f), 0);
+    assert_int_equal(sl_cache_expire(f.cache, 500, 0, &count), 0);
+    assert_int_equal(count, 0);
+    assert_int_equal(sl_cache_expire(f.cache, 700, 0, &count), 0);
+    assert_int_equal(count, 2);
+    assert_string_equal(stored_windows(&f, "k", 0, 1000),
+                        "0=v 100=v 200=v 300=v 400=v 500=v 600=v 700=v 800=v 900=v ");
+    commit(&f);
+    assert_string_equal(stored_windows(&f, "k", 0, 1000), "700=v 800=v 900=v ");
+    close_fixture(&f);
+}
+
 /* A cache that grew far past a tiny budget (the caller kept putting) is
  * emptied by the commit and not "full" afterwards: the memory it keeps for
  * reuse does not count. */
@@ -1116,6 +1195,8 @@ int main(void)
         cmocka_unit_test(test_expiry_deletes_only_the_owners_windows),
         cmocka_unit_test(test_full_cache_signals_and_is_emptied_after_commit),
         cmocka_unit_test(test_emptied_cache_is_not_full),
+        cmocka_unit_test(test_a_flush_interval_defers_writes_until_due_or_full),
+        cmocka_unit_test(test_expiry_before_a_flush_deletes_each_window_once),
         cmocka_unit_test(test_failed_commit_keeps_the_changes),
         cmocka_unit_test(test_reads_from_another_thread_never_wait_for_a_commit),
         cmocka_unit_test(test_checkpoints),
