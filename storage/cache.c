@@ -138,9 +138,15 @@ static const uint8_t *key_of(const sl_cache_t *c, const entry_t *e)
     return c->arena.data + e->key_at;
 }
 
+/* The window start of a window store key of len bytes. */
+static int64_t key_window(const uint8_t *k, size_t len)
+{
+    return (int64_t)(sl_get_be64(k + len - 8) ^ 0x8000000000000000ull);
+}
+
 static int64_t window_of(const sl_cache_t *c, const entry_t *e)
 {
-    return (int64_t)(sl_get_be64(key_of(c, e) + e->key_len - 8) ^ 0x8000000000000000ull);
+    return key_window(key_of(c, e), e->key_len);
 }
 
 /* ---- lifetime ------------------------------------------------------------ */
@@ -678,6 +684,7 @@ typedef struct expiry {
     sl_cache_t *c;
     size_t count, stored, max; /* all deleted; of those, from LMDB (at most max) */
     int error;
+    int64_t last_start; /* of the last stored window looked at */
 } expiry_t;
 
 void sl_cache_set_owner(sl_cache_t *c, sl_owner_fn owner, void *arg)
@@ -692,6 +699,7 @@ static int expire_stored(void *arg, const void *k, size_t len, const void *value
     const entry_t *e = lookup(x->c, k, len);
     (void)value;
     (void)n;
+    x->last_start = key_window(k, len);
     if ((e && e->deleted) || (x->c->owner && !x->c->owner(x->c->owner_arg, k, len)))
         return 0; /* already going, or another task's */
     x->count++;
@@ -726,7 +734,9 @@ int sl_cache_expire(sl_cache_t *c, int64_t cutoff, size_t max, size_t *count)
     if (rc == 0 && cutoff > c->expired_below && (rc = begin_read(c)) == 0 &&
         (rc = sl_store_expired(c->store, c->read, c->expired_below, cutoff, SIZE_MAX, expire_stored,
                                &x)) == 0)
-        c->expired_below = cutoff; /* all deleted here: the next pass starts after them */
+        c->expired_below = cutoff;    /* all deleted here: the next pass starts after them */
+    else if (rc == 1 && x.error == 0) /* stopped at max: every window before the last is done */
+        c->expired_below = x.last_start;
     if (rc == 1)
         rc = x.error;
     if (count)

@@ -841,6 +841,34 @@ static void test_expiry_before_a_flush_deletes_each_window_once(void **state)
     close_fixture(&f);
 }
 
+/* Expiry passes that stop at their maximum go on, between flushes, where
+ * the last one stopped, and together delete every window once. */
+static void test_expiry_in_bounded_passes_deletes_each_window_once(void **state)
+{
+    (void)state;
+    fixture_t f;
+    size_t count, total = 0;
+    open_fixture(&f, SL_STORE_WINDOW, 0);
+    for (int64_t w = 0; w < 10; w++) {
+        window_put(&f, "a", w * 100, "v");
+        window_put(&f, "b", w * 100, "v");
+    }
+    commit(&f);
+    sl_cache_clear(f.cache);
+    sl_cache_set_flush_interval(f.cache, 3600000);
+    for (int pass = 0; pass < 8; pass++) {
+        assert_int_equal(sl_cache_expire(f.cache, 1000, 3, &count), 0);
+        assert_true(count <= 3);
+        total += count;
+        assert_int_equal(commit_unforced(&f), 0);
+    }
+    assert_int_equal(total, 20);
+    commit(&f);
+    assert_string_equal(stored_windows(&f, "a", 0, 1000), "");
+    assert_string_equal(stored_windows(&f, "b", 0, 1000), "");
+    close_fixture(&f);
+}
+
 /* A cache that grew far past a tiny budget (the caller kept putting) is
  * emptied by the commit and not "full" afterwards: the memory it keeps for
  * reuse does not count. */
@@ -1197,6 +1225,7 @@ int main(void)
         cmocka_unit_test(test_emptied_cache_is_not_full),
         cmocka_unit_test(test_a_flush_interval_defers_writes_until_due_or_full),
         cmocka_unit_test(test_expiry_before_a_flush_deletes_each_window_once),
+        cmocka_unit_test(test_expiry_in_bounded_passes_deletes_each_window_once),
         cmocka_unit_test(test_failed_commit_keeps_the_changes),
         cmocka_unit_test(test_reads_from_another_thread_never_wait_for_a_commit),
         cmocka_unit_test(test_checkpoints),
