@@ -10,6 +10,12 @@
  * gaps but never renumbers. A batch that loses nothing is copied byte for
  * byte. The active segment is never touched.
  *
+ * A pass reads the whole partition, so it runs only when it may gain
+ * something (Kafka's cleaner rule): the segments closed since the last pass
+ * hold at least min.cleanable.dirty.ratio of the closed segments' bytes,
+ * or some segment's tombstones became droppable since. The first pass
+ * after opening always runs.
+ *
  * Swapping in a cleaned segment: unlink the old index files, rename the
  * cleaned file over the .log, fsync the directory, then write new index
  * files. A crash at any step leaves either the old or the new .log with no
@@ -284,6 +290,27 @@ static int32_t closed_segments(sl_partition_t *p, sl_segment_t ***out)
     return n;
 }
 
+/* Whether a pass over the n closed segments is worth its reading the whole
+ * partition: the segments closed since the last pass hold at least
+ * min.cleanable.dirty.ratio of their bytes (and some), or tombstones became
+ * droppable since. */
+static int worth_a_pass(const sl_partition_t *p, sl_segment_t *const *segments, int32_t n,
+                        int64_t now)
+{
+    int64_t total = 0, dirty = 0;
+    if (!p->compacted)
+        return n > 0;
+    for (int32_t i = 0; i < n; i++) {
+        int64_t due = segments[i]->modified_ms + p->config.delete_retention_ms;
+        if (due > p->compacted_ms && due <= now)
+            return 1;
+        total += segments[i]->size;
+        if (segments[i]->base_offset >= p->compacted_end)
+            dirty += segments[i]->size;
+    }
+    return dirty > 0 && (double)dirty >= p->config.min_cleanable_dirty_ratio * (double)total;
+}
+
 int sl_partition_compact(sl_partition_t *p, int64_t now_ms)
 {
     if (p->config.cleanup != SL_CLEANUP_COMPACT)
@@ -292,9 +319,12 @@ int sl_partition_compact(sl_partition_t *p, int64_t now_ms)
     cleaner_t c = {.p = p, .now = now_ms};
     sl_segment_t **segments;
     int32_t n = closed_segments(p, &segments);
-    int rc = n < 0 ? n : n == 0 ? 0 : build_map(p, &c.map), rewritten = 0;
+    int rc = n < 0 ? n : 0, rewritten = 0;
+    int run = rc == 0 && worth_a_pass(p, segments, n, now_ms);
     int64_t before = 0, after = 0;
-    for (int32_t i = 0; rc == 0 && i < n; i++) {
+    if (run)
+        rc = build_map(p, &c.map);
+    for (int32_t i = 0; run && rc == 0 && i < n; i++) {
         int changed;
         int64_t kept_bytes;
         rc = clean_segment(&c, segments[i], &changed, &kept_bytes);
@@ -304,6 +334,11 @@ int sl_partition_compact(sl_partition_t *p, int64_t now_ms)
             after += kept_bytes;
             rc = swap_in(p, segments[i], kept_bytes);
         }
+    }
+    if (run && rc == 0) {
+        p->compacted = 1;
+        p->compacted_end = segments[n - 1]->end_offset;
+        p->compacted_ms = now_ms;
     }
     if (rc == 0 && rewritten)
         sl_report(SL_INFO, "log", "%s/%d: compaction rewrote %d segment(s), %lld -> %lld bytes",

@@ -757,6 +757,7 @@ int sl_partition_truncate(sl_partition_t *p, int64_t offset)
     int rc = p->deleted ? SL_EDELETED : truncate_locked(p, offset);
     pthread_mutex_unlock(&p->lock);
     pthread_mutex_unlock(&p->append_lock);
+    p->compacted = 0; /* the segments it covered may be gone */
     pthread_mutex_unlock(&p->maintenance_lock);
     return rc;
 }

@@ -59,6 +59,11 @@ struct sl_partition {
 
     pthread_mutex_t maintenance_lock;
     pthread_mutex_t append_lock;
+    /* compaction's last full pass, under maintenance_lock: done (0: none
+     * since open or a truncation), the end of the closed segments it
+     * covered and its time */
+    int compacted;
+    int64_t compacted_end, compacted_ms;
     pthread_mutex_t lock;
     pthread_cond_t changed; /* durable_end moved, an error, or deleted */
 

@@ -159,10 +159,11 @@ typedef enum { SL_FORMAT_JSON = 0, SL_FORMAT_RAW = 1 } sl_value_format_t;
 /* A topic's configuration, stored in its meta file. */
 typedef struct sl_topic_config {
     int32_t partitions;
-    int64_t retention_ms;        /* closed segments older than this go; -1 forever */
-    int64_t retention_bytes;     /* per partition; -1 no limit */
-    sl_cleanup_t cleanup;        /* delete (retention) or compact */
-    int64_t delete_retention_ms; /* how long compaction keeps tombstones */
+    int64_t retention_ms;             /* closed segments older than this go; -1 forever */
+    int64_t retention_bytes;          /* per partition; -1 no limit */
+    sl_cleanup_t cleanup;             /* delete (retention) or compact */
+    int64_t delete_retention_ms;      /* how long compaction keeps tombstones */
+    double min_cleanable_dirty_ratio; /* compact once this share of the log is new */
     sl_compression_t compression;
     int32_t compression_level; /* zstd level */
     sl_fsync_t fsync;
@@ -188,7 +189,8 @@ int sl_topic_name_check(const char *name);
 
 /* Parses one `name=value` configuration setting (the meta file's and the
  * TOPIC CREATE options' spelling: partitions, retention.ms, retention.bytes,
- * cleanup.policy=delete|compact, delete.retention.ms, compression=none|zstd,
+ * cleanup.policy=delete|compact, delete.retention.ms,
+ * min.cleanable.dirty.ratio (a decimal from 0 to 1), compression=none|zstd,
  * compression.level, fsync=never|interval|always, fsync.interval.ms,
  * format=json|raw, segment.bytes, segment.ms, index.interval.bytes,
  * max.batch.bytes, owner, transactional=false|true). Returns 0 or
@@ -346,7 +348,10 @@ int sl_partition_apply_retention(sl_partition_t *p, int64_t now_ms, int *deleted
 /* Compacts the closed segments of a cleanup=compact partition: keeps the
  * newest record per key (offsets preserved), drops tombstones in segments
  * closed more than delete.retention.ms before now. Never touches the
- * active segment. */
+ * active segment. A pass reads the whole partition, so it is skipped while
+ * the segments closed since the last pass hold less than
+ * min.cleanable.dirty.ratio of the closed segments' bytes (nothing new at
+ * all, at ratio 0) and no segment's tombstones became droppable since. */
 int sl_partition_compact(sl_partition_t *p, int64_t now_ms);
 
 /* Closes the active segment and starts a new one at the end offset (no-op

@@ -19,6 +19,7 @@ void sl_topic_config_default(sl_topic_config_t *c)
         .retention_bytes = -1,
         .cleanup = SL_CLEANUP_DELETE,
         .delete_retention_ms = 86400000,
+        .min_cleanable_dirty_ratio = 0.5,
         .compression = SL_COMPRESSION_NONE,
         .compression_level = 1,
         .fsync = SL_FSYNC_INTERVAL,
@@ -146,8 +147,23 @@ static int set_choice(sl_topic_config_t *c, const char *name, const char *value)
     return rc;
 }
 
+/* A decimal from 0 to 1. */
+static int set_ratio(const char *name, const char *value, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(value, &end);
+    if (!*value || *end || errno || !(v >= 0 && v <= 1))
+        return sl_error_set(SL_EINVALID, "%s must be a decimal from 0 to 1, got \"%.32s\"", name,
+                            value);
+    *out = v;
+    return 0;
+}
+
 int sl_topic_config_set(sl_topic_config_t *c, const char *name, const char *value)
 {
+    if (!strcmp(name, "min.cleanable.dirty.ratio"))
+        return set_ratio(name, value, &c->min_cleanable_dirty_ratio);
     for (size_t i = 0; i < sizeof int_settings / sizeof *int_settings; i++)
         if (!strcmp(name, int_settings[i].name))
             return set_int(c, &int_settings[i], value);
@@ -183,23 +199,27 @@ int sl_topic_config_check(const sl_topic_config_t *c)
         (unsigned)c->transactional > 1 ||
         (c->compression != SL_COMPRESSION_NONE && c->compression != SL_COMPRESSION_ZSTD))
         return sl_error_set(SL_EINVALID, "topic configuration has an unknown enum value");
+    if (!(c->min_cleanable_dirty_ratio >= 0 && c->min_cleanable_dirty_ratio <= 1))
+        return sl_error_set(SL_EINVALID, "min.cleanable.dirty.ratio must be from 0 to 1");
     return 0;
 }
 
 int sl_topic_config_format(const sl_topic_config_t *c, char *out, size_t size)
 {
-    return snprintf(out, size,
-                    "partitions=%d\nretention.ms=%lld\nretention.bytes=%lld\n"
-                    "cleanup.policy=%s\ndelete.retention.ms=%lld\ncompression=%s\n"
-                    "compression.level=%d\nfsync=%s\nfsync.interval.ms=%lld\nformat=%s\n"
-                    "segment.bytes=%lld\nsegment.ms=%lld\nindex.interval.bytes=%d\n"
-                    "max.batch.bytes=%d\nowner=%s\ntransactional=%s\n",
-                    c->partitions, (long long)c->retention_ms, (long long)c->retention_bytes,
-                    cleanup_names[c->cleanup], (long long)c->delete_retention_ms,
-                    c->compression == SL_COMPRESSION_ZSTD ? "zstd" : "none", c->compression_level,
-                    fsync_names[c->fsync], (long long)c->fsync_interval_ms, format_names[c->format],
-                    (long long)c->segment_bytes, (long long)c->segment_ms, c->index_interval_bytes,
-                    c->max_batch_bytes, c->owner, boolean_names[c->transactional ? 1 : 0]);
+    return snprintf(
+        out, size,
+        "partitions=%d\nretention.ms=%lld\nretention.bytes=%lld\n"
+        "cleanup.policy=%s\ndelete.retention.ms=%lld\ncompression=%s\n"
+        "compression.level=%d\nfsync=%s\nfsync.interval.ms=%lld\nformat=%s\n"
+        "segment.bytes=%lld\nsegment.ms=%lld\nindex.interval.bytes=%d\n"
+        "max.batch.bytes=%d\nowner=%s\ntransactional=%s\nmin.cleanable.dirty.ratio=%.6g\n",
+        c->partitions, (long long)c->retention_ms, (long long)c->retention_bytes,
+        cleanup_names[c->cleanup], (long long)c->delete_retention_ms,
+        c->compression == SL_COMPRESSION_ZSTD ? "zstd" : "none", c->compression_level,
+        fsync_names[c->fsync], (long long)c->fsync_interval_ms, format_names[c->format],
+        (long long)c->segment_bytes, (long long)c->segment_ms, c->index_interval_bytes,
+        c->max_batch_bytes, c->owner, boolean_names[c->transactional ? 1 : 0],
+        c->min_cleanable_dirty_ratio);
 }
 
 static int parse_meta(char *text, const char *path, sl_topic_config_t *c)

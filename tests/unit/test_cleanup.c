@@ -1,6 +1,7 @@
 /*
  * test_cleanup.c - retention (by time, by bytes) and compaction, each
- * checked against a reference model of what must remain.
+ * checked against a reference model of what must remain; compaction
+ * waiting for its dirty ratio.
  */
 #include "testutil.h"
 
@@ -228,6 +229,51 @@ static void test_compaction_matches_model(void **state)
     }
 }
 
+/* Appends count records of key "hot", each value padded to about 100
+ * bytes. */
+static void append_hot(sl_partition_t *p, int count, int from)
+{
+    for (int i = 0; i < count; i++) {
+        char value[128];
+        snprintf(value, sizeof value, "%06d-%090d", from + i, 0);
+        sl_record_t r = tu_record("hot", value, 1000);
+        assert_int_equal(sl_partition_append(p, &r, 1, NULL), 0);
+    }
+}
+
+/* A pass is skipped while the segments closed since the last one hold
+ * less than min.cleanable.dirty.ratio of the closed bytes: an obsolete
+ * record outlives it, and goes once enough is new. */
+static void test_compaction_waits_for_the_dirty_ratio(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    tu_clock_t clock = {1000};
+    sl_log_t *log;
+    sl_log_options_t o = tu_options(&clock);
+    assert_int_equal(sl_log_open(dir, &o, &log), 0);
+    sl_partition_t *p = tu_topic(log, "dr", "fsync=never", "segment.bytes=4096",
+                                 "cleanup.policy=compact", "min.cleanable.dirty.ratio=0.5", NULL);
+    for (int k = 0; k < 200; k++) { /* 200 keys, once each: nothing to drop */
+        char key[16];
+        snprintf(key, sizeof key, "key-%03d", k);
+        sl_record_t r = tu_record(key, "a value of about forty bytes, padded....", 1000);
+        assert_int_equal(sl_partition_append(p, &r, 1, NULL), 0);
+    }
+    append_hot(p, 1, 0);
+    assert_int_equal(sl_partition_compact(p, clock.now_ms), 0); /* the first pass */
+    int64_t size = sl_partition_size_bytes(p);
+    append_hot(p, 60, 1); /* about 6 KiB: a segment or two of ~4 closed */
+    assert_int_equal(sl_partition_compact(p, clock.now_ms), 0);
+    assert_int_equal(tu_count(p, 0), 201 + 60); /* skipped: every record is still there */
+    assert_true(sl_partition_size_bytes(p) > size);
+    append_hot(p, 200, 61); /* now most of the closed bytes are new */
+    assert_int_equal(sl_partition_compact(p, clock.now_ms), 0);
+    assert_true(tu_count(p, 0) < 201 + 260 - 100); /* the obsolete "hot" records went */
+    sl_log_close(log);
+    tu_rmdir(dir);
+}
+
 static void test_compaction_never_touches_the_active_segment(void **state)
 {
     (void)state;
@@ -255,6 +301,7 @@ int main(void)
         cmocka_unit_test(test_retention_by_bytes_matches_model),
         cmocka_unit_test(test_compaction_matches_model),
         cmocka_unit_test(test_compaction_never_touches_the_active_segment),
+        cmocka_unit_test(test_compaction_waits_for_the_dirty_ratio),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -475,6 +475,19 @@ static void test_bad_names_and_settings_are_refused(void **state)
     assert_int_equal(c.cleanup, SL_CLEANUP_COMPACT);
     assert_int_equal(sl_topic_config_set(&c, "retention.bytes", "1000000"), 0);
     assert_int_equal(c.retention_bytes, 1000000);
+    assert_true(c.min_cleanable_dirty_ratio == 0.5);
+    assert_int_equal(sl_topic_config_set(&c, "min.cleanable.dirty.ratio", "0.25"), 0);
+    assert_true(c.min_cleanable_dirty_ratio == 0.25);
+    assert_int_equal(sl_topic_config_set(&c, "min.cleanable.dirty.ratio", "1.5"), SL_EINVALID);
+    assert_non_null(strstr(sl_error_detail(), "decimal from 0 to 1"));
+    assert_int_equal(sl_topic_config_set(&c, "min.cleanable.dirty.ratio", "half"), SL_EINVALID);
+    char text[1024];
+    sl_topic_config_t back;
+    sl_topic_config_format(&c, text, sizeof text);
+    assert_non_null(strstr(text, "min.cleanable.dirty.ratio=0.25\n"));
+    sl_topic_config_default(&back);
+    assert_int_equal(sl_topic_config_set(&back, "min.cleanable.dirty.ratio", "0.25"), 0);
+    assert_true(back.min_cleanable_dirty_ratio == c.min_cleanable_dirty_ratio);
 }
 
 static void test_record_limits_and_keys_are_enforced(void **state)
