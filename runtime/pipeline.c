@@ -229,7 +229,11 @@ static int hold(worker_t *w, const out_group_t *g)
             return -ENOMEM;
         w->held_cap = (int)cap;
         h = &w->held[w->held_count++];
-        *h = (held_t){.partition = g->partition};
+        if (w->held_count > w->held_made) { /* else the last commit's set, emptied */
+            h->records = (sl_record_set_t){0};
+            w->held_made = w->held_count;
+        }
+        h->partition = g->partition;
         sl_partition_ref(g->partition);
     }
     for (size_t i = 0; i < g->count; i++) {
@@ -314,6 +318,7 @@ int pipeline_failed(pipeline_t *pl, char *error, size_t size)
 }
 
 #define HELD_BYTES_MAX (32 << 20) /* exactly-once: commit early past this much output */
+#define HELD_KEPT_MAX  (16 << 20) /* a partition's held bytes kept for reuse, at most */
 
 /* Appends a held partition's records (sl_commit_append splits them into
  * batches the topic accepts). */
@@ -326,12 +331,21 @@ static int append_held(sl_commit_t *c, held_t *h)
     return rc;
 }
 
-static void drop_held(worker_t *w)
+/* Forgets the held records; their sets keep their memory for the next
+ * commit's (growing them again each commit cost a copy of everything held
+ * and fresh pages), unless free_sets. */
+static void drop_held(worker_t *w, int free_sets)
 {
-    for (int i = 0; i < w->held_count; i++) {
+    for (int i = 0; i < w->held_count; i++)
         sl_partition_unref(w->held[i].partition);
-        sl_record_set_free(&w->held[i].records);
+    for (int i = 0; i < w->held_made; i++) {
+        if (free_sets || w->held[i].records.bytes_cap > HELD_KEPT_MAX)
+            sl_record_set_free(&w->held[i].records); /* a set of memory's worth goes */
+        else
+            sl_record_set_reset(&w->held[i].records);
     }
+    if (free_sets)
+        w->held_made = 0;
     w->held_count = 0;
     w->held_bytes = 0;
 }
@@ -479,7 +493,7 @@ static int commit_exactly_once(worker_t *w, int flush_all)
     route_finish(w, rc == 0);
     if (rc)
         return rc;
-    drop_held(w);
+    drop_held(w, 0);
     for (int i = 0; i < pl->task_count; i++) {
         if (!pipeline_runs(w, &pl->tasks[i]))
             continue;
@@ -1261,7 +1275,7 @@ static void worker_free(worker_t *w)
     sl_free(w->outs);
     drop_routes(w);
     sl_free(w->routes);
-    drop_held(w);
+    drop_held(w, 1);
     sl_free(w->held);
     sl_commit_free(w->committer);
     sl_exec_free(w->exec);

@@ -117,6 +117,7 @@ typedef struct worker {
     int64_t committed_ms; /* when this worker last committed */
     held_t *held;         /* exactly-once: outputs waiting for the commit */
     int held_count, held_cap;
+    int held_made; /* held[0..held_made) have record sets, kept (emptied) between commits */
     size_t held_bytes;
     sl_commit_t *committer;
     struct route_sink *router; /* messages for :route(), until the commit (route.c) */
