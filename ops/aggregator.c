@@ -12,7 +12,7 @@
  *              restarted task judges lateness as the one before it did
  *   changes    for emit = "on_update", the cache's: each window changed
  *              since the last flush is taken once (sl_cache_take_changed),
- *              in store key order
+ *              in the order they first changed since the last commit
  *   closer     the open windows in close order, for emit = "on_close";
  *              rebuilt from the store when the task starts
  *
@@ -673,7 +673,7 @@ static int take_change(void *arg, const sl_record_t *change)
 }
 
 /* The windows changed since the last flush: their results, each once, in
- * store key order. */
+ * the order they first changed since the last commit. */
 static int flush_updates(sl_exec_t *x, agg_t *a, const sl_exec_output_t *out)
 {
     taking_t t = {x, a, out};

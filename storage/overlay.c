@@ -6,8 +6,11 @@
  * (sl_cache_set_flush_interval); the commits between append their changes
  * to the changelog alone. So that readers outside the task (GET, WINDOWS,
  * SCAN, feature vectors) still see every commit, each such commit also
- * publishes its changes here as a run: an immutable, key-sorted copy,
- * tagged with the partition and the LMDB transaction id of the commit.
+ * publishes its changes here as a run: an immutable copy, tagged with the
+ * partition and the LMDB transaction id of the commit. A run is put in key
+ * order by the first reader that needs it (readers are few beside commits:
+ * a commit pays no sort), through a sorted index that readers race to
+ * install (the loser frees its own).
  * The flush that writes a partition's entries into LMDB drops its runs
  * once that transaction has committed.
  *
@@ -29,6 +32,7 @@
  * reader can see it with a transaction that includes it.
  */
 #include "storage/buf.h"
+#include "storage/keysort.h"
 #include "storage/state.h"
 
 #include <errno.h>
@@ -47,8 +51,9 @@ typedef struct run {
     int32_t partition;
     _Atomic uint64_t txn; /* UINT64_MAX: hidden, to be dropped */
     size_t count, bytes_len;
-    run_entry_t *entries; /* in the same allocation */
+    run_entry_t *entries; /* in the same allocation, in the commit's order */
     uint8_t *bytes;
+    _Atomic(uint32_t *) order; /* entry indexes in key order; NULL until a reader asks */
 } run_t;
 
 struct sl_overlay_view {
@@ -65,8 +70,10 @@ struct sl_overlay {
 
 static void run_release(run_t *r)
 {
-    if (r && atomic_fetch_sub(&r->refs, 1) == 1)
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        sl_free(atomic_load(&r->order));
         sl_free(r);
+    }
 }
 
 void sl_overlay_view_release(sl_overlay_view_t *v)
@@ -139,6 +146,7 @@ int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const s
         return sl_error_set(-ENOMEM, "overlay: out of memory keeping %zu changes", count);
     atomic_init(&r->refs, 1);
     atomic_init(&r->txn, txn);
+    atomic_init(&r->order, NULL);
     r->partition = partition;
     r->count = count;
     r->entries = (run_entry_t *)(r + 1);
@@ -226,13 +234,46 @@ static int compare_keys(const uint8_t *a, size_t a_len, const uint8_t *b, size_t
     return c ? c : (a_len > b_len) - (a_len < b_len);
 }
 
-/* The first entry of r at or after key. */
-static size_t lower_bound(const run_t *r, const uint8_t *key, size_t len)
+/* r's entry indexes in key order: installed by the first reader that
+ * asks; NULL when out of memory. */
+static const uint32_t *run_order(run_t *r)
+{
+    uint32_t *order = atomic_load(&r->order), *none = NULL;
+    if (order)
+        return order;
+    sl_key_item_t *items = sl_malloc(2 * r->count * sizeof *items);
+    order = sl_malloc(r->count * sizeof *order);
+    if (!items || !order) {
+        sl_free(items);
+        sl_free(order);
+        return NULL;
+    }
+    for (size_t i = 0; i < r->count; i++)
+        items[i] = (sl_key_item_t){0, 0, r->bytes + r->entries[i].key_at, r->entries[i].key_len,
+                                   (uint32_t)i};
+    sl_key_sort(items, items + r->count, r->count);
+    for (size_t i = 0; i < r->count; i++)
+        order[i] = items[i].index;
+    sl_free(items);
+    if (!atomic_compare_exchange_strong(&r->order, &none, order)) { /* another reader won */
+        sl_free(order);
+        order = none;
+    }
+    return order;
+}
+
+static const run_entry_t *ordered(const run_t *r, const uint32_t *order, size_t at)
+{
+    return &r->entries[order[at]];
+}
+
+/* The first position in r's key order at or after key. */
+static size_t lower_bound(const run_t *r, const uint32_t *order, const uint8_t *key, size_t len)
 {
     size_t lo = 0, hi = r->count;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        const run_entry_t *e = &r->entries[mid];
+        const run_entry_t *e = ordered(r, order, mid);
         if (compare_keys(r->bytes + e->key_at, e->key_len, key, len) < 0)
             lo = mid + 1;
         else
@@ -256,12 +297,15 @@ int sl_overlay_view_get(const sl_overlay_view_t *v, uint64_t txn, const void *ke
                         const void **value, int32_t *value_len)
 {
     for (size_t i = v->count; i-- > 0;) {
-        const run_t *r = v->runs[i];
+        run_t *r = v->runs[i];
+        const uint32_t *order = run_seen(r, txn) ? run_order(r) : NULL;
         if (!run_seen(r, txn))
             continue;
-        size_t at = lower_bound(r, key, len);
-        const run_entry_t *e = &r->entries[at];
-        if (at < r->count && e->key_len == len && memcmp(r->bytes + e->key_at, key, len) == 0) {
+        if (!order)
+            return sl_error_set(-ENOMEM, "overlay: out of memory ordering a commit's changes");
+        size_t at = lower_bound(r, order, key, len);
+        const run_entry_t *e = at < r->count ? ordered(r, order, at) : NULL;
+        if (e && e->key_len == len && memcmp(r->bytes + e->key_at, key, len) == 0) {
             entry_value(r, e, value, value_len);
             return 1;
         }
@@ -277,19 +321,32 @@ int sl_overlay_walk_start(sl_overlay_walk_t *w, const sl_overlay_view_t *v, uint
     *w = (sl_overlay_walk_t){.view = v};
     if (!v || v->count == 0)
         return 0;
-    if (!(w->pos = sl_malloc(v->count * sizeof *w->pos)))
+    if (!(w->pos = sl_malloc(v->count * sizeof *w->pos)) ||
+        !(w->order = sl_calloc(v->count, sizeof *w->order))) {
+        sl_overlay_walk_end(w);
         return sl_error_set(-ENOMEM, "overlay: out of memory walking");
-    for (size_t i = 0; i < v->count; i++)
-        w->pos[i] = !run_seen(v->runs[i], txn) ? v->runs[i]->count
-                    : from_len                 ? lower_bound(v->runs[i], from, from_len)
-                                               : 0;
+    }
+    for (size_t i = 0; i < v->count; i++) {
+        run_t *r = v->runs[i];
+        if (!run_seen(r, txn)) {
+            w->pos[i] = r->count;
+            continue;
+        }
+        if (!(w->order[i] = run_order(r))) {
+            sl_overlay_walk_end(w);
+            return sl_error_set(-ENOMEM, "overlay: out of memory ordering a commit's changes");
+        }
+        w->pos[i] = from_len ? lower_bound(r, w->order[i], from, from_len) : 0;
+    }
     return 0;
 }
 
 void sl_overlay_walk_end(sl_overlay_walk_t *w)
 {
     sl_free(w->pos);
+    sl_free(w->order);
     w->pos = NULL;
+    w->order = NULL;
 }
 
 int sl_overlay_walk_peek(sl_overlay_walk_t *w, const uint8_t **key, size_t *key_len,
@@ -302,7 +359,7 @@ int sl_overlay_walk_peek(sl_overlay_walk_t *w, const uint8_t **key, size_t *key_
         const run_t *r = v->runs[i];
         if (w->pos[i] >= r->count)
             continue;
-        const run_entry_t *e = &r->entries[w->pos[i]];
+        const run_entry_t *e = ordered(r, w->order[i], w->pos[i]);
         if (!be || compare_keys(r->bytes + e->key_at, e->key_len, best->bytes + be->key_at,
                                 be->key_len) <= 0) {
             best = r;
@@ -331,7 +388,7 @@ void sl_overlay_walk_next(sl_overlay_walk_t *w)
         const run_t *r = w->view->runs[i];
         if (w->pos[i] >= r->count)
             continue;
-        const run_entry_t *e = &r->entries[w->pos[i]];
+        const run_entry_t *e = ordered(r, w->order[i], w->pos[i]);
         if (e->key_len == len && memcmp(r->bytes + e->key_at, copy, len) == 0)
             w->pos[i]++;
     }

@@ -161,8 +161,8 @@ sl_overlay_t *sl_store_overlay(const sl_store_t *s);
 int sl_overlay_new(sl_overlay_t **out);
 void sl_overlay_free(sl_overlay_t *o);
 
-/* Keeps count changes (sorted by store key, keys unique, value NULL for a
- * delete) of partition's task, committed by write transaction txn. */
+/* Keeps count changes (keys unique, any order, value NULL for a delete) of
+ * partition's task, committed by write transaction txn. */
 int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const sl_record_t *changes,
                        size_t count);
 
@@ -180,7 +180,7 @@ size_t sl_overlay_view_runs(const sl_overlay_view_t *v);
 
 /* The newest change of store key key[0..len) among the runs of
  * transaction txn or earlier: 1 with *value (NULL and -1 for a delete),
- * valid while v is held; 0 if the runs have none. */
+ * valid while v is held; 0 if the runs have none; -ENOMEM. */
 int sl_overlay_view_get(const sl_overlay_view_t *v, uint64_t txn, const void *key, size_t len,
                         const void **value, int32_t *value_len);
 
@@ -188,10 +188,11 @@ int sl_overlay_view_get(const sl_overlay_view_t *v, uint64_t txn, const void *ke
  * the first), the newest change of each key once. */
 typedef struct sl_overlay_walk {
     const sl_overlay_view_t *view;
-    size_t *pos; /* per run */
+    size_t *pos;            /* per run, in its key order */
+    const uint32_t **order; /* per run: its key order */
 } sl_overlay_walk_t;
 
-/* v may be NULL (an empty walk). Returns 0 or -ENOMEM. */
+/* v may be NULL (an empty walk). Returns 0 or -ENOMEM (nothing to end). */
 int sl_overlay_walk_start(sl_overlay_walk_t *w, const sl_overlay_view_t *v, uint64_t txn,
                           const void *from, size_t from_len);
 /* The walk's current change: 1 with it, 0 at the end. */

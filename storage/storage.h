@@ -1083,11 +1083,12 @@ size_t sl_cache_bytes(const sl_cache_t *c);
 size_t sl_cache_dirty_count(const sl_cache_t *c);
 
 /*
- * The changes the next commit writes, sorted by store key: one record per
- * dirty entry with key = store key and value = the value or null for a
- * delete (timestamp -1: "now" when appended). This is both what
- * sl_cache_flush() writes and what goes to the changelog. The array and
- * its bytes belong to the cache, valid until it is next changed.
+ * The changes the next commit writes, in the order the entries first
+ * changed since the last commit (unsorted: a flush sorts what it writes):
+ * one record per dirty entry with key = store key and value = the value or
+ * null for a delete (timestamp -1: "now" when appended). This is what goes
+ * to the changelog and, between flushes, to the overlay. The array and its
+ * bytes belong to the cache, valid until it is next changed or flushed.
  */
 int sl_cache_changes(sl_cache_t *c, const sl_record_t **records, size_t *count);
 
@@ -1096,11 +1097,11 @@ typedef int (*sl_change_fn)(void *arg, const sl_record_t *change);
 
 /*
  * Calls fn for every entry changed since the last call (put, or deleted:
- * value NULL), once, in store key order, as sl_cache_changes() lists them,
+ * value NULL), once, in the order sl_cache_changes() lists them,
  * and forgets that they changed: what an operator that reports each change
  * once (an aggregate's on_update results) takes before each commit. The
  * walk reads the changes in place: fn must not change the cache. Returns
- * 0, a sort's -ENOMEM, or what fn returned (the entries after it stay
+ * 0, -ENOMEM, or what fn returned (the entries after it stay
  * changed).
  */
 int sl_cache_take_changed(sl_cache_t *c, sl_change_fn fn, void *arg);

@@ -337,7 +337,9 @@ static int get_store_key(sl_store_t *s, MDB_txn *txn, const void *key, size_t ke
     int rc = reader_view(s, txn, &txn);
     if (rc)
         return rc;
-    if (s->view && sl_overlay_view_get(s->view, s->view_txn, key, key_len, value, &len)) {
+    if (s->view && (rc = sl_overlay_view_get(s->view, s->view_txn, key, key_len, value, &len))) {
+        if (rc < 0)
+            return rc;
         *value_len = len < 0 ? 0 : (size_t)len;
         return len < 0 ? SL_ENOTFOUND : 0;
     }

@@ -667,8 +667,9 @@ static void test_a_failed_commit_is_not_read(void **state)
     tu_rmdir(n.dir);
 }
 
-/* Runs are seen by the reads of their transaction and later, newest first;
- * drops go by partition and transaction, and remember the newest flush. */
+/* Runs are seen by the reads of their transaction and later, newest first,
+ * in key order whatever order their changes came in; drops go by partition
+ * and transaction, and remember the newest flush. */
 static void test_overlay_runs_by_partition_and_transaction(void **state)
 {
     (void)state;
@@ -679,8 +680,9 @@ static void test_overlay_runs_by_partition_and_transaction(void **state)
         {.key = (const uint8_t *)"a", .key_len = 1, .value = (const uint8_t *)"1", .value_len = 1},
         {.key = (const uint8_t *)"c", .key_len = 1, .value = (const uint8_t *)"1", .value_len = 1}};
     sl_record_t b[2] = {
-        {.key = (const uint8_t *)"a", .key_len = 1, .value = NULL, .value_len = -1},
-        {.key = (const uint8_t *)"b", .key_len = 1, .value = (const uint8_t *)"2", .value_len = 1}};
+        /* in change order: read in key order */
+        {.key = (const uint8_t *)"b", .key_len = 1, .value = (const uint8_t *)"2", .value_len = 1},
+        {.key = (const uint8_t *)"a", .key_len = 1, .value = NULL, .value_len = -1}};
     sl_record_t other = {
         .key = (const uint8_t *)"z", .key_len = 1, .value = (const uint8_t *)"9", .value_len = 1};
     assert_int_equal(sl_overlay_new(&o), 0);

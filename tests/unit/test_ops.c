@@ -450,8 +450,8 @@ static void test_a_join_flushes_before_the_aggregate_it_feeds(void **state)
 }
 
 /* emit = "on_update": a flush gives each window changed since the last
- * flush once, with its latest value, keys in order and a key's windows by
- * start; the next flush gives only what changed after. */
+ * flush once, with its latest value, in the order the windows first
+ * changed; the next flush gives only what changed after. */
 static void test_updated_windows_come_out_once_per_flush(void **state)
 {
     (void)state;
@@ -472,12 +472,12 @@ static void test_updated_windows_come_out_once_per_flush(void **state)
     assert_int_equal(sl_exec_task_flush(f.exec, st.task, &out), 0);
     assert_int_equal(c.failures, 0);
     assert_int_equal(c.count, 3);
-    assert_string_equal(c.value[0], "{\"key\":\"a\",\"window_start\":0,\"window_end\":10000,"
-                                    "\"values\":{\"n\":4}}");
-    assert_string_equal(c.value[1], "{\"key\":\"a\",\"window_start\":10000,"
-                                    "\"window_end\":20000,\"values\":{\"n\":1}}");
-    assert_string_equal(c.value[2], "{\"key\":\"b\",\"window_start\":0,\"window_end\":10000,"
+    assert_string_equal(c.value[0], "{\"key\":\"b\",\"window_start\":0,\"window_end\":10000,"
                                     "\"values\":{\"n\":2}}");
+    assert_string_equal(c.value[1], "{\"key\":\"a\",\"window_start\":0,\"window_end\":10000,"
+                                    "\"values\":{\"n\":4}}");
+    assert_string_equal(c.value[2], "{\"key\":\"a\",\"window_start\":10000,"
+                                    "\"window_end\":20000,\"values\":{\"n\":1}}");
     sl_exec_reset(f.exec);
     sl_record_t later = tu_record("b", "{}", 11000);
     assert_int_equal(sl_exec_batch(f.exec, 0, &origin, &later, 1, &out, NULL), 0);
