@@ -808,14 +808,22 @@ int sl_cache_take_changed(sl_cache_t *c, sl_change_fn fn, void *arg)
     return rc;
 }
 
-/* Whether this commit writes the entries into LMDB (see sl_cache_flush()):
- * its interval is up, or the cache or the overlay holds over half the
- * cache's budget (the cache is emptied after it). */
-static int flush_due(const sl_cache_t *c, int force)
+/* The key and value bytes of the dirty entries: what the commit adds to
+ * the overlay if it does not flush. */
+static size_t dirty_bytes(const sl_cache_t *c)
 {
-    size_t changed = 0;
-    for (size_t i = 0; i < c->dirty && c->published <= c->max_bytes / 2; i++)
-        changed += c->entries[c->dirty_list[i]].key_len + c->entries[c->dirty_list[i]].value_len;
+    size_t n = 0;
+    for (size_t i = 0; i < c->dirty; i++)
+        n += c->entries[c->dirty_list[i]].key_len + c->entries[c->dirty_list[i]].value_len;
+    return n;
+}
+
+/* Whether this commit writes the entries into LMDB (see sl_cache_flush()):
+ * its interval is up, or the cache or the overlay (with the commit's
+ * changed bytes) holds over half the cache's budget (the cache is emptied
+ * after it). */
+static int flush_due(const sl_cache_t *c, int force, size_t changed)
+{
     return force || c->flush_interval <= 0 ||
            sl_monotonic_ms() - c->flushed_ms >= c->flush_interval ||
            sl_cache_bytes(c) > c->max_bytes / 2 || c->published + changed > c->max_bytes / 2;
@@ -823,19 +831,17 @@ static int flush_due(const sl_cache_t *c, int force)
 
 int sl_cache_flush_due(const sl_cache_t *c)
 {
-    return c->unflushed > 0 && flush_due(c, 0);
+    return c->unflushed > 0 && flush_due(c, 0, dirty_bytes(c));
 }
 
 int sl_cache_flush(sl_cache_t *c, MDB_txn *txn, int force, int *wrote)
 {
     const sl_record_t *changes;
-    size_t n;
+    size_t n, changed = c->unflushed > 0 ? dirty_bytes(c) : 0;
     int rc = 0;
-    *wrote = c->flushing = c->unflushed > 0 && flush_due(c, force);
+    *wrote = c->flushing = c->unflushed > 0 && flush_due(c, force, changed);
     if (!c->flushing) { /* the commit shows the changes through the overlay */
-        for (size_t i = 0; i < c->dirty; i++)
-            c->published +=
-                c->entries[c->dirty_list[i]].key_len + c->entries[c->dirty_list[i]].value_len;
+        c->published += changed;
         return 0;
     }
     if ((rc = sort_changes(c, c->unflushed_list, c->unflushed)) == 0) {
