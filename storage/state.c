@@ -169,7 +169,6 @@ int sl_state_open(const char *data_dir, const sl_state_options_t *opts, sl_state
     }
     if ((rc = -pthread_mutex_init(&st->views_lock, NULL))) {
         pthread_mutex_destroy(&st->commit_lock);
-        pthread_mutex_destroy(&st->views_lock);
         pthread_mutex_destroy(&st->databases_lock);
         sl_free(st);
         return sl_error_set(rc, "state: cannot create a mutex");
@@ -203,6 +202,7 @@ void sl_state_close(sl_state_t *st)
     sl_free(st->overlays);
     pthread_mutex_destroy(&st->databases_lock);
     pthread_mutex_destroy(&st->commit_lock);
+    pthread_mutex_destroy(&st->views_lock);
     sl_free(st);
 }
 
