@@ -386,18 +386,14 @@ static int states_dirty(const pipeline_t *pl, task_t *t, int flush_all)
     return 0;
 }
 
-/* Whether w's tasks hold state LMDB lacks (a flush to come). */
+/* Whether w's tasks hold state LMDB lacks (a flush to come): what a
+ * flush-all commit would write (dirty entries are unflushed too). */
 static int states_unflushed(worker_t *w)
 {
     pipeline_t *pl = w->pl;
     for (int i = 0; i < pl->task_count; i++)
-        for (int op = 0;
-             pipeline_runs(w, &pl->tasks[i]) && pl->tasks[i].state && op < pl->dag->op_count;
-             op++) {
-            sl_cache_t *cache = sl_exec_task_cache(pl->tasks[i].state, op);
-            if (cache && sl_cache_unflushed_count(cache))
-                return 1;
-        }
+        if (pipeline_runs(w, &pl->tasks[i]) && states_dirty(pl, &pl->tasks[i], 1))
+            return 1;
     return 0;
 }
 
