@@ -50,7 +50,7 @@ typedef struct run {
     atomic_uint refs;
     int32_t partition;
     _Atomic uint64_t txn; /* UINT64_MAX: hidden, to be dropped */
-    size_t count, bytes_len;
+    size_t count;
     run_entry_t *entries; /* in the same allocation, in the commit's order */
     uint8_t *bytes;
     _Atomic(uint32_t *) order; /* entry indexes in key order; NULL until a reader asks */
@@ -165,7 +165,6 @@ int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const s
             memcpy(r->bytes + at, c->value, (size_t)c->value_len);
         at += e->value_len > 0 ? (size_t)e->value_len : 0;
     }
-    r->bytes_len = at;
     pthread_mutex_lock(&o->lock);
     sl_overlay_view_t *v = new_view(o->current->count + 1, o->current->dropped);
     if (v) {
@@ -182,27 +181,30 @@ int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const s
     return 0;
 }
 
+/* Whether a drop of partition's runs from transaction min_txn on takes r. */
+static int dropping(const run_t *r, int32_t partition, uint64_t min_txn)
+{
+    return (partition < 0 || r->partition == partition) && atomic_load(&r->txn) >= min_txn;
+}
+
 void sl_overlay_drop(sl_overlay_t *o, int32_t partition, uint64_t min_txn, uint64_t dropped)
 {
     pthread_mutex_lock(&o->lock);
     sl_overlay_view_t *cur = o->current;
     size_t gone = 0;
     for (size_t i = 0; i < cur->count; i++)
-        gone +=
-            (partition < 0 || cur->runs[i]->partition == partition) && cur->runs[i]->txn >= min_txn;
+        gone += dropping(cur->runs[i], partition, min_txn);
     uint64_t newest = dropped > cur->dropped ? dropped : cur->dropped;
     sl_overlay_view_t *v =
         gone || newest != cur->dropped ? new_view(cur->count - gone, newest) : NULL;
     for (size_t i = 0; v && i < cur->count; i++)
-        if (!((partition < 0 || cur->runs[i]->partition == partition) &&
-              cur->runs[i]->txn >= min_txn))
+        if (!dropping(cur->runs[i], partition, min_txn))
             keep(v, cur->runs[i]);
     if (v) {
         swap_in(o, v);
     } else if (gone) { /* out of memory: hidden now, dropped by the next drop that can */
         for (size_t i = 0; i < cur->count; i++)
-            if ((partition < 0 || cur->runs[i]->partition == partition) &&
-                cur->runs[i]->txn >= min_txn)
+            if (dropping(cur->runs[i], partition, min_txn))
                 atomic_store(&cur->runs[i]->txn, UINT64_MAX);
     }
     pthread_mutex_unlock(&o->lock);
@@ -298,9 +300,9 @@ int sl_overlay_view_get(const sl_overlay_view_t *v, uint64_t txn, const void *ke
 {
     for (size_t i = v->count; i-- > 0;) {
         run_t *r = v->runs[i];
-        const uint32_t *order = run_seen(r, txn) ? run_order(r) : NULL;
         if (!run_seen(r, txn))
             continue;
+        const uint32_t *order = run_order(r);
         if (!order)
             return sl_error_set(-ENOMEM, "overlay: out of memory ordering a commit's changes");
         size_t at = lower_bound(r, order, key, len);
