@@ -67,6 +67,33 @@ static void test_streaming_and_implementations_agree(void **state)
     }
 }
 
+/* The hardware path runs three CRCs at once over stripes of 3 x 4096 and
+ * 3 x 256 bytes and joins them: every length around those stripes (and the
+ * single-CRC tail after them), at every alignment, gives the table's CRC,
+ * continued from a CRC that is not 0 too. */
+static void test_hardware_stripes_agree_with_table(void **state)
+{
+    (void)state;
+    if (!sl_crc32c_hardware())
+        skip();
+    enum { SIZE = 3 * 4096 * 2 + 3 * 256 * 3 + 64 };
+    static uint8_t buf[SIZE + 8];
+    srand(11);
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t)rand();
+    const size_t around[] = {3 * 256, 3 * 4096, 2 * 3 * 4096, 3 * 4096 + 3 * 256, SIZE - 8};
+    for (size_t a = 0; a < sizeof around / sizeof around[0]; a++)
+        for (size_t len = around[a] - 9; len <= around[a] + 9; len++)
+            for (size_t off = 0; off < 8; off++) {
+                assert_int_equal(sl_crc32c_sse42(0, buf + off, len),
+                                 sl_crc32c_table(0, buf + off, len));
+                assert_int_equal(sl_crc32c_sse42(0x12345678, buf + off, len),
+                                 sl_crc32c_table(0x12345678, buf + off, len));
+            }
+    for (size_t len = 0; len <= SIZE; len += 97)
+        assert_int_equal(sl_crc32c(0, buf, len), sl_crc32c_table(0, buf, len));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -74,6 +101,7 @@ int main(void)
         cmocka_unit_test(test_hardware_matches_published_vectors),
         cmocka_unit_test(test_dispatch_matches_published_vectors),
         cmocka_unit_test(test_streaming_and_implementations_agree),
+        cmocka_unit_test(test_hardware_stripes_agree_with_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
