@@ -606,6 +606,25 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
     return 0;
 }
 
+uint64_t sl_aggregator_prefetch(sl_exec_task_t *t, const sl_op_t *op, const sl_record_t *r)
+{
+    agg_t *a = agg_of(t, op);
+    sl_window_t windows[SL_OP_WINDOW_MAX_OVERLAP];
+    if (!a || !a->windowed || a->session || r->key_len < 0)
+        return 0;
+    if (sl_window_assign(&a->spec, r->timestamp, windows, SL_OP_WINDOW_MAX_OVERLAP) < 1)
+        return 0;
+    /* the oldest window: a hopping window's others are a miss each anyway */
+    return sl_cache_window_prefetch(a->cache, r->key, (size_t)r->key_len, windows[0].start);
+}
+
+void sl_aggregator_prefetch_stage(sl_exec_task_t *t, const sl_op_t *op, uint64_t hash, int stage)
+{
+    agg_t *a = agg_of(t, op);
+    if (a && hash)
+        sl_cache_prefetch(a->cache, hash, stage);
+}
+
 /* ---- results out -------------------------------------------------------------- */
 
 /* The result of (key, start) from its state (value), through the op's

@@ -434,6 +434,25 @@ static void enter(sl_exec_t *x, const sl_op_t *entry, const sl_vm_origin_t *orig
         deliver(x, entry->id, 0, slot); /* a KEY_BY counted its output when it emitted */
 }
 
+/* Records a stage reads go, as they are, to an aggregate first (a SOURCE
+ * without a timestamp function feeding a tumbling or hopping AGGREGATE):
+ * their keys and windows are known ahead, so the batch prefetches the
+ * aggregate's cache PREFETCH_AHEAD records before each record's lookup
+ * (storage.h, sl_cache_window_prefetch). The aggregate (its first), or NULL. */
+#define PREFETCH_AHEAD 3 /* stages: the hash and slot, the entry, the bytes */
+
+static const sl_op_t *prefetching(const sl_exec_t *x, int entry)
+{
+    const sl_op_t *e = &x->dag->ops[entry];
+    const successors_t *s = &x->next[entry][0];
+    if (!x->task || e->kind != SL_OP_SOURCE || e->fn != SL_NO_FUNCTION)
+        return NULL;
+    for (int i = 0; i < s->count; i++)
+        if (x->dag->ops[s->ops[i]].kind == SL_OP_AGGREGATE)
+            return &x->dag->ops[s->ops[i]];
+    return NULL;
+}
+
 int sl_exec_batch(sl_exec_t *x, int entry, const sl_vm_origin_t *origin, const sl_record_t *records,
                   size_t n, const sl_exec_output_t *out, size_t *done)
 {
@@ -442,7 +461,20 @@ int sl_exec_batch(sl_exec_t *x, int entry, const sl_vm_origin_t *origin, const s
     size_t i;
     x->out = out;
     x->stop = 0;
+    const sl_op_t *agg = prefetching(x, entry);
+    uint64_t ahead[PREFETCH_AHEAD + 1] = {0}; /* hashes, by record index mod the size */
+    for (i = 0; agg && i < PREFETCH_AHEAD && i < n; i++)
+        ahead[i] = sl_aggregator_prefetch(x->task, agg, &records[i]);
     for (i = 0; i < n && !x->stop; i++) {
+        if (agg) { /* each stage a record apart: one memory latency each */
+            size_t j = i + PREFETCH_AHEAD;
+            if (j < n)
+                ahead[j % (PREFETCH_AHEAD + 1)] = sl_aggregator_prefetch(x->task, agg, &records[j]);
+            for (int stage = 1; stage < PREFETCH_AHEAD; stage++)
+                if (--j < n)
+                    sl_aggregator_prefetch_stage(x->task, agg, ahead[j % (PREFETCH_AHEAD + 1)],
+                                                 stage);
+        }
         x->input = &records[i];
         enter(x, &x->dag->ops[entry], origin);
         if (x->stop)

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Allocations left before injected failure; negative = never fail. */
 static _Atomic long allocations_until_failure = -1;
@@ -39,6 +40,22 @@ void *sl_malloc(size_t size)
 void *sl_calloc(size_t count, size_t size)
 {
     return injected_failure() ? NULL : calloc(count ? count : 1, size ? size : 1);
+}
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+void *sl_calloc_huge(size_t count, size_t size)
+{
+    size_t bytes = count * size;
+    void *p;
+    if (size && bytes / size != count)
+        return NULL;
+    if (bytes < 2 * HUGE_PAGE)
+        return sl_calloc(count, size);
+    if (injected_failure() || posix_memalign(&p, HUGE_PAGE, bytes))
+        return NULL;
+    (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without it, small pages */
+    return memset(p, 0, bytes);
 }
 
 void *sl_realloc(void *ptr, size_t size)

@@ -284,7 +284,7 @@ static uint64_t *find_key_slot(const sl_cache_t *c, const uint8_t *k, size_t len
 static int rehash(sl_cache_t *c, uint64_t **slots, size_t *slot_count, int by_key)
 {
     size_t n = *slot_count ? *slot_count * 2 : 1024;
-    uint64_t *fresh = sl_calloc(n, sizeof *fresh), *old = *slots;
+    uint64_t *fresh = sl_calloc_huge(n, sizeof *fresh), *old = *slots;
     if (!fresh)
         return -ENOMEM;
     *slots = fresh;
@@ -574,6 +574,34 @@ int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, i
     return e ? cached_value(c, e, value, value_len) : 0;
 }
 
+uint64_t sl_cache_window_prefetch(sl_cache_t *c, const void *key, size_t key_len,
+                                  int64_t window_start)
+{
+    uint8_t k[SL_STORE_KEY_MAX];
+    if (!c->window || !c->slot_count || key_len + 8 > SL_STORE_KEY_MAX)
+        return 0;
+    size_t len = sl_store_window_key(k, key, key_len, window_start);
+    uint64_t h = hash_bytes(k, len);
+    __builtin_prefetch(&c->slots[h & (c->slot_count - 1)]);
+    return h;
+}
+
+void sl_cache_prefetch(const sl_cache_t *c, uint64_t hash, int stage)
+{
+    if (!hash || !c->slot_count)
+        return;
+    uint64_t slot = c->slots[hash & (c->slot_count - 1)]; /* the first probe's: most often it */
+    if (!slot || (slot >> 32) != (hash >> 32) || slot_entry(slot) >= c->count)
+        return;
+    const entry_t *e = &c->entries[slot_entry(slot)];
+    if (stage == 1) {
+        __builtin_prefetch(e);
+    } else if (e->hash == hash) {
+        __builtin_prefetch(c->arena.data + e->key_at);
+        __builtin_prefetch(c->arena.data + e->value_at);
+    }
+}
+
 static int compare_windows(const void *a, const void *b)
 {
     const cached_window_t *x = a, *y = b;
@@ -590,7 +618,7 @@ static int collect_windows(sl_cache_t *c, const uint8_t *key, size_t key_len, in
         while (slots < 2 * (c->count + 1))
             slots *= 2;
         sl_free(c->key_slots);
-        if (!(c->key_slots = sl_calloc(slots, sizeof *c->key_slots)))
+        if (!(c->key_slots = sl_calloc_huge(slots, sizeof *c->key_slots)))
             return sl_error_set(-ENOMEM, "store %s: out of memory reading windows",
                                 sl_store_name(c->store));
         c->key_slot_count = slots;

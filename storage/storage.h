@@ -67,6 +67,10 @@ int sl_error_set(int code, const char *fmt, ...) __attribute__((format(printf, 2
  */
 void *sl_malloc(size_t size);
 void *sl_calloc(size_t count, size_t size);
+/* As sl_calloc(), for a large table read at random (a hash table's slots):
+ * from 4 MiB on, in transparent huge pages where the kernel allows (one TLB
+ * entry per 2 MiB instead of per 4 KiB). Freed with sl_free(). */
+void *sl_calloc_huge(size_t count, size_t size);
 void *sl_realloc(void *ptr, size_t size);
 char *sl_strdup(const char *s);
 void sl_free(void *ptr);
@@ -1039,6 +1043,20 @@ int sl_cache_window_get(sl_cache_t *c, const void *key, size_t key_len, int64_t 
  * commit has seen). 1 with the value, 0 if the cache has none. */
 int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, int64_t window_start,
                                const void **value, size_t *value_len);
+
+/* Prefetching for a caller that knows the windows it will read a few
+ * records ahead (an aggregate reading its source's records). The cache's
+ * table is far larger than the CPU's caches, so a lookup is three memory
+ * latencies in a row (the slot, the entry, the key's bytes); each stage
+ * here starts one of them for a later lookup, so that they overlap with
+ * other work. Stage 0 returns the hash of (key, window_start), 0 for a key
+ * the store refuses, and asks for its slot; stage 1, given that hash, its
+ * entry; stage 2 its key and value bytes. Call them a record or more apart,
+ * in that order. Only hints: nothing changes, and a lookup that finds
+ * things moved since (a grown table, an emptied cache) is merely slower. */
+uint64_t sl_cache_window_prefetch(sl_cache_t *c, const void *key, size_t key_len,
+                                  int64_t window_start);
+void sl_cache_prefetch(const sl_cache_t *c, uint64_t hash, int stage);
 
 /* Calls fn for each window of key with from <= start <= to, in start
  * order, as the task sees them: the cache's over LMDB's. Returns as

@@ -564,6 +564,61 @@ static void test_cached_window_reads_skip_lmdb(void **state)
     close_fixture(&f);
 }
 
+/* Prefetching (sl_cache_window_prefetch and its stages) is a hint: the
+ * same (key, window) hashes the same, a kv store or a key too long gives 0,
+ * and stages given hashes gone stale (the table grew past the huge-page
+ * size of its slots, the cache was emptied) change nothing a read sees. */
+static void test_prefetch_changes_nothing(void **state)
+{
+    (void)state;
+    enum { WINDOWS = 300000 };
+    fixture_t f, kv;
+    const void *v;
+    size_t n;
+    char key[16], long_key[SL_STORE_KEY_MAX] = {0};
+    uint64_t early[16];
+    open_fixture(&f, SL_STORE_WINDOW, (size_t)1 << 30);
+    open_fixture(&kv, SL_STORE_KV, 0);
+    put(&kv, "k", "v");
+    assert_int_equal(sl_cache_window_prefetch(kv.cache, "k", 1, 0), 0);
+    window_put(&f, "k0", 0, "first");
+    assert_int_equal(sl_cache_window_prefetch(f.cache, long_key, sizeof long_key, 0), 0);
+    for (int i = 0; i < 16; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        early[i] = sl_cache_window_prefetch(f.cache, key, strlen(key), i * 60000);
+        assert_int_not_equal(early[i], 0);
+        assert_int_equal(sl_cache_window_prefetch(f.cache, key, strlen(key), i * 60000), early[i]);
+    }
+    for (int i = 0; i < WINDOWS; i++) {
+        snprintf(key, sizeof key, "k%d", i % 1000);
+        window_put(&f, key, (int64_t)(i / 1000) * 60000, key);
+        if (i % 997 == 0)
+            for (int s = 1; s <= 2; s++)
+                sl_cache_prefetch(f.cache, early[i % 16], s);
+    }
+    for (int i = 0; i < WINDOWS; i += 7) {
+        snprintf(key, sizeof key, "k%d", i % 1000);
+        uint64_t h = sl_cache_window_prefetch(f.cache, key, strlen(key), (i / 1000) * 60000);
+        sl_cache_prefetch(f.cache, h, 1);
+        sl_cache_prefetch(f.cache, h, 2);
+        assert_int_equal(sl_cache_window_get_cached(f.cache, key, strlen(key),
+                                                    (int64_t)(i / 1000) * 60000, &v, &n),
+                         1);
+        assert_int_equal(n, strlen(key));
+        assert_memory_equal(v, key, n);
+    }
+    commit(&f);
+    sl_cache_clear(f.cache);
+    for (int i = 0; i < 16; i++)
+        for (int s = 1; s <= 2; s++)
+            sl_cache_prefetch(f.cache, early[i], s);
+    assert_int_equal(sl_cache_window_get_cached(f.cache, "k5", 2, 0, &v, &n), 0);
+    assert_int_equal(sl_cache_window_get(f.cache, "k5", 2, 0, &v, &n), 1);
+    assert_memory_equal(v, "k5", 2);
+    close_fixture(&kv);
+    close_fixture(&f);
+}
+
 static int count_entry(void *arg, const void *key, size_t len, const void *value, size_t n)
 {
     (void)key;
@@ -1226,6 +1281,7 @@ int main(void)
         cmocka_unit_test(test_cache_windows_overlay_lmdb),
         cmocka_unit_test(test_cache_windows_chain_before_and_after_the_first_ask),
         cmocka_unit_test(test_cached_window_reads_skip_lmdb),
+        cmocka_unit_test(test_prefetch_changes_nothing),
         cmocka_unit_test(test_expiry_deletes_old_windows_with_tombstones),
         cmocka_unit_test(test_a_window_put_again_after_expiry_expires_again),
         cmocka_unit_test(test_newest_window_is_the_latest_committed_start),
