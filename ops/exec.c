@@ -435,7 +435,8 @@ static void enter(sl_exec_t *x, const sl_op_t *entry, const sl_vm_origin_t *orig
 }
 
 /* Records a stage reads go, as they are, to an aggregate first (a SOURCE
- * without a timestamp function feeding a tumbling or hopping AGGREGATE):
+ * without a timestamp function, or a KEY_BY reading back its repartition
+ * topic, feeding a tumbling or hopping AGGREGATE):
  * their keys and windows are known ahead, so the batch prefetches the
  * aggregate's cache PREFETCH_AHEAD records before each record's lookup
  * (storage.h, sl_cache_window_prefetch). The aggregate (its first), or NULL. */
@@ -445,7 +446,8 @@ static const sl_op_t *prefetching(const sl_exec_t *x, int entry)
 {
     const sl_op_t *e = &x->dag->ops[entry];
     const successors_t *s = &x->next[entry][0];
-    if (!x->task || e->kind != SL_OP_SOURCE || e->fn != SL_NO_FUNCTION)
+    if (!x->task || (e->kind == SL_OP_SOURCE && e->fn != SL_NO_FUNCTION) ||
+        (e->kind != SL_OP_SOURCE && e->kind != SL_OP_KEY_BY))
         return NULL;
     for (int i = 0; i < s->count; i++)
         if (x->dag->ops[s->ops[i]].kind == SL_OP_AGGREGATE)
