@@ -594,8 +594,9 @@ void sl_cache_prefetch(const sl_cache_t *c, uint64_t hash, int stage)
     if (!slot || (slot >> 32) != (hash >> 32) || slot_entry(slot) >= c->count)
         return;
     const entry_t *e = &c->entries[slot_entry(slot)];
-    if (stage == 1) {
+    if (stage == 1) { /* an entry may straddle two cache lines */
         __builtin_prefetch(e);
+        __builtin_prefetch((const char *)(e + 1) - 1);
     } else if (e->hash == hash) {
         __builtin_prefetch(c->arena.data + e->key_at);
         __builtin_prefetch(c->arena.data + e->value_at);
@@ -790,8 +791,11 @@ static sl_record_t change_of(const sl_cache_t *c, const entry_t *e)
 
 static void prefetch_listed(const sl_cache_t *c, const uint32_t *list, size_t i, size_t n)
 {
-    if (i + LIST_AHEAD < n)
-        __builtin_prefetch(&c->entries[list[i + LIST_AHEAD]]);
+    if (i + LIST_AHEAD < n) {
+        const entry_t *e = &c->entries[list[i + LIST_AHEAD]];
+        __builtin_prefetch(e);
+        __builtin_prefetch((const char *)(e + 1) - 1);
+    }
 }
 
 /* Fills c->changes with the n entries listed (indexes into entries),
