@@ -5,7 +5,9 @@
  *   PIPELINE LIST                 -> [[name, state, error], ...]
  *   PIPELINE DESCRIBE name        -> [name, n, state, s, error, e, ops, [[id,
  *                                    kind, where, in, out, errors], ...], tasks,
- *                                    [[topic, partition, committed, end, lag], ...]]
+ *                                    [[topic, partition, committed, end, lag], ...],
+ *                                    stores, [[store, changelog, partition, flushed,
+ *                                    end, behind], ...]]
  *   PIPELINE STOP name            stop and forget -> OK
  */
 #include "runtime/features.h"
@@ -106,6 +108,70 @@ static void reply_tasks(sl_reply_t *r, pipeline_t *pl)
     }
 }
 
+typedef struct store_row {
+    const char *store, *changelog;
+    int32_t partition;
+    int64_t flushed, end;
+} store_row_t;
+
+/* The rows of op's store, one per partition of its changelog: the offset
+ * up to which LMDB holds the store (its checkpoint) and the changelog's
+ * committed end. A table kept from its compacted source topic has that
+ * topic as changelog, committed as far as the pipeline has read it. */
+static int store_rows(pipeline_t *pl, int op, store_row_t **rows, size_t *n, size_t *cap)
+{
+    sl_store_t *s = pl->stores[op];
+    const sl_op_t *o = &pl->dag->ops[op];
+    sl_topic_t *source = o->kind == SL_OP_TABLE ? sl_log_topic(pl->log, o->topic) : NULL;
+    if (source && sl_topic_config(source)->cleanup != SL_CLEANUP_COMPACT)
+        source = NULL;
+    sl_topic_t *topic = source ? source : sl_log_topic(pl->log, sl_store_changelog_topic(s));
+    for (int32_t part = 0; topic && part < sl_topic_config(topic)->partitions; part++) {
+        sl_partition_t *p = sl_topic_partition(topic, part);
+        int64_t flushed, end = sl_partition_end_offset(p);
+        if (source && offsets_log_committed(pl, "in", sl_topic_name(source), part, &end))
+            end = sl_partition_start_offset(p);
+        int rc = sl_store_checkpoint_read(s, part, &flushed);
+        if (rc == SL_ENOTFOUND)
+            flushed = sl_partition_start_offset(p);
+        else if (rc)
+            return rc;
+        if (sl_array_reserve((void **)rows, cap, *n + 1, sizeof **rows))
+            return -ENOMEM;
+        (*rows)[(*n)++] = (store_row_t){sl_store_name(s), sl_topic_name(topic), part, flushed, end};
+    }
+    return 0;
+}
+
+/* [[store, changelog, partition, flushed, end, behind], ...]: behind is
+ * what a node killed now would restore from the changelog at its next
+ * start (the commits since the store's last flush into LMDB). */
+static void reply_stores(sl_reply_t *r, pipeline_t *pl)
+{
+    store_row_t *rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    for (int op = 0; rc == 0 && pl->stores && op < pl->dag->op_count; op++) /* none: stateless */
+        if (pl->stores[op])
+            rc = store_rows(pl, op, &rows, &n, &cap);
+    if (rc) { /* the rest of DESCRIBE stands: this part says why it does not */
+        sl_reply_error(r, "ERR reading the stores' checkpoints: %s", sl_error_detail());
+        n = 0;
+    } else {
+        sl_reply_array(r, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        sl_reply_array(r, 6);
+        sl_reply_cstr(r, rows[i].store);
+        sl_reply_cstr(r, rows[i].changelog);
+        sl_reply_int(r, rows[i].partition);
+        sl_reply_int(r, rows[i].flushed);
+        sl_reply_int(r, rows[i].end);
+        sl_reply_int(r, rows[i].end > rows[i].flushed ? rows[i].end - rows[i].flushed : 0);
+    }
+    sl_free(rows);
+}
+
 static int describe(sl_pipelines_t *m, const char *name, sl_reply_t *r)
 {
     pthread_mutex_lock(&m->lock);
@@ -114,7 +180,7 @@ static int describe(sl_pipelines_t *m, const char *name, sl_reply_t *r)
         if (!strcmp(m->list[i]->name, name))
             pl = m->list[i];
     if (pl) {
-        sl_reply_array(r, 10);
+        sl_reply_array(r, 12);
         sl_reply_cstr(r, "name");
         sl_reply_cstr(r, pl->name);
         sl_reply_cstr(r, "state");
@@ -127,6 +193,8 @@ static int describe(sl_pipelines_t *m, const char *name, sl_reply_t *r)
         reply_ops(r, pl);
         sl_reply_cstr(r, "tasks");
         reply_tasks(r, pl);
+        sl_reply_cstr(r, "stores");
+        reply_stores(r, pl);
     }
     pthread_mutex_unlock(&m->lock);
     return pl ? 0 : fail(r, "NOTFOUND no such pipeline");

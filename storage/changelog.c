@@ -191,16 +191,22 @@ static int64_t restore_end(sl_partition_t *changelog, int64_t to)
     return to >= 0 && to < end ? to : end;
 }
 
-int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t to, int64_t *from)
+int sl_store_checkpoint_read(sl_store_t *s, int32_t partition, int64_t *offset)
 {
     MDB_txn *txn;
-    int64_t checkpoint = 0, start = sl_partition_start_offset(changelog);
-    int64_t end = restore_end(changelog, to);
     int rc = sl_state_begin(sl_store_state(s), 0, &txn);
     if (rc)
         return rc;
-    rc = sl_store_checkpoint_get(s, txn, sl_partition_id(changelog), &checkpoint);
+    rc = sl_store_checkpoint_get(s, txn, partition, offset);
     mdb_txn_abort(txn);
+    return rc;
+}
+
+int sl_store_restore_needed(sl_store_t *s, sl_partition_t *changelog, int64_t to, int64_t *from)
+{
+    int64_t checkpoint = 0, start = sl_partition_start_offset(changelog);
+    int64_t end = restore_end(changelog, to);
+    int rc = sl_store_checkpoint_read(s, sl_partition_id(changelog), &checkpoint);
     if (rc == SL_ENOTFOUND)
         checkpoint = start, rc = 0;
     if (rc)

@@ -993,6 +993,9 @@ int sl_store_apply(sl_store_t *s, MDB_txn *txn, const sl_record_t *changes, size
  * LMDB failure. */
 int sl_store_checkpoint_get(sl_store_t *s, MDB_txn *txn, int32_t partition, int64_t *offset);
 
+/* The same in a read transaction of its own (PIPELINE DESCRIBE). */
+int sl_store_checkpoint_read(sl_store_t *s, int32_t partition, int64_t *offset);
+
 /* Writes the checkpoint in the caller's write transaction. SL_EINVALID for
  * a negative partition or offset. */
 int sl_store_checkpoint_put(sl_store_t *s, MDB_txn *txn, int32_t partition, int64_t offset);

@@ -434,10 +434,52 @@ class AggregateRecoveryTest(unittest.TestCase):
             keys = sorted({k for k, _ in want})
             wait_until(lambda: self.window_counts("p.spend", keys) == want, WAIT,
                        what="the store's windows")
+            rows = self.stores("p")
+            self.assertEqual({(r[0], r[1], r[2]) for r in rows},
+                             {("p.spend", "p.spend.changelog", 0),
+                              ("p.spend", "p.spend.changelog", 1)})
+            self.assertGreater(sum(r[5] for r in rows), 0, rows)  # what a restore reads
             self.node.kill()
             self.start()
             self.assertIn("restoring store p.spend partition", self.node.log())
             self.assertEqual(self.window_counts("p.spend", keys), want)
+
+    def stores(self, name):
+        """PIPELINE DESCRIBE's stores rows: [store, changelog, partition,
+        flushed, end, behind]."""
+        reply = self.r.execute_command("PIPELINE", "DESCRIBE", name)
+        desc = dict(zip(reply[0::2], reply[1::2]))
+        return [[v.decode() if isinstance(v, bytes) else v for v in row]
+                for row in desc[b"stores"]]
+
+    def test_an_idle_pipeline_flushes_its_state_and_restores_nothing(self):
+        """flush_interval = 2s and then no more input: the worker wakes to
+        flush what the last commits left in the changelog only, so
+        DESCRIBE's stores come to be behind by nothing, and a node killed
+        with SIGKILL after that restores nothing at its next start."""
+        events = AggregateTest.events(self, 6, 300)
+        self.r.execute_command("TOPIC", "CREATE", "in", "PARTITIONS", 2)
+        script = SCRIPT % dict(name="p", input="in", output="out",
+                               window=':window(s.tumbling("10s", {grace = "1h"}))',
+                               options=', store = "spend"')
+        script = script.replace('processing = "exactly_once"',
+                                'processing = "exactly_once", flush_interval = "2s"')
+        self.assertEqual(self.r.execute_command("PIPELINE", "SUBMIT", "p", script), b"OK")
+        for part in (events[:150], events[150:]):  # the second batch right after the first
+            AggregateTest.produce(self, "in", part)
+        want = {(k, w): (v["n"], v["total"])
+                for (k, w), v in reference(events, 10000).items()}
+        keys = sorted({k for k, _ in want})
+        wait_until(lambda: self.window_counts("p.spend", keys) == want, WAIT,
+                   what="the store's windows")
+        def flushed():
+            rows = self.stores("p")
+            return sum(r[4] for r in rows) > 0 and all(r[5] == 0 for r in rows)
+        wait_until(flushed, WAIT, what="the stores flushed up to their changelogs' ends")
+        self.node.kill()
+        self.start()
+        self.assertNotIn("restoring store p.spend", self.node.log())
+        self.assertEqual(self.window_counts("p.spend", keys), want)
 
     def test_state_is_restored_from_changelogs_after_deleting_the_state_directory(self):
         events = AggregateTest.events(self, 5, 300)

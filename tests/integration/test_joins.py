@@ -38,7 +38,7 @@ import unittest
 
 from crash import (Killer, describe, kills_wanted, progress, read_topic,
                    records_wanted, say, seed, text, wait_caught_up)
-from node import Error, Node, NodeTestCase, murmur2_partition, wait_until
+from node import Error, Node, NodeTestCase, murmur2_partition, partition_ends, wait_until
 
 WAIT = 30.0
 SETTLE = 10.0  # after catching up, how long outputs may still take to show
@@ -1509,6 +1509,16 @@ class JoinRestoreTest(OwnNodeTestCase):
         self.assertIn("p.users.changelog", topics, "a table over a plain topic has a changelog")
         self.assertNotIn("p.accounts.changelog", topics,
                          "a table over a compacted topic is its own changelog")
+        rows = [[text(v) if isinstance(v, bytes) else v for v in row]
+                for row in describe(r, "p")["stores"]]
+        changelogs = {(row[0], row[1]) for row in rows}
+        for store, changelog in (("p.users", "p.users.changelog"), ("p.accounts", "accounts"),
+                                 ("p.buf", "p.buf.changelog")):
+            self.assertIn((store, changelog), changelogs, rows)
+        accounts_ends = partition_ends(r, "accounts")  # read up to its end: committed
+        self.assertEqual({row[2]: row[4] for row in rows if row[0] == "p.accounts"},
+                         accounts_ends, rows)
+        self.assertTrue(all(row[3] <= row[4] and row[5] == row[4] - row[3] for row in rows), rows)
         self.node.stop()
         shutil.rmtree(os.path.join(self.node.data_dir, "state"))
         self.node.start()

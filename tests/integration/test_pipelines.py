@@ -454,6 +454,7 @@ class OnErrorTest(PipelineTestCase):
         d = self.describe(name)
         self.assertEqual(text(d["state"]), "failed")
         self.assertEqual(text(d["error"]), error)
+        self.assertEqual(d["stores"], [])  # stateless: no store to flush or restore
         self.produce(t_in, {"n": 3, "d": 1})
         self.wait_records(canary_out, 3)
         self.assertEqual(self.values(self.records(out)), [{"n": 1, "inv": 10}])
