@@ -732,9 +732,13 @@ static int truncate_locked(sl_partition_t *p, int64_t offset)
         keep--; /* a segment starting exactly at offset goes entirely */
     sl_segment_t *seg = p->segments[keep];
     int64_t position = seg->size;
-    if (offset < seg->end_offset && batch_boundary(seg, offset, &position))
+    int found = offset < seg->end_offset ? batch_boundary(seg, offset, &position) : 0;
+    if (found == SL_EINVALID)
         return sl_error_set(SL_EINVALID, "%s/%d: offset %lld is inside a batch", p->topic_name,
                             p->id, (long long)offset);
+    if (found) /* reading the segment failed (out of memory, an I/O error): say so */
+        return sl_error_set(found, "%s/%d: truncating to offset %lld: reading its segment: %s",
+                            p->topic_name, p->id, (long long)offset, sl_strerror(found));
     drop_segments_from(p, keep + 1);
     int rc = sl_segment_truncate(seg, position, &owner);
     if (rc == 0 && p->config.fsync != SL_FSYNC_NEVER)

@@ -667,6 +667,46 @@ static void test_a_failed_commit_is_not_read(void **state)
     tu_rmdir(n.dir);
 }
 
+/* Allocations failing in turn in a commit between flushes (its overlay
+ * run among them): each failed attempt is -ENOMEM and shows nothing new to
+ * a reader (no run of it stays published); the caches keep the changes, and
+ * the attempt that gets its memory commits them and is read. */
+static void test_out_of_memory_in_a_commit_is_an_error_and_is_not_read(void **state)
+{
+    (void)state;
+    node_t n = {.dir = tu_mkdtemp()};
+    sl_store_t *reader;
+    int rc = -ENOMEM, failures = 0;
+    node_open(&n);
+    sl_cache_set_flush_interval(n.cache, 3600000);
+    assert_int_equal(sl_store_open_existing(n.state, "pipe.counts", &reader), 0);
+    commit_inputs(&n, 0, 10);
+    commit_start(&n, 10, 20);
+    for (long fail = 0; rc == -ENOMEM && fail < 1000; fail++) {
+        if (fail > 0) { /* the retry, of the state alone */
+            assert_int_equal(sl_commit_begin(n.commit), 0);
+            assert_int_equal(sl_commit_store(n.commit, n.cache, n.changelog), 0);
+        }
+        sl_alloc_fail_after(fail);
+        rc = sl_commit_end(n.commit);
+        sl_alloc_fail_after(-1);
+        if (rc == 0)
+            break;
+        assert_int_equal(rc, -ENOMEM);
+        failures++;
+        assert_int_equal(read_count(reader, n.state, NULL, 4), 1);
+        assert_int_equal(overlay_runs(&n), 1);
+        assert_int_equal(sl_cache_dirty_count(n.cache), KEYS);
+    }
+    assert_int_equal(rc, 0);
+    assert_true(failures > 0); /* the commit allocates: some attempts failed */
+    assert_int_equal(read_count(reader, n.state, NULL, 4), 2);
+    assert_int_equal(overlay_runs(&n), 2);
+    sl_store_close(reader);
+    node_close(&n);
+    tu_rmdir(n.dir);
+}
+
 /* Runs are seen by the reads of their transaction and later, newest first,
  * in key order whatever order their changes came in; drops go by partition
  * and transaction, and remember the newest flush. */
@@ -850,6 +890,7 @@ int main(void)
         cmocka_unit_test(test_commits_between_flushes_are_read_through_the_overlay),
         cmocka_unit_test(test_a_read_older_than_a_flush_sees_what_it_flushed),
         cmocka_unit_test(test_a_failed_commit_is_not_read),
+        cmocka_unit_test(test_out_of_memory_in_a_commit_is_an_error_and_is_not_read),
         cmocka_unit_test(test_overlay_runs_by_partition_and_transaction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

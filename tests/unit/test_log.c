@@ -391,6 +391,13 @@ static void test_truncate_removes_the_tail(void **state)
         append_numbered(p, 5, -1);
     assert_true(sl_partition_segment_count(p) > 3);
     assert_int_equal(sl_partition_truncate(p, 102), SL_EINVALID); /* inside a batch */
+    assert_non_null(strstr(sl_error_detail(), "inside a batch"));
+    sl_alloc_fail_after(0); /* reading the segment fails: that, not "inside a batch" */
+    int rc = sl_partition_truncate(p, 100);
+    sl_alloc_fail_after(-1);
+    assert_int_equal(rc, -ENOMEM);
+    assert_non_null(strstr(sl_error_detail(), "reading its segment"));
+    assert_int_equal(sl_partition_end_offset(p), 200);
     assert_int_equal(sl_partition_truncate(p, 100), 0);
     assert_int_equal(sl_partition_end_offset(p), 100);
     check_numbered(p, 0, 100);
