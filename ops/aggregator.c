@@ -58,6 +58,11 @@ typedef struct agg {
     int unread; /* no op reads the results: the store is the only output */
     sl_window_closer_t *closer;
     sl_buf_t result; /* a result's JSON */
+    /* Tumbling and hopping windows: the results' ',"window_start":..,
+     * "window_end":..' text of the window starting at window_text_start
+     * (a commit's results share a few windows); empty: none yet. */
+    sl_buf_t window_text;
+    int64_t window_text_start;
     uint8_t *scratch;
     size_t scratch_cap;
     sl_agg_input_t *inputs;
@@ -247,6 +252,7 @@ static void agg_free(agg_t *a)
     sl_window_closer_free(a->closer);
     sl_free(a->sessions);
     sl_buf_free(&a->result);
+    sl_buf_free(&a->window_text);
     sl_free(a->scratch);
     sl_free(a->inputs);
     sl_free(a->read_by);
@@ -629,6 +635,29 @@ void sl_aggregator_prefetch_stage(sl_exec_task_t *t, const sl_op_t *op, uint64_t
 
 /* The result of (key, start) from its state (value), through the op's
  * downstream ops. */
+/* Appends ',"window_start":start,"window_end":end' to json; for fixed
+ * windows from the text kept for the last start. */
+static int window_json(agg_t *a, int64_t start, int64_t end, sl_buf_t *json)
+{
+    sl_buf_t *w = &a->window_text;
+    if (a->session || !w->len || a->window_text_start != start) {
+        int rc;
+        w->len = 0;
+        if ((rc = sl_buf_append(w, ",\"window_start\":", 16)) ||
+            (rc = sl_number_json(sl_number_int(start), w)) ||
+            (rc = sl_buf_append(w, ",\"window_end\":", 14)) ||
+            (rc = sl_number_json(sl_number_int(end), w))) {
+            w->len = 0;
+            return rc;
+        }
+        a->window_text_start = start;
+    }
+    int rc = sl_buf_append(json, w->data, w->len);
+    if (a->session)
+        w->len = 0; /* a session's end is its own */
+    return rc;
+}
+
 static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_len, int64_t start,
                        const void *value, size_t value_len, const sl_exec_output_t *out)
 {
@@ -648,10 +677,8 @@ static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_le
         rc = sl_buf_append(json, "{\"key\":", 7);
     if (rc == 0)
         rc = sl_buf_json_string(key, key_len, json);
-    if (rc == 0 && a->windowed && (rc = sl_buf_append(json, ",\"window_start\":", 16)) == 0 &&
-        (rc = sl_number_json(sl_number_int(start), json)) == 0 &&
-        (rc = sl_buf_append(json, ",\"window_end\":", 14)) == 0)
-        rc = sl_number_json(sl_number_int(end), json);
+    if (rc == 0 && a->windowed)
+        rc = window_json(a, start, end, json);
     if (rc == 0)
         rc = sl_buf_append(json, ",\"values\":", 10);
     if (rc == 0)
