@@ -39,6 +39,7 @@ typedef struct member_def {
 struct sl_aggset {
     member_def_t members[SL_AGGSET_MAX];
     int count;
+    int sketches_or_reduced; /* has a distinct or reduce member: state beyond member_t */
     uint64_t fingerprint;
 };
 
@@ -309,6 +310,7 @@ int sl_aggset_add(sl_aggset_t *set, const char *name, sl_agg_kind_t kind, const 
     }
     set->fingerprint = fingerprint_member(set->fingerprint, &def);
     set->members[set->count] = def;
+    set->sketches_or_reduced |= kind == SL_AGG_DISTINCT || kind == SL_AGG_REDUCE;
     return set->count++;
 }
 
@@ -991,6 +993,14 @@ int sl_aggstate_decode(sl_aggstate_t *state, const uint8_t *data, size_t n)
     decoded_t d;
     int count = state->set->count;
     reader_t r = {data, data + n, state->set, 0, 0};
+    if (!state->set->sketches_or_reduced) { /* counts, sums, averages...: members alone */
+        int rc = read_header(&r);
+        if (rc == 0)
+            rc = read_members(&r, &d);
+        for (int i = 0; rc == 0 && i < count; i++)
+            state->slots[i].m = d.members[i];
+        return rc;
+    }
     for (int i = 0; i < count; i++)
         sl_hll_init(&d.sketches[i]);
     int rc = read_header(&r);

@@ -824,6 +824,64 @@ static void test_damaged_encodings_are_rejected(void **state)
 
 /* Random damage to valid encodings: decode never crashes, returns 0 or
  * SL_ECORRUPT, and whatever it accepts re-encodes to the same bytes. */
+/* A set without distinct or reduce members (the first N_ALL - 1 kinds)
+ * decodes its members alone: damaged states are accepted only when they
+ * read back to the same bytes, refused as SL_ECORRUPT otherwise, and a
+ * refused one leaves the state as the last accepted decode made it. */
+static void test_decoder_of_plain_sets_survives_random_damage(void **state)
+{
+    (void)state;
+    sl_aggset_t *set = make_set(all_names, all_kinds, N_ALL - 1);
+    uint64_t seed = 37;
+    sl_aggstate_t *sources[3], *st = new_state(set);
+    for (int s = 0; s < 3; s++) {
+        record_t *r = random_records(&seed, s * 40, s == 2);
+        sources[s] = new_state(set);
+        for (int i = 0; i < s * 40; i++) {
+            sl_agg_input_t in[N_ALL - 1] = {none, r[i].x, r[i].x, r[i].x, r[i].x, r[i].x};
+            assert_int_equal(sl_aggstate_add(sources[s], in, r[i].time), 0);
+        }
+        free(r);
+    }
+    int accepted = 0, refused = 0;
+    size_t last_len = 0;
+    uint8_t *last = NULL;
+    for (int round = 0; round < 20000; round++) {
+        size_t n;
+        uint8_t *bytes = encode(sources[round % 3], &n);
+        if (round % 5) { /* every fifth state undamaged */
+            int flips = 1 + (int)random_between(&seed, 0, 3);
+            for (int f = 0; f < flips; f++)
+                bytes[next_random(&seed) % n] ^= (uint8_t)random_between(&seed, 1, 255);
+            if (random_between(&seed, 0, 7) == 0)
+                n = (size_t)random_between(&seed, 0, (int64_t)n);
+        }
+        int rc = sl_aggstate_decode(st, bytes, n);
+        assert_true(rc == 0 || rc == SL_ECORRUPT);
+        size_t m;
+        uint8_t *again = encode(st, &m);
+        if (rc == 0) {
+            assert_int_equal(m, n);
+            assert_memory_equal(again, bytes, m);
+            free(last);
+            last = bytes, last_len = n, bytes = NULL;
+            accepted++;
+        } else if (last) {
+            assert_int_equal(m, last_len);
+            assert_memory_equal(again, last, m);
+            refused++;
+        }
+        free(again);
+        free(bytes);
+    }
+    assert_true(accepted > 4000 && refused > 1000);
+    free(last);
+    for (int s = 0; s < 3; s++)
+        sl_aggstate_free(sources[s]);
+    sl_aggstate_free(st);
+    sl_aggset_free(set);
+}
+
 static void test_decoder_survives_random_damage(void **state)
 {
     (void)state;
@@ -950,6 +1008,7 @@ int main(void)
         cmocka_unit_test(test_count_sum_avg_state_layout_and_version_1),
         cmocka_unit_test(test_damaged_encodings_are_rejected),
         cmocka_unit_test(test_decoder_survives_random_damage),
+        cmocka_unit_test(test_decoder_of_plain_sets_survives_random_damage),
         cmocka_unit_test(test_out_of_memory_paths_return_enomem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
