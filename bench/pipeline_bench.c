@@ -371,7 +371,7 @@ static int step(worker_t *w, task_t *t)
         return 0;
     }
     w->in += b->count;
-    sl_vm_origin_t origin = {"in", sl_partition_id(t->partition), w->mode != M_LOAD_RAW};
+    sl_vm_origin_t origin = {"in", sl_partition_id(t->partition), w->mode != M_LOAD_RAW, 0};
     if (w->mode == M_READ)
         return 0;
     if (w->mode < M_EXEC)

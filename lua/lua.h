@@ -591,16 +591,21 @@ int sl_op_kind_is_entry(sl_op_kind_t kind);
  */
 
 /* Where a record was read from: shown to Lua as r.topic and r.partition.
- * json: decode the value as JSON (else it is the raw bytes). */
+ * json: decode the value as JSON (else it is the raw bytes). borrowed: the
+ * record's bytes (key, value, headers) stay where they are until the next
+ * sl_vm_batch_reset(), so the slot points at them instead of a copy (a
+ * stage's input records, read into a set that outlives the batch). */
 typedef struct sl_vm_origin {
     const char *topic;
     int32_t partition;
     int json;
+    int borrowed;
 } sl_vm_origin_t;
 
-/* Loads rec (its bytes are copied; rec may go away on return) into a new
- * slot. Returns 0 and *slot; SL_EINVALID naming topic, partition and offset
- * when the value is not valid JSON or the VM's memory cap is hit; -ENOMEM. */
+/* Loads rec into a new slot: its bytes are copied (rec may go away on
+ * return) unless origin says they are borrowed. Returns 0 and *slot;
+ * SL_EINVALID naming topic, partition and offset when the value is not
+ * valid JSON or the VM's memory cap is hit; -ENOMEM. */
 int sl_vm_record_load(sl_vm_t *vm, const sl_record_t *rec, const sl_vm_origin_t *origin, int *slot);
 
 /* The record in a slot as bytes: *out points into the batch arena, valid

@@ -245,7 +245,9 @@ int sl_vm_record_load(sl_vm_t *vm, const sl_record_t *rec, const sl_vm_origin_t 
     s->has_bytes = 1;
     s->topic = origin->topic;
     s->partition = origin->partition;
-    if ((rc = copy_record(vm, rec, &s->record))) {
+    if (origin->borrowed)
+        s->record = *rec;
+    else if ((rc = copy_record(vm, rec, &s->record))) {
         vm->slot_count--;
         return rc;
     }

@@ -409,7 +409,7 @@ int sl_exec_deliver_slot(sl_exec_t *x, int op, int slot, const sl_exec_output_t 
 
 int sl_exec_deliver(sl_exec_t *x, int op, const sl_record_t *rec, const sl_exec_output_t *out)
 {
-    sl_vm_origin_t origin = {x->dag->ops[op].store, -1, !only_sinks_follow(x, op)};
+    sl_vm_origin_t origin = {x->dag->ops[op].store, -1, !only_sinks_follow(x, op), 0};
     int slot, rc = sl_vm_record_load(x->dag->vm, rec, &origin, &slot);
     return rc ? rc : sl_exec_deliver_slot(x, op, slot, out);
 }

@@ -482,7 +482,7 @@ int sl_features_emit(sl_features_emitters_t **ep, const sl_dag_t *dag, sl_exec_t
     if (!sl_features_found(m->calc) && !sl_features_any_default(m->calc))
         rec.value = NULL, rec.value_len = -1; /* no vector: FEATURES answers nil */
     rec.timestamp = ts;
-    sl_vm_origin_t origin = {op->view, -1, 0}; /* an exit only reads its bytes */
+    sl_vm_origin_t origin = {op->view, -1, 0, 0}; /* an exit only reads its bytes */
     return sl_vm_record_load(vm, &rec, &origin, out_slot);
 }
 

@@ -283,7 +283,7 @@ static int table_lookup(sl_join_t *j, sl_vm_t *vm, const uint8_t *key, int32_t k
                        .timestamp = ts,
                        .offset = -1};
     sl_vm_origin_t origin = {j->op->kind == SL_OP_TABLE ? j->op->topic : j->op->store, j->partition,
-                             j->json};
+                             j->json, 0};
     int rc = sl_vm_record_load(vm, &rec, &origin, slot);
     return rc ? rc : 1;
 }
@@ -331,14 +331,14 @@ int sl_join_table_table(sl_join_t *j, const sl_op_t *op, sl_join_t *left, sl_joi
         sl_record_t tomb = meta;
         tomb.value = NULL;
         tomb.value_len = -1;
-        sl_vm_origin_t origin = {j->op->store, j->partition, 1};
+        sl_vm_origin_t origin = {j->op->store, j->partition, 1, 0};
         rc = sl_vm_record_load(vm, &tomb, &origin, out);
     }
     if (rc == 0)
         rc = sl_vm_record_get(vm, *out, &rec);
     if (rc == 0 && rec.value_len >= 0) { /* joins over this table read it back as JSON */
         int check;
-        sl_vm_origin_t origin = {j->op->store, j->partition, 1};
+        sl_vm_origin_t origin = {j->op->store, j->partition, 1, 0};
         if ((rc = sl_vm_record_load(vm, &rec, &origin, &check)) == SL_EINVALID)
             return sl_error_set(SL_EINVALID,
                                 "join (%s): the function returned a value that is not JSON (a "
@@ -444,7 +444,7 @@ static int load_item(sl_join_t *j, sl_vm_t *vm, const uint8_t *key, size_t key_l
                        .value_len = len,
                        .timestamp = t,
                        .offset = -1};
-    sl_vm_origin_t origin = {j->op->store, j->partition, json};
+    sl_vm_origin_t origin = {j->op->store, j->partition, json, 0};
     return sl_vm_record_load(vm, &rec, &origin, slot);
 }
 

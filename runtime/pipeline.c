@@ -542,7 +542,9 @@ static int commit(worker_t *w, int flush_all)
  * them, applied once their outputs are out); 0 or what stopped it. */
 static int run_records(worker_t *w, task_t *t, const sl_record_t *recs, size_t count, size_t *done)
 {
-    sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json};
+    /* the records stay in the task's set until the batch's end (end_batch
+     * resets the stage before the next read): borrowed, not copied */
+    sl_vm_origin_t origin = {t->topic, sl_partition_id(t->partition), t->json, 1};
     sl_exec_output_t out = {on_emit, on_failed, w};
     int stopped = 0;
     w->current = t;

@@ -266,7 +266,7 @@ static void check_native_answers(void)
 {
     static const char value[] = "{\"n\":10,\"m\":3,\"kind\":\"click\",\"user\":\"ann\"}";
     sl_record_t rec = {.key = (const uint8_t *)"k", .key_len = 1, .timestamp = 1000};
-    sl_vm_origin_t origin = {"clicks", 2, 1};
+    sl_vm_origin_t origin = {"clicks", 2, 1, 0};
     int slot = -1, keep = -1, out = -1;
     rec.value = (const uint8_t *)value;
     rec.value_len = (int32_t)strlen(value);
@@ -492,7 +492,7 @@ static void expect_same_output(const char *kind, const char *body, int rc_a, int
 static int load(const piece_t *value, int *slot)
 {
     sl_record_t rec = {.offset = 17, .timestamp = 1000, .headers = headers, .header_count = 2};
-    sl_vm_origin_t origin = {"clicks", 2, 1};
+    sl_vm_origin_t origin = {"clicks", 2, 1, 0};
     rec.key = current->key.data;
     rec.key_len = current->key.data ? (int32_t)current->key.len : -1;
     rec.value = value->data;

@@ -499,7 +499,7 @@ static void test_exit_writes_each_changed_key_once_per_flush(void **state)
     };
     emitted_t e = {0};
     sl_exec_output_t out = {collect, no_failure, &e};
-    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_vm_origin_t origin = {"in", 0, 1, 0};
     sl_exec_set_task(x, task);
     assert_int_equal(sl_exec_batch(x, 0, &origin, recs, 3, &out, NULL), 0);
     assert_int_equal(e.count, 0); /* vectors go at the flush */
@@ -554,7 +554,7 @@ static void test_exit_writes_a_key_once_when_its_closed_windows_interleave(void 
     };
     emitted_t e = {0};
     sl_exec_output_t out = {collect, no_failure, &e};
-    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_vm_origin_t origin = {"in", 0, 1, 0};
     sl_exec_set_task(x, task);
     assert_int_equal(sl_exec_batch(x, 0, &origin, recs, 4, &out, NULL), 0);
     sl_exec_reset(x);
@@ -615,7 +615,7 @@ static void test_windows_past_a_held_stream_time_survive_a_restart(void **state)
     int64_t times[3] = {INT64_MIN, INT64_MIN, INT64_MIN};
     emitted_t e = {0};
     sl_exec_output_t out = {collect, no_failure, &e};
-    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_vm_origin_t origin = {"in", 0, 1, 0};
     for (int run = 0; run < 2; run++) { /* the second run is the restarted task */
         sl_exec_task_t *task;
         assert_int_equal(sl_exec_task_new(x, stores, times, 0, 1, &task), 0);

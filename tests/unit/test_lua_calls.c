@@ -66,7 +66,7 @@ static const sl_header_t test_headers[] = {
 static int load(void **state, const char *key, const char *value, int json)
 {
     sl_record_t rec = tu_record(key, value, 1000);
-    sl_vm_origin_t origin = {"clicks", 2, json};
+    sl_vm_origin_t origin = {"clicks", 2, json, 0};
     int slot = -1;
     rec.offset = 17;
     rec.headers = test_headers;
@@ -210,7 +210,7 @@ static void test_loaded_record_round_trips_byte_for_byte(void **state)
 static void test_invalid_json_is_an_error_for_that_record(void **state)
 {
     sl_record_t rec = tu_record("k", "{\"a\":", 1000);
-    sl_vm_origin_t origin = {"clicks", 2, 1};
+    sl_vm_origin_t origin = {"clicks", 2, 1, 0};
     int slot = -1;
     rec.offset = 5;
     assert_int_equal(sl_vm_record_load(vm_of(state), &rec, &origin, &slot), SL_EINVALID);
@@ -218,6 +218,27 @@ static void test_invalid_json_is_an_error_for_that_record(void **state)
                                            "the text ends inside a value");
     assert_int_equal(slot, -1);
     load(state, "k", "{\"a\": 1}", 1);
+}
+
+/* A borrowed record's slot points at the caller's bytes (the value the
+ * stage's functions read, and the bytes an exit writes unchanged); a
+ * loaded one at a copy of them, so the caller may reuse its buffer. */
+static void test_borrowed_records_are_not_copied(void **state)
+{
+    sl_vm_t *vm = vm_of(state);
+    char value[] = "{\"a\": 1}";
+    sl_record_t rec = tu_record("k", value, 1000), got;
+    for (int borrowed = 0; borrowed <= 1; borrowed++) {
+        sl_vm_origin_t origin = {"clicks", 2, 1, borrowed};
+        int slot = -1;
+        sl_vm_batch_reset(vm);
+        assert_int_equal(sl_vm_record_load(vm, &rec, &origin, &slot), 0);
+        assert_int_equal(sl_vm_record_get(vm, slot, &got), 0);
+        assert_int_equal(got.value_len, rec.value_len);
+        assert_memory_equal(got.value, value, (size_t)got.value_len);
+        assert_int_equal(got.value == rec.value, borrowed);
+        assert_int_equal(got.key == rec.key, borrowed);
+    }
 }
 
 /* jsmn only tokenizes: everything RFC 8259 refuses must still be refused. */
@@ -266,7 +287,7 @@ static void test_every_kind_of_invalid_json_is_refused(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         sl_record_t rec = tu_record("k", bad[i], 1000);
-        sl_vm_origin_t origin = {"clicks", 2, 1};
+        sl_vm_origin_t origin = {"clicks", 2, 1, 0};
         int slot = -1;
         if (sl_vm_record_load(vm_of(state), &rec, &origin, &slot) != SL_EINVALID)
             fail_msg("accepted invalid JSON <%s>", bad[i]);
@@ -278,7 +299,7 @@ static void test_every_kind_of_invalid_json_is_refused(void **state)
     memset(deep, '[', 1001);
     memset(deep + 1001, ']', 1001);
     sl_record_t rec = tu_record("k", deep, 1);
-    sl_vm_origin_t origin = {"clicks", 2, 1};
+    sl_vm_origin_t origin = {"clicks", 2, 1, 0};
     int slot = -1;
     assert_int_equal(sl_vm_record_load(vm_of(state), &rec, &origin, &slot), SL_EINVALID);
     assert_non_null(strstr(sl_error_detail(), "nested deeper than 1000 levels"));
@@ -301,7 +322,7 @@ static void test_long_strings_are_checked_at_every_position(void **state)
                 continue;
             memcpy(text + 6 + at, put[kind], strlen(put[kind]));
             sl_record_t rec = tu_record("k", text, 1000);
-            sl_vm_origin_t origin = {"clicks", 2, 1};
+            sl_vm_origin_t origin = {"clicks", 2, 1, 0};
             int slot = -1, rc = sl_vm_record_load(vm_of(state), &rec, &origin, &slot);
             if (kind == 0) {
                 assert_int_equal(rc, SL_EINVALID);
@@ -1647,7 +1668,7 @@ static void test_out_of_memory_during_calls_is_enomem(void **state)
     sl_vm_t *vm = vm_of(state);
     for (long n = 0; n < 200; n++) {
         sl_record_t rec = tu_record("k", "ann", 1), out;
-        sl_vm_origin_t origin = {"clicks", 0, 0};
+        sl_vm_origin_t origin = {"clicks", 0, 0, 0};
         int slot, made;
         sl_alloc_fail_after(n);
         int rc = sl_vm_record_load(vm, &rec, &origin, &slot);
@@ -1675,7 +1696,7 @@ static void test_record_decoding_past_the_cap_is_an_error(void **state)
     static char value[300002];
     static const char script[] = HEADER "s.stream('in'):filter(function(r) return #r.value > 0 end)"
                                         ":to('out')\n";
-    sl_vm_origin_t origin = {"clicks", 2, 1};
+    sl_vm_origin_t origin = {"clicks", 2, 1, 0};
     int slot = -1, keep = -1;
     assert_int_equal(sl_vm_new(&limits, &vm), 0);
     assert_int_equal(sl_vm_compile(vm, "script.lua", script, strlen(script), &dag), 0);
@@ -1855,6 +1876,7 @@ int main(void)
         T(test_null_key_and_tombstone_are_nil),
         T(test_loaded_record_round_trips_byte_for_byte),
         T(test_invalid_json_is_an_error_for_that_record),
+        T(test_borrowed_records_are_not_copied),
         T(test_every_kind_of_invalid_json_is_refused),
         T(test_values_are_written_as_json_exactly),
         T(test_values_json_cannot_hold_are_refused),

@@ -83,7 +83,7 @@ static int run_values(fixture_t *f, int entry, const char *const *values, size_t
         recs[i] = tu_record(keys[i], values[i], 1000 + (int64_t)i);
         recs[i].offset = (int64_t)i;
     }
-    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_vm_origin_t origin = {"in", 0, 1, 0};
     sl_exec_output_t out = {collect, on_failure, c};
     return sl_exec_batch(f->exec, entry, &origin, recs, n, &out, done);
 }
@@ -300,7 +300,7 @@ static int route_failure(void *arg, const sl_op_t *op, const sl_record_t *input,
 
 static void run_route(fixture_t *f, const sl_record_t *recs, size_t n, int json, routed_t *r)
 {
-    sl_vm_origin_t origin = {"in", 0, json};
+    sl_vm_origin_t origin = {"in", 0, json, 0};
     sl_exec_output_t out = {collect_route, route_failure, r};
     r->exec = f->exec;
     assert_int_equal(sl_exec_batch(f->exec, 0, &origin, recs, n, &out, NULL), 0);
@@ -434,7 +434,7 @@ static void test_a_join_flushes_before_the_aggregate_it_feeds(void **state)
     stateful_open(&f, &st);
     collected_t c = {0};
     sl_exec_output_t out = {collect, on_failure, &c};
-    sl_vm_origin_t left = {"l", 0, 1}, right = {"r", 0, 1};
+    sl_vm_origin_t left = {"l", 0, 1, 0}, right = {"r", 0, 1, 0};
     sl_record_t d = tu_record("d", "{}", 900), clock = tu_record("z", "{}", 10001);
     assert_int_equal(sl_exec_batch(f.exec, join->inputs[0].op, &left, &d, 1, &out, NULL), 0);
     assert_int_equal(sl_exec_batch(f.exec, join->inputs[1].op, &right, &clock, 1, &out, NULL), 0);
@@ -462,7 +462,7 @@ static void test_updated_windows_come_out_once_per_flush(void **state)
     stateful_open(&f, &st);
     collected_t c = {0};
     sl_exec_output_t out = {collect, on_failure, &c};
-    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_vm_origin_t origin = {"in", 0, 1, 0};
     sl_record_t recs[] = {tu_record("b", "{}", 1000), tu_record("a", "{}", 1000),
                           tu_record("a", "{}", 2000), tu_record("b", "{}", 3000),
                           tu_record("a", "{}", 3000), tu_record("a", "{}", 9999),
@@ -505,7 +505,7 @@ static void test_a_window_dropped_from_the_cache_is_read_from_the_store(void **s
     stateful_open(&f, &st);
     collected_t c = {0};
     sl_exec_output_t out = {collect, on_failure, &c};
-    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_vm_origin_t origin = {"in", 0, 1, 0};
     sl_cache_t *cache = sl_exec_task_cache(st.task, find_op(&f, SL_OP_AGGREGATE)->id);
     for (int round = 0; round < 3; round++) {
         sl_record_t rec = tu_record("a", "{}", 1000 + round);
@@ -545,7 +545,7 @@ static void test_a_buffered_record_dropped_from_the_cache_still_joins(void **sta
     stateful_open(&f, &st);
     collected_t c = {0};
     sl_exec_output_t out = {collect, on_failure, &c};
-    sl_vm_origin_t left = {"l", 0, 1}, right = {"r", 0, 1};
+    sl_vm_origin_t left = {"l", 0, 1, 0}, right = {"r", 0, 1, 0};
     sl_cache_t *cache = sl_exec_task_cache(st.task, join->id);
     sl_record_t l = tu_record("k", "{\"v\":1}", 1000), r = tu_record("k", "{\"v\":2}", 1500);
     MDB_txn *txn;
@@ -580,7 +580,7 @@ static void test_aggregate_members_read_their_own_fields(void **state)
     stateful_open(&f, &st);
     collected_t c = {0};
     sl_exec_output_t out = {collect, on_failure, &c};
-    sl_vm_origin_t origin = {"in", 0, 1};
+    sl_vm_origin_t origin = {"in", 0, 1, 0};
     sl_record_t recs[2] = {tu_record("k", "{\"x\":1,\"y\":10}", 1000),
                            tu_record("k", "{\"x\":3,\"y\":-5}", 2000)};
     assert_int_equal(sl_exec_batch(f.exec, 0, &origin, recs, 2, &out, NULL), 0);
