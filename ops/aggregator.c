@@ -616,8 +616,10 @@ uint64_t sl_aggregator_prefetch(sl_exec_task_t *t, const sl_op_t *op, const sl_r
 {
     agg_t *a = agg_of(t, op);
     sl_window_t windows[SL_OP_WINDOW_MAX_OVERLAP];
-    if (!a || !a->windowed || a->session || r->key_len < 0)
+    if (!a || a->session || r->key_len < 0)
         return 0;
+    if (!a->windowed) /* running totals: the key's entry */
+        return sl_cache_key_prefetch(a->cache, r->key, (size_t)r->key_len);
     if (sl_window_assign(&a->spec, r->timestamp, windows, SL_OP_WINDOW_MAX_OVERLAP) < 1)
         return 0;
     /* the oldest window: a hopping window's others are a miss each anyway */

@@ -436,7 +436,7 @@ static void enter(sl_exec_t *x, const sl_op_t *entry, const sl_vm_origin_t *orig
 
 /* Records a stage reads go, as they are, to an aggregate first (a SOURCE
  * without a timestamp function, or a KEY_BY reading back its repartition
- * topic, feeding a tumbling or hopping AGGREGATE):
+ * topic, feeding an AGGREGATE without session windows):
  * their keys and windows are known ahead, so the batch prefetches the
  * aggregate's cache PREFETCH_AHEAD records before each record's lookup
  * (storage.h, sl_cache_window_prefetch). The aggregate (its first), or NULL. */

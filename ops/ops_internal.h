@@ -34,8 +34,8 @@ int sl_aggregator_record(sl_exec_task_t *t, const sl_op_t *op, sl_vm_t *vm, int 
 /* Prefetching for sl_aggregator_record() of a record some records ahead
  * whose key and event time are its own (the op reads its source's records
  * as they are): sl_cache_window_prefetch's stages (storage.h). Stage 0
- * gives the hash stages 1 and 2 take; 0 when the op is not a tumbling or
- * hopping aggregate or the record has no key. */
+ * gives the hash stages 1 and 2 take; 0 for a session aggregate or a
+ * record without a key. */
 uint64_t sl_aggregator_prefetch(sl_exec_task_t *t, const sl_op_t *op, const sl_record_t *r);
 void sl_aggregator_prefetch_stage(sl_exec_task_t *t, const sl_op_t *op, uint64_t hash, int stage);
 

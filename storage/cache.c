@@ -574,16 +574,28 @@ int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, i
     return e ? cached_value(c, e, value, value_len) : 0;
 }
 
+/* Stage 0 for store key k (len bytes): its hash, its slot asked for. */
+static uint64_t prefetch_slot(const sl_cache_t *c, const uint8_t *k, size_t len)
+{
+    uint64_t h = hash_bytes(k, len);
+    __builtin_prefetch(&c->slots[h & (c->slot_count - 1)]);
+    return h;
+}
+
 uint64_t sl_cache_window_prefetch(sl_cache_t *c, const void *key, size_t key_len,
                                   int64_t window_start)
 {
     uint8_t k[SL_STORE_KEY_MAX];
     if (!c->window || !c->slot_count || key_len + 8 > SL_STORE_KEY_MAX)
         return 0;
-    size_t len = sl_store_window_key(k, key, key_len, window_start);
-    uint64_t h = hash_bytes(k, len);
-    __builtin_prefetch(&c->slots[h & (c->slot_count - 1)]);
-    return h;
+    return prefetch_slot(c, k, sl_store_window_key(k, key, key_len, window_start));
+}
+
+uint64_t sl_cache_key_prefetch(sl_cache_t *c, const void *key, size_t key_len)
+{
+    if (c->window || !c->slot_count || key_len == 0 || key_len > SL_STORE_KEY_MAX)
+        return 0;
+    return prefetch_slot(c, key, key_len);
 }
 
 void sl_cache_prefetch(const sl_cache_t *c, uint64_t hash, int stage)

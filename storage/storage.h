@@ -1059,6 +1059,8 @@ int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, i
  * things moved since (a grown table, an emptied cache) is merely slower. */
 uint64_t sl_cache_window_prefetch(sl_cache_t *c, const void *key, size_t key_len,
                                   int64_t window_start);
+/* The same stage 0 for a key of a kv store (0 for a window store). */
+uint64_t sl_cache_key_prefetch(sl_cache_t *c, const void *key, size_t key_len);
 void sl_cache_prefetch(const sl_cache_t *c, uint64_t hash, int stage);
 
 /* Calls fn for each window of key with from <= start <= to, in start

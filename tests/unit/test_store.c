@@ -564,8 +564,9 @@ static void test_cached_window_reads_skip_lmdb(void **state)
     close_fixture(&f);
 }
 
-/* Prefetching (sl_cache_window_prefetch and its stages) is a hint: the
- * same (key, window) hashes the same, a kv store or a key too long gives 0,
+/* Prefetching (sl_cache_window_prefetch, sl_cache_key_prefetch and their
+ * stages) is a hint: the same key hashes the same, a store of the other
+ * kind or a key too long (or empty) gives 0,
  * and stages given hashes gone stale (the table grew past the huge-page
  * size of its slots, the cache was emptied) change nothing a read sees. */
 static void test_prefetch_changes_nothing(void **state)
@@ -581,6 +582,14 @@ static void test_prefetch_changes_nothing(void **state)
     open_fixture(&kv, SL_STORE_KV, 0);
     put(&kv, "k", "v");
     assert_int_equal(sl_cache_window_prefetch(kv.cache, "k", 1, 0), 0);
+    assert_int_equal(sl_cache_key_prefetch(f.cache, "k", 1), 0); /* a window store */
+    uint64_t h = sl_cache_key_prefetch(kv.cache, "k", 1);
+    assert_int_not_equal(h, 0);
+    assert_int_equal(sl_cache_key_prefetch(kv.cache, "k", 1), h);
+    assert_int_equal(sl_cache_key_prefetch(kv.cache, "", 0), 0);
+    for (int s = 1; s <= 2; s++)
+        sl_cache_prefetch(kv.cache, h, s);
+    assert_string_equal(cached(&kv, "k"), "v");
     window_put(&f, "k0", 0, "first");
     assert_int_equal(sl_cache_window_prefetch(f.cache, long_key, sizeof long_key, 0), 0);
     for (int i = 0; i < 16; i++) {
