@@ -32,7 +32,7 @@ typedef struct flushed {
     int32_t partition;         /* the task's (changelog's, or the checkpoint's) */
     int64_t checkpoint;        /* sl_commit_store_at: the offset; -1 otherwise */
     int wrote;                 /* the entries went into LMDB: the overlay's runs go */
-    int published;             /* the changes went into the overlay instead */
+    int published;             /* the overlay got its changes (or its flush's mark) */
 } flushed_t;
 
 struct sl_commit {
@@ -273,7 +273,12 @@ static int write_cache(sl_commit_t *c, flushed_t *f)
         int64_t end = f->changelog ? end_of(c, f->changelog) : f->checkpoint;
         if (end < 0) /* nothing appended this commit: the changelog's end */
             end = sl_partition_written_end(f->changelog);
-        return sl_store_checkpoint_put(store, c->txn, f->partition, end);
+        if ((rc = sl_store_checkpoint_put(store, c->txn, f->partition, end)))
+            return rc;
+        /* readers of this transaction on must not take the earlier runs
+         * over what LMDB now holds, though they see them until the drop */
+        return sl_overlay_mark_flush(sl_store_overlay(store), f->partition, c->txn_id,
+                                     &f->published);
     }
     if (rc || (rc = sl_cache_changes(f->cache, &changes, &count)) || count == 0)
         return rc;

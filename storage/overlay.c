@@ -30,6 +30,15 @@
  * commits: a commit that then fails drops it again (by its transaction id,
  * which the next commit reuses), holding the commit lock throughout, so no
  * reader can see it with a transaction that includes it.
+ *
+ * A flush leaves a mark the same way (a run of no changes, tagged with its
+ * transaction F): LMDB as of F holds everything the partition's earlier
+ * runs hold, so a reader whose transaction includes F must not take those
+ * runs over LMDB. Without the mark, a reader that began after F committed
+ * but took its views before the flush dropped the runs (the drop waits for
+ * the views lock a reader holds only while it begins) read the flushed
+ * store's keys as of the runs, older than LMDB: a feature vector over two
+ * stores then mixed two commits (test_vectors_never_mix_two_commits, once).
  */
 #include "storage/buf.h"
 #include "storage/keysort.h"
@@ -49,6 +58,7 @@ typedef struct run_entry {
 typedef struct run {
     atomic_uint refs;
     int32_t partition;
+    int flush;            /* a flush's mark: no changes; hides the partition's earlier runs */
     _Atomic uint64_t txn; /* UINT64_MAX: hidden, to be dropped */
     size_t count;
     run_entry_t *entries; /* in the same allocation, in the commit's order */
@@ -131,6 +141,21 @@ static void keep(sl_overlay_view_t *v, run_t *r)
     v->runs[v->count++] = r;
 }
 
+/* Adds run r as the newest: 1, or 0 out of memory (r not taken). */
+static int append(sl_overlay_t *o, run_t *r)
+{
+    pthread_mutex_lock(&o->lock);
+    sl_overlay_view_t *v = new_view(o->current->count + 1, o->current->dropped);
+    if (v) {
+        for (size_t i = 0; i < o->current->count; i++)
+            keep(v, o->current->runs[i]);
+        v->runs[v->count++] = r;
+        swap_in(o, v);
+    }
+    pthread_mutex_unlock(&o->lock);
+    return v != NULL;
+}
+
 int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const sl_record_t *changes,
                        size_t count)
 {
@@ -148,6 +173,7 @@ int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const s
     atomic_init(&r->txn, txn);
     atomic_init(&r->order, NULL);
     r->partition = partition;
+    r->flush = 0;
     r->count = count;
     r->entries = (run_entry_t *)(r + 1);
     r->bytes = (uint8_t *)(r->entries + count);
@@ -165,19 +191,35 @@ int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const s
             memcpy(r->bytes + at, c->value, (size_t)c->value_len);
         at += e->value_len > 0 ? (size_t)e->value_len : 0;
     }
+    if (append(o, r))
+        return 0;
+    sl_free(r);
+    return sl_error_set(-ENOMEM, "overlay: out of memory keeping %zu changes", count);
+}
+
+int sl_overlay_mark_flush(sl_overlay_t *o, int32_t partition, uint64_t txn, int *marked)
+{
+    *marked = 0;
     pthread_mutex_lock(&o->lock);
-    sl_overlay_view_t *v = new_view(o->current->count + 1, o->current->dropped);
-    if (v) {
-        for (size_t i = 0; i < o->current->count; i++)
-            keep(v, o->current->runs[i]);
-        v->runs[v->count++] = r;
-        swap_in(o, v);
-    }
+    int runs = 0;
+    for (size_t i = 0; i < o->current->count && !runs; i++)
+        runs = o->current->runs[i]->partition == partition;
     pthread_mutex_unlock(&o->lock);
-    if (!v) {
+    if (!runs) /* nothing of the partition to hide (and only its own task adds any) */
+        return 0;
+    run_t *r = sl_calloc(1, sizeof *r);
+    if (!r)
+        return sl_error_set(-ENOMEM, "overlay: out of memory marking a flush");
+    atomic_init(&r->refs, 1);
+    atomic_init(&r->txn, txn);
+    atomic_init(&r->order, NULL);
+    r->partition = partition;
+    r->flush = 1;
+    if (!append(o, r)) {
         sl_free(r);
-        return sl_error_set(-ENOMEM, "overlay: out of memory keeping %zu changes", count);
+        return sl_error_set(-ENOMEM, "overlay: out of memory marking a flush");
     }
+    *marked = 1;
     return 0;
 }
 
@@ -284,9 +326,19 @@ static size_t lower_bound(const run_t *r, const uint32_t *order, const uint8_t *
     return lo;
 }
 
-static int run_seen(const run_t *r, uint64_t txn)
+/* Whether a reader in txn takes run i of v: committed as of txn, and no
+ * flush of its partition since that txn holds (a later mark in the list). */
+static int run_seen(const sl_overlay_view_t *v, size_t i, uint64_t txn)
 {
-    return atomic_load(&r->txn) <= txn;
+    const run_t *r = v->runs[i];
+    if (r->flush || atomic_load(&r->txn) > txn)
+        return 0;
+    for (size_t j = i + 1; j < v->count; j++) {
+        const run_t *m = v->runs[j];
+        if (m->flush && m->partition == r->partition && atomic_load(&m->txn) <= txn)
+            return 0;
+    }
+    return 1;
 }
 
 static void entry_value(const run_t *r, const run_entry_t *e, const void **value, int32_t *len)
@@ -300,7 +352,7 @@ int sl_overlay_view_get(const sl_overlay_view_t *v, uint64_t txn, const void *ke
 {
     for (size_t i = v->count; i-- > 0;) {
         run_t *r = v->runs[i];
-        if (!run_seen(r, txn))
+        if (!run_seen(v, i, txn))
             continue;
         const uint32_t *order = run_order(r);
         if (!order)
@@ -330,7 +382,7 @@ int sl_overlay_walk_start(sl_overlay_walk_t *w, const sl_overlay_view_t *v, uint
     }
     for (size_t i = 0; i < v->count; i++) {
         run_t *r = v->runs[i];
-        if (!run_seen(r, txn)) {
+        if (!run_seen(v, i, txn)) {
             w->pos[i] = r->count;
             continue;
         }

@@ -166,6 +166,13 @@ void sl_overlay_free(sl_overlay_t *o);
 int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const sl_record_t *changes,
                        size_t count);
 
+/* Marks that write transaction txn flushes partition's entries into LMDB
+ * (before it commits, as runs are published): readers whose transaction
+ * includes it take none of the partition's earlier runs, LMDB holding all
+ * they hold. *marked = 0 when the partition has no run (no mark needed).
+ * The flush's drop, or the failed commit's, takes the mark with the runs. */
+int sl_overlay_mark_flush(sl_overlay_t *o, int32_t partition, uint64_t txn, int *marked);
+
 /* Drops the runs of partition (-1: every partition) published by
  * transaction min_txn or later; dropped, if newer than what the overlay
  * has, becomes its newest dropping transaction (0: none, for runs that

@@ -765,6 +765,78 @@ static void test_overlay_runs_by_partition_and_transaction(void **state)
     sl_overlay_free(o);
 }
 
+/* The walk's "<key><value or ->" pairs of view v read in txn. */
+static void walk_view(const sl_overlay_view_t *v, uint64_t txn, char *seen, size_t size)
+{
+    sl_overlay_walk_t w;
+    const uint8_t *key;
+    size_t key_len;
+    const void *value;
+    int32_t len;
+    seen[0] = '\0';
+    assert_int_equal(sl_overlay_walk_start(&w, v, txn, "", 0), 0);
+    while (sl_overlay_walk_peek(&w, &key, &key_len, &value, &len)) {
+        size_t at = strlen(seen);
+        snprintf(seen + at, size - at, "%c%c", key[0], len < 0 ? '-' : *(const char *)value);
+        sl_overlay_walk_next(&w);
+    }
+    sl_overlay_walk_end(&w);
+}
+
+/* A flush's mark (published by its transaction F before it commits) hides
+ * its partition's earlier runs from readers whose transaction includes F,
+ * though they are still in views taken before the flush drops them: LMDB
+ * as of F holds newer values than those runs. Readers before F still take
+ * them; other partitions' runs stay; a partition without runs needs no
+ * mark; a failed flush's drop takes its mark, and the flush's own drop
+ * takes the mark with the runs. */
+static void test_a_flush_mark_hides_the_runs_it_wrote(void **state)
+{
+    (void)state;
+    sl_overlay_t *o;
+    const void *value;
+    int32_t len;
+    int marked = -1;
+    char seen[64];
+    sl_record_t k = {
+        .key = (const uint8_t *)"k", .key_len = 1, .value = (const uint8_t *)"1", .value_len = 1};
+    sl_record_t j = {
+        .key = (const uint8_t *)"j", .key_len = 1, .value = (const uint8_t *)"2", .value_len = 1};
+    assert_int_equal(sl_overlay_new(&o), 0);
+    assert_int_equal(sl_overlay_publish(o, 0, 5, &k, 1), 0);
+    assert_int_equal(sl_overlay_publish(o, 1, 5, &j, 1), 0);
+    assert_int_equal(sl_overlay_mark_flush(o, 2, 7, &marked), 0);
+    assert_int_equal(marked, 0); /* partition 2 has no runs */
+    assert_int_equal(sl_overlay_mark_flush(o, 0, 7, &marked), 0);
+    assert_int_equal(marked, 1);
+    sl_overlay_view_t *v = sl_overlay_view(o);
+    assert_int_equal(sl_overlay_view_runs(v), 3);
+    assert_int_equal(sl_overlay_view_get(v, 6, "k", 1, &value, &len), 1); /* before the flush */
+    assert_memory_equal(value, "1", 1);
+    assert_int_equal(sl_overlay_view_get(v, 7, "k", 1, &value, &len), 0); /* LMDB's, newer */
+    assert_int_equal(sl_overlay_view_get(v, 7, "j", 1, &value, &len), 1);
+    walk_view(v, 6, seen, sizeof seen);
+    assert_string_equal(seen, "j2k1");
+    walk_view(v, 7, seen, sizeof seen);
+    assert_string_equal(seen, "j2");
+    sl_overlay_drop(o, 0, 7, 0); /* the flush's commit failed: its mark goes, the run stays */
+    sl_overlay_view_t *after = sl_overlay_view(o);
+    assert_int_equal(sl_overlay_view_runs(after), 2);
+    assert_int_equal(sl_overlay_view_get(after, 7, "k", 1, &value, &len), 1);
+    sl_overlay_view_release(after);
+    assert_int_equal(sl_overlay_mark_flush(o, 0, 7, &marked), 0); /* the retry */
+    assert_int_equal(marked, 1);
+    sl_overlay_drop(o, 0, 0, 7); /* committed: the runs and the mark go */
+    after = sl_overlay_view(o);
+    assert_int_equal(sl_overlay_view_runs(after), 1);
+    walk_view(after, 9, seen, sizeof seen);
+    assert_string_equal(seen, "j2");
+    sl_overlay_view_release(after);
+    assert_int_equal(sl_overlay_view_get(v, 6, "k", 1, &value, &len), 1); /* v is as taken */
+    sl_overlay_view_release(v);
+    sl_overlay_free(o);
+}
+
 static void check_after_restart(const char *dir)
 {
     node_t n = {.dir = (char *)dir};
@@ -892,6 +964,7 @@ int main(void)
         cmocka_unit_test(test_a_failed_commit_is_not_read),
         cmocka_unit_test(test_out_of_memory_in_a_commit_is_an_error_and_is_not_read),
         cmocka_unit_test(test_overlay_runs_by_partition_and_transaction),
+        cmocka_unit_test(test_a_flush_mark_hides_the_runs_it_wrote),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
