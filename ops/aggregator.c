@@ -635,31 +635,38 @@ void sl_aggregator_prefetch_stage(sl_exec_task_t *t, const sl_op_t *op, uint64_t
 
 /* ---- results out -------------------------------------------------------------- */
 
-/* The result of (key, start) from its state (value), through the op's
- * downstream ops. */
-/* Appends ',"window_start":start,"window_end":end' to json; for fixed
- * windows from the text kept for the last start. */
+/* Appends ',"window_start":start,"window_end":end' to out. */
+static int window_text(int64_t start, int64_t end, sl_buf_t *out)
+{
+    int rc;
+    if ((rc = sl_buf_append(out, ",\"window_start\":", 16)) ||
+        (rc = sl_number_json(sl_number_int(start), out)) ||
+        (rc = sl_buf_append(out, ",\"window_end\":", 14)))
+        return rc;
+    return sl_number_json(sl_number_int(end), out);
+}
+
+/* The same for a result: a fixed window's from the text kept for the last
+ * start (a session's end is its own). */
 static int window_json(agg_t *a, int64_t start, int64_t end, sl_buf_t *json)
 {
     sl_buf_t *w = &a->window_text;
-    if (a->session || !w->len || a->window_text_start != start) {
-        int rc;
+    if (a->session)
+        return window_text(start, end, json);
+    if (!w->len || a->window_text_start != start) {
         w->len = 0;
-        if ((rc = sl_buf_append(w, ",\"window_start\":", 16)) ||
-            (rc = sl_number_json(sl_number_int(start), w)) ||
-            (rc = sl_buf_append(w, ",\"window_end\":", 14)) ||
-            (rc = sl_number_json(sl_number_int(end), w))) {
+        int rc = window_text(start, end, w);
+        if (rc) {
             w->len = 0;
             return rc;
         }
         a->window_text_start = start;
     }
-    int rc = sl_buf_append(json, w->data, w->len);
-    if (a->session)
-        w->len = 0; /* a session's end is its own */
-    return rc;
+    return sl_buf_append(json, w->data, w->len);
 }
 
+/* The result of (key, start) from its state (value), through the op's
+ * downstream ops. */
 static int emit_result(sl_exec_t *x, agg_t *a, const uint8_t *key, size_t key_len, int64_t start,
                        const void *value, size_t value_len, const sl_exec_output_t *out)
 {
