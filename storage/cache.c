@@ -138,10 +138,14 @@ static const uint8_t *key_of(const sl_cache_t *c, const entry_t *e)
     return c->arena.data + e->key_at;
 }
 
-/* The window start of a window store key of len bytes. */
+/* The window start of a window store key of len bytes (store.c's
+ * decoding; a key too short to hold one, which no window store has, is 0). */
 static int64_t key_window(const uint8_t *k, size_t len)
 {
-    return (int64_t)(sl_get_be64(k + len - 8) ^ 0x8000000000000000ull);
+    size_t key_len;
+    int64_t start = 0;
+    (void)sl_store_window_split(k, len, &key_len, &start);
+    return start;
 }
 
 static int64_t window_of(const sl_cache_t *c, const entry_t *e)
@@ -440,10 +444,13 @@ static int put_store_key(sl_cache_t *c, const uint8_t *k, size_t len, const void
     }
     e->value_len = (uint32_t)value_len;
     e->deleted = 0; /* live: min_start covers it (expiry may have passed it when deleted) */
-    if (c->window && window_of(c, e) < c->min_start)
-        c->min_start = window_of(c, e);
-    if (c->window && window_of(c, e) < c->expired_below) /* expiry must look at it again */
-        c->expired_below = window_of(c, e);
+    if (c->window) {
+        int64_t start = window_of(c, e);
+        if (start < c->min_start)
+            c->min_start = start;
+        if (start < c->expired_below) /* expiry must look at it again */
+            c->expired_below = start;
+    }
     mark_dirty(c, e);
     return sl_cache_is_full(c);
 }
@@ -574,6 +581,14 @@ int sl_cache_window_get_cached(sl_cache_t *c, const void *key, size_t key_len, i
     return e ? cached_value(c, e, value, value_len) : 0;
 }
 
+/* Asks for entry e, both cache lines it may straddle (entries are 48
+ * bytes: every other one crosses a line). */
+static void prefetch_entry(const entry_t *e)
+{
+    __builtin_prefetch(e);
+    __builtin_prefetch((const char *)(e + 1) - 1);
+}
+
 /* Stage 0 for store key k (len bytes): its hash, its slot asked for. */
 static uint64_t prefetch_slot(const sl_cache_t *c, const uint8_t *k, size_t len)
 {
@@ -606,9 +621,8 @@ void sl_cache_prefetch(const sl_cache_t *c, uint64_t hash, int stage)
     if (!slot || (slot >> 32) != (hash >> 32) || slot_entry(slot) >= c->count)
         return;
     const entry_t *e = &c->entries[slot_entry(slot)];
-    if (stage == 1) { /* an entry may straddle two cache lines */
-        __builtin_prefetch(e);
-        __builtin_prefetch((const char *)(e + 1) - 1);
+    if (stage == 1) {
+        prefetch_entry(e);
     } else if (e->hash == hash) {
         __builtin_prefetch(c->arena.data + e->key_at);
         __builtin_prefetch(c->arena.data + e->value_at);
@@ -803,11 +817,8 @@ static sl_record_t change_of(const sl_cache_t *c, const entry_t *e)
 
 static void prefetch_listed(const sl_cache_t *c, const uint32_t *list, size_t i, size_t n)
 {
-    if (i + LIST_AHEAD < n) {
-        const entry_t *e = &c->entries[list[i + LIST_AHEAD]];
-        __builtin_prefetch(e);
-        __builtin_prefetch((const char *)(e + 1) - 1);
-    }
+    if (i + LIST_AHEAD < n)
+        prefetch_entry(&c->entries[list[i + LIST_AHEAD]]);
 }
 
 /* Fills c->changes with the n entries listed (indexes into entries),
