@@ -141,6 +141,17 @@ static void keep(sl_overlay_view_t *v, run_t *r)
     v->runs[v->count++] = r;
 }
 
+/* A new run's fields beside its changes: one reference, not yet ordered. */
+static void run_init(run_t *r, int32_t partition, uint64_t txn, int flush, size_t count)
+{
+    atomic_init(&r->refs, 1);
+    atomic_init(&r->txn, txn);
+    atomic_init(&r->order, NULL);
+    r->partition = partition;
+    r->flush = flush;
+    r->count = count;
+}
+
 /* Adds run r as the newest: 1, or 0 out of memory (r not taken). */
 static int append(sl_overlay_t *o, run_t *r)
 {
@@ -169,12 +180,7 @@ int sl_overlay_publish(sl_overlay_t *o, int32_t partition, uint64_t txn, const s
     run_t *r = sl_malloc(sizeof *r + count * sizeof(run_entry_t) + bytes);
     if (!r)
         return sl_error_set(-ENOMEM, "overlay: out of memory keeping %zu changes", count);
-    atomic_init(&r->refs, 1);
-    atomic_init(&r->txn, txn);
-    atomic_init(&r->order, NULL);
-    r->partition = partition;
-    r->flush = 0;
-    r->count = count;
+    run_init(r, partition, txn, 0, count);
     r->entries = (run_entry_t *)(r + 1);
     r->bytes = (uint8_t *)(r->entries + count);
     size_t at = 0;
@@ -208,14 +214,9 @@ int sl_overlay_mark_flush(sl_overlay_t *o, int32_t partition, uint64_t txn, int 
     if (!runs) /* nothing of the partition to hide (and only its own task adds any) */
         return 0;
     run_t *r = sl_calloc(1, sizeof *r);
-    if (!r)
-        return sl_error_set(-ENOMEM, "overlay: out of memory marking a flush");
-    atomic_init(&r->refs, 1);
-    atomic_init(&r->txn, txn);
-    atomic_init(&r->order, NULL);
-    r->partition = partition;
-    r->flush = 1;
-    if (!append(o, r)) {
+    if (r)
+        run_init(r, partition, txn, 1, 0);
+    if (!r || !append(o, r)) {
         sl_free(r);
         return sl_error_set(-ENOMEM, "overlay: out of memory marking a flush");
     }
