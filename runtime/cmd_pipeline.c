@@ -121,10 +121,7 @@ typedef struct store_row {
 static int store_rows(pipeline_t *pl, int op, store_row_t **rows, size_t *n, size_t *cap)
 {
     sl_store_t *s = pl->stores[op];
-    const sl_op_t *o = &pl->dag->ops[op];
-    sl_topic_t *source = o->kind == SL_OP_TABLE ? sl_log_topic(pl->log, o->topic) : NULL;
-    if (source && sl_topic_config(source)->cleanup != SL_CLEANUP_COMPACT)
-        source = NULL;
+    sl_topic_t *source = pipeline_changelog_source(pl, op);
     sl_topic_t *topic = source ? source : sl_log_topic(pl->log, sl_store_changelog_topic(s));
     for (int32_t part = 0; topic && part < sl_topic_config(topic)->partitions; part++) {
         sl_partition_t *p = sl_topic_partition(topic, part);

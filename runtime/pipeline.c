@@ -397,16 +397,18 @@ static int states_unflushed(worker_t *w)
     return 0;
 }
 
-/* The partition of a table's source topic that serves as its store's
- * changelog (the topic is compacted: it keeps every key's newest record),
- * or NULL when the store has a changelog topic of its own. */
-static sl_partition_t *source_changelog(const pipeline_t *pl, int op, int32_t part)
+sl_topic_t *pipeline_changelog_source(const pipeline_t *pl, int op)
 {
     const sl_op_t *o = &pl->dag->ops[op];
     sl_topic_t *t = o->kind == SL_OP_TABLE ? sl_log_topic(pl->log, o->topic) : NULL;
-    if (!t || sl_topic_config(t)->cleanup != SL_CLEANUP_COMPACT)
-        return NULL;
-    return sl_topic_partition(t, part);
+    return t && sl_topic_config(t)->cleanup == SL_CLEANUP_COMPACT ? t : NULL;
+}
+
+/* Its partition part, or NULL when the store has a changelog of its own. */
+static sl_partition_t *source_changelog(const pipeline_t *pl, int op, int32_t part)
+{
+    sl_topic_t *t = pipeline_changelog_source(pl, op);
+    return t ? sl_topic_partition(t, part) : NULL;
 }
 
 /* A task's caches (to their changelog partitions) and stream times. */

@@ -243,6 +243,11 @@ int frontiers_is_marker(const sl_record_t *r);
 void frontiers_apply(pipeline_t *pl, task_t *t, const sl_record_t *marker);
 void frontiers_bound(const pipeline_t *pl, task_t *lead);
 
+/* The source topic of op, a table, when it serves as the table store's
+ * changelog (the topic is compacted: it keeps every key's newest record);
+ * NULL when the store has a changelog topic of its own (pipeline.c). */
+sl_topic_t *pipeline_changelog_source(const pipeline_t *pl, int op);
+
 /* offsets_log.c: the positions an exactly-once pipeline also logs in its
  * topic "<name>.offsets". open creates it or reads its newest values;
  * committed gives the committed input offset ("in", topic) or stream time
