@@ -113,6 +113,154 @@ static void check_no_cycle(lua_State *L, const sl_builder_t *b)
     }
 }
 
+/* ---- projections --------------------------------------------------------- *
+ *
+ * Which top-level fields of r.value the ops after a point can read: a set
+ * of names, or "any". Only functions run without Lua (native.c) and field
+ * names say which; a sink, a route, a Lua function, a dead-letter topic or
+ * a late topic can see the whole value. A set is written as each name
+ * followed by ',', in byte order (names holding ',' or bytes JSON escapes,
+ * and the empty name, make it "any").
+ */
+#define READS_MAX 32 /* names a set holds; more: any */
+
+typedef struct reads_set {
+    int any;
+    int count;
+    const char *names[READS_MAX];
+    size_t lens[READS_MAX];
+} reads_set_t;
+
+static void reads_add(reads_set_t *r, const char *name, size_t len)
+{
+    if (r->any)
+        return;
+    if (len == 0 || memchr(name, ',', len) || !sl_json_plain(name, len) ||
+        memchr(name, '\0', len)) {
+        r->any = 1;
+        return;
+    }
+    for (int i = 0; i < r->count; i++)
+        if (r->lens[i] == len && memcmp(r->names[i], name, len) == 0)
+            return;
+    if (r->count == READS_MAX) {
+        r->any = 1;
+        return;
+    }
+    r->names[r->count] = name;
+    r->lens[r->count++] = len;
+}
+
+/* The fields function n reads of its parameter p, into r. */
+static void reads_native(reads_set_t *r, const sl_native_t *n, int p)
+{
+    const char *names[READS_MAX];
+    size_t lens[READS_MAX];
+    int count = n ? sl_native_reads(n, p, 0, names, lens, READS_MAX) : -1;
+    if (count < 0)
+        r->any = 1;
+    for (int i = 0; i < count; i++)
+        reads_add(r, names[i], lens[i]);
+}
+
+static void reads_of_output(const sl_dag_t *dag, int op, int port, reads_set_t *r);
+
+/* What op reads of the records coming in at its input `input`, and what
+ * the ops after it read of them when it passes them on. */
+static void reads_of_input(const sl_dag_t *dag, const sl_op_t *op, int input, reads_set_t *r)
+{
+    switch (op->kind) {
+    case SL_OP_FILTER:
+        reads_native(r, op->native, 0);
+        reads_of_output(dag, op->id, 0, r);
+        break;
+    case SL_OP_MAP:
+        reads_native(r, op->native, 0);
+        break;
+    case SL_OP_MERGE:
+        reads_of_output(dag, op->id, 0, r);
+        break;
+    case SL_OP_AGGREGATE:
+        r->any |= op->late_topic != NULL;
+        for (int i = 0; i < op->agg_count; i++) {
+            if (op->aggs[i].fn != SL_NO_FUNCTION)
+                r->any = 1;
+            else if (op->aggs[i].field)
+                reads_add(r, op->aggs[i].field, strlen(op->aggs[i].field));
+        }
+        break;
+    case SL_OP_JOIN:
+        if (op->join_kind == SL_JOIN_TABLE_TABLE)
+            r->any = 1;
+        else
+            reads_native(r, op->native, input);
+        break;
+    default: /* sinks, key_by, branch, peek, flat_map: the whole value */
+        r->any = 1;
+    }
+}
+
+static void reads_of_output(const sl_dag_t *dag, int op, int port, reads_set_t *r)
+{
+    for (int i = op + 1; i < dag->op_count && !r->any; i++)
+        for (int k = 0; k < dag->ops[i].input_count; k++)
+            if (dag->ops[i].inputs[k].op == op && dag->ops[i].inputs[k].port == port)
+                reads_of_input(dag, &dag->ops[i], k, r);
+}
+
+/* Byte order of names a and b of the set. */
+static int name_before(const reads_set_t *r, int a, int b)
+{
+    size_t n = r->lens[a] < r->lens[b] ? r->lens[a] : r->lens[b];
+    int c = memcmp(r->names[a], r->names[b], n);
+    return c < 0 || (c == 0 && r->lens[a] < r->lens[b]);
+}
+
+/* The set as text ("a,b,"), NULL for any; raises on no memory. */
+static char *reads_text(lua_State *L, const reads_set_t *r)
+{
+    if (r->any)
+        return NULL;
+    int order[READS_MAX];
+    size_t total = 1;
+    for (int i = 0; i < r->count; i++) { /* insertion sort: a few names */
+        int at = i;
+        while (at > 0 && name_before(r, i, order[at - 1])) {
+            order[at] = order[at - 1];
+            at--;
+        }
+        order[at] = i;
+        total += r->lens[i] + 1;
+    }
+    char *text = sl_vm_need(L, sl_malloc(total)), *at = text;
+    for (int i = 0; i < r->count; i++) {
+        memcpy(at, r->names[order[i]], r->lens[order[i]]);
+        at += r->lens[order[i]];
+        *at++ = ',';
+    }
+    *at = '\0';
+    return text;
+}
+
+/* Sets each key_by's keep and each join's join_reads. */
+static void find_projections(lua_State *L, sl_dag_t *dag)
+{
+    for (int i = 0; i < dag->op_count; i++) {
+        sl_op_t *op = &dag->ops[i];
+        reads_set_t r = {.any = dag->on_error == SL_ON_ERROR_DEAD_LETTER};
+        if (op->kind == SL_OP_KEY_BY) {
+            reads_of_output(dag, op->id, 0, &r);
+            op->keep = reads_text(L, &r);
+        } else if (op->kind == SL_OP_JOIN && op->join_kind != SL_JOIN_TABLE_TABLE) {
+            for (int side = 0; side < 2; side++) { /* not a stream-table join's table */
+                reads_set_t s = {.any = side == 1 && op->join_kind == SL_JOIN_STREAM_TABLE};
+                reads_native(&s, op->native, side);
+                op->join_reads[side] = reads_text(L, &s);
+            }
+        }
+    }
+}
+
 static int compile_protected(lua_State *L)
 {
     compile_t *c = lua_touserdata(L, 1);
@@ -136,6 +284,7 @@ static int compile_protected(lua_State *L)
     check_has_sink(L, c->builder);
     check_all_used(L, c->builder);
     check_no_cycle(L, c->builder);
+    find_projections(L, c->builder->dag);
     return 0;
 }
 
@@ -213,6 +362,9 @@ static void op_release(sl_vm_t *vm, sl_op_t *op)
     sl_free(op->field);
     sl_native_free(op->native);
     sl_free(op->native_key);
+    sl_free(op->keep);
+    sl_free(op->join_reads[0]);
+    sl_free(op->join_reads[1]);
     sl_free(op->exchange);
     sl_free(op->route_key_field);
     release(vm, op->route_key_fn);

@@ -506,6 +506,15 @@ typedef struct sl_op {
     int join_kind;
     int join_type;
     int64_t join_within;
+    /* Projections (lua/compile.c): top-level fields of r.value, in byte
+     * order, each followed by ',' ("" for none), or NULL for "any field".
+     * KEY_BY: the fields the ops after its repartition can read; its
+     * records are written to the repartition topic with only those
+     * (sl_vm_record_project), when the whole pipeline says which.
+     * JOIN: join_reads[p], the fields its function reads of input p's
+     * records (stream-stream and stream-table joins). */
+    char *keep;
+    char *join_reads[2];
 } sl_op_t;
 
 /* What a declaration declares: s.exchange(), s.queue(), s.bind(). */
@@ -615,6 +624,30 @@ int sl_vm_record_load(sl_vm_t *vm, const sl_record_t *rec, const sl_vm_origin_t 
  * record when its value cannot be encoded (a function inside a table, an
  * excessively sparse array, nesting deeper than 1000); -ENOMEM. */
 int sl_vm_record_get(sl_vm_t *vm, int slot, sl_record_t *out);
+
+/* The record in a slot as sl_vm_record_get gives it, but its value with
+ * only the members named in keep (op->keep of a KEY_BY: "a,b,") after a
+ * marker naming them (lua/project.c). Returns 0; 1 when the value is not
+ * a JSON object read as it is (or keep is NULL, or a key has escapes):
+ * the caller writes the whole record; -ENOMEM. */
+int sl_vm_record_project(sl_vm_t *vm, int slot, const char *keep, sl_record_t *out);
+
+/* Does a value hold every field of needs ("a,b,"; NULL: any field)? 1 for
+ * a whole value (not written by sl_vm_record_project) or a projection
+ * naming them all; else 0 with *kept (kept_len bytes) the names it keeps,
+ * for the error. */
+int sl_vm_value_keeps(const uint8_t *value, int32_t len, const char *needs, const char **kept,
+                      size_t *kept_len);
+
+/* Does the list kept ("a,b,", kept_len bytes) name every field of needs
+ * (NULL: any field, which no list covers)? */
+int sl_fields_cover(const char *kept, size_t kept_len, const char *needs);
+
+/* Can next replace running? SL_EINVALID (with the error) when a
+ * stream-stream join of next keeps a store whose records running's
+ * key_by wrote with fewer fields than next's join function reads; else
+ * 0. */
+int sl_dag_check_projections(const sl_dag_t *running, const sl_dag_t *next);
 
 /* Ends a batch: forgets every slot and every byte in the arena. */
 void sl_vm_batch_reset(sl_vm_t *vm);

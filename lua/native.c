@@ -1050,3 +1050,179 @@ char *sl_native_key_compile(lua_State *L, int idx)
     sl_native_free(n);
     return name;
 }
+
+/* ---- fields read ------------------------------------------------------------ */
+
+/* What a register may hold, for sl_native_reads: bits of a set. */
+enum {
+    HOLDS_OTHER = 1,  /* anything but the parameter and its value */
+    HOLDS_RECORD = 2, /* the parameter, a record */
+    HOLDS_VALUE = 4   /* its r.value (or the parameter, when it is a value) */
+};
+
+typedef struct reads {
+    const sl_native_t *n;
+    uint8_t at[CODE_MAX][STACK_MAX]; /* per instruction: what each register may hold */
+    uint8_t reached[CODE_MAX];
+    const char **names;
+    size_t *lens;
+    int count, max;
+} reads_t;
+
+/* Merges the registers r into instruction pc's. */
+static void flow(reads_t *s, size_t pc, const uint8_t *r)
+{
+    if (pc >= s->n->count)
+        return;
+    for (int i = 0; i < s->n->stack; i++)
+        s->at[pc][i] |= r[i];
+    s->reached[pc] = 1;
+}
+
+/* Notes field k of the value as read; 0, or -1 past the maximum. */
+static int note_field(reads_t *s, const nval_t *k)
+{
+    for (int i = 0; i < s->count; i++)
+        if (s->lens[i] == k->len && memcmp(s->names[i], k->s, k->len) == 0)
+            return 0;
+    if (s->count == s->max)
+        return -1;
+    s->names[s->count] = k->s;
+    s->lens[s->count++] = k->len;
+    return 0;
+}
+
+/* GETFIELD from a register holding `from`: what the target may hold, or
+ * -1 when the read is not of a field of the value (or of key, ts,
+ * partition, offset of the record). */
+static int field_read(reads_t *s, uint8_t from, const nval_t *k)
+{
+    static const char *const record_fields[] = {"key", "ts", "partition", "offset"};
+    int holds = from & HOLDS_OTHER;
+    if ((from & HOLDS_VALUE) && note_field(s, k))
+        return -1;
+    if (from & HOLDS_VALUE)
+        holds |= HOLDS_OTHER;
+    if (from & HOLDS_RECORD) {
+        if (k->len == 5 && memcmp(k->s, "value", 5) == 0) {
+            holds |= HOLDS_VALUE;
+        } else {
+            int known = 0;
+            for (size_t f = 0; f < sizeof record_fields / sizeof *record_fields; f++)
+                known |= strlen(record_fields[f]) == k->len &&
+                         memcmp(record_fields[f], k->s, k->len) == 0;
+            if (!known)
+                return -1;
+            holds |= HOLDS_OTHER;
+        }
+    }
+    return holds;
+}
+
+/* Follows instruction pc: 0, or -1 if the parameter (or its value) may
+ * be used otherwise than by reading its fields or testing its truth. */
+static int reads_step(reads_t *s, size_t pc)
+{
+    const sl_native_t *n = s->n;
+    uint32_t i = n->code[pc];
+    unsigned op = op_of(i), a = a_of(i), b = b_of(i), c = c_of(i);
+    uint8_t r[STACK_MAX], param = HOLDS_RECORD | HOLDS_VALUE;
+    memcpy(r, s->at[pc], sizeof r);
+    size_t next = pc + 1;
+    switch (op) {
+    case OP_MOVE:
+        r[a] = r[b];
+        break;
+    case OP_GETFIELD: {
+        int holds = field_read(s, r[b], &n->k[c]);
+        if (holds < 0)
+            return -1;
+        r[a] = (uint8_t)holds;
+        break;
+    }
+    case OP_SETFIELD:
+        if ((r[a] & param) || (!k_of(i) && (r[c] & param)))
+            return -1; /* into the parameter, or the parameter into the table */
+        break;
+    case OP_LOADNIL:
+        for (unsigned k = 0; k <= b; k++)
+            r[a + k] = HOLDS_OTHER;
+        break;
+    case OP_LFALSESKIP:
+        r[a] = HOLDS_OTHER;
+        flow(s, pc + 2, r);
+        return 0;
+    case OP_NEWTABLE:
+        r[a] = HOLDS_OTHER;
+        next = pc + 2;
+        break;
+    case OP_NOT:
+        r[a] = HOLDS_OTHER;
+        break;
+    case OP_JMP:
+        flow(s, pc + 1 + (size_t)sj_of(i), r);
+        return 0;
+    case OP_TEST:
+        flow(s, pc + 1, r);
+        flow(s, pc + 2, r);
+        return 0;
+    case OP_TESTSET:
+        flow(s, pc + 2, r); /* no jump: A unchanged */
+        r[a] = r[b];
+        flow(s, pc + 1, r);
+        return 0;
+    case OP_RETURN:
+        return b == 2 && !(r[a] & param) ? 0 : -1;
+    case OP_RETURN1:
+        return r[a] & param ? -1 : 0;
+    case OP_RETURN0:
+        return 0;
+    default:
+        if (is_arith(op)) {
+            if ((r[b] & param) || (op >= OP_ADD && op <= OP_IDIV && (r[c] & param)))
+                return -1;
+            next = pc + 2; /* MMBIN */
+        } else if (is_compare(op)) {
+            if ((r[a] & param) || ((op == OP_EQ || op == OP_LT || op == OP_LE) && (r[b] & param)))
+                return -1;
+            flow(s, pc + 1, r);
+            flow(s, pc + 2, r);
+            return 0;
+        } else if (op == OP_UNM || op == OP_LEN) {
+            if (r[b] & param)
+                return -1;
+        }
+        if (op != OP_TEST && op != OP_JMP && !is_compare(op))
+            r[a] = HOLDS_OTHER; /* LOADI, LOADF, LOADK, LOADFALSE, LOADTRUE, arithmetic */
+    }
+    if (op == OP_UNM || op == OP_LEN)
+        r[a] = HOLDS_OTHER;
+    flow(s, next, r);
+    return 0;
+}
+
+int sl_native_reads(const sl_native_t *n, int param, int is_value, const char **names, size_t *lens,
+                    int max)
+{
+    reads_t *s = sl_calloc(1, sizeof *s);
+    if (!s || param < 0 || param >= n->params) {
+        sl_free(s);
+        return -1;
+    }
+    s->n = n;
+    s->names = names;
+    s->lens = lens;
+    s->max = max;
+    uint8_t r[STACK_MAX];
+    for (int k = 0; k < n->stack; k++)
+        r[k] = HOLDS_OTHER;
+    r[param] = is_value ? HOLDS_VALUE : HOLDS_RECORD;
+    flow(s, 0, r);
+    int rc = 0;
+    for (size_t pc = 0; rc == 0 && pc < n->count; pc++)
+        if (s->reached[pc])
+            rc = reads_step(s, pc);
+    int count = rc ? -1 : s->count;
+    sl_free(s);
+    return count;
+}

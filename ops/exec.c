@@ -194,11 +194,14 @@ static void pass_on(sl_exec_t *x, int op_id, int port, int slot)
     deliver(x, op_id, port, slot);
 }
 
-/* An exit: the slot's bytes go to the caller. */
+/* An exit: the slot's bytes go to the caller; a KEY_BY's with only the
+ * fields read after its repartition, where it knows them. */
 static void emit(sl_exec_t *x, const sl_op_t *op, int slot)
 {
     sl_record_t rec;
-    int rc = sl_vm_record_get(x->dag->vm, slot, &rec);
+    int rc = op->keep ? sl_vm_record_project(x->dag->vm, slot, op->keep, &rec) : 1;
+    if (rc == 1)
+        rc = sl_vm_record_get(x->dag->vm, slot, &rec);
     if (rc) {
         fail(x, op, rc);
         return;
@@ -414,12 +417,35 @@ int sl_exec_deliver(sl_exec_t *x, int op, const sl_record_t *rec, const sl_exec_
     return rc ? rc : sl_exec_deliver_slot(x, op, slot, out);
 }
 
+/* A record read back from a KEY_BY's repartition topic that another
+ * version of the pipeline wrote with fewer fields than this one reads:
+ * its error (SL_EINVALID), else 0. */
+static int check_kept(const sl_op_t *entry, const sl_record_t *rec)
+{
+    const char *kept;
+    size_t len;
+    if (entry->kind != SL_OP_KEY_BY || rec->value_len < 0 ||
+        sl_vm_value_keeps(rec->value, rec->value_len, entry->keep, &kept, &len))
+        return 0;
+    return sl_error_set(SL_EINVALID,
+                        "key_by (%s): a record of its repartition topic keeps only the fields "
+                        "'%.*s' of its value (written by another version of the pipeline), and "
+                        "this version reads %s%s%s",
+                        entry->where, (int)len, kept, entry->keep ? "'" : "",
+                        entry->keep ? entry->keep : "all of it", entry->keep ? "'" : "");
+}
+
 /* One record into the stage at entry. */
 static void enter(sl_exec_t *x, const sl_op_t *entry, const sl_vm_origin_t *origin)
 {
     sl_vm_t *vm = x->dag->vm;
-    int slot, rc = sl_vm_record_load(vm, x->input, origin, &slot);
+    int slot, rc = check_kept(entry, x->input);
     int64_t ts;
+    if (rc) {
+        fail(x, entry, rc);
+        return;
+    }
+    rc = sl_vm_record_load(vm, x->input, origin, &slot);
     if (entry->kind == SL_OP_SOURCE)
         x->stats[entry->id].records_in++;
     if (rc == 0 && entry->kind == SL_OP_SOURCE && entry->fn != SL_NO_FUNCTION)

@@ -434,10 +434,23 @@ static int next_item(const sl_join_t *j, const uint8_t *entry, size_t len, size_
     return 1;
 }
 
-/* Loads a buffered item as a record {key, value, ts}. */
+/* Loads a buffered item of side `side` as a record {key, value, ts}; an
+ * error if it keeps fewer fields than the function reads (a key_by of
+ * another version of the pipeline projected it: lua/project.c). */
 static int load_item(sl_join_t *j, sl_vm_t *vm, const uint8_t *key, size_t key_len, int64_t t,
-                     const uint8_t *bytes, int32_t len, int json, int *slot)
+                     const uint8_t *bytes, int32_t len, int side, int *slot)
 {
+    const char *kept, *needs = j->run->join_reads[side];
+    size_t kept_len;
+    if (len >= 0 && !sl_vm_value_keeps(bytes, len, needs, &kept, &kept_len))
+        return sl_error_set(SL_EINVALID,
+                            "join (%s): a record its buffer holds keeps only the fields '%.*s' of "
+                            "its value (a key_by of another version of the pipeline wrote it), and "
+                            "this version's function reads %s%s%s: give the join a new store "
+                            "(store = \"...\") to start its buffers empty",
+                            j->run->where, (int)kept_len, kept, needs ? "'" : "",
+                            needs ? needs : "all of it", needs ? "'" : "");
+    int json = j->side_json[side];
     sl_record_t rec = {.key = key,
                        .key_len = (int32_t)key_len,
                        .value = bytes,
@@ -463,7 +476,6 @@ static int add_out(int **outs, size_t *count, size_t *cap, int slot)
 static int join_found(sl_join_t *j, sl_vm_t *vm, int slot, int side, const sl_record_t *meta,
                       int **outs, size_t *count, size_t *cap, int *matched)
 {
-    int json = j->side_json[!side];
     size_t pos = 0, key_len = 0;
     int other = !side, rc = 0;
     while (rc == 0 && pos < j->found.len) {
@@ -478,7 +490,7 @@ static int join_found(sl_join_t *j, sl_vm_t *vm, int slot, int side, const sl_re
         pos += FOUND_HEADER + len;
         while (rc == 0 && (item = next_item(j, entry, len, &at, &flags, &bytes, &n)) == 1) {
             int buffered;
-            rc = load_item(j, vm, meta->key, (size_t)meta->key_len, t, bytes, n, json, &buffered);
+            rc = load_item(j, vm, meta->key, (size_t)meta->key_len, t, bytes, n, other, &buffered);
             if (rc == 0)
                 rc = sl_vm_call_join(vm, j->run, slot, side ? buffered : slot,
                                      side ? slot : buffered, &out);
@@ -626,7 +638,7 @@ static int emit_items(sl_exec_t *x, sl_join_t *j, sl_vm_t *vm, const uint8_t *ke
         int slot, result;
         if (*flags & MATCHED)
             continue;
-        rc = load_item(j, vm, key, key_len, t, bytes, n, j->side_json[side], &slot);
+        rc = load_item(j, vm, key, key_len, t, bytes, n, side, &slot);
         if (rc == 0)
             rc = sl_vm_call_join(vm, j->run, slot, side ? -1 : slot, side ? slot : -1, &result);
         if (rc == 0)

@@ -116,6 +116,14 @@ int sl_pipelines_submit(sl_pipelines_t *m, const char *name, const char *source,
     if (!name_ok(name))
         return sl_error_set(SL_EINVALID, "pipeline name must be 1 to 128 of [A-Za-z0-9_-]");
     int rc = pipeline_prepare(m, name, source, len, &pl);
+    if (rc == 0) { /* what the running version buffered must do for this one */
+        pthread_mutex_lock(&m->lock);
+        int at = find(m, name);
+        rc = at >= 0 ? sl_dag_check_projections(m->list[at]->dag, pl->dag) : 0;
+        pthread_mutex_unlock(&m->lock);
+        if (rc)
+            pipeline_free(pl);
+    }
     if (rc == 0 && (rc = sl_features_register(m->features, name, pl->dag)))
         pipeline_free(pl); /* a feature name another pipeline's view has */
     if (rc)

@@ -1023,6 +1023,95 @@ def table_table_input(rng_seed, n, keys):
     return left, right
 
 
+PROJECTED = string.Template("""\
+local s = require("sluice")
+s.pipeline{name = "$name", on_error = "stop"}
+local auctions = s.stream("$auctions"):key_by("seller")
+s.stream("$people"):join(auctions, function(p, a)
+    return {name = p.value.name, $reads}
+  end, {within = "10s", store = "pairs"})
+  :to("$out", {create = true})
+""")
+
+
+class ProjectionTest(JoinTestCase):
+    """A key_by whose records only a join reads writes to its repartition
+    topic only the fields the join function reads (docs/lua.md, "Functions
+    run without Lua")."""
+
+    def people_and_auctions(self, people, auctions):
+        self.create(people, 2)
+        self.create(auctions, 2)
+        produce_timed(self.r, people, [("p%d" % i, {"id": i, "name": "n%d" % i, "city": "c"},
+                                        BASE_TS + 1000 * i) for i in range(5)])
+        return [("a%d" % i, {"id": i, "seller": "p%d" % (i % 5), "reserve": 10 * i,
+                             "item": "i%d" % i, "description": "d" * 200}, BASE_TS + 1000 * (i % 5))
+                for i in range(40)]
+
+    def test_a_key_by_before_a_join_writes_only_what_the_join_reads(self):
+        name, people, auctions, out = self.names("people", "auctions", "out")
+        rows = self.people_and_auctions(people, auctions)
+        produce_timed(self.r, auctions, rows)
+        self.submit_ok(name, PROJECTED.substitute(
+            name=name, auctions=auctions, people=people, out=out,
+            reads="reserve = a.value.reserve, item = a.value.item"))
+        want = collections.Counter((v["seller"], v["reserve"], v["item"], "n" + v["seller"][1:])
+                                   for _, v, _ in rows)
+        self.settle(name, out, want,
+                    lambda rec: (rec.key, rec.value["reserve"], rec.value["item"],
+                                 rec.value["name"]))
+        kept = [rec.value for recs in topic_records(self.r, name + ".repartition.1").values()
+                for rec in recs if rec.value is not None]
+        self.assertEqual(len(kept), len(rows))
+        self.assertEqual(sorted((v[""], v["reserve"], v["item"]) for v in kept),
+                         sorted(("\x00item,reserve,", v["reserve"], v["item"]) for _, v, _ in rows))
+        self.assertEqual({tuple(sorted(v)) for v in kept}, {("", "item", "reserve")})
+
+    def test_a_buffered_record_without_a_field_the_function_reads_fails_naming_both(self):
+        """Records buffered by a version that read fewer fields, joined by a
+        version submitted after a stop that reads more: the join fails the
+        record, naming what the buffer keeps and what the function reads."""
+        name, people, auctions, out = self.names("people", "auctions", "out")
+        rows = self.people_and_auctions(people, auctions)
+        produce_timed(self.r, auctions, [(k, v, ts + 60000) for k, v, ts in rows])
+        self.submit_ok(name, PROJECTED.substitute(
+            name=name, auctions=auctions, people=people, out=out,
+            reads="reserve = a.value.reserve"))
+        wait_caught_up(self.node, name, WAIT)  # the auctions wait in the buffer: no one yet
+        self.assertEqual(self.r.execute_command("PIPELINE", "STOP", name), b"OK")
+        self.submit_ok(name, PROJECTED.substitute(
+            name=name, auctions=auctions, people=people, out=out,
+            reads="reserve = a.value.reserve, item = a.value.item"))
+        # at the join's stream time (the newest auction's): not late
+        produce_timed(self.r, people, [("p4", {"id": 4, "name": "n4"}, BASE_TS + 64000)])
+        wait_until(lambda: self.state(name)[0] == "failed", WAIT, 0.05,
+                   "pipeline %s to fail on the buffered record" % name)
+        error = self.state(name)[1]
+        self.assertIn("keeps only the fields 'reserve,'", error)
+        self.assertIn("reads 'item,reserve,'", error)
+        self.assertIn("new store", error)
+
+    def test_replacing_a_join_that_reads_more_than_its_buffer_keeps_is_refused(self):
+        name, people, auctions, out = self.names("people", "auctions", "out")
+        rows = self.people_and_auctions(people, auctions)
+        produce_timed(self.r, auctions, rows)
+        fewer = PROJECTED.substitute(name=name, auctions=auctions, people=people, out=out,
+                                     reads="reserve = a.value.reserve")
+        more = PROJECTED.substitute(name=name, auctions=auctions, people=people, out=out,
+                                    reads="reserve = a.value.reserve, item = a.value.item")
+        self.submit_ok(name, fewer)
+        wait_caught_up(self.node, name, WAIT)
+        reply = self.submit(name, more)
+        self.assertIn("store 'pairs' holds right records", reply)
+        self.assertIn("only the fields 'reserve,'", reply)
+        self.assertIn("reads 'item,reserve,'", reply)
+        self.assertEqual(self.state(name), ("running", ""), "the running version stays")
+        self.assertEqual(self.submit(name, fewer.replace('"10s"', '"20s"')), "OK",
+                         "reading the same fields is no change")
+        self.assertEqual(self.submit(name, more.replace('"pairs"', '"pairs2"')), "OK",
+                         "a new store starts empty")
+
+
 class TableTableJoinTest(JoinTestCase):
     def run_random(self, join_type, rng_seed):
         name, users, scores, out = self.names("users", "scores", "out")

@@ -169,6 +169,36 @@ static void test_key_by_ends_a_stage_and_starts_the_next(void **state)
     release(&f);
 }
 
+/* A KEY_BY writes only the fields the next stage reads (lua/project.c);
+ * that stage fails a record that keeps fewer, naming both lists. */
+static void test_key_by_writes_what_the_next_stage_reads_and_it_checks(void **state)
+{
+    (void)state;
+    fixture_t f = compile("local s = require('sluice')\n"
+                          "s.stream('in')\n"
+                          "  :key_by('user')\n"
+                          "  :map(function(r) return {user = r.value.user, n = r.value.n} end)\n"
+                          "  :to('out')\n");
+    int entries[4];
+    assert_int_equal(sl_exec_entries(f.exec, entries, 4), 2);
+    static const char *const values[] = {"{\"user\":\"ann\",\"n\":1,\"pad\":\"xxxx\"}"};
+    collected_t first = {0}, second = {0};
+    assert_int_equal(run_values(&f, entries[0], values, 1, &first, NULL), 0);
+    assert_string_equal(first.value[0], "{\"\":\"\\u0000n,user,\",\"n\":1,\"user\":\"ann\"}");
+    sl_exec_reset(f.exec);
+    const char *const read_back[] = {first.value[0], "{\"\":\"\\u0000user,\",\"user\":\"bob\"}",
+                                     "{\"user\":\"cy\",\"n\":3}"};
+    assert_int_equal(run_values(&f, entries[1], read_back, 3, &second, NULL), 0);
+    assert_int_equal(second.count, 2);
+    assert_string_equal(second.value[0], "{\"user\":\"ann\",\"n\":1}");
+    assert_string_equal(second.value[1], "{\"user\":\"cy\",\"n\":3}");
+    assert_int_equal(second.failures, 1);
+    assert_non_null(strstr(second.why, "keeps only the fields 'user,'"));
+    assert_non_null(strstr(second.why, "this version reads 'n,user,'"));
+    sl_exec_reset(f.exec);
+    release(&f);
+}
+
 static const char failing_script[] = "local s = require('sluice')\n"
                                      "s.stream('in')\n"
                                      "  :map(function(r)\n"
@@ -601,6 +631,7 @@ int main(void)
         cmocka_unit_test(test_filter_and_map_reach_the_sink),
         cmocka_unit_test(test_flat_map_branch_and_merge),
         cmocka_unit_test(test_key_by_ends_a_stage_and_starts_the_next),
+        cmocka_unit_test(test_key_by_writes_what_the_next_stage_reads_and_it_checks),
         cmocka_unit_test(test_failure_with_skip_goes_on),
         cmocka_unit_test(test_failure_with_stop_stops_at_that_record),
         cmocka_unit_test(test_invalid_json_fails_at_the_source),
