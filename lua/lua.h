@@ -644,9 +644,9 @@ int sl_vm_value_keeps(const uint8_t *value, int32_t len, const char *needs, cons
 int sl_fields_cover(const char *kept, size_t kept_len, const char *needs);
 
 /* Can next replace running? SL_EINVALID (with the error) when a
- * stream-stream join of next keeps a store whose records running's
- * key_by wrote with fewer fields than next's join function reads; else
- * 0. */
+ * stream-stream join of next keeps a store in which running buffered
+ * records with fewer fields (its join_reads, or its key_by's keep) than
+ * next's join function reads; else 0. */
 int sl_dag_check_projections(const sl_dag_t *running, const sl_dag_t *next);
 
 /* Ends a batch: forgets every slot and every byte in the arena. */

@@ -9,7 +9,9 @@
  *   {"":"\u0000reserve,seller,","reserve":120,"seller":"ann"}
  *
  * (the last of repeated members, as Lua reads them; members absent from
- * the record stay absent). Readers of such a value (the stage after the
+ * the record stay absent). A stream-stream join buffers its records the
+ * same way, with the fields its function reads (op->join_reads: ops/join.c).
+ * Readers of such a value (the stage after the
  * repartition, a join reading a buffered record) first check that the
  * marker names every field they read: a version of the pipeline that
  * reads more than the one that wrote the record must not take a missing
@@ -140,11 +142,12 @@ int sl_dag_check_projections(const sl_dag_t *running, const sl_dag_t *next)
             if (was->kind != SL_OP_JOIN || was->join_kind != SL_JOIN_STREAM_STREAM ||
                 strcmp(was->store, op->store) != 0)
                 continue;
-            for (int side = 0; side < 2; side++) {
-                const char *kept = running->ops[was->inputs[side].op].keep;
-                const char *needs = op->join_reads[side];
-                if (running->ops[was->inputs[side].op].kind != SL_OP_KEY_BY || !kept ||
-                    sl_fields_cover(kept, strlen(kept), needs))
+            for (int side = 0; side < 2; side++) { /* what its buffer may keep */
+                const sl_op_t *input = &running->ops[was->inputs[side].op];
+                const char *kept = was->join_reads[side], *needs = op->join_reads[side];
+                if (!kept && input->kind == SL_OP_KEY_BY)
+                    kept = input->keep;
+                if (!kept || sl_fields_cover(kept, strlen(kept), needs))
                     continue;
                 return sl_error_set(
                     SL_EINVALID,

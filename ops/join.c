@@ -16,6 +16,10 @@
  *                  chunks at key 'l' or 'r' || key || be32(n), same time, so
  *                  adding a record copies at most one chunk
  *
+ * A buffered record keeps only the fields of its value the join function
+ * reads (op->join_reads), when the function says which (lua/project.c);
+ * loading one that keeps fewer than this version reads is an error.
+ *
  * Stream-stream, per record of side s (key k, time t): late if t < stream
  * time - grace (counted, dropped); else stream time = max(it, t), every
  * buffered record of the other side with key k and time in [t - within,
@@ -603,7 +607,11 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
         __atomic_fetch_add(&j->late, 1, __ATOMIC_RELAXED);
         return 0;
     }
-    if ((rc = sl_vm_record_get(vm, slot, &rec))) /* the bytes to buffer */
+    /* the bytes to buffer: only the fields the function reads, if known */
+    rc = op->join_reads[side] ? sl_vm_record_project(vm, slot, op->join_reads[side], &rec) : 1;
+    if (rc == 1)
+        rc = sl_vm_record_get(vm, slot, &rec);
+    if (rc)
         return rc;
     sl_watermark_observe(&j->wm, t);
     if ((rc = buffer_key(j, !side, meta.key, meta.key_len, 0, &key_len)))

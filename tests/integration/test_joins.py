@@ -836,7 +836,10 @@ class StreamStreamJoinTest(JoinTestCase):
         pad = "x" * 80
         produce_timed(self.r, left, [("hot", {"id": i, "pad": pad}, BASE_TS) for i in range(3000)])
         produce_timed(self.r, right, [("hot", {"id": 10000 + i}, BASE_TS + 500) for i in range(2)])
-        script = STREAM_STREAM.substitute(name=name, left=left, right=right, fn=SS_FN,
+        # the function reads the pad, so the buffer keeps it (and spills)
+        fn = SS_FN.replace("return {",
+                            "return {pad = l and l.value.pad and #l.value.pad or 0, ")
+        script = STREAM_STREAM.substitute(name=name, left=left, right=right, fn=fn,
                                           within="1s", grace="0ms", type="outer", out=out,
                                           partitions=1)
         self.submit_ok(name, script)
@@ -1066,6 +1069,20 @@ class ProjectionTest(JoinTestCase):
         self.assertEqual(sorted((v[""], v["reserve"], v["item"]) for v in kept),
                          sorted(("\x00item,reserve,", v["reserve"], v["item"]) for _, v, _ in rows))
         self.assertEqual({tuple(sorted(v)) for v in kept}, {("", "item", "reserve")})
+        # the join buffers the people (left, 'L') with the one field it reads
+        people_buffered = [v for k, v in self.scan(name + ".pairs") if k.startswith(b"L")]
+        self.assertEqual(len(people_buffered), 5)
+        for v in people_buffered:
+            self.assertIn(b'{"":"\\u0000name,","name":"n', v)
+            self.assertNotIn(b"city", v)
+
+    def scan(self, store):
+        out, cursor = [], "0"
+        while True:
+            cursor, items = self.r.execute_command("SCAN", store, cursor, "COUNT", 1000)
+            out.extend(zip(items[0::3], items[2::3]))
+            if int(cursor) == 0:
+                return out
 
     def test_a_buffered_record_without_a_field_the_function_reads_fails_naming_both(self):
         """Records buffered by a version that read fewer fields, joined by a
@@ -1108,6 +1125,9 @@ class ProjectionTest(JoinTestCase):
         self.assertEqual(self.state(name), ("running", ""), "the running version stays")
         self.assertEqual(self.submit(name, fewer.replace('"10s"', '"20s"')), "OK",
                          "reading the same fields is no change")
+        reply = self.submit(name, fewer.replace("name = p.value.name", "city = p.value.city"))
+        self.assertIn("store 'pairs' holds left records", reply)
+        self.assertIn("only the fields 'name,'", reply)
         self.assertEqual(self.submit(name, more.replace('"pairs"', '"pairs2"')), "OK",
                          "a new store starts empty")
 
