@@ -122,13 +122,11 @@ static void check_no_cycle(lua_State *L, const sl_builder_t *b)
  * followed by ',', in byte order (names holding ',' or bytes JSON escapes,
  * and the empty name, make it "any").
  */
-#define READS_MAX 32 /* names a set holds; more: any */
-
 typedef struct reads_set {
     int any;
     int count;
-    const char *names[READS_MAX];
-    size_t lens[READS_MAX];
+    const char *names[SL_OP_KEEP_MAX];
+    size_t lens[SL_OP_KEEP_MAX];
 } reads_set_t;
 
 static void reads_add(reads_set_t *r, const char *name, size_t len)
@@ -143,7 +141,7 @@ static void reads_add(reads_set_t *r, const char *name, size_t len)
     for (int i = 0; i < r->count; i++)
         if (r->lens[i] == len && memcmp(r->names[i], name, len) == 0)
             return;
-    if (r->count == READS_MAX) {
+    if (r->count == SL_OP_KEEP_MAX) {
         r->any = 1;
         return;
     }
@@ -154,9 +152,9 @@ static void reads_add(reads_set_t *r, const char *name, size_t len)
 /* The fields function n reads of its parameter p, into r. */
 static void reads_native(reads_set_t *r, const sl_native_t *n, int p)
 {
-    const char *names[READS_MAX];
-    size_t lens[READS_MAX];
-    int count = n ? sl_native_reads(n, p, 0, names, lens, READS_MAX) : -1;
+    const char *names[SL_OP_KEEP_MAX];
+    size_t lens[SL_OP_KEEP_MAX];
+    int count = n ? sl_native_reads(n, p, names, lens, SL_OP_KEEP_MAX) : -1;
     if (count < 0)
         r->any = 1;
     for (int i = 0; i < count; i++)
@@ -221,7 +219,7 @@ static char *reads_text(lua_State *L, const reads_set_t *r)
 {
     if (r->any)
         return NULL;
-    int order[READS_MAX];
+    int order[SL_OP_KEEP_MAX];
     size_t total = 1;
     for (int i = 0; i < r->count; i++) { /* insertion sort: a few names */
         int at = i;

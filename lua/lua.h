@@ -517,6 +517,8 @@ typedef struct sl_op {
     char *join_reads[2];
 } sl_op_t;
 
+#define SL_OP_KEEP_MAX 32 /* names in a keep or join_reads list; more: NULL */
+
 /* What a declaration declares: s.exchange(), s.queue(), s.bind(). */
 typedef enum { SL_DECLARE_EXCHANGE, SL_DECLARE_QUEUE, SL_DECLARE_BIND } sl_declare_kind_t;
 

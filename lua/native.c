@@ -1057,7 +1057,7 @@ char *sl_native_key_compile(lua_State *L, int idx)
 enum {
     HOLDS_OTHER = 1,  /* anything but the parameter and its value */
     HOLDS_RECORD = 2, /* the parameter, a record */
-    HOLDS_VALUE = 4   /* its r.value (or the parameter, when it is a value) */
+    HOLDS_VALUE = 4   /* its r.value */
 };
 
 typedef struct reads {
@@ -1201,8 +1201,7 @@ static int reads_step(reads_t *s, size_t pc)
     return 0;
 }
 
-int sl_native_reads(const sl_native_t *n, int param, int is_value, const char **names, size_t *lens,
-                    int max)
+int sl_native_reads(const sl_native_t *n, int param, const char **names, size_t *lens, int max)
 {
     reads_t *s = sl_calloc(1, sizeof *s);
     if (!s || param < 0 || param >= n->params) {
@@ -1216,7 +1215,7 @@ int sl_native_reads(const sl_native_t *n, int param, int is_value, const char **
     uint8_t r[STACK_MAX];
     for (int k = 0; k < n->stack; k++)
         r[k] = HOLDS_OTHER;
-    r[param] = is_value ? HOLDS_VALUE : HOLDS_RECORD;
+    r[param] = HOLDS_RECORD;
     flow(s, 0, r);
     int rc = 0;
     for (size_t pc = 0; rc == 0 && pc < n->count; pc++)

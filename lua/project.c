@@ -41,19 +41,19 @@ int sl_vm_record_project(sl_vm_t *vm, int slot, const char *keep, sl_record_t *o
         return 1;
     const sl_jtok_t *base = vm->jtoks + vm->docs[doc].first;
     const char *text = vm->docs[doc].text;
-    int child = 1;
+    int child = 1, tokens[SL_OP_KEEP_MAX], count = 0;
     for (int k = 0; k < base[0].size; k++) { /* Lua compares escaped keys unescaped */
         if (base[child].escaped)
             return 1;
         child = base[child + 1].next;
     }
     size_t keep_len = strlen(keep), size = MARKER_HEAD_LEN + keep_len + 2;
-    for (const char *name = keep; *name;) {
+    for (const char *name = keep; *name && count < SL_OP_KEEP_MAX; count++) {
         const char *comma = strchr(name, ',');
-        int token = sl_lazy_find_member(vm, doc, 0, name, (size_t)(comma - name));
-        if (token >= 0) {
+        tokens[count] = sl_lazy_find_member(vm, doc, 0, name, (size_t)(comma - name));
+        if (tokens[count] >= 0) {
             int32_t start, end;
-            raw_value(&base[token], &start, &end);
+            raw_value(&base[tokens[count]], &start, &end);
             size += (size_t)(comma - name) + 4 + (size_t)(end - start);
         }
         name = comma + 1;
@@ -67,17 +67,16 @@ int sl_vm_record_project(sl_vm_t *vm, int slot, const char *keep, sl_record_t *o
     memcpy(at, keep, keep_len);
     at += keep_len;
     *at++ = '"';
-    for (const char *name = keep; *name;) {
+    const char *name = keep;
+    for (int i = 0; i < count; i++) {
         const char *comma = strchr(name, ',');
-        size_t len = (size_t)(comma - name);
-        int token = sl_lazy_find_member(vm, doc, 0, name, len);
-        if (token >= 0) {
+        if (tokens[i] >= 0) {
             int32_t start, end;
-            raw_value(&base[token], &start, &end);
+            raw_value(&base[tokens[i]], &start, &end);
             *at++ = ',';
             *at++ = '"';
-            memcpy(at, name, len);
-            at += len;
+            memcpy(at, name, (size_t)(comma - name));
+            at += comma - name;
             *at++ = '"';
             *at++ = ':';
             memcpy(at, text + start, (size_t)(end - start));

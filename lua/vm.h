@@ -222,13 +222,12 @@ int sl_native_value_run(sl_vm_t *vm, const sl_native_t *n, const int slots[2], c
                         const uint8_t **value, int32_t *len, int *doc);
 
 /* native.c: the top-level fields of r.value that n reads of its parameter
- * `param`, a record, or that value itself if is_value: their count, each
+ * `param`, a record: their count, each
  * name (names[i], lens[i] bytes, in n's constants) once, at most max;
  * -1 when it may read more: the parameter or its value is returned,
  * stored, compared or counted, a record field other than value, key, ts,
  * partition and offset is read, or more than max names are. */
-int sl_native_reads(const sl_native_t *n, int param, int is_value, const char **names, size_t *lens,
-                    int max);
+int sl_native_reads(const sl_native_t *n, int param, const char **names, size_t *lens, int max);
 /* lazy.c: the number of a checked number token (as Lua reads it: an
  * integer when integral and in range); 0, or -ENOMEM. */
 int sl_token_number(const char *text, const sl_jtok_t *t, sl_vm_value_t *out);

@@ -133,6 +133,27 @@ static void test_a_reader_that_may_see_the_whole_value_keeps_it(void **state)
         expect_keep(f, cases[i], NULL);
 }
 
+/* A map summing fields f1..fn: the names it reads, or too many to list. */
+static void expect_sum_of_fields(fixture_t *f, int n, int kept)
+{
+    char script[4096], want[1024];
+    int at = snprintf(script, sizeof script, "k:map(function(r) return {s = 0");
+    size_t w = 0;
+    for (int i = 1; i <= n; i++)
+        at += snprintf(script + at, sizeof script - (size_t)at, " + r.value.f%02d", i);
+    snprintf(script + at, sizeof script - (size_t)at, "} end):to('out')");
+    for (int i = 1; i <= n; i++)
+        w += (size_t)snprintf(want + w, sizeof want - w, "f%02d,", i);
+    expect_keep(f, script, kept ? want : NULL);
+}
+
+static void test_a_list_holds_at_most_the_maximum_of_names(void **state)
+{
+    fixture_t *f = *state;
+    expect_sum_of_fields(f, SL_OP_KEEP_MAX, 1);
+    expect_sum_of_fields(f, SL_OP_KEEP_MAX + 1, 0);
+}
+
 static void test_dead_letters_keep_whole_values(void **state)
 {
     fixture_t *f = *state;
@@ -234,6 +255,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_the_fields_of_every_reader_are_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_reader_that_may_see_the_whole_value_keeps_it, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_list_holds_at_most_the_maximum_of_names, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_dead_letters_keep_whole_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_projection_keeps_the_last_of_each_kept_member, setup,
