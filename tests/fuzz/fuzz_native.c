@@ -26,7 +26,11 @@
  * JSON members (object key order aside, at every depth), key, ts and
  * headers, and a record made natively with its tokens must have the ones
  * the tokenizer makes of its bytes; for key_by the same key and value
- * bytes. Anything else aborts, naming the function and the bytes.
+ * bytes. Each map and filter also runs (natively and in Lua) on the
+ * value projected to the fields the function reads (lua/project.c: what a
+ * key_by writes and a join buffers), which must be JSON and give the same
+ * answer as the whole value. Anything else aborts, naming the function
+ * and the bytes.
  *
  * The batch is reset after each input; then the VM's Lua memory after a
  * full collection, and its arena, must stay below fixed ceilings: what
@@ -530,6 +534,70 @@ static void check_maps(const piece_t *value)
     }
 }
 
+/* The list of the fields op's function reads ("a,b,"), as compile.c
+ * writes a key_by's keep; 0 if it may read any. */
+static int reads_list(const sl_op_t *op, char *list, size_t size)
+{
+    const char *names[SL_OP_KEEP_MAX];
+    size_t lens[SL_OP_KEEP_MAX], at = 0;
+    int count = sl_native_reads(op->native, 0, names, lens, SL_OP_KEEP_MAX);
+    for (int i = 0; i < count; i++) {
+        if (lens[i] == 0 || memchr(names[i], ',', lens[i]) || memchr(names[i], '\0', lens[i]) ||
+            !sl_json_plain(names[i], lens[i]) || at + lens[i] + 2 > size)
+            return 0;
+        memcpy(list + at, names[i], lens[i]);
+        at += lens[i];
+        list[at++] = ',';
+    }
+    list[at] = '\0';
+    return count >= 0;
+}
+
+/* A value projected to the fields a function reads (lua/project.c, what a
+ * key_by writes and a join buffers) is JSON, says it keeps them, and the
+ * function (natively and in Lua) answers on it as on the whole value. */
+static void check_projected(const piece_t *value)
+{
+    char list[1024];
+    for (size_t i = 0; i < COUNT(maps) + COUNT(filters); i++) {
+        int is_map = i < COUNT(maps);
+        const sl_op_t *native = is_map ? ops.maps[2 * i] : ops.filters[2 * (i - COUNT(maps))];
+        const sl_op_t *lua = is_map ? ops.maps[2 * i + 1] : ops.filters[2 * (i - COUNT(maps)) + 1];
+        const char *body = is_map ? maps[i] : filters[i - COUNT(maps)];
+        sl_record_t rec;
+        const char *kept;
+        size_t kept_len;
+        int projected = -1;
+        if (!reads_list(native, list, sizeof list))
+            continue;
+        int rc = sl_vm_record_project(vm, loaded(value), list, &rec);
+        CHECK(rc == 0 || rc == 1);
+        if (rc == 1)
+            continue;
+        piece_t p = {rec.value, (size_t)rec.value_len};
+        if (load(&p, &projected) != 0)
+            disagree("projection", body, "%.*s is not JSON", (int)rec.value_len, rec.value);
+        CHECK(sl_vm_value_keeps(rec.value, rec.value_len, list, &kept, &kept_len) == 1);
+        for (int twin = 0; twin < 2; twin++) {
+            const sl_op_t *op = twin ? lua : native;
+            if (is_map) {
+                int out_a = -1, out_b = -1;
+                int rc_a = sl_vm_call_map(vm, op, loaded(value), &out_a);
+                int rc_b = sl_vm_call_map(vm, op, loaded(&p), &out_b);
+                expect_same_output("map on its projection", body, rc_a, out_a, rc_b, out_b);
+            } else {
+                int keep_a = -1, keep_b = -1;
+                int rc_a = sl_vm_call_filter(vm, op, loaded(value), &keep_a);
+                int rc_b = sl_vm_call_filter(vm, op, loaded(&p), &keep_b);
+                if (rc_a != rc_b || (rc_a == 0 && keep_a != keep_b))
+                    disagree("filter on its projection", body,
+                             "%d/keep %d whole, %d/keep %d on %.*s", rc_a, keep_a, rc_b, keep_b,
+                             (int)rec.value_len, rec.value);
+            }
+        }
+    }
+}
+
 static void check_keys(const piece_t *value)
 {
     for (size_t i = 0; i < COUNT(keys); i++) {
@@ -630,6 +698,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int v = 0; v < in.count; v++) {
             check_filters(&in.values[v]);
             check_maps(&in.values[v]);
+            check_projected(&in.values[v]);
             check_keys(&in.values[v]);
         }
         check_joins(&in.values[0], &in.values[in.count - 1]);

@@ -15,7 +15,7 @@
 # directory kept in BUILD_DIR, so new inputs never land in the committed
 # seeds. Exits non-zero if the build fails or a fuzzer finds a crash, leak,
 # undefined behaviour or (fuzz_native) a disagreement between native.c and
-# Lua; the reproducer is then BUILD_DIR/crash-* (replay: BUILD_DIR/<target>
+# Lua, or between a function on a value and on its projection; the reproducer is then BUILD_DIR/crash-* (replay: BUILD_DIR/<target>
 # FILE).
 set -euo pipefail
 
