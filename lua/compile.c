@@ -133,8 +133,7 @@ static void reads_add(reads_set_t *r, const char *name, size_t len)
 {
     if (r->any)
         return;
-    if (len == 0 || memchr(name, ',', len) || !sl_json_plain(name, len) ||
-        memchr(name, '\0', len)) {
+    if (len == 0 || memchr(name, ',', len) || !sl_json_plain(name, len)) {
         r->any = 1;
         return;
     }

@@ -634,6 +634,11 @@ int sl_vm_record_get(sl_vm_t *vm, int slot, sl_record_t *out);
  * the caller writes the whole record; -ENOMEM. */
 int sl_vm_record_project(sl_vm_t *vm, int slot, const char *keep, sl_record_t *out);
 
+/* The record to write: sl_vm_record_project's where it projects, else
+ * sl_vm_record_get's (keep NULL: always the whole record). 0, or the
+ * error of either. */
+int sl_vm_record_kept(sl_vm_t *vm, int slot, const char *keep, sl_record_t *out);
+
 /* Does a value hold every field of needs ("a,b,"; NULL: any field)? 1 for
  * a whole value (not written by sl_vm_record_project) or a projection
  * naming them all; else 0 with *kept (kept_len bytes) the names it keeps,

@@ -1188,15 +1188,11 @@ static int reads_step(reads_t *s, size_t pc)
             flow(s, pc + 1, r);
             flow(s, pc + 2, r);
             return 0;
-        } else if (op == OP_UNM || op == OP_LEN) {
-            if (r[b] & param)
-                return -1;
+        } else if ((op == OP_UNM || op == OP_LEN) && (r[b] & param)) {
+            return -1;
         }
-        if (op != OP_TEST && op != OP_JMP && !is_compare(op))
-            r[a] = HOLDS_OTHER; /* LOADI, LOADF, LOADK, LOADFALSE, LOADTRUE, arithmetic */
+        r[a] = HOLDS_OTHER; /* LOADI, LOADF, LOADK, LOADFALSE, LOADTRUE, arithmetic, UNM, LEN */
     }
-    if (op == OP_UNM || op == OP_LEN)
-        r[a] = HOLDS_OTHER;
     flow(s, next, r);
     return 0;
 }

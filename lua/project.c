@@ -90,6 +90,12 @@ int sl_vm_record_project(sl_vm_t *vm, int slot, const char *keep, sl_record_t *o
     return 0;
 }
 
+int sl_vm_record_kept(sl_vm_t *vm, int slot, const char *keep, sl_record_t *out)
+{
+    int rc = sl_vm_record_project(vm, slot, keep, out);
+    return rc == 1 ? sl_vm_record_get(vm, slot, out) : rc;
+}
+
 /* Is name (len bytes) one of the names of list ("a,b,", list_len bytes)? */
 static int listed(const char *list, size_t list_len, const char *name, size_t len)
 {

@@ -199,9 +199,7 @@ static void pass_on(sl_exec_t *x, int op_id, int port, int slot)
 static void emit(sl_exec_t *x, const sl_op_t *op, int slot)
 {
     sl_record_t rec;
-    int rc = op->keep ? sl_vm_record_project(x->dag->vm, slot, op->keep, &rec) : 1;
-    if (rc == 1)
-        rc = sl_vm_record_get(x->dag->vm, slot, &rec);
+    int rc = sl_vm_record_kept(x->dag->vm, slot, op->keep, &rec);
     if (rc) {
         fail(x, op, rc);
         return;

@@ -608,10 +608,7 @@ int sl_join_stream_stream(sl_join_t *j, const sl_op_t *op, sl_vm_t *vm, int slot
         return 0;
     }
     /* the bytes to buffer: only the fields the function reads, if known */
-    rc = op->join_reads[side] ? sl_vm_record_project(vm, slot, op->join_reads[side], &rec) : 1;
-    if (rc == 1)
-        rc = sl_vm_record_get(vm, slot, &rec);
-    if (rc)
+    if ((rc = sl_vm_record_kept(vm, slot, op->join_reads[side], &rec)))
         return rc;
     sl_watermark_observe(&j->wm, t);
     if ((rc = buffer_key(j, !side, meta.key, meta.key_len, 0, &key_len)))

@@ -542,8 +542,8 @@ static int reads_list(const sl_op_t *op, char *list, size_t size)
     size_t lens[SL_OP_KEEP_MAX], at = 0;
     int count = sl_native_reads(op->native, 0, names, lens, SL_OP_KEEP_MAX);
     for (int i = 0; i < count; i++) {
-        if (lens[i] == 0 || memchr(names[i], ',', lens[i]) || memchr(names[i], '\0', lens[i]) ||
-            !sl_json_plain(names[i], lens[i]) || at + lens[i] + 2 > size)
+        if (lens[i] == 0 || memchr(names[i], ',', lens[i]) || !sl_json_plain(names[i], lens[i]) ||
+            at + lens[i] + 2 > size)
             return 0;
         memcpy(list + at, names[i], lens[i]);
         at += lens[i];
