@@ -48,8 +48,10 @@ int sl_vm_record_project(sl_vm_t *vm, int slot, const char *keep, sl_record_t *o
         child = base[child + 1].next;
     }
     size_t keep_len = strlen(keep), size = MARKER_HEAD_LEN + keep_len + 2;
-    for (const char *name = keep; *name && count < SL_OP_KEEP_MAX; count++) {
+    for (const char *name = keep; *name; count++) {
         const char *comma = strchr(name, ',');
+        if (count == SL_OP_KEEP_MAX)
+            return 1; /* a longer list than compile.c makes: the marker must not lie */
         tokens[count] = sl_lazy_find_member(vm, doc, 0, name, (size_t)(comma - name));
         if (tokens[count] >= 0) {
             int32_t start, end;

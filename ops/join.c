@@ -439,8 +439,8 @@ static int next_item(const sl_join_t *j, const uint8_t *entry, size_t len, size_
 }
 
 /* Loads a buffered item of side `side` as a record {key, value, ts}; an
- * error if it keeps fewer fields than the function reads (a key_by of
- * another version of the pipeline projected it: lua/project.c). */
+ * error if it keeps fewer fields than the function reads (another version
+ * of the pipeline buffered it, or its key_by wrote it: lua/project.c). */
 static int load_item(sl_join_t *j, sl_vm_t *vm, const uint8_t *key, size_t key_len, int64_t t,
                      const uint8_t *bytes, int32_t len, int side, int *slot)
 {
@@ -449,7 +449,7 @@ static int load_item(sl_join_t *j, sl_vm_t *vm, const uint8_t *key, size_t key_l
     if (len >= 0 && !sl_vm_value_keeps(bytes, len, needs, &kept, &kept_len))
         return sl_error_set(SL_EINVALID,
                             "join (%s): a record its buffer holds keeps only the fields '%.*s' of "
-                            "its value (a key_by of another version of the pipeline wrote it), and "
+                            "its value (another version of the pipeline buffered it), and "
                             "this version's function reads %s%s%s: give the join a new store "
                             "(store = \"...\") to start its buffers empty",
                             j->run->where, (int)kept_len, kept, needs ? "'" : "",
