@@ -239,7 +239,7 @@ static char *reads_text(lua_State *L, const reads_set_t *r)
     return text;
 }
 
-/* Sets each key_by's keep and each join's join_reads. */
+/* Sets each key_by's keep and each stream-stream join's join_reads. */
 static void find_projections(lua_State *L, sl_dag_t *dag)
 {
     for (int i = 0; i < dag->op_count; i++) {
@@ -248,9 +248,9 @@ static void find_projections(lua_State *L, sl_dag_t *dag)
         if (op->kind == SL_OP_KEY_BY) {
             reads_of_output(dag, op->id, 0, &r);
             op->keep = reads_text(L, &r);
-        } else if (op->kind == SL_OP_JOIN && op->join_kind != SL_JOIN_TABLE_TABLE) {
-            for (int side = 0; side < 2; side++) { /* not a stream-table join's table */
-                reads_set_t s = {.any = side == 1 && op->join_kind == SL_JOIN_STREAM_TABLE};
+        } else if (op->kind == SL_OP_JOIN && op->join_kind == SL_JOIN_STREAM_STREAM) {
+            for (int side = 0; side < 2; side++) { /* what its buffer keeps */
+                reads_set_t s = {0};
                 reads_native(&s, op->native, side);
                 op->join_reads[side] = reads_text(L, &s);
             }

@@ -511,8 +511,8 @@ typedef struct sl_op {
      * KEY_BY: the fields the ops after its repartition can read; its
      * records are written to the repartition topic with only those
      * (sl_vm_record_project), when the whole pipeline says which.
-     * JOIN: join_reads[p], the fields its function reads of input p's
-     * records (stream-stream and stream-table joins). */
+     * JOIN (stream-stream): join_reads[p], the fields its function reads
+     * of input p's records, which its buffer keeps (ops/join.c). */
     char *keep;
     char *join_reads[2];
 } sl_op_t;
